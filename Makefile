@@ -1,0 +1,37 @@
+# genrec: two commands on a fresh machine, `make quickstart` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.genrec-installed
+SHARED_DATA := $(abspath ../shared/data)
+export GENREC_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
+
+.PHONY: install quickstart test lint benchmark clean
+
+install: $(STAMP)
+
+# Re-run only when the package metadata changes; torch goes first so pip never pulls a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+quickstart: install
+	$(BIN)/genrec eval --model popularity --dataset movielens-1m --out runs/quickstart/popularity
+	$(BIN)/genrec eval --model itemknn --dataset movielens-1m --out runs/quickstart/itemknn
+	$(BIN)/genrec compare runs/quickstart/popularity runs/quickstart/itemknn
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+test: install lint
+	$(BIN)/python -m pytest
+
+benchmark: install
+	$(BIN)/python benchmarks/baselines.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

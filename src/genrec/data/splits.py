@@ -1,0 +1,121 @@
+"""Splits without leakage: leave-one-out and a global temporal split.
+
+Training inputs only ever hold interactions that happened before the evaluated ones. Evaluation cases
+carry each user's full history up to (not including) the target; the test history of leave-one-out
+includes the validation item, which is an input, never a training label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from genrec.data.dataset import SequenceDataset
+from genrec.data.jagged import Jagged
+from genrec.errors import ConfigError
+
+SplitKind = Literal["loo", "temporal"]
+
+
+@dataclass(frozen=True)
+class EvalCases:
+    """One next-item prediction per row: ``history`` (oldest first) -> ``targets``."""
+
+    users: np.ndarray  # dense user ids
+    history: Jagged
+    targets: np.ndarray
+    history_timestamps: Jagged | None = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def take(self, rows: np.ndarray) -> EvalCases:
+        ts = self.history_timestamps.take(rows) if self.history_timestamps is not None else None
+        return EvalCases(self.users[rows], self.history.take(rows), self.targets[rows], ts)
+
+
+@dataclass(frozen=True)
+class Split:
+    kind: str
+    train_users: np.ndarray  # dense user ids of the rows of ``train``
+    train: Jagged  # training sequences (only interactions before every evaluated one)
+    valid: EvalCases
+    test: EvalCases
+    train_timestamps: Jagged | None = None
+    info: dict | None = None
+
+    def cases(self, which: str) -> EvalCases:
+        if which not in ("valid", "test"):
+            raise ConfigError(f"split part must be 'valid' or 'test', got {which!r}")
+        return self.valid if which == "valid" else self.test
+
+
+def leave_one_out(ds: SequenceDataset, min_length: int = 3) -> Split:
+    """Last item test, second-to-last validation, the rest train (users shorter than ``min_length``
+    only train, as in SASRec)."""
+    seq, lengths = ds.sequences, ds.sequences.lengths
+    users = np.arange(1, ds.n_users + 1, dtype=np.int64)
+    evaluated = lengths >= min_length
+    drop = np.where(evaluated, 2, 0)
+    train = seq.head(drop)
+    train_ts = ds.timestamps.head(drop) if ds.timestamps is not None else None
+    ev = np.flatnonzero(evaluated)
+    sub = seq.take(ev)
+    sub_ts = ds.timestamps.take(ev) if ds.timestamps is not None else None
+    valid = EvalCases(users[ev], sub.head(2), sub.at(2), sub_ts.head(2) if sub_ts is not None else None)
+    test = EvalCases(users[ev], sub.head(1), sub.at(1), sub_ts.head(1) if sub_ts is not None else None)
+    keep = train.lengths > 0
+    return Split("loo", users[keep], train.take(np.flatnonzero(keep)), valid, test,
+                 train_ts.take(np.flatnonzero(keep)) if train_ts is not None else None,
+                 {"min_length": min_length, "evaluated_users": int(evaluated.sum())})
+
+
+def temporal_split(ds: SequenceDataset, valid_fraction: float = 0.1, test_fraction: float = 0.1,
+                   valid_start: float | None = None, test_start: float | None = None) -> Split:
+    """A global time cut: train before ``valid_start``; each user's first interaction in
+    [valid_start, test_start) is a validation target and first at/after ``test_start`` a test target.
+
+    Cut times default to the quantiles that leave ``valid_fraction`` and ``test_fraction`` of all
+    interactions after them.
+    """
+    if ds.timestamps is None:
+        raise ConfigError(f"dataset '{ds.name}' has no timestamps; the temporal split needs them (use 'loo')")
+    ts = ds.timestamps.values
+    if test_start is None:
+        test_start = float(np.quantile(ts, 1 - test_fraction))
+    if valid_start is None:
+        valid_start = float(np.quantile(ts, 1 - test_fraction - valid_fraction))
+    if not valid_start <= test_start:
+        raise ConfigError(f"valid_start ({valid_start}) must not be after test_start ({test_start})")
+    seq, tsj = ds.sequences, ds.timestamps
+    users = np.arange(1, ds.n_users + 1, dtype=np.int64)
+    # Sequences are time-sorted, so the count of earlier interactions is a position per row.
+    n_before_valid = _count_before(tsj, valid_start)
+    n_before_test = _count_before(tsj, test_start)
+    train = seq.head(seq.lengths - n_before_valid)
+    train_ts = tsj.head(seq.lengths - n_before_valid)
+
+    def cases(start_pos: np.ndarray, end_pos: np.ndarray) -> EvalCases:
+        rows = np.flatnonzero((end_pos > start_pos) & (start_pos > 0))
+        pos = start_pos[rows]
+        return EvalCases(users[rows], seq.take(rows).head(seq.lengths[rows] - pos),
+                         seq.values[seq.offsets[rows] + pos], tsj.take(rows).head(seq.lengths[rows] - pos))
+
+    keep = np.flatnonzero(train.lengths > 0)
+    return Split("temporal", users[keep], train.take(keep),
+                 cases(n_before_valid, n_before_test), cases(n_before_test, seq.lengths), train_ts.take(keep),
+                 {"valid_start": valid_start, "test_start": test_start})
+
+
+def _count_before(ts: Jagged, cut: float) -> np.ndarray:
+    return np.bincount(ts.row_ids()[ts.values < cut], minlength=len(ts)).astype(np.int64)
+
+
+def make_split(ds: SequenceDataset, kind: str = "loo", **kwargs) -> Split:
+    if kind == "loo":
+        return leave_one_out(ds, **kwargs)
+    if kind == "temporal":
+        return temporal_split(ds, **kwargs)
+    raise ConfigError(f"unknown split {kind!r}; expected 'loo' or 'temporal'")

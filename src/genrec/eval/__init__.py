@@ -1,0 +1,15 @@
+"""genrec.eval: full-catalog ranking metrics, confidence intervals, paired tests and run reports.
+
+It knows nothing of models: anything with ``score(history, users) -> [batch, n_items + 1]`` is evaluated.
+"""
+
+from genrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, popularity_percentiles
+from genrec.eval.ranking import RankingResult, Scorer, rank_cases, target_ranks, topk_deterministic
+from genrec.eval.report import HEADLINE, Evaluation, compare_runs, evaluate, load_run, write_run
+from genrec.eval.stats import bootstrap_ci, paired_test
+
+__all__ = [
+    "DEFAULT_KS", "HEADLINE", "Evaluation", "RankingResult", "Scorer", "bootstrap_ci", "compare_runs", "evaluate",
+    "load_run", "metrics_from_ranks", "paired_test", "popularity_percentiles", "rank_cases", "target_ranks",
+    "topk_deterministic", "write_run",
+]
