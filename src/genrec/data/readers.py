@@ -53,21 +53,26 @@ def read_table(path: str | Path, fmt: str = "auto", delimiter: str | None = None
         bad.append(row)
         return "skip"
 
-    try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(autogenerate_column_names=not header),
-            parse_options=pacsv.ParseOptions(delimiter=delim, invalid_row_handler=on_invalid),
-        )
-    except pa.ArrowInvalid as e:
-        raise DataError(f"cannot parse ({str(e).splitlines()[0]})", path=path) from None
+    def parse(use_threads: bool) -> pa.Table:
+        try:
+            return pacsv.read_csv(
+                path,
+                read_options=pacsv.ReadOptions(autogenerate_column_names=not header, use_threads=use_threads),
+                parse_options=pacsv.ParseOptions(delimiter=delim, invalid_row_handler=on_invalid),
+            )
+        except pa.ArrowInvalid as e:
+            raise DataError(f"cannot parse ({str(e).splitlines()[0]})", path=path) from None
+
+    table = parse(use_threads=True)
+    if bad and bad[0].number is None:  # parallel parsing does not know line numbers; find it serially
+        bad.clear()
+        parse(use_threads=False)
     if bad:
         row = bad[0]
-        line = f"line {row.number}" if row.number is not None else "a row"
         raise DataError(
-            f"{line}: expected {row.expected_columns} fields separated by {delim!r}, "
+            f"expected {row.expected_columns} fields separated by {delim!r}, "
             f"got {row.actual_columns}: {row.text[:80]!r}",
-            path=path,
+            path=path, line=row.number,
         )
     if not header:
         table = table.rename_columns([str(i) for i in range(table.num_columns)])
@@ -161,15 +166,19 @@ def validate_interactions(table: pa.Table, path: object = "<table>", header: boo
 
 
 def _no_nulls(col: pa.Array, path: object, role: str, first_line: int) -> None:
-    if col.null_count:
-        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+    missing = col.is_null()
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):  # CSV reads an empty field as ''
+        missing = pc.or_kleene(missing, pc.equal(col, ""))
+    missing = missing.to_numpy(zero_copy_only=False)
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
         raise DataError(f"empty {role} id", path=path, line=row + first_line, column=role)
 
 
 def _numeric(col: pa.ChunkedArray, path: object, role: str, first_line: int, timestamp: bool = False) -> pa.Array:
     col = col.combine_chunks()
     if timestamp and (pa.types.is_timestamp(col.type) or pa.types.is_date(col.type)):
-        col = pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64())
+        col = pc.cast(pc.cast(col, pa.timestamp("s"), safe=False), pa.int64())  # whole seconds (truncated)
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
         bad = _first_non_numeric(col)
         where = f"; first bad value {bad[1]!r}" if bad else ""

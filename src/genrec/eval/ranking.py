@@ -85,7 +85,8 @@ def rank_cases(
     bs = max(1, min(batch_size, max_batch_elements // n_cols))
     max_k = min(max(ks), n_items)
     ranks = np.empty(len(cases), dtype=np.int64)
-    top = np.empty((len(cases), max_k), dtype=np.int64)
+    unranked = np.zeros(len(cases), dtype=bool)
+    top = np.empty((len(cases), max_k), dtype=np.int64)  # 0 marks "nothing recommended here"
     seen_targets = 0
     gen = torch.Generator().manual_seed(seed)
     with progress_bar(len(cases), "ranking", enabled=show_progress) as advance:
@@ -105,22 +106,29 @@ def rank_cases(
                 mask_seen(scores, hist)
                 excluded = torch.isinf(scores.gather(1, targets[:, None])[:, 0]) & ~torch.isinf(t_before)
                 seen_targets += int(excluded.sum())
-            top[rows] = topk_deterministic(scores, max_k)[0].numpy()
+            # Rank over the item columns only, so the padding column never takes a place (ids shift by one,
+            # which keeps the tie order); a -inf item (excluded or NaN) is never counted as recommended.
+            top_ids, top_vals = topk_deterministic(scores[:, 1:], max_k)
+            top[rows] = torch.where(top_vals == -torch.inf, 0, top_ids + 1).numpy()
             if sampled_negatives:
                 r = _sampled_ranks(scores, targets, sampled_negatives, gen)
             else:
-                r = target_ranks(scores, targets)
+                r = target_ranks(scores[:, 1:], targets - 1)
             r = torch.where(excluded, torch.full_like(r, n_items), r)
             ranks[rows] = r.numpy()
+            unranked[rows] = excluded.numpy()
             advance(len(rows))
     per_case = metrics_from_ranks(ranks, ks)
+    for values in per_case.values():
+        values[unranked] = 0.0  # an excluded target is a miss at every K (even K > n_items), with MRR 0
     aggregate = {}
     pct = popularity_percentiles(item_counts) if item_counts is not None else None
     for k in ks:
         kk = min(k, max_k)
-        aggregate[f"coverage@{k}"] = len(np.unique(top[:, :kk])) / n_items
-        if pct is not None:
-            per_case[f"popularity@{k}"] = pct[top[:, :kk]].mean(axis=1)
+        recommended = np.unique(top[:, :kk])
+        aggregate[f"coverage@{k}"] = int(np.count_nonzero(recommended)) / n_items
+        if pct is not None:  # mean percentile of the recommended items (pct[0] = 0 for empty slots)
+            per_case[f"popularity@{k}"] = pct[top[:, :kk]].sum(axis=1) / np.maximum((top[:, :kk] > 0).sum(1), 1)
     info = {"cases": len(cases), "n_items": n_items, "exclude_seen": exclude_seen,
             "targets_in_history_excluded": seen_targets, "ks": ks,
             "protocol": f"sampled ({sampled_negatives} uniform negatives)" if sampled_negatives else "full catalog"}

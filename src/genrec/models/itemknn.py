@@ -17,9 +17,10 @@ class ItemKNNConfig(BaseModel):
 
     neighbors: int = Field(200, ge=1, description="Similar items kept per item.")
     shrink: float = Field(10.0, ge=0, description="Added to the cosine denominator; damps rare pairs.")
-    window: int | None = Field(None, ge=1, description="Count co-occurrence only within this many steps of "
+    # Defaults chosen on the validation split of MovieLens-1M and Amazon Beauty (benchmarks/baselines.py).
+    window: int | None = Field(5, ge=1, description="Count co-occurrence only within this many steps of "
                                "each other in a sequence (None = anywhere in the user's training sequence).")
-    history_decay: float = Field(0.9, gt=0, le=1, description="Weight of a history item k steps before the "
+    history_decay: float = Field(0.5, gt=0, le=1, description="Weight of a history item k steps before the "
                                  "last one is decay**k (1.0 = every item counts the same).")
     max_history: int = Field(50, ge=1, description="Only the most recent items of a history are used.")
 
@@ -45,9 +46,7 @@ class ItemKNN(Recommender):
         rows = train.row_ids()
         if self.config.window is None:
             x = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, train.values)), shape=(len(train), n))
-            x.data[:] = 1.0  # duplicates count once
-            x.sum_duplicates()
-            x.data[:] = 1.0
+            x.data[:] = 1.0  # an item repeated in one sequence counts once
             return (x.T @ x).tocsr()
         # Pairs (i, j) no more than `window` steps apart in the same sequence, counted both ways.
         pos = np.arange(len(train.values)) - np.repeat(train.offsets[:-1], train.lengths)

@@ -1,0 +1,247 @@
+"""The ``genrec`` command: one verb per stage, each a thin call into a public Python function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from genrec.errors import ConfigError, GenrecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="genrec: generative recommendation, end to end.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: list, inspect, download, prepare.")
+app.add_typer(data_app, name="data")
+out = Console()
+err = Console(stderr=True)
+
+
+def main() -> None:
+    """Entry point: genrec errors become one or two lines on stderr and exit status 2, never a traceback."""
+    try:
+        app()  # standalone mode: usage errors print a message and exit 2 on their own
+    except GenrecError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+# --- shared options ------------------------------------------------------------------------------------
+
+FormatOpt = Annotated[str, typer.Option("--format", help="File format: auto, parquet, csv, tsv, sequences.")]
+UserCol = Annotated[str, typer.Option("--user-col", help="User id column of a file.")]
+ItemCol = Annotated[str, typer.Option("--item-col", help="Item id column of a file.")]
+TimeCol = Annotated[str | None, typer.Option("--time-col", help="Timestamp column of a file.")]
+SepOpt = Annotated[str | None, typer.Option("--sep", help="CSV delimiter (default ',' for csv, tab for tsv).")]
+SchemaOpt = Annotated[Path | None, typer.Option("--schema", help="YAML file describing the file's columns.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _load(name_or_path: str, fmt: str = "auto", user_col: str = "user_id", item_col: str = "item_id",
+          time_col: str | None = None, sep: str | None = None, schema: Path | None = None, dedup: bool = False,
+          kcore: int | None = None):
+    from genrec.data import InteractionSchema, load_dataset, load_schema
+
+    items_path, item_schema = None, None
+    if schema is not None:
+        ds_schema = load_schema(schema)
+        inter = ds_schema.interactions
+        items_path, item_schema = ds_schema.items_path, ds_schema.items
+        if ds_schema.interactions_path and name_or_path in ("-", ""):
+            name_or_path = ds_schema.interactions_path
+    else:
+        try:
+            inter = InteractionSchema(format=fmt, user=user_col, item=item_col, timestamp=time_col, delimiter=sep)
+        except Exception as e:  # pydantic's message names the field
+            raise ConfigError(f"bad column options: {e}") from None
+    return load_dataset(name_or_path, inter, items_path=items_path, item_schema=item_schema, dedup=dedup,
+                        kcore=kcore)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+# --- data ----------------------------------------------------------------------------------------------
+
+@data_app.command("list")
+def data_list(as_json: JsonOpt = False) -> None:
+    """List the built-in datasets and whether a copy is on this machine."""
+    from genrec.data import REGISTRY, data_home
+
+    rows = [{"name": d.name, "available": d.available(), "folder": str(d.root()), "description": d.description,
+             "licence": d.licence} for d in REGISTRY.values()]
+    if as_json:
+        return _print_json({"data_dir": str(data_home()), "datasets": rows})
+    table = Table(title=f"built-in datasets (data dir: {data_home()})")
+    for col in ("name", "here", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], "yes" if r["available"] else "no", r["description"])
+    out.print(table)
+
+
+@data_app.command("stats")
+def data_stats(
+    name_or_path: Annotated[str, typer.Argument(help="Built-in dataset name, prepared folder, or file.")],
+    as_json: JsonOpt = False, fmt: FormatOpt = "auto", user_col: UserCol = "user_id",
+    item_col: ItemCol = "item_id", time_col: TimeCol = None, sep: SepOpt = None, schema: SchemaOpt = None,
+) -> None:
+    """Users, items, interactions and the sequence length distribution."""
+    stats = _load(name_or_path, fmt, user_col, item_col, time_col, sep, schema).stats()
+    if as_json:
+        return _print_json(stats)
+    table = Table(title=f"{stats['name']}", show_header=False)
+    for key in ("users", "items", "interactions"):
+        table.add_row(key, f"{stats[key]:,}")
+    table.add_row("density", f"{stats['density']:.5f}")
+    sl = stats["sequence_length"]
+    table.add_row("sequence length", "  ".join(f"{k} {v:,.1f}" if isinstance(v, float) else f"{k} {v:,}"
+                                               for k, v in sl.items()))
+    table.add_row("timestamps", "yes" if stats["has_timestamps"] else "no")
+    table.add_row("item catalog", "yes" if stats["has_item_table"] else "no")
+    out.print(table)
+
+
+@data_app.command("download")
+def data_download(name: Annotated[str, typer.Argument(help="Built-in dataset name.")]) -> None:
+    """Fetch a built-in dataset from its public source into the data dir, verifying checksums."""
+    from genrec.data import download, get_builtin
+
+    root = download(get_builtin(name), progress=lambda m: err.print(m, highlight=False))
+    out.print(f"{name}: files in {root}")
+
+
+@data_app.command("verify")
+def data_verify(name: Annotated[str, typer.Argument(help="Built-in dataset name.")], as_json: JsonOpt = False) -> None:
+    """Check the sha256 of every file of a built-in dataset; exit 2 on a mismatch or a missing required file."""
+    from genrec.data import get_builtin, verify
+
+    spec = get_builtin(name)
+    status = verify(spec)
+    if as_json:
+        _print_json(status)
+    else:
+        for path, s in status.items():
+            out.print(f"{s:>9}  {path}", highlight=False)
+    required = {f.path for f in spec.files if f.required}
+    if any(s == "MISMATCH" or (s == "missing" and p in required) for p, s in status.items()):
+        raise GenrecError(f"{name}: some files are missing or do not match their checksum")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    name_or_path: Annotated[str, typer.Argument(help="Built-in dataset name or file.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the prepared dataset to.")],
+    dedup: Annotated[bool, typer.Option(help="Keep only the first (user, item) occurrence.")] = False,
+    kcore: Annotated[int | None, typer.Option(help="Drop users and items with fewer interactions.", min=1)] = None,
+    fmt: FormatOpt = "auto", user_col: UserCol = "user_id", item_col: ItemCol = "item_id", time_col: TimeCol = None,
+    sep: SepOpt = None, schema: SchemaOpt = None,
+) -> None:
+    """Validate, map ids, order chronologically, and save as Parquet + JSON (loadable by every verb)."""
+    ds = _load(name_or_path, fmt, user_col, item_col, time_col, sep, schema, dedup, kcore)
+    ds.save(out_dir)
+    s = ds.stats()
+    out.print(f"{s['name']}: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions "
+              f"-> {out_dir}")
+
+
+# --- eval / compare ------------------------------------------------------------------------------------
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in text.split(",") if k.strip()})
+    except ValueError:
+        raise ConfigError(f"--k expects comma-separated integers, got {text!r}") from None
+    if not ks or ks[0] < 1:
+        raise ConfigError(f"--k values must be >= 1, got {text!r}")
+    return ks
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Option(help="Baseline to fit and evaluate: popularity or itemknn.")],
+    dataset: Annotated[str, typer.Option(help="Built-in dataset name, prepared folder, or interaction file.")],
+    split: Annotated[str, typer.Option(help="loo (leave-one-out) or temporal (global time cut).")] = "loo",
+    on: Annotated[str, typer.Option(help="Evaluate on 'test' (report once) or 'valid' (tuning).")] = "test",
+    k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "5,10,20,50,200",
+    exclude_seen: Annotated[bool, typer.Option("--exclude-seen/--include-seen",
+                                               help="Exclude items already in the history.")] = True,
+    sampled_negatives: Annotated[int | None, typer.Option(
+        help="Rank against N sampled negatives instead of the full catalog (labelled SAMPLED).", min=1)] = None,
+    param: Annotated[list[str] | None, typer.Option(help="Model setting key=value (repeatable).")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.", min=10)] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/MODEL-DATASET-PART).")] = None,
+    as_json: JsonOpt = False, fmt: FormatOpt = "auto", user_col: UserCol = "user_id", item_col: ItemCol = "item_id",
+    time_col: TimeCol = None, sep: SepOpt = None, schema: SchemaOpt = None,
+) -> None:
+    """Fit a baseline on the training split and rank the whole catalog for every evaluation case."""
+    from genrec.train import parse_params, run_baseline
+
+    if on not in ("test", "valid"):
+        raise ConfigError(f"--on must be 'test' or 'valid', got {on!r}")
+    ks = _parse_ks(k)
+    params = parse_params(param or [])
+    ds = _load(dataset, fmt, user_col, item_col, time_col, sep, schema)
+    folder = out_dir or Path("runs") / f"{model}-{ds.name}-{on}"
+    run = run_baseline(model, ds, params=params, split=split, part=on, ks=ks, exclude_seen=exclude_seen,
+                       sampled_negatives=sampled_negatives, n_boot=bootstrap, seed=seed, out=folder,
+                       show_progress=not as_json)
+    ev = run.evaluation
+    if as_json:
+        return _print_json({"run": str(folder), "config": run.config, "metrics": ev.summary,
+                            "aggregate": ev.aggregate, "info": ev.info})
+    title = f"{model} on {ds.name}: {on} split, {ev.info['protocol']}, {ev.info['cases']:,} users"
+    if sampled_negatives:
+        title = "SAMPLED METRICS (not full-catalog) - " + title
+    table = Table(title=title)
+    for col in ("metric", "mean", "95% CI"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    for name, v in ev.summary.items():
+        table.add_row(name, f"{v['mean']:.4f}", f"[{v['ci_low']:.4f}, {v['ci_high']:.4f}]")
+    for name, v in ev.aggregate.items():
+        table.add_row(name, f"{v:.4f}", "")
+    out.print(table)
+    out.print(f"run folder: {folder}", highlight=False)
+
+
+@app.command("compare")
+def compare_cmd(
+    run_a: Annotated[Path, typer.Argument(help="Run folder A (the reference).")],
+    run_b: Annotated[Path, typer.Argument(help="Run folder B.")],
+    metric: Annotated[list[str] | None, typer.Option(help="Metric(s) to compare (default: all).")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples.", min=10)] = 1000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Paired test of B against A on the same users: difference, 95% interval, p-value."""
+    from genrec.eval import compare_runs
+
+    res = compare_runs(run_a, run_b, metric, n_boot=bootstrap)
+    if as_json:
+        return _print_json(res)
+    table = Table(title=f"B - A on {res['users']:,} paired users ({res['part']} split)\nA = {run_a}\nB = {run_b}")
+    for col in ("metric", "A", "B", "B - A", "95% CI", "p (t-test)", "p (Wilcoxon)"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name, r in res["metrics"].items():
+        table.add_row(name, f"{r['mean_a']:.4f}", f"{r['mean_b']:.4f}", f"{r['diff']:+.4f}",
+                      f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]", _p(r["p_value"]), _p(r["p_wilcoxon"]))
+    out.print(table)
+    if res["sampled_runs"]:
+        out.print(f"[bold yellow]warning:[/] run(s) {', '.join(res['sampled_runs'])} used SAMPLED metrics")
+
+
+def _p(p: float) -> str:
+    return "<1e-4" if p < 1e-4 else f"{p:.4f}"
+
+
+@app.command("version")
+def version() -> None:
+    """Print the genrec version."""
+    from genrec import __version__
+
+    out.print(__version__)
