@@ -55,6 +55,10 @@ def bench_dataset(name: str, runs: Path, n_boot: int) -> dict:
     return out
 
 
+def _cell(v: dict) -> str:
+    return f"{v['mean']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]"
+
+
 def render(result: dict) -> str:
     lines = ["# Baselines: full-catalog ranking, leave-one-out (test split)", "",
              f"- command: `{result['command']}`", f"- commit {result['commit']}, {result['created']}",
@@ -69,8 +73,7 @@ def render(result: dict) -> str:
                   "", "| model | " + " | ".join(SHOWN) + " | coverage@10 |",
                   "|---" * (len(SHOWN) + 2) + "|"]
         for model, t in r["test"].items():
-            cells = [f"{t['metrics'][k]['mean']:.4f} [{t['metrics'][k]['ci_low']:.4f}, {t['metrics'][k]['ci_high']:.4f}]"
-                     for k in SHOWN]
+            cells = [_cell(t["metrics"][k]) for k in SHOWN]
             lines.append(f"| {model} | " + " | ".join(cells) + f" | {t['aggregate']['coverage@10']:.4f} |")
         knn = r["test"]["itemknn"]["params"]
         lines += ["", f"item-kNN chosen: window={knn['window']}, history_decay={knn['history_decay']}, "
@@ -80,8 +83,8 @@ def render(result: dict) -> str:
                       for m, v in r["paired_itemknn_minus_popularity"].items()), "",
                   "Validation grid (item-kNN):", "", "| window | history_decay | HR@10 | NDCG@10 | s |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {g['window']} | {g['history_decay']} | {g['hr@10']:.4f} | {g['ndcg@10']:.4f} | {g['seconds']:.1f} |"
-                  for g in r["validation_grid"]]
+        lines += [f"| {g['window']} | {g['history_decay']} | {g['hr@10']:.4f} | {g['ndcg@10']:.4f} "
+                  f"| {g['seconds']:.1f} |" for g in r["validation_grid"]]
         lines.append("")
     return "\n".join(lines)
 

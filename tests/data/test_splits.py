@@ -55,7 +55,7 @@ def check_loo(ds: SequenceDataset, min_length: int = 3) -> None:
         assert train.get(u, []) == expected_train
         if tss is not None and expected_train:
             assert train_ts[u] == (tss[u - 1][:-2] if len(seq) >= min_length else tss[u - 1])
-    assert split.train.lengths.min() > 0  # no empty training rows
+    assert (split.train.lengths > 0).all()  # no empty training rows
     for part, k in ((split.valid, 2), (split.test, 1)):
         assert len(part) == len(evaluated)
         for row, u in enumerate(part.users.tolist()):

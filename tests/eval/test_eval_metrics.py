@@ -22,8 +22,8 @@ def test_hand_computed_ranks():
     np.testing.assert_allclose(m["ndcg@1"], [1.0, 0, 0, 0, 0, 0], rtol=0, atol=1e-15)
     np.testing.assert_allclose(m["ndcg@5"], [1.0, 0.6309297535714575, 0.38685280723454163, 0, 0, 0],
                                rtol=0, atol=1e-15)
-    np.testing.assert_allclose(
-        m["ndcg@10"], [1.0, 0.6309297535714575, 0.38685280723454163, 0.2890648263178879, 0, 0], rtol=0, atol=1e-15)
+    ndcg10 = [1.0, 0.6309297535714575, 0.38685280723454163, 0.2890648263178879, 0, 0]
+    np.testing.assert_allclose(m["ndcg@10"], ndcg10, rtol=0, atol=1e-15)
     # MRR is not truncated at any K.
     np.testing.assert_allclose(m["mrr"], [1.0, 0.5, 0.2, 0.1, 0.09090909090909091, 0.0002927400468384075],
                                rtol=0, atol=1e-15)

@@ -22,7 +22,7 @@ class TableScorer:
         self.table = torch.as_tensor(np.asarray(table, dtype=np.float32))
         self.calls: list[int] = []
 
-    def score(self, history: Jagged, users: np.ndarray) -> torch.Tensor:
+    def score(self, history: Jagged, users: np.ndarray, timestamps: Jagged | None = None) -> torch.Tensor:
         assert len(history) == len(users)
         self.calls.append(len(users))
         return self.table[torch.from_numpy(np.asarray(users, dtype=np.int64))]
@@ -44,11 +44,11 @@ def rank(scorer, cases, n_items, **kw):
     return rank_cases(scorer, cases, n_items, **kw)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # A hand-checked 6-item catalog.
 #   Base scores of items 1..6: [0.5, 0.9, 0.5, 0.1, 0.9, 0.3]
 #   Order (score desc, id asc): 2, 5, 1, 3, 6, 4
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 N = 6
 BASE = [-7.0, 0.5, 0.9, 0.5, 0.1, 0.9, 0.3]  # column 0 (padding) is ignored by rank_cases
 HAND_TABLE = [[0.0] * 7, BASE, BASE, BASE, BASE, BASE, [0.0] * 7]  # row 0 unused; user 6 has all scores tied
@@ -121,7 +121,7 @@ class SharedRowScorer:
     def __init__(self, row):
         self.row = torch.tensor(row, dtype=torch.float32)
 
-    def score(self, history: Jagged, users: np.ndarray) -> torch.Tensor:
+    def score(self, history: Jagged, users: np.ndarray, timestamps: Jagged | None = None) -> torch.Tensor:
         return self.row.expand(len(history), -1)
 
 
@@ -153,9 +153,9 @@ def test_empty_cases():
     assert len(r.ranks) == 0 and all(len(v) == 0 for v in r.per_case.values())
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Chunking, exclusion, relabelling
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 def random_problem(seed: int, n_items: int, n_cases: int, ties: bool = False, target_in_history: bool = True):
     rng = np.random.default_rng(seed)
     if ties:
@@ -233,19 +233,20 @@ def test_invariant_to_item_relabelling(seed, n_items, n_cases, exclude_seen):
     new_table[:, perm] = table
     new_counts = np.empty_like(counts)
     new_counts[perm] = counts
-    new_cases = EvalCases(cases.users, Jagged(perm[cases.history.values], cases.history.offsets), perm[cases.targets])
-    ks = (1, 3, 10, 50)
-    a = rank(TableScorer(table), cases, n_items, ks=ks, exclude_seen=exclude_seen, item_counts=counts)
-    b = rank(TableScorer(new_table), new_cases, n_items, ks=ks, exclude_seen=exclude_seen, item_counts=new_counts)
+    new_hist = Jagged(perm[cases.history.values], cases.history.offsets)
+    new_cases = EvalCases(cases.users, new_hist, perm[cases.targets])
+    kw = {"ks": (1, 3, 10, 50), "exclude_seen": exclude_seen}
+    a = rank(TableScorer(table), cases, n_items, item_counts=counts, **kw)
+    b = rank(TableScorer(new_table), new_cases, n_items, item_counts=new_counts, **kw)
     np.testing.assert_array_equal(a.ranks, b.ranks)
     for k in a.per_case:
         np.testing.assert_allclose(a.per_case[k], b.per_case[k], err_msg=k)
     assert a.aggregate == pytest.approx(b.aggregate)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # The deterministic order: topk_deterministic and target_ranks against a stable sort on (-score, id)
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 score_elems = st.one_of(st.sampled_from([-np.inf, 0.0, 1.0, 2.0, 0.5]),
                         st.floats(-100, 100, width=32, allow_nan=False, allow_infinity=False))
 score_mats = arrays(np.float32, shape=st.tuples(st.integers(1, 5), st.integers(1, 25)), elements=score_elems)
@@ -294,9 +295,9 @@ def test_target_ranks_agree_with_topk_position():
             assert ids[row, r[row]] == t
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Sampled negatives: only behind a flag, labelled, with a warning
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 def sampled(scorer, cases, n_items, n_neg, **kw):
     with pytest.warns(UserWarning, match="sampled"):
         return rank(scorer, cases, n_items, ks=kw.pop("ks", (1, 5, 10)), sampled_negatives=n_neg, **kw)

@@ -47,6 +47,10 @@ def _reprepare(ds: SequenceDataset, dedup: bool, kcore: int | None) -> SequenceD
             "item": ds.items.raw.take(pa.array(ds.sequences.values - 1))}
     if ds.timestamps is not None:
         cols["timestamp"] = ds.timestamps.values
+    if ds.values is not None:
+        cols["value"] = ds.values
+    if ds.events is not None:
+        cols["event"] = ds.events
     catalog = None
     if ds.item_table is not None:
         catalog = ds.item_table.drop_columns(["item_idx"])

@@ -172,7 +172,8 @@ def _no_nulls(col: pa.Array, path: object, role: str, first_line: int) -> None:
     missing = missing.to_numpy(zero_copy_only=False)
     if missing.any():
         row = int(np.flatnonzero(missing)[0])
-        raise DataError(f"empty {role} id", path=path, line=row + first_line, column=role)
+        what = f"empty {role} id" if role in ("user", "item") else f"empty {role}"
+        raise DataError(what, path=path, line=row + first_line, column=role)
 
 
 def _numeric(col: pa.ChunkedArray, path: object, role: str, first_line: int, timestamp: bool = False) -> pa.Array:

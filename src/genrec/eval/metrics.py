@@ -12,8 +12,9 @@ DEFAULT_KS = (5, 10, 20, 50, 200)
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, np.ndarray]:
     """Per-case HR@K (= Recall@K with one target), NDCG@K for every K, and MRR (not truncated).
 
-    A target that could not be ranked (excluded, or outside a sampled candidate set) has rank >= any K and
-    an MRR of 0.
+    A rank >= K is a miss at K. A target that could not be ranked at all (excluded as already seen) is given
+    rank ``n_items`` by :func:`genrec.eval.ranking.rank_cases`, which also sets all its metrics, MRR included,
+    to 0.
     """
     ranks = np.asarray(ranks, dtype=np.int64)
     if np.any(ranks < 0):

@@ -22,8 +22,9 @@ from genrec.progress import progress_bar
 
 
 class Scorer(Protocol):
-    def score(self, history: Jagged, users: np.ndarray) -> torch.Tensor:
-        """Scores [batch, n_items + 1] for each history (column 0 is padding and ignored)."""
+    def score(self, history: Jagged, users: np.ndarray, timestamps: Jagged | None = None) -> torch.Tensor:
+        """Scores [batch, n_items + 1] for each history (column 0 is padding and ignored); ``timestamps``
+        (aligned with ``history``) are given when the data has them."""
 
 
 @dataclass
@@ -93,12 +94,14 @@ def rank_cases(
         for start in range(0, len(cases), bs):
             rows = np.arange(start, min(start + bs, len(cases)))
             hist = cases.history.take(rows)
+            ts = cases.history_timestamps.take(rows) if cases.history_timestamps is not None else None
             targets = torch.from_numpy(cases.targets[rows].astype(np.int64))
             with torch.no_grad():
-                scores = scorer.score(hist, cases.users[rows]).detach().to(torch.float32).clone()
+                extra = {"timestamps": ts} if ts is not None else {}
+                scores = scorer.score(hist, cases.users[rows], **extra).detach().to(torch.float32).clone()
             if scores.shape != (len(rows), n_cols):
                 raise ValueError(f"scorer returned shape {tuple(scores.shape)}, expected {(len(rows), n_cols)}")
-            scores = torch.nan_to_num(scores, nan=-torch.inf)
+            scores = torch.nan_to_num(scores, nan=-torch.inf, neginf=-torch.inf, posinf=torch.inf)
             scores[:, 0] = -torch.inf
             excluded = torch.zeros(len(rows), dtype=torch.bool)
             if exclude_seen:

@@ -149,6 +149,11 @@ def compare_runs(run_a: str | Path, run_b: str | Path, metrics: Sequence[str] | 
     pairs = np.array([(i, b_index[u]) for i, u in enumerate(a_users) if u in b_index], dtype=np.int64).reshape(-1, 2)
     if len(pairs) == 0:
         raise GenrecError("the two runs share no evaluated users")
+    targets_a = np.array(users_a.column("target").to_pylist(), dtype=object)[pairs[:, 0]]
+    targets_b = np.array(users_b.column("target").to_pylist(), dtype=object)[pairs[:, 1]]
+    if np.any(targets_a != targets_b):
+        raise GenrecError(f"the runs predict different targets for {int((targets_a != targets_b).sum())} users "
+                          "(different splits?); a paired test needs the same cases")
     common = [c for c in users_a.column_names if c in users_b.column_names and c not in ("user", "target", "rank")]
     chosen = list(metrics) if metrics else common
     unknown = [m for m in chosen if m not in common]

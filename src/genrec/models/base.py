@@ -20,7 +20,7 @@ class Recommender(ABC):
         """Learn from training sequences of dense item ids (1..n_items)."""
 
     @abstractmethod
-    def score(self, history: Jagged, users: np.ndarray) -> torch.Tensor:
+    def score(self, history: Jagged, users: np.ndarray, timestamps: Jagged | None = None) -> torch.Tensor:
         """Scores [len(history), n_items + 1]; column 0 is padding."""
 
     def _check_fitted(self) -> int:

@@ -59,7 +59,7 @@ class ItemKNN(Recommender):
         co = sp.coo_matrix((np.ones(len(a), np.float32), (a, b)), shape=(n, n)).tocsr()
         return (co + co.T - sp.diags(co.diagonal())).tocsr()
 
-    def score(self, history: Jagged, users: np.ndarray) -> torch.Tensor:
+    def score(self, history: Jagged, users: np.ndarray, timestamps: Jagged | None = None) -> torch.Tensor:
         n = self._check_fitted() + 1
         hist = history.tail(self.config.max_history)
         steps_back = np.repeat(hist.offsets[1:], hist.lengths) - 1 - np.arange(len(hist.values))

@@ -30,6 +30,6 @@ class Popularity(Recommender):
         self.n_items = n_items
         return self
 
-    def score(self, history: Jagged, users: np.ndarray) -> torch.Tensor:
+    def score(self, history: Jagged, users: np.ndarray, timestamps: Jagged | None = None) -> torch.Tensor:
         self._check_fitted()
         return self.counts_.expand(len(history), -1)

@@ -1,0 +1,71 @@
+"""HSTU, the Hierarchical Sequential Transduction Unit ("Actions Speak Louder than Words", ICML 2024).
+
+One fused projection gives U, V, Q, K through SiLU; attention is pointwise SiLU(Q K^T + rab) / n, causal,
+without softmax; the block output is x + W2(dropout(LayerNorm(A V) * U)). rab is a learned relative bias
+over positions and, when timestamps exist, bucketed time gaps.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from genrec.models.sequential import SequentialConfig, SequentialModel
+from genrec.nn.attention import pointwise_attention, pointwise_attention_reference
+from genrec.nn.relative_bias import RelativeBias
+
+
+class HSTUConfig(SequentialConfig):
+    name: Literal["hstu"] = "hstu"
+    attn_dim: int | None = Field(None, ge=1, description="Per-head Q/K size (default dim // heads).")
+    linear_dim: int | None = Field(None, ge=1, description="Per-head U/V size (default dim // heads).")
+    time_buckets: int = Field(64, ge=0, description="Log-scale time-gap buckets of the relative bias "
+                              "(used only when the data has timestamps; 0 = none).")
+
+
+class HSTUBlock(nn.Module):
+    def __init__(self, cfg: HSTUConfig):
+        super().__init__()
+        self.h = cfg.heads
+        self.da = cfg.attn_dim or cfg.dim // cfg.heads
+        self.dv = cfg.linear_dim or cfg.dim // cfg.heads
+        self.max_len = cfg.max_len
+        self.norm_in = nn.LayerNorm(cfg.dim)
+        self.uvqk = nn.Linear(cfg.dim, self.h * (2 * self.dv + 2 * self.da))
+        self.norm_attn = nn.LayerNorm(self.h * self.dv)
+        self.out = nn.Linear(self.h * self.dv, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.rab = RelativeBias(cfg.max_len, cfg.time_buckets)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor | None = None,
+                reference: bool = False) -> torch.Tensor:
+        b, n, _ = x.shape
+        u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).split(
+            [self.h * self.dv, self.h * self.dv, self.h * self.da, self.h * self.da], dim=-1)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, n, self.h, -1).transpose(1, 2)
+
+        q, k, v, bias = heads(q), heads(k), heads(v), self.rab(n, timestamps)
+        if reference:
+            a = pointwise_attention_reference(q, k, v, bias, lengths, self.max_len)
+        else:
+            a = pointwise_attention(q, k, v, bias, self.max_len)
+        a = a.transpose(1, 2).reshape(b, n, self.h * self.dv)
+        return x + self.out(self.drop(self.norm_attn(a) * u))
+
+
+class HSTU(SequentialModel):
+    def __init__(self, config: HSTUConfig, n_items: int):
+        super().__init__(config, n_items)
+        self.blocks = nn.ModuleList(HSTUBlock(config) for _ in range(config.blocks))
+
+    def encode_embeddings(self, x: torch.Tensor, lengths: torch.Tensor,
+                          timestamps: torch.Tensor | None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, lengths, timestamps, self.reference)
+        return x

@@ -1,0 +1,94 @@
+"""What SASRec and HSTU share: item embeddings (the hook for content features), learned positions, scoring
+the whole catalog from the last position, and the training targets of a right-padded batch."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from genrec.data.jagged import Jagged
+
+
+class SequentialConfig(BaseModel):
+    """Fields every sequential model has; each model's config adds its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dim: int = Field(50, ge=1, description="Embedding and hidden size D.")
+    blocks: int = Field(2, ge=1, description="Number of stacked blocks.")
+    heads: int = Field(1, ge=1, description="Attention heads.")
+    max_len: int = Field(200, ge=1, description="History cap: only the most recent items are read.")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout on embeddings and block outputs.")
+    init_std: float = Field(0.02, gt=0, description="Std of the item/position embedding init (N(0, 1) barely "
+                            "trains with tied outputs, see ANCHORS.md).")
+    l2_normalize: bool = Field(False, description="L2-normalise hidden states and item embeddings when scoring "
+                               "(pair with a temperature in the loss).")
+
+
+class SequentialModel(nn.Module):
+    """Subclasses set ``self.blocks`` and implement :meth:`encode_embeddings`.
+
+    ``reference = True`` swaps every fast attention kernel for its plain per-sequence reference (tests).
+    """
+
+    reference: bool = False
+
+    def __init__(self, config: SequentialConfig, n_items: int):
+        super().__init__()
+        self.config, self.n_items = config, n_items
+        self.item_emb = nn.Embedding(n_items + 1, config.dim, padding_idx=0)
+        self.pos_emb = nn.Embedding(config.max_len, config.dim)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.final_norm = nn.LayerNorm(config.dim)
+        nn.init.normal_(self.item_emb.weight, std=config.init_std)
+        nn.init.normal_(self.pos_emb.weight, std=config.init_std)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    # Item representation: id embedding today; content features add here later (one place to change).
+    def item_table(self) -> torch.Tensor:
+        w = self.item_emb.weight
+        return F.normalize(w, dim=-1) if self.config.l2_normalize else w
+
+    def encode_embeddings(self, x: torch.Tensor, lengths: torch.Tensor,
+                          timestamps: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, items: torch.Tensor, lengths: torch.Tensor,
+                timestamps: torch.Tensor | None = None) -> torch.Tensor:
+        """items: [B, L] right-padded dense ids -> hidden states [B, L, D] (padded rows are garbage)."""
+        length = items.shape[1]
+        x = self.item_emb(items) * math.sqrt(self.config.dim) + self.pos_emb.weight[:length][None]
+        x = self.emb_dropout(x) * (items > 0).unsqueeze(-1)
+        h = self.final_norm(self.encode_embeddings(x, lengths, timestamps))
+        return F.normalize(h, dim=-1) if self.config.l2_normalize else h
+
+    @torch.no_grad()
+    def score(self, history: Jagged, users: np.ndarray | None = None,
+              timestamps: Jagged | None = None) -> torch.Tensor:
+        """Scores over the catalog [B, n_items + 1] from each history's last position."""
+        hist = history.tail(self.config.max_len)
+        items = hist.to_padded(left=False)
+        lengths = torch.from_numpy(hist.lengths).clamp(min=1)
+        ts = timestamps.tail(self.config.max_len).to_padded(left=False) if timestamps is not None else None
+        h = self.forward(items.to(self.item_emb.weight.device), lengths, ts)
+        last = h[torch.arange(len(lengths)), lengths - 1]
+        return last @ self.item_table().T
+
+
+def next_item_targets(items: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and shifted targets of a right-padded batch of full training windows.
+
+    ``items`` [B, L+1] holds each window; input = items[:, :-1], target at position t = items[:, t+1]
+    (0 where there is none).
+    """
+    inputs = items[:, :-1]
+    targets = items[:, 1:].clone()
+    valid = torch.arange(targets.shape[1])[None, :] < (lengths - 1)[:, None]
+    targets[~valid] = 0
+    return inputs, targets

@@ -1,0 +1,1 @@
+"""genrec.nn: shared blocks (attention kernels and their plain references, relative bias, losses)."""

@@ -1,0 +1,61 @@
+"""Causal attention over right-padded batches, with a plain per-sequence reference for each kernel.
+
+Batches are right-padded: position t of row b is real iff t < lengths[b]. With a causal mask a real query
+only ever sees real keys, so no key-padding mask is needed; outputs at padded positions are ignored.
+The ``*_reference`` functions loop over sequences one at a time with no padding at all; tests compare the
+fast kernels with them on values and gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor:
+    """[L, L] bool, True where query i may attend to key j (j <= i)."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """SASRec's attention. q, k, v: [B, H, L, Dh] -> [B, H, L, Dh]."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+
+
+def pointwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                        n: int) -> torch.Tensor:
+    """HSTU's attention: SiLU(Q K^T + rab) / n, causal, no softmax.
+
+    ``n`` is the model's maximum length (as in the reference implementation), a constant, so a position's
+    output never depends on how many items follow it. q, k: [B, H, L, Da]; v: [B, H, L, Dv];
+    bias: broadcastable to [B, H, L, L] or None.
+    """
+    scores = q @ k.transpose(-1, -2)
+    if bias is not None:
+        scores = scores + bias
+    weights = F.silu(scores) * causal_mask(q.shape[-2], q.device)
+    return (weights @ v) / n
+
+
+def softmax_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                lengths: torch.Tensor) -> torch.Tensor:
+    """Per-sequence, unpadded, explicit softmax; padded positions of the output are zero."""
+    out = torch.zeros_like(q)
+    for b, n in enumerate(lengths.tolist()):
+        qb, kb, vb = q[b, :, :n], k[b, :, :n], v[b, :, :n]
+        s = (qb @ kb.transpose(-1, -2)) / qb.shape[-1] ** 0.5
+        s = s.masked_fill(~causal_mask(n, q.device), float("-inf"))
+        out[b, :, :n] = s.softmax(-1) @ vb
+    return out
+
+
+def pointwise_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                                  lengths: torch.Tensor, n: int) -> torch.Tensor:
+    out = torch.zeros(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
+    for b, length in enumerate(lengths.tolist()):
+        s = q[b, :, :length] @ k[b, :, :length].transpose(-1, -2)
+        if bias is not None:
+            s = s + bias.expand(q.shape[0], q.shape[1], -1, -1)[b, :, :length, :length]
+        w = F.silu(s).masked_fill(~causal_mask(length, q.device), 0.0) / n
+        out[b, :, :length] = w @ v[b, :, :length]
+    return out

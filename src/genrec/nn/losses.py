@@ -1,0 +1,48 @@
+"""Next-item losses over the catalog: full cross-entropy and sampled softmax.
+
+Both take the hidden states of the positions that have a target ([N, D]), the targets ([N]) and the item
+embedding table ([n_items + 1, D], row 0 = padding) and return the summed loss (callers divide by the
+global token count, so data-parallel runs match single-process ones exactly).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def full_cross_entropy(h: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, chunk: int = 4096,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """Softmax over every item (padding excluded), in chunks of positions to bound memory."""
+    total = h.new_zeros(())
+    for start in range(0, h.shape[0], chunk):
+        logits = h[start:start + chunk] @ items.T / temperature
+        logits[:, 0] = float("-inf")
+        total = total + F.cross_entropy(logits, targets[start:start + chunk], reduction="sum")
+    return total
+
+
+def sampled_softmax(h: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, n_negatives: int,
+                    temperature: float = 1.0, l2_normalize: bool = False, shared: bool = True,
+                    in_batch: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Softmax over the target and uniform negatives (shared across the batch or drawn per position),
+    optionally plus the other positions' targets (in-batch negatives). A negative equal to the target is
+    masked out."""
+    n_items = items.shape[0] - 1
+    if shared:
+        neg = torch.randint(1, n_items + 1, (n_negatives,), generator=generator, device=h.device)
+    else:
+        neg = torch.randint(1, n_items + 1, (h.shape[0], n_negatives), generator=generator, device=h.device)
+    if in_batch:
+        extra = targets[None, :].expand(h.shape[0], -1)
+        neg = torch.cat([neg.expand(h.shape[0], -1) if shared else neg, extra], dim=1)
+    pos_emb = items[targets]
+    neg_emb = items[neg]
+    if l2_normalize:
+        h, pos_emb, neg_emb = F.normalize(h, dim=-1), F.normalize(pos_emb, dim=-1), F.normalize(neg_emb, dim=-1)
+    pos_logit = (h * pos_emb).sum(-1, keepdim=True)
+    neg_logit = h @ neg_emb.T if neg_emb.dim() == 2 else torch.einsum("nd,nkd->nk", h, neg_emb)
+    neg_ids = neg if neg.dim() == 2 else neg[None, :].expand(h.shape[0], -1)
+    neg_logit = neg_logit.masked_fill(neg_ids == targets[:, None], float("-inf"))
+    logits = torch.cat([pos_logit, neg_logit], dim=1) / temperature
+    return -F.log_softmax(logits, dim=1)[:, 0].sum()

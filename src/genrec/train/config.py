@@ -1,0 +1,93 @@
+"""One YAML file describes a training run; it validates into these typed, frozen configs (unknown keys are
+errors, every field documented)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genrec.data.schema import format_validation_error
+from genrec.errors import ConfigError
+from genrec.models import HSTUConfig, SASRecConfig
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class OptimConfig(BaseModel):
+    model_config = _STRICT
+
+    loss: Literal["full_ce", "sampled_softmax"] = Field(
+        "full_ce", description="Full-catalog cross-entropy (fastest to quality when the catalog fits) or "
+        "sampled softmax (large catalogs).")
+    negatives: int = Field(128, ge=1, description="Uniform negatives per step (sampled softmax).")
+    shared_negatives: bool = Field(True, description="One set of negatives for the whole batch.")
+    in_batch_negatives: bool = Field(False, description="Also use other positions' targets as negatives.")
+    temperature: float = Field(1.0, gt=0, description="Logit temperature (0.05 with l2_normalize).")
+    batch_size: int = Field(32, ge=1, description="Users (training windows) per step, across all processes.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = Field(200, ge=0, description="Linear warmup steps.")
+    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup, to 0 "
+                                                               "at the end of `epochs`.")
+    clip_norm: float | None = Field(1.0, gt=0, description="Gradient clipping by global norm (None = off).")
+    epochs: int = Field(100, ge=1, description="Maximum epochs (the schedule's length).")
+    max_minutes: float | None = Field(None, gt=0, description="Wall-time budget for training; stops after the "
+                                      "epoch that crosses it.")
+    patience: int = Field(10, ge=1, description="Stop after this many validations without a better NDCG@10.")
+    eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")
+    seed: int = Field(0, description="Seed of python, numpy and torch.")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice).")
+
+
+class EvalSettings(BaseModel):
+    model_config = _STRICT
+
+    ks: list[int] = Field([5, 10, 20, 50, 200], description="Cut-offs reported.")
+    exclude_seen: bool = Field(True, description="Exclude items already in the history.")
+    n_boot: int = Field(1000, ge=10, description="Bootstrap resamples for the test intervals.")
+    select_metric: str = Field("ndcg@10", description="Validation metric for early stopping and selection.")
+
+
+class RunConfig(BaseModel):
+    """``genrec train --config FILE``: dataset, split, model, optimisation and evaluation."""
+
+    model_config = _STRICT
+
+    dataset: str = Field(description="Built-in dataset name, prepared dataset folder, or interaction file.")
+    split: Literal["loo", "temporal"] = "loo"
+    model: Annotated[SASRecConfig | HSTUConfig, Field(discriminator="name")]
+    train: OptimConfig = OptimConfig()
+    eval: EvalSettings = EvalSettings()
+    out: str | None = Field(None, description="Run folder (default runs/<config file stem>).")
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {format_validation_error(e)}") from None
+
+
+def _set_dotted(raw: dict, dotted: str, value: object) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {key} is not a section")
+    node[leaf] = yaml.safe_load(value) if isinstance(value, str) else value

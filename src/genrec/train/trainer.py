@@ -1,0 +1,267 @@
+"""Training a sequential model: AdamW with warmup and decay, clipping, validation-based early stopping,
+atomic safetensors checkpoints with exact resume, and data-parallel training under torchrun.
+
+The test split is evaluated once, at the end, with the weights that scored best on validation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from genrec.data import Jagged, SequenceDataset, Split, load_dataset, make_split
+from genrec.eval import Evaluation, evaluate, rank_cases, write_run
+from genrec.io import write_json
+from genrec.models import SEQUENTIAL, SequentialModel
+from genrec.nn.losses import full_cross_entropy, sampled_softmax
+from genrec.progress import progress_bar
+from genrec.train.checkpoint import load_checkpoint, load_tensors, save_checkpoint, save_tensors
+from genrec.train.config import RunConfig
+
+
+@dataclass
+class TrainResult:
+    model: SequentialModel
+    run_dir: Path
+    best_epoch: int
+    best_valid: float
+    test: Evaluation | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(config: RunConfig, n_items: int) -> SequentialModel:
+    cls, _ = SEQUENTIAL[config.model.name]
+    return cls(config.model, n_items)
+
+
+def training_windows(split: Split, max_len: int) -> tuple[Jagged, Jagged | None]:
+    """The most recent ``max_len + 1`` training items of each user (inputs plus the shifted targets)."""
+    keep = np.flatnonzero(split.train.lengths >= 2)
+    items = split.train.take(keep).tail(max_len + 1)
+    ts = split.train_timestamps.take(keep).tail(max_len + 1) if split.train_timestamps is not None else None
+    return items, ts
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of rows; rows of similar length share a batch so little is padded."""
+    perm = rng.permutation(len(lengths))
+    pool = batch_size * 50
+    batches = []
+    for start in range(0, len(perm), pool):
+        chunk = perm[start:start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def lr_lambda(config: RunConfig, total_steps: int):
+    warmup, schedule = config.train.warmup_steps, config.train.schedule
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+class _Dist:
+    """Rank and world size, and the few collectives the trainer needs (no-ops on one process)."""
+
+    def __init__(self) -> None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.on = dist.is_initialized()
+        self.rank = dist.get_rank() if self.on else 0
+        self.world = dist.get_world_size() if self.on else 1
+
+    def sum(self, value: float) -> float:
+        if not self.on:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def broadcast(self, values: list[float]) -> list[float]:
+        if not self.on:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.broadcast(t, 0)
+        return t.tolist()
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, run_dir: str | Path, dataset: SequenceDataset | None = None,
+                 show_progress: bool = True):
+        self.config, self.run_dir = config, Path(run_dir)
+        self.dataset = dataset
+        self.show_progress = show_progress
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        cfg, tcfg = self.config, self.config.train
+        env = _Dist()
+        if tcfg.threads:
+            torch.set_num_threads(tcfg.threads)
+        seed_everything(tcfg.seed)
+        ds = self.dataset or load_dataset(cfg.dataset)
+        split = make_split(ds, cfg.split)
+        windows, window_ts = training_windows(split, cfg.model.max_len)
+        model = build_model(cfg, ds.n_items)
+        ddp = torch.nn.parallel.DistributedDataParallel(model) if env.on else model
+        opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
+        steps_per_epoch = math.ceil(len(windows) / tcfg.batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, tcfg.epochs * steps_per_epoch))
+        ckpt = self.run_dir / "checkpoint"
+        state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "bad_evals": 0, "history": [],
+                 "train_seconds": 0.0, "stopped": None}
+        if resume:
+            state = load_checkpoint(ckpt, model, opt, sched)
+        elif env.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.run_dir / "config.json", cfg.model_dump(mode="json"))
+        log = self.run_dir / "metrics.jsonl"
+        k_sel = _select_k(cfg.eval.select_metric)
+        start_clock = time.perf_counter() - state["train_seconds"]
+        while state["stopped"] is None and state["epoch"] < tcfg.epochs:
+            epoch = state["epoch"] + 1
+            model.train()
+            loss, tokens, seconds, out_of_time = self._epoch(ddp, model, opt, sched, windows, window_ts, epoch, env,
+                                                             start_clock)
+            state["step"] += steps_per_epoch
+            state["epoch"] = epoch
+            state["train_seconds"] = time.perf_counter() - start_clock
+            record = {"epoch": epoch, "step": state["step"], "loss": loss, "tokens_per_s": tokens / seconds,
+                      "epoch_seconds": seconds, "elapsed_s": state["train_seconds"],
+                      "lr": sched.get_last_lr()[0]}
+            if epoch % tcfg.eval_every == 0 or out_of_time or epoch == tcfg.epochs:
+                value = [0.0]
+                if env.rank == 0:
+                    model.eval()
+                    r = rank_cases(model, split.valid, ds.n_items, ks=[k_sel], exclude_seen=cfg.eval.exclude_seen,
+                                   show_progress=False)
+                    value = [float(r.per_case[cfg.eval.select_metric].mean())]
+                value = env.broadcast(value)[0]
+                record[f"valid_{cfg.eval.select_metric}"] = value
+                if value > state["best"]:
+                    state.update(best=value, best_epoch=epoch, bad_evals=0)
+                    if env.rank == 0:
+                        save_tensors(ckpt / "best.safetensors", model.state_dict())
+                else:
+                    state["bad_evals"] += 1
+                    if state["bad_evals"] >= tcfg.patience:
+                        state["stopped"] = "early stopping"
+            if out_of_time and state["stopped"] is None:
+                state["stopped"] = f"wall-time budget ({tcfg.max_minutes} min)"
+            state["history"].append(record)
+            if env.rank == 0:
+                with open(log, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                save_checkpoint(ckpt, model, opt, sched, state)
+                self._say(record)
+        if env.on:
+            dist.barrier()
+        model.load_state_dict(load_tensors(ckpt / "best.safetensors"))
+        model.eval()
+        test = None
+        if env.rank == 0:
+            test = self._test(model, split, ds, state)
+        return TrainResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
+
+    def _epoch(self, ddp, model, opt, sched, windows, window_ts, epoch, env, start_clock):
+        tcfg = self.config.train
+        batches = epoch_batches(windows.lengths, tcfg.batch_size, np.random.default_rng([tcfg.seed, epoch]))
+        total_loss, total_tokens, t0 = 0.0, 0, time.perf_counter()
+        out_of_time = False
+        with progress_bar(len(batches), f"epoch {epoch}", enabled=self.show_progress and env.rank == 0) as advance:
+            for rows in batches:
+                local = rows[env.rank::env.world]
+                items = windows.take(local).to_padded(left=False)
+                lengths = torch.from_numpy(windows.lengths[local])
+                ts = window_ts.take(local).to_padded(left=False)[:, :-1] if window_ts is not None else None
+                inputs, targets = items[:, :-1], items[:, 1:].clone()
+                targets[torch.arange(targets.shape[1])[None, :] >= (lengths - 1)[:, None]] = 0
+                n_local = int((targets > 0).sum())
+                n_global = env.sum(float(n_local))
+                h = ddp(inputs, (lengths - 1).clamp(min=1), ts)
+                mask = targets > 0
+                loss_sum = self._loss(h[mask], targets[mask], model)
+                loss = loss_sum * env.world / max(n_global, 1.0)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if tcfg.clip_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_norm)
+                opt.step()
+                sched.step()
+                total_loss += float(loss_sum)
+                total_tokens += n_local
+                elapsed = time.perf_counter() - t0
+                advance(1, f"epoch {epoch} loss {total_loss / max(total_tokens, 1):.4f} "
+                           f"{total_tokens * env.world / max(elapsed, 1e-9):,.0f} tok/s")
+                if tcfg.max_minutes and time.perf_counter() - start_clock > tcfg.max_minutes * 60:
+                    out_of_time = True
+                    break
+        tokens = env.sum(float(total_tokens))
+        return env.sum(total_loss) / max(tokens, 1), tokens, time.perf_counter() - t0, out_of_time
+
+    def _loss(self, h: torch.Tensor, targets: torch.Tensor, model: SequentialModel) -> torch.Tensor:
+        tcfg = self.config.train
+        table = model.item_table()
+        if tcfg.loss == "full_ce":
+            return full_cross_entropy(h, targets, table, temperature=tcfg.temperature)
+        return sampled_softmax(h, targets, table, tcfg.negatives, temperature=tcfg.temperature,
+                               shared=tcfg.shared_negatives, in_batch=tcfg.in_batch_negatives)
+
+    def _test(self, model: SequentialModel, split: Split, ds: SequenceDataset, state: dict) -> Evaluation:
+        cfg = self.config
+        counts = np.bincount(split.train.values, minlength=ds.n_items + 1)
+        ev = evaluate(model, split.test, ds, part="test", ks=cfg.eval.ks, exclude_seen=cfg.eval.exclude_seen,
+                      item_counts=counts, n_boot=cfg.eval.n_boot, seed=cfg.train.seed,
+                      show_progress=self.show_progress)
+        ev.info.update(best_epoch=state["best_epoch"], best_valid=state["best"], epochs_run=state["epoch"],
+                       stopped=state["stopped"] or "max epochs", train_seconds=state["train_seconds"])
+        run_config = {"model": cfg.model.name, "split": cfg.split, **cfg.model_dump(mode="json")}
+        write_run(self.run_dir, run_config, ev, ds, state["train_seconds"])
+        save_tensors(self.run_dir / "model.safetensors", model.state_dict())
+        return ev
+
+    def _say(self, record: dict) -> None:
+        if not self.show_progress:
+            return
+        import sys
+
+        valid = {k: v for k, v in record.items() if k.startswith("valid_")}
+        extra = "  ".join(f"{k[6:]} {v:.4f}" for k, v in valid.items())
+        print(f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  "
+              f"{record['epoch_seconds']:.1f} s  {extra}", file=sys.stderr, flush=True)
+
+
+def _select_k(metric: str) -> int:
+    if metric == "mrr":
+        return 10
+    name, _, k = metric.partition("@")
+    if name not in ("hr", "ndcg") or not k.isdigit():
+        from genrec.errors import ConfigError
+
+        raise ConfigError(f"eval.select_metric must be hr@K, ndcg@K or mrr, got {metric!r}")
+    return int(k)
