@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml
 quickstart: install
 	$(BIN)/genrec eval --model popularity --dataset movielens-1m --out runs/quickstart/popularity
 	$(BIN)/genrec eval --model itemknn --dataset movielens-1m --out runs/quickstart/itemknn
-	$(BIN)/genrec compare runs/quickstart/popularity runs/quickstart/itemknn
+	$(BIN)/genrec compare runs/quickstart/popularity runs/quickstart/itemknn \
+		--metric hr@10 --metric ndcg@10 --metric hr@50 --metric ndcg@50 --metric mrr
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

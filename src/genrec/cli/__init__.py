@@ -17,7 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="genrec: generative recommendation, end to end.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: list, inspect, download, prepare.")
 app.add_typer(data_app, name="data")
-out = Console()
+# Rich falls back to 80 columns when output is not a terminal; tables of metrics need more.
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
@@ -237,6 +238,39 @@ def compare_cmd(
 
 def _p(p: float) -> str:
     return "<1e-4" if p < 1e-4 else f"{p:.4f}"
+
+
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path, typer.Option(help="Run config YAML (configs/<dataset>/<model>.yaml).")],
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config field, e.g. "
+                                                   "train.epochs=5 (repeatable).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default: the config's `out`, "
+                                                 "else runs/<config stem>).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+) -> None:
+    """Train a sequential model with validation-based early stopping; evaluate the test split once."""
+    from genrec.train import parse_params
+    from genrec.train.config import load_config
+    from genrec.train.trainer import Trainer
+
+    cfg = load_config(config, parse_params(set_ or []))
+    folder = out_dir or Path(cfg.out or Path("runs") / config.stem)
+    result = Trainer(cfg, folder, show_progress=not quiet).fit(resume=resume)
+    if result.test is None:  # a non-zero rank under torchrun
+        return
+    ev = result.test
+    table = Table(title=f"{cfg.model.name} on {cfg.dataset}: test split, full catalog, {ev.info['cases']:,} users "
+                  f"(best epoch {result.best_epoch}, valid {cfg.eval.select_metric} {result.best_valid:.4f})")
+    for col in ("metric", "mean", "95% CI"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    for name in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr"):
+        if name in ev.summary:
+            v = ev.summary[name]
+            table.add_row(name, f"{v['mean']:.4f}", f"[{v['ci_low']:.4f}, {v['ci_high']:.4f}]")
+    out.print(table)
+    out.print(f"run folder: {folder}", highlight=False)
 
 
 @app.command("version")

@@ -35,7 +35,8 @@ class SASRecBlock(nn.Module):
         if reference:
             a = softmax_attention_reference(q, k, v, lengths)
         else:
-            a = softmax_attention(q, k, v, self.dropout if self.training else 0.0)  # [B, H, L, Dh]
+            # No dropout on attention weights: on CPU it triples attention time for no measured gain.
+            a = softmax_attention(q, k, v)  # [B, H, L, Dh]
         x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, n, d)))
         return x + self.drop(self.ffn(self.norm2(x)))
 

@@ -15,10 +15,12 @@ def full_cross_entropy(h: torch.Tensor, targets: torch.Tensor, items: torch.Tens
                        temperature: float = 1.0) -> torch.Tensor:
     """Softmax over every item (padding excluded), in chunks of positions to bound memory."""
     total = h.new_zeros(())
+    real = items[1:]  # drop the padding row instead of masking a column of every logit matrix
+    if temperature != 1.0:
+        h = h / temperature
     for start in range(0, h.shape[0], chunk):
-        logits = h[start:start + chunk] @ items.T / temperature
-        logits[:, 0] = float("-inf")
-        total = total + F.cross_entropy(logits, targets[start:start + chunk], reduction="sum")
+        logits = h[start:start + chunk] @ real.T
+        total = total + F.cross_entropy(logits, targets[start:start + chunk] - 1, reduction="sum")
     return total
 
 

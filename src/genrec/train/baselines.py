@@ -27,7 +27,9 @@ class BaselineRun:
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["neighbors=100", "window=none"]`` -> ``{"neighbors": "100", "window": None}`` (pydantic coerces types)."""
+    """``["neighbors=100", "window=none"]`` -> ``{"neighbors": "100", "window": None}`` (pydantic coerces types).
+
+    With ``--set``, values are read as YAML by the config loader, so lists and numbers work too."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

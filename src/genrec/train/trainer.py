@@ -213,7 +213,7 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_norm)
                 opt.step()
                 sched.step()
-                total_loss += float(loss_sum)
+                total_loss += float(loss_sum.detach())
                 total_tokens += n_local
                 elapsed = time.perf_counter() - t0
                 advance(1, f"epoch {epoch} loss {total_loss / max(total_tokens, 1):.4f} "
