@@ -28,7 +28,7 @@ class HSTUConfig(SequentialConfig):
 
 
 class HSTUBlock(nn.Module):
-    def __init__(self, cfg: HSTUConfig):
+    def __init__(self, cfg: HSTUConfig, use_timestamps: bool = False):
         super().__init__()
         self.h = cfg.heads
         self.da = cfg.attn_dim or cfg.dim // cfg.heads
@@ -39,7 +39,7 @@ class HSTUBlock(nn.Module):
         self.norm_attn = nn.LayerNorm(self.h * self.dv)
         self.out = nn.Linear(self.h * self.dv, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
-        self.rab = RelativeBias(cfg.max_len, cfg.time_buckets)
+        self.rab = RelativeBias(cfg.max_len, cfg.time_buckets if use_timestamps else 0)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor | None = None,
                 reference: bool = False) -> torch.Tensor:
@@ -60,9 +60,10 @@ class HSTUBlock(nn.Module):
 
 
 class HSTU(SequentialModel):
-    def __init__(self, config: HSTUConfig, n_items: int):
-        super().__init__(config, n_items)
-        self.blocks = nn.ModuleList(HSTUBlock(config) for _ in range(config.blocks))
+    def __init__(self, config: HSTUConfig, n_items: int, use_timestamps: bool = False):
+        """``use_timestamps``: the data has timestamps, so the relative bias also learns time-gap weights."""
+        super().__init__(config, n_items, use_timestamps)
+        self.blocks = nn.ModuleList(HSTUBlock(config, use_timestamps) for _ in range(config.blocks))
 
     def encode_embeddings(self, x: torch.Tensor, lengths: torch.Tensor,
                           timestamps: torch.Tensor | None) -> torch.Tensor:

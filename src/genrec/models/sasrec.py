@@ -42,10 +42,10 @@ class SASRecBlock(nn.Module):
 
 
 class SASRec(SequentialModel):
-    def __init__(self, config: SASRecConfig, n_items: int):
+    def __init__(self, config: SASRecConfig, n_items: int, use_timestamps: bool = False):
         if config.dim % config.heads:
             raise ValueError(f"dim ({config.dim}) must be divisible by heads ({config.heads})")
-        super().__init__(config, n_items)
+        super().__init__(config, n_items, use_timestamps)
         self.blocks = nn.ModuleList(SASRecBlock(config) for _ in range(config.blocks))
 
     def encode_embeddings(self, x: torch.Tensor, lengths: torch.Tensor,

@@ -38,9 +38,9 @@ class SequentialModel(nn.Module):
 
     reference: bool = False
 
-    def __init__(self, config: SequentialConfig, n_items: int):
+    def __init__(self, config: SequentialConfig, n_items: int, use_timestamps: bool = False):
         super().__init__()
-        self.config, self.n_items = config, n_items
+        self.config, self.n_items, self.use_timestamps = config, n_items, use_timestamps
         self.item_emb = nn.Embedding(n_items + 1, config.dim, padding_idx=0)
         self.pos_emb = nn.Embedding(config.max_len, config.dim)
         self.emb_dropout = nn.Dropout(config.dropout)

@@ -45,9 +45,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(config: RunConfig, n_items: int) -> SequentialModel:
+def build_model(config: RunConfig, n_items: int, use_timestamps: bool = False) -> SequentialModel:
     cls, _ = SEQUENTIAL[config.model.name]
-    return cls(config.model, n_items)
+    return cls(config.model, n_items, use_timestamps)
 
 
 def training_windows(split: Split, max_len: int) -> tuple[Jagged, Jagged | None]:
@@ -118,7 +118,11 @@ class Trainer:
         self.dataset = dataset
         self.show_progress = show_progress
 
-    def fit(self, resume: bool = False) -> TrainResult:
+    def fit(self, resume: bool = False, on_epoch_end=None) -> TrainResult:
+        """Train (or continue with ``resume``), then evaluate the best validation weights on test once.
+
+        ``on_epoch_end(record)`` is called after each epoch's checkpoint is safely written.
+        """
         cfg, tcfg = self.config, self.config.train
         env = _Dist()
         if tcfg.threads:
@@ -127,7 +131,7 @@ class Trainer:
         ds = self.dataset or load_dataset(cfg.dataset)
         split = make_split(ds, cfg.split)
         windows, window_ts = training_windows(split, cfg.model.max_len)
-        model = build_model(cfg, ds.n_items)
+        model = build_model(cfg, ds.n_items, use_timestamps=ds.timestamps is not None)
         ddp = torch.nn.parallel.DistributedDataParallel(model) if env.on else model
         opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
         steps_per_epoch = math.ceil(len(windows) / tcfg.batch_size)
@@ -179,6 +183,8 @@ class Trainer:
                     f.write(json.dumps(record) + "\n")
                 save_checkpoint(ckpt, model, opt, sched, state)
                 self._say(record)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
         if env.on:
             dist.barrier()
         model.load_state_dict(load_tensors(ckpt / "best.safetensors"))
@@ -196,24 +202,27 @@ class Trainer:
         with progress_bar(len(batches), f"epoch {epoch}", enabled=self.show_progress and env.rank == 0) as advance:
             for rows in batches:
                 local = rows[env.rank::env.world]
+                weight = 1.0
+                if len(local) == 0:  # fewer rows than processes: join the gradient all-reduce with zero weight
+                    local, weight = rows[:1], 0.0
                 items = windows.take(local).to_padded(left=False)
                 lengths = torch.from_numpy(windows.lengths[local])
                 ts = window_ts.take(local).to_padded(left=False)[:, :-1] if window_ts is not None else None
                 inputs, targets = items[:, :-1], items[:, 1:].clone()
                 targets[torch.arange(targets.shape[1])[None, :] >= (lengths - 1)[:, None]] = 0
-                n_local = int((targets > 0).sum())
+                n_local = int((targets > 0).sum()) if weight else 0
                 n_global = env.sum(float(n_local))
                 h = ddp(inputs, (lengths - 1).clamp(min=1), ts)
                 mask = targets > 0
                 loss_sum = self._loss(h[mask], targets[mask], model)
-                loss = loss_sum * env.world / max(n_global, 1.0)
+                loss = loss_sum * (weight * env.world / max(n_global, 1.0))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if tcfg.clip_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_norm)
                 opt.step()
                 sched.step()
-                total_loss += float(loss_sum.detach())
+                total_loss += float(loss_sum.detach()) * weight
                 total_tokens += n_local
                 elapsed = time.perf_counter() - t0
                 advance(1, f"epoch {epoch} loss {total_loss / max(total_tokens, 1):.4f} "
