@@ -19,11 +19,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# Baselines + HSTU on MovieLens-1M under a 12-minute training budget, a bundle, sample recommendations.
 quickstart: install
-	$(BIN)/genrec eval --model popularity --dataset movielens-1m --out runs/quickstart/popularity
-	$(BIN)/genrec eval --model itemknn --dataset movielens-1m --out runs/quickstart/itemknn
-	$(BIN)/genrec compare runs/quickstart/popularity runs/quickstart/itemknn \
-		--metric hr@10 --metric ndcg@10 --metric hr@50 --metric ndcg@50 --metric mrr
+	$(BIN)/genrec quickstart --out runs/quickstart
+	$(BIN)/genrec compare runs/quickstart/itemknn runs/quickstart/hstu --metric hr@10 --metric ndcg@10
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

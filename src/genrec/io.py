@@ -47,6 +47,34 @@ def write_parquet(path: str | os.PathLike, table: pa.Table) -> Path:
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
+    """A YAML file whose top level is a mapping, or a ConfigError naming the file."""
+    import yaml
+
+    from genrec.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)

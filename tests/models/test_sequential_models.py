@@ -66,15 +66,6 @@ def real(lengths: torch.Tensor, width: int) -> torch.Tensor:
 LENGTHS = [MAX_LEN, 1, 6, 3, MAX_LEN - 1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (100x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----- fast path vs reference -------------------------------------------------------------------------------
 
 

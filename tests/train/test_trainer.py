@@ -159,3 +159,30 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     m1 = json.loads((tmp_path / "single" / "metrics.json").read_text())["metrics"]["hr@10"]["mean"]
     m2 = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["metrics"]["hr@10"]["mean"]
     assert m1 == pytest.approx(m2)
+
+
+def test_all_windows_cover_every_target_once():
+    from genrec.data import Jagged, leave_one_out
+    from genrec.train.trainer import training_windows
+
+    ds = tiny_dataset()
+    split = leave_one_out(ds)
+    last, _ = training_windows(split, 4, "last")
+    every, _ = training_windows(split, 4, "all")
+    assert last.lengths.max() <= 5 and every.lengths.max() <= 5
+    # Targets (all but each window's first item) are exactly each training sequence's items after its first.
+    targets = sorted(int(v) for i in range(len(every)) for v in every.row(i)[1:])
+    expected = sorted(int(v) for i in range(len(split.train)) for v in split.train.row(i)[1:])
+    assert targets == expected
+    assert isinstance(every, Jagged) and len(every) > len(last)
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    from genrec.errors import GenrecError
+
+    ds = tiny_dataset()
+    Trainer(config(epochs=1), tmp_path, dataset=ds, show_progress=False).fit()
+    before = (tmp_path / "metrics.json").read_bytes()
+    with pytest.raises(GenrecError, match="--resume"):
+        Trainer(config(epochs=1), tmp_path, dataset=ds, show_progress=False).fit()
+    assert (tmp_path / "metrics.json").read_bytes() == before

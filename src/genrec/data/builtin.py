@@ -8,7 +8,6 @@ verifies each checksum. The licences of these datasets forbid redistribution, so
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import urllib.request
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import pyarrow.csv as pacsv
 from genrec.data.dataset import SequenceDataset, prepare
 from genrec.data.readers import read_sequences
 from genrec.errors import DataError, UnknownDatasetError
+from genrec.io import sha256_file
 
 GH = "https://raw.githubusercontent.com"
 
@@ -64,14 +64,6 @@ class BuiltinDataset:
 def data_home() -> Path:
     env = os.environ.get("GENREC_DATA_DIR", "").strip()
     return Path(env).expanduser() if env else Path.home() / ".cache" / "genrec" / "data"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify(ds: BuiltinDataset) -> dict[str, str]:

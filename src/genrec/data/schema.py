@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genrec.errors import ConfigError
+from genrec.io import read_yaml_mapping
 
 Format = Literal["auto", "parquet", "csv", "tsv", "sequences"]
 
@@ -54,13 +54,7 @@ class DataSchema(BaseModel):
 
 
 def load_schema(path: str | Path) -> DataSchema:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: schema file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    raw = read_yaml_mapping(path, "schema")
     try:
         return DataSchema.model_validate(raw)
     except ValidationError as e:

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 
-def full_cross_entropy(h: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, chunk: int = 4096,
+def full_cross_entropy(h: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, chunk: int = 1024,
                        temperature: float = 1.0) -> torch.Tensor:
-    """Softmax over every item (padding excluded), in chunks of positions to bound memory."""
+    """Softmax over every item (padding excluded), in chunks of positions: small chunks keep the logits
+    below the allocator's mmap threshold, which on CPU halves the step time (no page faults per step)."""
     total = h.new_zeros(())
     real = items[1:]  # drop the padding row instead of masking a column of every logit matrix
     if temperature != 1.0:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genrec.data.schema import format_validation_error
 from genrec.errors import ConfigError
+from genrec.io import read_yaml_mapping
 from genrec.models import HSTUConfig, SASRecConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -26,6 +27,8 @@ class OptimConfig(BaseModel):
     shared_negatives: bool = Field(True, description="One set of negatives for the whole batch.")
     in_batch_negatives: bool = Field(False, description="Also use other positions' targets as negatives.")
     temperature: float = Field(1.0, gt=0, description="Logit temperature (0.05 with l2_normalize).")
+    windows: Literal["last", "all"] = Field("last", description="Train on each user's most recent max_len+1 "
+                                            "items only, or on every window of a long sequence.")
     batch_size: int = Field(32, ge=1, description="Users (training windows) per step, across all processes.")
     lr: float = Field(3e-3, gt=0, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(0.0, ge=0)
@@ -66,15 +69,7 @@ class RunConfig(BaseModel):
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path)
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     try:

@@ -16,15 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.distributed as dist
 
 from genrec.data import Jagged, SequenceDataset, Split, load_dataset, make_split
+from genrec.errors import ConfigError, GenrecError
 from genrec.eval import Evaluation, evaluate, rank_cases, write_run
-from genrec.io import write_json
+from genrec.io import write_json, write_parquet
 from genrec.models import SEQUENTIAL, SequentialModel
 from genrec.nn.losses import full_cross_entropy, sampled_softmax
 from genrec.progress import progress_bar
+from genrec.train.allocator import tune_glibc_malloc
 from genrec.train.checkpoint import load_checkpoint, load_tensors, save_checkpoint, save_tensors
 from genrec.train.config import RunConfig
 
@@ -50,12 +53,26 @@ def build_model(config: RunConfig, n_items: int, use_timestamps: bool = False) -
     return cls(config.model, n_items, use_timestamps)
 
 
-def training_windows(split: Split, max_len: int) -> tuple[Jagged, Jagged | None]:
-    """The most recent ``max_len + 1`` training items of each user (inputs plus the shifted targets)."""
+def training_windows(split: Split, max_len: int, windows: str = "last") -> tuple[Jagged, Jagged | None]:
+    """Training windows of ``max_len + 1`` items (inputs plus the shifted targets).
+
+    ``last``: each user's most recent window only (SASRec's and the reference HSTU's recipe). ``all``: long
+    sequences are cut, from the end, into windows that overlap by one item, so every training target is
+    predicted exactly once per epoch.
+    """
     keep = np.flatnonzero(split.train.lengths >= 2)
-    items = split.train.take(keep).tail(max_len + 1)
-    ts = split.train_timestamps.take(keep).tail(max_len + 1) if split.train_timestamps is not None else None
-    return items, ts
+    seq = split.train.take(keep)
+    ts = split.train_timestamps.take(keep) if split.train_timestamps is not None else None
+    if windows == "last":
+        return seq.tail(max_len + 1), ts.tail(max_len + 1) if ts is not None else None
+    n = seq.lengths
+    count = np.ceil((n - 1) / max_len).astype(np.int64)
+    row = np.repeat(np.arange(len(seq)), count)
+    j = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)  # 0 = most recent window
+    stop = n[row] - j * max_len
+    start = np.maximum(0, stop - max_len - 1)
+    cut = seq.take(row).slice_rows(start, stop)
+    return cut, ts.take(row).slice_rows(start, stop) if ts is not None else None
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -125,12 +142,13 @@ class Trainer:
         """
         cfg, tcfg = self.config, self.config.train
         env = _Dist()
+        self.allocator = tune_glibc_malloc()
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
         seed_everything(tcfg.seed)
         ds = self.dataset or load_dataset(cfg.dataset)
         split = make_split(ds, cfg.split)
-        windows, window_ts = training_windows(split, cfg.model.max_len)
+        windows, window_ts = training_windows(split, cfg.model.max_len, tcfg.windows)
         model = build_model(cfg, ds.n_items, use_timestamps=ds.timestamps is not None)
         ddp = torch.nn.parallel.DistributedDataParallel(model) if env.on else model
         opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
@@ -141,10 +159,14 @@ class Trainer:
                  "train_seconds": 0.0, "stopped": None}
         if resume:
             state = load_checkpoint(ckpt, model, opt, sched)
+        elif (ckpt / "trainer.json").is_file():
+            raise GenrecError(f"{self.run_dir} already holds a training run; pass --resume to continue it or "
+                              "choose another --out")
         elif env.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.run_dir / "config.json", cfg.model_dump(mode="json"))
         log = self.run_dir / "metrics.jsonl"
+        board = _tensorboard(self.run_dir / "tensorboard") if env.rank == 0 else None
         k_sel = _select_k(cfg.eval.select_metric)
         start_clock = time.perf_counter() - state["train_seconds"]
         while state["stopped"] is None and state["epoch"] < tcfg.epochs:
@@ -159,14 +181,8 @@ class Trainer:
                       "epoch_seconds": seconds, "elapsed_s": state["train_seconds"],
                       "lr": sched.get_last_lr()[0]}
             if epoch % tcfg.eval_every == 0 or out_of_time or epoch == tcfg.epochs:
-                value = [0.0]
-                if env.rank == 0:
-                    model.eval()
-                    r = rank_cases(model, split.valid, ds.n_items, ks=[k_sel], exclude_seen=cfg.eval.exclude_seen,
-                                   show_progress=False)
-                    value = [float(r.per_case[cfg.eval.select_metric].mean())]
-                value = env.broadcast(value)[0]
-                record[f"valid_{cfg.eval.select_metric}"] = value
+                record.update(self._validate(model, split, ds, env, k_sel))
+                value = record[f"valid_{cfg.eval.select_metric}"]
                 if value > state["best"]:
                     state.update(best=value, best_epoch=epoch, bad_evals=0)
                     if env.rank == 0:
@@ -181,6 +197,11 @@ class Trainer:
             if env.rank == 0:
                 with open(log, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
+                if board is not None:
+                    for key, value in record.items():
+                        if key != "epoch":
+                            board.add_scalar(key, value, epoch)
+                    board.flush()
                 save_checkpoint(ckpt, model, opt, sched, state)
                 self._say(record)
             if on_epoch_end is not None:
@@ -193,6 +214,18 @@ class Trainer:
         if env.rank == 0:
             test = self._test(model, split, ds, state)
         return TrainResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
+
+    def _validate(self, model: SequentialModel, split: Split, ds: SequenceDataset, env: _Dist,
+                  k_sel: int) -> dict[str, float]:
+        """Validation HR@10, NDCG@10 and the selection metric, computed on rank 0 and shared with all ranks."""
+        shown = sorted({self.config.eval.select_metric, "hr@10", "ndcg@10"})
+        values = [0.0] * len(shown)
+        if env.rank == 0:
+            model.eval()
+            r = rank_cases(model, split.valid, ds.n_items, ks=sorted({k_sel, 10}),
+                           exclude_seen=self.config.eval.exclude_seen, show_progress=False)
+            values = [float(r.per_case[m].mean()) for m in shown]
+        return {f"valid_{m}": v for m, v in zip(shown, env.broadcast(values), strict=True)}
 
     def _epoch(self, ddp, model, opt, sched, windows, window_ts, epoch, env, start_clock):
         tcfg = self.config.train
@@ -251,7 +284,7 @@ class Trainer:
                        stopped=state["stopped"] or "max epochs", train_seconds=state["train_seconds"])
         run_config = {"model": cfg.model.name, "split": cfg.split, **cfg.model_dump(mode="json")}
         write_run(self.run_dir, run_config, ev, ds, state["train_seconds"])
-        save_tensors(self.run_dir / "model.safetensors", model.state_dict())
+        save_model_files(self.run_dir, model, ds, counts)
         return ev
 
     def _say(self, record: dict) -> None:
@@ -265,12 +298,40 @@ class Trainer:
               f"{record['epoch_seconds']:.1f} s  {extra}", file=sys.stderr, flush=True)
 
 
+def save_model_files(folder: Path, model: SequentialModel, ds: SequenceDataset, counts: np.ndarray) -> None:
+    """What a bundle needs: weights, the model spec, and the item table (raw ids, display fields, popularity)."""
+    save_tensors(folder / "model.safetensors", model.state_dict())
+    write_json(folder / "model.json", {"name": model.config.name, "config": model.config.model_dump(mode="json"),
+                                       "n_items": model.n_items, "use_timestamps": model.use_timestamps})
+    items = pa.table({"item_idx": np.arange(1, ds.n_items + 1, dtype=np.int64),
+                      "raw_id": pa.array([str(x) for x in ds.items.raw.to_pylist()], pa.string()),
+                      "train_count": counts[1:].astype(np.int64)})
+    if ds.item_table is not None:
+        catalog = ds.item_table.sort_by("item_idx")
+        dense = catalog.column("item_idx").to_numpy()
+        for name in catalog.column_names:
+            if name in ("item", "item_idx"):
+                continue
+            values = [None] * ds.n_items
+            for i, v in zip(dense.tolist(), catalog.column(name).to_pylist(), strict=True):
+                values[i - 1] = v
+            items = items.append_column(name, pa.array(values))
+    write_parquet(folder / "items.parquet", items)
+
+
+def _tensorboard(folder: Path):
+    """A TensorBoard writer when the tensorboard package is installed, else None (JSONL is always written)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
+
+
 def _select_k(metric: str) -> int:
     if metric == "mrr":
         return 10
     name, _, k = metric.partition("@")
     if name not in ("hr", "ndcg") or not k.isdigit():
-        from genrec.errors import ConfigError
-
         raise ConfigError(f"eval.select_metric must be hr@K, ndcg@K or mrr, got {metric!r}")
     return int(k)

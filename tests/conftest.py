@@ -4,9 +4,9 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(autouse=True, scope="session")
 def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (much slower on a busy 2-core machine)."""
+    """Test tensors are tiny: intra-op threads only add synchronisation (much slower on a busy 2-core machine)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

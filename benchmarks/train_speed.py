@@ -1,0 +1,153 @@
+"""Training speed on MovieLens-1M shapes: tokens/s and seconds per epoch for SASRec, HSTU and HSTU-large, at
+D 50 and D 256 with history 200, fast path versus the plain per-sequence reference path.
+
+Batches are the real ML-1M training windows (last 201 items of each user's training sequence), grouped by
+length as the trainer does; a step is forward + backward + AdamW. Loss: sampled softmax with 128 uniform
+negatives shared across the batch and batch 128 users (the generative-recommenders ML-1M recipe, whose
+reference timings ANCHORS.md lists), and full-catalog cross-entropy at batch 32 (genrec's quality recipe).
+The fast path of D 50 is also timed over one whole epoch; other rows extrapolate from timed steps.
+
+    GENREC_DATA_DIR=../shared/data python benchmarks/train_speed.py [--steps 6] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genrec.data import leave_one_out, load_dataset
+from genrec.eval.report import git_commit, machine
+from genrec.io import write_json, write_text
+from genrec.models import HSTU, HSTUConfig, SASRec, SASRecConfig
+from genrec.nn.losses import full_cross_entropy, sampled_softmax
+from genrec.train.allocator import tune_glibc_malloc
+from genrec.train.trainer import epoch_batches, training_windows
+
+MODELS = {
+    "SASRec": (SASRec, SASRecConfig, {"blocks": 2, "heads": 1}),
+    "HSTU": (HSTU, HSTUConfig, {"blocks": 2, "heads": 1}),
+    "HSTU-large": (HSTU, HSTUConfig, {"blocks": 8, "heads": 2}),
+}
+RECIPES = {"sampled-128/b128": ("sampled", 128), "full-ce/b32": ("full", 32)}
+# Meta's generative-recommenders on this kind of machine, s/epoch (ANCHORS.md): glibc malloc, jemalloc.
+REFERENCE = {"SASRec": (90, 42), "HSTU": (97, 35), "HSTU-large": (205, 76)}
+
+
+def step_fn(model, loss: str):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step(items: torch.Tensor, lengths: torch.Tensor) -> int:
+        inputs, targets = items[:, :-1], items[:, 1:].clone()
+        targets[torch.arange(targets.shape[1])[None, :] >= (lengths - 1)[:, None]] = 0
+        h = model(inputs, (lengths - 1).clamp(min=1))
+        mask = targets > 0
+        table = model.item_table()
+        if loss == "full":
+            value = full_cross_entropy(h[mask], targets[mask], table)
+        else:
+            value = sampled_softmax(h[mask], targets[mask], table, 128)
+        n = int(mask.sum())
+        opt.zero_grad(set_to_none=True)
+        (value / max(n, 1)).backward()
+        opt.step()
+        return n
+
+    return step
+
+
+def time_steps(step, batches, windows, n_steps: int, warmup: int = 2) -> tuple[float, int]:
+    tokens, start = 0, None
+    for i, rows in enumerate(batches[: n_steps + warmup]):
+        if i == warmup:
+            tokens, start = 0, time.perf_counter()
+        tokens += step(windows.take(rows).to_padded(left=False), torch.from_numpy(windows.lengths[rows]))
+    return time.perf_counter() - start, tokens
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=6, help="timed steps per row (after 2 warm-up steps)")
+    p.add_argument("--reference-steps", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="skip whole-epoch timings")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = p.parse_args()
+    allocator = tune_glibc_malloc()
+    torch.manual_seed(0)
+    ds = load_dataset("movielens-1m")
+    windows, _ = training_windows(leave_one_out(ds), 200)
+    epoch_tokens = int((windows.lengths - 1).sum())
+    rows, start = [], time.perf_counter()
+    for (recipe, (loss, batch)), (name, (cls, cfg_cls, kw)), dim in (
+            (r, m, d) for r in RECIPES.items() for m in MODELS.items() for d in (50, 256)):
+        batches = epoch_batches(windows.lengths, batch, np.random.default_rng(0))
+        heads = kw["heads"]
+        for path in ("fast", "reference"):
+            model = cls(cfg_cls(dim=dim, max_len=200, dropout=0.2, **kw), ds.n_items)
+            model.reference = path == "reference"
+            steps = args.steps if path == "fast" else args.reference_steps
+            seconds, tokens = time_steps(step_fn(model, loss), batches, windows, steps)
+            tps = tokens / seconds
+            row = {"recipe": recipe, "model": name, "dim": dim, "heads": heads, "path": path,
+                   "tokens_per_s": tps, "s_per_epoch_extrapolated": epoch_tokens / tps, "timed_steps": steps}
+            if path == "fast" and dim == 50 and not args.quick:
+                t0 = time.perf_counter()
+                fresh = step_fn(cls(cfg_cls(dim=dim, max_len=200, dropout=0.2, **kw), ds.n_items), loss)
+                for b in batches:
+                    fresh(windows.take(b).to_padded(left=False), torch.from_numpy(windows.lengths[b]))
+                row["s_per_epoch_measured"] = time.perf_counter() - t0
+            rows.append(row)
+            print(row, flush=True)
+    for r in rows:
+        if r["path"] == "fast":
+            ref = next(x for x in rows if x["path"] == "reference" and all(
+                x[k] == r[k] for k in ("recipe", "model", "dim")))
+            r["speedup_vs_reference_path"] = r["tokens_per_s"] / ref["tokens_per_s"]
+    result = {"command": "python benchmarks/train_speed.py" + (" --quick" if args.quick else ""),
+              "commit": git_commit(), "created": dt.datetime.now(dt.UTC).isoformat(), "machine": machine(),
+              "allocator": allocator, "threads": torch.get_num_threads(), "epoch_tokens": epoch_tokens,
+              "wall_seconds": time.perf_counter() - start, "rows": rows,
+              "meta_reference_s_per_epoch": {k: {"glibc": v[0], "jemalloc_no_decay": v[1]}
+                                             for k, v in REFERENCE.items()}}
+    write_json(args.out / "train_speed.json", result)
+    write_text(args.out / "train_speed.md", render(result))
+    print(f"wrote {args.out / 'train_speed.md'}")
+
+
+def render(res: dict) -> str:
+    lines = ["# Training speed, MovieLens-1M shapes (history 200)", "",
+             f"- command: `{res['command']}`; commit {res['commit']}; {res['created']}",
+             f"- machine: {res['machine']['processor']}, {res['machine']['cpus']} CPUs, torch "
+             f"{res['machine']['torch']}, {res['threads']} threads; allocator: **{res['allocator']}**",
+             f"- an epoch = {res['epoch_tokens']:,} training tokens (the last 200 targets of each user's training "
+             "sequence); a step = forward + backward + AdamW", "",
+             "| recipe | model | D | path | tokens/s | s/epoch (extrapolated) | s/epoch (measured) "
+             "| fast / reference |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        measured = f"{r['s_per_epoch_measured']:.1f}" if "s_per_epoch_measured" in r else ""
+        ratio = f"{r['speedup_vs_reference_path']:.1f}x" if "speedup_vs_reference_path" in r else ""
+        lines.append(f"| {r['recipe']} | {r['model']} | {r['dim']} | {r['path']} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['s_per_epoch_extrapolated']:.1f} | {measured} | {ratio} |")
+    lines += ["", "Meta's generative-recommenders on this kind of machine (ANCHORS.md; batch 128, 128 sampled "
+              "negatives, D 50), s/epoch:", "", "| model | glibc malloc | jemalloc, no decay | genrec fast path, "
+              "same recipe (measured) | ratio vs glibc | ratio vs jemalloc |", "|---|---|---|---|---|---|"]
+    for name, ref in res["meta_reference_s_per_epoch"].items():
+        ours = next((r for r in res["rows"] if r["model"] == name and r["dim"] == 50 and r["path"] == "fast"
+                     and r["recipe"].startswith("sampled")), None)
+        if ours:
+            s = ours.get("s_per_epoch_measured", ours["s_per_epoch_extrapolated"])
+            lines.append(f"| {name} | {ref['glibc']} | {ref['jemalloc_no_decay']} | {s:.1f} | "
+                         f"{ref['glibc'] / s:.1f}x | {ref['jemalloc_no_decay'] / s:.1f}x |")
+    lines.append("")
+    lines.append("genrec's allocator row says what ran; Meta's figures were measured by others on the same kind "
+                 "of machine, not re-run here.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
