@@ -90,7 +90,8 @@ def main() -> None:
             model = cls(cfg_cls(dim=dim, max_len=200, dropout=0.2, **kw), ds.n_items)
             model.reference = path == "reference"
             steps = args.steps if path == "fast" else args.reference_steps
-            seconds, tokens = time_steps(step_fn(model, loss), batches, windows, steps)
+            seconds, tokens = time_steps(step_fn(model, loss), batches, windows, steps,
+                                         warmup=2 if path == "fast" else 1)
             tps = tokens / seconds
             row = {"recipe": recipe, "model": name, "dim": dim, "heads": heads, "path": path,
                    "tokens_per_s": tps, "s_per_epoch_extrapolated": epoch_tokens / tps, "timed_steps": steps}
