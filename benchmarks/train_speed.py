@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 import time
 from pathlib import Path
 
@@ -74,6 +75,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6, help="timed steps per row (after 2 warm-up steps)")
     p.add_argument("--reference-steps", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="skip whole-epoch timings")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--dims", nargs="+", type=int, default=[50, 256])
+    p.add_argument("--no-reference", action="store_true", help="time only the fast path")
+    p.add_argument("--tag", default="", help="suffix of the output files (e.g. the allocator)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
     allocator = tune_glibc_malloc()
@@ -83,10 +89,11 @@ def main() -> None:
     epoch_tokens = int((windows.lengths - 1).sum())
     rows, start = [], time.perf_counter()
     for (recipe, (loss, batch)), (name, (cls, cfg_cls, kw)), dim in (
-            (r, m, d) for r in RECIPES.items() for m in MODELS.items() for d in (50, 256)):
+            ((r, RECIPES[r]), (m, MODELS[m]), d)
+            for r in args.recipes for m in args.models for d in args.dims):
         batches = epoch_batches(windows.lengths, batch, np.random.default_rng(0))
         heads = kw["heads"]
-        for path in ("fast", "reference"):
+        for path in ("fast",) if args.no_reference else ("fast", "reference"):
             model = cls(cfg_cls(dim=dim, max_len=200, dropout=0.2, **kw), ds.n_items)
             model.reference = path == "reference"
             steps = args.steps if path == "fast" else args.reference_steps
@@ -104,19 +111,21 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
     for r in rows:
-        if r["path"] == "fast":
-            ref = next(x for x in rows if x["path"] == "reference" and all(
-                x[k] == r[k] for k in ("recipe", "model", "dim")))
+        ref = next((x for x in rows if x["path"] == "reference" and all(
+            x[k] == r[k] for k in ("recipe", "model", "dim"))), None)
+        if r["path"] == "fast" and ref is not None:
             r["speedup_vs_reference_path"] = r["tokens_per_s"] / ref["tokens_per_s"]
-    result = {"command": "python benchmarks/train_speed.py" + (" --quick" if args.quick else ""),
+
+    result = {"command": "python " + " ".join(sys.argv),
               "commit": git_commit(), "created": dt.datetime.now(dt.UTC).isoformat(), "machine": machine(),
               "allocator": allocator, "threads": torch.get_num_threads(), "epoch_tokens": epoch_tokens,
               "wall_seconds": time.perf_counter() - start, "rows": rows,
               "meta_reference_s_per_epoch": {k: {"glibc": v[0], "jemalloc_no_decay": v[1]}
                                              for k, v in REFERENCE.items()}}
-    write_json(args.out / "train_speed.json", result)
-    write_text(args.out / "train_speed.md", render(result))
-    print(f"wrote {args.out / 'train_speed.md'}")
+    stem = "train_speed" + (f"_{args.tag}" if args.tag else "")
+    write_json(args.out / f"{stem}.json", result)
+    write_text(args.out / f"{stem}.md", render(result))
+    print(f"wrote {args.out / stem}.md")
 
 
 def render(res: dict) -> str:
