@@ -313,3 +313,22 @@ def test_learns_a_cyclic_sequence(name: str) -> None:
     expected = torch.tensor([p[-1] % period + 1 for p in prefixes])
     accuracy = (predicted == expected).float().mean().item()
     assert accuracy >= 0.9, (accuracy, loss.item())
+
+
+@pytest.mark.parametrize("name", ["sasrec", "hstu"])
+def test_item_features_hook(name):
+    """Content features enter both the input and the output side, and only through the projection."""
+    model = make(name)
+    plain = model.score(Jagged.from_lists([[1, 2, 3]]))
+    feats = torch.randn(N_ITEMS + 1, 5, dtype=torch.float64)
+    model.attach_item_features(feats)
+    model.double()
+    with torch.no_grad():
+        model.feature_proj.weight.zero_()
+    torch.testing.assert_close(model.score(Jagged.from_lists([[1, 2, 3]])), plain)
+    with torch.no_grad():
+        model.feature_proj.weight.normal_()
+    assert not torch.allclose(model.score(Jagged.from_lists([[1, 2, 3]])), plain)
+    assert torch.equal(model.item_features[0], torch.zeros(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="rows"):
+        model.attach_item_features(torch.randn(3, 5))

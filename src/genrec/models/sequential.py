@@ -45,14 +45,34 @@ class SequentialModel(nn.Module):
         self.pos_emb = nn.Embedding(config.max_len, config.dim)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.final_norm = nn.LayerNorm(config.dim)
+        self.register_buffer("item_features", None)  # content features, see attach_item_features
         nn.init.normal_(self.item_emb.weight, std=config.init_std)
         nn.init.normal_(self.pos_emb.weight, std=config.init_std)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
-    # Item representation: id embedding today; content features add here later (one place to change).
-    def item_table(self) -> torch.Tensor:
+    def attach_item_features(self, features: torch.Tensor) -> None:
+        """Add content features [n_items + 1, F] (row 0 = padding) to every item's representation through a
+        learned projection: item = id embedding + W features. Used for text/image embeddings or semantic-ID
+        features; the features are stored with the weights."""
+        if features.shape[0] != self.n_items + 1:
+            raise ValueError(f"features have {features.shape[0]} rows, expected n_items + 1 = {self.n_items + 1}")
+        features = features.detach().to(torch.float32).clone()
+        features[0] = 0
+        self.item_features = features  # a registered buffer: saved with the weights
+        self.feature_proj = nn.Linear(features.shape[1], self.config.dim, bias=False)
+        nn.init.normal_(self.feature_proj.weight, std=self.config.init_std)
+
+    def item_vectors(self) -> torch.Tensor:
+        """Every item's representation [n_items + 1, D], shared by the input and the output side."""
         w = self.item_emb.weight
+        if self.item_features is not None:
+            w = w + self.feature_proj(self.item_features)
+        return w
+
+    def item_table(self) -> torch.Tensor:
+        """Output embeddings that histories are scored against (L2-normalised when configured)."""
+        w = self.item_vectors()
         return F.normalize(w, dim=-1) if self.config.l2_normalize else w
 
     def encode_embeddings(self, x: torch.Tensor, lengths: torch.Tensor,
@@ -63,7 +83,8 @@ class SequentialModel(nn.Module):
                 timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """items: [B, L] right-padded dense ids -> hidden states [B, L, D] (padded rows are garbage)."""
         length = items.shape[1]
-        x = self.item_emb(items) * math.sqrt(self.config.dim) + self.pos_emb.weight[:length][None]
+        table = self.item_emb.weight if self.item_features is None else self.item_vectors()
+        x = table[items] * math.sqrt(self.config.dim) + self.pos_emb.weight[:length][None]
         x = self.emb_dropout(x) * (items > 0).unsqueeze(-1)
         h = self.final_norm(self.encode_embeddings(x, lengths, timestamps))
         return F.normalize(h, dim=-1) if self.config.l2_normalize else h

@@ -43,7 +43,10 @@ class Recommender:
             raise GenrecError(f"{bundle}: unknown model {spec['name']!r}")
         model_cls, config_cls = SEQUENTIAL[spec["name"]]
         model = model_cls(config_cls.model_validate(spec["config"]), spec["n_items"], spec["use_timestamps"])
-        model.load_state_dict(load_file(bundle / "model.safetensors"))
+        state = load_file(bundle / "model.safetensors")
+        if "item_features" in state:
+            model.attach_item_features(state["item_features"])
+        model.load_state_dict(state)
         table = pq.read_table(bundle / "items.parquet").sort_by("item_idx")
         return cls(model, table.to_pydict(), manifest)
 
