@@ -76,7 +76,8 @@ def summarise(dataset_dir: Path) -> dict:
             entry["per_seed"].append({"metrics": {k: r["metrics"][k] for k in SHOWN if k in r["metrics"]},
                                       "best_epoch": r["info"].get("best_epoch"),
                                       "train_seconds": r["info"].get("train_seconds"),
-                                      "stopped": r["info"].get("stopped"), "commit": r["run"]["commit"]})
+                                      "stopped": r["info"].get("stopped"), "commit": r["run"]["commit"],
+                                      "commit_at_start": r["info"].get("commit_at_start")})
         for k in SHOWN:
             vals = np.array([r["metrics"][k]["mean"] for r in runs])
             entry["mean"][k] = float(vals.mean())
@@ -125,7 +126,9 @@ def render(res: dict) -> str:
             for s, seed in zip(e["per_seed"], e["seeds"], strict=True):
                 if s.get("best_epoch"):
                     lines.append(f"- {name} {seed}: best epoch {s['best_epoch']}, stopped by {s['stopped']}, "
-                                 f"{(s['train_seconds'] or 0) / 60:.1f} min training, commit {s['commit']}")
+                                 f"{(s['train_seconds'] or 0) / 60:.1f} min training, commit at the end "
+                                 f"{s['commit']}" + (f", at the start {s['commit_at_start']}"
+                                                     if s.get("commit_at_start") else ""))
         lines.append("")
     if "movielens-1m" in res["datasets"]:
         lines.append("Published ML-1M rows used 3,706 items and read the test item every epoch without a "

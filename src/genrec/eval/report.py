@@ -70,12 +70,17 @@ def _as_str(values: list) -> pa.Array:
 
 
 def git_commit() -> str | None:
+    """Short commit of the genrec checkout, with '-dirty' when tracked files differ from it (None outside git)."""
+    here = Path(__file__).parent
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or None
+                             cwd=here)
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], capture_output=True, timeout=10,
+                               cwd=here.parent.parent.parent).returncode == 1
     except (OSError, subprocess.SubprocessError):
         return None
+    commit = out.stdout.strip()
+    return (commit + ("-dirty" if dirty else "")) if commit else None
 
 
 def machine() -> dict[str, Any]:

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from genrec.data import Jagged, SequenceDataset, Split, load_dataset, make_split
 from genrec.errors import ConfigError, GenrecError
 from genrec.eval import Evaluation, evaluate, rank_cases, write_run
+from genrec.eval.report import git_commit
 from genrec.io import write_json, write_parquet
 from genrec.models import SEQUENTIAL, SequentialModel
 from genrec.nn.losses import full_cross_entropy, sampled_softmax
@@ -142,6 +143,7 @@ class Trainer:
         """
         cfg, tcfg = self.config, self.config.train
         env = _Dist()
+        self.commit_at_start = git_commit()  # code that trained; write_run records HEAD at the end too
         self.allocator = tune_glibc_malloc()
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
@@ -281,7 +283,8 @@ class Trainer:
                       item_counts=counts, n_boot=cfg.eval.n_boot, seed=cfg.train.seed,
                       show_progress=self.show_progress)
         ev.info.update(best_epoch=state["best_epoch"], best_valid=state["best"], epochs_run=state["epoch"],
-                       stopped=state["stopped"] or "max epochs", train_seconds=state["train_seconds"])
+                       stopped=state["stopped"] or "max epochs", train_seconds=state["train_seconds"],
+                       commit_at_start=self.commit_at_start, allocator=self.allocator)
         run_config = {"model": cfg.model.name, "split": cfg.split, **cfg.model_dump(mode="json")}
         write_run(self.run_dir, run_config, ev, ds, state["train_seconds"])
         save_model_files(self.run_dir, model, ds, counts)
