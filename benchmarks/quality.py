@@ -4,7 +4,7 @@
 Each (config, seed) trains into runs/bench/<dataset>/<config stem>/seed<k>; finished runs are reused, so the
 table can be built up over several invocations. Per config: the mean over seeds with a 95% t-interval across
 seeds (when >= 2 seeds), each seed's bootstrap interval over users, and a paired test of seed 0 against
-item-kNN. Writes benchmarks/results/quality.{json,md}.
+each baseline (popularity, item-kNN). Writes benchmarks/results/quality.{json,md}.
 
     GENREC_DATA_DIR=../shared/data python benchmarks/quality.py --config configs/movielens-1m/hstu.yaml --seeds 0 1 2
     python benchmarks/quality.py --collect      # rebuild the table from finished runs only
@@ -54,19 +54,21 @@ def train_one(config: Path, seed: int) -> Path:
     return folder
 
 
-def ensure_baseline(dataset: str) -> Path:
-    folder = RUNS / dataset / "itemknn"
-    if not (folder / "metrics.json").is_file():
-        run_baseline("itemknn", load_dataset(dataset), out=folder, show_progress=False)
-    return folder
+BASELINES = ("popularity", "itemknn")
+
+
+def ensure_baselines(dataset: str) -> None:
+    for name in BASELINES:
+        folder = RUNS / dataset / name
+        if not (folder / "metrics.json").is_file():
+            run_baseline(name, load_dataset(dataset), out=folder, show_progress=False)
 
 
 def summarise(dataset_dir: Path) -> dict:
     out = {}
-    knn = dataset_dir / "itemknn"
     for model_dir in sorted(p for p in dataset_dir.iterdir() if p.is_dir()):
         seeds = sorted(p for p in model_dir.glob("seed*") if (p / "metrics.json").is_file())
-        if model_dir.name == "itemknn":
+        if model_dir.name in BASELINES:
             seeds = [model_dir] if (model_dir / "metrics.json").is_file() else []
         if not seeds:
             continue
@@ -84,9 +86,9 @@ def summarise(dataset_dir: Path) -> dict:
             if len(vals) >= 2:
                 half = stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / np.sqrt(len(vals))
                 entry["across_seeds_ci95"][k] = [float(vals.mean() - half), float(vals.mean() + half)]
-        if model_dir.name != "itemknn" and (knn / "metrics.json").is_file():
-            cmp = compare_runs(knn, seeds[0], ["hr@10", "ndcg@10"])
-            entry["paired_vs_itemknn_seed0"] = cmp["metrics"]
+        if model_dir.name not in BASELINES:
+            entry["paired_seed0"] = {b: compare_runs(dataset_dir / b, seeds[0], ["hr@10", "ndcg@10"])["metrics"]
+                                     for b in BASELINES if (dataset_dir / b / "metrics.json").is_file()}
         entry["config"] = read_json(seeds[0] / "config.json")
         out[model_dir.name] = entry
     return out
@@ -119,10 +121,10 @@ def render(res: dict) -> str:
                          + " | |")
         lines.append("")
         for name, e in models.items():
-            if "paired_vs_itemknn_seed0" in e:
-                lines.append(f"- {name} seed 0 minus item-kNN: " + "; ".join(
+            for base, paired in e.get("paired_seed0", {}).items():
+                lines.append(f"- {name} seed 0 minus {base}: " + "; ".join(
                     f"{m} {v['diff']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}], p={v['p_value']:.2g}"
-                    for m, v in e["paired_vs_itemknn_seed0"].items()))
+                    for m, v in paired.items()))
             for s, seed in zip(e["per_seed"], e["seeds"], strict=True):
                 if s.get("best_epoch"):
                     lines.append(f"- {name} {seed}: best epoch {s['best_epoch']}, stopped by {s['stopped']}, "
@@ -130,6 +132,7 @@ def render(res: dict) -> str:
                                  f"{s['commit']}" + (f", at the start {s['commit_at_start']}"
                                                      if s.get("commit_at_start") else ""))
         lines.append("")
+    lines.append("Leave-one-out has one target per user, so HR@K equals Recall@K (the Amazon papers' name).")
     if "movielens-1m" in res["datasets"]:
         lines.append("Published ML-1M rows used 3,706 items and read the test item every epoch without a "
                      "validation split; genrec uses SASRec's 3,416-item form and validation-based selection.")
@@ -146,7 +149,7 @@ def main() -> None:
     start = time.perf_counter()
     if not args.collect:
         for config in args.config:
-            ensure_baseline(load_config(config).dataset)
+            ensure_baselines(load_config(config).dataset)
             for seed in args.seeds:
                 train_one(config, seed)
     datasets = {d.name: summarise(d) for d in sorted(RUNS.iterdir()) if d.is_dir()} if RUNS.is_dir() else {}
