@@ -43,8 +43,9 @@ PUBLISHED = {
 }
 
 
-def train_one(config: Path, seed: int) -> Path:
-    cfg = load_config(config, {"train.seed": seed})
+def train_one(config: Path, seed: int, threads: int | None = None) -> Path:
+    overrides = {"train.seed": seed} | ({"train.threads": threads} if threads else {})
+    cfg = load_config(config, overrides)
     folder = RUNS / cfg.dataset / config.stem / f"seed{seed}"
     if (folder / "metrics.json").is_file():
         print(f"reusing {folder}", flush=True)
@@ -143,6 +144,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, action="append", default=[])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--threads", type=int, default=None, help="torch threads per training run (default: all)")
     p.add_argument("--collect", action="store_true", help="only rebuild the table from finished runs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
@@ -151,7 +153,7 @@ def main() -> None:
         for config in args.config:
             ensure_baselines(load_config(config).dataset)
             for seed in args.seeds:
-                train_one(config, seed)
+                train_one(config, seed, args.threads)
     datasets = {d.name: summarise(d) for d in sorted(RUNS.iterdir()) if d.is_dir()} if RUNS.is_dir() else {}
     res = {"commit": git_commit(), "created": dt.datetime.now(dt.UTC).isoformat(), "machine": machine(),
            "command": "python benchmarks/quality.py " + " ".join(
