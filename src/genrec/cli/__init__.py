@@ -11,12 +11,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from genrec.cli.content import content_app
+from genrec.cli.tokenize import tokenize_cmd
 from genrec.errors import ConfigError, GenrecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="genrec: generative recommendation, end to end.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: list, inspect, download, prepare.")
 app.add_typer(data_app, name="data")
+app.add_typer(content_app, name="content")
+app.command("tokenize")(tokenize_cmd)
 # Rich falls back to 80 columns when output is not a terminal; tables of metrics need more.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -257,6 +261,8 @@ def train_cmd(
 
     cfg = load_config(config, parse_params(set_ or []))
     folder = out_dir or Path(cfg.out or Path("runs") / config.stem)
+    if cfg.model.name == "tiger":  # the semantic-ID generator has its own loop (beam-search validation)
+        from genrec.train.generator import GeneratorTrainer as Trainer
     result = Trainer(cfg, folder, show_progress=not quiet).fit(resume=resume)
     if result.test is None:  # a non-zero rank under torchrun
         return

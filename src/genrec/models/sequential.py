@@ -46,6 +46,7 @@ class SequentialModel(nn.Module):
         self.emb_dropout = nn.Dropout(config.dropout)
         self.final_norm = nn.LayerNorm(config.dim)
         self.register_buffer("item_features", None)  # content features, see attach_item_features
+        self.register_buffer("sid_codes", None)  # semantic IDs, see attach_semantic_ids
         nn.init.normal_(self.item_emb.weight, std=config.init_std)
         nn.init.normal_(self.pos_emb.weight, std=config.init_std)
         with torch.no_grad():
@@ -63,11 +64,45 @@ class SequentialModel(nn.Module):
         self.feature_proj = nn.Linear(features.shape[1], self.config.dim, bias=False)
         nn.init.normal_(self.feature_proj.weight, std=self.config.init_std)
 
+    def attach_semantic_ids(self, codes: torch.Tensor, sizes: list[int]) -> None:
+        """Add semantic-ID features: item = id embedding + the sum of one learned embedding per code column.
+        ``codes`` [n_items + 1, C] (row 0 = padding, -1) come from ``genrec tokenize``; column j lies in
+        [0, sizes[j]). Items that share codes share parameters, so an item never seen in training still gets
+        a learned representation from its codes. The codes are stored with the weights."""
+        codes = torch.as_tensor(codes).detach().to(torch.int64).clone()
+        if codes.ndim != 2 or codes.shape[0] != self.n_items + 1 or codes.shape[1] != len(sizes):
+            raise ValueError(f"semantic IDs have shape {tuple(codes.shape)}, expected [n_items + 1 = "
+                             f"{self.n_items + 1}, {len(sizes)}]")
+        body = codes[1:]
+        if body.numel() and (body.min() < 0 or (body >= torch.tensor(sizes)).any()):
+            raise ValueError("a semantic-ID code lies outside its column's size")
+        codes[0] = -1
+        self.sid_codes = codes  # a registered buffer: saved with the weights
+        self.sid_emb = nn.ModuleList(nn.Embedding(int(size), self.config.dim) for size in sizes)
+        for emb in self.sid_emb:
+            nn.init.normal_(emb.weight, std=self.config.init_std)
+
+    def attach_from_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Re-attach the features a saved state dict holds, so ``load_state_dict(state)`` fits."""
+        if "item_features" in state:
+            self.attach_item_features(state["item_features"])
+        if "sid_codes" in state:
+            sizes, j = [], 0
+            while f"sid_emb.{j}.weight" in state:
+                sizes.append(int(state[f"sid_emb.{j}.weight"].shape[0]))
+                j += 1
+            self.attach_semantic_ids(state["sid_codes"], sizes)
+
     def item_vectors(self) -> torch.Tensor:
         """Every item's representation [n_items + 1, D], shared by the input and the output side."""
         w = self.item_emb.weight
         if self.item_features is not None:
             w = w + self.feature_proj(self.item_features)
+        if self.sid_codes is not None:
+            valid = self.sid_codes >= 0
+            codes = self.sid_codes.clamp(min=0)
+            for j, emb in enumerate(self.sid_emb):
+                w = w + emb(codes[:, j]) * valid[:, j, None].to(w.dtype)
         return w
 
     def item_table(self) -> torch.Tensor:
@@ -83,7 +118,7 @@ class SequentialModel(nn.Module):
                 timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """items: [B, L] right-padded dense ids -> hidden states [B, L, D] (padded rows are garbage)."""
         length = items.shape[1]
-        table = self.item_emb.weight if self.item_features is None else self.item_vectors()
+        table = self.item_vectors()
         x = table[items] * math.sqrt(self.config.dim) + self.pos_emb.weight[:length][None]
         x = self.emb_dropout(x) * (items > 0).unsqueeze(-1)
         h = self.final_norm(self.encode_embeddings(x, lengths, timestamps))

@@ -44,8 +44,7 @@ class Recommender:
         model_cls, config_cls = SEQUENTIAL[spec["name"]]
         model = model_cls(config_cls.model_validate(spec["config"]), spec["n_items"], spec["use_timestamps"])
         state = load_file(bundle / "model.safetensors")
-        if "item_features" in state:
-            model.attach_item_features(state["item_features"])
+        model.attach_from_state(state)  # content / semantic-ID features travel in the weights
         model.load_state_dict(state)
         table = pq.read_table(bundle / "items.parquet").sort_by("item_idx")
         return cls(model, table.to_pydict(), manifest)

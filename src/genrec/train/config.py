@@ -13,6 +13,7 @@ from genrec.data.schema import format_validation_error
 from genrec.errors import ConfigError
 from genrec.io import read_yaml_mapping
 from genrec.models import HSTUConfig, SASRecConfig
+from genrec.models.tiger import TigerConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -55,6 +56,17 @@ class EvalSettings(BaseModel):
     select_metric: str = Field("ndcg@10", description="Validation metric for early stopping and selection.")
 
 
+class FeaturesConfig(BaseModel):
+    """Item features added to an ID model's item embeddings (SASRec, HSTU)."""
+
+    model_config = _STRICT
+
+    semantic_ids: Path | None = Field(None, description="Folder written by 'genrec tokenize': item = id embedding "
+                                      "+ sum of code embeddings (lets the model score items unseen in training).")
+    content: Path | None = Field(None, description="Item embedding folder written by 'genrec content encode': "
+                                 "item = id embedding + a learned projection of the content vector.")
+
+
 class RunConfig(BaseModel):
     """``genrec train --config FILE``: dataset, split, model, optimisation and evaluation."""
 
@@ -62,9 +74,10 @@ class RunConfig(BaseModel):
 
     dataset: str = Field(description="Built-in dataset name, prepared dataset folder, or interaction file.")
     split: Literal["loo", "temporal"] = "loo"
-    model: Annotated[SASRecConfig | HSTUConfig, Field(discriminator="name")]
+    model: Annotated[SASRecConfig | HSTUConfig | TigerConfig, Field(discriminator="name")]
     train: OptimConfig = OptimConfig()
     eval: EvalSettings = EvalSettings()
+    features: FeaturesConfig = FeaturesConfig()
     out: str | None = Field(None, description="Run folder (default runs/<config file stem>).")
 
 

@@ -54,6 +54,33 @@ def build_model(config: RunConfig, n_items: int, use_timestamps: bool = False) -
     return cls(config.model, n_items, use_timestamps)
 
 
+def attach_features(model: SequentialModel, config: RunConfig, ds: SequenceDataset) -> None:
+    """Attach the semantic-ID and content features named in ``config.features`` (before the optimizer is made);
+    each must describe exactly this dataset's items, in its dense-id order."""
+    feats = config.features
+    raw = [str(x) for x in ds.items.raw.to_pylist()]
+    if feats.semantic_ids is not None:
+        from genrec.semantic_ids.codes import SemanticIds
+        from genrec.semantic_ids.pipeline import items_digest
+
+        sids = SemanticIds.load(feats.semantic_ids)
+        if sids.n_items != ds.n_items:
+            raise ConfigError(f"features.semantic_ids: {feats.semantic_ids} has IDs for {sids.n_items:,} items, but "
+                              f"dataset {ds.name} has {ds.n_items:,}")
+        if sids.meta.get("items_sha256") not in (None, items_digest(raw)):
+            raise ConfigError(f"features.semantic_ids: {feats.semantic_ids} was made for another item catalog "
+                              f"(dataset {sids.meta.get('dataset')!r}) than {ds.name}")
+        model.attach_semantic_ids(torch.from_numpy(sids.codes), sids.sizes)
+    if feats.content is not None:
+        from genrec.content.store import ItemEmbeddings
+
+        emb = ItemEmbeddings.load(feats.content)
+        if emb.n_items != ds.n_items or [str(i) for i in emb.item_ids] != raw:
+            raise ConfigError(f"features.content: {feats.content} holds {emb.n_items:,} items that do not match "
+                              f"dataset {ds.name}'s {ds.n_items:,} items in dense-id order")
+        model.attach_item_features(torch.from_numpy(emb.vectors))
+
+
 def training_windows(split: Split, max_len: int, windows: str = "last") -> tuple[Jagged, Jagged | None]:
     """Training windows of ``max_len + 1`` items (inputs plus the shifted targets).
 
@@ -152,6 +179,7 @@ class Trainer:
         split = make_split(ds, cfg.split)
         windows, window_ts = training_windows(split, cfg.model.max_len, tcfg.windows)
         model = build_model(cfg, ds.n_items, use_timestamps=ds.timestamps is not None)
+        attach_features(model, cfg, ds)
         ddp = torch.nn.parallel.DistributedDataParallel(model) if env.on else model
         opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
         steps_per_epoch = math.ceil(len(windows) / tcfg.batch_size)

@@ -1,0 +1,328 @@
+"""Training the semantic-ID generator (TIGER): teacher forcing on sliding windows, beam-search validation,
+early stopping on validation NDCG@10, exact resume, and a test evaluation that is honest about beams.
+
+A generator returns top-k lists, not scores over the catalog. For ranking, each beam item gets its
+sequence log-probability and every other item -inf; a target outside the beams is then a miss at every K
+(it is never ranked by the tie order among the -inf items), and metrics are reported only at K <= the beam
+width.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from genrec.data import Jagged, SequenceDataset, Split, load_dataset, make_split
+from genrec.data.splits import EvalCases
+from genrec.errors import ConfigError, DataError, GenrecError
+from genrec.eval import Evaluation, bootstrap_ci, metrics_from_ranks, rank_cases, write_run
+from genrec.eval.report import git_commit
+from genrec.io import read_json, write_json
+from genrec.models.tiger import TIGER, TigerConfig
+from genrec.progress import progress_bar
+from genrec.semantic_ids import SemanticIds
+from genrec.train.allocator import tune_glibc_malloc
+from genrec.train.checkpoint import load_checkpoint, load_tensors, save_checkpoint, save_tensors
+from genrec.train.config import RunConfig
+from genrec.train.trainer import _select_k, _tensorboard, epoch_batches, lr_lambda, save_model_files, seed_everything
+
+
+@dataclass
+class GeneratorResult:
+    model: TIGER
+    run_dir: Path
+    best_epoch: int
+    best_valid: float
+    test: Evaluation | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --- data -----------------------------------------------------------------------------------------------
+
+def sliding_windows(split: Split, max_len: int, windows: str = "all") -> tuple[Jagged, np.ndarray]:
+    """(history, target) pairs from the training sequences: ``all`` predicts every item from the (up to)
+    ``max_len`` items before it; ``last`` only each sequence's last item."""
+    seq = split.train.take(np.flatnonzero(split.train.lengths >= 2))
+    n = seq.lengths
+    if windows == "last":
+        row, pos = np.arange(len(seq)), n - 1
+    else:
+        row = np.repeat(np.arange(len(seq)), n - 1)
+        pos = np.arange(len(row)) - np.repeat(np.cumsum(n - 1) - (n - 1), n - 1) + 1  # 1 .. n-1 per row
+    history = seq.take(row).slice_rows(np.maximum(0, pos - max_len), pos)
+    return history, seq.values[seq.offsets[row] + pos].astype(np.int64)
+
+
+def semantic_ids_for(config: RunConfig, ds: SequenceDataset, sids: SemanticIds | None = None) -> SemanticIds:
+    """The run's semantic IDs (given, or loaded from ``model.semantic_ids``), checked against the dataset."""
+    folder = Path(config.model.semantic_ids or Path("runs") / "semantic_ids" / ds.name / "rqkmeans")
+    where = "the given semantic IDs" if sids is not None else folder
+    sids = sids if sids is not None else SemanticIds.load(folder)
+    if sids.n_items != ds.n_items:
+        raise DataError(f"semantic IDs cover {sids.n_items} items but dataset '{ds.name}' has {ds.n_items}; "
+                        f"make them for this dataset (model.semantic_ids)", path=where)
+    if not sids.is_unique():
+        raise DataError("semantic IDs are not unique (the uniqueness code is missing)", path=where)
+    return sids
+
+
+# --- decoding and honest ranking ------------------------------------------------------------------------
+
+@torch.no_grad()
+def decode_cases(model: TIGER, cases: EvalCases, beam: int, k: int | None = None, batch_size: int = 256,
+                 show_progress: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Beam search for every case: items [N, k], log-probabilities [N, k], and wall seconds.
+
+    Cases are decoded in batches of similar history length (less padding), in the model's eval mode."""
+    k = k or beam
+    model.eval()
+    hist = cases.history.tail(model.config.max_len)
+    order = np.argsort(hist.lengths, kind="stable")
+    items = np.zeros((len(cases), k), dtype=np.int64)
+    scores = np.full((len(cases), k), -np.inf, dtype=np.float32)
+    t0 = time.perf_counter()
+    with progress_bar(len(cases), f"beam search ({beam} beams)", enabled=show_progress) as advance:
+        for start in range(0, len(cases), batch_size):
+            rows = order[start:start + batch_size]
+            top, val = model.recommend(hist.take(rows).to_padded(left=True), k=k, beam=beam)
+            items[rows], scores[rows] = top.numpy(), val.numpy()
+            advance(len(rows))
+    return items, scores, time.perf_counter() - t0
+
+
+class _BeamScores:
+    """Scorer over precomputed beams; ``users`` are case rows. Beam items keep their log-probability,
+    every other item is -inf."""
+
+    def __init__(self, items: np.ndarray, scores: np.ndarray, n_items: int):
+        self.items, self.scores, self.n_items = torch.from_numpy(items), torch.from_numpy(scores), n_items
+
+    def score(self, history: Jagged, users: np.ndarray, timestamps: Jagged | None = None) -> torch.Tensor:
+        rows = torch.from_numpy(np.asarray(users, dtype=np.int64))
+        out = torch.full((len(rows), self.n_items + 1), -torch.inf)
+        return out.scatter_(1, self.items[rows], self.scores[rows])
+
+
+def rank_beams(items: np.ndarray, scores: np.ndarray, cases: EvalCases, n_items: int, ks: Sequence[int],
+               exclude_seen: bool = True, item_counts: np.ndarray | None = None):
+    """Per-case metrics of decoded beams under the house ranking (seen items excluded, ties by id), with
+    every target outside the beams counted as a miss (rank ``n_items``, all metrics 0)."""
+    rows = EvalCases(np.arange(len(cases)), cases.history, cases.targets)
+    r = rank_cases(_BeamScores(items, scores, n_items), rows, n_items, ks=ks, exclude_seen=exclude_seen,
+                   item_counts=item_counts, show_progress=False)
+    in_beam = (items == cases.targets[:, None]).any(axis=1)
+    r.ranks = np.where(in_beam, r.ranks, n_items)
+    missed = r.ranks >= n_items
+    per_case = metrics_from_ranks(r.ranks, ks)
+    for values in per_case.values():
+        values[missed] = 0.0
+    r.per_case = {**per_case, **{m: v for m, v in r.per_case.items() if m.startswith("popularity@")}}
+    r.info.update(targets_outside_beams=int((~in_beam).sum()))
+    return r
+
+
+def evaluate_generator(model: TIGER, cases: EvalCases, dataset: SequenceDataset, *, part: str = "test",
+                       beam: int | None = None, ks: Sequence[int] = (5, 10, 20), exclude_seen: bool = True,
+                       item_counts: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
+                       show_progress: bool = True) -> Evaluation:
+    """Beam-search every case and evaluate it like any scorer (``genrec.eval.evaluate``), at K <= beam only."""
+    beam = beam or model.config.beam_width
+    kept = sorted({int(k) for k in ks if k <= beam})
+    if not kept:
+        raise ConfigError(f"eval.ks {list(ks)}: no cut-off is <= the beam width {beam}")
+    items, scores, seconds = decode_cases(model, cases, beam, show_progress=show_progress)
+    returned = items[np.isfinite(scores)]
+    invalid = int(((returned < 1) | (returned > dataset.n_items)).sum())  # 0 by construction: the trie
+    r = rank_beams(items, scores, cases, dataset.n_items, kept, exclude_seen, item_counts)
+    columns = {"user": pa.array([str(v) for v in dataset.users.decode(cases.users)], pa.string()),
+               "target": pa.array([str(v) for v in dataset.items.decode(cases.targets)], pa.string()),
+               "rank": r.ranks, **r.per_case}
+    info = {**r.info, "part": part, "n_boot": n_boot, "ci": "95% percentile bootstrap over users",
+            "protocol": f"full catalog, constrained beam search ({beam} beams; targets outside the beams are "
+                        "misses)", "beam_width": beam, "ks_dropped_beyond_beam": sorted(set(ks) - set(kept)),
+            "invalid_ids": invalid, "decode_seconds": seconds,
+            "decode_ms_per_user": 1000 * seconds / max(len(cases), 1)}
+    return Evaluation(part, pa.table(columns), bootstrap_ci(r.per_case, n_boot=n_boot, seed=seed), r.aggregate, info)
+
+
+# --- training -------------------------------------------------------------------------------------------
+
+class GeneratorTrainer:
+    """``genrec train`` for ``model.name: tiger``: the Trainer's contract (fit, resume, early stopping,
+    metrics.jsonl, checkpoint/, run folder with the test evaluation and model files) for the generator."""
+
+    def __init__(self, config: RunConfig, run_dir: str | Path, dataset: SequenceDataset | None = None,
+                 semantic_ids: SemanticIds | None = None, show_progress: bool = True):
+        if not isinstance(config.model, TigerConfig):
+            raise ConfigError(f"model.name must be 'tiger' for the generator trainer, got {config.model.name!r}")
+        if config.train.loss != "full_ce":
+            raise ConfigError("train.loss: the generator trains with cross-entropy over codes; use 'full_ce'")
+        features = getattr(config, "features", None)
+        if features is not None and any(features.model_dump().values()):
+            raise ConfigError("features: item features are for ID models (sasrec, hstu); the generator reads its "
+                              "semantic IDs from model.semantic_ids")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("the generator trainer runs on one process (no torchrun yet)")
+        self.config, self.run_dir = config, Path(run_dir)
+        self.dataset, self.semantic_ids, self.show_progress = dataset, semantic_ids, show_progress
+
+    def fit(self, resume: bool = False, on_epoch_end=None) -> GeneratorResult:
+        cfg, tcfg, mcfg = self.config, self.config.train, self.config.model
+        k_sel = _select_k(cfg.eval.select_metric)
+        if k_sel > mcfg.beam_width:
+            raise ConfigError(f"eval.select_metric {cfg.eval.select_metric} needs K <= model.beam_width "
+                              f"({mcfg.beam_width})")
+        self.commit_at_start = git_commit()
+        self.allocator = tune_glibc_malloc()
+        if tcfg.threads:
+            torch.set_num_threads(tcfg.threads)
+        seed_everything(tcfg.seed)
+        ds = self.dataset or load_dataset(cfg.dataset)
+        sids = semantic_ids_for(cfg, ds, self.semantic_ids)
+        split = make_split(ds, cfg.split)
+        history, targets = sliding_windows(split, mcfg.max_len, tcfg.windows)
+        if len(targets) == 0:
+            raise DataError(f"dataset '{ds.name}' has no training sequence of 2 or more items")
+        valid = split.valid
+        if mcfg.valid_sample and mcfg.valid_sample < len(valid):
+            rows = np.sort(np.random.default_rng([tcfg.seed, 1]).choice(len(valid), mcfg.valid_sample, replace=False))
+            valid = valid.take(rows)
+        model = TIGER(mcfg, sids.codes, sids.sizes)
+        opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
+        steps_per_epoch = math.ceil(len(targets) / tcfg.batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, tcfg.epochs * steps_per_epoch))
+        ckpt = self.run_dir / "checkpoint"
+        state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "bad_evals": 0, "history": [],
+                 "train_seconds": 0.0, "stopped": None}
+        if resume:
+            state = load_checkpoint(ckpt, model, opt, sched)
+        elif (ckpt / "trainer.json").is_file():
+            raise GenrecError(f"{self.run_dir} already holds a training run; pass --resume to continue it or "
+                              "choose another --out")
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.run_dir / "config.json", cfg.model_dump(mode="json"))
+        board = _tensorboard(self.run_dir / "tensorboard")
+        start_clock = time.perf_counter() - state["train_seconds"]
+        while state["stopped"] is None and state["epoch"] < tcfg.epochs:
+            epoch = state["epoch"] + 1
+            loss, n_windows, seconds, out_of_time = self._epoch(model, opt, sched, history, targets, epoch,
+                                                                start_clock)
+            state["step"] += steps_per_epoch
+            state["epoch"] = epoch
+            state["train_seconds"] = time.perf_counter() - start_clock
+            record = {"epoch": epoch, "step": state["step"], "loss": loss,
+                      "tokens_per_s": n_windows * model.n_levels / seconds, "windows_per_s": n_windows / seconds,
+                      "epoch_seconds": seconds, "elapsed_s": state["train_seconds"], "lr": sched.get_last_lr()[0]}
+            if epoch % tcfg.eval_every == 0 or out_of_time or epoch == tcfg.epochs:
+                record.update(self._validate(model, valid, ds, k_sel))
+                value = record[f"valid_{cfg.eval.select_metric}"]
+                if value > state["best"]:
+                    state.update(best=value, best_epoch=epoch, bad_evals=0)
+                    save_tensors(ckpt / "best.safetensors", model.state_dict())
+                else:
+                    state["bad_evals"] += 1
+                    if state["bad_evals"] >= tcfg.patience:
+                        state["stopped"] = "early stopping"
+            if out_of_time and state["stopped"] is None:
+                state["stopped"] = f"wall-time budget ({tcfg.max_minutes} min)"
+            state["history"].append(record)
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            if board is not None:
+                for key, value in record.items():
+                    if key != "epoch":
+                        board.add_scalar(key, value, epoch)
+                board.flush()
+            save_checkpoint(ckpt, model, opt, sched, state)
+            self._say(record)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+        model.load_state_dict(load_tensors(ckpt / "best.safetensors"))
+        model.eval()
+        test = self._test(model, split, ds, sids, state)
+        return GeneratorResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
+
+    def _epoch(self, model, opt, sched, history, targets, epoch, start_clock):
+        tcfg = self.config.train
+        model.train()
+        batches = epoch_batches(history.lengths, tcfg.batch_size, np.random.default_rng([tcfg.seed, epoch]))
+        total_loss, total, t0, out_of_time = 0.0, 0, time.perf_counter(), False
+        with progress_bar(len(batches), f"epoch {epoch}", enabled=self.show_progress) as advance:
+            for rows in batches:
+                loss_sum = model.loss(history.take(rows).to_padded(left=True), torch.from_numpy(targets[rows]))
+                opt.zero_grad(set_to_none=True)
+                (loss_sum / (len(rows) * model.n_levels)).backward()
+                if tcfg.clip_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_norm)
+                opt.step()
+                sched.step()
+                total_loss += float(loss_sum.detach())
+                total += len(rows)
+                elapsed = time.perf_counter() - t0
+                advance(1, f"epoch {epoch} loss {total_loss / (total * model.n_levels):.4f} "
+                           f"{total * model.n_levels / max(elapsed, 1e-9):,.0f} tok/s")
+                if tcfg.max_minutes and time.perf_counter() - start_clock > tcfg.max_minutes * 60:
+                    out_of_time = True
+                    break
+        return total_loss / max(total * model.n_levels, 1), total, time.perf_counter() - t0, out_of_time
+
+    def _validate(self, model: TIGER, valid: EvalCases, ds: SequenceDataset, k_sel: int) -> dict[str, float]:
+        beam = self.config.model.beam_width
+        items, scores, seconds = decode_cases(model, valid, beam, show_progress=self.show_progress)
+        r = rank_beams(items, scores, valid, ds.n_items, sorted({k_sel, 10}), self.config.eval.exclude_seen)
+        shown = sorted({self.config.eval.select_metric, "hr@10", "ndcg@10"})
+        out = {f"valid_{m}": float(r.per_case[m].mean()) for m in shown}
+        out["valid_decode_ms_per_user"] = 1000 * seconds / max(len(valid), 1)
+        return out
+
+    def _test(self, model: TIGER, split: Split, ds: SequenceDataset, sids: SemanticIds, state: dict) -> Evaluation:
+        cfg = self.config
+        counts = np.bincount(split.train.values, minlength=ds.n_items + 1)
+        ev = evaluate_generator(model, split.test, ds, part="test", beam=cfg.model.beam_width, ks=cfg.eval.ks,
+                                exclude_seen=cfg.eval.exclude_seen, item_counts=counts, n_boot=cfg.eval.n_boot,
+                                seed=cfg.train.seed, show_progress=self.show_progress)
+        ev.info.update(best_epoch=state["best_epoch"], best_valid=state["best"], epochs_run=state["epoch"],
+                       stopped=state["stopped"] or "max epochs", train_seconds=state["train_seconds"],
+                       commit_at_start=self.commit_at_start, allocator=self.allocator,
+                       semantic_ids={k: v for k, v in sids.meta.items() if isinstance(v, str | int | float)})
+        run_config = {"model": cfg.model.name, "split": cfg.split, **cfg.model_dump(mode="json")}
+        write_run(self.run_dir, run_config, ev, ds, state["train_seconds"])
+        save_model_files(self.run_dir, model, ds, counts)
+        write_json(self.run_dir / "model.json", {"name": "tiger", "config": cfg.model.model_dump(mode="json"),
+                                                 "n_items": model.n_items, "sizes": model.sizes,
+                                                 "use_timestamps": False})
+        return ev
+
+    def _say(self, record: dict) -> None:
+        if not self.show_progress:
+            return
+        import sys
+
+        valid = {k: v for k, v in record.items() if k.startswith("valid_")}
+        extra = "  ".join(f"{k[6:]} {v:.4f}" for k, v in valid.items())
+        print(f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  "
+              f"{record['epoch_seconds']:.1f} s  {extra}", file=sys.stderr, flush=True)
+
+
+def load_generator(run_dir: str | Path) -> TIGER:
+    """The trained generator of a run folder (model.json + model.safetensors; the codes travel in the weights)."""
+    run_dir = Path(run_dir)
+    spec = read_json(run_dir / "model.json")
+    if spec.get("name") != "tiger":
+        raise GenrecError(f"{run_dir / 'model.json'}: not a tiger model (name {spec.get('name')!r})")
+    sizes = [int(s) for s in spec["sizes"]]
+    placeholder = np.zeros((int(spec["n_items"]) + 1, len(sizes)), dtype=np.int64)
+    model = TIGER(TigerConfig.model_validate(spec["config"]), placeholder, sizes)
+    model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
+    return model.eval()
