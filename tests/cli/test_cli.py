@@ -10,21 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genrec.cli import main
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["genrec", *argv]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = old
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from cli_run import run
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ width.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -32,8 +31,9 @@ from genrec.models.tiger import TIGER, TigerConfig
 from genrec.progress import progress_bar
 from genrec.semantic_ids import SemanticIds
 from genrec.train.allocator import tune_glibc_malloc
-from genrec.train.checkpoint import load_checkpoint, load_tensors, save_checkpoint, save_tensors
+from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
 from genrec.train.config import RunConfig
+from genrec.train.loop import log_epoch, open_run, select
 from genrec.train.trainer import _select_k, _tensorboard, epoch_batches, lr_lambda, save_model_files, seed_everything
 
 
@@ -202,16 +202,7 @@ class GeneratorTrainer:
         steps_per_epoch = math.ceil(len(targets) / tcfg.batch_size)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, tcfg.epochs * steps_per_epoch))
         ckpt = self.run_dir / "checkpoint"
-        state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "bad_evals": 0, "history": [],
-                 "train_seconds": 0.0, "stopped": None}
-        if resume:
-            state = load_checkpoint(ckpt, model, opt, sched)
-        elif (ckpt / "trainer.json").is_file():
-            raise GenrecError(f"{self.run_dir} already holds a training run; pass --resume to continue it or "
-                              "choose another --out")
-        else:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.run_dir / "config.json", cfg.model_dump(mode="json"))
+        state = open_run(self.run_dir, cfg.model_dump(mode="json"), model, opt, sched, resume)
         board = _tensorboard(self.run_dir / "tensorboard")
         start_clock = time.perf_counter() - state["train_seconds"]
         while state["stopped"] is None and state["epoch"] < tcfg.epochs:
@@ -226,24 +217,12 @@ class GeneratorTrainer:
                       "epoch_seconds": seconds, "elapsed_s": state["train_seconds"], "lr": sched.get_last_lr()[0]}
             if epoch % tcfg.eval_every == 0 or out_of_time or epoch == tcfg.epochs:
                 record.update(self._validate(model, valid, ds, k_sel))
-                value = record[f"valid_{cfg.eval.select_metric}"]
-                if value > state["best"]:
-                    state.update(best=value, best_epoch=epoch, bad_evals=0)
-                    save_tensors(ckpt / "best.safetensors", model.state_dict())
-                else:
-                    state["bad_evals"] += 1
-                    if state["bad_evals"] >= tcfg.patience:
-                        state["stopped"] = "early stopping"
+                select(state, epoch, record[f"valid_{cfg.eval.select_metric}"], tcfg.patience,
+                       lambda: save_tensors(ckpt / "best.safetensors", model.state_dict()))
             if out_of_time and state["stopped"] is None:
                 state["stopped"] = f"wall-time budget ({tcfg.max_minutes} min)"
             state["history"].append(record)
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            if board is not None:
-                for key, value in record.items():
-                    if key != "epoch":
-                        board.add_scalar(key, value, epoch)
-                board.flush()
+            log_epoch(self.run_dir, board, record)
             save_checkpoint(ckpt, model, opt, sched, state)
             self._say(record)
             if on_epoch_end is not None:

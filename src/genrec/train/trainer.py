@@ -6,7 +6,6 @@ The test split is evaluated once, at the end, with the weights that scored best 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -21,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from genrec.data import Jagged, SequenceDataset, Split, load_dataset, make_split
-from genrec.errors import ConfigError, GenrecError
+from genrec.errors import ConfigError
 from genrec.eval import Evaluation, evaluate, rank_cases, write_run
 from genrec.eval.report import git_commit
 from genrec.io import write_json, write_parquet
@@ -29,8 +28,9 @@ from genrec.models import SEQUENTIAL, SequentialModel
 from genrec.nn.losses import full_cross_entropy, sampled_softmax
 from genrec.progress import progress_bar
 from genrec.train.allocator import tune_glibc_malloc
-from genrec.train.checkpoint import load_checkpoint, load_tensors, save_checkpoint, save_tensors
+from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
 from genrec.train.config import RunConfig
+from genrec.train.loop import log_epoch, open_run, select
 
 
 @dataclass
@@ -185,17 +185,7 @@ class Trainer:
         steps_per_epoch = math.ceil(len(windows) / tcfg.batch_size)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, tcfg.epochs * steps_per_epoch))
         ckpt = self.run_dir / "checkpoint"
-        state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "bad_evals": 0, "history": [],
-                 "train_seconds": 0.0, "stopped": None}
-        if resume:
-            state = load_checkpoint(ckpt, model, opt, sched)
-        elif (ckpt / "trainer.json").is_file():
-            raise GenrecError(f"{self.run_dir} already holds a training run; pass --resume to continue it or "
-                              "choose another --out")
-        elif env.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.run_dir / "config.json", cfg.model_dump(mode="json"))
-        log = self.run_dir / "metrics.jsonl"
+        state = open_run(self.run_dir, cfg.model_dump(mode="json"), model, opt, sched, resume, env.rank == 0)
         board = _tensorboard(self.run_dir / "tensorboard") if env.rank == 0 else None
         k_sel = _select_k(cfg.eval.select_metric)
         start_clock = time.perf_counter() - state["train_seconds"]
@@ -212,26 +202,13 @@ class Trainer:
                       "lr": sched.get_last_lr()[0]}
             if epoch % tcfg.eval_every == 0 or out_of_time or epoch == tcfg.epochs:
                 record.update(self._validate(model, split, ds, env, k_sel))
-                value = record[f"valid_{cfg.eval.select_metric}"]
-                if value > state["best"]:
-                    state.update(best=value, best_epoch=epoch, bad_evals=0)
-                    if env.rank == 0:
-                        save_tensors(ckpt / "best.safetensors", model.state_dict())
-                else:
-                    state["bad_evals"] += 1
-                    if state["bad_evals"] >= tcfg.patience:
-                        state["stopped"] = "early stopping"
+                select(state, epoch, record[f"valid_{cfg.eval.select_metric}"], tcfg.patience,
+                       lambda: save_tensors(ckpt / "best.safetensors", model.state_dict()) if env.rank == 0 else None)
             if out_of_time and state["stopped"] is None:
                 state["stopped"] = f"wall-time budget ({tcfg.max_minutes} min)"
             state["history"].append(record)
             if env.rank == 0:
-                with open(log, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
-                if board is not None:
-                    for key, value in record.items():
-                        if key != "epoch":
-                            board.add_scalar(key, value, epoch)
-                    board.flush()
+                log_epoch(self.run_dir, board, record)
                 save_checkpoint(ckpt, model, opt, sched, state)
                 self._say(record)
             if on_epoch_end is not None:

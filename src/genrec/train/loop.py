@@ -1,0 +1,53 @@
+"""The bookkeeping every training loop shares: run-folder state, model selection on validation, epoch logs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genrec.errors import GenrecError
+from genrec.io import write_json
+from genrec.train.checkpoint import load_checkpoint
+
+
+def open_run(run_dir: Path, config_json: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
+             sched: Any, resume: bool, writer: bool = True) -> dict[str, Any]:
+    """The loop state: restored from ``run_dir/checkpoint`` on resume, else fresh (never over an existing run)."""
+    ckpt = run_dir / "checkpoint"
+    if resume:
+        return load_checkpoint(ckpt, model, opt, sched)
+    if (ckpt / "trainer.json").is_file():
+        raise GenrecError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another "
+                          "--out")
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", config_json)
+    return {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "bad_evals": 0, "history": [], "train_seconds": 0.0,
+            "stopped": None}
+
+
+def select(state: dict[str, Any], epoch: int, value: float, patience: int, save_best: Callable[[], None]) -> None:
+    """Keep the best validation epoch (its weights via ``save_best``); stop after ``patience`` evaluations
+    without improvement."""
+    if value > state["best"]:
+        state.update(best=value, best_epoch=epoch, bad_evals=0)
+        save_best()
+        return
+    state["bad_evals"] += 1
+    if state["bad_evals"] >= patience:
+        state["stopped"] = "early stopping"
+
+
+def log_epoch(run_dir: Path, board: Any, record: dict[str, Any]) -> None:
+    """Append one epoch to metrics.jsonl (and TensorBoard when installed)."""
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    if board is not None:
+        for key, value in record.items():
+            if key != "epoch":
+                board.add_scalar(key, value, record["epoch"])
+        board.flush()
