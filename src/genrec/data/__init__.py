@@ -9,7 +9,15 @@ from genrec.data.dataset import SequenceDataset, Vocab, prepare
 from genrec.data.jagged import Jagged
 from genrec.data.readers import read_interactions, read_items, read_sequences
 from genrec.data.schema import DataSchema, InteractionSchema, ItemSchema, load_schema
-from genrec.data.splits import EvalCases, Split, leave_one_out, make_split, temporal_split
+from genrec.data.splits import (
+    ColdStartSplit,
+    EvalCases,
+    Split,
+    cold_start_split,
+    leave_one_out,
+    make_split,
+    temporal_split,
+)
 from genrec.errors import UnknownDatasetError
 
 
@@ -58,8 +66,8 @@ def _reprepare(ds: SequenceDataset, dedup: bool, kcore: int | None) -> SequenceD
 
 
 __all__ = [
-    "REGISTRY", "BuiltinDataset", "DataSchema", "EvalCases", "InteractionSchema", "ItemSchema", "Jagged",
-    "SequenceDataset", "Split", "Vocab", "data_home", "download", "get_builtin", "leave_one_out", "load_dataset",
-    "load_schema", "make_split", "prepare", "read_interactions", "read_items", "read_sequences", "temporal_split",
-    "verify",
+    "REGISTRY", "BuiltinDataset", "ColdStartSplit", "DataSchema", "EvalCases", "InteractionSchema", "ItemSchema",
+    "Jagged", "SequenceDataset", "Split", "Vocab", "cold_start_split", "data_home", "download", "get_builtin",
+    "leave_one_out", "load_dataset", "load_schema", "make_split", "prepare", "read_interactions", "read_items",
+    "read_sequences", "temporal_split", "verify",
 ]

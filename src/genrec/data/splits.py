@@ -7,7 +7,7 @@ includes the validation item, which is an input, never a training label.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -34,6 +34,15 @@ class EvalCases:
     def take(self, rows: np.ndarray) -> EvalCases:
         ts = self.history_timestamps.take(rows) if self.history_timestamps is not None else None
         return EvalCases(self.users[rows], self.history.take(rows), self.targets[rows], ts)
+
+    def subset(self, mask: np.ndarray) -> EvalCases:
+        """The cases where boolean ``mask`` (one entry per case) is true, in their order, e.g.
+        ``split.test.subset(split.test_cold)`` to rank only cold-target cases with ``rank_cases``/``evaluate``."""
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_ or mask.shape != (len(self),):
+            raise ConfigError(f"subset mask must be a boolean array of shape ({len(self)},) (one entry per case), "
+                              f"got dtype {mask.dtype} and shape {mask.shape}")
+        return self.take(np.flatnonzero(mask))
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,69 @@ def leave_one_out(ds: SequenceDataset, min_length: int = 3) -> Split:
     return Split("loo", users[keep], train.take(np.flatnonzero(keep)), valid, test,
                  train_ts.take(np.flatnonzero(keep)) if train_ts is not None else None,
                  {"min_length": min_length, "evaluated_users": int(evaluated.sum())})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ColdStartSplit(Split):
+    """A leave-one-out split with some items held out of training entirely (see :func:`cold_start_split`)."""
+
+    cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted dense ids
+    valid_cold: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # valid target is held out
+    test_cold: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # test target is held out
+
+
+def cold_start_split(ds: SequenceDataset, fraction: float = 0.05, seed: int = 0, *,
+                     min_length: int = 3) -> ColdStartSplit:
+    """Leave-one-out with ``round(fraction * n_items)`` items held out of training entirely.
+
+    The held-out ("cold") items are drawn uniformly at random (not by popularity) from the dense ids 1..n_items
+    with ``numpy.random.default_rng(seed)``, so the same dataset and seed always give the same items. They are
+    removed from every training sequence (rows left empty are dropped) and from the histories of every
+    validation and test case (timestamps stay aligned), so a model fit on ``train`` never sees one, as input
+    or as target. Every evaluation case of :func:`leave_one_out` is kept with its target, cold or not;
+    ``valid_cold`` / ``test_cold`` mark the cases whose target is held out (rank those with
+    ``split.test.subset(split.test_cold)``). A case's history may become empty when all of it was cold.
+    """
+    n_items = ds.n_items
+    if not 0 < fraction <= 0.5:
+        raise ConfigError(f"cold-start fraction must be in (0, 0.5], got {fraction}")
+    n_cold = round(fraction * n_items)
+    if n_cold < 1:
+        raise ConfigError(f"cold-start fraction {fraction} of {n_items} items holds out no item; use a larger "
+                          "fraction")
+    rng = np.random.default_rng(seed)
+    cold_items = np.sort(rng.choice(np.arange(1, n_items + 1, dtype=np.int64), size=n_cold, replace=False))
+    base = leave_one_out(ds, min_length=min_length)
+    is_cold = np.zeros(n_items + 1, dtype=bool)
+    is_cold[cold_items] = True
+    valid_cold, test_cold = is_cold[base.valid.targets], is_cold[base.test.targets]
+    if not test_cold.any():
+        raise ConfigError(f"no test case has a held-out target (fraction={fraction}, seed={seed}, {n_cold} of "
+                          f"{n_items} items held out, {len(base.test)} test cases); use a larger fraction or "
+                          "another seed")
+    train_keep = ~is_cold[base.train.values]
+    train = _filter_values(base.train, train_keep)
+    train_ts = _filter_values(base.train_timestamps, train_keep) if base.train_timestamps is not None else None
+    rows = np.flatnonzero(train.lengths > 0)
+
+    def strip(cases: EvalCases) -> EvalCases:
+        keep = ~is_cold[cases.history.values]
+        ts = _filter_values(cases.history_timestamps, keep) if cases.history_timestamps is not None else None
+        return EvalCases(cases.users, _filter_values(cases.history, keep), cases.targets, ts)
+
+    valid, test = strip(base.valid), strip(base.test)
+    info = {**(base.info or {}), "fraction": fraction, "seed": seed, "cold_items": n_cold, "choice": "uniform",
+            "valid_cold_cases": int(valid_cold.sum()), "test_cold_cases": int(test_cold.sum()),
+            "train_interactions_removed": int((~train_keep).sum()),
+            "empty_test_histories": int((test.history.lengths == 0).sum())}
+    return ColdStartSplit("cold_start", base.train_users[rows], train.take(rows), valid, test,
+                          train_ts.take(rows) if train_ts is not None else None, info,
+                          cold_items=cold_items, valid_cold=valid_cold, test_cold=test_cold)
+
+
+def _filter_values(j: Jagged, keep: np.ndarray) -> Jagged:
+    """Every row of ``j`` with only the values where ``keep`` (aligned with ``j.values``) is true."""
+    return Jagged.from_lengths(j.values[keep], np.bincount(j.row_ids()[keep], minlength=len(j)).astype(np.int64))
 
 
 def temporal_split(ds: SequenceDataset, valid_fraction: float = 0.1, test_fraction: float = 0.1,
