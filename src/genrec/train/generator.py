@@ -33,7 +33,7 @@ from genrec.semantic_ids import SemanticIds
 from genrec.train.allocator import tune_glibc_malloc
 from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
 from genrec.train.config import RunConfig
-from genrec.train.loop import log_epoch, open_run, select
+from genrec.train.loop import log_epoch, open_run, print_epoch, select
 from genrec.train.trainer import _select_k, _tensorboard, epoch_batches, lr_lambda, save_model_files, seed_everything
 
 
@@ -284,14 +284,8 @@ class GeneratorTrainer:
         return ev
 
     def _say(self, record: dict) -> None:
-        if not self.show_progress:
-            return
-        import sys
-
-        valid = {k: v for k, v in record.items() if k.startswith("valid_")}
-        extra = "  ".join(f"{k[6:]} {v:.4f}" for k, v in valid.items())
-        print(f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  "
-              f"{record['epoch_seconds']:.1f} s  {extra}", file=sys.stderr, flush=True)
+        if self.show_progress:
+            print_epoch(record)
 
 
 def load_generator(run_dir: str | Path) -> TIGER:

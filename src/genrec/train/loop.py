@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,3 +52,10 @@ def log_epoch(run_dir: Path, board: Any, record: dict[str, Any]) -> None:
             if key != "epoch":
                 board.add_scalar(key, value, record["epoch"])
         board.flush()
+
+
+def print_epoch(record: dict[str, Any]) -> None:
+    """One line per epoch on stderr: loss, throughput, time and the validation metrics."""
+    valid = "  ".join(f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("valid_"))
+    print(f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  "
+          f"{record['epoch_seconds']:.1f} s  {valid}", file=sys.stderr, flush=True)
