@@ -22,9 +22,9 @@ def read_curve(run: Path) -> tuple[list[float], list[float], list[float]]:
     minutes, hr, ndcg = [], [], []
     for line in (run / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
-        if "valid_hr@10" in r:
+        if "valid_ndcg@10" in r:  # runs from before HR@10 was logged have NDCG@10 only
             minutes.append(r["elapsed_s"] / 60)
-            hr.append(r["valid_hr@10"])
+            hr.append(r.get("valid_hr@10", float("nan")))
             ndcg.append(r["valid_ndcg@10"])
     return minutes, hr, ndcg
 
@@ -36,7 +36,9 @@ def time_to_quality(runs: list[Path], labels: list[str], targets: list[float]) -
         final = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else None
         row = {"run": str(run), "label": label, "valid_reached_min": {}}
         for t in targets:
-            row["valid_reached_min"][f"{t:.4f}"] = next((m for m, h in zip(minutes, hr, strict=True) if h >= t), None)
+            row["valid_reached_min"][f"{t:.4f}"] = (next((m for m, h in zip(minutes, hr, strict=True) if h >= t),
+                                                          "not reached")
+                                                    if any(h == h for h in hr) else "HR@10 not logged")
         if final:
             row["test"] = {k: final["metrics"][k]["mean"] for k in ("hr@10", "ndcg@10")}
             row["train_min"] = (final["info"].get("train_seconds") or 0) / 60
@@ -51,7 +53,7 @@ def render(rows: list[dict], targets: list[float]) -> str:
     lines = ["# Time to quality, MovieLens-1M (2 CPU cores)", "", "| " + " | ".join(head) + " |",
              "|---" * len(head) + "|"]
     for r in rows:
-        reached = [f"{v:.1f}" if v is not None else "not reached" for v in r["valid_reached_min"].values()]
+        reached = [f"{v:.1f}" if isinstance(v, float) else v for v in r["valid_reached_min"].values()]
         test = r.get("test", {})
         lines.append(f"| {r['label']} | " + " | ".join(reached) + " | " +
                      " | ".join([f"{test['hr@10']:.4f}", f"{test['ndcg@10']:.4f}", f"{r['train_min']:.1f}",
