@@ -102,13 +102,8 @@ class EfficientNetLite0Encoder:
     def encode(self, images: list[Any]) -> np.ndarray:
         import torch
 
-        model = self.load()
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            x = torch.from_numpy(np.stack([self.preprocess(im) for im in chunk])).to(self.device)
-            out.append(_torch_encode(model, x))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        return _encode_batches(self.load(), images, self, lambda c: torch.from_numpy(np.stack([self.preprocess(im)
+                                                                                              for im in c])))
 
 
 @dataclass
@@ -159,12 +154,7 @@ class TimmEncoder:
     def encode(self, images: list[Any]) -> np.ndarray:
         import torch
 
-        model = self.load()
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            x = torch.stack([self._transform(im) for im in images[start:start + self.batch_size]]).to(self.device)
-            out.append(_torch_encode(model, x))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        return _encode_batches(self.load(), images, self, lambda c: torch.stack([self._transform(im) for im in c]))
 
 
 @dataclass
@@ -215,12 +205,14 @@ class OpenClipEncoder:
     def encode(self, images: list[Any]) -> np.ndarray:
         import torch
 
-        model = self.load()
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            x = torch.stack([self._transform(im) for im in images[start:start + self.batch_size]]).to(self.device)
-            out.append(_torch_encode(model, x))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        return _encode_batches(self.load(), images, self, lambda c: torch.stack([self._transform(im) for im in c]))
+
+
+def _encode_batches(model: Any, images: list[Any], enc: Any, to_tensor: Any) -> np.ndarray:
+    """Features of ``images`` in batches of ``enc.batch_size`` on ``enc.device``; ``to_tensor`` stacks a batch."""
+    out = [_torch_encode(model, to_tensor(images[i:i + enc.batch_size]).to(enc.device))
+           for i in range(0, len(images), enc.batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, enc.dim), np.float32)
 
 
 def image_encoder(spec: str | ImageEncoder, device: str = "cpu", batch_size: int = 32) -> ImageEncoder:
