@@ -24,9 +24,8 @@ from genrec.data import load_dataset
 from genrec.eval import compare_runs
 from genrec.eval.report import git_commit, machine
 from genrec.io import read_json, write_json, write_text
-from genrec.train import run_baseline
+from genrec.train import parse_params, run_baseline, trainer_class
 from genrec.train.config import load_config
-from genrec.train.trainer import Trainer
 
 RUNS = Path("runs/bench")
 SHOWN = ["hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200"]
@@ -43,15 +42,19 @@ PUBLISHED = {
 }
 
 
-def train_one(config: Path, seed: int, threads: int | None = None) -> Path:
-    overrides = {"train.seed": seed} | ({"train.threads": threads} if threads else {})
-    cfg = load_config(config, overrides)
-    folder = RUNS / cfg.dataset / config.stem / f"seed{seed}"
+def train_one(config: Path, seed: int, threads: int | None = None, device: str | None = None,
+              runs: Path = RUNS, overrides: dict | None = None) -> Path:
+    """Train (or reuse, or resume) ``config`` with ``seed`` into runs/<dataset>/<stem>[-<device>]/seed<k>."""
+    extra = {"train.seed": seed} | ({"train.threads": threads} if threads else {})
+    extra |= ({"train.device": device} if device else {}) | (overrides or {})
+    cfg = load_config(config, extra)
+    stem = config.stem + (f"-{device.split(':')[0]}" if device and device != "cpu" else "")
+    folder = runs / cfg.dataset / stem / f"seed{seed}"
     if (folder / "metrics.json").is_file():
         print(f"reusing {folder}", flush=True)
         return folder
     resume = (folder / "checkpoint" / "trainer.json").is_file()
-    Trainer(cfg, folder, show_progress=True).fit(resume=resume)
+    trainer_class(cfg)(cfg, folder, show_progress=True).fit(resume=resume)
     return folder
 
 
@@ -145,6 +148,10 @@ def main() -> None:
     p.add_argument("--config", type=Path, action="append", default=[])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--threads", type=int, default=None, help="torch threads per training run (default: all)")
+    p.add_argument("--device", default=None, help="train.device for every run (cpu, cuda, auto); a non-cpu device "
+                   "writes to runs/bench/<dataset>/<config stem>-<device>")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="override a config field for "
+                   "every run, e.g. train.max_minutes=6 (repeatable)")
     p.add_argument("--collect", action="store_true", help="only rebuild the table from finished runs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
@@ -153,7 +160,7 @@ def main() -> None:
         for config in args.config:
             ensure_baselines(load_config(config).dataset)
             for seed in args.seeds:
-                train_one(config, seed, args.threads)
+                train_one(config, seed, args.threads, args.device, overrides=parse_params(args.overrides))
     datasets = {d.name: summarise(d) for d in sorted(RUNS.iterdir()) if d.is_dir()} if RUNS.is_dir() else {}
     res = {"commit": git_commit(), "created": dt.datetime.now(dt.UTC).isoformat(), "machine": machine(),
            "command": "python benchmarks/quality.py " + " ".join(

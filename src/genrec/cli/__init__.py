@@ -255,15 +255,12 @@ def train_cmd(
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Train a sequential model with validation-based early stopping; evaluate the test split once."""
-    from genrec.train import parse_params
+    from genrec.train import parse_params, trainer_class
     from genrec.train.config import load_config
-    from genrec.train.trainer import Trainer
 
     cfg = load_config(config, parse_params(set_ or []))
     folder = out_dir or Path(cfg.out or Path("runs") / config.stem)
-    if cfg.model.name == "tiger":  # the semantic-ID generator has its own loop (beam-search validation)
-        from genrec.train.generator import GeneratorTrainer as Trainer
-    result = Trainer(cfg, folder, show_progress=not quiet).fit(resume=resume)
+    result = trainer_class(cfg)(cfg, folder, show_progress=not quiet).fit(resume=resume)
     if result.test is None:  # a non-zero rank under torchrun
         return
     ev = result.test

@@ -190,4 +190,6 @@ def make_split(ds: SequenceDataset, kind: str = "loo", **kwargs) -> Split:
         return leave_one_out(ds, **kwargs)
     if kind == "temporal":
         return temporal_split(ds, **kwargs)
-    raise ConfigError(f"unknown split {kind!r}; expected 'loo' or 'temporal'")
+    if kind == "cold":
+        return cold_start_split(ds, **kwargs)
+    raise ConfigError(f"unknown split {kind!r}; expected 'loo', 'temporal' or 'cold'")

@@ -52,14 +52,14 @@ def topk_deterministic(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
 def mask_seen(scores: torch.Tensor, history: Jagged) -> None:
     """Set the score of every item in each row's history to -inf, in place."""
     if len(history.values):
-        rows = torch.from_numpy(history.row_ids())
-        scores[rows, torch.from_numpy(history.values.astype(np.int64))] = -torch.inf
+        rows = torch.from_numpy(history.row_ids()).to(scores.device)
+        scores[rows, torch.from_numpy(history.values.astype(np.int64)).to(scores.device)] = -torch.inf
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """0-based rank of each target under the deterministic order (score desc, id asc)."""
     t = scores.gather(1, targets[:, None])
-    ids = torch.arange(scores.shape[1])[None, :]
+    ids = torch.arange(scores.shape[1], device=scores.device)[None, :]
     return (scores > t).sum(1) + ((scores == t) & (ids < targets[:, None])).sum(1)
 
 
@@ -95,15 +95,15 @@ def rank_cases(
             rows = np.arange(start, min(start + bs, len(cases)))
             hist = cases.history.take(rows)
             ts = cases.history_timestamps.take(rows) if cases.history_timestamps is not None else None
-            targets = torch.from_numpy(cases.targets[rows].astype(np.int64))
             with torch.no_grad():
                 extra = {"timestamps": ts} if ts is not None else {}
                 scores = scorer.score(hist, cases.users[rows], **extra).detach().to(torch.float32).clone()
+            targets = torch.from_numpy(cases.targets[rows].astype(np.int64)).to(scores.device)  # rank where scored
             if scores.shape != (len(rows), n_cols):
                 raise ValueError(f"scorer returned shape {tuple(scores.shape)}, expected {(len(rows), n_cols)}")
             scores = torch.nan_to_num(scores, nan=-torch.inf, neginf=-torch.inf, posinf=torch.inf)
             scores[:, 0] = -torch.inf
-            excluded = torch.zeros(len(rows), dtype=torch.bool)
+            excluded = torch.zeros(len(rows), dtype=torch.bool, device=scores.device)
             if exclude_seen:
                 t_before = scores.gather(1, targets[:, None])[:, 0].clone()
                 mask_seen(scores, hist)
@@ -112,14 +112,14 @@ def rank_cases(
             # Rank over the item columns only, so the padding column never takes a place (ids shift by one,
             # which keeps the tie order); a -inf item (excluded or NaN) is never counted as recommended.
             top_ids, top_vals = topk_deterministic(scores[:, 1:], max_k)
-            top[rows] = torch.where(top_vals == -torch.inf, 0, top_ids + 1).numpy()
+            top[rows] = torch.where(top_vals == -torch.inf, 0, top_ids + 1).cpu().numpy()
             if sampled_negatives:
-                r = _sampled_ranks(scores, targets, sampled_negatives, gen)
+                r = _sampled_ranks(scores.cpu(), targets.cpu(), sampled_negatives, gen)
             else:
                 r = target_ranks(scores[:, 1:], targets - 1)
-            r = torch.where(excluded, torch.full_like(r, n_items), r)
-            ranks[rows] = r.numpy()
-            unranked[rows] = excluded.numpy()
+            r = torch.where(excluded.to(r.device), torch.full_like(r, n_items), r)
+            ranks[rows] = r.cpu().numpy()
+            unranked[rows] = excluded.cpu().numpy()
             advance(len(rows))
     per_case = metrics_from_ranks(ranks, ks)
     for values in per_case.values():

@@ -65,6 +65,13 @@ def evaluate(
     return Evaluation(part, pa.table(columns), summary, result.aggregate, info)
 
 
+def subset_summary(ev: Evaluation, mask: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Each metric of ``ev`` on the cases where ``mask`` is true, with its bootstrap 95% interval."""
+    rows = np.flatnonzero(mask)
+    per_case = {m: ev.per_user.column(m).to_numpy()[rows] for m in ev.summary}
+    return bootstrap_ci(per_case, n_boot=n_boot, seed=seed) if len(rows) else {}
+
+
 def _as_str(values: list) -> pa.Array:
     return pa.array([str(v) for v in values], pa.string())
 

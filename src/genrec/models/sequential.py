@@ -132,8 +132,9 @@ class SequentialModel(nn.Module):
         items = hist.to_padded(left=False)
         lengths = torch.from_numpy(hist.lengths).clamp(min=1)
         ts = timestamps.tail(self.config.max_len).to_padded(left=False) if timestamps is not None else None
-        h = self.forward(items.to(self.item_emb.weight.device), lengths, ts)
-        last = h[torch.arange(len(lengths)), lengths - 1]
+        device = self.item_emb.weight.device
+        h = self.forward(items.to(device), lengths.to(device), ts.to(device) if ts is not None else None)
+        last = h[torch.arange(len(lengths), device=device), lengths.to(device) - 1]
         return last @ self.item_table().T
 
 

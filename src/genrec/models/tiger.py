@@ -258,7 +258,8 @@ class TIGER(nn.Module):
     def trie(self) -> PrefixTrie:
         """The prefix trie of every item's ID (rebuilt only when the codes change, e.g. on loading weights)."""
         trie = self.__dict__.get("_trie")
-        if trie is None or not torch.equal(trie.codes, self.codes[1:]):
-            trie = PrefixTrie(self.codes[1:], self.sizes)
+        codes = self.codes[1:].cpu()
+        if trie is None or not torch.equal(trie.codes, codes) or trie.device != self.codes.device:
+            trie = PrefixTrie(codes, self.sizes).to(self.codes.device)
             self.__dict__["_trie"] = trie
         return trie

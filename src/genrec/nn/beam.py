@@ -62,6 +62,16 @@ class PrefixTrie:
     def __len__(self) -> int:
         return self.n_items
 
+    @property
+    def device(self) -> torch.device:
+        return self.keys[0].device
+
+    def to(self, device: torch.device | str) -> PrefixTrie:
+        """The lookup tables on ``device`` (where the beams are); ``codes`` stay on the CPU. In place."""
+        for tables in (self.masks, self.keys, self.children):
+            tables[:] = [t.to(device) for t in tables]
+        return self
+
     def allowed(self, t: int, nodes: torch.Tensor) -> torch.Tensor:
         """Codes that may follow each prefix: nodes [...] (rows of depth t, -1 = dead) -> [..., size_t] bool."""
         return self.masks[t][nodes]
@@ -76,7 +86,7 @@ class PrefixTrie:
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Item id of each ID [..., C], 0 where the ID is not an item's."""
-        node = torch.zeros(codes.shape[:-1], dtype=torch.int64)
+        node = torch.zeros(codes.shape[:-1], dtype=torch.int64, device=codes.device)
         for t in range(self.depth):
             node = self.child(t, node, codes[..., t])
         return node.clamp(min=0)
@@ -84,7 +94,7 @@ class PrefixTrie:
     def paths(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every complete path, read back from the tables: codes [M, C] and the item at its end [M]."""
         cols = []
-        rows = torch.arange(len(self.keys[-1]))
+        rows = torch.arange(len(self.keys[-1]), device=self.device)
         for t in range(self.depth - 1, -1, -1):
             key = self.keys[t][rows]
             cols.append(key % self.sizes[t])

@@ -1,5 +1,21 @@
-"""genrec.train: fitting models on a split (baselines now; SASRec/HSTU trainers later)."""
+"""genrec.train: fitting baselines, ID models (SASRec, HSTU) and the semantic-ID generator on a split."""
+
+from __future__ import annotations
+
+from typing import Any
 
 from genrec.train.baselines import BaselineRun, parse_params, run_baseline
 
-__all__ = ["BaselineRun", "parse_params", "run_baseline"]
+
+def trainer_class(config: Any) -> type:
+    """The loop that trains ``config.model``: the generator has its own (beam-search validation)."""
+    if config.model.name == "tiger":
+        from genrec.train.generator import GeneratorTrainer
+
+        return GeneratorTrainer
+    from genrec.train.trainer import Trainer
+
+    return Trainer
+
+
+__all__ = ["BaselineRun", "parse_params", "run_baseline", "trainer_class"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from genrec.data.schema import format_validation_error
 from genrec.errors import ConfigError
@@ -37,6 +37,9 @@ class OptimConfig(BaseModel):
     warmup_steps: int = Field(200, ge=0, description="Linear warmup steps.")
     schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup, to 0 "
                                                                "at the end of `epochs`.")
+    schedule_by: Literal["steps", "time"] = Field("steps", description="Run the decay over `epochs` of steps, or "
+                                                  "over the max_minutes wall-time budget (needs max_minutes; the "
+                                                  "schedule then depends on the machine's speed).")
     clip_norm: float | None = Field(1.0, gt=0, description="Gradient clipping by global norm (None = off).")
     epochs: int = Field(100, ge=1, description="Maximum epochs (the schedule's length).")
     max_minutes: float | None = Field(None, gt=0, description="Wall-time budget for training; stops after the "
@@ -45,6 +48,15 @@ class OptimConfig(BaseModel):
     eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")
     seed: int = Field(0, description="Seed of python, numpy and torch.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice).")
+    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$", description="cpu, cuda, cuda:N, or auto "
+                        "(cuda when available). Under torchrun with cuda each process takes cuda:LOCAL_RANK. "
+                        "Results are reproducible per device; resume is exact on cpu.")
+
+    @model_validator(mode="after")
+    def _time_schedule_needs_budget(self) -> OptimConfig:
+        if self.schedule_by == "time" and not self.max_minutes:
+            raise ValueError("schedule_by: time needs max_minutes (the budget the decay runs over)")
+        return self
 
 
 class EvalSettings(BaseModel):
@@ -54,6 +66,15 @@ class EvalSettings(BaseModel):
     exclude_seen: bool = Field(True, description="Exclude items already in the history.")
     n_boot: int = Field(1000, ge=10, description="Bootstrap resamples for the test intervals.")
     select_metric: str = Field("ndcg@10", description="Validation metric for early stopping and selection.")
+
+
+class ColdStartConfig(BaseModel):
+    """``split: cold``: leave-one-out with a random fraction of items held out of training entirely."""
+
+    model_config = _STRICT
+
+    fraction: float = Field(0.05, gt=0, le=0.5, description="Share of the catalog held out (drawn uniformly).")
+    seed: int = Field(0, description="Seed of the draw (independent of train.seed, so runs share the items).")
 
 
 class FeaturesConfig(BaseModel):
@@ -73,7 +94,9 @@ class RunConfig(BaseModel):
     model_config = _STRICT
 
     dataset: str = Field(description="Built-in dataset name, prepared dataset folder, or interaction file.")
-    split: Literal["loo", "temporal"] = "loo"
+    split: Literal["loo", "temporal", "cold"] = Field("loo", description="Leave-one-out, temporal, or "
+                                                      "leave-one-out with held-out cold items (see cold_start).")
+    cold_start: ColdStartConfig = ColdStartConfig()
     model: Annotated[SASRecConfig | HSTUConfig | TigerConfig, Field(discriminator="name")]
     train: OptimConfig = OptimConfig()
     eval: EvalSettings = EvalSettings()

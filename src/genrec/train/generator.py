@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from genrec.data import Jagged, SequenceDataset, Split, load_dataset, make_split
+from genrec.data import Jagged, SequenceDataset, Split, load_dataset
 from genrec.data.splits import EvalCases
 from genrec.errors import ConfigError, DataError, GenrecError
 from genrec.eval import Evaluation, bootstrap_ci, metrics_from_ranks, rank_cases, write_run
@@ -33,8 +33,16 @@ from genrec.semantic_ids import SemanticIds
 from genrec.train.allocator import tune_glibc_malloc
 from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
 from genrec.train.config import RunConfig
-from genrec.train.loop import log_epoch, open_run, print_epoch, select
-from genrec.train.trainer import _select_k, _tensorboard, epoch_batches, lr_lambda, save_model_files, seed_everything
+from genrec.train.loop import log_epoch, open_run, print_epoch, resolve_device, run_split, select
+from genrec.train.trainer import (
+    _select_k,
+    _tensorboard,
+    cold_start_info,
+    epoch_batches,
+    lr_lambda,
+    save_model_files,
+    seed_everything,
+)
 
 
 @dataclass
@@ -91,11 +99,12 @@ def decode_cases(model: TIGER, cases: EvalCases, beam: int, k: int | None = None
     items = np.zeros((len(cases), k), dtype=np.int64)
     scores = np.full((len(cases), k), -np.inf, dtype=np.float32)
     t0 = time.perf_counter()
+    device = model.codes.device
     with progress_bar(len(cases), f"beam search ({beam} beams)", enabled=show_progress) as advance:
         for start in range(0, len(cases), batch_size):
             rows = order[start:start + batch_size]
-            top, val = model.recommend(hist.take(rows).to_padded(left=True), k=k, beam=beam)
-            items[rows], scores[rows] = top.numpy(), val.numpy()
+            top, val = model.recommend(hist.take(rows).to_padded(left=True).to(device), k=k, beam=beam)
+            items[rows], scores[rows] = top.cpu().numpy(), val.cpu().numpy()
             advance(len(rows))
     return items, scores, time.perf_counter() - t0
 
@@ -186,10 +195,11 @@ class GeneratorTrainer:
         self.allocator = tune_glibc_malloc()
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
+        device = resolve_device(tcfg.device)
         seed_everything(tcfg.seed)
         ds = self.dataset or load_dataset(cfg.dataset)
         sids = semantic_ids_for(cfg, ds, self.semantic_ids)
-        split = make_split(ds, cfg.split)
+        split = run_split(cfg, ds)
         history, targets = sliding_windows(split, mcfg.max_len, tcfg.windows)
         if len(targets) == 0:
             raise DataError(f"dataset '{ds.name}' has no training sequence of 2 or more items")
@@ -197,14 +207,16 @@ class GeneratorTrainer:
         if mcfg.valid_sample and mcfg.valid_sample < len(valid):
             rows = np.sort(np.random.default_rng([tcfg.seed, 1]).choice(len(valid), mcfg.valid_sample, replace=False))
             valid = valid.take(rows)
-        model = TIGER(mcfg, sids.codes, sids.sizes)
+        model = TIGER(mcfg, sids.codes, sids.sizes).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
         steps_per_epoch = math.ceil(len(targets) / tcfg.batch_size)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, tcfg.epochs * steps_per_epoch))
+        clock = {"start": time.perf_counter()}
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, tcfg.epochs * steps_per_epoch,
+                                                                 lambda: time.perf_counter() - clock["start"]))
         ckpt = self.run_dir / "checkpoint"
         state = open_run(self.run_dir, cfg.model_dump(mode="json"), model, opt, sched, resume)
         board = _tensorboard(self.run_dir / "tensorboard")
-        start_clock = time.perf_counter() - state["train_seconds"]
+        start_clock = clock["start"] = time.perf_counter() - state["train_seconds"]
         while state["stopped"] is None and state["epoch"] < tcfg.epochs:
             epoch = state["epoch"] + 1
             loss, n_windows, seconds, out_of_time = self._epoch(model, opt, sched, history, targets, epoch,
@@ -238,8 +250,10 @@ class GeneratorTrainer:
         batches = epoch_batches(history.lengths, tcfg.batch_size, np.random.default_rng([tcfg.seed, epoch]))
         total_loss, total, t0, out_of_time = 0.0, 0, time.perf_counter(), False
         with progress_bar(len(batches), f"epoch {epoch}", enabled=self.show_progress) as advance:
+            device = model.codes.device
             for rows in batches:
-                loss_sum = model.loss(history.take(rows).to_padded(left=True), torch.from_numpy(targets[rows]))
+                loss_sum = model.loss(history.take(rows).to_padded(left=True).to(device),
+                                      torch.from_numpy(targets[rows]).to(device))
                 opt.zero_grad(set_to_none=True)
                 (loss_sum / (len(rows) * model.n_levels)).backward()
                 if tcfg.clip_norm:
@@ -274,6 +288,7 @@ class GeneratorTrainer:
         ev.info.update(best_epoch=state["best_epoch"], best_valid=state["best"], epochs_run=state["epoch"],
                        stopped=state["stopped"] or "max epochs", train_seconds=state["train_seconds"],
                        commit_at_start=self.commit_at_start, allocator=self.allocator,
+                       device=str(model.codes.device), **cold_start_info(split, ev, cfg),
                        semantic_ids={k: v for k, v in sids.meta.items() if isinstance(v, str | int | float)})
         run_config = {"model": cfg.model.name, "split": cfg.split, **cfg.model_dump(mode="json")}
         write_run(self.run_dir, run_config, ev, ds, state["train_seconds"])

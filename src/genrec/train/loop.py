@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 
 import torch
 
-from genrec.errors import GenrecError
+from genrec.data import SequenceDataset, Split, make_split
+from genrec.errors import ConfigError, GenrecError
 from genrec.io import write_json
 from genrec.train.checkpoint import load_checkpoint
 
@@ -59,3 +61,25 @@ def print_epoch(record: dict[str, Any]) -> None:
     valid = "  ".join(f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("valid_"))
     print(f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  "
           f"{record['epoch_seconds']:.1f} s  {valid}", file=sys.stderr, flush=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a torch device; under torchrun a cuda run uses this process's LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device is {name!r} but torch sees no CUDA device (use cpu or auto)")
+        if name == "cuda" and "LOCAL_RANK" in os.environ:
+            name = f"cuda:{os.environ['LOCAL_RANK']}"
+        device = torch.device(name)
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def run_split(config: Any, ds: SequenceDataset) -> Split:
+    """The run's split; ``split: cold`` holds ``cold_start.fraction`` of the items out of training."""
+    if config.split == "cold":
+        return make_split(ds, "cold", fraction=config.cold_start.fraction, seed=config.cold_start.seed)
+    return make_split(ds, config.split)

@@ -19,10 +19,11 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
-from genrec.data import Jagged, SequenceDataset, Split, load_dataset, make_split
+from genrec.data import Jagged, SequenceDataset, Split, load_dataset
+from genrec.data.splits import ColdStartSplit
 from genrec.errors import ConfigError
 from genrec.eval import Evaluation, evaluate, rank_cases, write_run
-from genrec.eval.report import git_commit
+from genrec.eval.report import git_commit, subset_summary
 from genrec.io import write_json, write_parquet
 from genrec.models import SEQUENTIAL, SequentialModel
 from genrec.nn.losses import full_cross_entropy, sampled_softmax
@@ -30,7 +31,7 @@ from genrec.progress import progress_bar
 from genrec.train.allocator import tune_glibc_malloc
 from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
 from genrec.train.config import RunConfig
-from genrec.train.loop import log_epoch, open_run, print_epoch, select
+from genrec.train.loop import log_epoch, open_run, print_epoch, resolve_device, run_split, select
 
 
 @dataclass
@@ -116,15 +117,20 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator
     return [batches[i] for i in order]
 
 
-def lr_lambda(config: RunConfig, total_steps: int):
-    warmup, schedule = config.train.warmup_steps, config.train.schedule
+def lr_lambda(config: RunConfig, total_steps: int, elapsed_s=None):
+    """Warmup then decay to 0 at ``total_steps``, or (``schedule_by: time``) as ``elapsed_s()`` reaches the
+    wall-time budget."""
+    warmup, schedule, tcfg = config.train.warmup_steps, config.train.schedule, config.train
 
     def f(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
         if schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if tcfg.schedule_by == "time":
+            progress = min(1.0, elapsed_s() / (tcfg.max_minutes * 60))
+        else:
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return 1.0 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
@@ -133,10 +139,11 @@ def lr_lambda(config: RunConfig, total_steps: int):
 class _Dist:
     """Rank and world size, and the few collectives the trainer needs (no-ops on one process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device  # collectives run where the backend wants them (nccl: the GPU)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         self.on = dist.is_initialized()
         self.rank = dist.get_rank() if self.on else 0
         self.world = dist.get_world_size() if self.on else 1
@@ -144,14 +151,14 @@ class _Dist:
     def sum(self, value: float) -> float:
         if not self.on:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t.item())
 
     def broadcast(self, values: list[float]) -> list[float]:
         if not self.on:
             return values
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.broadcast(t, 0)
         return t.tolist()
 
@@ -169,26 +176,33 @@ class Trainer:
         ``on_epoch_end(record)`` is called after each epoch's checkpoint is safely written.
         """
         cfg, tcfg = self.config, self.config.train
-        env = _Dist()
+        device = resolve_device(tcfg.device)
+        env = _Dist(device)
         self.commit_at_start = git_commit()  # code that trained; write_run records HEAD at the end too
         self.allocator = tune_glibc_malloc()
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
         seed_everything(tcfg.seed)
         ds = self.dataset or load_dataset(cfg.dataset)
-        split = make_split(ds, cfg.split)
+        split = run_split(cfg, ds)
         windows, window_ts = training_windows(split, cfg.model.max_len, tcfg.windows)
         model = build_model(cfg, ds.n_items, use_timestamps=ds.timestamps is not None)
         attach_features(model, cfg, ds)
-        ddp = torch.nn.parallel.DistributedDataParallel(model) if env.on else model
+        model.to(device)
+        ddp = model
+        if env.on:
+            ids = [device] if device.type == "cuda" else None
+            ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
         steps_per_epoch = math.ceil(len(windows) / tcfg.batch_size)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, tcfg.epochs * steps_per_epoch))
+        clock = {"start": time.perf_counter()}
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, tcfg.epochs * steps_per_epoch,
+                                                                 lambda: time.perf_counter() - clock["start"]))
         ckpt = self.run_dir / "checkpoint"
         state = open_run(self.run_dir, cfg.model_dump(mode="json"), model, opt, sched, resume, env.rank == 0)
         board = _tensorboard(self.run_dir / "tensorboard") if env.rank == 0 else None
         k_sel = _select_k(cfg.eval.select_metric)
-        start_clock = time.perf_counter() - state["train_seconds"]
+        start_clock = clock["start"] = time.perf_counter() - state["train_seconds"]
         while state["stopped"] is None and state["epoch"] < tcfg.epochs:
             epoch = state["epoch"] + 1
             model.train()
@@ -250,6 +264,8 @@ class Trainer:
                 ts = window_ts.take(local).to_padded(left=False)[:, :-1] if window_ts is not None else None
                 inputs, targets = items[:, :-1], items[:, 1:].clone()
                 targets[torch.arange(targets.shape[1])[None, :] >= (lengths - 1)[:, None]] = 0
+                inputs, targets = inputs.to(env.device), targets.to(env.device)
+                ts = ts.to(env.device) if ts is not None else None
                 n_local = int((targets > 0).sum()) if weight else 0
                 n_global = env.sum(float(n_local))
                 h = ddp(inputs, (lengths - 1).clamp(min=1), ts)
@@ -289,7 +305,8 @@ class Trainer:
                       show_progress=self.show_progress)
         ev.info.update(best_epoch=state["best_epoch"], best_valid=state["best"], epochs_run=state["epoch"],
                        stopped=state["stopped"] or "max epochs", train_seconds=state["train_seconds"],
-                       commit_at_start=self.commit_at_start, allocator=self.allocator)
+                       commit_at_start=self.commit_at_start, allocator=self.allocator,
+                       device=str(next(model.parameters()).device), **cold_start_info(split, ev, cfg))
         run_config = {"model": cfg.model.name, "split": cfg.split, **cfg.model_dump(mode="json")}
         write_run(self.run_dir, run_config, ev, ds, state["train_seconds"])
         save_model_files(self.run_dir, model, ds, counts)
@@ -319,6 +336,18 @@ def save_model_files(folder: Path, model: SequentialModel, ds: SequenceDataset, 
                 values[i - 1] = v
             items = items.append_column(name, pa.array(values))
     write_parquet(folder / "items.parquet", items)
+
+
+def cold_start_info(split: Split, ev: Evaluation, config: RunConfig) -> dict[str, Any]:
+    """For ``split: cold``: the test metrics on cases whose target was held out of training ("cold") and on
+    the rest ("warm"), each with its bootstrap interval, under the key ``cold_start``."""
+    if not isinstance(split, ColdStartSplit):
+        return {}
+    out = {"held_out_items": len(split.cold_items), "fraction": config.cold_start.fraction,
+           "draw_seed": config.cold_start.seed}
+    for name, mask in (("cold", split.test_cold), ("warm", ~split.test_cold)):
+        out[name] = {"cases": int(mask.sum()), **subset_summary(ev, mask, config.eval.n_boot, config.train.seed)}
+    return {"cold_start": out}
 
 
 def _tensorboard(folder: Path):

@@ -1,0 +1,100 @@
+"""``split: cold`` runs (test metrics on held-out-item cases and on the rest) for ID models and the generator,
+and ``train.device`` (validated, resolved, and the trie following the model to its device)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from tests.train.test_generator import config as tiger_config
+from tests.train.test_generator import follow_dataset, semantic_ids
+from tests.train.test_trainer import config as id_config
+from tests.train.test_trainer import tiny_dataset
+
+from genrec.data import make_split
+from genrec.errors import ConfigError
+from genrec.nn.beam import PrefixTrie
+from genrec.train.config import RunConfig
+from genrec.train.generator import GeneratorTrainer
+from genrec.train.loop import resolve_device
+from genrec.train.trainer import Trainer, training_windows
+
+
+def cold(cfg: RunConfig, fraction: float = 0.2) -> RunConfig:
+    return RunConfig.model_validate({**cfg.model_dump(), "split": "cold",
+                                     "cold_start": {"fraction": fraction, "seed": 1}})
+
+
+def check_cold_report(info: dict, n_test: int, n_items: int, fraction: float = 0.2) -> None:
+    report = info["cold_start"]
+    assert report["held_out_items"] == round(fraction * n_items)
+    assert report["cold"]["cases"] + report["warm"]["cases"] == n_test
+    assert report["cold"]["cases"] > 0
+    for part in ("cold", "warm"):
+        m = report[part]["hr@10"]
+        assert 0.0 <= m["ci_low"] <= m["mean"] <= m["ci_high"] <= 1.0
+
+
+def test_cold_split_keeps_held_out_items_out_of_training_windows():
+    ds = tiny_dataset()
+    split = make_split(ds, "cold", fraction=0.2, seed=1)
+    windows, _ = training_windows(split, 12, "all")
+    assert not np.isin(windows.values, split.cold_items).any()
+    assert np.isin(split.test.targets[split.test_cold], split.cold_items).all()
+
+
+def test_id_model_cold_run_reports_cold_and_warm_cases(tmp_path):
+    ds = tiny_dataset()
+    cfg = cold(id_config(epochs=2))
+    result = Trainer(cfg, tmp_path / "run", dataset=ds, show_progress=False).fit()
+    check_cold_report(result.test.info, len(result.test.per_user), ds.n_items)
+    assert result.test.info["device"] == "cpu"
+
+
+def test_generator_cold_run_reports_cold_and_warm_cases(tmp_path):
+    ds = follow_dataset()
+    cfg = cold(tiger_config(epochs=2))
+    result = GeneratorTrainer(cfg, tmp_path / "run", dataset=ds, semantic_ids=semantic_ids(ds.n_items),
+                              show_progress=False).fit()
+    check_cold_report(result.test.info, len(result.test.per_user), ds.n_items)
+    assert result.test.info["invalid_ids"] == 0
+
+
+def test_cold_fraction_is_validated():
+    with pytest.raises(ValidationError, match="fraction"):
+        RunConfig.model_validate({**id_config().model_dump(), "split": "cold", "cold_start": {"fraction": 0.9}})
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "CPU", ""])
+def test_device_names_are_validated(bad):
+    with pytest.raises(ValidationError, match="device"):
+        id_config(device=bad)
+
+
+def test_device_resolution_on_this_machine():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+def test_trie_moves_its_tables_and_still_finds_every_item():
+    codes = np.array([[0, 1], [1, 0], [1, 1]])
+    trie = PrefixTrie(codes, [2, 2]).to("cpu")
+    assert trie.device == torch.device("cpu")
+    assert trie.lookup(torch.as_tensor(codes)).tolist() == [1, 2, 3]
+    paths, items = trie.paths()
+    assert sorted(map(tuple, paths.tolist())) == sorted(map(tuple, codes.tolist()))
+
+
+def test_time_schedule_needs_a_budget_and_decays_over_it(tmp_path):
+    with pytest.raises(ValidationError, match="max_minutes"):
+        id_config(schedule_by="time")
+    cfg = id_config(schedule_by="time", max_minutes=0.02, epochs=1000, patience=1000, warmup_steps=0)
+    result = Trainer(cfg, tmp_path / "run", dataset=tiny_dataset(), show_progress=False).fit()
+    assert result.history[-1]["elapsed_s"] >= 1.2  # stopped by the budget, not by epochs
+    assert result.history[-1]["lr"] == 0.0  # and the decay had finished by then
+    assert result.test.info["stopped"].startswith("wall-time budget")
