@@ -153,12 +153,15 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], help="override a config field for "
                    "every run, e.g. train.max_minutes=6 (repeatable)")
     p.add_argument("--collect", action="store_true", help="only rebuild the table from finished runs")
+    p.add_argument("--skip-baselines", action="store_true", help="do not fit the baselines here (parallel jobs "
+                   "sharing one runs/ folder; fit them once beforehand)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
     start = time.perf_counter()
     if not args.collect:
         for config in args.config:
-            ensure_baselines(load_config(config).dataset)
+            if not args.skip_baselines:
+                ensure_baselines(load_config(config).dataset)
             for seed in args.seeds:
                 train_one(config, seed, args.threads, args.device, overrides=parse_params(args.overrides))
     datasets = {d.name: summarise(d) for d in sorted(RUNS.iterdir()) if d.is_dir()} if RUNS.is_dir() else {}

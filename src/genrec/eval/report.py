@@ -6,6 +6,7 @@ Per-user values are always saved, so any two runs on the same cases can be compa
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 import subprocess
 from collections.abc import Sequence
@@ -77,7 +78,8 @@ def _as_str(values: list) -> pa.Array:
 
 
 def git_commit() -> str | None:
-    """Short commit of the genrec checkout, with '-dirty' when tracked files differ from it (None outside git)."""
+    """Short commit of the genrec checkout, with '-dirty' when tracked files differ from it (outside git: the
+    GENREC_COMMIT environment variable, else None)."""
     here = Path(__file__).parent
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -85,17 +87,18 @@ def git_commit() -> str | None:
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], capture_output=True, timeout=10,
                                cwd=here.parent.parent.parent).returncode == 1
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get("GENREC_COMMIT") or None
     commit = out.stdout.strip()
-    return (commit + ("-dirty" if dirty else "")) if commit else None
+    if not commit:  # a copy of the tree without .git (a remote machine): the commit it was copied from, if told
+        return os.environ.get("GENREC_COMMIT") or None
+    return commit + ("-dirty" if dirty else "")
 
 
 def machine() -> dict[str, Any]:
-    import os
-
     import torch
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    gpu = {"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {}
+    return {**gpu, "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
 
 

@@ -70,8 +70,8 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"train.device is {name!r} but torch sees no CUDA device (use cpu or auto)")
-        if name == "cuda" and "LOCAL_RANK" in os.environ:
-            name = f"cuda:{os.environ['LOCAL_RANK']}"
+        if name == "cuda":  # an explicit index: this process's rank under torchrun, else the current device
+            name = f"cuda:{os.environ.get('LOCAL_RANK', torch.cuda.current_device())}"
         device = torch.device(name)
         torch.cuda.set_device(device)
         return device

@@ -264,7 +264,7 @@ class Trainer:
                 ts = window_ts.take(local).to_padded(left=False)[:, :-1] if window_ts is not None else None
                 inputs, targets = items[:, :-1], items[:, 1:].clone()
                 targets[torch.arange(targets.shape[1])[None, :] >= (lengths - 1)[:, None]] = 0
-                inputs, targets = inputs.to(env.device), targets.to(env.device)
+                inputs, targets, lengths = inputs.to(env.device), targets.to(env.device), lengths.to(env.device)
                 ts = ts.to(env.device) if ts is not None else None
                 n_local = int((targets > 0).sum()) if weight else 0
                 n_global = env.sum(float(n_local))

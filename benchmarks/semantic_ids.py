@@ -1,0 +1,175 @@
+"""Semantic-ID table: the TIGER-style generator with RQ-KMeans and RQ-VAE IDs, SASRec/HSTU with semantic-ID
+features, and the cold-start comparison (generator, SID-HSTU, ID-only HSTU, content-kNN) on items held out
+of training, on the public protocol (full catalog, leave-one-out, seen items excluded, test read once).
+
+Each (config, seed) trains into runs/bench-sid/<dataset>/<config stem>[-<device>]/seed<k>; finished runs are
+reused. Content-kNN needs no training: it is evaluated here (loo and cold splits) from runs/content/<dataset>.
+Writes benchmarks/results/semantic_ids.{json,md}.
+
+    GENREC_DATA_DIR=../shared/data python benchmarks/semantic_ids.py \\
+        --config configs/amazon-beauty/tiger.yaml --config configs/amazon-beauty/tiger-cold.yaml ...
+    python benchmarks/semantic_ids.py --collect        # rebuild the table from finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from pathlib import Path
+
+import numpy as np
+
+from genrec.content.store import ItemEmbeddings
+from genrec.data import load_dataset, make_split
+from genrec.eval import evaluate, write_run
+from genrec.eval.report import git_commit, machine, subset_summary
+from genrec.io import read_json, write_json, write_text
+from genrec.models.content_knn import ContentKNN
+from genrec.train import parse_params
+from genrec.train.config import load_config
+from quality import train_one
+
+RUNS = Path("runs/bench-sid")
+REFERENCE = Path("runs/bench")  # ID-only SASRec/HSTU rows of the quality table
+WARM = ["hr@5", "ndcg@5", "hr@10", "ndcg@10"]
+PUBLISHED = {"amazon-beauty": {"TIGER (published)": {"hr@5": .0454, "ndcg@5": .0321, "hr@10": .0648,
+                                                     "ndcg@10": .0384},
+                               "best published semantic-ID result (ANCHORS.md)": {"hr@10": .0815}}}
+COLD_FRACTION, COLD_SEED = 0.05, 0
+
+
+def content_knn(runs: Path, dataset: str, split: str) -> Path | None:
+    """Content-kNN on the loo or cold split (no training), from runs/content/<dataset>; None without it."""
+    folder = runs / dataset / ("content-knn" if split == "loo" else "content-knn-cold")
+    emb_dir = Path("runs/content") / dataset
+    if (folder / "metrics.json").is_file() or not (emb_dir / "embeddings.safetensors").is_file():
+        return folder if (folder / "metrics.json").is_file() else None
+    ds = load_dataset(dataset)
+    kwargs = {"fraction": COLD_FRACTION, "seed": COLD_SEED} if split == "cold" else {}
+    sp = make_split(ds, split, **kwargs)
+    start = time.perf_counter()
+    model = ContentKNN(embeddings=ItemEmbeddings.load(emb_dir)).fit(sp.train, ds.n_items)
+    counts = np.bincount(sp.train.values, minlength=ds.n_items + 1)
+    ev = evaluate(model, sp.test, ds, ks=[5, 10, 20], item_counts=counts)
+    if split == "cold":
+        ev.info["cold_start"] = {"held_out_items": len(sp.cold_items), "fraction": COLD_FRACTION,
+                                 "draw_seed": COLD_SEED,
+                                 **{name: {"cases": int(mask.sum()), **subset_summary(ev, mask)}
+                                    for name, mask in (("cold", sp.test_cold), ("warm", ~sp.test_cold))}}
+    config = {"model": "content-knn", "split": split, "params": model.config.model_dump(), "embeddings": str(emb_dir)}
+    return write_run(folder, config, ev, ds, time.perf_counter() - start)
+
+
+def row(folder: Path) -> dict:
+    m = read_json(folder / "metrics.json")
+    info, cfg = m["info"], read_json(folder / "config.json")
+    out = {"run": str(folder), "metrics": {k: m["metrics"][k] for k in WARM if k in m["metrics"]},
+           "device": info.get("device", "cpu"), "best_epoch": info.get("best_epoch"),
+           "epochs_run": info.get("epochs_run"), "stopped": info.get("stopped"),
+           "train_minutes": (info.get("train_seconds") or 0) / 60, "commit": m["run"]["commit"],
+           "ids": (cfg.get("model") or {}).get("semantic_ids") if isinstance(cfg.get("model"), dict) else None,
+           "features": cfg.get("features"), "invalid_ids": info.get("invalid_ids"),
+           "decode_ms_per_user": info.get("decode_ms_per_user"), "cold_start": info.get("cold_start")}
+    return out
+
+
+def collect(runs: Path = RUNS) -> dict:
+    datasets: dict[str, dict] = {}
+    for root in (runs, REFERENCE):
+        for ds_dir in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
+            if root == REFERENCE and ds_dir.name not in datasets:
+                continue
+            for model_dir in sorted(p for p in ds_dir.iterdir() if p.is_dir()):
+                if root == REFERENCE and model_dir.name.split("-")[0] not in ("sasrec", "hstu"):
+                    continue
+                runs = [s for s in sorted(model_dir.glob("seed*")) if (s / "metrics.json").is_file()]
+                runs = runs or ([model_dir] if (model_dir / "metrics.json").is_file() else [])
+                if runs:
+                    name = model_dir.name + (" (ID only)" if root == REFERENCE else "")
+                    datasets.setdefault(ds_dir.name, {})[name] = [row(r) for r in runs]
+    return datasets
+
+
+def _cell(m: dict | None) -> str:
+    return f"{m['mean']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]" if m else ""
+
+
+def render(res: dict) -> str:
+    lines = ["# Semantic IDs: generator, SID-augmented ID models, cold start", "",
+             f"- commit {res['commit']} (each run records its own), {res['created']}; table built on "
+             f"{res['machine']['processor']}, {res['machine']['cpus']} CPUs; the device each run trained on is "
+             "in its row",
+             "- protocol: full catalog, leave-one-out, seen items excluded, selection on validation NDCG@10, test "
+             "read once; generator: history cap 20, constrained beam search, a target outside the beams is a miss",
+             "- Recall@K = HR@K (one target per user); [95% bootstrap interval over users]; one seed per row", ""]
+    for ds, models in res["datasets"].items():
+        lines += [f"## {ds}", "", "### Standard protocol", "",
+                  "| model | device | " + " | ".join(k.replace("hr", "Recall") for k in WARM)
+                  + " | invalid IDs | decode ms/user | epochs (best) | train min |", "|---" * (len(WARM) + 6) + "|"]
+        for name, runs in models.items():
+            if name.endswith("cold"):
+                continue
+            for r in runs:
+                lines.append(f"| {name} | {r['device']} | " + " | ".join(_cell(r["metrics"].get(k)) for k in WARM)
+                             + f" | {'' if r['invalid_ids'] is None else r['invalid_ids']} | "
+                             + (f"{r['decode_ms_per_user']:.2f}" if r["decode_ms_per_user"] else "")
+                             + f" | {r['epochs_run'] or ''} ({r['best_epoch'] or ''}) | {r['train_minutes']:.1f} |")
+        for name, pub in PUBLISHED.get(ds, {}).items():
+            lines.append(f"| {name} | | " + " | ".join(f"{pub[k]:.4f}" if k in pub else "" for k in WARM)
+                         + " | | | | |")
+        cold = {n: rs for n, rs in models.items() if n.endswith("cold")}
+        if cold:
+            first = next(iter(cold.values()))[0]["cold_start"]
+            lines += ["", f"### Cold start: {first['held_out_items']:,} items ({first['fraction']:.0%}, uniform "
+                      f"draw, seed {first['draw_seed']}) never in training; {first['cold']['cases']:,} test cases "
+                      "have one as target", "",
+                      "| model | device | cold Recall@10 | cold NDCG@10 | cold Recall@20 | warm Recall@10 | "
+                      "warm NDCG@10 |", "|---" * 7 + "|"]
+            for name, runs in cold.items():
+                for r in runs:
+                    c, w = r["cold_start"]["cold"], r["cold_start"]["warm"]
+                    lines.append(f"| {name} | {r['device']} | {_cell(c.get('hr@10'))} | {_cell(c.get('ndcg@10'))} | "
+                                 f"{_cell(c.get('hr@20'))} | {_cell(w.get('hr@10'))} | {_cell(w.get('ndcg@10'))} |")
+        lines.append("")
+        for name, runs in models.items():
+            for r in runs:
+                if r["stopped"]:
+                    lines.append(f"- {name}: stopped by {r['stopped']}, {r['epochs_run']} epochs, commit {r['commit']}"
+                                 f", {r['run']}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, action="append", default=[])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None, help="train.device for every run (cpu, cuda, auto)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="override a config field of "
+                   "every run, e.g. train.max_minutes=6 (repeatable)")
+    p.add_argument("--content-knn", action="store_true", help="also evaluate content-kNN on each dataset named")
+    p.add_argument("--collect", action="store_true", help="only rebuild the table from finished runs")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--runs", type=Path, default=RUNS, help="run folders' root (default runs/bench-sid)")
+    args = p.parse_args()
+    runs = args.runs
+    start = time.perf_counter()
+    if not args.collect:
+        for config in args.config:
+            for seed in args.seeds:
+                train_one(config, seed, args.threads, args.device, runs=runs, overrides=parse_params(args.overrides))
+        if args.content_knn:
+            for dataset in sorted({load_config(c).dataset for c in args.config}):
+                content_knn(runs, dataset, "loo")
+                content_knn(runs, dataset, "cold")
+    res = {"commit": git_commit(), "created": dt.datetime.now(dt.UTC).isoformat(), "machine": machine(),
+           "wall_seconds_this_invocation": time.perf_counter() - start, "datasets": collect(runs)}
+    write_json(args.out / "semantic_ids.json", res)
+    write_text(args.out / "semantic_ids.md", render(res))
+    print(f"wrote {args.out / 'semantic_ids.md'}")
+
+
+if __name__ == "__main__":
+    main()
