@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from genrec.cli.content import content_app
-from genrec.cli.tokenize import tokenize_cmd
+from genrec.cli.tokenize import tokenize_cmd, tokenize_new_cmd
 from genrec.errors import ConfigError, GenrecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -21,6 +21,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: list, inspect, down
 app.add_typer(data_app, name="data")
 app.add_typer(content_app, name="content")
 app.command("tokenize")(tokenize_cmd)
+app.command("tokenize-new")(tokenize_new_cmd)
 # Rich falls back to 80 columns when output is not a terminal; tables of metrics need more.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)

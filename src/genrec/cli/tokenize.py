@@ -1,4 +1,5 @@
-"""``genrec tokenize``: semantic IDs for a dataset's items from their content embeddings."""
+"""``genrec tokenize``: semantic IDs for a dataset's items from their content embeddings; ``genrec tokenize-new``: IDs
+for new items with a saved tokenizer."""
 
 from __future__ import annotations
 
@@ -56,3 +57,37 @@ def tokenize_cmd(
     for line in format_report(report):
         out.print(line, highlight=False)
     out.print(f"semantic IDs, tokenizer and report.json -> {folder}", highlight=False)
+
+
+def tokenize_new_cmd(
+    ids_dir: Annotated[Path, typer.Option("--ids", help="Folder written by 'genrec tokenize' (semantic IDs and "
+                                          "tokenizer).")],
+    embeddings: Annotated[Path, typer.Option(help="Embedding folder of the new items (from 'genrec content encode "
+                                             "--catalog FILE', same encoder(s) as the catalog).")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: the --ids folder plus "
+                                                 "'-extended'); must not exist or be empty.")] = None,
+    base_embeddings: Annotated[Path | None, typer.Option(help="The embedding folder the --ids were made from, if "
+                                                         "it has moved (only its item ids are read).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Give new items semantic IDs with a saved tokenizer, without retraining: existing IDs stay as they are,
+    items already in the catalog are skipped, the rest are appended; writes a new folder."""
+    from genrec.cli import _print_json, out
+    from genrec.semantic_ids.pipeline import extend_ids
+
+    _, report = extend_ids(ids_dir, embeddings, out=out_dir, base_embeddings=base_embeddings)
+    if as_json:
+        return _print_json(report)
+    first, last = report["new_dense_ids"]
+    lines = [f"new items: {report['new_items']:,} (dense ids {first:,}..{last:,}; {report['n_items_before']:,} -> "
+             f"{report['n_items']:,} items)",
+             f"skipped: {report['skipped_known']:,} already had semantic IDs"
+             + (f" (e.g. {', '.join(report['skipped_known_examples'])})" if report["skipped_known"] else "")
+             + (f", {report['skipped_duplicates']:,} repeated ids" if report["skipped_duplicates"] else ""),
+             f"uniqueness suffix > 0: {report['uniqueness_suffix_nonzero']:,} new items",
+             f"uniqueness code size: {report['uniqueness_size_before']:,} -> {report['uniqueness_size']:,}"]
+    if report["missing_content"]:
+        lines.append(f"without content (encoded as the mean item): {report['missing_content']:,}")
+    for line in lines:
+        out.print(line, highlight=False)
+    out.print(f"semantic IDs, tokenizer, items.parquet and report.json -> {report['out']}", highlight=False)

@@ -3,27 +3,34 @@
 Default places: embeddings in ``runs/content/<dataset>/`` (what ``genrec content encode`` writes), semantic IDs
 in ``runs/semantic_ids/<dataset>/<method>/``. The output folder holds ``semantic_ids.safetensors`` and
 ``semantic_ids.json`` (read by the generator and by ID models' semantic-ID features), ``tokenizer.json`` and
-``tokenizer.safetensors`` (encode new items without retraining) and ``report.json``.
+``tokenizer.safetensors`` (encode new items without retraining) and ``report.json``. ``extend_ids`` gives new
+items IDs next to those of such a folder with its saved tokenizer, into a new folder (``genrec tokenize-new``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from genrec.content.store import FILES as EMBEDDING_FILES
 from genrec.content.store import ItemEmbeddings
-from genrec.errors import DataError
-from genrec.io import write_json
+from genrec.errors import ConfigError, DataError
+from genrec.io import write_json, write_parquet
 from genrec.progress import progress_bar
 from genrec.semantic_ids.codes import SemanticIds
 from genrec.semantic_ids.report import code_report, grouping_report, reconstruction_report
 from genrec.semantic_ids.rqkmeans import residual_encode
+from genrec.semantic_ids.tokenizer import FILES as TOKENIZER_FILES
 from genrec.semantic_ids.tokenizer import Tokenizer, TokenizerConfig
 
 CONTENT_ROOT = Path("runs/content")
@@ -126,3 +133,185 @@ def quality_report(tok: Tokenizer, vectors: np.ndarray, codes: np.ndarray, sampl
     return {"codes": code_report(codes[:, :levels], tok.config.codebook_size),
             "reconstruction": reconstruction_report(x, tok.reconstruct(codes), residuals, latent),
             "grouping": grouping_report(vectors, codes[:, :levels], sample=sample, seed=tok.config.seed)}
+
+
+# --- new items without retraining -------------------------------------------------------------------------
+
+ITEMS_FILE = "items.parquet"  # raw ids of extended semantic IDs: columns item_idx and item, as in an embedding folder
+IDS_FILES = ("semantic_ids.json", "semantic_ids.safetensors")
+
+
+def default_extended_dir(ids_dir: str | Path) -> Path:
+    """Where :func:`extend_ids` writes by default: the IDs' folder name plus ``-extended``, next to it."""
+    ids_dir = Path(ids_dir)
+    if ids_dir.name in ("", ".", ".."):
+        ids_dir = ids_dir.resolve()
+    if not ids_dir.name:
+        raise ConfigError(f"cannot name a folder next to {ids_dir}; give --out DIR")
+    return ids_dir.with_name(f"{ids_dir.name}-extended")
+
+
+def _read_item_ids(path: Path) -> list[str]:
+    items = pq.read_table(path, columns=["item_idx", "item"])
+    order = np.argsort(items.column("item_idx").to_numpy(), kind="stable")
+    raw = items.column("item").to_pylist()
+    return [str(raw[i]) for i in order]
+
+
+def catalog_item_ids(ids_dir: str | Path, ids: SemanticIds, base_embeddings: str | Path | None = None) -> list[str]:
+    """The raw ids, in dense-id order, of the items the semantic IDs in ``ids_dir`` belong to.
+
+    Read from ``base_embeddings`` (an embedding folder) if given, else from ``items.parquet`` next to the IDs
+    (written by :func:`extend_ids`), else from the embedding folder ``genrec tokenize`` recorded; checked
+    against the IDs' item count and ``items_sha256``.
+    """
+    ids_dir = Path(ids_dir)
+    if base_embeddings is not None:
+        where = Path(base_embeddings)
+        if not (where / EMBEDDING_FILES[1]).is_file():
+            raise DataError(f"not an embedding folder (missing {EMBEDDING_FILES[1]}); give the folder "
+                            f"'genrec content encode' wrote for the catalog of {ids_dir}", path=where)
+        source = where / EMBEDDING_FILES[1]
+    elif (ids_dir / ITEMS_FILE).is_file():
+        where = source = ids_dir / ITEMS_FILE
+    else:
+        recorded = ids.meta.get("embeddings")
+        if not recorded:
+            raise DataError("cannot tell which raw item ids its semantic IDs belong to: it does not record the "
+                            "embedding folder it was made from; pass that folder with --base-embeddings DIR",
+                            path=ids_dir)
+        where = Path(recorded)
+        source = where / EMBEDDING_FILES[1]
+        if not source.is_file():
+            raise DataError(f"cannot tell which raw item ids its semantic IDs belong to: the embedding folder it "
+                            f"was made from ({where}) is not there (from this working folder); pass it with "
+                            "--base-embeddings DIR", path=ids_dir)
+    known = _read_item_ids(source)
+    if len(known) != ids.n_items:
+        raise DataError(f"lists {len(known):,} items, but {ids_dir} holds semantic IDs for {ids.n_items:,}",
+                        path=where)
+    digest = ids.meta.get("items_sha256")
+    if digest is not None and digest != items_digest(known):
+        raise DataError(f"its items are not the catalog the semantic IDs in {ids_dir} were made for "
+                        "(items_sha256 differs)", path=where)
+    return known
+
+
+def _check_out(out: Path, ids_dir: Path) -> None:
+    if out.resolve() == ids_dir.resolve():
+        raise ConfigError(f"--out {out} is the folder of the semantic IDs being extended; write the extended IDs "
+                          "to another folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out} already exists and is not an empty folder; remove it or choose another "
+                          "folder")
+
+
+def _write_extended(out: Path, ids: SemanticIds, tok_dir: Path, item_ids: list[str], report: dict[str, Any]) -> None:
+    """Write everything into a temporary sibling folder, then move it onto ``out`` (never half a folder)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        ids.save(tmp)
+        for name in TOKENIZER_FILES:
+            shutil.copy2(tok_dir / name, tmp / name)
+        write_parquet(tmp / ITEMS_FILE, pa.table({"item_idx": pa.array(np.arange(1, len(item_ids) + 1), pa.int64()),
+                                                  "item": pa.array(item_ids, pa.string())}))
+        write_json(tmp / "report.json", report)
+        if out.is_dir():
+            out.rmdir()  # empty: checked before anything was computed
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def extend_ids(ids_dir: str | Path, embeddings: str | Path | ItemEmbeddings, out: str | Path | None = None,
+               base_embeddings: str | Path | None = None) -> tuple[SemanticIds, dict[str, Any]]:
+    """Give new items semantic IDs with the saved tokenizer of a ``genrec tokenize`` folder; nothing is retrained.
+
+    ``ids_dir``: a folder written by :func:`tokenize` (or by this function). ``embeddings``: the new items'
+    embedding table or folder (same encoder(s) as the catalog). Items whose raw id already has an ID are skipped
+    and keep it; the others are appended in the table's order as dense ids ``n_items + 1 ...`` with
+    :meth:`Tokenizer.extend`, so every existing ID stays as it is. New items without content are encoded as the
+    catalog's mean content vector. Writes the extended IDs, a copy of the tokenizer, ``items.parquet`` (all
+    raw ids in dense-id order) and ``report.json`` to ``out`` (default :func:`default_extended_dir`), which must
+    not be ``ids_dir`` nor a non-empty folder; on any error nothing is written.
+    """
+    ids_dir = Path(ids_dir)
+    if not ids_dir.is_dir():
+        raise DataError("no such folder; give a folder written by 'genrec tokenize'", path=ids_dir)
+    for name in IDS_FILES:
+        if not (ids_dir / name).is_file():
+            raise DataError(f"not a 'genrec tokenize' output (missing {name})", path=ids_dir)
+    ids = SemanticIds.load(ids_dir)
+    tok_dir = ids_dir / str(ids.meta.get("tokenizer") or ".")
+    for name in TOKENIZER_FILES:
+        if not (tok_dir / name).is_file():
+            raise DataError(f"not a 'genrec tokenize' output: no tokenizer next to its semantic IDs (missing "
+                            f"{name})", path=ids_dir)
+    tok = Tokenizer.load(tok_dir)
+    if ids.n_levels != tok.config.levels + 1:
+        raise DataError(f"its semantic IDs have {ids.n_levels} columns, but its tokenizer makes "
+                        f"{tok.config.levels + 1}", path=ids_dir)
+    out = default_extended_dir(ids_dir) if out is None else Path(out)
+    _check_out(out, ids_dir)
+    if isinstance(embeddings, ItemEmbeddings):
+        new, new_dir = embeddings, None
+    else:
+        new_dir = Path(embeddings)
+        if not new_dir.is_dir():
+            raise DataError("no such folder; give the new items' embedding folder (from 'genrec content encode "
+                            "--catalog FILE')", path=new_dir)
+        new = ItemEmbeddings.load(new_dir)
+    where = new_dir or "new embedding table"
+    if new.dim != tok.in_dim:
+        raise DataError(f"vectors have {new.dim} dimensions, but the tokenizer in {tok_dir} was fitted on "
+                        f"{tok.in_dim}; encode the new items with the catalog's encoder(s)", path=where)
+    old_enc = ids.meta.get("encoders") or {}
+    new_enc = {k: v for k, v in new.meta.items() if k.endswith("model")}
+    if old_enc and new_enc and old_enc != new_enc:
+        raise DataError(f"encoded with {new_enc}, but the semantic IDs in {ids_dir} were made from {old_enc}; "
+                        "encode the new items with the same model(s)", path=where)
+    if new.n_items == 0:
+        raise DataError("no new items: the embedding table holds no items", path=where)
+    known = catalog_item_ids(ids_dir, ids, base_embeddings)
+    index = set(known)
+    take, skipped, seen, duplicates = [], [], set(), 0
+    for row, raw in enumerate(new.item_ids, 1):
+        raw = str(raw)
+        if raw in index:
+            skipped.append(raw)
+        elif raw in seen:
+            duplicates += 1
+        else:
+            seen.add(raw)
+            take.append(row)
+    if not take:
+        raise DataError(f"no new items: all {new.n_items:,} of its items already have semantic IDs in {ids_dir}",
+                        path=where)
+    rows = np.asarray(take, np.int64)
+    vectors = new.vectors[rows].copy()
+    if not np.isfinite(vectors).all():
+        raise DataError("vectors hold NaN or infinite values", path=where)
+    no_content = np.isin(rows, missing_rows(new))
+    if no_content.any():
+        vectors[no_content] = tok.mean.numpy()  # the catalog's mean content, as tokenize does for missing items
+    ext = tok.extend(ids, vectors)
+    n_old = ids.n_items
+    dense = np.arange(n_old + 1, ext.n_items + 1)
+    all_ids = known + [str(new.item_ids[r - 1]) for r in take]
+    ext.meta.update(n_items=ext.n_items, items_sha256=items_digest(all_ids), items=ITEMS_FILE, tokenizer=".",
+                    missing=sorted({*map(int, ids.meta.get("missing", [])), *map(int, dense[no_content])}),
+                    extended_from=str(ids_dir), new_embeddings=str(new_dir) if new_dir else None)
+    suffix = ext.codes[n_old + 1:, -1]
+    report = {"kind": "extension", "ids": str(ids_dir), "embeddings": str(new_dir) if new_dir else None,
+              "out": str(out), "dataset": ids.meta.get("dataset"), "method": tok.config.method,
+              "n_items_before": n_old, "n_items": ext.n_items, "new_items": len(take),
+              "new_dense_ids": [int(dense[0]), int(dense[-1])],
+              "new_item_examples": all_ids[n_old:n_old + 5], "skipped_known": len(skipped),
+              "skipped_known_examples": skipped[:5], "skipped_duplicates": duplicates,
+              "uniqueness_suffix_nonzero": int((suffix > 0).sum()), "uniqueness_size_before": int(ids.sizes[-1]),
+              "uniqueness_size": int(ext.sizes[-1]), "sizes": [int(s) for s in ext.sizes],
+              "unique": ext.is_unique(), "missing_content": int(no_content.sum())}
+    _write_extended(out, ext, tok_dir, all_ids, report)
+    return ext, report
