@@ -83,6 +83,8 @@ def summarise(dataset_dir: Path) -> dict:
                                       "best_epoch": r["info"].get("best_epoch"),
                                       "train_seconds": r["info"].get("train_seconds"),
                                       "stopped": r["info"].get("stopped"), "commit": r["run"]["commit"],
+                                      "device": r["info"].get("device", "cpu"),
+                                      "gpu": r["run"]["machine"].get("gpu"),
                                       "commit_at_start": r["info"].get("commit_at_start")})
         for k in SHOWN:
             vals = np.array([r["metrics"][k]["mean"] for r in runs])
@@ -131,7 +133,9 @@ def render(res: dict) -> str:
                     for m, v in paired.items()))
             for s, seed in zip(e["per_seed"], e["seeds"], strict=True):
                 if s.get("best_epoch"):
-                    lines.append(f"- {name} {seed}: best epoch {s['best_epoch']}, stopped by {s['stopped']}, "
+                    where = f"{s['device']} ({s['gpu']})" if s.get("gpu") else s.get("device", "cpu")
+                    lines.append(f"- {name} {seed} on {where}: best epoch {s['best_epoch']}, "
+                                 f"stopped by {s['stopped']}, "
                                  f"{(s['train_seconds'] or 0) / 60:.1f} min training, commit at the end "
                                  f"{s['commit']}" + (f", at the start {s['commit_at_start']}"
                                                      if s.get("commit_at_start") else ""))

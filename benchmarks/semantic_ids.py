@@ -7,7 +7,8 @@ reused. Content-kNN needs no training: it is evaluated here (loo and cold splits
 Writes benchmarks/results/semantic_ids.{json,md}.
 
     GENREC_DATA_DIR=../shared/data python benchmarks/semantic_ids.py \\
-        --config configs/amazon-beauty/tiger.yaml --config configs/amazon-beauty/tiger-cold.yaml ...
+        --config configs/amazon-beauty/tiger.yaml --config configs/amazon-beauty/tiger-cold.yaml ... \\
+        --content-knn amazon-beauty
     python benchmarks/semantic_ids.py --collect        # rebuild the table from finished runs
 """
 
@@ -27,7 +28,6 @@ from genrec.eval.report import git_commit, machine, subset_summary
 from genrec.io import read_json, write_json, write_text
 from genrec.models.content_knn import ContentKNN
 from genrec.train import parse_params
-from genrec.train.config import load_config
 from quality import train_one
 
 RUNS = Path("runs/bench-sid")
@@ -149,7 +149,8 @@ def main() -> None:
     p.add_argument("--device", default=None, help="train.device for every run (cpu, cuda, auto)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="override a config field of "
                    "every run, e.g. train.max_minutes=6 (repeatable)")
-    p.add_argument("--content-knn", action="store_true", help="also evaluate content-kNN on each dataset named")
+    p.add_argument("--content-knn", action="append", default=[], metavar="DATASET", help="evaluate content-kNN "
+                   "(loo and cold splits) on DATASET, from runs/content/DATASET (repeatable)")
     p.add_argument("--collect", action="store_true", help="only rebuild the table from finished runs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--runs", type=Path, default=RUNS, help="run folders' root (default runs/bench-sid)")
@@ -160,10 +161,9 @@ def main() -> None:
         for config in args.config:
             for seed in args.seeds:
                 train_one(config, seed, args.threads, args.device, runs=runs, overrides=parse_params(args.overrides))
-        if args.content_knn:
-            for dataset in sorted({load_config(c).dataset for c in args.config}):
-                content_knn(runs, dataset, "loo")
-                content_knn(runs, dataset, "cold")
+        for dataset in args.content_knn:
+            content_knn(runs, dataset, "loo")
+            content_knn(runs, dataset, "cold")
     res = {"commit": git_commit(), "created": dt.datetime.now(dt.UTC).isoformat(), "machine": machine(),
            "wall_seconds_this_invocation": time.perf_counter() - start, "datasets": collect(runs)}
     write_json(args.out / "semantic_ids.json", res)
