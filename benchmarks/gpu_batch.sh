@@ -6,6 +6,10 @@
 # afterwards with `python benchmarks/quality.py --collect` and `python benchmarks/semantic_ids.py --collect`.
 #
 #   GENREC_DATA_DIR=../shared/data BUDGET=5.5 bash benchmarks/gpu_batch.sh [LOG_DIR]
+#   ONLY="amazon-beauty-tiger amazon-beauty-tiger-rqvae" bash benchmarks/gpu_batch.sh   # just these runs
+#
+# Processes sharing one GPU are time-sliced: with all 27 runs at once each ran about 3x slower than alone on
+# 2 CPU cores, so give a short budget to few runs at a time.
 #
 # Needs runs/semantic_ids/<dataset>/{rqkmeans,rqvae} for amazon-beauty and microlens-50k (genrec tokenize).
 set -u
@@ -18,13 +22,14 @@ export PYTHONUNBUFFERED=1
 job() {  # job NAME SCRIPT ARGS...: one benchmark invocation in the background, its log in $LOGS/NAME.log
   local name=$1 script=$2
   shift 2
+  [[ -n "${ONLY:-}" && " $ONLY " != *" $name "* ]] && return
   "$PY" "benchmarks/$script" --device cuda --threads 1 --out "/tmp/gpu-batch/$name" --set "train.max_minutes=$BUDGET" \
     "$@" >"$LOGS/$name.log" 2>&1 &
 }
 
 # Datasets are prepared once, before the parallel runs read them.
 "$PY" -c "from genrec.data import load_dataset
-for name in ('movielens-1m', 'amazon-beauty', 'microlens-50k'): print(load_dataset(name).stats())" || exit 1
+for name in ('movielens-1m', 'amazon-beauty', 'microlens-50k'): print(load_dataset(name).stats()['name'])" || exit 1
 
 # Sequential retrieval (quality table): 3 seeds of the runs that take < 30 min on 2 CPU cores, and
 # HSTU-large on every window.

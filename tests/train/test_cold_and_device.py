@@ -129,3 +129,50 @@ def test_generator_trains_and_decodes_valid_ids_on_cuda(tmp_path):
     assert result.test.info["device"].startswith("cuda")
     assert result.test.info["invalid_ids"] == 0
     check_cold_report(result.test.info, len(result.test.per_user), ds.n_items)
+
+
+def test_masked_full_ce_equals_the_softmax_over_known_items_only():
+    from genrec.nn.losses import full_cross_entropy, sampled_softmax
+
+    torch.manual_seed(0)
+    h, table = torch.randn(6, 4), torch.randn(9, 4)
+    targets = torch.tensor([1, 2, 3, 1, 5, 2])
+    known = torch.tensor([False, True, True, True, False, True, False, True, True])
+    masked = full_cross_entropy(h, targets, table, known=known)
+    keep = known.nonzero()[:, 0]
+    remap = torch.full((9,), -1, dtype=torch.long)
+    remap[keep] = torch.arange(len(keep))
+    reduced = torch.nn.functional.cross_entropy(h @ table[keep].T, remap[targets], reduction="sum")
+    assert torch.allclose(masked, reduced, atol=1e-5)
+    # sampled softmax: a negative outside `known` is dropped, so with no known item the positive stands alone
+    nothing = torch.zeros(9, dtype=torch.bool)
+    assert sampled_softmax(h, targets, table, 4, known=nothing).item() == 0.0
+    assert sampled_softmax(h, targets, table, 4, known=~nothing).item() > 0.0
+
+
+def test_cold_run_never_trains_held_out_items_as_negatives(tmp_path):
+    ds = tiny_dataset()
+    cfg = cold(id_config(epochs=2, weight_decay=0.0))
+    trainer = Trainer(cfg, tmp_path / "run", dataset=ds, show_progress=False)
+    torch.manual_seed(cfg.train.seed)
+    result = trainer.fit()
+    split = make_split(ds, "cold", fraction=0.2, seed=1)
+    init = build_initial(cfg, ds)
+    held = torch.as_tensor(split.cold_items)
+    # AdamW without weight decay moves a row only if it ever had a gradient: held-out rows never do
+    assert torch.equal(result.model.item_emb.weight.detach().cpu()[held], init.item_emb.weight[held])
+    assert not torch.equal(result.model.item_emb.weight.detach().cpu()[1:4], init.item_emb.weight[1:4])
+
+
+def build_initial(cfg: RunConfig, ds):
+    from genrec.train.trainer import build_model, seed_everything
+
+    seed_everything(cfg.train.seed)
+    return build_model(cfg, ds.n_items)
+
+
+def test_mask_unseen_is_refused_for_the_generator(tmp_path):
+    cfg = RunConfig.model_validate({**tiger_config().model_dump(),
+                                    "train": {**tiger_config().train.model_dump(), "mask_unseen": True}})
+    with pytest.raises(ConfigError, match="mask_unseen"):
+        GeneratorTrainer(cfg, tmp_path / "run")

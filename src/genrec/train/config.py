@@ -28,6 +28,9 @@ class OptimConfig(BaseModel):
     shared_negatives: bool = Field(True, description="One set of negatives for the whole batch.")
     in_batch_negatives: bool = Field(False, description="Also use other positions' targets as negatives.")
     temperature: float = Field(1.0, gt=0, description="Logit temperature (0.05 with l2_normalize).")
+    mask_unseen: bool | None = Field(None, description="Keep items that never occur in the training sequences "
+                                     "out of the loss (not even as negatives), as items added after training "
+                                     "would be. Default: on for split: cold, off otherwise.")
     windows: Literal["last", "all"] = Field("last", description="Train on each user's most recent max_len+1 "
                                             "items only, or on every window of a long sequence.")
     batch_size: int = Field(32, ge=1, description="Users (training windows) per step, across all processes.")

@@ -189,6 +189,7 @@ class Trainer:
         model = build_model(cfg, ds.n_items, use_timestamps=ds.timestamps is not None)
         attach_features(model, cfg, ds)
         model.to(device)
+        self.known = _known_items(split, ds.n_items).to(device) if _mask_unseen(cfg) else None
         ddp = model
         if env.on:
             ids = [device] if device.type == "cuda" else None
@@ -292,10 +293,11 @@ class Trainer:
     def _loss(self, h: torch.Tensor, targets: torch.Tensor, model: SequentialModel) -> torch.Tensor:
         tcfg = self.config.train
         table = model.item_table()
+        known = getattr(self, "known", None)
         if tcfg.loss == "full_ce":
-            return full_cross_entropy(h, targets, table, temperature=tcfg.temperature)
+            return full_cross_entropy(h, targets, table, temperature=tcfg.temperature, known=known)
         return sampled_softmax(h, targets, table, tcfg.negatives, temperature=tcfg.temperature,
-                               shared=tcfg.shared_negatives, in_batch=tcfg.in_batch_negatives)
+                               shared=tcfg.shared_negatives, in_batch=tcfg.in_batch_negatives, known=known)
 
     def _test(self, model: SequentialModel, split: Split, ds: SequenceDataset, state: dict) -> Evaluation:
         cfg = self.config
@@ -336,6 +338,19 @@ def save_model_files(folder: Path, model: SequentialModel, ds: SequenceDataset, 
                 values[i - 1] = v
             items = items.append_column(name, pa.array(values))
     write_parquet(folder / "items.parquet", items)
+
+
+def _mask_unseen(config: RunConfig) -> bool:
+    flag = config.train.mask_unseen
+    return config.split == "cold" if flag is None else flag
+
+
+def _known_items(split: Split, n_items: int) -> torch.Tensor:
+    """[n_items + 1] bool: the items that occur in the training sequences (padding excluded)."""
+    known = np.zeros(n_items + 1, dtype=bool)
+    known[split.train.values] = True
+    known[0] = False
+    return torch.from_numpy(known)
 
 
 def cold_start_info(split: Split, ev: Evaluation, config: RunConfig) -> dict[str, Any]:
