@@ -181,7 +181,8 @@ class GeneratorTrainer:
             raise ConfigError("features: item features are for ID models (sasrec, hstu); the generator reads its "
                               "semantic IDs from model.semantic_ids")
         if config.train.mask_unseen:
-            raise ConfigError("train.mask_unseen is for ID models (sasrec, hstu); the generator's softmax is over codes")
+            raise ConfigError("train.mask_unseen is for ID models (sasrec, hstu); the generator's softmax is "
+                              "over codes")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("the generator trainer runs on one process (no torchrun yet)")
         self.config, self.run_dir = config, Path(run_dir)
