@@ -70,7 +70,9 @@ def row(folder: Path) -> dict:
            "train_minutes": (info.get("train_seconds") or 0) / 60, "commit": m["run"]["commit"],
            "ids": (cfg.get("model") or {}).get("semantic_ids") if isinstance(cfg.get("model"), dict) else None,
            "features": cfg.get("features"), "invalid_ids": info.get("invalid_ids"),
-           "decode_ms_per_user": info.get("decode_ms_per_user"), "cold_start": info.get("cold_start")}
+           "decode_ms_per_user": info.get("decode_ms_per_user"), "cold_start": info.get("cold_start"),
+           "budget_minutes": (cfg.get("train") or {}).get("max_minutes"),
+           "schedule_by": (cfg.get("train") or {}).get("schedule_by"), "note": m["run"].get("note")}
     return out
 
 
@@ -95,6 +97,15 @@ def _cell(m: dict | None) -> str:
     return f"{m['mean']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]" if m else ""
 
 
+def _minutes(r: dict) -> str:
+    if not r["train_minutes"]:
+        return ""
+    if not r["budget_minutes"]:
+        return f"{r['train_minutes']:.1f}"
+    decay = ", decay over it" if r["schedule_by"] == "time" else ""
+    return f"{r['train_minutes']:.1f} ({r['budget_minutes']:g}{decay})"
+
+
 def render(res: dict) -> str:
     lines = ["# Semantic IDs: generator, SID-augmented ID models, cold start", "",
              f"- commit {res['commit']} (each run records its own), {res['created']}; table built on "
@@ -106,37 +117,38 @@ def render(res: dict) -> str:
     for ds, models in res["datasets"].items():
         lines += [f"## {ds}", "", "### Standard protocol", "",
                   "| model | device | " + " | ".join(k.replace("hr", "Recall") for k in WARM)
-                  + " | invalid IDs | decode ms/user | epochs (best) | train min |", "|---" * (len(WARM) + 6) + "|"]
+                  + " | invalid IDs | decode ms/user | epochs (best) | train min (budget) |",
+                  "|---" * (len(WARM) + 6) + "|"]
         for name, runs in models.items():
-            if name.endswith("cold"):
-                continue
-            for r in runs:
+            for r in (r for r in runs if not r["cold_start"]):
                 lines.append(f"| {name} | {r['device']} | " + " | ".join(_cell(r["metrics"].get(k)) for k in WARM)
                              + f" | {'' if r['invalid_ids'] is None else r['invalid_ids']} | "
                              + (f"{r['decode_ms_per_user']:.2f}" if r["decode_ms_per_user"] else "")
-                             + f" | {r['epochs_run'] or ''} ({r['best_epoch'] or ''}) | {r['train_minutes']:.1f} |")
+                             + f" | {r['epochs_run'] or ''} ({r['best_epoch'] or ''}) | {_minutes(r)} |")
         for name, pub in PUBLISHED.get(ds, {}).items():
             lines.append(f"| {name} | | " + " | ".join(f"{pub[k]:.4f}" if k in pub else "" for k in WARM)
                          + " | | | | |")
-        cold = {n: rs for n, rs in models.items() if n.endswith("cold")}
+        cold = {n: [r for r in rs if r["cold_start"]] for n, rs in models.items()}
+        cold = {n: rs for n, rs in cold.items() if rs}
         if cold:
             first = next(iter(cold.values()))[0]["cold_start"]
             lines += ["", f"### Cold start: {first['held_out_items']:,} items ({first['fraction']:.0%}, uniform "
                       f"draw, seed {first['draw_seed']}) never in training; {first['cold']['cases']:,} test cases "
                       "have one as target", "",
                       "| model | device | cold Recall@10 | cold NDCG@10 | cold Recall@20 | warm Recall@10 | "
-                      "warm NDCG@10 |", "|---" * 7 + "|"]
+                      "warm NDCG@10 | train min (budget) |", "|---" * 8 + "|"]
             for name, runs in cold.items():
                 for r in runs:
                     c, w = r["cold_start"]["cold"], r["cold_start"]["warm"]
                     lines.append(f"| {name} | {r['device']} | {_cell(c.get('hr@10'))} | {_cell(c.get('ndcg@10'))} | "
-                                 f"{_cell(c.get('hr@20'))} | {_cell(w.get('hr@10'))} | {_cell(w.get('ndcg@10'))} |")
+                                 f"{_cell(c.get('hr@20'))} | {_cell(w.get('hr@10'))} | {_cell(w.get('ndcg@10'))} | "
+                                 f"{_minutes(r)} |")
         lines.append("")
         for name, runs in models.items():
             for r in runs:
                 if r["stopped"]:
                     lines.append(f"- {name}: stopped by {r['stopped']}, {r['epochs_run']} epochs, commit {r['commit']}"
-                                 f", {r['run']}")
+                                 f", {r['run']}" + (f"; {r['note']}" if r["note"] else ""))
         lines.append("")
     return "\n".join(lines) + "\n"
 

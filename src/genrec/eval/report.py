@@ -78,8 +78,10 @@ def _as_str(values: list) -> pa.Array:
 
 
 def git_commit() -> str | None:
-    """Short commit of the genrec checkout, with '-dirty' when tracked files differ from it (outside git: the
-    GENREC_COMMIT environment variable, else None)."""
+    """Short commit of the genrec checkout, with '-dirty' when tracked files differ from it (None outside git).
+    The GENREC_COMMIT environment variable, when set, is returned instead."""
+    if os.environ.get("GENREC_COMMIT"):  # set by runners that copy the tree elsewhere (e.g. to a GPU machine)
+        return os.environ["GENREC_COMMIT"]
     here = Path(__file__).parent
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -87,11 +89,9 @@ def git_commit() -> str | None:
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], capture_output=True, timeout=10,
                                cwd=here.parent.parent.parent).returncode == 1
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("GENREC_COMMIT") or None
+        return None
     commit = out.stdout.strip()
-    if not commit:  # a copy of the tree without .git (a remote machine): the commit it was copied from, if told
-        return os.environ.get("GENREC_COMMIT") or None
-    return commit + ("-dirty" if dirty else "")
+    return (commit + ("-dirty" if dirty else "")) if commit else None
 
 
 def machine() -> dict[str, Any]:
