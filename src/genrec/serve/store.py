@@ -1,0 +1,265 @@
+"""Per-user interaction histories for serving: POST /v1/events appends, the next recommend reads them.
+
+Two backends behind one small protocol:
+
+- ``SQLiteStore`` (default): one WAL-mode file next to the bundle, ``synchronous=FULL``, so an append has been
+  fsynced when it returns and the HTTP layer may answer 2xx.
+- ``RedisStore`` (``--redis-url``): one list per user; durability is the server's (``appendfsync always``).
+
+Every history is capped at ``max_events``: appending drops the oldest events beyond the cap. Bad input raises
+``ValueError`` naming the field (the HTTP layer answers 422) and never writes part of a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from genrec.errors import GenrecError
+
+DEFAULT_MAX_EVENTS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One interaction: the raw item id and an optional integer timestamp (seconds, as in the dataset)."""
+
+    item_id: str
+    timestamp: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.item_id, str) or not self.item_id:
+            raise ValueError(f"item_id must be a non-empty string, got {self.item_id!r}")
+        object.__setattr__(self, "timestamp", _as_timestamp(self.timestamp))
+
+
+def _as_timestamp(value: object) -> int | None:
+    """None, or a 64-bit int (SQLite INTEGER); numpy integers from training histories are accepted."""
+    if value is None:
+        return None
+    try:  # operator.index accepts integer types only: floats and strings raise TypeError
+        ts = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        ts = None
+    if ts is None or not -(2**63) <= ts < 2**63:
+        raise ValueError(f"timestamp must be a 64-bit integer or null, got {value!r}")
+    return ts
+
+
+class HistoryStore(Protocol):
+    """What the serving layer needs from a history backend; every method is safe to call from several threads."""
+
+    max_events: int
+
+    def append(self, user_id: str, events: Sequence[Event]) -> int:
+        """Append ``events`` (oldest first) atomically; return the user's history length afterwards (capped)."""
+        ...
+
+    def history(self, user_id: str, limit: int | None = None) -> list[Event]:
+        """The user's events, oldest first; only the most recent ``limit`` when given; [] for an unknown user."""
+        ...
+
+    def has_user(self, user_id: str) -> bool: ...
+
+    def seed(self, histories: Mapping[str, Sequence[Event]]) -> int:
+        """Replace these users' histories in one transaction (e.g. training histories at startup); return users."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _check_max_events(max_events: int) -> int:
+    # A cap of 0 would silently discard every event: almost certainly a configuration mistake.
+    if isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1:
+        raise ValueError(f"max_events must be a positive integer, got {max_events!r}")
+    return max_events
+
+
+def _check_user(user_id: str) -> None:
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError(f"user_id must be a non-empty string, got {user_id!r}")
+
+
+def _check_events(events: Sequence[Event]) -> list[Event]:
+    events = list(events)
+    for i, ev in enumerate(events):
+        if not isinstance(ev, Event):
+            raise ValueError(f"events[{i}] must be an Event, got {type(ev).__name__}")
+    return events
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
+
+
+def _check_histories(histories: Mapping[str, Sequence[Event]], cap: int) -> dict[str, list[Event]]:
+    """Validate everything before any write; keep only the newest ``cap`` events per user."""
+    checked = {}
+    for user_id, events in histories.items():
+        _check_user(user_id)
+        checked[user_id] = _check_events(events)[-cap:]
+    return checked
+
+
+class SQLiteStore:
+    """Histories in one SQLite file (WAL, fsync on every commit); ``path=":memory:"`` for tests.
+
+    Threads share one connection behind a lock: SQLite serialises writers anyway, per-user statements take
+    microseconds, and a single connection means no SQLITE_BUSY retries between our own threads and a ``close()``
+    that really closes everything. Other processes on the same file are handled by ``BEGIN IMMEDIATE`` and the
+    busy timeout.
+    """
+
+    _SCHEMA = (
+        # seq is the rowid: a new row always gets one above every live row, so ORDER BY seq is insertion order.
+        "CREATE TABLE IF NOT EXISTS history ("
+        " user_id TEXT NOT NULL, seq INTEGER PRIMARY KEY, item_id TEXT NOT NULL, ts INTEGER)",
+        "CREATE INDEX IF NOT EXISTS history_user_seq ON history (user_id, seq)",
+    )
+
+    def __init__(self, path: str | Path, max_events: int = DEFAULT_MAX_EVENTS):
+        self.max_events = _check_max_events(max_events)
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each append is exactly one transaction.
+        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL on commit: durable before append returns
+        with self._tx() as db:
+            for sql in self._SCHEMA:
+                db.execute(sql)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it commits or none of it does."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # take the write lock now, not on the first write
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # also when COMMIT itself failed (e.g. disk full)
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _insert(self, db: sqlite3.Connection, user_id: str, events: list[Event]) -> None:
+        db.executemany("INSERT INTO history (user_id, item_id, ts) VALUES (?, ?, ?)",
+                       [(user_id, ev.item_id, ev.timestamp) for ev in events])
+
+    def append(self, user_id: str, events: Sequence[Event]) -> int:
+        _check_user(user_id)
+        events = _check_events(events)[-self.max_events:]
+        with self._tx() as db:
+            self._insert(db, user_id, events)
+            # Drop everything at or below the (cap+1)-th newest seq; NULL (short history) deletes nothing.
+            db.execute("DELETE FROM history WHERE user_id = ? AND seq <= (SELECT seq FROM history WHERE user_id = ?"
+                       " ORDER BY seq DESC LIMIT 1 OFFSET ?)", (user_id, user_id, self.max_events))
+            (n,) = db.execute("SELECT COUNT(*) FROM history WHERE user_id = ?", (user_id,)).fetchone()
+        return n
+
+    def history(self, user_id: str, limit: int | None = None) -> list[Event]:
+        _check_limit(limit)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT item_id, ts FROM (SELECT seq, item_id, ts FROM history WHERE user_id = ?"
+                " ORDER BY seq DESC LIMIT ?) ORDER BY seq", (user_id, -1 if limit is None else limit)).fetchall()
+        return [Event(item, ts) for item, ts in rows]
+
+    def has_user(self, user_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM history WHERE user_id = ? LIMIT 1", (user_id,)).fetchone()
+        return row is not None
+
+    def seed(self, histories: Mapping[str, Sequence[Event]]) -> int:
+        checked = _check_histories(histories, self.max_events)
+        with self._tx() as db:
+            db.executemany("DELETE FROM history WHERE user_id = ?", [(u,) for u in checked])
+            for user_id, events in checked.items():
+                self._insert(db, user_id, events)
+        return len(checked)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class RedisStore:
+    """Histories in Redis: one list per user (``{prefix}h:{user_id}``) of JSON ``[item_id, timestamp]`` pairs.
+
+    Appends are RPUSH + LTRIM inside MULTI/EXEC, so other clients never see an uncapped or half-appended list.
+    The redis-py client is thread-safe (connection pool), so no lock is needed here.
+    """
+
+    def __init__(self, url: str, max_events: int = DEFAULT_MAX_EVENTS, prefix: str = "genrec:"):
+        self.max_events = _check_max_events(max_events)
+        try:
+            import redis
+        except ImportError:
+            raise GenrecError(f"{url}: a Redis history store needs the redis package: pip install redis") from None
+        self.prefix = prefix
+        self._r: Any = redis.Redis.from_url(url, decode_responses=True)
+        try:
+            self._r.ping()  # fail at startup, not on the first request
+        except redis.RedisError as e:
+            raise GenrecError(f"{url}: cannot reach Redis ({e})") from None
+
+    def _key(self, user_id: str) -> str:
+        return f"{self.prefix}h:{user_id}"
+
+    @staticmethod
+    def _encode(events: list[Event]) -> list[str]:
+        return [json.dumps([ev.item_id, ev.timestamp]) for ev in events]
+
+    def append(self, user_id: str, events: Sequence[Event]) -> int:
+        _check_user(user_id)
+        events = _check_events(events)[-self.max_events:]
+        key = self._key(user_id)
+        if not events:
+            return self._r.llen(key)
+        pipe = self._r.pipeline(transaction=True)
+        pipe.rpush(key, *self._encode(events))
+        pipe.ltrim(key, -self.max_events, -1)
+        pipe.llen(key)
+        return pipe.execute()[-1]
+
+    def history(self, user_id: str, limit: int | None = None) -> list[Event]:
+        _check_limit(limit)
+        if limit == 0:
+            return []  # LRANGE -0 would mean "from the start"
+        raw = self._r.lrange(self._key(user_id), 0 if limit is None else -limit, -1)
+        return [Event(*json.loads(r)) for r in raw]
+
+    def has_user(self, user_id: str) -> bool:
+        return bool(self._r.exists(self._key(user_id)))
+
+    def seed(self, histories: Mapping[str, Sequence[Event]]) -> int:
+        checked = _check_histories(histories, self.max_events)
+        pipe = self._r.pipeline(transaction=True)
+        for user_id, events in checked.items():
+            pipe.delete(self._key(user_id))
+            if events:  # RPUSH with no values is an error
+                pipe.rpush(self._key(user_id), *self._encode(events))
+        pipe.execute()
+        return len(checked)
+
+    def close(self) -> None:
+        self._r.close()
+
+
+def open_store(spec: str | Path | None, default_path: Path, max_events: int = DEFAULT_MAX_EVENTS) -> HistoryStore:
+    """``redis://`` or ``rediss://`` URL -> RedisStore; a file path -> SQLiteStore; None -> SQLite at default_path."""
+    if isinstance(spec, str) and not spec.strip():
+        raise ValueError("history store must be a file path or a redis:// URL, got an empty string")
+    if isinstance(spec, str) and spec.startswith(("redis://", "rediss://")):
+        return RedisStore(spec, max_events=max_events)
+    return SQLiteStore(default_path if spec is None else spec, max_events=max_events)
