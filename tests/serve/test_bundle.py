@@ -89,3 +89,32 @@ def test_quickstart_flow_on_tiny_data(tmp_path, monkeypatch):
     assert all(t.startswith("Movie ") for t in res.samples[0]["recommended"])
     manifest = json.loads((res.bundle / "manifest.json").read_text())
     assert manifest["model"] == "hstu"
+
+
+def test_bundle_holds_popularity_and_the_semantic_id_table(tmp_path):
+    import numpy as np
+
+    from genrec.content import ItemEmbeddings
+    from genrec.semantic_ids import tokenize
+    from genrec.semantic_ids.codes import SemanticIds
+
+    ds, run = tiny(tmp_path)
+    plain = export_bundle(run, tmp_path / "plain")
+    files = load_manifest(plain)["files"]
+    assert "popularity.json" in files and not any(f.startswith("semantic_ids") for f in files)
+    raw = [str(x) for x in ds.items.raw.to_pylist()]
+    vectors = np.concatenate([np.zeros((1, 6)), np.random.default_rng(0).normal(size=(len(raw), 6))])
+    tokenize(ItemEmbeddings(vectors=vectors, item_ids=raw, meta={"dataset": "tiny"}), levels=2, codebook_size=4,
+             out=tmp_path / "sid")
+    cfg = RunConfig.model_validate({"dataset": "tiny", "model": {"name": "sasrec", "dim": 8, "blocks": 1,
+                                                                 "max_len": 6, "dropout": 0.0},
+                                    "train": {"epochs": 1, "batch_size": 8, "warmup_steps": 1},
+                                    "eval": {"n_boot": 20}, "features": {"semantic_ids": str(tmp_path / "sid")}})
+    Trainer(cfg, tmp_path / "sid_run", dataset=ds, show_progress=False).fit()
+    bundle = export_bundle(tmp_path / "sid_run", tmp_path / "sid_bundle")
+    files = load_manifest(bundle)["files"]
+    assert {"semantic_ids.safetensors", "semantic_ids.json"} <= set(files)
+    exported, made = SemanticIds.load(bundle), SemanticIds.load(tmp_path / "sid")
+    assert np.array_equal(exported.codes, made.codes) and exported.sizes == made.sizes
+    assert exported.meta["source"] == str(tmp_path / "sid")
+    assert len(Recommender.load(bundle).recommend(["3", "4"], k=3).items) == 3

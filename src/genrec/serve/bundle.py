@@ -3,9 +3,14 @@
 - ``model.safetensors``: weights (never pickle);
 - ``model.json``: model name, typed config, catalog size, whether it reads timestamps;
 - ``items.parquet``: dense id -> raw id, display fields (title, ...) and training popularity;
+- ``popularity.json``: the most popular raw ids by training count (the cold-start / fallback list);
+- ``semantic_ids.safetensors`` + ``semantic_ids.json``: the semantic-ID table, when the model has one;
+- ``embeddings.safetensors`` + ``embeddings.json`` (+ ``projection.safetensors`` when the table was projected
+  with pca): the catalog's content embeddings, optional (``content=``), so a text query can steer results;
 - ``manifest.json``: genrec version, model, dataset, test metrics, commit, and the sha256 of every file.
 
-Loading verifies every checksum before anything is read.
+Loading verifies every checksum before anything is read. The files after ``items.parquet`` are optional
+additions to format version 1: a bundle without them (older exports) still loads.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.parquet as pq
+
 from genrec import __version__
 from genrec.errors import GenrecError
 from genrec.io import read_json, sha256_file, write_json
@@ -22,10 +30,19 @@ from genrec.io import read_json, sha256_file, write_json
 FORMAT = "genrec-bundle"
 FORMAT_VERSION = 1
 RUN_FILES = ("model.safetensors", "model.json", "items.parquet")
+POPULARITY_FILE = "popularity.json"
+POPULARITY_TOP = 1000
+SEMANTIC_ID_FILES = ("semantic_ids.safetensors", "semantic_ids.json")
+CONTENT_FILES = ("embeddings.safetensors", "embeddings.json")
+PROJECTION_FILE = "projection.safetensors"  # only with a pca-projected content table
 
 
-def export_bundle(run_dir: str | Path, out: str | Path) -> Path:
+def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | None = None) -> Path:
     """Copy a finished training run's servable files into ``out`` and seal them with a manifest.
+
+    Also written: the popularity list, the semantic-ID table when the model has one, and, with ``content`` (an
+    ItemEmbeddings folder, see :mod:`genrec.content.store`), the catalog's content embeddings, which must hold
+    exactly the run's items in dense-id order.
 
     ``out`` must not exist yet (bundles are immutable); the bundle is assembled in a temporary folder and
     renamed into place, so a failure never leaves half a bundle.
@@ -45,13 +62,19 @@ def export_bundle(run_dir: str | Path, out: str | Path) -> Path:
             shutil.copy2(run_dir / name, tmp / name)
         metrics = read_json(run_dir / "metrics.json")
         model = read_json(run_dir / "model.json")
+        raw_ids = _write_popularity(tmp)
+        files = [*RUN_FILES, POPULARITY_FILE]
+        files += _write_semantic_ids(run_dir, tmp, model)
+        if content is not None:
+            files += _copy_content(Path(content), tmp, raw_ids)
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "genrec": __version__,
             "version": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"),
             "model": model["name"], "dataset": metrics["dataset"]["name"],
             "metrics": {k: v["mean"] for k, v in metrics["metrics"].items()},
             "commit": metrics.get("run", {}).get("commit"), "source_run": str(run_dir),
-            "files": {name: sha256_file(tmp / name) for name in RUN_FILES},
+            "content": str(content) if content is not None else None,
+            "files": {name: sha256_file(tmp / name) for name in files},
         }
         write_json(tmp / "manifest.json", manifest)
         tmp.rename(out)
@@ -59,6 +82,80 @@ def export_bundle(run_dir: str | Path, out: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_popularity(bundle: Path) -> list[str]:
+    """``popularity.json``: up to POPULARITY_TOP raw ids with a training count, most trained first (ties in
+    dense-id order). Returns the catalog's raw ids in dense order."""
+    table = pq.read_table(bundle / "items.parquet", columns=["item_idx", "raw_id", "train_count"]).sort_by("item_idx")
+    raw = [str(x) for x in table.column("raw_id").to_pylist()]
+    counts = table.column("train_count").to_numpy()
+    order = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0][:POPULARITY_TOP]
+    write_json(bundle / POPULARITY_FILE, {"by": "train_count", "items": [raw[i] for i in order],
+                                          "counts": [int(counts[i]) for i in order]})
+    return raw
+
+
+def _write_semantic_ids(run_dir: Path, bundle: Path, spec: dict[str, Any]) -> list[str]:
+    """The semantic-ID table of the run, if it has one: the run folder's own ``semantic_ids.*`` files when it
+    holds them, else the codes the weights carry (``sid_codes`` of an ID model with semantic-ID features,
+    ``codes`` of a generative model), with the tokenizer's metadata when the run's features folder still has
+    it. Runs without semantic IDs get none."""
+    if all((run_dir / f).is_file() for f in SEMANTIC_ID_FILES):
+        for name in SEMANTIC_ID_FILES:
+            shutil.copy2(run_dir / name, bundle / name)
+        return list(SEMANTIC_ID_FILES)
+    from safetensors import safe_open
+
+    from genrec.semantic_ids.codes import SemanticIds
+
+    with safe_open(str(bundle / "model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+        if "sid_codes" in keys:
+            codes = f.get_tensor("sid_codes")
+            sizes, j = [], 0
+            while f"sid_emb.{j}.weight" in keys:
+                sizes.append(int(f.get_slice(f"sid_emb.{j}.weight").get_shape()[0]))
+                j += 1
+        elif "codes" in keys and "sizes" in spec:
+            codes, sizes = f.get_tensor("codes"), [int(s) for s in spec["sizes"]]
+        else:
+            return []
+    meta: dict[str, Any] = {"source": "model weights"}
+    config = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+    folder = (config.get("features") or {}).get("semantic_ids") if isinstance(config, dict) else None
+    if folder and (Path(folder) / SEMANTIC_ID_FILES[1]).is_file():
+        try:
+            origin = read_json(Path(folder) / SEMANTIC_ID_FILES[1])
+            meta.update({k: v for k, v in origin.items() if k != "sizes"}, source=str(folder))
+        except (OSError, ValueError):
+            pass  # the metadata is a courtesy; the codes come from the weights either way
+    try:
+        SemanticIds(codes=codes.numpy(), sizes=sizes, meta=meta).save(bundle)
+    except GenrecError as e:
+        raise GenrecError(f"{run_dir}: the model's semantic-ID table is malformed ({e})") from None
+    return list(SEMANTIC_ID_FILES)
+
+
+def _copy_content(folder: Path, bundle: Path, raw_ids: list[str]) -> list[str]:
+    """Copy a content embedding table that holds exactly the catalog's items in dense-id order."""
+    from genrec.content.store import ItemEmbeddings
+
+    try:
+        emb = ItemEmbeddings.load(folder)
+    except GenrecError as e:
+        raise GenrecError(f"content: {e}") from None
+    if [str(i) for i in emb.item_ids] != raw_ids:
+        raise GenrecError(f"content: {folder} holds {emb.n_items:,} items that do not match the run's "
+                          f"{len(raw_ids):,} items in dense-id order; encode this run's dataset")
+    names = list(CONTENT_FILES)
+    if (emb.meta.get("fusion") or {}).get("projection") == "pca":
+        if not (folder / PROJECTION_FILE).is_file():
+            raise GenrecError(f"content: {folder} was projected with pca but has no {PROJECTION_FILE}")
+        names.append(PROJECTION_FILE)
+    for name in names:
+        shutil.copy2(folder / name, bundle / name)
+    return names
 
 
 def load_manifest(bundle: str | Path, verify: bool = True) -> dict[str, Any]:

@@ -1,7 +1,22 @@
-"""The in-process serving API: load a bundle, recommend from a history of raw item ids."""
+"""The in-process serving API: load a bundle, recommend from a history of raw item ids.
+
+:meth:`Recommender.recommend` never raises for a model failure: an exception in the model, or a missed
+``deadline_ms``, answers from the popularity list with ``fallback=True`` and a short ``reason`` (a small, fixed
+set of strings, fit for a metric label); details go to ``warnings`` and the log. Bad arguments (``k < 1``, a
+``query_weight`` outside [0, 1], timestamps that do not line up with the history) raise ``ValueError``.
+
+A recommender is safe to share between threads: everything read while answering is built at load time and never
+mutated; the lazily created parts (the query text encoder, the deadline worker pool) are created under a lock.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,35 +24,80 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from genrec.content.text import text_encoder
 from genrec.data.jagged import Jagged
 from genrec.errors import GenrecError
+from genrec.io import read_json
 from genrec.models import SEQUENTIAL, SequentialModel
-from genrec.serve.bundle import load_manifest
+from genrec.serve.bundle import CONTENT_FILES, POPULARITY_FILE, PROJECTION_FILE, load_manifest
+
+log = logging.getLogger(__name__)
+
+# Fallback reasons (``Recommendation.reason``): few and fixed, so they can label a metric.
+NO_HISTORY = "no usable history"
+MODEL_ERROR = "model error"
+DEADLINE = "deadline exceeded"
+NO_QUERY_CONTENT = "query ignored: bundle has no content embeddings"
+MAX_ID_WARNINGS = 10  # per list (history, allow, deny); the rest are counted in one line
+DEADLINE_WORKERS = 4
 
 
 @dataclass
 class Recommendation:
-    items: list[dict[str, Any]]  # item_id, score, and display fields (title, ...)
+    items: list[dict[str, Any]]  # item_id, score, and display fields (title, image path, ...)
     warnings: list[str] = field(default_factory=list)
-    fallback: bool = False
+    fallback: bool = False  # True: the popularity list answered (see ``reason``)
+    reason: str | None = None  # why the fallback answered: NO_HISTORY, MODEL_ERROR or DEADLINE
+    model_version: str | None = None  # the bundle's version
+    truncated: bool = False  # the history was longer than the model reads; its most recent part was used
+    mode: str = "model"  # model | model+query | content | popularity
+
+
+@dataclass
+class _Content:
+    """The bundle's content embeddings: rows L2-normalised (items without content stay zero)."""
+
+    vectors: torch.Tensor  # [n_items + 1, dim]
+    has: torch.Tensor  # [n_items + 1] bool: the item has a content vector
+    meta: dict[str, Any]
+    projection: dict[str, torch.Tensor] | None  # pca map (mean, components) when the table was projected
 
 
 class Recommender:
-    def __init__(self, model: SequentialModel, items: dict[str, Any], manifest: dict[str, Any]):
+    def __init__(self, model: SequentialModel, items: dict[str, Any], manifest: dict[str, Any],
+                 popular: list[str] | None = None, content: _Content | None = None):
         self.model, self.manifest = model.eval(), manifest
-        self.raw_ids: list[str] = items["raw_id"]
+        self.raw_ids: list[str] = [str(x) for x in items["raw_id"]]
+        self.n_items = len(self.raw_ids)
         self.display = {k: v for k, v in items.items() if k not in ("raw_id", "item_idx", "train_count")}
         self.index = {raw: i + 1 for i, raw in enumerate(self.raw_ids)}
-        self.popular = np.argsort(-np.asarray(items["train_count"]), kind="stable") + 1
+        by_count = np.argsort(-np.asarray(items["train_count"]), kind="stable") + 1
+        if popular:  # the bundle's precomputed list first, then everything else by training count
+            head = [self.index[r] for r in popular if r in self.index]
+            seen = set(head)
+            by_count = np.asarray(head + [int(i) for i in by_count if int(i) not in seen], dtype=np.int64)
+        self.popular = by_count
+        self.content = content
+        if content is not None and content.vectors.shape[0] != self.n_items + 1:
+            raise GenrecError(f"content embeddings have {content.vectors.shape[0]} rows; the catalog needs "
+                              f"{self.n_items + 1}")
+        with torch.no_grad():
+            self._item_table = F.normalize(model.item_table().detach().float().cpu(), dim=-1)
+        self._encoder_lock, self._pool_lock = threading.Lock(), threading.Lock()
+        self._encoder: Any = None
+        self._encoder_error: str | None = None
+        self._query_dim: int | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def load(cls, bundle: str | Path) -> Recommender:
+        """Load a bundle; every checksum is verified first, and only safetensors / JSON / Parquet are read."""
         bundle = Path(bundle)
         manifest = load_manifest(bundle)
-        from genrec.io import read_json
-
+        files = manifest["files"]
         spec = read_json(bundle / "model.json")
         if spec["name"] not in SEQUENTIAL:
             raise GenrecError(f"{bundle}: unknown model {spec['name']!r}")
@@ -47,26 +107,299 @@ class Recommender:
         model.attach_from_state(state)  # content / semantic-ID features travel in the weights
         model.load_state_dict(state)
         table = pq.read_table(bundle / "items.parquet").sort_by("item_idx")
-        return cls(model, table.to_pydict(), manifest)
+        popular = None
+        if POPULARITY_FILE in files:  # only files the manifest lists (and so were verified) are read
+            popular = [str(x) for x in read_json(bundle / POPULARITY_FILE)["items"]]
+        content = None
+        if all(name in files for name in CONTENT_FILES):
+            vectors = load_file(bundle / CONTENT_FILES[0])["vectors"].to(torch.float32)
+            meta = read_json(bundle / CONTENT_FILES[1])
+            projection = load_file(bundle / PROJECTION_FILE) if PROJECTION_FILE in files else None
+            norms = vectors.norm(dim=1)
+            content = _Content(F.normalize(vectors, dim=1), norms > 0, meta, projection)
+        return cls(model, table.to_pydict(), manifest, popular, content)
 
-    def recommend(self, history: list[Any], k: int = 10, exclude_seen: bool = True) -> Recommendation:
-        """Top-``k`` items after ``history`` (raw item ids, oldest first); unknown ids are skipped with a
-        warning, and an empty history gets the most popular items (``fallback=True``)."""
-        known = [self.index[str(h)] for h in history if str(h) in self.index]
-        warnings = [f"unknown item id {h!r} ignored" for h in history if str(h) not in self.index]
+    # --- small accessors (the HTTP layer uses them) ------------------------------------------------------
+
+    @property
+    def version(self) -> str | None:
+        return self.manifest.get("version")
+
+    @property
+    def max_history(self) -> int:
+        """How many of the most recent history items the model reads."""
+        return int(self.model.config.max_len)
+
+    def knows(self, item_id: Any) -> bool:
+        return str(item_id) in self.index
+
+    def popular_ids(self, n: int = 10) -> list[str]:
+        return [self.raw_ids[i - 1] for i in self.popular[:max(int(n), 0)].tolist()]
+
+    def close(self) -> None:
+        """Stop the deadline worker threads (a recommender is still usable afterwards: they restart on demand)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- recommend ----------------------------------------------------------------------------------------
+
+    def recommend(self, history: Iterable[Any], k: int = 10, *, timestamps: Iterable[Any] | None = None,
+                  exclude_seen: bool = True, allow: Iterable[Any] | None = None, deny: Iterable[Any] | None = None,
+                  query: str | None = None, query_weight: float = 0.5,
+                  deadline_ms: float | None = None) -> Recommendation:
+        """Top-``k`` items after ``history`` (raw item ids, oldest first).
+
+        Unknown ids (in ``history``, ``allow`` or ``deny``) are skipped with a warning; only the most recent
+        :attr:`max_history` known items are read (``truncated=True`` when more were given). ``allow``: only
+        these items may be returned; ``deny``: never these; ``exclude_seen``: never the history's items.
+        ``query``: text that steers the ranking when the bundle has content embeddings: final score =
+        ``(1 - query_weight) * z(model) + query_weight * z(cosine(query, item))``, z-scored over the catalog;
+        with no usable history the query alone ranks (``mode="content"``). No usable history and no query, a
+        model error or a missed ``deadline_ms``: the popularity list answers (``fallback=True``, ``reason``).
+        """
+        t0 = time.perf_counter()
+        k = _check_k(k)
+        if not 0.0 <= float(query_weight) <= 1.0:
+            raise ValueError(f"query_weight must be in [0, 1], got {query_weight}")
+        if deadline_ms is not None and not float(deadline_ms) > 0:
+            raise ValueError(f"deadline_ms must be > 0, got {deadline_ms}")
+        history = _id_list(history, "history")
+        ts = None
+        if timestamps is not None:
+            ts = _id_list(timestamps, "timestamps")
+            if len(ts) != len(history):
+                raise ValueError(f"timestamps has {len(ts)} entries for a history of {len(history)} items")
+            try:
+                ts = [int(t) for t in ts]
+            except (TypeError, ValueError):
+                raise ValueError("timestamps must be integers (seconds)") from None
+        if query is not None:
+            if not isinstance(query, str):
+                raise ValueError(f"query must be a string, got {type(query).__name__}")
+            query = query.strip() or None
+
+        warnings: list[str] = []
+        positions = [j for j, h in enumerate(history) if str(h) in self.index]
+        _unknown(warnings, [h for h in history if str(h) not in self.index], "")
+        known = [self.index[str(history[j])] for j in positions]
+        known_ts = [ts[j] for j in positions] if ts is not None else None
+        mask = self._mask(allow, deny, warnings)
+        if exclude_seen and known:
+            mask[known] = False
+        truncated = len(known) > self.max_history
+        if truncated:
+            known, known_ts = known[-self.max_history:], known_ts[-self.max_history:] if known_ts else known_ts
+        if query is not None and self.content is None:
+            warnings.append(NO_QUERY_CONTENT)
+            query = None
+        if not known and query is None:
+            return self._fallback(k, mask, warnings, NO_HISTORY, truncated)
+        if known and known_ts is None and self.model.use_timestamps:
+            warnings.append("the model reads timestamps but none were given; time gaps are ignored")
+
+        def rank() -> tuple[torch.Tensor, str, list[str]]:
+            return self._rank(known, known_ts, query, float(query_weight))
+
+        try:
+            if deadline_ms is None:
+                scores, mode, more = rank()
+            else:
+                remaining = float(deadline_ms) / 1000 - (time.perf_counter() - t0)
+                future = self._executor().submit(rank)
+                try:
+                    scores, mode, more = future.result(timeout=max(remaining, 0.0))
+                except FutureTimeout:
+                    future.cancel()  # not started yet: never runs; running: finishes in the background, ignored
+                    warnings.append(f"no answer within the {deadline_ms:g} ms deadline; answered from popularity")
+                    return self._fallback(k, mask, warnings, DEADLINE, truncated)
+        except Exception as e:  # noqa: BLE001 - a model failure must not fail the request
+            log.exception("recommend failed; answering from popularity")
+            warnings.append(f"the model failed ({type(e).__name__}); answered from popularity")
+            return self._fallback(k, mask, warnings, MODEL_ERROR, truncated)
+        warnings += more
+        scores = scores.clone()
+        scores[~mask] = -torch.inf
+        n = int(mask.sum())
+        top = torch.topk(scores, min(k, n)).indices if n else torch.zeros(0, dtype=torch.int64)
+        return Recommendation(self._items(top.numpy(), scores[top].tolist()), warnings, fallback=False,
+                              model_version=self.version, truncated=truncated, mode=mode)
+
+    def _rank(self, known: list[int], known_ts: list[int] | None, query: str | None,
+              weight: float) -> tuple[torch.Tensor, str, list[str]]:
+        """Scores over the catalog [n_items + 1] (row 0 unused), the mode, and warnings."""
+        warnings: list[str] = []
+        q = None
+        if query is not None:
+            try:
+                q = self._query_similarity(query)
+            except Exception as e:
+                if not known:
+                    raise
+                log.warning("query encoding failed: %s", e)
+                warnings.append(f"query ignored: it could not be encoded ({type(e).__name__}: {e})")
         if not known:
-            return Recommendation(self._items(self.popular[:k], None), warnings, fallback=True)
-        scores = self.model.score(Jagged.from_lists([known]))[0]
-        scores[0] = -torch.inf
-        if exclude_seen:
-            scores[known] = -torch.inf
-        top = torch.topk(scores, min(k, len(self.raw_ids))).indices.numpy()
-        return Recommendation(self._items(top, scores[top].tolist()), warnings)
+            assert q is not None
+            return q, "content", warnings
+        ts = self.model.use_timestamps and known_ts is not None
+        scores = self.model.score(Jagged.from_lists([known]),
+                                  timestamps=Jagged.from_lists([known_ts]) if ts else None)[0].float().cpu()
+        if q is None:
+            return scores, "model", warnings
+        return (1 - weight) * _zscore(scores) + weight * _zscore(q), "model+query", warnings
+
+    def _query_similarity(self, query: str) -> torch.Tensor:
+        """cosine(query, item content) [n_items + 1], the query embedded like the catalog's text."""
+        assert self.content is not None
+        encoder, dim = self._query_encoder()
+        text = np.asarray(encoder.encode([query]), dtype=np.float32).reshape(1, -1)
+        if text.shape[1] != dim:
+            raise GenrecError(f"the text encoder gives {text.shape[1]}-d vectors; the content table's text has {dim}")
+        x = torch.from_numpy(self._to_content_space(text))
+        return (self.content.vectors @ F.normalize(x, dim=1)[0]).float()
+
+    def _query_encoder(self) -> tuple[Any, int]:
+        """The text encoder of the content table: created and loaded once, under a lock (a failure is kept and
+        raised again, so a broken encoder is not reloaded on every request)."""
+        assert self.content is not None
+        with self._encoder_lock:
+            if self._encoder is None and self._encoder_error is None:
+                try:
+                    meta = self.content.meta
+                    if "text" not in meta.get("modalities", ["text"]) or not meta.get("text_model"):
+                        raise GenrecError("the content embeddings hold no text (no text model named)")
+                    encoder = text_encoder(str(meta["text_model"]))
+                    load = getattr(encoder, "load", None)
+                    if callable(load):
+                        load()
+                    self._query_dim = int(meta.get("text_dim") or encoder.dim)
+                    self._encoder = encoder
+                except Exception as e:
+                    self._encoder_error = f"{type(e).__name__}: {e}"
+            if self._encoder_error is not None:
+                raise GenrecError(f"no text encoder for queries ({self._encoder_error})")
+            return self._encoder, int(self._query_dim)  # type: ignore[arg-type]
+
+    def _to_content_space(self, text: np.ndarray) -> np.ndarray:
+        """Fuse a text vector the way the catalog was fused (genrec.content.encode.fuse): L2-normalise and weigh
+        the text block, zeros for the other modalities, then the table's projection."""
+        from genrec.content.encode import FusionConfig, fit_projection, l2_normalize
+
+        assert self.content is not None
+        meta = self.content.meta
+        fusion = FusionConfig.model_validate(meta.get("fusion") or {})
+        blocks = []
+        for name in meta.get("modalities", ["text"]):
+            if name == "text":
+                blocks.append(l2_normalize(text) * np.float32(fusion.weights.get("text", 1.0)))
+            else:
+                blocks.append(np.zeros((1, int(meta.get(f"{name}_dim", 0))), np.float32))
+        x = np.concatenate(blocks, axis=1)
+        if fusion.projection == "pca":
+            if self.content.projection is None:
+                raise GenrecError("the content table was projected with pca, but the bundle has no projection")
+            p = self.content.projection
+            x = ((x - p["mean"].numpy()) @ p["components"].numpy()).astype(np.float32)
+        elif fusion.projection == "random":
+            proj = fit_projection(x, fusion)
+            assert proj is not None
+            x = proj(x)
+        if x.shape[1] != self.content.vectors.shape[1]:
+            raise GenrecError(f"the query maps to {x.shape[1]} dimensions; the content table has "
+                              f"{self.content.vectors.shape[1]}")
+        return x
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(DEADLINE_WORKERS, thread_name_prefix="genrec-recommend")
+            return self._pool
+
+    # --- similar ------------------------------------------------------------------------------------------
+
+    def similar(self, item_id: Any, k: int = 10) -> list[dict[str, Any]]:
+        """The ``k`` items closest to ``item_id`` (itself excluded), each a dict like :attr:`Recommendation.items`
+        with ``score`` the cosine: over the content embeddings when the bundle has them (and the item has
+        content), else over the model's output item embeddings. Unknown id: KeyError."""
+        k = _check_k(k)
+        i = self.index.get(str(item_id))
+        if i is None:
+            raise KeyError(f"unknown item id {item_id!r}: not in this bundle's catalog")
+        mask = torch.ones(self.n_items + 1, dtype=torch.bool)
+        mask[0] = mask[i] = False
+        if self.content is not None and bool(self.content.has[i]):
+            table = self.content.vectors
+            mask &= self.content.has
+        else:
+            table = self._item_table
+        scores = table @ table[i]
+        scores[~mask] = -torch.inf
+        n = int(mask.sum())
+        top = torch.topk(scores, min(k, n)).indices if n else torch.zeros(0, dtype=torch.int64)
+        return self._items(top.numpy(), scores[top].tolist())
+
+    # --- helpers ------------------------------------------------------------------------------------------
+
+    def _mask(self, allow: Iterable[Any] | None, deny: Iterable[Any] | None, warnings: list[str]) -> torch.Tensor:
+        """[n_items + 1] bool: the items that may be returned (padding never)."""
+        if allow is None:
+            mask = torch.ones(self.n_items + 1, dtype=torch.bool)
+        else:
+            allow = _id_list(allow, "allow")
+            mask = torch.zeros(self.n_items + 1, dtype=torch.bool)
+            mask[[self.index[str(a)] for a in allow if str(a) in self.index]] = True
+            _unknown(warnings, [a for a in allow if str(a) not in self.index], " in allow")
+        if deny is not None:
+            deny = _id_list(deny, "deny")
+            mask[[self.index[str(d)] for d in deny if str(d) in self.index]] = False
+            _unknown(warnings, [d for d in deny if str(d) not in self.index], " in deny")
+        mask[0] = False
+        return mask
+
+    def _fallback(self, k: int, mask: torch.Tensor, warnings: list[str], reason: str,
+                  truncated: bool) -> Recommendation:
+        allowed = mask.numpy()[self.popular]
+        top = self.popular[allowed][:k]
+        return Recommendation(self._items(top, None), warnings, fallback=True, reason=reason,
+                              model_version=self.version, truncated=truncated, mode="popularity")
 
     def _items(self, ids: np.ndarray, scores: list[float] | None) -> list[dict[str, Any]]:
         out = []
-        for j, i in enumerate(ids.tolist()):
+        for j, i in enumerate(np.asarray(ids).tolist()):
             row = {"item_id": self.raw_ids[i - 1], "score": None if scores is None else float(scores[j])}
             row.update({k: v[i - 1] for k, v in self.display.items()})
             out.append(row)
         return out
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def _id_list(values: Iterable[Any], what: str) -> list[Any]:
+    if isinstance(values, str | bytes):
+        raise ValueError(f"{what} must be a list, not one string")
+    try:
+        return list(values)
+    except TypeError:
+        raise ValueError(f"{what} must be a list, got {type(values).__name__}") from None
+
+
+def _unknown(warnings: list[str], ids: list[Any], where: str) -> None:
+    warnings.extend(f"unknown item id {h!r}{where} ignored" for h in ids[:MAX_ID_WARNINGS])
+    if len(ids) > MAX_ID_WARNINGS:
+        warnings.append(f"... and {len(ids) - MAX_ID_WARNINGS} more unknown item ids{where} ignored")
+
+
+def _zscore(x: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std over the real items (row 0, the padding, is left at 0)."""
+    body = x[1:]
+    std = body.std()
+    out = torch.zeros_like(x)
+    if body.numel() > 1 and torch.isfinite(std) and std > 0:
+        out[1:] = (body - body.mean()) / std
+    return out
+
