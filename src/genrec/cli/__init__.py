@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from genrec.cli.content import content_app
+from genrec.cli.serve import serve_cmd
 from genrec.cli.tokenize import tokenize_cmd, tokenize_new_cmd
 from genrec.errors import ConfigError, GenrecError
 
@@ -22,6 +23,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(content_app, name="content")
 app.command("tokenize")(tokenize_cmd)
 app.command("tokenize-new")(tokenize_new_cmd)
+app.command("serve")(serve_cmd)
 # Rich falls back to 80 columns when output is not a terminal; tables of metrics need more.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -281,11 +283,14 @@ def train_cmd(
 def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A finished training run folder.")],
     bundle: Annotated[Path, typer.Option("--out", help="New bundle folder (must not exist).")],
+    content: Annotated[Path | None, typer.Option(help="Item embedding folder ('genrec content encode') to ship "
+                                                 "with the bundle: lets a text query steer recommendations.")
+                       ] = None,
 ) -> None:
     """Write an immutable, checksummed bundle that `genrec.serve.Recommender.load` can serve."""
     from genrec.serve import export_bundle, load_manifest
 
-    path = export_bundle(run_dir, bundle)
+    path = export_bundle(run_dir, bundle, content=content)
     m = load_manifest(path)
     out.print(f"bundle {m['version']} ({m['model']} on {m['dataset']}) -> {path}", highlight=False)
 

@@ -1,0 +1,52 @@
+"""``genrec serve``: the HTTP API over a bundle (FastAPI + uvicorn, extra ``serve``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genrec.errors import ConfigError
+
+LOCAL = ("127.0.0.1", "localhost", "::1")
+
+
+def serve_cmd(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by 'genrec export'.")],
+    host: Annotated[str, typer.Option(help="Interface to bind; anything but localhost needs an API key.")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes (each loads the bundle).", min=1)] = 1,
+    api_key: Annotated[str | None, typer.Option(envvar="GENREC_API_KEY", help="Bearer token required on every "
+                                                "endpoint but the health checks (env GENREC_API_KEY).")] = None,
+    store: Annotated[str | None, typer.Option(help="History store: a SQLite file (default: history.sqlite next "
+                                              "to the bundle).")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Keep user histories in Redis instead (redis://...).")
+                         ] = None,
+    max_events: Annotated[int, typer.Option(help="Events kept per user.", min=1)] = 200,
+    max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.", min=1)] = 1 << 20,
+    deadline_ms: Annotated[float, typer.Option(help="Per-request model deadline; past it the popularity "
+                                               "fallback answers (0 = none).", min=0)] = 200.0,
+) -> None:
+    """Serve recommendations over HTTP: POST /v1/recommend and /v1/events, GET /v1/items/{id}/similar, /healthz,
+    /readyz, /metrics, POST /admin/reload, OpenAPI docs at /docs."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise ConfigError("genrec serve needs the serving extra: pip install 'genrec[serve]'") from None
+    from genrec.serve.bundle import load_manifest
+
+    if host not in LOCAL and not api_key:
+        raise ConfigError(f"--host {host}: binding beyond localhost needs --api-key (or GENREC_API_KEY)")
+    if store and redis_url:
+        raise ConfigError("give --store or --redis-url, not both")
+    load_manifest(bundle)  # fail here, with the bundle's own error, before any worker starts
+    os.environ.update({"GENREC_SERVE_BUNDLE": str(bundle.resolve()), "GENREC_SERVE_STORE": redis_url or store or "",
+                       "GENREC_SERVE_MAX_BODY": str(max_body_bytes), "GENREC_SERVE_MAX_EVENTS": str(max_events),
+                       "GENREC_SERVE_DEADLINE_MS": str(deadline_ms) if deadline_ms else "none"})
+    if api_key:
+        os.environ["GENREC_API_KEY"] = api_key
+    uvicorn.run("genrec.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="info")

@@ -1,0 +1,252 @@
+"""The HTTP API (FastAPI): recommendations from a bundle, live user events, similar items, health, Prometheus
+metrics and atomic model reloads.
+
+One :class:`Serving` object holds the current :class:`~genrec.serve.recommender.Recommender` and the history
+store. A request takes a reference to the recommender when it starts, so a reload never disturbs requests in
+flight: they finish on the old model while new ones get the new one, and a bundle that fails to load leaves
+the old one serving.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from genrec.serve.recommender import Recommender
+from genrec.serve.store import Event, HistoryStore, open_store
+
+OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json", "/redoc")
+
+
+# --- request and response bodies ------------------------------------------------------------------------
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendRequest(_Body):
+    user_id: str | None = Field(None, min_length=1, max_length=200, description="Read the history from the store.")
+    history: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, max_length=10_000, description="Explicit history: raw item ids, oldest first.")
+    timestamps: list[int] | None = Field(None, description="Unix seconds, one per history item.")
+    k: int = Field(10, ge=1, le=1000)
+    exclude_seen: bool = True
+    allow: list[str] | None = Field(None, max_length=100_000, description="Only these items may be returned.")
+    deny: list[str] | None = Field(None, max_length=100_000, description="Never return these items.")
+    query: str | None = Field(None, min_length=1, max_length=1000, description="Steer results toward this text.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RecommendRequest:
+        if self.user_id is not None and self.history is not None:
+            raise ValueError("give user_id or history, not both")
+        if self.timestamps is not None and (self.history is None or len(self.timestamps) != len(self.history)):
+            raise ValueError("timestamps needs a history of the same length")
+        return self
+
+
+class EventsRequest(_Body):
+    user_id: str = Field(min_length=1, max_length=200)
+    items: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1, max_length=1000)
+    timestamps: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _aligned(self) -> EventsRequest:
+        if self.timestamps is not None and len(self.timestamps) != len(self.items):
+            raise ValueError("timestamps must have one entry per item")
+        return self
+
+
+class ReloadRequest(_Body):
+    bundle: str = Field(min_length=1, description="Path of the bundle to serve from now on.")
+
+
+# --- state ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Settings:
+    bundle: Path
+    store: str | None = None  # SQLite path or redis:// URL; default: history.sqlite next to the bundle
+    api_key: str | None = None
+    max_body_bytes: int = 1 << 20
+    deadline_ms: float | None = 200.0
+    max_events: int = 200
+
+
+class Serving:
+    """The current model, the history store and the metrics of one process."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store: HistoryStore = open_store(settings.store, settings.bundle.parent / "history.sqlite",
+                                              settings.max_events)
+        self._lock = threading.Lock()
+        self.recommender = Recommender.load(settings.bundle)
+        self.ready = False
+        self.registry = CollectorRegistry()
+        self.requests = Counter("genrec_requests_total", "HTTP requests", ["endpoint", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("genrec_request_seconds", "Request latency", ["endpoint"], registry=self.registry,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.fallbacks = Counter("genrec_fallbacks_total", "Answers from the popularity fallback", ["reason"],
+                                 registry=self.registry)
+        self.model_info = Gauge("genrec_model_info", "The bundle being served", ["version", "model", "dataset"],
+                                registry=self.registry)
+        self._set_model_info()
+
+    def current(self) -> Recommender:
+        return self.recommender  # one attribute read: atomic, so a request sees the old or the new model
+
+    def warm_up(self) -> None:
+        """One recommendation through the model, so the first real request pays no lazy-initialisation cost."""
+        rec = self.current()
+        rec.recommend(rec.popular_ids(1), k=1)
+        self.ready = True
+
+    def reload(self, bundle: Path) -> Recommender:
+        """Load ``bundle`` fully (checksums verified) before swapping; on any error the old model keeps serving."""
+        fresh = Recommender.load(bundle)
+        fresh.recommend(fresh.popular_ids(1), k=1)
+        with self._lock:
+            self.recommender = fresh
+            self.settings.bundle = Path(bundle)
+            self._set_model_info()
+        return fresh
+
+    def _set_model_info(self) -> None:
+        m = self.recommender.manifest
+        self.model_info.clear()
+        self.model_info.labels(m.get("version", "?"), m.get("model", "?"), m.get("dataset", "?")).set(1)
+
+
+# --- the app --------------------------------------------------------------------------------------------
+
+def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
+    serving = Serving(settings)
+    app = FastAPI(title="genrec", version=serving.current().version,
+                  description="Generative recommendation: recommendations, live events, similar items.")
+    app.state.serving = serving
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        endpoint = "rejected"  # a fixed label: raw paths would make the metric's label set unbounded
+        start = time.perf_counter()
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
+            response = JSONResponse({"detail": f"request body over the {settings.max_body_bytes}-byte limit"}, 413)
+        elif settings.api_key and request.url.path not in OPEN_PATHS and not _authorised(request, settings.api_key):
+            response = JSONResponse({"detail": "missing or wrong bearer token"}, 401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+        else:
+            response = await call_next(request)
+            route = request.scope.get("route")
+            endpoint = route.path if route is not None else "unmatched"
+        serving.requests.labels(endpoint, str(response.status_code)).inc()
+        serving.latency.labels(endpoint).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "message": e["msg"]}
+                  for e in exc.errors()]
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return JSONResponse({"detail": summary, "errors": errors}, 422)
+
+    def state() -> Serving:
+        return serving
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz(s: Serving = Depends(state)) -> Response:
+        if not s.ready:
+            return JSONResponse({"status": "warming up"}, 503)
+        return JSONResponse({"status": "ready", "model_version": s.current().version})
+
+    @app.get("/metrics")
+    def metrics(s: Serving = Depends(state)) -> Response:
+        return Response(generate_latest(s.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/recommend")
+    def recommend(body: RecommendRequest, s: Serving = Depends(state)) -> dict[str, Any]:
+        rec = s.current()
+        warnings: list[str] = []
+        history, timestamps = body.history or [], body.timestamps
+        if body.user_id is not None:
+            events = s.store.history(body.user_id, limit=rec.max_history)
+            if not events:
+                warnings.append(f"unknown user {body.user_id!r}: cold-start answer")
+            history = [e.item_id for e in events]
+            timestamps = [e.timestamp for e in events] if events and all(e.timestamp is not None
+                                                                          for e in events) else None
+        result = rec.recommend(history, k=body.k, timestamps=timestamps, exclude_seen=body.exclude_seen,
+                               allow=body.allow, deny=body.deny, query=body.query,
+                               deadline_ms=s.settings.deadline_ms)
+        if result.fallback:
+            s.fallbacks.labels(result.reason or "no usable history").inc()
+        return {"user_id": body.user_id, "items": result.items, "model_version": rec.version,
+                "fallback": result.fallback, "reason": result.reason, "warnings": warnings + result.warnings}
+
+    @app.post("/v1/events")
+    def events(body: EventsRequest, s: Serving = Depends(state)) -> dict[str, Any]:
+        rec = s.current()
+        known = [i for i in body.items if rec.knows(i)]
+        warnings = [f"unknown item id {i!r} stored but not used by this model" for i in body.items
+                    if not rec.knows(i)]
+        ts = body.timestamps or [None] * len(body.items)
+        length = s.store.append(body.user_id, [Event(i, t) for i, t in zip(body.items, ts, strict=True)])
+        return {"user_id": body.user_id, "stored": len(body.items), "known": len(known),
+                "history_length": length, "warnings": warnings}
+
+    @app.get("/v1/items/{item_id}/similar")
+    def similar(item_id: str, k: int = 10, s: Serving = Depends(state)) -> dict[str, Any]:
+        if not 1 <= k <= 1000:
+            raise HTTPException(422, "k: must be between 1 and 1000")
+        rec = s.current()
+        try:
+            items = rec.similar(item_id, k=k)
+        except KeyError:
+            raise HTTPException(404, f"unknown item id {item_id!r}") from None
+        return {"item_id": item_id, "items": items, "model_version": rec.version}
+
+    @app.post("/admin/reload")
+    def reload(body: ReloadRequest, s: Serving = Depends(state)) -> dict[str, Any]:
+        old = s.current().version
+        try:
+            fresh = s.reload(Path(body.bundle))
+        except Exception as e:  # noqa: BLE001 - any failure keeps the old model serving
+            raise HTTPException(409, f"bundle {body.bundle!r} not loaded ({e}); still serving {old}") from None
+        return {"previous_version": old, "model_version": fresh.version}
+
+    if warm_up:
+        serving.warm_up()
+    return app
+
+
+def _authorised(request: Request, key: str) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), key.encode())
+
+
+def app_from_env() -> FastAPI:
+    """The app uvicorn workers build (``genrec serve`` passes its options through GENREC_SERVE_* variables)."""
+    env = os.environ
+    deadline = env.get("GENREC_SERVE_DEADLINE_MS", "200")
+    return create_app(Settings(
+        bundle=Path(env["GENREC_SERVE_BUNDLE"]), store=env.get("GENREC_SERVE_STORE") or None,
+        api_key=env.get("GENREC_API_KEY") or None,
+        max_body_bytes=int(env.get("GENREC_SERVE_MAX_BODY", str(1 << 20))),
+        deadline_ms=float(deadline) if deadline not in ("", "none") else None,
+        max_events=int(env.get("GENREC_SERVE_MAX_EVENTS", "200"))))
