@@ -4,13 +4,16 @@ metrics and atomic model reloads.
 One :class:`Serving` object holds the current :class:`~genrec.serve.recommender.Recommender` and the history
 store. A request takes a reference to the recommender when it starts, so a reload never disturbs requests in
 flight: they finish on the old model while new ones get the new one, and a bundle that fails to load leaves
-the old one serving.
+the old one serving. Under ``genrec serve`` (``app_from_env``), SIGHUP reloads the bundle path the server was
+started with (GENREC_SERVE_BUNDLE) the same way.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from genrec.serve.recommender import Recommender
 from genrec.serve.store import Event, HistoryStore, open_store
 
+log = logging.getLogger(__name__)
 OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json", "/redoc")
 
 
@@ -240,13 +244,44 @@ def _authorised(request: Request, key: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), key.encode())
 
 
+def reload_from_env(serving: Serving) -> bool:
+    """Reload the bundle at GENREC_SERVE_BUNDLE (what SIGHUP does); on failure log it and keep the old model."""
+    path, old = os.environ.get("GENREC_SERVE_BUNDLE", ""), serving.current().version
+    try:
+        if not path:
+            raise ValueError("GENREC_SERVE_BUNDLE is not set")
+        fresh = serving.reload(Path(path))
+    except Exception as e:  # noqa: BLE001 - any failure keeps the old model serving
+        log.error("SIGHUP: bundle %r not loaded (%s: %s); still serving %s", path, type(e).__name__, e, old)
+        return False
+    log.info("SIGHUP: reloaded %s: serving %s (was %s)", path, fresh.version, old)
+    return True
+
+
+def install_reload_signal(serving: Serving) -> bool:
+    """SIGHUP -> :func:`reload_from_env` in a background thread (loading never blocks the event loop). Only the
+    main thread can install handlers; returns whether it was installed."""
+    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGHUP, lambda signum, frame: threading.Thread(
+        target=reload_from_env, args=(serving,), name="genrec-sighup-reload", daemon=True).start())
+    return True
+
+
 def app_from_env() -> FastAPI:
-    """The app uvicorn workers build (``genrec serve`` passes its options through GENREC_SERVE_* variables)."""
+    """The app uvicorn workers build (``genrec serve`` passes its options through GENREC_SERVE_* variables); it
+    also reloads its bundle on SIGHUP."""
     env = os.environ
     deadline = env.get("GENREC_SERVE_DEADLINE_MS", "200")
-    return create_app(Settings(
+    genrec_log = logging.getLogger("genrec")
+    if not genrec_log.handlers:  # genrec's messages (reloads, fallbacks) go where uvicorn's go
+        genrec_log.handlers = list(logging.getLogger("uvicorn").handlers)
+        genrec_log.setLevel(logging.INFO)
+    app = create_app(Settings(
         bundle=Path(env["GENREC_SERVE_BUNDLE"]), store=env.get("GENREC_SERVE_STORE") or None,
         api_key=env.get("GENREC_API_KEY") or None,
         max_body_bytes=int(env.get("GENREC_SERVE_MAX_BODY", str(1 << 20))),
         deadline_ms=float(deadline) if deadline not in ("", "none") else None,
         max_events=int(env.get("GENREC_SERVE_MAX_EVENTS", "200"))))
+    install_reload_signal(app.state.serving)
+    return app

@@ -1,0 +1,319 @@
+"""HTTP load on `genrec serve`: per-endpoint latency (p50/p95/p99), requests/s and errors under C concurrent
+clients, then the same load while the bundle is reloaded several times (failures during reloads must be 0).
+
+The script starts `genrec serve BUNDLE` (uvicorn, --workers N) on a free localhost port with a fresh SQLite
+history store in a temporary folder, waits for /readyz, warms up, and runs two phases of --seconds each:
+
+1. steady: C client threads (httpx, one connection pool each) send a mix of requests: recommend by an explicit
+   history (1..20 items drawn from the bundle's catalog by training popularity), events for a client's users,
+   recommend by user (only users that already posted events), and similar items;
+2. reloads: the same load while --reloads reloads are spread over the phase: POST /admin/reload alternating
+   between --reload-bundle (default: the same bundle) and --bundle, or, with --reload-via sighup, SIGHUP to the
+   server process (one worker: an in-place swap; several: uvicorn's rolling restart of the workers, which gives
+   each new worker 5 s to be ready and otherwise keeps the old one: counted as a failed reload).
+
+A request fails when it raises (connection, timeout), answers non-2xx, or answers without items. Client and
+server share this machine's cores, so figures are for the pair; the load average is recorded at start and end.
+With several workers a POST /admin/reload reaches one worker only (the versions seen are listed).
+
+Writes benchmarks/results/serve_load.{json,md} with commit, machine, config and wall time; exits 1 when any
+request failed during reloads or a reload failed.
+
+    python benchmarks/serve_load.py --bundle runs/quickstart/bundle [--workers 2] [--concurrency 8]
+        [--seconds 30] [--reloads 5] [--reload-bundle OTHER_BUNDLE] [--reload-via http|sighup]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+
+from genrec.eval.report import git_commit, machine
+from genrec.io import write_json, write_text
+
+RESULTS = Path(__file__).parent / "results"
+ENDPOINTS = ("recommend_history", "recommend_user", "events", "similar")
+MIX = (0.4, 0.2, 0.25, 0.15)  # share of each endpoint above
+USERS_PER_CLIENT = 50
+SIGNAL_LOG = {"reloaded_in_place": "SIGHUP: reloaded", "reload_failed": "SIGHUP: bundle",  # one worker
+              "workers_restarted": "Received SIGHUP, restarting", "restart_aborted": "was not ready in time"}
+
+
+@dataclass
+class Record:
+    endpoint: str
+    seconds: float
+    ok: bool
+    fallback: str | None = None  # the fallback reason of a recommend answer
+    version: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Client:
+    """One client thread's state, kept across phases: its users and those that have posted events."""
+
+    cid: int
+    rng: np.random.Generator
+    active: list[str] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+
+
+class Catalog:
+    def __init__(self, bundle: Path):
+        table = pq.read_table(bundle / "items.parquet", columns=["raw_id", "train_count"])
+        self.ids = np.asarray([str(x) for x in table.column("raw_id").to_pylist()])
+        counts = np.asarray(table.column("train_count").to_pylist(), dtype=np.float64) + 1.0
+        self.p = counts / counts.sum()
+
+    def sample(self, rng: np.random.Generator, n: int) -> list[str]:
+        return self.ids[rng.choice(len(self.ids), size=n, p=self.p)].tolist()
+
+
+def one_request(http: httpx.Client, client: Client, catalog: Catalog, k: int) -> Record:
+    rng = client.rng
+    endpoint = ENDPOINTS[int(rng.choice(len(ENDPOINTS), p=MIX))]
+    if endpoint == "recommend_user" and not client.active:
+        endpoint = "events"
+    t = time.perf_counter()
+    try:
+        if endpoint == "recommend_history":
+            r = http.post("/v1/recommend", json={"history": catalog.sample(rng, int(rng.integers(1, 21))), "k": k})
+        elif endpoint == "recommend_user":
+            r = http.post("/v1/recommend", json={"user_id": client.active[int(rng.integers(len(client.active)))],
+                                                 "k": k})
+        elif endpoint == "events":
+            user = f"load-{client.cid}-{int(rng.integers(USERS_PER_CLIENT))}"
+            items = catalog.sample(rng, int(rng.integers(1, 4)))
+            r = http.post("/v1/events", json={"user_id": user, "items": items})
+        else:
+            r = http.get(f"/v1/items/{catalog.sample(rng, 1)[0]}/similar", params={"k": k})
+        seconds = time.perf_counter() - t
+    except httpx.HTTPError as e:
+        return Record(endpoint, time.perf_counter() - t, False, error=f"{type(e).__name__}: {e}"[:200])
+    if r.status_code != 200:
+        return Record(endpoint, seconds, False, error=f"HTTP {r.status_code}: {r.text[:200]}")
+    body = r.json()
+    if endpoint == "events":
+        if user not in client.active:
+            client.active.append(user)
+        return Record(endpoint, seconds, body.get("stored") == len(items))
+    ok = bool(body.get("items"))
+    return Record(endpoint, seconds, ok, fallback=body.get("reason") if body.get("fallback") else None,
+                  version=body.get("model_version"), error=None if ok else f"no items: {r.text[:200]}")
+
+
+def run_phase(url: str, clients: list[Client], catalog: Catalog, seconds: float, k: int,
+              timeout: float, during=None) -> tuple[list[Record], float]:
+    """Every client sends requests back to back for ``seconds``; ``during`` runs alongside (the reloads)."""
+    stop = threading.Event()
+    start = [len(c.records) for c in clients]
+
+    def loop(client: Client) -> None:
+        with httpx.Client(base_url=url, timeout=timeout) as http:
+            while not stop.is_set():
+                client.records.append(one_request(http, client, catalog, k))
+
+    threads = [threading.Thread(target=loop, args=(c,), daemon=True) for c in clients]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    side = threading.Thread(target=during, args=(seconds,), daemon=True) if during else None
+    if side:
+        side.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    if side:
+        side.join()
+    return [r for c, s in zip(clients, start, strict=True) for r in c.records[s:]], time.perf_counter() - t0
+
+
+def summarise(records: list[Record], seconds: float) -> dict:
+    out = {}
+    for endpoint in (*ENDPOINTS, "reload"):
+        rows = [r for r in records if r.endpoint == endpoint]
+        if not rows:
+            continue
+        ms = 1000 * np.array([r.seconds for r in rows])
+        fallbacks: dict[str, int] = {}
+        for r in rows:
+            if r.fallback:
+                fallbacks[r.fallback] = fallbacks.get(r.fallback, 0) + 1
+        errors = [r.error or "bad answer" for r in rows if not r.ok]
+        out[endpoint] = {"requests": len(rows), "per_s": len(rows) / seconds,
+                         "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+                         "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()),
+                         "errors": len(errors), "error_examples": sorted(set(errors))[:5], "fallbacks": fallbacks}
+    total = [r for r in records if r.endpoint != "reload"]
+    out["all"] = {"requests": len(total), "per_s": len(total) / seconds,
+                  "errors": sum(not r.ok for r in total)}
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"genrec serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=2)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    sys.exit(f"genrec serve not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path, default=Path("runs/quickstart/bundle"))
+    ap.add_argument("--reload-bundle", type=Path, help="Bundle the reloads alternate to (default: --bundle).")
+    ap.add_argument("--reload-via", choices=("http", "sighup"), default="http")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--concurrency", type=int, default=8, help="Client threads, each sending back to back.")
+    ap.add_argument("--seconds", type=float, default=30.0, help="Length of each phase.")
+    ap.add_argument("--warmup", type=float, default=3.0, help="Seconds of load before measuring (not recorded).")
+    ap.add_argument("--reloads", type=int, default=5)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--deadline-ms", type=float, default=200.0, help="Passed to genrec serve (0 = none).")
+    ap.add_argument("--timeout", type=float, default=30.0, help="Client timeout per request, seconds.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--tag", default="", help="Suffix of the result files.")
+    args = ap.parse_args()
+    bundle = args.bundle.resolve()
+    other = (args.reload_bundle or args.bundle).resolve()
+    catalog = Catalog(bundle)
+    wall = time.perf_counter()
+    load_start = list(os.getloadavg())
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="genrec-serve-load-") as tmp:
+        log = Path(tmp) / "server.log"
+        env = {k: v for k, v in os.environ.items() if k != "GENREC_API_KEY"}
+        cmd = [sys.executable, "-m", "genrec", "serve", str(bundle), "--port", str(port), "--workers",
+               str(args.workers), "--store", str(Path(tmp) / "history.sqlite"), "--deadline-ms", str(args.deadline_ms)]
+        with open(log, "wb") as log_file:
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        try:
+            t_start = time.perf_counter()
+            ready = wait_ready(url, proc, log, timeout=300)
+            startup_s = time.perf_counter() - t_start
+            print(f"server ready in {startup_s:.1f} s: {ready}", flush=True)
+            clients = [Client(i, np.random.default_rng([args.seed, i])) for i in range(args.concurrency)]
+            run_phase(url, clients, catalog, args.warmup, args.k, args.timeout)
+            steady, steady_s = run_phase(url, clients, catalog, args.seconds, args.k, args.timeout)
+            print("steady:", summarise(steady, steady_s)["all"], flush=True)
+
+            reload_records: list[Record] = []
+
+            def reloader(seconds: float) -> None:
+                with httpx.Client(base_url=url, timeout=300) as http:
+                    for i in range(args.reloads):
+                        time.sleep(seconds / (args.reloads + 1))
+                        target = other if i % 2 == 0 else bundle
+                        t = time.perf_counter()
+                        if args.reload_via == "sighup":
+                            proc.send_signal(signal.SIGHUP)
+                            reload_records.append(Record("reload", 0.0, proc.poll() is None))
+                            continue
+                        try:
+                            r = http.post("/admin/reload", json={"bundle": str(target)})
+                            ok, err = r.status_code == 200, None if r.status_code == 200 else r.text[:200]
+                        except httpx.HTTPError as e:
+                            ok, err = False, f"{type(e).__name__}: {e}"[:200]
+                        reload_records.append(Record("reload", time.perf_counter() - t, ok, error=err,
+                                                     version=r.json().get("model_version") if ok else None))
+
+            during, during_s = run_phase(url, clients, catalog, args.seconds, args.k, args.timeout, reloader)
+            during_summary = summarise(during + reload_records, during_s)
+            print("during reloads:", during_summary["all"], flush=True)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            server_log = [line for line in log.read_text(errors="replace").splitlines()
+                          if ' HTTP/1.1" ' not in line]  # all but the access log
+            server_log_tail = "\n".join(server_log[-40:])
+            signal_log = {name: sum(pattern in line for line in server_log) for name, pattern in SIGNAL_LOG.items()}
+
+    failures = during_summary["all"]["errors"]
+    result = {"benchmark": "serve_load", "created": dt.datetime.now(dt.UTC).isoformat(), "commit": git_commit(),
+              "machine": machine(), "bundle": str(args.bundle), "reload_bundle": str(args.reload_bundle or args.bundle),
+              "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "mix": dict(zip(ENDPOINTS, MIX, strict=True)), "n_items": len(catalog.ids),
+              "startup_seconds": startup_s, "ready": ready,
+              "steady": {"seconds": steady_s, **summarise(steady, steady_s)},
+              "during_reloads": {"seconds": during_s, "reloads_sent": len(reload_records),
+                                 "reloads_failed": sum(not r.ok for r in reload_records)
+                                 + signal_log["reload_failed"] + signal_log["restart_aborted"],
+                                 "server_log_counts": signal_log,
+                                 "failures_during_reloads": failures,
+                                 "versions_seen": sorted({r.version for r in during if r.version}), **during_summary},
+              "load_average_at_start": load_start, "load_average_at_end": list(os.getloadavg()),
+              "server_log_tail": server_log_tail, "wall_seconds": time.perf_counter() - wall}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "serve_load" + (f"_{args.tag}" if args.tag else "")
+    write_json(args.out / f"{stem}.json", result)
+    m = result["machine"]
+    lines = [f"# genrec serve under load ({args.bundle}, {len(catalog.ids):,} items)", "",
+             f"- {args.workers} uvicorn worker(s), {args.concurrency} client threads on the same machine, "
+             f"{args.seconds:g} s per phase after {args.warmup:g} s warm-up, k {args.k}, deadline "
+             f"{args.deadline_ms:g} ms, fresh SQLite store; mix "
+             + ", ".join(f"{e} {p:.0%}" for e, p in zip(ENDPOINTS, MIX, strict=True)),
+             f"- commit {result['commit']}, {m['cpus']} CPUs, torch {m['torch']}, Python {m['python']}, "
+             f"load average {load_start[0]:.1f} at start, {result['load_average_at_end'][0]:.1f} at end, "
+             f"server ready in {startup_s:.1f} s, wall {result['wall_seconds']:.0f} s", ""]
+    for title, summary in (("Steady load", result["steady"]), ("During reloads", result["during_reloads"])):
+        lines += [f"## {title} ({summary['all']['requests']:,} requests, {summary['all']['per_s']:.0f} req/s, "
+                  f"{summary['all']['errors']} errors)", "",
+                  "| endpoint | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | fallbacks |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for e in (*ENDPOINTS, "reload"):
+            if e in summary:
+                s = summary[e]
+                fb = ", ".join(f"{k}: {v}" for k, v in s["fallbacks"].items()) or "0"
+                lines.append(f"| {e} | {s['requests']:,} | {s['per_s']:.1f} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} "
+                             f"| {s['p99_ms']:.1f} | {s['max_ms']:.1f} | {s['errors']} | {fb} |")
+        lines.append("")
+    d = result["during_reloads"]
+    lines.append(f"Reloads ({args.reload_via}): {d['reloads_sent']} sent, {d['reloads_failed']} failed; "
+                 f"**{failures} failed requests during reloads**; model versions answered: "
+                 f"{', '.join(d['versions_seen']) or '-'}.")
+    if args.reload_via == "sighup":
+        lines.append("Server log: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in signal_log.items())
+                     + " (SIGHUP reloads are checked in the log only; their latency is not measured).")
+    write_text(args.out / f"{stem}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if failures or d["reloads_failed"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
