@@ -43,10 +43,11 @@ def serve_cmd(
     if store and redis_url:
         raise ConfigError("give --store or --redis-url, not both")
     load_manifest(bundle)  # fail here, with the bundle's own error, before any worker starts
-    os.environ.update({"GENREC_SERVE_BUNDLE": str(bundle.resolve()), "GENREC_SERVE_STORE": redis_url or store or "",
+    os.environ.update({"GENREC_SERVE_BUNDLE": str(bundle.absolute()), "GENREC_SERVE_STORE": redis_url or store or "",
                        "GENREC_SERVE_MAX_BODY": str(max_body_bytes), "GENREC_SERVE_MAX_EVENTS": str(max_events),
                        "GENREC_SERVE_DEADLINE_MS": str(deadline_ms) if deadline_ms else "none"})
     if api_key:
         os.environ["GENREC_API_KEY"] = api_key
+    # Workers load the bundle before they answer; give them longer than uvicorn's 5 s on a busy machine.
     uvicorn.run("genrec.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="info")
+                log_level="info", timeout_worker_healthcheck=60)
