@@ -20,9 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,7 +33,7 @@ from genrec.serve.recommender import Recommender
 from genrec.serve.store import Event, HistoryStore, open_store
 
 log = logging.getLogger(__name__)
-OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json", "/redoc")
+OPEN_PATHS = ("/", "/healthz", "/readyz", "/docs", "/openapi.json", "/redoc")
 
 
 # --- request and response bodies ------------------------------------------------------------------------
@@ -234,9 +237,98 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
             raise HTTPException(409, f"bundle {body.bundle!r} not loaded ({e}); still serving {old}") from None
         return {"previous_version": old, "model_version": fresh.version}
 
+    add_page_routes(app, serving)
     if warm_up:
         serving.warm_up()
     return app
+
+
+# --- the web page and the small API it uses ---------------------------------------------------------------
+
+STATIC = Path(__file__).parent / "static"
+IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
+               ".webp": "image/webp", ".bmp": "image/bmp", ".avif": "image/avif"}  # no SVG: it can hold scripts
+
+
+def add_page_routes(app: FastAPI, serving: Serving) -> None:
+    """``GET /``: a small demo page (static/index.html; open without the key, which it asks for and sends), and
+    what it reads beyond the API: title search, a user's stored history, and catalog images on local disk."""
+    searchable: dict[str, Any] = {}  # (recommender, dense ids by popularity, their titles), built on first search
+
+    @app.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/items/search")
+    def search(q: str = "", k: int = 10) -> dict[str, Any]:
+        """Items whose title holds ``q`` (case-insensitive; an item whose id is ``q`` comes first), most popular
+        first. Catalogs without titles are searched by item id."""
+        text = q.strip()
+        if not text or len(text) > 200:
+            raise HTTPException(422, "q: give 1 to 200 characters to search for")
+        if not 1 <= k <= 100:
+            raise HTTPException(422, "k: must be between 1 and 100")
+        rec = serving.current()
+        built = searchable.get("current")
+        if built is None or built[0] is not rec:  # one tuple, swapped whole: a reload rebuilds it
+            titles = rec.display.get("title") or rec.raw_ids
+            order = rec.popular.tolist()
+            built = rec, order, pa.array([None if titles[i - 1] is None else str(titles[i - 1]) for i in order])
+            searchable["current"] = built
+        _, order, titles = built
+        hits = pc.fill_null(pc.match_substring(titles, text, ignore_case=True), False).to_numpy(zero_copy_only=False)
+        dense = [order[j] for j in np.flatnonzero(hits)[:k].tolist()]
+        exact = rec.index.get(text)
+        if exact is not None:
+            dense = [exact] + [i for i in dense if i != exact][:k - 1]
+        return {"q": text, "items": [_item_row(rec, i) for i in dense], "model_version": rec.version}
+
+    @app.get("/v1/users/{user_id}/history")
+    def history(user_id: str) -> dict[str, Any]:
+        """The stored history, oldest first, with display fields; ``known: false`` for ids this model lacks."""
+        if len(user_id) > 200:
+            raise HTTPException(422, "user_id: at most 200 characters")
+        rec = serving.current()
+        items = []
+        for e in serving.store.history(user_id):
+            i = rec.index.get(e.item_id)
+            row = _item_row(rec, i) if i is not None else {"item_id": e.item_id}
+            items.append({**row, "timestamp": e.timestamp, "known": i is not None})
+        return {"user_id": user_id, "items": items, "model_reads": rec.max_history, "model_version": rec.version}
+
+    @app.get("/v1/items/{item_id}/image")
+    def image(item_id: str) -> FileResponse:
+        """The item's cover image, when a catalog column holds a path to an image file on this machine
+        (relative paths: under the bundle's folder). Only paths the catalog lists are served; else 404."""
+        path = _local_image(serving.current(), item_id, serving.settings.bundle)
+        if path is None:
+            raise HTTPException(404, f"no local image for item {item_id!r}")
+        return FileResponse(path, media_type=IMAGE_TYPES[path.suffix.lower()],
+                            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})
+
+
+def _item_row(rec: Recommender, i: int) -> dict[str, Any]:
+    """Dense id ``i`` as the API shows an item: its raw id and display fields."""
+    return {"item_id": rec.raw_ids[i - 1], **{k: v[i - 1] for k, v in rec.display.items()}}
+
+
+def _local_image(rec: Recommender, item_id: str, bundle: Path) -> Path | None:
+    """The first display value of the item that names an existing image file (a URL is not a local file)."""
+    i = rec.index.get(item_id)
+    if i is None:
+        return None
+    root = Path(bundle).resolve()
+    for values in rec.display.values():
+        value = values[i - 1]
+        if not isinstance(value, str) or "://" in value or Path(value).suffix.lower() not in IMAGE_TYPES:
+            continue
+        raw = Path(value)
+        path = raw.resolve() if raw.is_absolute() else (root / raw).resolve()
+        if not raw.is_absolute() and not path.is_relative_to(root):
+            continue  # a relative path must stay under the bundle's folder
+        if path.is_file():
+            return path
+    return None
 
 
 def _authorised(request: Request, key: str) -> bool:
