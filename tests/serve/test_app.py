@@ -10,17 +10,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-from tests.serve.test_bundle import tiny  # noqa: E402
 
-from genrec.serve import export_bundle  # noqa: E402
 from genrec.serve.app import Settings, create_app  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    root = tmp_path_factory.mktemp("app")
-    _, run = tiny(root)
-    return export_bundle(run, root / "bundle-a"), export_bundle(run, root / "bundle-b")
 
 
 def client(bundle: Path, tmp_path: Path, **settings) -> TestClient:

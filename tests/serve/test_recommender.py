@@ -10,19 +10,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.serve.test_bundle import tiny
 
 import genrec.serve.recommender as recommender_module
 from genrec.content import ItemEmbeddings
-from genrec.data import prepare
 from genrec.errors import GenrecError
 from genrec.serve import DEADLINE, MODEL_ERROR, NO_HISTORY, Recommender, export_bundle, load_manifest
-from genrec.train.config import RunConfig
-from genrec.train.trainer import Trainer
 
 DIM = 16
 TWIN = ("2", "9")  # two items with (almost) the same content vector
@@ -33,14 +30,7 @@ TARGET = "7"  # the fake query embeds onto this item's content vector
 def trained(tmp_path_factory):
     """One tiny run, its content table, and bundles with and without content."""
     root = tmp_path_factory.mktemp("rec")
-    rows = [(u, (u + t) % 12 + 1) for u in range(20) for t in range(8)]
-    items = pa.table({"item": list(range(1, 13)), "title": [f"Movie {i}" for i in range(1, 13)]})
-    ds = prepare(pa.table({"user": [r[0] for r in rows], "item": [r[1] for r in rows]}), name="tiny", items=items)
-    cfg = RunConfig.model_validate({"dataset": "tiny", "model": {"name": "sasrec", "dim": 8, "blocks": 1,
-                                                                 "max_len": 6, "dropout": 0.0},
-                                    "train": {"epochs": 2, "batch_size": 8, "warmup_steps": 1},
-                                    "eval": {"n_boot": 20, "ks": [5, 10]}})
-    Trainer(cfg, root / "run", dataset=ds, show_progress=False).fit()
+    ds, _ = tiny(root)
     raw = [str(x) for x in ds.items.raw.to_pylist()]
     rng = np.random.default_rng(0)
     vectors = np.zeros((len(raw) + 1, DIM), np.float32)

@@ -11,17 +11,7 @@ import time
 import pytest
 
 pytest.importorskip("fastapi")
-from tests.serve.test_bundle import tiny  # noqa: E402
-
-from genrec.serve import export_bundle  # noqa: E402
 from genrec.serve.app import Serving, Settings, create_app, install_reload_signal, reload_from_env  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sighup")
-    _, run = tiny(root)
-    return export_bundle(run, root / "bundle-a"), export_bundle(run, root / "bundle-b")
 
 
 @pytest.fixture
