@@ -7,6 +7,17 @@ set of strings, fit for a metric label); details go to ``warnings`` and the log.
 
 A recommender is safe to share between threads: everything read while answering is built at load time and never
 mutated; the lazily created parts (the query text encoder, the deadline worker pool) are created under a lock.
+
+Two kinds of model serve through the same :class:`Recommender` (filters, warnings, fallbacks, deadline and query
+blending are shared); a small internal scorer holds the model-specific part:
+
+- ID models (``genrec.models.SEQUENTIAL``: sasrec, hstu) score the whole catalog (``mode="model"``);
+- the semantic-ID generator (``tiger``) answers by constrained beam search (``mode="generator"``): it runs with
+  ``beam = max(min(k + |deny ∪ excluded seen items|, MAX_BEAM, n_items), config.beam_width)`` beams and keeps
+  every beam, each beam item scored by its sequence log-probability and every other item -inf. Only beam
+  items can be returned, so with ``allow`` (or many excluded items) fewer than ``k`` items may come back; a
+  warning says so, and the list is never padded with unscored items. With a ``query``, the z-scored
+  log-probabilities of the beam items are blended with the z-scored query similarity (``mode="generator+query"``).
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from genrec.data.jagged import Jagged
 from genrec.errors import GenrecError
 from genrec.io import read_json
 from genrec.models import SEQUENTIAL, SequentialModel
+from genrec.models.tiger import TIGER, TigerConfig
 from genrec.serve.bundle import CONTENT_FILES, POPULARITY_FILE, PROJECTION_FILE, load_manifest
 
 log = logging.getLogger(__name__)
@@ -43,6 +55,7 @@ DEADLINE = "deadline exceeded"
 NO_QUERY_CONTENT = "query ignored: bundle has no content embeddings"
 MAX_ID_WARNINGS = 10  # per list (history, allow, deny); the rest are counted in one line
 DEADLINE_WORKERS = 4
+MAX_BEAM = 256  # the most beams the generator runs for one request, however many items are excluded
 
 
 @dataclass
@@ -53,7 +66,7 @@ class Recommendation:
     reason: str | None = None  # why the fallback answered: NO_HISTORY, MODEL_ERROR or DEADLINE
     model_version: str | None = None  # the bundle's version
     truncated: bool = False  # the history was longer than the model reads; its most recent part was used
-    mode: str = "model"  # model | model+query | content | popularity
+    mode: str = "model"  # model | model+query | generator | generator+query | content | popularity
 
 
 @dataclass
@@ -66,10 +79,62 @@ class _Content:
     projection: dict[str, torch.Tensor] | None  # pca map (mean, components) when the table was projected
 
 
+class _IdScorer:
+    """An ID model (sasrec, hstu): scores over the whole catalog."""
+
+    mode = "model"
+    partial = False  # scores every item
+
+    def __init__(self, model: SequentialModel):
+        self.model = model
+
+    def item_table(self) -> torch.Tensor:
+        return self.model.item_table().detach().float().cpu()
+
+    def score(self, known: list[int], known_ts: list[int] | None, width: int) -> tuple[torch.Tensor, list[str]]:
+        ts = self.model.use_timestamps and known_ts is not None
+        scores = self.model.score(Jagged.from_lists([known]),
+                                  timestamps=Jagged.from_lists([known_ts]) if ts else None)[0].float().cpu()
+        return scores, []
+
+
+class _GeneratorScorer:
+    """The semantic-ID generator (tiger): beam items get their log-probability, every other item -inf."""
+
+    mode = "generator"
+    partial = True  # only the beams' items are scored
+
+    def __init__(self, model: TIGER):
+        self.model = model
+        model.trie()  # built once here, not lazily by concurrent requests
+
+    def beams(self, width: int) -> int:
+        """Beams for a request that needs ``width`` candidates (k plus the items it excludes)."""
+        return max(min(int(width), MAX_BEAM, self.model.n_items), int(self.model.config.beam_width))
+
+    def item_table(self) -> torch.Tensor:
+        """Each item's representation: the mean of its code tokens' embeddings (row 0, the padding, zero)."""
+        m = self.model
+        out = m.tok_emb(m.code_tokens(m.codes.clamp(min=0))).mean(dim=1).detach().float().cpu()
+        out[0] = 0
+        return out
+
+    def score(self, known: list[int], known_ts: list[int] | None, width: int) -> tuple[torch.Tensor, list[str]]:
+        beam = self.beams(width)
+        history = torch.tensor([known], dtype=torch.int64, device=self.model.codes.device)
+        items, logp = self.model.recommend(history, k=beam, beam=beam)
+        items, logp = items[0].cpu(), logp[0].float().cpu()
+        keep = torch.isfinite(logp) & (items > 0)
+        scores = torch.full((self.model.n_items + 1,), -torch.inf)
+        scores[items[keep]] = logp[keep]
+        return scores, []
+
+
 class Recommender:
-    def __init__(self, model: SequentialModel, items: dict[str, Any], manifest: dict[str, Any],
+    def __init__(self, model: SequentialModel | TIGER, items: dict[str, Any], manifest: dict[str, Any],
                  popular: list[str] | None = None, content: _Content | None = None):
         self.model, self.manifest = model.eval(), manifest
+        self._scorer = _GeneratorScorer(model) if isinstance(model, TIGER) else _IdScorer(model)
         self.raw_ids: list[str] = [str(x) for x in items["raw_id"]]
         self.n_items = len(self.raw_ids)
         self.display = {k: v for k, v in items.items() if k not in ("raw_id", "item_idx", "train_count")}
@@ -85,7 +150,7 @@ class Recommender:
             raise GenrecError(f"content embeddings have {content.vectors.shape[0]} rows; the catalog needs "
                               f"{self.n_items + 1}")
         with torch.no_grad():
-            self._item_table = F.normalize(model.item_table().detach().float().cpu(), dim=-1)
+            self._item_table = F.normalize(self._scorer.item_table(), dim=-1)
         self._encoder_lock, self._pool_lock = threading.Lock(), threading.Lock()
         self._encoder: Any = None
         self._encoder_error: str | None = None
@@ -94,18 +159,28 @@ class Recommender:
 
     @classmethod
     def load(cls, bundle: str | Path) -> Recommender:
-        """Load a bundle; every checksum is verified first, and only safetensors / JSON / Parquet are read."""
+        """Load a bundle; every checksum is verified first, and only safetensors / JSON / Parquet are read.
+
+        An ID model (sasrec, hstu) or the semantic-ID generator (tiger, rebuilt like
+        :func:`genrec.train.generator.load_generator`: its codes travel in the weights)."""
         bundle = Path(bundle)
         manifest = load_manifest(bundle)
         files = manifest["files"]
         spec = read_json(bundle / "model.json")
-        if spec["name"] not in SEQUENTIAL:
-            raise GenrecError(f"{bundle}: unknown model {spec['name']!r}")
-        model_cls, config_cls = SEQUENTIAL[spec["name"]]
-        model = model_cls(config_cls.model_validate(spec["config"]), spec["n_items"], spec["use_timestamps"])
         state = load_file(bundle / "model.safetensors")
-        model.attach_from_state(state)  # content / semantic-ID features travel in the weights
-        model.load_state_dict(state)
+        model: SequentialModel | TIGER
+        if spec["name"] == "tiger":
+            sizes = [int(s) for s in spec["sizes"]]
+            placeholder = np.zeros((int(spec["n_items"]) + 1, len(sizes)), dtype=np.int64)
+            model = TIGER(TigerConfig.model_validate(spec["config"]), placeholder, sizes)
+            model.load_state_dict(state)
+        elif spec["name"] in SEQUENTIAL:
+            model_cls, config_cls = SEQUENTIAL[spec["name"]]
+            model = model_cls(config_cls.model_validate(spec["config"]), spec["n_items"], spec["use_timestamps"])
+            model.attach_from_state(state)  # content / semantic-ID features travel in the weights
+            model.load_state_dict(state)
+        else:
+            raise GenrecError(f"{bundle}: unknown model {spec['name']!r}")
         table = pq.read_table(bundle / "items.parquet").sort_by("item_idx")
         popular = None
         if POPULARITY_FILE in files:  # only files the manifest lists (and so were verified) are read
@@ -185,7 +260,13 @@ class Recommender:
         _unknown(warnings, [h for h in history if str(h) not in self.index], "")
         known = [self.index[str(history[j])] for j in positions]
         known_ts = [ts[j] for j in positions] if ts is not None else None
+        allow = None if allow is None else _id_list(allow, "allow")
+        deny = None if deny is None else _id_list(deny, "deny")
         mask = self._mask(allow, deny, warnings)
+        blocked = set(known) if exclude_seen else set()
+        if deny is not None:
+            blocked |= {self.index[str(d)] for d in deny if str(d) in self.index}
+        width = k + len(blocked)  # candidates the model must propose so that k survive the filters
         if exclude_seen and known:
             mask[known] = False
         truncated = len(known) > self.max_history
@@ -200,7 +281,7 @@ class Recommender:
             warnings.append("the model reads timestamps but none were given; time gaps are ignored")
 
         def rank() -> tuple[torch.Tensor, str, list[str]]:
-            return self._rank(known, known_ts, query, float(query_weight))
+            return self._rank(known, known_ts, query, float(query_weight), width)
 
         try:
             if deadline_ms is None:
@@ -222,13 +303,20 @@ class Recommender:
         scores = scores.clone()
         scores[~mask] = -torch.inf
         n = int(mask.sum())
+        if self._scorer.partial and mode != "content":  # only the beams' items can be returned
+            n_allowed, n = n, int(torch.isfinite(scores).sum())
+            if n < min(k, n_allowed):
+                beams = self._scorer.beams(width)  # type: ignore[attr-defined]
+                warnings.append(f"only {n} of the {n_allowed} allowed items are among the generator's {beams} "
+                                f"beams; returning {n} instead of {k}")
         top = torch.topk(scores, min(k, n)).indices if n else torch.zeros(0, dtype=torch.int64)
         return Recommendation(self._items(top.numpy(), scores[top].tolist()), warnings, fallback=False,
                               model_version=self.version, truncated=truncated, mode=mode)
 
     def _rank(self, known: list[int], known_ts: list[int] | None, query: str | None,
-              weight: float) -> tuple[torch.Tensor, str, list[str]]:
-        """Scores over the catalog [n_items + 1] (row 0 unused), the mode, and warnings."""
+              weight: float, width: int) -> tuple[torch.Tensor, str, list[str]]:
+        """Scores over the catalog [n_items + 1] (row 0 unused), the mode, and warnings. ``width``: how many
+        candidates the request needs (the generator's beam count follows it)."""
         warnings: list[str] = []
         q = None
         if query is not None:
@@ -242,12 +330,17 @@ class Recommender:
         if not known:
             assert q is not None
             return q, "content", warnings
-        ts = self.model.use_timestamps and known_ts is not None
-        scores = self.model.score(Jagged.from_lists([known]),
-                                  timestamps=Jagged.from_lists([known_ts]) if ts else None)[0].float().cpu()
+        scores, more = self._scorer.score(known, known_ts, width)
+        warnings += more
+        mode = self._scorer.mode
         if q is None:
-            return scores, "model", warnings
-        return (1 - weight) * _zscore(scores) + weight * _zscore(q), "model+query", warnings
+            return scores, mode, warnings
+        if self._scorer.partial:  # blend over the beam items; the rest stay -inf
+            finite = torch.isfinite(scores)
+            blended = torch.full_like(scores, -torch.inf)
+            blended[finite] = (1 - weight) * _zscore_all(scores[finite]) + weight * _zscore(q)[finite]
+            return blended, mode + "+query", warnings
+        return (1 - weight) * _zscore(scores) + weight * _zscore(q), mode + "+query", warnings
 
     def _query_similarity(self, query: str) -> torch.Tensor:
         """cosine(query, item content) [n_items + 1], the query embedded like the catalog's text."""
@@ -321,7 +414,9 @@ class Recommender:
     def similar(self, item_id: Any, k: int = 10) -> list[dict[str, Any]]:
         """The ``k`` items closest to ``item_id`` (itself excluded), each a dict like :attr:`Recommendation.items`
         with ``score`` the cosine: over the content embeddings when the bundle has them (and the item has
-        content), else over the model's output item embeddings. Unknown id: KeyError."""
+        content), else over the model's item representation: an ID model's output item embeddings, or for the
+        generator (tiger) the mean of the embeddings of the item's code tokens (``tok_emb`` of
+        ``code_tokens(codes[item])``). Unknown id: KeyError."""
         k = _check_k(k)
         i = self.index.get(str(item_id))
         if i is None:
@@ -392,6 +487,14 @@ def _unknown(warnings: list[str], ids: list[Any], where: str) -> None:
     warnings.extend(f"unknown item id {h!r}{where} ignored" for h in ids[:MAX_ID_WARNINGS])
     if len(ids) > MAX_ID_WARNINGS:
         warnings.append(f"... and {len(ids) - MAX_ID_WARNINGS} more unknown item ids{where} ignored")
+
+
+def _zscore_all(x: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std over every entry (0 where they do not vary)."""
+    std = x.std() if x.numel() > 1 else torch.tensor(0.0)
+    if torch.isfinite(std) and std > 0:
+        return (x - x.mean()) / std
+    return torch.zeros_like(x)
 
 
 def _zscore(x: torch.Tensor) -> torch.Tensor:
