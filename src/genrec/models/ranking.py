@@ -1,0 +1,138 @@
+"""What every ranking model shares: the batch it reads, the description of the data it is built for, feature
+embeddings for items and users, and the multi-task heads.
+
+A ranking batch holds B requests. Request b has a history of impressions (item, actions, time; sorted by time,
+right-padded, ``hist_len[b]`` real) and M candidates (right-padded with item 0). Candidate c of request b may
+read only the first ``visible[b, c]`` history tokens: at serving time that is the whole history; in training,
+where a user's own impressions are both history and candidates, it is the number of impressions strictly
+earlier than the candidate, so no label leaks into its own prediction. Every model (the generative ranker and
+the baselines) maps a batch to one output per task and candidate: logits for binary tasks, a value for
+regression tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+
+@dataclass
+class RankSpec:
+    """The data a ranking model is built for (from genrec.data.impressions; stored with the weights)."""
+
+    n_items: int
+    n_users: int
+    binary_tasks: tuple[str, ...]
+    regression_tasks: tuple[str, ...] = ()
+    item_feature_sizes: dict[str, int] | None = None  # categorical item feature -> number of codes (0 = unknown)
+    user_feature_sizes: dict[str, int] | None = None
+    action_sizes: dict[str, int] | None = None  # action field of a history token -> number of codes (0 = pad)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.binary_tasks + self.regression_tasks
+
+    def to_json(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> RankSpec:
+        raw = dict(raw)
+        for key in ("binary_tasks", "regression_tasks"):
+            raw[key] = tuple(raw.get(key, ()))
+        return cls(**raw)
+
+
+@dataclass
+class RankBatch:
+    """Tensors of B requests; see the module docstring."""
+
+    user: torch.Tensor  # [B] dense user index (0 = unknown user)
+    hist_items: torch.Tensor  # [B, L] item index, 0 = padding
+    hist_actions: torch.Tensor  # [B, L, A] one code per action field (spec.action_sizes order), 0 = padding
+    hist_time: torch.Tensor  # [B, L] int64 unix ms
+    hist_len: torch.Tensor  # [B]
+    cand_items: torch.Tensor  # [B, M] item index, 0 = padding
+    cand_time: torch.Tensor  # [B, M] int64 unix ms (the request time at serving)
+    visible: torch.Tensor  # [B, M] history tokens candidate c may read (a prefix of the history)
+    labels: dict[str, torch.Tensor] | None = None  # task -> [B, M] float (training / evaluation only)
+
+    def to(self, device: torch.device | str) -> RankBatch:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device)
+        if self.labels is not None:
+            moved["labels"] = {k: v.to(device) for k, v in self.labels.items()}
+        return RankBatch(**moved)
+
+    @property
+    def cand_mask(self) -> torch.Tensor:
+        return self.cand_items > 0
+
+
+class FeatureEmbedding(nn.Module):
+    """id embedding + the sum of one embedding per categorical feature, looked up from stored tables.
+
+    ``tables[name]`` is an int64 tensor [n + 1] of codes per index (row 0 = padding); it is a buffer, saved
+    with the weights, so a model needs only indices at run time."""
+
+    def __init__(self, n: int, dim: int, sizes: dict[str, int] | None, tables: dict[str, torch.Tensor] | None,
+                 init_std: float = 0.02):
+        super().__init__()
+        self.id = nn.Embedding(n + 1, dim, padding_idx=0)
+        nn.init.normal_(self.id.weight, std=init_std)
+        self.names = sorted(sizes or {})
+        self.feats = nn.ModuleDict()
+        for name in self.names:
+            table = torch.as_tensor((tables or {})[name], dtype=torch.int64)
+            if table.shape != (n + 1,):
+                raise ValueError(f"feature table {name!r} has shape {tuple(table.shape)}, expected ({n + 1},)")
+            if table.numel() and (table.min() < 0 or table.max() >= sizes[name]):
+                raise ValueError(f"feature {name!r} has codes outside [0, {sizes[name]})")
+            self.register_buffer(f"table_{name}", table.clone())
+            self.feats[name] = nn.Embedding(sizes[name], dim, padding_idx=0)
+            nn.init.normal_(self.feats[name].weight, std=init_std)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        out = self.id(idx)
+        for name in self.names:
+            out = out + self.feats[name](getattr(self, f"table_{name}")[idx])
+        return out
+
+
+class ActionEmbedding(nn.Module):
+    """Sum of one embedding per action field of a history token (e.g. which signals fired, watch-time bucket)."""
+
+    def __init__(self, sizes: dict[str, int] | None, dim: int, init_std: float = 0.02):
+        super().__init__()
+        self.fields = nn.ModuleList(nn.Embedding(s, dim, padding_idx=0) for s in (sizes or {}).values())
+        for emb in self.fields:
+            nn.init.normal_(emb.weight, std=init_std)
+
+    def forward(self, actions: torch.Tensor) -> torch.Tensor:
+        """[..., A] codes -> [..., D]."""
+        out = 0
+        for a, emb in enumerate(self.fields):
+            out = out + emb(actions[..., a])
+        return out
+
+
+class TaskHeads(nn.Module):
+    """One small MLP per task on a shared representation: logits for binary tasks, a value for regression."""
+
+    def __init__(self, dim: int, tasks: tuple[str, ...], hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or dim
+        self.heads = nn.ModuleDict({t: nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+                                    for t in tasks})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {t: head(x).squeeze(-1) for t, head in self.heads.items()}
+
+
+def prefix_mask(visible: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, M, L] bool: candidate c reads history token j iff j < visible[b, c]."""
+    return torch.arange(length, device=visible.device)[None, None, :] < visible[..., None]
