@@ -6,6 +6,13 @@ from pathlib import Path
 
 from genrec.data.builtin import REGISTRY, BuiltinDataset, data_home, download, get_builtin, verify
 from genrec.data.dataset import SequenceDataset, Vocab, prepare
+from genrec.data.impressions import (
+    ImpressionLog,
+    ImpressionSplit,
+    Requests,
+    load_impressions,
+    ranking_requests,
+)
 from genrec.data.jagged import Jagged
 from genrec.data.readers import read_interactions, read_items, read_sequences
 from genrec.data.schema import DataSchema, InteractionSchema, ItemSchema, load_schema
@@ -66,8 +73,9 @@ def _reprepare(ds: SequenceDataset, dedup: bool, kcore: int | None) -> SequenceD
 
 
 __all__ = [
-    "REGISTRY", "BuiltinDataset", "ColdStartSplit", "DataSchema", "EvalCases", "InteractionSchema", "ItemSchema",
-    "Jagged", "SequenceDataset", "Split", "Vocab", "cold_start_split", "data_home", "download", "get_builtin",
-    "leave_one_out", "load_dataset", "load_schema", "make_split", "prepare", "read_interactions", "read_items",
-    "read_sequences", "temporal_split", "verify",
+    "REGISTRY", "BuiltinDataset", "ColdStartSplit", "DataSchema", "EvalCases", "ImpressionLog", "ImpressionSplit",
+    "InteractionSchema", "ItemSchema", "Jagged", "Requests", "SequenceDataset", "Split", "Vocab", "cold_start_split",
+    "data_home", "download", "get_builtin", "leave_one_out", "load_dataset", "load_impressions", "load_schema",
+    "make_split", "prepare", "ranking_requests", "read_interactions", "read_items", "read_sequences", "temporal_split",
+    "verify",
 ]

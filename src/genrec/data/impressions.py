@@ -1,0 +1,674 @@
+"""Impression logs for the multi-task ranking stage: every shown item with its feedback, per user, in time order.
+
+An :class:`ImpressionLog` holds N impressions sorted user-major, by (user, time, original row), so the rows of
+dense user ``u`` are ``user_offsets[u - 1]:user_offsets[u]``. Each row carries one label per task (binary tasks
+and regression tasks), one code per action field (what the user did, as a history token sees it; 0 = padding,
+real rows >= 1) and a day (the dataset's own calendar). Items and users carry categorical feature tables
+(codes 0 = unknown / padding) indexed by dense id; users and items are those seen in the log.
+
+Training and evaluation both cut a user's rows into *requests* (:func:`ranking_requests`): a group of candidate
+rows with the history of up to ``max_len`` rows before the last of them. Candidate c may read only the history
+rows strictly earlier in time than itself (``visible``), so no label reaches its own prediction, while every
+earlier impression of the user, whatever its split, is an input (at serving time those labels are known).
+:func:`collate` pads a batch of requests into the fields of ``genrec.models.ranking.RankBatch``.
+
+Built-in readers: ``kuairand-pure`` (the official KuaiRand-Pure layout, else the offline date window) and
+``movielens-1m-ratings``. A prepared log is cached as Parquet + JSON under ``$GENREC_CACHE_DIR/impressions``
+(else ``~/.cache/genrec/impressions``), keyed by the name, the format version and the size and mtime of every
+source file, so a re-run loads in well under a second and a changed source file is re-read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from genrec.data.builtin import data_home
+from genrec.data.dataset import Vocab
+from genrec.data.jagged import Jagged, _ranges
+from genrec.errors import ConfigError, DataError, UnknownDatasetError
+from genrec.io import read_json, write_json, write_parquet
+
+FORMAT_VERSION = 1
+SPLIT_NAMES = ("train", "valid", "test")  # codes 0, 1, 2 of ImpressionLog.source_split
+
+
+@dataclass(frozen=True, eq=False)
+class ImpressionLog:
+    """N impressions sorted by (user, time, original row); see the module docstring."""
+
+    name: str
+    users: Vocab
+    items: Vocab
+    user: np.ndarray  # int64 [N] dense user 1..n_users
+    item: np.ndarray  # int64 [N] dense item 1..n_items
+    time: np.ndarray  # int64 [N] unix ms
+    day: np.ndarray  # int32 [N] YYYYMMDD in the dataset's own calendar
+    labels: dict[str, np.ndarray]  # task -> float32 [N]
+    binary_tasks: tuple[str, ...]
+    regression_tasks: tuple[str, ...]
+    actions: np.ndarray  # int64 [N, A], one code per field of action_sizes (in order), >= 1
+    action_sizes: dict[str, int]
+    item_features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> int64 [n_items + 1]
+    item_feature_sizes: dict[str, int] = field(default_factory=dict)
+    user_features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> int64 [n_users + 1]
+    user_feature_sizes: dict[str, int] = field(default_factory=dict)
+    titles: list[str] | None = None  # per dense item (index 0 = '')
+    source_split: np.ndarray | None = None  # int8 [N] index into SPLIT_NAMES, where the source has a split
+    meta: dict[str, Any] = field(default_factory=dict)
+    user_offsets: np.ndarray = field(init=False)  # int64 [n_users + 1]
+
+    def __post_init__(self) -> None:
+        n, nu, ni = len(self.user), len(self.users), len(self.items)
+        for key, arr in [("item", self.item), ("time", self.time), ("day", self.day), ("actions", self.actions),
+                         *self.labels.items(), *([("source_split", self.source_split)]
+                                                 if self.source_split is not None else [])]:
+            if len(arr) != n:
+                raise DataError(f"impression log '{self.name}': {key} has {len(arr)} rows, expected {n}")
+        if set(self.labels) != set(self.binary_tasks + self.regression_tasks):
+            raise DataError(f"impression log '{self.name}': labels {sorted(self.labels)} do not match the tasks")
+        if self.actions.shape[1:] != (len(self.action_sizes),):
+            raise DataError(f"impression log '{self.name}': actions have shape {self.actions.shape}, expected "
+                            f"[{n}, {len(self.action_sizes)}] (one column per action field)")
+        if n and (self.user.min() < 1 or self.user.max() > nu or self.item.min() < 1 or self.item.max() > ni):
+            raise DataError(f"impression log '{self.name}': user/item indices outside 1..{nu} / 1..{ni}")
+        sizes = np.array(list(self.action_sizes.values()), dtype=np.int64)
+        if n and ((self.actions < 1).any() or (self.actions >= sizes).any()):
+            raise DataError(f"impression log '{self.name}': action codes must be in [1, size) per field")
+        for tables, sizes_, count, what in ((self.item_features, self.item_feature_sizes, ni, "item"),
+                                            (self.user_features, self.user_feature_sizes, nu, "user")):
+            if set(tables) != set(sizes_):
+                raise DataError(f"impression log '{self.name}': {what} feature tables and sizes differ")
+            for key, t in tables.items():
+                if t.shape != (count + 1,) or t.min() < 0 or t.max() >= sizes_[key] or t[0] != 0:
+                    raise DataError(f"impression log '{self.name}': {what} feature '{key}' must have shape "
+                                    f"({count + 1},), codes in [0, {sizes_[key]}) and 0 at index 0")
+        order_ok = (np.diff(self.user) >= 0) & ((np.diff(self.user) > 0) | (np.diff(self.time) >= 0))
+        if not order_ok.all():
+            raise DataError(f"impression log '{self.name}': rows are not sorted by (user, time)")
+        offsets = np.zeros(nu + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.user, minlength=nu + 1)[1:], out=offsets[1:])
+        object.__setattr__(self, "user_offsets", offsets)
+
+    @classmethod
+    def build(cls, *, user: np.ndarray, item: np.ndarray, time: np.ndarray,
+              tiebreak: tuple[np.ndarray, ...] = (), **fields_: Any) -> ImpressionLog:
+        """A log from rows in any order: sorts them by (user, time, *tiebreak, original row) and takes every
+        per-row field (``day``, ``labels``, ``actions``, ``source_split``) along. Other keyword arguments are
+        the dataclass fields."""
+        n = len(user)
+        order = np.lexsort((np.arange(n), *reversed(tiebreak), time, user))
+        per_row = {k: fields_.pop(k)[order] for k in ("day", "actions", "source_split")
+                   if fields_.get(k) is not None}
+        per_row["labels"] = {k: np.asarray(v, dtype=np.float32)[order] for k, v in fields_.pop("labels").items()}
+        return cls(user=np.asarray(user, dtype=np.int64)[order], item=np.asarray(item, dtype=np.int64)[order],
+                   time=np.asarray(time, dtype=np.int64)[order], **per_row, **fields_)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.user)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.binary_tasks + self.regression_tasks
+
+    def spec_fields(self) -> dict[str, Any]:
+        """The keyword arguments of ``genrec.models.ranking.RankSpec`` for this log."""
+        return {"n_items": self.n_items, "n_users": self.n_users, "binary_tasks": self.binary_tasks,
+                "regression_tasks": self.regression_tasks, "item_feature_sizes": dict(self.item_feature_sizes),
+                "user_feature_sizes": dict(self.user_feature_sizes), "action_sizes": dict(self.action_sizes)}
+
+    def stats(self) -> dict[str, Any]:
+        return {"name": self.name, "rows": self.n_rows, "users": self.n_users, "items": self.n_items,
+                "first_day": int(self.day.min()) if self.n_rows else None,
+                "last_day": int(self.day.max()) if self.n_rows else None,
+                **_label_stats(self, np.ones(self.n_rows, dtype=bool))}
+
+    # --- Parquet + JSON ---------------------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> Path:
+        """rows / users / items Parquet tables, then impressions.json (written last: it marks a complete copy)."""
+        folder = Path(folder)
+        rows = {"user": self.user, "item": self.item, "time": self.time, "day": self.day,
+                **{f"label:{k}": v for k, v in self.labels.items()},
+                **{f"action:{k}": np.ascontiguousarray(self.actions[:, a]) for a, k in enumerate(self.action_sizes)}}
+        if self.source_split is not None:
+            rows["source_split"] = self.source_split
+        write_parquet(folder / "rows.parquet", pa.table(rows))
+        write_parquet(folder / "users.parquet", pa.table(
+            {"raw_id": self.users.raw, **{f"feature:{k}": v[1:] for k, v in self.user_features.items()}}))
+        items = {"raw_id": self.items.raw, **{f"feature:{k}": v[1:] for k, v in self.item_features.items()}}
+        if self.titles is not None:
+            items["title"] = pa.array(self.titles[1:], pa.string())
+        write_parquet(folder / "items.parquet", pa.table(items))
+        write_json(folder / "impressions.json", {
+            "format_version": FORMAT_VERSION, "name": self.name, "binary_tasks": list(self.binary_tasks),
+            "regression_tasks": list(self.regression_tasks), "action_sizes": self.action_sizes,
+            "item_feature_sizes": self.item_feature_sizes, "user_feature_sizes": self.user_feature_sizes,
+            "stats": self.stats(), "meta": self.meta})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ImpressionLog:
+        folder = Path(folder)
+        info_path = folder / "impressions.json"
+        if not info_path.is_file():
+            raise DataError("not a prepared impression log (no impressions.json)", path=folder)
+        info = read_json(info_path)
+        if info.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"unsupported impression log format version {info.get('format_version')}",
+                            path=info_path)
+        rows, users, items = (pq.read_table(folder / f"{p}.parquet") for p in ("rows", "users", "items"))
+
+        def col(t: pa.Table, key: str, dtype: type = np.int64) -> np.ndarray:
+            return t.column(key).to_numpy().astype(dtype, copy=False)
+
+        def table(t: pa.Table, key: str) -> np.ndarray:
+            return np.concatenate([[0], col(t, f"feature:{key}")])
+
+        tasks = info["binary_tasks"] + info["regression_tasks"]
+        return cls(
+            name=info["name"], users=Vocab(users.column("raw_id").combine_chunks()),
+            items=Vocab(items.column("raw_id").combine_chunks()), user=col(rows, "user"), item=col(rows, "item"),
+            time=col(rows, "time"), day=col(rows, "day", np.int32),
+            labels={k: col(rows, f"label:{k}", np.float32) for k in tasks},
+            binary_tasks=tuple(info["binary_tasks"]), regression_tasks=tuple(info["regression_tasks"]),
+            actions=np.stack([col(rows, f"action:{k}") for k in info["action_sizes"]], axis=1),
+            action_sizes=info["action_sizes"],
+            item_features={k: table(items, k) for k in info["item_feature_sizes"]},
+            item_feature_sizes=info["item_feature_sizes"],
+            user_features={k: table(users, k) for k in info["user_feature_sizes"]},
+            user_feature_sizes=info["user_feature_sizes"],
+            titles=["", *items.column("title").to_pylist()] if "title" in items.column_names else None,
+            source_split=col(rows, "source_split", np.int8) if "source_split" in rows.column_names else None,
+            meta=info.get("meta", {}))
+
+
+def _label_stats(log: ImpressionLog, mask: np.ndarray) -> dict[str, Any]:
+    n = int(mask.sum())
+    return {"positive_rate": {t: float(log.labels[t][mask].mean()) if n else None for t in log.binary_tasks},
+            "mean": {t: float(log.labels[t][mask].mean()) if n else None for t in log.regression_tasks}}
+
+
+# --- small encoders ---------------------------------------------------------------------------------------
+
+def categorical(values: pa.Array | np.ndarray) -> tuple[np.ndarray, int]:
+    """Codes 1..K over the sorted distinct non-null values, 0 for null; returns (codes, K + 1)."""
+    arr = pa.array(values) if isinstance(values, np.ndarray) else values
+    uniq = pc.unique(pc.drop_null(arr))
+    uniq = uniq.take(pc.sort_indices(uniq))
+    idx = pc.index_in(arr, value_set=uniq)
+    return pc.fill_null(pc.add(idx, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64), len(uniq) + 1
+
+
+def log_bucket(x: np.ndarray, unit: float, n: int, per_octave: int = 1) -> np.ndarray:
+    """Bucket 0..n-1 of floor(per_octave * log2(1 + x / unit)), x >= 0 (x < 0 counts as 0)."""
+    b = np.floor(per_octave * np.log2(1.0 + np.maximum(np.asarray(x, dtype=np.float64), 0.0) / unit))
+    return np.clip(b, 0, n - 1).astype(np.int64)
+
+
+def _align(vocab: Vocab, keys: pa.Array, table: pa.Table) -> pa.Table:
+    """Rows of ``table`` (keyed by ``keys``) in dense-id order of ``vocab``; ids missing from it get nulls."""
+    pos = pc.index_in(vocab.raw, value_set=pc.cast(keys, vocab.raw.type))
+    return table.take(pos)
+
+
+def _with_padding(codes: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], codes]).astype(np.int64)
+
+
+def utc_day(time_ms: np.ndarray) -> np.ndarray:
+    """YYYYMMDD (int32) of the UTC date of unix-ms times."""
+    d = (np.asarray(time_ms, dtype=np.int64) // 86_400_000).astype("datetime64[D]")
+    month_start = d.astype("datetime64[M]")
+    year = d.astype("datetime64[Y]").astype(np.int64) + 1970
+    month = month_start.astype(np.int64) % 12 + 1
+    return (year * 10000 + month * 100 + (d - month_start).astype(np.int64) + 1).astype(np.int32)
+
+
+# --- KuaiRand-Pure ----------------------------------------------------------------------------------------
+
+KUAIRAND_URL = "https://zenodo.org/records/10439422/files/KuaiRand-Pure.tar.gz"
+_KR_OFFICIAL = ("KuaiRand-Pure/data", ("log_standard_4_08_to_4_21_pure.csv", "log_standard_4_22_to_5_08_pure.csv"),
+                "user_features_pure.csv", "video_features_basic_pure.csv")
+_KR_WINDOW = ("kuairand-pure-window", ("log/log_standard_20220425_20220430.parquet",
+                                       "log/log_standard_20220501_20220508.parquet"),
+              "features/user_features_pure.csv", "features/video_features_basic_pure.csv")
+_KR_LOG_COLUMNS = ["user_id", "video_id", "date", "hourmin", "time_ms", "is_click", "is_like", "is_follow",
+                   "is_comment", "is_forward", "is_hate", "long_view", "play_time_ms", "duration_ms",
+                   "profile_stay_time", "comment_stay_time", "is_profile_enter", "is_rand", "tab"]
+_KR_BINARY = {"click": "is_click", "long_view": "long_view", "like": "is_like", "follow": "is_follow",
+              "comment": "is_comment", "forward": "is_forward"}
+_KR_SIGNAL_BITS = ("is_click", "long_view", "is_like", "is_follow", "is_comment", "is_forward", "is_hate")
+_KR_USER_FEATURES = ("user_active_degree", "is_lowactive_period", "is_live_streamer", "is_video_author",
+                     "follow_user_num_range", "fans_user_num_range", "friend_user_num_range", "register_days_range",
+                     *(f"onehot_feat{i}" for i in range(18)))
+RARE_AUTHOR_MIN = 5  # authors with fewer impressions share one code
+WATCH_BUCKETS = 16  # octaves of play time from 0.25 s (bucket 15: > ~2.3 h)
+DURATION_BUCKETS = 24  # half-octaves of video duration from 1 s
+
+
+def _kuairand_files(root: Path) -> tuple[Path, list[Path], Path, Path] | None:
+    """(folder, logs, user features, video features) of the first complete layout under ``root``."""
+    for folder, logs, users, videos in (_KR_OFFICIAL, _KR_WINDOW):
+        base = root / folder
+        paths = [base / p for p in (*logs, users, videos)]
+        if all(p.is_file() for p in paths):
+            return base, paths[:-2], paths[-2], paths[-1]
+    return None
+
+
+def _read_kuairand(root: Path) -> ImpressionLog:
+    found = _kuairand_files(root)
+    if found is None:
+        raise DataError(
+            f"KuaiRand-Pure is not on this machine: expected {root / _KR_OFFICIAL[0]}/ (official layout: "
+            f"{', '.join(_KR_OFFICIAL[1])}, {_KR_OFFICIAL[2]}, {_KR_OFFICIAL[3]}; from {KUAIRAND_URL}) or "
+            f"{root / _KR_WINDOW[0]}/ (offline window copy); set GENREC_DATA_DIR to the folder holding either",
+            path=root)
+    base, log_paths, user_path, video_path = found
+    parts = []
+    for p in log_paths:
+        try:
+            t = (pq.read_table(p, columns=_KR_LOG_COLUMNS) if p.suffix == ".parquet" else
+                 pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(include_columns=_KR_LOG_COLUMNS)))
+            parts.append(t.select(_KR_LOG_COLUMNS).cast(pa.schema([(c, pa.int64()) for c in _KR_LOG_COLUMNS])))
+        except (pa.ArrowInvalid, KeyError) as e:
+            raise DataError(f"not a KuaiRand standard log of integer columns {_KR_LOG_COLUMNS} ({e})", path=p) from None
+        if any(t.column(c).null_count for c in _KR_LOG_COLUMNS):
+            raise DataError("empty values in the log (every KuaiRand log field is required)", path=p)
+    log = pa.concat_tables(parts)
+    cols = {c: log.column(c).to_numpy() for c in _KR_LOG_COLUMNS}
+    # The official log has fully identical duplicate rows; they are kept (the log is as published), and counted.
+    dup = np.lexsort([cols[c] for c in reversed(_KR_LOG_COLUMNS)])
+    same = np.ones(max(len(dup) - 1, 0), dtype=bool)
+    for c in _KR_LOG_COLUMNS:
+        same &= np.diff(cols[c][dup]) == 0
+    duplicates = int(same.sum())
+
+    users = Vocab(pa.array(np.unique(cols["user_id"])))
+    items = Vocab(pa.array(np.unique(cols["video_id"])))
+    u, i = users.encode(log.column("user_id").combine_chunks()), items.encode(log.column("video_id").combine_chunks())
+    play = cols["play_time_ms"]
+    labels = {k: cols[c].astype(np.float32) for k, c in _KR_BINARY.items()}
+    labels["watch_time"] = np.log1p(play / 1000.0).astype(np.float32)
+    bits = sum((cols[c] > 0).astype(np.int64) << b for b, c in enumerate(_KR_SIGNAL_BITS))
+    actions = np.stack([1 + bits, 1 + log_bucket(play, 250.0, WATCH_BUCKETS)], axis=1)
+
+    # Item features: the basic video table only. The statistic table (counts of plays, likes, ... aggregated
+    # over the whole period, test days included) would leak the evaluated labels, so it is not read.
+    videos = _align(items, *_csv_keyed(video_path, "video_id", {"tag": pa.string(), "video_type": pa.string(),
+                                                                 "upload_type": pa.string()}))
+    item_features: dict[str, np.ndarray] = {}
+    item_sizes: dict[str, int] = {}
+    for name in ("video_type", "upload_type", "music_type"):
+        item_features[name], item_sizes[name] = categorical(videos.column(name).combine_chunks())
+    first_tag = pc.list_element(pc.split_pattern(videos.column("tag").combine_chunks(), ","), 0)
+    item_features["tag"], item_sizes["tag"] = categorical(pc.utf8_trim_whitespace(first_tag))
+    author, n_authors = categorical(videos.column("author_id").combine_chunks())
+    # Exposure counts over the whole log (not labels): they only decide which authors get their own code.
+    seen = np.bincount(author[i - 1], minlength=n_authors)
+    frequent = np.flatnonzero(seen >= RARE_AUTHOR_MIN)
+    frequent = frequent[frequent > 0]
+    remap = np.ones(n_authors, dtype=np.int64)  # 1 = rare author
+    remap[0] = 0
+    remap[frequent] = 2 + np.arange(len(frequent))
+    item_features["author"], item_sizes["author"] = remap[author], 2 + len(frequent)
+    duration = videos.column("video_duration").to_numpy(zero_copy_only=False).astype(np.float64)
+    log_duration = np.zeros(len(items), dtype=np.float64)
+    np.maximum.at(log_duration, i - 1, cols["duration_ms"].astype(np.float64))
+    duration = np.where(np.isnan(duration), log_duration, duration)  # the video table misses a few durations
+    # A duration of 0 ms is a missing value, not a very short video.
+    item_features["duration"] = np.where(duration > 0, 1 + log_bucket(duration, 1000.0, DURATION_BUCKETS, 2), 0)
+    item_sizes["duration"] = DURATION_BUCKETS + 1
+
+    people = _align(users, *_csv_keyed(user_path, "user_id", {c: pa.string() for c in _KR_USER_FEATURES}))
+    user_features, user_sizes = {}, {}
+    for name in _KR_USER_FEATURES:
+        # Read as text so '1' and '1.0' (float columns with nulls) are the same category across layouts.
+        raw = pc.replace_substring_regex(people.column(name).combine_chunks(), r"\.0$", "")
+        user_features[name], user_sizes[name] = categorical(raw)
+
+    return ImpressionLog.build(
+        name="kuairand-pure", users=users, items=items, user=u, item=i, time=cols["time_ms"],
+        day=cols["date"].astype(np.int32), labels=labels, binary_tasks=tuple(_KR_BINARY),
+        regression_tasks=("watch_time",), actions=actions,
+        action_sizes={"signals": 1 + 2 ** len(_KR_SIGNAL_BITS), "watch": 1 + WATCH_BUCKETS},
+        item_features={k: _with_padding(v) for k, v in item_features.items()}, item_feature_sizes=item_sizes,
+        user_features={k: _with_padding(v) for k, v in user_features.items()}, user_feature_sizes=user_sizes,
+        meta={"source": str(base), "layout": "official" if base.name == "data" else "window",
+              "files": [str(p) for p in log_paths], "duplicate_rows": duplicates,
+              "signal_bits": list(_KR_SIGNAL_BITS), "rare_author_min": RARE_AUTHOR_MIN})
+
+
+def _csv_keyed(path: Path, key: str, types: dict[str, pa.DataType]) -> tuple[pa.Array, pa.Table]:
+    try:
+        t = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
+        return t.column(key).combine_chunks(), t
+    except (pa.ArrowInvalid, KeyError) as e:
+        raise DataError(f"cannot read the '{key}' table ({e})", path=path) from None
+
+
+# --- MovieLens-1M with ratings ------------------------------------------------------------------------------
+
+_ML_MERGED = "movielens-1m-ratings/derived/ml-1m_ratings_merged.parquet"
+_ML_META = ("movielens-1m/raw_bigdataguide", "movielens-1m/ml-1m", "movielens-1m")  # movies.dat / users.dat
+
+
+def _read_dat(path: Path) -> list[list[str]]:
+    with open(path, encoding="latin-1") as f:
+        return [line.rstrip("\n").split("::") for line in f if line.strip()]
+
+
+def _read_movielens_ratings(root: Path) -> ImpressionLog:
+    path = root / _ML_MERGED
+    if not path.is_file():
+        raise DataError("movielens-1m-ratings is not on this machine; set GENREC_DATA_DIR to the folder holding "
+                        "'movielens-1m-ratings/' (see its SOURCE.md)", path=path)
+    t = pq.read_table(path, columns=["row", "user_id", "movie_id", "rating", "rating_ge4", "timestamp", "ts_lo",
+                                     "seq_pos", "split"])
+    users = Vocab(pa.array(np.unique(t.column("user_id").to_numpy()).astype(np.int64)))
+    items = Vocab(pa.array(np.unique(t.column("movie_id").to_numpy()).astype(np.int64)))
+    u = users.encode(pc.cast(t.column("user_id").combine_chunks(), pa.int64()))
+    i = items.encode(pc.cast(t.column("movie_id").combine_chunks(), pa.int64()))
+    # Exact timestamp where known, else the lower end of its bracket (which the source orders by).
+    ts = pc.coalesce(t.column("timestamp"), t.column("ts_lo")).to_numpy().astype(np.int64) * 1000
+    # The copy's rating_ge4 is True for every val/test row, ratings 1-3 included; where the exact rating is
+    # known it decides (rating_ge4 is right where the rating is null: those are train ratings 1-3).
+    rating = t.column("rating").to_numpy(zero_copy_only=False).astype(np.float64)
+    given = t.column("rating_ge4").to_numpy(zero_copy_only=False).astype(bool)
+    like = np.where(np.isnan(rating), given, rating >= 4).astype(np.float32)
+    split = pc.dictionary_encode(t.column("split").combine_chunks().cast(pa.string()))
+    codes = {"train": 0, "val": 1, "valid": 1, "test": 2}
+    if unknown := set(split.dictionary.to_pylist()) - set(codes):
+        raise DataError(f"unknown values {sorted(unknown)} (expected train / val / test)", path=path, column="split")
+    source_split = np.array([codes[s] for s in split.dictionary.to_pylist()], dtype=np.int8)[
+        split.indices.to_numpy(zero_copy_only=False)]
+
+    item_features, item_sizes, user_features, user_sizes, titles, meta_dir = {}, {}, {}, {}, None, None
+    for folder in _ML_META:
+        movies, people = root / folder / "movies.dat", root / folder / "users.dat"
+        if movies.is_file():
+            meta_dir = movies.parent
+            rows = _read_dat(movies)
+            raw = pa.array([int(r[0]) for r in rows], pa.int64())
+            table = _align(items, raw, pa.table({
+                "title": [r[1] for r in rows],
+                "genre": [r[2].split("|")[0] if len(r) > 2 and r[2] else None for r in rows],
+                "decade": [f"{m.group(1)[:3]}0s" if (m := re.search(r"\((\d{4})\)\s*$", r[1])) else None
+                           for r in rows]}))
+            titles = ["", *(x or "" for x in table.column("title").to_pylist())]
+            for name in ("genre", "decade"):
+                codes_, item_sizes[name] = categorical(table.column(name).combine_chunks())
+                item_features[name] = _with_padding(codes_)
+            if people.is_file():
+                rows = _read_dat(people)
+                table = _align(users, pa.array([int(r[0]) for r in rows], pa.int64()), pa.table(
+                    {"gender": [r[1] for r in rows], "age": [r[2] for r in rows], "occupation": [r[3] for r in rows]}))
+                for name in table.column_names:
+                    codes_, user_sizes[name] = categorical(table.column(name).combine_chunks())
+                    user_features[name] = _with_padding(codes_)
+            break
+
+    return ImpressionLog.build(
+        name="movielens-1m-ratings", users=users, items=items, user=u, item=i, time=ts, day=utc_day(ts),
+        tiebreak=(t.column("seq_pos").to_numpy().astype(np.int64), t.column("row").to_numpy().astype(np.int64)),
+        labels={"like": like}, binary_tasks=("like",), regression_tasks=(),
+        actions=(1 + like.astype(np.int64))[:, None], action_sizes={"like": 3},
+        item_features=item_features, item_feature_sizes=item_sizes, user_features=user_features,
+        user_feature_sizes=user_sizes, titles=titles, source_split=source_split,
+        meta={"source": str(path), "movielens_meta": str(meta_dir) if meta_dir else None,
+              "time": "timestamp where known, else ts_lo (unix s * 1000)",
+              "like": "rating >= 4 where the rating is known, else rating_ge4",
+              "rating_ge4_disagrees_with_rating": int((given != (like > 0)).sum())})
+
+
+# --- loading, with a cache ----------------------------------------------------------------------------------
+
+READERS = {"kuairand-pure": _read_kuairand, "movielens-1m-ratings": _read_movielens_ratings}
+
+
+def _sources(name: str, root: Path) -> list[Path]:
+    if name == "kuairand-pure":
+        found = _kuairand_files(root)
+        return [] if found is None else [*found[1], found[2], found[3]]
+    files = [root / _ML_MERGED]
+    return files + [root / d / f for d in _ML_META for f in ("movies.dat", "users.dat") if (root / d / f).is_file()]
+
+
+def cache_root() -> Path:
+    base = os.environ.get("GENREC_CACHE_DIR")
+    return (Path(base) if base else Path.home() / ".cache" / "genrec") / "impressions"
+
+
+def load_impressions(name: str, data_dir: str | Path | None = None, cache: bool = True) -> ImpressionLog:
+    """A built-in impression log by name, read from ``data_dir`` (default: GENREC_DATA_DIR, see data_home).
+
+    With ``cache`` the prepared log is reused from (or saved to) :func:`cache_root`, keyed by the name, the
+    format version and the size and mtime of every source file."""
+    if name not in READERS:
+        raise UnknownDatasetError(f"unknown impression dataset '{name}'; built-in ones are {', '.join(READERS)}")
+    root = Path(data_dir).expanduser() if data_dir is not None else data_home()
+    sources = [p for p in _sources(name, root) if p.is_file()]
+    if not cache or not sources:
+        return READERS[name](root)  # raises a DataError naming what is missing
+    h = hashlib.sha256(f"{name}:{FORMAT_VERSION}".encode())
+    for p in sources:
+        st = p.stat()
+        h.update(f"|{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    folder = cache_root() / f"{name}-{h.hexdigest()[:16]}"
+    if (folder / "impressions.json").is_file():
+        try:
+            return ImpressionLog.load(folder)
+        except (DataError, OSError, pa.ArrowInvalid, KeyError):
+            pass  # a damaged cache is rebuilt below
+    log = READERS[name](root)
+    with contextlib.suppress(OSError):  # a read-only cache location only costs the next run a re-read
+        log.save(folder)
+    return log
+
+
+# --- splits -------------------------------------------------------------------------------------------------
+
+# kuairand-pure: train = days before 2022-05-06 (the window copy: 04-25..05-05; the official layout:
+# 04-08..05-05), valid = 05-06, test = 05-07..05-08, cut at the first impression of each of those days (see
+# temporal_split: KuaiRand's `date` runs up to ~1 h ahead of time_ms, so ~0.3 % of the rows dated 05-05 happened
+# after the first row dated 05-06). movielens-1m-ratings: the source's global time split.
+DEFAULT_CUTS: dict[str, dict[str, Any] | str] = {
+    "kuairand-pure": {"valid_day": 20220506, "test_day": 20220507, "strict_time": True},
+    "movielens-1m-ratings": "source",
+}
+
+
+@dataclass(frozen=True)
+class ImpressionSplit:
+    """Boolean row masks of ``log`` per part, and a description of the cuts."""
+
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    info: dict[str, Any]
+
+    def part(self, name: str) -> np.ndarray:
+        if name not in SPLIT_NAMES:
+            raise ConfigError(f"split part must be one of {', '.join(SPLIT_NAMES)}, got {name!r}")
+        return getattr(self, name)
+
+    def describe(self) -> dict[str, Any]:
+        return self.info
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _make_split(log: ImpressionLog, masks: tuple[np.ndarray, ...], rule: dict[str, Any]) -> ImpressionSplit:
+    info: dict[str, Any] = {"dataset": log.name, "rule": rule}
+    for name, m in zip(SPLIT_NAMES, masks, strict=True):
+        t = log.time[m]
+        info[name] = {"rows": int(m.sum()), "users": len(np.unique(log.user[m])), "items": len(np.unique(log.item[m])),
+                      "first_day": int(log.day[m].min()) if len(t) else None,
+                      "last_day": int(log.day[m].max()) if len(t) else None,
+                      "first_time": _iso(int(t.min())) if len(t) else None,
+                      "last_time": _iso(int(t.max())) if len(t) else None, **_label_stats(log, m)}
+    # A global temporal split has no row of an earlier part later than the first row of a later part.
+    for early, late in (("train", "valid"), ("valid", "test"), ("train", "test")):
+        me, ml = masks[SPLIT_NAMES.index(early)], masks[SPLIT_NAMES.index(late)]
+        later = int((log.time[me] > log.time[ml].min()).sum()) if me.any() and ml.any() else 0
+        info[f"{early}_rows_after_first_{late}"] = later
+    return ImpressionSplit(*masks, info=info)
+
+
+def temporal_split(log: ImpressionLog, valid_day: int, test_day: int, strict_time: bool = False) -> ImpressionSplit:
+    """train: day < valid_day; valid: valid_day <= day < test_day; test: day >= test_day (days YYYYMMDD).
+
+    A dataset's day need not follow its times exactly (KuaiRand's `date` comes from an hour that runs ahead of
+    time_ms), so rows of an earlier part can be later than the first row of the next; ``describe()`` counts them.
+    ``strict_time`` cuts at times instead: valid starts at the first row dated ``valid_day`` or later, test at
+    the first row dated ``test_day`` or later, so every part is a time interval (a global temporal split)."""
+    if not valid_day <= test_day:
+        raise ConfigError(f"valid_day ({valid_day}) must not be after test_day ({test_day})")
+    train, test = log.day < valid_day, log.day >= test_day
+    rule: dict[str, Any] = {"kind": "days", "valid_day": valid_day, "test_day": test_day, "strict_time": strict_time,
+                            "text": f"train: day < {valid_day}; valid: {valid_day} <= day < {test_day}; "
+                                    f"test: day >= {test_day}"}
+    if strict_time:
+        cut_valid = int(log.time[~train].min()) if (~train).any() else None
+        cut_test = int(log.time[test].min()) if test.any() else None
+        train = log.time < cut_valid if cut_valid is not None else np.ones(log.n_rows, dtype=bool)
+        test = log.time >= cut_test if cut_test is not None else np.zeros(log.n_rows, dtype=bool)
+        rule["text"] = (f"train: time < {_iso(cut_valid) if cut_valid is not None else 'end'} (the first row dated "
+                        f"{valid_day} or later); valid: up to {_iso(cut_test) if cut_test is not None else 'end'} "
+                        f"(the first row dated {test_day} or later); test: from then on")
+        rule["moved_rows"] = int((train != (log.day < valid_day)).sum() + (test != (log.day >= test_day)).sum())
+    return _make_split(log, (train, ~train & ~test, test), rule)
+
+
+def source_split(log: ImpressionLog) -> ImpressionSplit:
+    """The split shipped with the source (``log.source_split``)."""
+    if log.source_split is None:
+        raise ConfigError(f"impression log '{log.name}' has no source split; use temporal_split")
+    return _make_split(log, tuple(log.source_split == k for k in range(3)),
+                       {"kind": "source", "text": "the source's own split column"})
+
+
+def default_split(log: ImpressionLog) -> ImpressionSplit:
+    cuts = DEFAULT_CUTS.get(log.name)
+    if cuts is None:
+        raise ConfigError(f"no default split for '{log.name}'; call temporal_split with explicit days")
+    return source_split(log) if cuts == "source" else temporal_split(log, **cuts)
+
+
+# --- requests and batches -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Requests:
+    """R forward-pass units: a user's history rows [hist_start, hist_end) and candidate rows (jagged)."""
+
+    user: np.ndarray  # [R] dense user
+    hist_start: np.ndarray  # [R] row index into the log
+    hist_end: np.ndarray  # [R]
+    candidates: Jagged  # row indices of each request's candidates, in time order
+    visible: Jagged  # aligned with candidates.values: history rows (a prefix) the candidate may read
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+def first_same_time(log: ImpressionLog) -> np.ndarray:
+    """Per row, the first row of its user with the same time (rows before it are strictly earlier)."""
+    n = log.n_rows
+    start = np.ones(n, dtype=bool)
+    start[1:] = (log.user[1:] != log.user[:-1]) | (log.time[1:] != log.time[:-1])
+    return np.maximum.accumulate(np.where(start, np.arange(n), 0))
+
+
+def ranking_requests(log: ImpressionLog, candidates: np.ndarray, max_len: int,
+                     stride: int | None = None) -> Requests:
+    """Group each user's candidate rows into requests spanning at most ``stride`` (default ``max_len // 2``)
+    consecutive rows of that user, with the ``max_len`` rows of the user before the group's end as history.
+
+    Windows of ``stride`` rows start at each user's first candidate, so a contiguous block of candidates (a
+    time split) is cut into equal groups; every candidate sees at least ``max_len - stride`` earlier rows of
+    history where the user has them."""
+    cand = np.asarray(candidates)
+    if cand.dtype != np.bool_ or cand.shape != (log.n_rows,):
+        raise ConfigError(f"candidates must be a boolean mask of shape ({log.n_rows},), got {cand.dtype} "
+                          f"{cand.shape}")
+    stride = max(1, max_len // 2) if stride is None else stride
+    if max_len < 1 or not 1 <= stride <= max_len:
+        raise ConfigError(f"need max_len >= 1 and 1 <= stride <= max_len, got max_len={max_len}, stride={stride}")
+    rows = np.flatnonzero(cand)
+    users = log.user[rows]
+    new_user = np.ones(len(rows), dtype=bool)
+    new_user[1:] = users[1:] != users[:-1]
+    first = np.maximum.accumulate(np.where(new_user, rows, 0))  # rows increase, so this is the user's first
+    window = (rows - first) // stride
+    new_group = new_user.copy()
+    new_group[1:] |= window[1:] != window[:-1]
+    starts = np.flatnonzero(new_group)
+    offsets = np.append(starts, len(rows)).astype(np.int64)
+    group_users = users[starts]
+    hist_end = rows[offsets[1:] - 1] + 1
+    hist_start = np.maximum(log.user_offsets[group_users - 1], hist_end - max_len)
+    group = np.cumsum(new_group) - 1
+    visible = np.maximum(first_same_time(log)[rows] - hist_start[group], 0)
+    return Requests(group_users, hist_start, hist_end, Jagged(rows, offsets), Jagged(visible, offsets))
+
+
+def collate(log: ImpressionLog, requests: Requests, idx: np.ndarray) -> dict[str, Any]:
+    """The RankBatch fields of requests ``idx`` as numpy arrays, right-padded with 0 to the batch's longest
+    history (L) and candidate list (M)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    b = len(idx)
+    hs = requests.hist_start[idx]
+    hl = requests.hist_end[idx] - hs
+    cand, vis = requests.candidates.take(idx), requests.visible.take(idx)
+    cl = cand.lengths
+    width_l, width_m = int(hl.max(initial=0)), int(cl.max(initial=0))
+
+    def place(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.repeat(np.arange(b), lengths)
+        return rows, np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+    hb, hp = place(hl)
+    hrows = _ranges(hs, hl)
+    cb, cp = place(cl)
+    crows = cand.values
+
+    def pad(values: np.ndarray, rb: np.ndarray, rp: np.ndarray, width: int, dtype: type = np.int64) -> np.ndarray:
+        out = np.zeros((b, width, *values.shape[1:]), dtype=dtype)
+        out[rb, rp] = values
+        return out
+
+    return {
+        "user": requests.user[idx],
+        "hist_items": pad(log.item[hrows], hb, hp, width_l),
+        "hist_actions": pad(log.actions[hrows], hb, hp, width_l),
+        "hist_time": pad(log.time[hrows], hb, hp, width_l),
+        "hist_len": hl.astype(np.int64),
+        "cand_items": pad(log.item[crows], cb, cp, width_m),
+        "cand_time": pad(log.time[crows], cb, cp, width_m),
+        "visible": pad(vis.values, cb, cp, width_m),
+        "labels": {t: pad(log.labels[t][crows], cb, cp, width_m, np.float32) for t in log.tasks},
+    }
