@@ -84,15 +84,17 @@ class Catalog:
         return self.ids[rng.choice(len(self.ids), size=n, p=self.p)].tolist()
 
 
-def one_request(http: httpx.Client, client: Client, catalog: Catalog, k: int) -> Record:
+def one_request(http: httpx.Client, client: Client, catalog: Catalog, k: int, history_len: int | None) -> Record:
+    """``history_len``: only recommend-by-history requests with histories of exactly this length; None: the mix."""
     rng = client.rng
-    endpoint = ENDPOINTS[int(rng.choice(len(ENDPOINTS), p=MIX))]
+    endpoint = "recommend_history" if history_len else ENDPOINTS[int(rng.choice(len(ENDPOINTS), p=MIX))]
     if endpoint == "recommend_user" and not client.active:
         endpoint = "events"
     t = time.perf_counter()
     try:
         if endpoint == "recommend_history":
-            r = http.post("/v1/recommend", json={"history": catalog.sample(rng, int(rng.integers(1, 21))), "k": k})
+            n = history_len or int(rng.integers(1, 21))
+            r = http.post("/v1/recommend", json={"history": catalog.sample(rng, n), "k": k})
         elif endpoint == "recommend_user":
             r = http.post("/v1/recommend", json={"user_id": client.active[int(rng.integers(len(client.active)))],
                                                  "k": k})
@@ -118,7 +120,7 @@ def one_request(http: httpx.Client, client: Client, catalog: Catalog, k: int) ->
 
 
 def run_phase(url: str, clients: list[Client], catalog: Catalog, seconds: float, k: int,
-              timeout: float, during=None) -> tuple[list[Record], float]:
+              timeout: float, history_len: int | None, during=None) -> tuple[list[Record], float]:
     """Every client sends requests back to back for ``seconds``; ``during`` runs alongside (the reloads)."""
     stop = threading.Event()
     start = [len(c.records) for c in clients]
@@ -126,7 +128,7 @@ def run_phase(url: str, clients: list[Client], catalog: Catalog, seconds: float,
     def loop(client: Client) -> None:
         with httpx.Client(base_url=url, timeout=timeout) as http:
             while not stop.is_set():
-                client.records.append(one_request(http, client, catalog, k))
+                client.records.append(one_request(http, client, catalog, k, history_len))
 
     threads = [threading.Thread(target=loop, args=(c,), daemon=True) for c in clients]
     t0 = time.perf_counter()
@@ -193,7 +195,11 @@ def main() -> None:
     ap.add_argument("--reload-bundle", type=Path, help="Bundle the reloads alternate to (default: --bundle).")
     ap.add_argument("--reload-via", choices=("http", "sighup"), default="http")
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--concurrency", type=int, default=8, help="Client threads, each sending back to back.")
+    ap.add_argument("--concurrency", default="8", help="Client threads, each sending back to back; a comma list "
+                    "(1,8,32) runs one steady phase per value.")
+    ap.add_argument("--reload-concurrency", type=int, default=8, help="Client threads during the reload phase.")
+    ap.add_argument("--history-len", type=int, default=0, help="Send only recommend-by-history requests with "
+                    "histories of exactly this many items (0: the endpoint mix).")
     ap.add_argument("--seconds", type=float, default=30.0, help="Length of each phase.")
     ap.add_argument("--warmup", type=float, default=3.0, help="Seconds of load before measuring (not recorded).")
     ap.add_argument("--reloads", type=int, default=5)
@@ -204,6 +210,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="Suffix of the result files.")
     args = ap.parse_args()
+    try:
+        levels = [int(c) for c in str(args.concurrency).split(",")]
+    except ValueError:
+        ap.error(f"--concurrency must be integers separated by commas, got {args.concurrency!r}")
+    if min(levels) < 1 or args.reload_concurrency < 1:
+        ap.error("concurrency must be >= 1")
+    hlen = args.history_len or None
     bundle = args.bundle.resolve()
     other = (args.reload_bundle or args.bundle).resolve()
     catalog = Catalog(bundle)
@@ -223,10 +236,14 @@ def main() -> None:
             ready = wait_ready(url, proc, log, timeout=300)
             startup_s = time.perf_counter() - t_start
             print(f"server ready in {startup_s:.1f} s: {ready}", flush=True)
-            clients = [Client(i, np.random.default_rng([args.seed, i])) for i in range(args.concurrency)]
-            run_phase(url, clients, catalog, args.warmup, args.k, args.timeout)
-            steady, steady_s = run_phase(url, clients, catalog, args.seconds, args.k, args.timeout)
-            print("steady:", summarise(steady, steady_s)["all"], flush=True)
+            steady: dict[int, dict] = {}
+            for c in levels:
+                clients = [Client(i, np.random.default_rng([args.seed, c, i])) for i in range(c)]
+                run_phase(url, clients, catalog, args.warmup, args.k, args.timeout, hlen)
+                records, seconds = run_phase(url, clients, catalog, args.seconds, args.k, args.timeout, hlen)
+                steady[c] = {"seconds": seconds, **summarise(records, seconds)}
+                print(f"steady, concurrency {c}:", steady[c]["all"], flush=True)
+            clients = [Client(i, np.random.default_rng([args.seed, 0, i])) for i in range(args.reload_concurrency)]
 
             reload_records: list[Record] = []
 
@@ -248,7 +265,7 @@ def main() -> None:
                         reload_records.append(Record("reload", time.perf_counter() - t, ok, error=err,
                                                      version=r.json().get("model_version") if ok else None))
 
-            during, during_s = run_phase(url, clients, catalog, args.seconds, args.k, args.timeout, reloader)
+            during, during_s = run_phase(url, clients, catalog, args.seconds, args.k, args.timeout, hlen, reloader)
             during_summary = summarise(during + reload_records, during_s)
             print("during reloads:", during_summary["all"], flush=True)
         finally:
@@ -267,9 +284,9 @@ def main() -> None:
     result = {"benchmark": "serve_load", "created": dt.datetime.now(dt.UTC).isoformat(), "commit": git_commit(),
               "machine": machine(), "bundle": str(args.bundle), "reload_bundle": str(args.reload_bundle or args.bundle),
               "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "mix": dict(zip(ENDPOINTS, MIX, strict=True)), "n_items": len(catalog.ids),
-              "startup_seconds": startup_s, "ready": ready,
-              "steady": {"seconds": steady_s, **summarise(steady, steady_s)},
+              "mix": (f"recommend_history only, {hlen} items" if hlen else dict(zip(ENDPOINTS, MIX, strict=True))),
+              "n_items": len(catalog.ids), "startup_seconds": startup_s, "ready": ready,
+              "steady": {str(c): v for c, v in steady.items()},
               "during_reloads": {"seconds": during_s, "reloads_sent": len(reload_records),
                                  "reloads_failed": sum(not r.ok for r in reload_records)
                                  + signal_log["reload_failed"] + signal_log["restart_aborted"],
@@ -283,14 +300,17 @@ def main() -> None:
     write_json(args.out / f"{stem}.json", result)
     m = result["machine"]
     lines = [f"# genrec serve under load ({args.bundle}, {len(catalog.ids):,} items)", "",
-             f"- {args.workers} uvicorn worker(s), {args.concurrency} client threads on the same machine, "
-             f"{args.seconds:g} s per phase after {args.warmup:g} s warm-up, k {args.k}, deadline "
-             f"{args.deadline_ms:g} ms, fresh SQLite store; mix "
-             + ", ".join(f"{e} {p:.0%}" for e, p in zip(ENDPOINTS, MIX, strict=True)),
+             f"- {args.workers} uvicorn worker(s), client threads on the same machine, {args.seconds:g} s per "
+             f"phase after {args.warmup:g} s warm-up, k {args.k}, deadline {args.deadline_ms:g} ms, fresh SQLite "
+             "store; requests: " + (f"recommend by an explicit history of {hlen} items (drawn by training "
+                                    "popularity)" if hlen else ", ".join(
+                                        f"{e} {p:.0%}" for e, p in zip(ENDPOINTS, MIX, strict=True))),
              f"- commit {result['commit']}, {m['cpus']} CPUs, torch {m['torch']}, Python {m['python']}, "
              f"load average {load_start[0]:.1f} at start, {result['load_average_at_end'][0]:.1f} at end, "
              f"server ready in {startup_s:.1f} s, wall {result['wall_seconds']:.0f} s", ""]
-    for title, summary in (("Steady load", result["steady"]), ("During reloads", result["during_reloads"])):
+    phases = [(f"Steady load, {c} client(s)", v) for c, v in steady.items()]
+    phases.append((f"During reloads, {args.reload_concurrency} client(s)", result["during_reloads"]))
+    for title, summary in phases:
         lines += [f"## {title} ({summary['all']['requests']:,} requests, {summary['all']['per_s']:.0f} req/s, "
                   f"{summary['all']['errors']} errors)", "",
                   "| endpoint | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | fallbacks |",

@@ -286,13 +286,25 @@ def export_cmd(
     content: Annotated[Path | None, typer.Option(help="Item embedding folder ('genrec content encode') to ship "
                                                  "with the bundle: lets a text query steer recommendations.")
                        ] = None,
+    ann: Annotated[str, typer.Option(help="FAISS index for approximate top-k: auto (catalogs over "
+                                     "--ann-threshold items), on, off. Needs the ann extra (faiss-cpu).")] = "auto",
+    ann_threshold: Annotated[int, typer.Option(min=1, help="Catalog size above which ann=auto builds an index.")
+                             ] = 100_000,
+    ann_recall: Annotated[float, typer.Option(min=0.01, max=1.0, help="Recall@10 against exact top-10 that the "
+                                              "index's nprobe is tuned to reach.")] = 0.95,
 ) -> None:
     """Write an immutable, checksummed bundle that `genrec.serve.Recommender.load` can serve."""
     from genrec.serve import export_bundle, load_manifest
 
-    path = export_bundle(run_dir, bundle, content=content)
+    path = export_bundle(run_dir, bundle, content=content, ann=ann, ann_threshold=ann_threshold,
+                         ann_recall=ann_recall)
     m = load_manifest(path)
     out.print(f"bundle {m['version']} ({m['model']} on {m['dataset']}) -> {path}", highlight=False)
+    if m.get("ann"):
+        a = m["ann"]
+        out.print(f"approximate index: {a['kind']}, nlist {a['nlist']}, nprobe {a['nprobe']}: recall@10 "
+                  f"{a['recall@10']:.3f}, recall@100 {a['recall@100']:.3f} against exact ({a['queries']} "
+                  "sample queries)", highlight=False)
 
 
 @app.command("quickstart")

@@ -128,14 +128,19 @@ class SequentialModel(nn.Module):
     def score(self, history: Jagged, users: np.ndarray | None = None,
               timestamps: Jagged | None = None) -> torch.Tensor:
         """Scores over the catalog [B, n_items + 1] from each history's last position."""
+        return self.last_hidden(history, timestamps) @ self.item_table().T
+
+    @torch.no_grad()
+    def last_hidden(self, history: Jagged, timestamps: Jagged | None = None) -> torch.Tensor:
+        """Each history's hidden state at its last position [B, D]: the query that :meth:`item_table` rows are
+        scored against (an approximate index searches with it)."""
         hist = history.tail(self.config.max_len)
         items = hist.to_padded(left=False)
         lengths = torch.from_numpy(hist.lengths).clamp(min=1)
         ts = timestamps.tail(self.config.max_len).to_padded(left=False) if timestamps is not None else None
         device = self.item_emb.weight.device
         h = self.forward(items.to(device), lengths.to(device), ts.to(device) if ts is not None else None)
-        last = h[torch.arange(len(lengths), device=device), lengths.to(device) - 1]
-        return last @ self.item_table().T
+        return h[torch.arange(len(lengths), device=device), lengths.to(device) - 1]
 
 
 def next_item_targets(items: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,8 @@
 - ``semantic_ids.safetensors`` + ``semantic_ids.json``: the semantic-ID table, when the model has one;
 - ``embeddings.safetensors`` + ``embeddings.json`` (+ ``projection.safetensors`` when the table was projected
   with pca): the catalog's content embeddings, optional (``content=``), so a text query can steer results;
+- ``ann.faiss``: a FAISS index over the output item embeddings, for large catalogs (``ann=``), with its
+  ``nprobe`` and measured recall against exact search under ``ann`` in the manifest;
 - ``manifest.json``: genrec version, model, dataset, test metrics, commit, and the sha256 of every file.
 
 Loading verifies every checksum before anything is read. The files after ``items.parquet`` are optional
@@ -35,19 +37,27 @@ POPULARITY_TOP = 1000
 SEMANTIC_ID_FILES = ("semantic_ids.safetensors", "semantic_ids.json")
 CONTENT_FILES = ("embeddings.safetensors", "embeddings.json")
 PROJECTION_FILE = "projection.safetensors"  # only with a pca-projected content table
+ANN_FILE = "ann.faiss"  # only with an approximate index (large catalogs)
 
 
-def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | None = None) -> Path:
+def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | None = None, ann: str = "auto",
+                  ann_threshold: int = 100_000, ann_recall: float = 0.95) -> Path:
     """Copy a finished training run's servable files into ``out`` and seal them with a manifest.
 
     Also written: the popularity list, the semantic-ID table when the model has one, and, with ``content`` (an
     ItemEmbeddings folder, see :mod:`genrec.content.store`), the catalog's content embeddings, which must hold
     exactly the run's items in dense-id order.
 
+    ``ann``: ``auto`` builds a FAISS index (``ann.faiss``, see :mod:`genrec.serve.ann`) for an ID model whose
+    catalog has more than ``ann_threshold`` items, ``on`` always, ``off`` never; its ``nprobe`` is the smallest
+    that reaches ``ann_recall`` (recall@10 against exact top-10 on sample queries), reported in the manifest.
+
     ``out`` must not exist yet (bundles are immutable); the bundle is assembled in a temporary folder and
     renamed into place, so a failure never leaves half a bundle.
     """
     run_dir, out = Path(run_dir), Path(out)
+    if ann not in ("auto", "on", "off"):
+        raise GenrecError(f"ann must be auto, on or off, got {ann!r}")
     missing = [f for f in RUN_FILES + ("metrics.json",) if not (run_dir / f).is_file()]
     if missing:
         raise GenrecError(f"{run_dir}: not a finished training run (missing {', '.join(missing)})")
@@ -67,13 +77,17 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
         files += _write_semantic_ids(run_dir, tmp, model)
         if content is not None:
             files += _copy_content(Path(content), tmp, raw_ids)
+        ann_report = None
+        if ann == "on" or (ann == "auto" and len(raw_ids) > ann_threshold and model["name"] != "tiger"):
+            ann_report = _write_ann(tmp, raw_ids, ann_recall)
+            files.append(ANN_FILE)
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "genrec": __version__,
             "version": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"),
             "model": model["name"], "dataset": metrics["dataset"]["name"],
             "metrics": {k: v["mean"] for k, v in metrics["metrics"].items()},
             "commit": metrics.get("run", {}).get("commit"), "source_run": str(run_dir),
-            "content": str(content) if content is not None else None,
+            "content": str(content) if content is not None else None, "ann": ann_report,
             "files": {name: sha256_file(tmp / name) for name in files},
         }
         write_json(tmp / "manifest.json", manifest)
@@ -82,6 +96,32 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_ann(bundle: Path, raw_ids: list[str], target: float, n_queries: int = 256, seed: int = 0) -> dict:
+    """Build and tune the FAISS index over the model's output item embeddings. The sample queries are the
+    model's states after histories of 20 items drawn by training popularity (what users look like)."""
+    import torch
+
+    from genrec.data.jagged import Jagged
+    from genrec.models import SequentialModel
+    from genrec.serve.ann import AnnIndex
+    from genrec.serve.model_io import load_model
+
+    model = load_model(bundle)
+    if not isinstance(model, SequentialModel):
+        raise GenrecError(f"an approximate index needs an ID model (sasrec, hstu), not {type(model).__name__}")
+    counts = pq.read_table(bundle / "items.parquet", columns=["item_idx", "train_count"]).sort_by("item_idx")
+    p = counts.column("train_count").to_numpy().astype(np.float64) + 1.0
+    rng = np.random.default_rng(seed)
+    histories = rng.choice(np.arange(1, len(raw_ids) + 1), size=(n_queries, 20), p=p / p.sum())
+    with torch.no_grad():
+        items = model.item_table().float().numpy()[1:]
+        queries = model.last_hidden(Jagged.from_lists(histories.tolist())).float().numpy()
+    index = AnnIndex.build(items, seed=seed)
+    report = index.tune(items, queries, k=10, target=target)
+    index.save(bundle / ANN_FILE)
+    return report
 
 
 def _write_popularity(bundle: Path) -> list[str]:

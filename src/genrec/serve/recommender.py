@@ -42,9 +42,11 @@ from genrec.content.text import text_encoder
 from genrec.data.jagged import Jagged
 from genrec.errors import GenrecError
 from genrec.io import read_json
-from genrec.models import SEQUENTIAL, SequentialModel
-from genrec.models.tiger import TIGER, TigerConfig
+from genrec.models import SequentialModel
+from genrec.models.tiger import TIGER
+from genrec.serve.ann import ANN_FILE, AnnIndex
 from genrec.serve.bundle import CONTENT_FILES, POPULARITY_FILE, PROJECTION_FILE, load_manifest
+from genrec.serve.model_io import load_model
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ NO_QUERY_CONTENT = "query ignored: bundle has no content embeddings"
 MAX_ID_WARNINGS = 10  # per list (history, allow, deny); the rest are counted in one line
 DEADLINE_WORKERS = 4
 MAX_BEAM = 256  # the most beams the generator runs for one request, however many items are excluded
+ANN_MARGIN = 100  # extra candidates the approximate index proposes beyond what the filters need
 
 
 @dataclass
@@ -91,10 +94,39 @@ class _IdScorer:
     def item_table(self) -> torch.Tensor:
         return self.model.item_table().detach().float().cpu()
 
-    def score(self, known: list[int], known_ts: list[int] | None, width: int) -> tuple[torch.Tensor, list[str]]:
+    def score(self, known: list[int], known_ts: list[int] | None, width: int,
+              allow: torch.Tensor | None = None) -> tuple[torch.Tensor, list[str]]:
         ts = self.model.use_timestamps and known_ts is not None
         scores = self.model.score(Jagged.from_lists([known]),
                                   timestamps=Jagged.from_lists([known_ts]) if ts else None)[0].float().cpu()
+        return scores, []
+
+
+class _AnnScorer(_IdScorer):
+    """An ID model over a large catalog: the FAISS index proposes candidates, each scored by its inner product;
+    every other item -inf. ``width`` (k plus the items the filters remove) + ANN_MARGIN are proposed, so the
+    filters leave k; an allow list is scored exactly instead (it may hold items the index did not propose)."""
+
+    mode = "model+ann"
+    partial = True
+
+    def __init__(self, model: SequentialModel, ann: AnnIndex):
+        super().__init__(model)
+        self.ann = ann
+        self.items = model.item_table().detach().float().cpu()  # computed once, not per request
+
+    def score(self, known: list[int], known_ts: list[int] | None, width: int,
+              allow: torch.Tensor | None = None) -> tuple[torch.Tensor, list[str]]:
+        ts = self.model.use_timestamps and known_ts is not None
+        h = self.model.last_hidden(Jagged.from_lists([known]),
+                                   timestamps=Jagged.from_lists([known_ts]) if ts else None)[0].float().cpu()
+        scores = torch.full((self.model.n_items + 1,), -torch.inf)
+        if allow is not None:
+            scores[allow] = self.items[allow] @ h
+            return scores, []
+        ids, found = self.ann.search(h.numpy()[None], min(width + ANN_MARGIN, self.model.n_items))
+        keep = ids[0] > 0
+        scores[torch.from_numpy(ids[0][keep])] = torch.from_numpy(found[0][keep])
         return scores, []
 
 
@@ -119,7 +151,8 @@ class _GeneratorScorer:
         out[0] = 0
         return out
 
-    def score(self, known: list[int], known_ts: list[int] | None, width: int) -> tuple[torch.Tensor, list[str]]:
+    def score(self, known: list[int], known_ts: list[int] | None, width: int,
+              allow: torch.Tensor | None = None) -> tuple[torch.Tensor, list[str]]:
         beam = self.beams(width)
         history = torch.tensor([known], dtype=torch.int64, device=self.model.codes.device)
         items, logp = self.model.recommend(history, k=beam, beam=beam)
@@ -132,9 +165,12 @@ class _GeneratorScorer:
 
 class Recommender:
     def __init__(self, model: SequentialModel | TIGER, items: dict[str, Any], manifest: dict[str, Any],
-                 popular: list[str] | None = None, content: _Content | None = None):
+                 popular: list[str] | None = None, content: _Content | None = None, ann: AnnIndex | None = None):
         self.model, self.manifest = model.eval(), manifest
-        self._scorer = _GeneratorScorer(model) if isinstance(model, TIGER) else _IdScorer(model)
+        if isinstance(model, TIGER):
+            self._scorer: _IdScorer | _GeneratorScorer = _GeneratorScorer(model)
+        else:
+            self._scorer = _IdScorer(model) if ann is None else _AnnScorer(model, ann)
         self.raw_ids: list[str] = [str(x) for x in items["raw_id"]]
         self.n_items = len(self.raw_ids)
         self.display = {k: v for k, v in items.items() if k not in ("raw_id", "item_idx", "train_count")}
@@ -166,21 +202,10 @@ class Recommender:
         bundle = Path(bundle)
         manifest = load_manifest(bundle)
         files = manifest["files"]
-        spec = read_json(bundle / "model.json")
-        state = load_file(bundle / "model.safetensors")
-        model: SequentialModel | TIGER
-        if spec["name"] == "tiger":
-            sizes = [int(s) for s in spec["sizes"]]
-            placeholder = np.zeros((int(spec["n_items"]) + 1, len(sizes)), dtype=np.int64)
-            model = TIGER(TigerConfig.model_validate(spec["config"]), placeholder, sizes)
-            model.load_state_dict(state)
-        elif spec["name"] in SEQUENTIAL:
-            model_cls, config_cls = SEQUENTIAL[spec["name"]]
-            model = model_cls(config_cls.model_validate(spec["config"]), spec["n_items"], spec["use_timestamps"])
-            model.attach_from_state(state)  # content / semantic-ID features travel in the weights
-            model.load_state_dict(state)
-        else:
-            raise GenrecError(f"{bundle}: unknown model {spec['name']!r}")
+        model = load_model(bundle)
+        ann = None
+        if ANN_FILE in files:
+            ann = AnnIndex.load(bundle / ANN_FILE, nprobe=int(manifest["ann"]["nprobe"]))
         table = pq.read_table(bundle / "items.parquet").sort_by("item_idx")
         popular = None
         if POPULARITY_FILE in files:  # only files the manifest lists (and so were verified) are read
@@ -192,7 +217,7 @@ class Recommender:
             projection = load_file(bundle / PROJECTION_FILE) if PROJECTION_FILE in files else None
             norms = vectors.norm(dim=1)
             content = _Content(F.normalize(vectors, dim=1), norms > 0, meta, projection)
-        return cls(model, table.to_pydict(), manifest, popular, content)
+        return cls(model, table.to_pydict(), manifest, popular, content, ann)
 
     # --- small accessors (the HTTP layer uses them) ------------------------------------------------------
 
@@ -280,8 +305,10 @@ class Recommender:
         if known and known_ts is None and self.model.use_timestamps:
             warnings.append("the model reads timestamps but none were given; time gaps are ignored")
 
+        allowed = mask.nonzero().squeeze(1) if allow is not None else None
+
         def rank() -> tuple[torch.Tensor, str, list[str]]:
-            return self._rank(known, known_ts, query, float(query_weight), width)
+            return self._rank(known, known_ts, query, float(query_weight), width, allowed)
 
         try:
             if deadline_ms is None:
@@ -306,17 +333,21 @@ class Recommender:
         if self._scorer.partial and mode != "content":  # only the beams' items can be returned
             n_allowed, n = n, int(torch.isfinite(scores).sum())
             if n < min(k, n_allowed):
-                beams = self._scorer.beams(width)  # type: ignore[attr-defined]
-                warnings.append(f"only {n} of the {n_allowed} allowed items are among the generator's {beams} "
-                                f"beams; returning {n} instead of {k}")
+                if isinstance(self._scorer, _GeneratorScorer):
+                    source = f"the generator's {self._scorer.beams(width)} beams"
+                else:
+                    source = "the approximate index's candidates"
+                warnings.append(f"only {n} of the {n_allowed} allowed items are among {source}; "
+                                f"returning {n} instead of {k}")
         top = torch.topk(scores, min(k, n)).indices if n else torch.zeros(0, dtype=torch.int64)
         return Recommendation(self._items(top.numpy(), scores[top].tolist()), warnings, fallback=False,
                               model_version=self.version, truncated=truncated, mode=mode)
 
     def _rank(self, known: list[int], known_ts: list[int] | None, query: str | None,
-              weight: float, width: int) -> tuple[torch.Tensor, str, list[str]]:
+              weight: float, width: int, allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, str, list[str]]:
         """Scores over the catalog [n_items + 1] (row 0 unused), the mode, and warnings. ``width``: how many
-        candidates the request needs (the generator's beam count follows it)."""
+        candidates the request needs (the generator's beam count follows it); ``allowed``: the only items that
+        may be returned, when the request has an allow list."""
         warnings: list[str] = []
         q = None
         if query is not None:
@@ -330,7 +361,7 @@ class Recommender:
         if not known:
             assert q is not None
             return q, "content", warnings
-        scores, more = self._scorer.score(known, known_ts, width)
+        scores, more = self._scorer.score(known, known_ts, width, allowed)
         warnings += more
         mode = self._scorer.mode
         if q is None:
