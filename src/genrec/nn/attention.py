@@ -37,6 +37,21 @@ def pointwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias:
     return (weights @ v) / n
 
 
+def masked_pointwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                               mask: torch.Tensor, n: int) -> torch.Tensor:
+    """Pointwise SiLU attention under an arbitrary mask: SiLU(Q K^T + rab) * mask / n.
+
+    For attention patterns that are not a plain causal square, such as ranking candidates that read a
+    prefix of a cached history (queries and keys then differ in number). q: [B, H, Nq, Da]; k: [B, H, Nk, Da];
+    v: [B, H, Nk, Dv]; bias and mask (bool, True = may attend): broadcastable to [B, H, Nq, Nk].
+    With a causal mask it equals :func:`pointwise_attention`.
+    """
+    scores = q @ k.transpose(-1, -2)
+    if bias is not None:
+        scores = scores + bias
+    return (F.silu(scores) * mask) @ v / n
+
+
 def softmax_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                 lengths: torch.Tensor) -> torch.Tensor:
     """Per-sequence, unpadded, explicit softmax; padded positions of the output are zero."""

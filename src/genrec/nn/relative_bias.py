@@ -31,3 +31,31 @@ class RelativeBias(nn.Module):
             bucket = (torch.log1p(gap) / math.log(self.time_log_base)).floor().long()
             bias = bias + self.time[bucket.clamp(0, len(self.time) - 1)][:, None]
         return bias
+
+    def index(self, rel: torch.Tensor, gap: torch.Tensor | None = None) -> torch.Tensor:
+        """Flat indices into the (relative position, time bucket) table for explicit relative positions
+        ``rel`` (int) and, when given, time gaps ``gap`` (same shape); :meth:`lookup` turns them into the bias.
+
+        For tokens whose positions are not 0..L-1 of one sequence (a ranking candidate placed right after
+        the history prefix it reads). Stacked blocks built alike share the indices, so they are computed once
+        per batch. Negative ``rel`` (keys after the query) use weight 0; callers mask them.
+        """
+        idx = rel.clamp(0, self.max_len - 1)
+        if self.time is None:
+            return idx
+        n_time = len(self.time)
+        if gap is None:  # the table's extra last column holds no time weight
+            return idx * (n_time + 1) + n_time
+        bucket = (torch.log1p(gap.abs().to(torch.float32)) / math.log(self.time_log_base)).floor().long()
+        return idx * (n_time + 1) + bucket.clamp(0, n_time - 1)
+
+    def lookup(self, index: torch.Tensor) -> torch.Tensor:
+        """w_pos[rel] (+ w_time[bucket(|gap|)]) for indices from :meth:`index`, shaped like ``index``."""
+        if self.time is None:
+            return self.pos[index]
+        table = self.pos[:, None] + torch.cat([self.time, self.time.new_zeros(1)])[None, :]
+        return table.reshape(-1)[index]
+
+    def at(self, rel: torch.Tensor, gap: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`lookup` of :meth:`index`: the bias for explicit relative positions and time gaps."""
+        return self.lookup(self.index(rel, gap))

@@ -1,0 +1,279 @@
+"""A generative multi-task ranker, the HSTU way ("Actions Speak Louder than Words", ICML 2024), scored with
+M-FALCON.
+
+**Tokens.** A request is read as one sequence: a user token (user id + user features) first, then the history
+of impressions, each token the item (id + item features) plus the actions the user took on it (what was
+clicked, liked, how long it was watched), then the candidates, each the item plus a learned candidate-type
+vector and no actions: the actions are what is predicted.
+
+**Attention.** HSTU blocks: one fused projection gives U, V, Q, K through SiLU; attention is pointwise
+SiLU(Q K^T + rab) / n with the constant n = max_len (so a token's output does not depend on how many tokens
+it cannot see); the block output is x + W2(dropout(LayerNorm(A V) * U)). History tokens attend causally to
+the user token and the history before them. Candidate c attends to the user token, to the first
+``visible[b, c]`` history tokens and to itself, never to another candidate: it sits right after what it can
+see, so its relative position to history token j is visible[b, c] - j and its time gap is
+cand_time - hist_time[j]. The user token always sits at position 0 and has time gap 0 to every query (it
+describes the user as of the query's own time). A history longer than max_len keeps its most recent max_len
+tokens; candidates then see what is left of their prefix.
+
+**M-FALCON.** Because no history token attends to a candidate, the history stack does not depend on the
+candidates: :meth:`GenerativeRanker.encode_history` runs it once and keeps every layer's history K and V;
+:meth:`GenerativeRanker.score_candidates` then pushes the candidates through the layers in micro-batches,
+each layer reading the cached K/V (plus each candidate's own K/V for the attention to itself), so scoring M
+candidates costs one history pass plus M cheap candidate rows rather than M full passes.
+:meth:`GenerativeRanker.score_one_by_one` is that naive baseline (one full pass, history + one candidate, per
+candidate); it shares no caching code and gives the same outputs.
+
+**Heads.** The final-normed candidate output feeds one small MLP per task (TaskHeads): logits for binary
+tasks (BCE), values for regression tasks (MSE), the losses averaged over real candidates and summed with
+``task_weights`` (:func:`multitask_loss`, shared with the ranking baselines).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from genrec.models.hstu import HSTUBlock, HSTUConfig
+from genrec.models.ranking import ActionEmbedding, FeatureEmbedding, RankBatch, RankSpec, TaskHeads
+from genrec.nn.attention import masked_pointwise_attention
+
+
+class RankerConfig(BaseModel):
+    """Hyper-parameters of :class:`GenerativeRanker`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Literal["ranker"] = "ranker"
+    dim: int = Field(64, ge=1, description="Embedding and hidden size D (a multiple of heads).")
+    blocks: int = Field(2, ge=1, description="Number of stacked HSTU blocks.")
+    heads: int = Field(2, ge=1, description="Attention heads.")
+    max_len: int = Field(200, ge=1, description="History cap: only the most recent max_len impressions are "
+                         "read; also the attention normaliser n.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on token embeddings and block outputs.")
+    init_std: float = Field(0.02, gt=0, description="Std of the embedding init.")
+    time_buckets: int = Field(64, ge=0, description="Log-scale time-gap buckets of the relative bias (0 = none).")
+    task_weights: dict[str, float] | None = Field(None, description="Loss weight per task (default 1 each; "
+                                                  "tasks not named weigh 1).")
+    head_hidden: int | None = Field(None, ge=1, description="Hidden size of each task head (default dim).")
+    micro_batch: int = Field(256, ge=1, description="Candidates per scoring chunk of score_candidates.")
+
+    @model_validator(mode="after")
+    def _dim_splits_into_heads(self) -> RankerConfig:
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
+        if self.task_weights and any(w < 0 for w in self.task_weights.values()):
+            raise ValueError("task_weights must be >= 0")
+        return self
+
+
+def multitask_loss(outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], mask: torch.Tensor,
+                   binary_tasks: tuple[str, ...] | list[str],
+                   weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum over tasks of the mean loss over real candidates: BCE-with-logits for ``binary_tasks``,
+    MSE for the others. ``mask`` [B, M] bool marks real candidates; a non-finite label counts as missing
+    (a regression signal not logged for that impression). Returns (total, {task: loss})."""
+    per_task: dict[str, torch.Tensor] = {}
+    total = next(iter(outputs.values())).new_zeros(())
+    for task, pred in outputs.items():
+        target = labels[task].to(pred.dtype)
+        keep = mask & torch.isfinite(target)
+        pred, target = pred[keep], target[keep]
+        if pred.numel() == 0:  # no labelled candidate: a zero that still carries a graph
+            loss = pred.sum()
+        elif task in binary_tasks:
+            loss = F.binary_cross_entropy_with_logits(pred, target)
+        else:
+            loss = F.mse_loss(pred, target)
+        per_task[task] = loss
+        total = total + (weights or {}).get(task, 1.0) * loss
+    return total, per_task
+
+
+@dataclass
+class HistoryCache:
+    """The history stack of a batch, computed once and read by every candidate micro-batch.
+
+    Keys are [user token, history tokens]: ``k[l]``/``v[l]`` [B, H, 1 + L, Da/Dv] are layer l's keys and
+    values. ``shift`` [B] is how many of the oldest impressions the max_len cap dropped (candidates'
+    ``visible`` counts are moved by it); ``hist_len`` and ``hist_time`` describe the kept history."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    hist_time: torch.Tensor
+    hist_len: torch.Tensor
+    shift: torch.Tensor
+
+
+class GenerativeRanker(nn.Module):
+    """Maps a :class:`RankBatch` to {task: [B, M]}; see the module docstring. ``item_tables`` /
+    ``user_tables`` hold the categorical feature codes per item / user named in ``spec`` (stored as buffers)."""
+
+    def __init__(self, config: RankerConfig, spec: RankSpec, item_tables: dict[str, torch.Tensor] | None = None,
+                 user_tables: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        unknown = set(config.task_weights or {}) - set(spec.tasks)
+        if unknown:
+            raise ValueError(f"task_weights names tasks the data does not have: {sorted(unknown)}")
+        self.config, self.spec = config, spec
+        d = config.dim
+        self.item_emb = FeatureEmbedding(spec.n_items, d, spec.item_feature_sizes, item_tables, config.init_std)
+        self.user_emb = FeatureEmbedding(spec.n_users, d, spec.user_feature_sizes, user_tables, config.init_std)
+        self.action_emb = ActionEmbedding(spec.action_sizes, d, config.init_std)
+        self.cand_type = nn.Parameter(torch.randn(d) * config.init_std)
+        self.drop = nn.Dropout(config.dropout)
+        block_cfg = HSTUConfig(dim=d, blocks=config.blocks, heads=config.heads, max_len=config.max_len,
+                               dropout=config.dropout, init_std=config.init_std, time_buckets=config.time_buckets)
+        self.blocks = nn.ModuleList(HSTUBlock(block_cfg, use_timestamps=True) for _ in range(config.blocks))
+        self.final_norm = nn.LayerNorm(d)
+        self.heads = TaskHeads(d, spec.tasks, config.head_hidden)
+
+    # --- tokens -------------------------------------------------------------------------------------------
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        # embeddings start at init_std; sqrt(D) brings them to the scale of the blocks' residual updates
+        return self.drop(x * math.sqrt(self.config.dim))
+
+    def _history_tokens(self, batch: RankBatch) -> tuple[torch.Tensor, ...]:
+        """Cap the history to its most recent max_len tokens; return [user, history] tokens [B, 1 + L, D],
+        the kept times [B, L], lengths [B] and the number of dropped impressions per row [B]."""
+        items, actions, times, length = batch.hist_items, batch.hist_actions, batch.hist_time, batch.hist_len
+        shift = (length - self.config.max_len).clamp(min=0)
+        if items.shape[1] > self.config.max_len:
+            cols = torch.arange(self.config.max_len, device=items.device)
+            idx = (shift[:, None] + cols).clamp(max=items.shape[1] - 1)
+            length = length - shift
+            real = cols[None, :] < length[:, None]
+            items = items.gather(1, idx) * real
+            times = times.gather(1, idx) * real
+            actions = actions.gather(1, idx[..., None].expand(-1, -1, actions.shape[-1])) * real[..., None]
+        hist = self.item_emb(items) + self.action_emb(actions)
+        x = torch.cat([self.user_emb(batch.user)[:, None], hist], dim=1)
+        return self._scale(x), times, length, shift
+
+    def _candidate_tokens(self, items: torch.Tensor) -> torch.Tensor:
+        return self._scale(self.item_emb(items) + self.cand_type)
+
+    @staticmethod
+    def _visible(visible: torch.Tensor, shift: torch.Tensor, hist_len: torch.Tensor) -> torch.Tensor:
+        # counts are in the uncapped history; never read past the real history (padding is not a token)
+        return torch.minimum((visible - shift[:, None]).clamp(min=0), hist_len[:, None])
+
+    @staticmethod
+    def _candidate_geometry(vis: torch.Tensor, cand_time: torch.Tensor,
+                            hist_time: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Relative positions, time gaps and mask [B, M, 1 + L] of candidates to the [user, history] keys:
+        a candidate sits at position vis + 1 (the user token at 0, history token j at j + 1)."""
+        pos_k = torch.arange(hist_time.shape[1] + 1, device=vis.device)
+        rel = (vis + 1)[..., None] - pos_k
+        gap = cand_time[..., None] - hist_time[:, None, :]
+        gap = F.pad(gap, (1, 0))  # the user token: gap 0
+        mask = rel > 0  # the user token and history tokens j < vis
+        return rel, gap, mask
+
+    # --- HSTU layer pieces ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _project(block: HSTUBlock, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """U [B, N, H*Dv] and per-head V, Q, K [B, H, N, *] of the fused SiLU projection."""
+        b, n, _ = x.shape
+        u, v, q, k = F.silu(block.uvqk(block.norm_in(x))).split(
+            [block.h * block.dv, block.h * block.dv, block.h * block.da, block.h * block.da], dim=-1)
+        return (u,) + tuple(t.view(b, n, block.h, -1).transpose(1, 2) for t in (v, q, k))
+
+    @staticmethod
+    def _finish(block: HSTUBlock, x: torch.Tensor, a: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        a = a.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        return x + block.out(block.drop(block.norm_attn(a) * u))
+
+    # --- M-FALCON: history once, candidates in micro-batches ----------------------------------------------
+
+    def encode_history(self, batch: RankBatch) -> HistoryCache:
+        x, times, length, shift = self._history_tokens(batch)
+        n = x.shape[1]
+        pos = torch.arange(n, device=x.device)
+        rel = pos[:, None] - pos[None, :]
+        gap = times[:, :, None] - times[:, None, :]
+        gap = F.pad(F.pad(gap, (1, 0)), (0, 0, 1, 0))  # user token row and column: gap 0
+        mask = rel >= 0  # causal over [user, history]; a real token never sees padding
+        bias_idx = self.blocks[0].rab.index(rel, gap)  # every block's bias is built alike: index once
+        ks, vs = [], []
+        for block in self.blocks:
+            u, v, q, k = self._project(block, x)
+            a = masked_pointwise_attention(q, k, v, block.rab.lookup(bias_idx).unsqueeze(-3), mask,
+                                           self.config.max_len)
+            x = self._finish(block, x, a, u)
+            ks.append(k)
+            vs.append(v)
+        return HistoryCache(ks, vs, times, length, shift)
+
+    def score_candidates(self, cache: HistoryCache, cand_items: torch.Tensor, cand_time: torch.Tensor,
+                         visible: torch.Tensor, micro_batch: int | None = None) -> dict[str, torch.Tensor]:
+        """Outputs {task: [B, M]} for candidates [B, M], reading ``cache``; ``micro_batch`` (default
+        config.micro_batch) candidates per chunk bounds the attention's memory."""
+        chunk = micro_batch or self.config.micro_batch
+        vis_all = self._visible(visible, cache.shift, cache.hist_len)
+        parts: list[dict[str, torch.Tensor]] = []
+        for start in range(0, cand_items.shape[1], chunk):
+            sl = slice(start, start + chunk)
+            x = self._candidate_tokens(cand_items[:, sl])
+            rel, gap, mask = self._candidate_geometry(vis_all[:, sl], cand_time[:, sl], cache.hist_time)
+            bias_idx = self.blocks[0].rab.index(rel, gap)
+            zero = torch.zeros((), dtype=torch.long, device=x.device)
+            own_idx = self.blocks[0].rab.index(zero, zero)  # a candidate to itself: position 0, gap 0
+            for block, k_h, v_h in zip(self.blocks, cache.k, cache.v, strict=True):
+                u, v, q, k = self._project(block, x)
+                a = masked_pointwise_attention(q, k_h, v_h, block.rab.lookup(bias_idx).unsqueeze(-3),
+                                               mask[:, None], self.config.max_len)
+                own = F.silu((q * k).sum(-1, keepdim=True) + block.rab.lookup(own_idx))
+                a = a + own * v / self.config.max_len
+                x = self._finish(block, x, a, u)
+            parts.append(self.heads(self.final_norm(x)))
+        return {t: torch.cat([p[t] for p in parts], dim=1) for t in self.spec.tasks}
+
+    def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
+        """{task: [B, M]}: logits for binary tasks, values for regression tasks (padded candidates: garbage)."""
+        return self.score_candidates(self.encode_history(batch), batch.cand_items, batch.cand_time, batch.visible)
+
+    # --- the naive baseline -----------------------------------------------------------------------------------
+
+    def score_one_by_one(self, batch: RankBatch) -> dict[str, torch.Tensor]:
+        """One full pass per candidate over [user, history, that candidate] with no cache: the cost M-FALCON
+        avoids (a speed baseline) and an independent check of the cached path."""
+        x_h, times, length, shift = self._history_tokens(batch)
+        vis_all = self._visible(batch.visible, shift, length)
+        n = x_h.shape[1] + 1
+        cols = torch.arange(n, device=x_h.device)
+        outs: list[dict[str, torch.Tensor]] = []
+        for c in range(batch.cand_items.shape[1]):
+            x = torch.cat([x_h, self._candidate_tokens(batch.cand_items[:, c:c + 1])], dim=1)
+            vis = vis_all[:, c]
+            pos = torch.cat([cols[None, :-1].expand(len(vis), -1), (vis + 1)[:, None]], dim=1)  # [B, N]
+            t = torch.cat([times[:, :1], times, batch.cand_time[:, c:c + 1]], dim=1)  # user slot: any value
+            rel = pos[:, :, None] - pos[:, None, :]
+            gap = t[:, :, None] - t[:, None, :]
+            gap[:, :, 0] = 0
+            # causal by index among [user, history]; the candidate (last) reads the user, its prefix and itself
+            mask = cols[:, None] >= cols[None, :]
+            mask = mask[None].expand(len(vis), -1, -1).clone()
+            mask[:, -1, 1:-1] = cols[None, :-2] < vis[:, None]
+            for block in self.blocks:
+                u, v, q, k = self._project(block, x)
+                a = masked_pointwise_attention(q, k, v, block.rab.at(rel, gap).unsqueeze(-3), mask[:, None],
+                                               self.config.max_len)
+                x = self._finish(block, x, a, u)
+            outs.append(self.heads(self.final_norm(x[:, -1:])))
+        return {t: torch.cat([o[t] for o in outs], dim=1) for t in self.spec.tasks}
+
+    # --- training ------------------------------------------------------------------------------------------
+
+    def loss(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
+             mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(weighted total, {task: loss}) over real candidates (``mask`` = cand_items > 0)."""
+        return multitask_loss(outputs, labels, mask, self.spec.binary_tasks, self.config.task_weights)

@@ -1,0 +1,320 @@
+"""GenerativeRanker: candidate isolation, history prefix and causality, M-FALCON cache = one-by-one passes
+(values and gradients), padding, the history cap, and multi-task heads that learn on tiny generated data."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+import torch
+
+from genrec.models.ranker import GenerativeRanker, RankerConfig, multitask_loss
+from genrec.models.ranking import RankBatch, RankSpec
+from genrec.nn.attention import causal_mask, masked_pointwise_attention, pointwise_attention
+from genrec.nn.relative_bias import RelativeBias
+
+N_ITEMS, N_USERS = 30, 8
+SPEC = RankSpec(n_items=N_ITEMS, n_users=N_USERS, binary_tasks=("click", "like"), regression_tasks=("watch",),
+                item_feature_sizes={"cat": 5}, user_feature_sizes={"age": 4}, action_sizes={"clicked": 3, "liked": 3})
+ITEM_CAT = torch.tensor([0] + [1 + i % 4 for i in range(N_ITEMS)])
+USER_AGE = torch.tensor([0] + [1 + u % 3 for u in range(N_USERS)])
+TIGHT = {"rtol": 1e-9, "atol": 1e-10}
+
+
+def make_model(seed: int = 0, dtype: torch.dtype = torch.float64, **overrides) -> GenerativeRanker:
+    torch.manual_seed(seed)
+    cfg = {"dim": 16, "heads": 2, "blocks": 2, "max_len": 16, "dropout": 0.0, "init_std": 0.3,
+           "time_buckets": 40, **overrides}
+    model = GenerativeRanker(RankerConfig(**cfg), SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE})
+    with torch.no_grad():  # the relative bias starts at zero; random weights make positions and gaps matter
+        for block in model.blocks:
+            block.rab.pos.normal_(std=0.5)
+            block.rab.time.normal_(std=0.5)
+    return model.to(dtype).eval()
+
+
+def make_batch(seed: int, b: int = 4, length: int = 7, m: int = 5) -> RankBatch:
+    """Right-padded histories (one empty, one full) and candidates (varied counts), sorted ms timestamps."""
+    g = torch.Generator().manual_seed(seed)
+    hist_len = torch.randint(1, length + 1, (b,), generator=g)
+    hist_len[0], hist_len[-1] = length, 0
+    real = torch.arange(length)[None, :] < hist_len[:, None]
+    hist_items = torch.randint(1, N_ITEMS + 1, (b, length), generator=g) * real
+    actions = torch.randint(1, 3, (b, length, 2), generator=g) * real[..., None]
+    gaps = torch.randint(1, 10**7, (b, length), generator=g)
+    hist_time = (1_600_000_000_000 + gaps.cumsum(1)) * real
+    n_cand = torch.randint(1, m + 1, (b,), generator=g)
+    n_cand[0] = m
+    cand_real = torch.arange(m)[None, :] < n_cand[:, None]
+    cand_items = torch.randint(1, N_ITEMS + 1, (b, m), generator=g) * cand_real
+    cand_time = hist_time.max(1).values[:, None] + torch.randint(0, 10**8, (b, m), generator=g)
+    visible = (torch.rand(b, m, generator=g) * (hist_len[:, None] + 1)).long()
+    visible[0, 0] = hist_len[0]
+    return RankBatch(user=torch.randint(0, N_USERS + 1, (b,), generator=g), hist_items=hist_items,
+                     hist_actions=actions, hist_time=hist_time, hist_len=hist_len, cand_items=cand_items,
+                     cand_time=cand_time, visible=visible)
+
+
+def replace(batch: RankBatch, **fields) -> RankBatch:
+    values = {f: getattr(batch, f).clone() for f in ("user", "hist_items", "hist_actions", "hist_time",
+                                                     "hist_len", "cand_items", "cand_time", "visible")}
+    values.update(fields)
+    return RankBatch(**values)
+
+
+def stacked(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.stack([out[t] for t in SPEC.tasks], dim=-1)  # [B, M, T]
+
+
+# --- shared nn pieces ---------------------------------------------------------------------------------------
+
+def test_masked_pointwise_attention_with_causal_mask_equals_pointwise_attention() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 2, 6, 4, generator=g, dtype=torch.float64), torch.randn(2, 2, 6, 4, generator=g,
+                                                                                  dtype=torch.float64)
+    v, bias = torch.randn(2, 2, 6, 3, generator=g, dtype=torch.float64), torch.randn(2, 1, 6, 6, generator=g,
+                                                                                     dtype=torch.float64)
+    torch.testing.assert_close(masked_pointwise_attention(q, k, v, bias, causal_mask(6), 10),
+                               pointwise_attention(q, k, v, bias, 10), **TIGHT)
+
+
+def test_relative_bias_at_agrees_with_forward() -> None:
+    rb = RelativeBias(max_len=5, time_buckets=6)
+    with torch.no_grad():
+        rb.pos.normal_()
+        rb.time.normal_()
+    ts = torch.tensor([[0, 3, 40, 10**6, 10**9, 10**9 + 1, 10**12]])
+    idx = torch.arange(7)
+    full = rb(7, ts)[:, 0]
+    at = rb.at(idx[:, None] - idx[None, :], ts[:, :, None] - ts[:, None, :])
+    keep = causal_mask(7)  # forward defines only j <= i
+    torch.testing.assert_close(at[:, keep], full[:, keep])
+    assert rb.at(torch.tensor([9, -2])).tolist() == [rb.pos[4].item(), rb.pos[0].item()]
+
+
+# --- config and loss -------------------------------------------------------------------------------------------
+
+def test_config_validates() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        RankerConfig(bogus=1)
+    with pytest.raises(pydantic.ValidationError):
+        RankerConfig(dim=10, heads=3)
+    with pytest.raises(ValueError, match="task_weights"):
+        GenerativeRanker(RankerConfig(task_weights={"share": 1.0}), SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE})
+    assert RankerConfig().micro_batch == 256 and RankerConfig().name == "ranker"
+
+
+def test_multitask_loss_averages_real_candidates_and_weights_tasks() -> None:
+    logits = torch.tensor([[0.0, 2.0, 9.0]])
+    value = torch.tensor([[1.0, 3.0, 9.0]])
+    labels = {"click": torch.tensor([[1.0, 0.0, 1.0]]), "watch": torch.tensor([[2.0, float("nan"), 0.0]])}
+    mask = torch.tensor([[True, True, False]])
+    total, per = multitask_loss({"click": logits, "watch": value}, labels, mask, ("click",), {"watch": 0.5})
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(per["click"], bce)
+    torch.testing.assert_close(per["watch"], torch.tensor(1.0))  # only the first: the NaN label is missing
+    torch.testing.assert_close(total, bce + 0.5)
+
+
+# --- masks ------------------------------------------------------------------------------------------------------
+
+def test_candidate_outputs_ignore_other_candidates() -> None:
+    model, batch = make_model(), make_batch(1)
+    base = stacked(model(batch))
+    g = torch.Generator().manual_seed(5)
+    changed = replace(batch, cand_items=torch.randint(1, N_ITEMS + 1, batch.cand_items.shape, generator=g),
+                      cand_time=batch.cand_time + torch.randint(0, 10**9, batch.cand_time.shape, generator=g),
+                      visible=torch.zeros_like(batch.visible))
+    for c in range(batch.cand_items.shape[1]):
+        keep = {"cand_items": changed.cand_items.clone(), "cand_time": changed.cand_time.clone(),
+                "visible": changed.visible.clone()}
+        keep["cand_items"][:, c], keep["cand_time"][:, c] = batch.cand_items[:, c], batch.cand_time[:, c]
+        keep["visible"][:, c] = batch.visible[:, c]
+        torch.testing.assert_close(stacked(model(replace(batch, **keep)))[:, c], base[:, c], **TIGHT)
+        alone = replace(batch, cand_items=batch.cand_items[:, c:c + 1], cand_time=batch.cand_time[:, c:c + 1],
+                        visible=batch.visible[:, c:c + 1])  # fewer candidates
+        torch.testing.assert_close(stacked(model(alone))[:, 0], base[:, c], **TIGHT)
+        assert not torch.allclose(stacked(model(replace(batch, **keep))), base)  # the others did change
+
+
+def test_candidate_reads_only_its_history_prefix() -> None:
+    model, batch = make_model(), make_batch(2, b=1, length=8, m=3)
+    batch = replace(batch, hist_len=torch.tensor([8]), hist_items=torch.arange(1, 9)[None],
+                    hist_actions=torch.ones(1, 8, 2, dtype=torch.long),
+                    hist_time=1_600_000_000_000 + torch.arange(8)[None] * 10**6,
+                    cand_items=torch.tensor([[3, 4, 5]]), visible=torch.tensor([[4, 8, 0]]),
+                    cand_time=1_600_000_000_000 + torch.tensor([[4, 8, 9]]) * 10**6)
+    base = stacked(model(batch))
+    for j in range(8):
+        items, actions, times = batch.hist_items.clone(), batch.hist_actions.clone(), batch.hist_time.clone()
+        items[0, j] = 20
+        actions[0, j] = 2
+        times[0, j:] += 10**9  # token j and later (stays sorted)
+        for new in (replace(batch, hist_items=items), replace(batch, hist_actions=actions),
+                    replace(batch, hist_time=times)):
+            out = stacked(model(new))
+            for c, vis in enumerate(batch.visible[0].tolist()):
+                if j >= vis:
+                    torch.testing.assert_close(out[0, c], base[0, c], **TIGHT)
+                else:
+                    assert (out[0, c] - base[0, c]).abs().max() > 1e-6, (j, c, new)
+
+
+def test_history_is_causal() -> None:
+    model, batch = make_model(), make_batch(3, length=8)
+    cache = model.encode_history(batch)
+    for j in range(8):
+        items, actions = batch.hist_items.clone(), batch.hist_actions.clone()
+        items[:, j] = (items[:, j] % N_ITEMS) + 1
+        actions[:, j] = 3 - actions[:, j].clamp(min=1)
+        other = model.encode_history(replace(batch, hist_items=items, hist_actions=actions))
+        for k0, k1, v0, v1 in zip(cache.k, other.k, cache.v, other.v, strict=True):
+            torch.testing.assert_close(k1[:, :, :1 + j], k0[:, :, :1 + j], **TIGHT)  # user + tokens before j
+            torch.testing.assert_close(v1[:, :, :1 + j], v0[:, :, :1 + j], **TIGHT)
+        assert not torch.allclose(other.k[-1][0, :, 1 + j:], cache.k[-1][0, :, 1 + j:])  # j itself and later
+
+
+# --- M-FALCON cache vs the plain pass -----------------------------------------------------------------------
+
+def values_and_grads(model: GenerativeRanker, fn, batch: RankBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad()
+    out = stacked(fn(batch))
+    w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    (out * w * batch.cand_mask[..., None]).sum().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, TIGHT), (torch.float32, {"rtol": 1e-4, "atol": 1e-5})])
+def test_kv_reuse_equals_one_by_one_values_and_gradients(dtype: torch.dtype, tol: dict) -> None:
+    model, batch = make_model(dtype=dtype), make_batch(4, b=5, length=9, m=7)
+    ref, ref_grads = values_and_grads(model, model.score_one_by_one, batch)
+    runs = {"forward": model.forward}
+    for mb in (1, 3, 7, 100):
+        runs[f"mb{mb}"] = lambda bt, mb=mb: model.score_candidates(model.encode_history(bt), bt.cand_items,
+                                                                   bt.cand_time, bt.visible, micro_batch=mb)
+    for name, fn in runs.items():
+        out, grads = values_and_grads(model, fn, batch)
+        torch.testing.assert_close(out, ref, **tol, msg=name)
+        for g, r in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r, **tol, msg=name)
+
+
+def test_without_time_buckets_kv_reuse_still_equals_one_by_one() -> None:
+    torch.manual_seed(0)
+    model = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3, time_buckets=0),
+                             SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE}).double().eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.rab.pos.normal_(std=0.5)
+    batch = make_batch(9, length=8)  # longer than max_len: the cap applies too
+    torch.testing.assert_close(stacked(model(batch)), stacked(model.score_one_by_one(batch)), **TIGHT)
+
+
+def test_cache_is_reused_across_candidate_sets() -> None:
+    model, batch = make_model(), make_batch(5)
+    cache = model.encode_history(batch)
+    other = make_batch(6)
+    out = model.score_candidates(cache, other.cand_items, other.cand_time,
+                                 torch.minimum(other.visible, batch.hist_len[:, None]))
+    full = model(replace(batch, cand_items=other.cand_items, cand_time=other.cand_time,
+                         visible=torch.minimum(other.visible, batch.hist_len[:, None])))
+    torch.testing.assert_close(stacked(out), stacked(full), **TIGHT)
+
+
+# --- padding and the history cap -----------------------------------------------------------------------------
+
+def test_padding_and_batch_independence() -> None:
+    model, batch = make_model(), make_batch(7, b=2, length=6, m=4)
+    real = batch.cand_mask
+    base = stacked(model(batch))
+    b, length = batch.hist_items.shape
+
+    def pad_h(t: torch.Tensor, fill: int = 0) -> torch.Tensor:  # 3 more padded slots
+        return torch.cat([t, torch.full((b, 3) + t.shape[2:], fill, dtype=t.dtype)], dim=1)
+
+    padded = replace(batch, hist_items=pad_h(batch.hist_items), hist_actions=pad_h(batch.hist_actions),
+                     hist_time=pad_h(batch.hist_time, 123), cand_items=pad_h(batch.cand_items),
+                     cand_time=pad_h(batch.cand_time, 5), visible=pad_h(batch.visible, 9))
+    torch.testing.assert_close(stacked(model(padded))[:, :4][real], base[real], **TIGHT)
+    # padded history slots holding garbage are never read, even by a visible count beyond hist_len
+    hist_real = torch.arange(length + 3)[None, :] < batch.hist_len[:, None]
+    garbage = replace(padded, hist_items=torch.where(hist_real, padded.hist_items, 7),
+                      hist_actions=torch.where(hist_real[..., None], padded.hist_actions, 1),
+                      visible=padded.visible + 20)
+    clipped = replace(padded, visible=(padded.visible + 20).clamp(max=batch.hist_len[:, None]))
+    torch.testing.assert_close(stacked(model(garbage)), stacked(model(clipped)), **TIGHT)
+    for i in range(b):
+        n_h, n_c = int(batch.hist_len[i]), int(real[i].sum())
+        one = RankBatch(user=batch.user[i:i + 1], hist_items=batch.hist_items[i:i + 1, :n_h],
+                        hist_actions=batch.hist_actions[i:i + 1, :n_h], hist_time=batch.hist_time[i:i + 1, :n_h],
+                        hist_len=batch.hist_len[i:i + 1], cand_items=batch.cand_items[i:i + 1, :n_c],
+                        cand_time=batch.cand_time[i:i + 1, :n_c], visible=batch.visible[i:i + 1, :n_c])
+        torch.testing.assert_close(stacked(model(one))[0], base[i, :n_c], **TIGHT)
+
+
+def test_history_cap_keeps_the_most_recent_max_len_tokens() -> None:
+    model = make_model(max_len=5)
+    batch = make_batch(8, b=3, length=9, m=4)
+    batch = replace(batch, hist_len=torch.tensor([9, 4, 7]),
+                    visible=torch.tensor([[9, 6, 2, 5], [4, 1, 0, 3], [7, 2, 6, 3]]))
+    real = torch.arange(9)[None, :] < batch.hist_len[:, None]
+    batch = replace(batch, hist_items=batch.hist_items.clamp(min=1) * real,
+                    hist_actions=batch.hist_actions.clamp(min=1) * real[..., None])
+    out = stacked(model(batch))
+    torch.testing.assert_close(out, stacked(model.score_one_by_one(batch)), **TIGHT)
+    for i in range(3):
+        n = int(batch.hist_len[i])
+        drop = max(n - 5, 0)
+        cut = RankBatch(user=batch.user[i:i + 1], hist_items=batch.hist_items[i:i + 1, drop:n],
+                        hist_actions=batch.hist_actions[i:i + 1, drop:n], hist_time=batch.hist_time[i:i + 1, drop:n],
+                        hist_len=torch.tensor([n - drop]), cand_items=batch.cand_items[i:i + 1],
+                        cand_time=batch.cand_time[i:i + 1], visible=(batch.visible[i:i + 1] - drop).clamp(min=0))
+        torch.testing.assert_close(stacked(model(cut))[0], out[i], **TIGHT)
+
+
+# --- learning ----------------------------------------------------------------------------------------------------
+
+def task_batch(g: torch.Generator, b: int = 32, length: int = 10, m: int = 8) -> RankBatch:
+    """click = the item is even (10% label noise); like = the user's age code is 1; watch = item category / 2
+    + noise. History actions echo the same rules, as real logs would."""
+    batch = make_batch(int(torch.randint(0, 10**9, (1,), generator=g)), b=b, length=length, m=m)
+    batch = replace(batch, user=torch.randint(1, N_USERS + 1, (b,), generator=g))
+    noise = torch.rand(b, m, generator=g) < 0.1
+    click = ((batch.cand_items % 2 == 0) ^ noise).float()
+    like = (USER_AGE[batch.user] == 1).float()[:, None].expand(b, m).clone()
+    watch = ITEM_CAT[batch.cand_items].float() / 2 + 0.1 * torch.randn(b, m, generator=g)
+    batch.labels = {"click": click, "like": like, "watch": watch}
+    return batch
+
+
+def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    pos, neg = scores[labels > 0.5], scores[labels <= 0.5]
+    return ((pos[:, None] > neg[None, :]).float().mean() + 0.5 * (pos[:, None] == neg[None, :]).float().mean()).item()
+
+
+def test_task_heads_learn_on_generated_data() -> None:
+    torch.manual_seed(0)
+    model = GenerativeRanker(RankerConfig(dim=16, heads=2, blocks=1, max_len=16, dropout=0.0, time_buckets=8,
+                                          task_weights={"watch": 0.5}),
+                             SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE})
+    g = torch.Generator().manual_seed(0)
+    train = [task_batch(g) for _ in range(8)]
+    test = task_batch(g, b=64)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    losses = []
+    model.train()
+    for step in range(300):
+        batch = train[step % len(train)]
+        total, _ = model.loss(model(batch), batch.labels, batch.cand_mask)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        losses.append(total.item())
+    assert sum(losses[-20:]) / 20 < 0.5 * sum(losses[:20]) / 20
+    model.eval()
+    with torch.no_grad():
+        out = model(test)
+    real = test.cand_mask
+    assert auc(out["click"][real], test.labels["click"][real]) > 0.8
+    assert auc(out["like"][real], test.labels["like"][real]) > 0.9
+    mse = ((out["watch"] - test.labels["watch"])[real] ** 2).mean()
+    assert mse < 0.25 * test.labels["watch"][real].var()
