@@ -1,0 +1,135 @@
+"""DCN-v2, a ranking baseline: Wang et al., "DCN V2: Improved Deep & Cross Network and Practical Lessons for
+Web-scale Learning to Rank Systems" (WWW 2021).
+
+Every candidate is one row of D-sized field embeddings, concatenated into x0 (d = F * D): the user id and each
+user feature, the candidate's item id and each item feature, and a summary of the history it may read (the mean
+of its visible tokens, a token being item embedding + action embedding; at most the ``max_len`` most recent).
+The cross network applies x_{l+1} = x0 * (W_l x_l + b_l) + x_l, with W_l full-rank (d x d) or low-rank
+(U_l V_l^T, rank r); a deep MLP is stacked on it (or runs beside it, "parallel"), and one head per task reads
+the result (multi-task with a shared bottom). Candidates are independent of each other.
+
+Implemented: full- and low-rank cross layers, stacked and parallel structures, multi-task heads, the masked
+multi-task loss (:func:`ranking_loss`, BCE for binary tasks, MSE for regression).
+Not implemented: the mixture of low-rank experts (DCN-Mix), dense/continuous input features, timestamps
+(``hist_time`` / ``cand_time`` are not read), attention over the history (see DIN).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
+from torch import nn
+
+from genrec.models.ranking import ActionEmbedding, FeatureEmbedding, RankBatch, RankSpec, TaskHeads, prefix_mask
+
+
+class DCNConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Literal["dcn"] = "dcn"
+    dim: int = Field(16, ge=1, description="Embedding size D of every field.")
+    cross_layers: int = Field(3, ge=0, description="Cross layers (0 = a plain deep network).")
+    cross_rank: int | None = Field(None, ge=1, description="None: full-rank W_l (d x d); r: low-rank U_l V_l^T.")
+    structure: Literal["stacked", "parallel"] = Field(
+        "stacked", description="stacked: deep MLP on the cross output; parallel: both read x0, outputs concatenated.")
+    hidden: tuple[PositiveInt, ...] = Field((256, 128), description="Widths of the deep MLP (ReLU).")
+    head_hidden: int | None = Field(None, ge=1, description="Hidden width of each task head (default: its input).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after each deep-MLP layer.")
+    init_std: float = Field(0.02, gt=0, description="Std of the embedding init.")
+    max_len: int = Field(200, ge=1, description="History cap: a candidate reads at most its most recent this many "
+                         "visible history tokens.")
+    task_weights: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict, description="Weight of each task in the loss (tasks not named weigh 1).")
+
+
+def ranking_loss(outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], mask: torch.Tensor,
+                 binary_tasks: tuple[str, ...], weights: dict[str, float] | None = None) -> torch.Tensor:
+    """Sum over tasks of weight * mean over real candidates (``mask`` [B, M]) of BCE-with-logits (binary tasks)
+    or squared error (regression tasks). Labels of padded candidates are ignored (they may be NaN)."""
+    m = mask.to(next(iter(outputs.values())).dtype)
+    n = m.sum().clamp_min(1)
+    total = m.new_zeros(())
+    for task, out in outputs.items():
+        y = torch.where(mask, labels[task].to(out.dtype), 0)
+        per = F.binary_cross_entropy_with_logits(out, y, reduction="none") if task in binary_tasks else (out - y) ** 2
+        total = total + (weights or {}).get(task, 1.0) * (per * m).sum() / n
+    return total
+
+
+def visible_history(batch: RankBatch, max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The history window the batch's real candidates read: items [B, W], actions [B, W, A] and mask [B, M, W],
+    where candidate c reads tokens j with visible[b, c] - max_len <= j < visible[b, c] (and j < hist_len[b]).
+    W is trimmed to the tokens some real candidate reads; the mask is exact per candidate."""
+    length = batch.hist_items.shape[1]
+    vis = torch.minimum(batch.visible, batch.hist_len[:, None]).clamp(0, length)
+    lo = (vis - max_len).clamp_min(0)
+    real = batch.cand_mask
+    start, end = (int(lo[real].min()), int(vis[real].max())) if bool(real.any()) else (0, 0)
+    end = max(start, end)
+    mask = prefix_mask(vis - start, end - start) & ~prefix_mask(lo - start, end - start)
+    return batch.hist_items[:, start:end], batch.hist_actions[:, start:end], mask
+
+
+def check_task_weights(spec: RankSpec, weights: dict[str, float]) -> None:
+    if unknown := set(weights) - set(spec.tasks):
+        raise ValueError(f"task_weights name tasks {sorted(unknown)} that are not in the data ({list(spec.tasks)})")
+
+
+def field_embeddings(emb: FeatureEmbedding, idx: torch.Tensor) -> list[torch.Tensor]:
+    """One embedding per field (id, then each feature) instead of FeatureEmbedding's sum: crosses need fields."""
+    return [emb.id(idx)] + [emb.feats[name](getattr(emb, f"table_{name}")[idx]) for name in emb.names]
+
+
+class CrossLayer(nn.Module):
+    """x_{l+1} = x0 * (W x_l + b) + x_l; W full-rank or U V^T of rank r."""
+
+    def __init__(self, d: int, rank: int | None):
+        super().__init__()
+        self.w = nn.Linear(d, d) if rank is None else nn.Sequential(nn.Linear(d, rank, bias=False), nn.Linear(rank, d))
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x0 * self.w(x) + x
+
+
+class DCN(nn.Module):
+    def __init__(self, config: DCNConfig, spec: RankSpec, item_tables: dict[str, torch.Tensor],
+                 user_tables: dict[str, torch.Tensor]):
+        super().__init__()
+        check_task_weights(spec, config.task_weights)
+        self.config, self.spec, d = config, spec, config.dim
+        self.item = FeatureEmbedding(spec.n_items, d, spec.item_feature_sizes, item_tables, config.init_std)
+        self.user = FeatureEmbedding(spec.n_users, d, spec.user_feature_sizes, user_tables, config.init_std)
+        self.action = ActionEmbedding(spec.action_sizes, d, config.init_std)
+        width = d * (len(self.user.names) + len(self.item.names) + 3)  # + user id, item id, history summary
+        self.cross = nn.ModuleList(CrossLayer(width, config.cross_rank) for _ in range(config.cross_layers))
+        layers: list[nn.Module] = []
+        deep_in = width
+        for h in config.hidden:
+            layers += [nn.Linear(deep_in, h), nn.ReLU(), nn.Dropout(config.dropout)]
+            deep_in = h
+        self.deep = nn.Sequential(*layers)
+        out = deep_in + (width if config.structure == "parallel" else 0)
+        self.heads = TaskHeads(out, spec.tasks, config.head_hidden)
+
+    def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
+        """Logits (binary tasks) or values (regression tasks), each [B, M]."""
+        items, actions, mask = visible_history(batch, self.config.max_len)
+        tokens = self.item(items) + self.action(actions)  # [B, W, D]
+        w = mask.to(tokens.dtype)
+        summary = torch.bmm(w, tokens) / w.sum(-1, keepdim=True).clamp_min(1)  # [B, M, D]
+        b, m = batch.cand_items.shape
+        user = [f[:, None, :].expand(b, m, -1) for f in field_embeddings(self.user, batch.user)]
+        x0 = torch.cat(user + field_embeddings(self.item, batch.cand_items) + [summary], dim=-1)
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)
+        z = self.deep(x) if self.config.structure == "stacked" else torch.cat([x, self.deep(x0)], dim=-1)
+        return self.heads(z)
+
+    def loss(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
+             mask: torch.Tensor) -> torch.Tensor:
+        """Weighted multi-task loss over real candidates (``mask = batch.cand_items > 0``)."""
+        return ranking_loss(outputs, labels, mask, self.spec.binary_tasks, self.config.task_weights)
