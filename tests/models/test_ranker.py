@@ -7,8 +7,8 @@ import pydantic
 import pytest
 import torch
 
-from genrec.models.ranker import GenerativeRanker, RankerConfig, multitask_loss
-from genrec.models.ranking import RankBatch, RankSpec
+from genrec.models.ranker import GenerativeRanker, RankerConfig
+from genrec.models.ranking import RankBatch, RankSpec, multitask_loss
 from genrec.nn.attention import causal_mask, masked_pointwise_attention, pointwise_attention
 from genrec.nn.relative_bias import RelativeBias
 

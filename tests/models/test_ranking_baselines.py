@@ -7,9 +7,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from genrec.models.dcn import DCN, DCNConfig, ranking_loss
+from genrec.models.dcn import DCN, DCNConfig
 from genrec.models.din import DIN, DINConfig
-from genrec.models.ranking import RankBatch, RankSpec
+from genrec.models.ranking import RankBatch, RankSpec, multitask_loss
 
 N_ITEMS, N_USERS = 30, 12
 SPEC = RankSpec(n_items=N_ITEMS, n_users=N_USERS, binary_tasks=("click", "like"), regression_tasks=("watch",),
@@ -205,13 +205,13 @@ def test_loss_masks_padded_candidates_and_weighs_tasks() -> None:
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     want = {t: bce(out[t][mask], labels[t][mask], reduction="sum") / n for t in SPEC.binary_tasks}
     want["watch"] = ((out["watch"] - labels["watch"])[mask] ** 2).sum() / n
-    got = ranking_loss(out, labels, mask, SPEC.binary_tasks, {"like": 0.5, "watch": 2.0})
+    got, _ = multitask_loss(out, labels, mask, SPEC.binary_tasks, {"like": 0.5, "watch": 2.0})
     torch.testing.assert_close(got, want["click"] + 0.5 * want["like"] + 2.0 * want["watch"])
     model = make("din", task_weights={"like": 0.5, "watch": 2.0})
-    torch.testing.assert_close(model.loss(out, labels, mask), got)
+    torch.testing.assert_close(model.loss(out, labels, mask)[0], got)
     # gradients stay finite with NaN labels on padded candidates
     logits = {t: v.clone().requires_grad_() for t, v in out.items()}
-    ranking_loss(logits, labels, mask, SPEC.binary_tasks).backward()
+    multitask_loss(logits, labels, mask, SPEC.binary_tasks)[0].backward()
     assert all(torch.isfinite(v.grad).all() and (v.grad[~mask] == 0).all() for v in logits.values())
 
 
@@ -255,7 +255,7 @@ def test_learns_a_tiny_multitask_problem(kind: str) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for step in range(200):
         batch = make_batch(step, b=32, length=10, m=8)
-        loss = model.loss(model(batch), batch.labels, batch.cand_mask)
+        loss = model.loss(model(batch), batch.labels, batch.cand_mask)[0]
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -243,6 +243,25 @@ def compare_cmd(
         out.print(f"[bold yellow]warning:[/] run(s) {', '.join(res['sampled_runs'])} used SAMPLED metrics")
 
 
+def _ranking_table(cfg, result, folder: Path) -> None:
+    res = result.test
+    rows = next(iter(res["tasks"].values()))["rows"]
+    table = Table(title=f"{cfg.model.name} on {cfg.dataset}: test impressions ({rows:,} rows, best epoch "
+                  f"{result.best_epoch}, valid {cfg.eval.select_metric} {result.best_valid:.4f})")
+    for col in ("task", "AUC", "GAUC [95% CI]", "NE", "ECE", "MSE"):
+        table.add_column(col, justify="right" if col != "task" else "left")
+    for task, r in res["tasks"].items():
+        m = r["metrics"]
+        if r["kind"] == "binary":
+            g = m["gauc"]
+            table.add_row(task, f"{m['auc']['value']:.4f}", f"{g['value']:.4f} [{g['ci_low']:.4f}, {g['ci_high']:.4f}]",
+                          f"{m['normalized_entropy']['value']:.4f}", f"{m['ece']['value']:.4f}", "")
+        else:
+            table.add_row(task, "", "", "", "", f"{m['mse']['value']:.4f}")
+    out.print(table)
+    out.print(f"run folder: {folder}", highlight=False)
+
+
 def _p(p: float) -> str:
     return "<1e-4" if p < 1e-4 else f"{p:.4f}"
 
@@ -265,6 +284,9 @@ def train_cmd(
     folder = out_dir or Path(cfg.out or Path("runs") / config.stem)
     result = trainer_class(cfg)(cfg, folder, show_progress=not quiet).fit(resume=resume)
     if result.test is None:  # a non-zero rank under torchrun
+        return
+    if isinstance(result.test, dict):  # a ranking model: per-task metrics on the test impressions
+        _ranking_table(cfg, result, folder)
         return
     ev = result.test
     table = Table(title=f"{cfg.model.name} on {cfg.dataset}: test split, full catalog, {ev.info['cases']:,} users "

@@ -9,7 +9,7 @@ The cross network applies x_{l+1} = x0 * (W_l x_l + b_l) + x_l, with W_l full-ra
 the result (multi-task with a shared bottom). Candidates are independent of each other.
 
 Implemented: full- and low-rank cross layers, stacked and parallel structures, multi-task heads, the masked
-multi-task loss (:func:`ranking_loss`, BCE for binary tasks, MSE for regression).
+multi-task loss (:func:`genrec.models.ranking.multitask_loss`, BCE for binary tasks, MSE for regression).
 Not implemented: the mixture of low-rank experts (DCN-Mix), dense/continuous input features, timestamps
 (``hist_time`` / ``cand_time`` are not read), attention over the history (see DIN).
 """
@@ -19,11 +19,19 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 from torch import nn
 
-from genrec.models.ranking import ActionEmbedding, FeatureEmbedding, RankBatch, RankSpec, TaskHeads, prefix_mask
+from genrec.models.ranking import (
+    ActionEmbedding,
+    FeatureEmbedding,
+    RankBatch,
+    RankSpec,
+    TaskHeads,
+    check_task_weights,
+    multitask_loss,
+    visible_history,
+)
 
 
 class DCNConfig(BaseModel):
@@ -43,39 +51,6 @@ class DCNConfig(BaseModel):
                          "visible history tokens.")
     task_weights: dict[str, NonNegativeFloat] = Field(
         default_factory=dict, description="Weight of each task in the loss (tasks not named weigh 1).")
-
-
-def ranking_loss(outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], mask: torch.Tensor,
-                 binary_tasks: tuple[str, ...], weights: dict[str, float] | None = None) -> torch.Tensor:
-    """Sum over tasks of weight * mean over real candidates (``mask`` [B, M]) of BCE-with-logits (binary tasks)
-    or squared error (regression tasks). Labels of padded candidates are ignored (they may be NaN)."""
-    m = mask.to(next(iter(outputs.values())).dtype)
-    n = m.sum().clamp_min(1)
-    total = m.new_zeros(())
-    for task, out in outputs.items():
-        y = torch.where(mask, labels[task].to(out.dtype), 0)
-        per = F.binary_cross_entropy_with_logits(out, y, reduction="none") if task in binary_tasks else (out - y) ** 2
-        total = total + (weights or {}).get(task, 1.0) * (per * m).sum() / n
-    return total
-
-
-def visible_history(batch: RankBatch, max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The history window the batch's real candidates read: items [B, W], actions [B, W, A] and mask [B, M, W],
-    where candidate c reads tokens j with visible[b, c] - max_len <= j < visible[b, c] (and j < hist_len[b]).
-    W is trimmed to the tokens some real candidate reads; the mask is exact per candidate."""
-    length = batch.hist_items.shape[1]
-    vis = torch.minimum(batch.visible, batch.hist_len[:, None]).clamp(0, length)
-    lo = (vis - max_len).clamp_min(0)
-    real = batch.cand_mask
-    start, end = (int(lo[real].min()), int(vis[real].max())) if bool(real.any()) else (0, 0)
-    end = max(start, end)
-    mask = prefix_mask(vis - start, end - start) & ~prefix_mask(lo - start, end - start)
-    return batch.hist_items[:, start:end], batch.hist_actions[:, start:end], mask
-
-
-def check_task_weights(spec: RankSpec, weights: dict[str, float]) -> None:
-    if unknown := set(weights) - set(spec.tasks):
-        raise ValueError(f"task_weights name tasks {sorted(unknown)} that are not in the data ({list(spec.tasks)})")
 
 
 def field_embeddings(emb: FeatureEmbedding, idx: torch.Tensor) -> list[torch.Tensor]:
@@ -130,6 +105,6 @@ class DCN(nn.Module):
         return self.heads(z)
 
     def loss(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
-             mask: torch.Tensor) -> torch.Tensor:
-        """Weighted multi-task loss over real candidates (``mask = batch.cand_items > 0``)."""
-        return ranking_loss(outputs, labels, mask, self.spec.binary_tasks, self.config.task_weights)
+             mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted multi-task loss over real candidates (``mask = batch.cand_items > 0``): (total, per task)."""
+        return multitask_loss(outputs, labels, mask, self.spec.binary_tasks, self.config.task_weights)

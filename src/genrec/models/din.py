@@ -26,8 +26,16 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 from torch import nn
 
-from genrec.models.dcn import check_task_weights, ranking_loss, visible_history
-from genrec.models.ranking import ActionEmbedding, FeatureEmbedding, RankBatch, RankSpec, TaskHeads
+from genrec.models.ranking import (
+    ActionEmbedding,
+    FeatureEmbedding,
+    RankBatch,
+    RankSpec,
+    TaskHeads,
+    check_task_weights,
+    multitask_loss,
+    visible_history,
+)
 
 
 class DINConfig(BaseModel):
@@ -161,6 +169,6 @@ class DIN(nn.Module):
         return self.heads(z)
 
     def loss(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
-             mask: torch.Tensor) -> torch.Tensor:
-        """Weighted multi-task loss over real candidates (``mask = batch.cand_items > 0``)."""
-        return ranking_loss(outputs, labels, mask, self.spec.binary_tasks, self.config.task_weights)
+             mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted multi-task loss over real candidates (``mask = batch.cand_items > 0``): (total, per task)."""
+        return multitask_loss(outputs, labels, mask, self.spec.binary_tasks, self.config.task_weights)

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from genrec.models.hstu import HSTUBlock, HSTUConfig
-from genrec.models.ranking import ActionEmbedding, FeatureEmbedding, RankBatch, RankSpec, TaskHeads
+from genrec.models.ranking import ActionEmbedding, FeatureEmbedding, RankBatch, RankSpec, TaskHeads, multitask_loss
 from genrec.nn.attention import masked_pointwise_attention
 
 
@@ -71,29 +71,6 @@ class RankerConfig(BaseModel):
         if self.task_weights and any(w < 0 for w in self.task_weights.values()):
             raise ValueError("task_weights must be >= 0")
         return self
-
-
-def multitask_loss(outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], mask: torch.Tensor,
-                   binary_tasks: tuple[str, ...] | list[str],
-                   weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted sum over tasks of the mean loss over real candidates: BCE-with-logits for ``binary_tasks``,
-    MSE for the others. ``mask`` [B, M] bool marks real candidates; a non-finite label counts as missing
-    (a regression signal not logged for that impression). Returns (total, {task: loss})."""
-    per_task: dict[str, torch.Tensor] = {}
-    total = next(iter(outputs.values())).new_zeros(())
-    for task, pred in outputs.items():
-        target = labels[task].to(pred.dtype)
-        keep = mask & torch.isfinite(target)
-        pred, target = pred[keep], target[keep]
-        if pred.numel() == 0:  # no labelled candidate: a zero that still carries a graph
-            loss = pred.sum()
-        elif task in binary_tasks:
-            loss = F.binary_cross_entropy_with_logits(pred, target)
-        else:
-            loss = F.mse_loss(pred, target)
-        per_task[task] = loss
-        total = total + (weights or {}).get(task, 1.0) * loss
-    return total, per_task
 
 
 @dataclass

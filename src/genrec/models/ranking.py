@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -136,3 +137,45 @@ class TaskHeads(nn.Module):
 def prefix_mask(visible: torch.Tensor, length: int) -> torch.Tensor:
     """[B, M, L] bool: candidate c reads history token j iff j < visible[b, c]."""
     return torch.arange(length, device=visible.device)[None, None, :] < visible[..., None]
+
+
+def visible_history(batch: RankBatch, max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The history window the batch's real candidates read: items [B, W], actions [B, W, A] and mask [B, M, W],
+    where candidate c reads tokens j with visible[b, c] - max_len <= j < visible[b, c] (and j < hist_len[b]).
+    W is trimmed to the tokens some real candidate reads; the mask is exact per candidate."""
+    length = batch.hist_items.shape[1]
+    vis = torch.minimum(batch.visible, batch.hist_len[:, None]).clamp(0, length)
+    lo = (vis - max_len).clamp_min(0)
+    real = batch.cand_mask
+    start, end = (int(lo[real].min()), int(vis[real].max())) if bool(real.any()) else (0, 0)
+    end = max(start, end)
+    mask = prefix_mask(vis - start, end - start) & ~prefix_mask(lo - start, end - start)
+    return batch.hist_items[:, start:end], batch.hist_actions[:, start:end], mask
+
+
+def check_task_weights(spec: RankSpec, weights: dict[str, float]) -> None:
+    if unknown := set(weights) - set(spec.tasks):
+        raise ValueError(f"task_weights name tasks {sorted(unknown)} that are not in the data ({list(spec.tasks)})")
+
+
+def multitask_loss(outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], mask: torch.Tensor,
+                   binary_tasks: tuple[str, ...] | list[str],
+                   weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum over tasks of the mean loss over real candidates: BCE-with-logits for ``binary_tasks``,
+    MSE for the others. ``mask`` [B, M] bool marks real candidates; a non-finite label counts as missing
+    (a regression signal not logged for that impression). Returns (total, {task: loss})."""
+    per_task: dict[str, torch.Tensor] = {}
+    total = next(iter(outputs.values())).new_zeros(())
+    for task, pred in outputs.items():
+        target = labels[task].to(pred.dtype)
+        keep = mask & torch.isfinite(target)
+        pred, target = pred[keep], target[keep]
+        if pred.numel() == 0:  # no labelled candidate: a zero that still carries a graph
+            loss = pred.sum()
+        elif task in binary_tasks:
+            loss = F.binary_cross_entropy_with_logits(pred, target)
+        else:
+            loss = F.mse_loss(pred, target)
+        per_task[task] = loss
+        total = total + (weights or {}).get(task, 1.0) * loss
+    return total, per_task

@@ -9,6 +9,12 @@ from genrec.train.baselines import BaselineRun, parse_params, run_baseline
 
 def trainer_class(config: Any) -> type:
     """The loop that trains ``config.model``: the generator has its own (beam-search validation)."""
+    from genrec.models import RANKING
+
+    if config.model.name in RANKING:
+        from genrec.train.ranking import RankingTrainer
+
+        return RankingTrainer
     if config.model.name == "tiger":
         from genrec.train.generator import GeneratorTrainer
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from genrec.data.schema import format_validation_error
 from genrec.errors import ConfigError
 from genrec.io import read_yaml_mapping
-from genrec.models import HSTUConfig, SASRecConfig
+from genrec.models import RANKING, DCNConfig, DINConfig, HSTUConfig, RankerConfig, SASRecConfig
 from genrec.models.tiger import TigerConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -100,11 +100,32 @@ class RunConfig(BaseModel):
     split: Literal["loo", "temporal", "cold"] = Field("loo", description="Leave-one-out, temporal, or "
                                                       "leave-one-out with held-out cold items (see cold_start).")
     cold_start: ColdStartConfig = ColdStartConfig()
-    model: Annotated[SASRecConfig | HSTUConfig | TigerConfig, Field(discriminator="name")]
+    model: Annotated[SASRecConfig | HSTUConfig | TigerConfig | RankerConfig | DCNConfig | DINConfig,
+                     Field(discriminator="name")]
     train: OptimConfig = OptimConfig()
     eval: EvalSettings = EvalSettings()
     features: FeaturesConfig = FeaturesConfig()
     out: str | None = Field(None, description="Run folder (default runs/<config file stem>).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ranking_defaults(cls, raw: object) -> object:
+        """Ranking models (ranker, dcn, din) read an impression log split by time and select on GAUC: their
+        defaults differ from the retrieval models'."""
+        if isinstance(raw, dict) and isinstance(raw.get("model"), dict) and raw["model"].get("name") in RANKING:
+            raw = {**raw, "split": raw.get("split", "temporal")}
+            raw["eval"] = {"select_metric": "gauc:mean", **(raw.get("eval") or {})}
+        return raw
+
+    @model_validator(mode="after")
+    def _ranking_runs(self) -> RunConfig:
+        if self.model.name in RANKING:
+            if self.split != "temporal":
+                raise ValueError(f"model {self.model.name} trains on an impression log split by time: "
+                                 "split must be temporal")
+            if self.features.semantic_ids or self.features.content:
+                raise ValueError(f"features: applies to retrieval models, not to {self.model.name}")
+        return self
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:

@@ -1,0 +1,245 @@
+"""Training a multi-task ranking model (the generative ranker or a baseline) on an impression log.
+
+The log is split by time (``genrec.data.impressions.default_split``: KuaiRand trains on 04-25..05-05 and
+validates / tests on the following days; ML-1M ratings on the source's global time split). Every impression is
+a candidate of exactly one forward-pass request whose history holds only that user's strictly earlier
+impressions, whatever part they belong to (their outcomes are known by then at serving time). Training fits the
+training part's impressions; the validation part selects the epoch (early stopping on ``eval.select_metric``:
+``gauc:<task>``, ``auc:<task>`` or ``gauc:mean`` over the binary tasks); the test part is scored once, at the
+end, with the best weights. The run folder gets the weights (safetensors), ``model.json`` (name, config and the
+data spec), ``metrics.json`` (per task AUC / GAUC / log loss / NE / ECE with bootstrap intervals over users) and
+``predictions_test.parquet`` (one row per test impression: labels and predictions), which paired comparisons
+between runs read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from genrec.data.impressions import (
+    ImpressionLog,
+    ImpressionSplit,
+    Requests,
+    collate,
+    default_split,
+    load_impressions,
+    ranking_requests,
+)
+from genrec.errors import ConfigError
+from genrec.eval import ctr
+from genrec.eval.report import git_commit, machine
+from genrec.io import write_json
+from genrec.models import RANKING
+from genrec.models.ranking import RankBatch, RankSpec
+from genrec.progress import progress_bar
+from genrec.train.allocator import tune_glibc_malloc
+from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
+from genrec.train.loop import log_epoch, open_run, print_epoch, resolve_device, select
+from genrec.train.trainer import _tensorboard, lr_lambda, seed_everything
+
+EVAL_BATCH = 256  # requests per forward pass when predicting
+
+
+@dataclass
+class RankingResult:
+    model: torch.nn.Module
+    run_dir: Path
+    best_epoch: int
+    best_valid: float
+    test: dict[str, Any] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_ranking_model(config: Any, spec: RankSpec, log: ImpressionLog) -> torch.nn.Module:
+    model_cls, _ = RANKING[config.name]
+    return model_cls(config, spec, _tables(log.item_features), _tables(log.user_features))
+
+
+def _tables(features: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {name: torch.as_tensor(np.asarray(codes, dtype=np.int64)) for name, codes in features.items()}
+
+
+def to_batch(fields: dict[str, Any], device: torch.device) -> RankBatch:
+    labels = {k: torch.as_tensor(v).to(device) for k, v in fields["labels"].items()}
+    tensors = {k: torch.as_tensor(v).to(device) for k, v in fields.items() if k != "labels"}
+    return RankBatch(**tensors, labels=labels)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, log: ImpressionLog, requests: Requests, spec: RankSpec,
+            device: torch.device, show_progress: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Every candidate row of ``requests`` and its predictions per task: probabilities for binary tasks,
+    values for regression tasks."""
+    model.eval()
+    rows, preds = [], {t: [] for t in spec.tasks}
+    order = np.arange(len(requests))
+    chunks = [order[i:i + EVAL_BATCH] for i in range(0, len(order), EVAL_BATCH)]
+    with progress_bar(len(chunks), "predict", enabled=show_progress) as advance:
+        for idx in chunks:
+            fields = collate(log, requests, idx)
+            out = model(to_batch(fields, device))
+            mask = fields["cand_items"] > 0
+            rows.append(requests.candidates.take(idx).values)
+            for t in spec.tasks:
+                value = torch.sigmoid(out[t]) if t in spec.binary_tasks else out[t]
+                preds[t].append(value.float().cpu().numpy()[mask])
+            advance(1)
+    return np.concatenate(rows), {t: np.concatenate(v) for t, v in preds.items()}
+
+
+def selection_value(metric: str, log: ImpressionLog, rows: np.ndarray, preds: dict[str, np.ndarray],
+                    binary: tuple[str, ...]) -> dict[str, float]:
+    """Validation AUC and GAUC of every binary task, and the selection metric under the key ``select``."""
+    users = log.user[rows]
+    out: dict[str, float] = {}
+    for t in binary:
+        labels = log.labels[t][rows]
+        out[f"auc:{t}"] = ctr.auc(labels, preds[t])
+        out[f"gauc:{t}"] = ctr.gauc(users, labels, preds[t])[0]
+    if metric == "gauc:mean":
+        values = [v for k, v in out.items() if k.startswith("gauc:") and math.isfinite(v)]
+        out["select"] = float(np.mean(values)) if values else float("nan")
+    else:
+        out["select"] = out[metric]
+    return out
+
+
+def check_select_metric(metric: str, binary: tuple[str, ...]) -> None:
+    allowed = {"gauc:mean"} | {f"{m}:{t}" for m in ("auc", "gauc") for t in binary}
+    if metric not in allowed:
+        raise ConfigError(f"eval.select_metric {metric!r} is not a ranking metric; use one of {sorted(allowed)}")
+
+
+class RankingTrainer:
+    def __init__(self, config: Any, run_dir: str | Path, log: ImpressionLog | None = None,
+                 split: ImpressionSplit | None = None, show_progress: bool = True):
+        self.config, self.run_dir = config, Path(run_dir)
+        self.log, self.split = log, split
+        self.show_progress = show_progress
+
+    def fit(self, resume: bool = False, on_epoch_end=None) -> RankingResult:
+        cfg, tcfg = self.config, self.config.train
+        device = resolve_device(tcfg.device)
+        self.commit_at_start = git_commit()
+        self.allocator = tune_glibc_malloc()
+        if tcfg.threads:
+            torch.set_num_threads(tcfg.threads)
+        seed_everything(tcfg.seed)
+        log = self.log or load_impressions(cfg.dataset)
+        split = self.split or default_split(log)
+        spec = RankSpec(**log.spec_fields())
+        metric = cfg.eval.select_metric
+        check_select_metric(metric, spec.binary_tasks)
+        max_len, stride = cfg.model.max_len, getattr(cfg.model, "stride", None)
+        requests = {part: ranking_requests(log, split.part(part), max_len, stride)
+                    for part in ("train", "valid", "test")}
+        model = build_ranking_model(cfg.model, spec, log).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
+        train = requests["train"]
+        steps_per_epoch = math.ceil(len(train) / tcfg.batch_size)
+        clock = {"start": time.perf_counter()}
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, tcfg.epochs * steps_per_epoch,
+                                                                 lambda: time.perf_counter() - clock["start"]))
+        ckpt = self.run_dir / "checkpoint"
+        state = open_run(self.run_dir, cfg.model_dump(mode="json"), model, opt, sched, resume)
+        board = _tensorboard(self.run_dir / "tensorboard")
+        start_clock = clock["start"] = time.perf_counter() - state["train_seconds"]
+        while state["stopped"] is None and state["epoch"] < tcfg.epochs:
+            epoch = state["epoch"] + 1
+            loss, rows, seconds, out_of_time = self._epoch(model, opt, sched, log, train, epoch, device, start_clock)
+            state["step"] += steps_per_epoch
+            state["epoch"] = epoch
+            state["train_seconds"] = time.perf_counter() - start_clock
+            record = {"epoch": epoch, "step": state["step"], "loss": loss, "tokens_per_s": rows / seconds,
+                      "epoch_seconds": seconds, "elapsed_s": state["train_seconds"], "lr": sched.get_last_lr()[0]}
+            if epoch % tcfg.eval_every == 0 or out_of_time or epoch == tcfg.epochs:
+                vrows, vpreds = predict(model, log, requests["valid"], spec, device)
+                valid = selection_value(metric, log, vrows, vpreds, spec.binary_tasks)
+                record.update({f"valid_{k}": v for k, v in valid.items() if k != "select"})
+                record[f"valid_{metric}"] = valid["select"]
+                select(state, epoch, valid["select"], tcfg.patience,
+                       lambda: save_tensors(ckpt / "best.safetensors", model.state_dict()))
+            if out_of_time and state["stopped"] is None:
+                state["stopped"] = f"wall-time budget ({tcfg.max_minutes} min)"
+            state["history"].append(record)
+            log_epoch(self.run_dir, board, record)
+            save_checkpoint(ckpt, model, opt, sched, state)
+            if self.show_progress:
+                print_epoch({**record, **{k: v for k, v in record.items() if k.startswith("valid_gauc")}})
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+        model.load_state_dict(load_tensors(ckpt / "best.safetensors"))
+        test = self._test(model, log, split, requests["test"], spec, state, device)
+        return RankingResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
+
+    def _epoch(self, model, opt, sched, log, train: Requests, epoch: int, device, start_clock):
+        tcfg = self.config.train
+        model.train()
+        order = np.random.default_rng([tcfg.seed, epoch]).permutation(len(train))
+        batches = [order[i:i + tcfg.batch_size] for i in range(0, len(order), tcfg.batch_size)]
+        total, n_rows, t0, out_of_time = 0.0, 0, time.perf_counter(), False
+        with progress_bar(len(batches), f"epoch {epoch}", enabled=self.show_progress) as advance:
+            for idx in batches:
+                batch = to_batch(collate(log, train, idx), device)
+                mask = batch.cand_mask
+                loss, _ = model.loss(model(batch), batch.labels, mask)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if tcfg.clip_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_norm)
+                opt.step()
+                sched.step()
+                n = int(mask.sum())
+                total, n_rows = total + float(loss.detach()) * n, n_rows + n
+                elapsed = time.perf_counter() - t0
+                advance(1, f"epoch {epoch} loss {total / max(n_rows, 1):.4f} {n_rows / max(elapsed, 1e-9):,.0f} rows/s")
+                if tcfg.max_minutes and time.perf_counter() - start_clock > tcfg.max_minutes * 60:
+                    out_of_time = True
+                    break
+        return total / max(n_rows, 1), n_rows, time.perf_counter() - t0, out_of_time
+
+    def _test(self, model, log: ImpressionLog, split: ImpressionSplit, requests: Requests, spec: RankSpec,
+              state: dict, device) -> dict[str, Any]:
+        cfg = self.config
+        rows, preds = predict(model, log, requests, spec, device, show_progress=self.show_progress)
+        users = log.user[rows]
+        tasks = {t: ctr.task_report(users, log.labels[t][rows], preds[t],
+                                    kind="binary" if t in spec.binary_tasks else "regression",
+                                    n_boot=cfg.eval.n_boot, seed=cfg.train.seed) for t in spec.tasks}
+        columns = {"row": rows, "user": users, "item": log.item[rows], "time": log.time[rows]}
+        for t in spec.tasks:
+            columns[f"label_{t}"] = log.labels[t][rows]
+            columns[f"pred_{t}"] = preds[t].astype(np.float32)
+        pq.write_table(pa.table(columns), self.run_dir / "predictions_test.parquet")
+        save_tensors(self.run_dir / "model.safetensors", model.state_dict())
+        write_json(self.run_dir / "model.json", {"name": cfg.model.name, "config": cfg.model.model_dump(mode="json"),
+                                                 "spec": spec.to_json()})
+        result = {
+            "dataset": {"name": log.name, "rows": log.n_rows, "users": log.n_users, "items": log.n_items},
+            "split": split.describe(), "part": "test", "tasks": tasks,
+            "metrics": {f"{m}:{t}": v for t, r in tasks.items() for m, v in r["metrics"].items()
+                        if isinstance(v, dict) and "value" in v},
+            "run": {"model": cfg.model.name, "config": cfg.model_dump(mode="json"), "commit": git_commit(),
+                    "commit_at_start": self.commit_at_start, "machine": machine(), "allocator": self.allocator,
+                    "created": dt.datetime.now(dt.UTC).isoformat(), "best_epoch": state["best_epoch"],
+                    "best_valid": state["best"], "epochs_run": state["epoch"],
+                    "stopped": state["stopped"] or "max epochs", "train_seconds": state["train_seconds"],
+                    "device": str(device)},
+        }
+        write_json(self.run_dir / "metrics.json", result)
+        if self.show_progress:
+            for t, r in tasks.items():
+                m = r["metrics"]
+                shown = ("auc", "gauc", "normalized_entropy", "ece") if r["kind"] == "binary" else ("mse", "pearson")
+                print(f"test {t:>10}: " + "  ".join(f"{k} {m[k]['value']:.4f}" for k in shown if k in m))
+        return result
