@@ -33,8 +33,8 @@ def learnable_log(seed: int = 0, n_users: int = 60, n_items: int = 30, rows: int
     return ImpressionLog.build(
         name="gen", users=Vocab(pa.array(np.arange(n_users))), items=Vocab(pa.array(np.arange(n_items))),
         user=user, item=item, time=time, day=utc_day(time),
-        labels={"click": click, "like": like, "watch_time": click * 2 + rng.random(len(user))},
-        binary_tasks=("click", "like"), regression_tasks=("watch_time",),
+        labels={"click": click, "forward": like, "watch_time": click * 2 + rng.random(len(user))},
+        binary_tasks=("click", "forward"), regression_tasks=("watch_time",),
         actions=np.stack([1 + click.astype(np.int64) + 2 * like.astype(np.int64)], axis=1), action_sizes={"signals": 5},
         item_features={"parity": np.r_[0, 1 + (np.arange(1, n_items + 1) % 2)]}, item_feature_sizes={"parity": 3},
         user_features={"taste": np.r_[0, 1 + taste[1:].astype(np.int64)]}, user_feature_sizes={"taste": 3})
@@ -64,14 +64,14 @@ def test_each_model_trains_and_writes_a_run(name, log_and_split, tmp_path):
     assert trainer_class(cfg) is RankingTrainer
     result = RankingTrainer(cfg, tmp_path / name, log=log, split=split, show_progress=False).fit()
     metrics = read_json(tmp_path / name / "metrics.json")
-    assert set(metrics["tasks"]) == {"click", "like", "watch_time"}
+    assert set(metrics["tasks"]) == {"click", "forward", "watch_time"}  # "forward": a Module attribute name
     assert metrics["tasks"]["click"]["metrics"]["auc"]["value"] > 0.6  # the signal is learnable
     assert 1 <= result.best_epoch <= 6 and len(result.history) == metrics["run"]["epochs_run"]
     preds = pq.read_table(tmp_path / name / "predictions_test.parquet").to_pydict()
     assert sorted(preds["row"]) == np.flatnonzero(split.test).tolist()  # every test impression, once
     assert all(0 <= p <= 1 for p in preds["pred_click"])
     spec = read_json(tmp_path / name / "model.json")
-    assert spec["name"] == name and spec["spec"]["binary_tasks"] == ["click", "like"]
+    assert spec["name"] == name and spec["spec"]["binary_tasks"] == ["click", "forward"]
 
 
 def test_resume_gives_the_same_result(log_and_split, tmp_path):

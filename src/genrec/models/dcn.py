@@ -55,7 +55,7 @@ class DCNConfig(BaseModel):
 
 def field_embeddings(emb: FeatureEmbedding, idx: torch.Tensor) -> list[torch.Tensor]:
     """One embedding per field (id, then each feature) instead of FeatureEmbedding's sum: crosses need fields."""
-    return [emb.id(idx)] + [emb.feats[name](getattr(emb, f"table_{name}")[idx]) for name in emb.names]
+    return [emb.id(idx)] + [emb.feats[f"f_{name}"](getattr(emb, f"table_{name}")[idx]) for name in emb.names]
 
 
 class CrossLayer(nn.Module):

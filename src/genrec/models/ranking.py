@@ -94,13 +94,13 @@ class FeatureEmbedding(nn.Module):
             if table.numel() and (table.min() < 0 or table.max() >= sizes[name]):
                 raise ValueError(f"feature {name!r} has codes outside [0, {sizes[name]})")
             self.register_buffer(f"table_{name}", table.clone())
-            self.feats[name] = nn.Embedding(sizes[name], dim, padding_idx=0)
-            nn.init.normal_(self.feats[name].weight, std=init_std)
+            self.feats[f"f_{name}"] = nn.Embedding(sizes[name], dim, padding_idx=0)  # prefixed, like TaskHeads
+            nn.init.normal_(self.feats[f"f_{name}"].weight, std=init_std)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         out = self.id(idx)
         for name in self.names:
-            out = out + self.feats[name](getattr(self, f"table_{name}")[idx])
+            out = out + self.feats[f"f_{name}"](getattr(self, f"table_{name}")[idx])
         return out
 
 
@@ -127,11 +127,13 @@ class TaskHeads(nn.Module):
     def __init__(self, dim: int, tasks: tuple[str, ...], hidden: int | None = None):
         super().__init__()
         hidden = hidden or dim
-        self.heads = nn.ModuleDict({t: nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        # Keys are prefixed: a task may be named like a Module attribute ("forward" is KuaiRand's share signal).
+        self.tasks = tuple(tasks)
+        self.heads = nn.ModuleDict({f"task_{t}": nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, 1))
                                     for t in tasks})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {t: head(x).squeeze(-1) for t, head in self.heads.items()}
+        return {t: self.heads[f"task_{t}"](x).squeeze(-1) for t in self.tasks}
 
 
 def prefix_mask(visible: torch.Tensor, length: int) -> torch.Tensor:
