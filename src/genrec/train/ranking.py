@@ -5,7 +5,7 @@ validates / tests on the following days; ML-1M ratings on the source's global ti
 a candidate of exactly one forward-pass request whose history holds only that user's strictly earlier
 impressions, whatever part they belong to (their outcomes are known by then at serving time). Training fits the
 training part's impressions; the validation part selects the epoch (early stopping on ``eval.select_metric``:
-``gauc:<task>``, ``auc:<task>`` or ``gauc:mean`` over the binary tasks); the test part is scored once, at the
+``gauc:<task>``, ``auc:<task>`` or ``gauc:mean``, the binary tasks' GAUC weighted by the users each counts); the test part is scored once, at the
 end, with the best weights. The run folder gets the weights (safetensors), ``model.json`` (name, config and the
 data spec), ``metrics.json`` (per task AUC / GAUC / log loss / NE / ECE with bootstrap intervals over users) and
 ``predictions_test.parquet`` (one row per test impression: labels and predictions), which paired comparisons
@@ -99,16 +99,22 @@ def predict(model: torch.nn.Module, log: ImpressionLog, requests: Requests, spec
 
 def selection_value(metric: str, log: ImpressionLog, rows: np.ndarray, preds: dict[str, np.ndarray],
                     binary: tuple[str, ...]) -> dict[str, float]:
-    """Validation AUC and GAUC of every binary task, and the selection metric under the key ``select``."""
+    """Validation AUC and GAUC of every binary task, and the selection metric under the key ``select``.
+
+    ``gauc:mean`` weighs each task's GAUC by the number of users it is computed on (users with both outcomes),
+    so a rare signal (a few hundred follows) cannot swing the selection with its noise."""
     users = log.user[rows]
     out: dict[str, float] = {}
+    counted: dict[str, int] = {}
     for t in binary:
         labels = log.labels[t][rows]
         out[f"auc:{t}"] = ctr.auc(labels, preds[t])
-        out[f"gauc:{t}"] = ctr.gauc(users, labels, preds[t])[0]
+        out[f"gauc:{t}"], per_user = ctr.gauc(users, labels, preds[t])
+        counted[t] = per_user.n_users
     if metric == "gauc:mean":
-        values = [v for k, v in out.items() if k.startswith("gauc:") and math.isfinite(v)]
-        out["select"] = float(np.mean(values)) if values else float("nan")
+        ok = [t for t in binary if counted[t] and math.isfinite(out[f"gauc:{t}"])]
+        w = np.array([counted[t] for t in ok], dtype=np.float64)
+        out["select"] = float(np.dot(w, [out[f"gauc:{t}"] for t in ok]) / w.sum()) if ok else float("nan")
     else:
         out["select"] = out[metric]
     return out
