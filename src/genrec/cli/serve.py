@@ -29,6 +29,10 @@ def serve_cmd(
     max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.", min=1)] = 1 << 20,
     deadline_ms: Annotated[float, typer.Option(help="Per-request model deadline; past it the popularity "
                                                "fallback answers (0 = none).", min=0)] = 200.0,
+    torch_threads: Annotated[int, typer.Option(help="torch threads per worker. 1 (the default) runs each request "
+                                               "on one core and serves concurrent requests side by side; more "
+                                               "threads per request oversubscribe the cores under load.", min=1)
+                             ] = 1,
 ) -> None:
     """Serve recommendations over HTTP: POST /v1/recommend and /v1/events, GET /v1/items/{id}/similar, /healthz,
     /readyz, /metrics, POST /admin/reload, OpenAPI docs at /docs."""
@@ -45,7 +49,8 @@ def serve_cmd(
     load_manifest(bundle)  # fail here, with the bundle's own error, before any worker starts
     os.environ.update({"GENREC_SERVE_BUNDLE": str(bundle.absolute()), "GENREC_SERVE_STORE": redis_url or store or "",
                        "GENREC_SERVE_MAX_BODY": str(max_body_bytes), "GENREC_SERVE_MAX_EVENTS": str(max_events),
-                       "GENREC_SERVE_DEADLINE_MS": str(deadline_ms) if deadline_ms else "none"})
+                       "GENREC_SERVE_DEADLINE_MS": str(deadline_ms) if deadline_ms else "none",
+                       "GENREC_SERVE_TORCH_THREADS": str(torch_threads)})
     if api_key:
         os.environ["GENREC_API_KEY"] = api_key
     # Workers load the bundle before they answer; give them longer than uvicorn's 5 s on a busy machine.

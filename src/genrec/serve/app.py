@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -365,6 +366,7 @@ def app_from_env() -> FastAPI:
     also reloads its bundle on SIGHUP."""
     env = os.environ
     deadline = env.get("GENREC_SERVE_DEADLINE_MS", "200")
+    torch.set_num_threads(int(env.get("GENREC_SERVE_TORCH_THREADS", "1")))
     genrec_log = logging.getLogger("genrec")
     if not genrec_log.handlers:  # genrec's messages (reloads, fallbacks) go where uvicorn's go
         genrec_log.handlers = list(logging.getLogger("uvicorn").handlers)
