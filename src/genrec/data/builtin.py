@@ -185,6 +185,42 @@ def _read_microlens(root: Path) -> tuple[pa.Table, pa.Table | None]:
     return inter, pa.table({"item": pa.array(ids, pa.int64()), "title": names})
 
 
+def _read_kuairand_clicks(root: Path) -> tuple[pa.Table, pa.Table | None]:
+    """KuaiRand-Pure's clicked impressions as interactions (user, video, time in unix ms), read through the
+    impression log (``genrec.data.impressions``, same files, same cache), so raw ids are the log's own:
+    a model trained on this view maps onto the ranker's impression log by raw video id. Fully identical
+    (user, video, time) click rows, duplicated in the published log, count once."""
+    from genrec.data.impressions import load_impressions  # imports this module: import it only when needed
+
+    log = load_impressions("kuairand-pure", root)
+    rows = np.flatnonzero(log.labels["click"] > 0)
+    key = np.stack([log.user[rows], log.item[rows], log.time[rows]], axis=1)
+    # rows are sorted by (user, time): identical rows are neighbours after sorting by item within equal times
+    order = np.lexsort((log.item[rows], log.time[rows], log.user[rows]))
+    same = np.zeros(len(rows), dtype=bool)
+    same[1:] = (np.diff(key[order], axis=0) == 0).all(axis=1)
+    rows = np.sort(rows[order[~same]])
+    raw_users = np.asarray(log.users.raw.to_numpy(zero_copy_only=False))
+    raw_items = np.asarray(log.items.raw.to_numpy(zero_copy_only=False))
+    inter = pa.table({"user": raw_users[log.user[rows] - 1], "item": raw_items[log.item[rows] - 1],
+                      "timestamp": log.time[rows]})
+    return inter, None
+
+
+@dataclass(frozen=True)
+class _KuaiRandView(BuiltinDataset):
+    """A sequence view of the KuaiRand-Pure impression log: its files sit in one of two layouts directly under
+    the data dir (see genrec.data.impressions), so availability is that of either layout."""
+
+    def root(self) -> Path:
+        return data_home()
+
+    def available(self) -> bool:
+        from genrec.data.impressions import _kuairand_files
+
+        return _kuairand_files(data_home()) is not None
+
+
 def _amazon(category: str, file_stem: str, sha: str | None, expected: dict[str, int]) -> BuiltinDataset:
     s3rec = f"{GH}/RUCAIBox/CIKM2020-S3Rec/2a81540ae18615d88ef88227b0c066e5b74781e5/data"
     return BuiltinDataset(
@@ -240,6 +276,16 @@ REGISTRY: dict[str, BuiltinDataset] = {d.name: d for d in [
                        "244aad5380cbbe0fb43458cfcda5ebe820f534384602f80a64dbbcd07dd30e49", required=False),
         ),
         reader=_read_microlens, expected={"users": 50000, "items": 19220, "interactions": 359708}),
+    _KuaiRandView(
+        name="kuairand-pure-clicks", folder="",
+        description="KuaiRand-Pure clicked feed impressions as chronological sequences (unix-ms timestamps; raw "
+                    "video ids of the kuairand-pure impression log)",
+        licence="CC BY-SA 4.0 (KuaiRand, Gao et al. 2022)",
+        # The official tarball unpacks to KuaiRand-Pure/data/ under the data dir; download fetches it, unpacking
+        # is left to the user. The offline window copy (kuairand-pure-window/) is read as well.
+        files=(RemoteFile("KuaiRand-Pure.tar.gz", "https://zenodo.org/records/10439422/files/KuaiRand-Pure.tar.gz",
+                          None, required=False),),
+        reader=_read_kuairand_clicks),
 ]}
 
 

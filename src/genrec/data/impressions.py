@@ -4,7 +4,10 @@ An :class:`ImpressionLog` holds N impressions sorted user-major, by (user, time,
 dense user ``u`` are ``user_offsets[u - 1]:user_offsets[u]``. Each row carries one label per task (binary tasks
 and regression tasks), one code per action field (what the user did, as a history token sees it; 0 = padding,
 real rows >= 1) and a day (the dataset's own calendar). Items and users carry categorical feature tables
-(codes 0 = unknown / padding) indexed by dense id; users and items are those seen in the log.
+(codes 0 = unknown / padding) indexed by dense id; users and items are those seen in the log. A row is a
+*context* row (the default) when it was a real interaction that a later request may read as history; rows that
+are only candidates (sampled negatives, :func:`with_sampled_negatives`) have ``context`` False and never
+appear in any history.
 
 Training and evaluation both cut a user's rows into *requests* (:func:`ranking_requests`): a group of candidate
 rows with the history of up to ``max_len`` rows before the last of them. Candidate c may read only the history
@@ -12,10 +15,12 @@ rows strictly earlier in time than itself (``visible``), so no label reaches its
 earlier impression of the user, whatever its split, is an input (at serving time those labels are known).
 :func:`collate` pads a batch of requests into the fields of ``genrec.models.ranking.RankBatch``.
 
-Built-in readers: ``kuairand-pure`` (the official KuaiRand-Pure layout, else the offline date window) and
-``movielens-1m-ratings``. A prepared log is cached as Parquet + JSON under ``$GENREC_CACHE_DIR/impressions``
-(else ``~/.cache/genrec/impressions``), keyed by the name, the format version and the size and mtime of every
-source file, so a re-run loads in well under a second and a changed source file is re-read.
+Built-in readers: ``kuairand-pure`` (the official KuaiRand-Pure layout, else the offline date window),
+``movielens-1m-ratings`` and ``movielens-1m-ratings-neg`` (the same ratings plus 4 popularity-sampled unrated
+items per rating, with a task ``rate``: 1 for the real rating, 0 for a sampled item). A prepared log is cached
+as Parquet + JSON under ``$GENREC_CACHE_DIR/impressions`` (else ``~/.cache/genrec/impressions``), keyed by the
+name, the format version and the size and mtime of every source file, so a re-run loads in well under a second
+and a changed source file is re-read.
 """
 
 from __future__ import annotations
@@ -68,13 +73,20 @@ class ImpressionLog:
     titles: list[str] | None = None  # per dense item (index 0 = '')
     source_split: np.ndarray | None = None  # int8 [N] index into SPLIT_NAMES, where the source has a split
     meta: dict[str, Any] = field(default_factory=dict)
+    context: np.ndarray | None = None  # bool [N]: the row may be a history token (None: every row may)
     user_offsets: np.ndarray = field(init=False)  # int64 [n_users + 1]
+    context_rows: np.ndarray | None = field(init=False)  # int64 row index of each context row (None: all rows)
+    context_before: np.ndarray = field(init=False, repr=False)  # int64 [N + 1]: context rows among rows [0, i)
 
     def __post_init__(self) -> None:
         n, nu, ni = len(self.user), len(self.users), len(self.items)
+        if self.context is None:
+            object.__setattr__(self, "context", np.ones(n, dtype=bool))
+        elif np.asarray(self.context).dtype != np.bool_:
+            raise DataError(f"impression log '{self.name}': context must be boolean, got {self.context.dtype}")
         for key, arr in [("item", self.item), ("time", self.time), ("day", self.day), ("actions", self.actions),
-                         *self.labels.items(), *([("source_split", self.source_split)]
-                                                 if self.source_split is not None else [])]:
+                         ("context", self.context), *self.labels.items(),
+                         *([("source_split", self.source_split)] if self.source_split is not None else [])]:
             if len(arr) != n:
                 raise DataError(f"impression log '{self.name}': {key} has {len(arr)} rows, expected {n}")
         if set(self.labels) != set(self.binary_tasks + self.regression_tasks):
@@ -101,16 +113,20 @@ class ImpressionLog:
         offsets = np.zeros(nu + 1, dtype=np.int64)
         np.cumsum(np.bincount(self.user, minlength=nu + 1)[1:], out=offsets[1:])
         object.__setattr__(self, "user_offsets", offsets)
+        before = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(self.context, out=before[1:])
+        object.__setattr__(self, "context_before", before)
+        object.__setattr__(self, "context_rows", None if before[-1] == n else np.flatnonzero(self.context))
 
     @classmethod
     def build(cls, *, user: np.ndarray, item: np.ndarray, time: np.ndarray,
               tiebreak: tuple[np.ndarray, ...] = (), **fields_: Any) -> ImpressionLog:
         """A log from rows in any order: sorts them by (user, time, *tiebreak, original row) and takes every
         per-row field (``day``, ``labels``, ``actions``, ``source_split``) along. Other keyword arguments are
-        the dataclass fields."""
+        the dataclass fields (``context`` is per row too)."""
         n = len(user)
         order = np.lexsort((np.arange(n), *reversed(tiebreak), time, user))
-        per_row = {k: fields_.pop(k)[order] for k in ("day", "actions", "source_split")
+        per_row = {k: np.asarray(fields_.pop(k))[order] for k in ("day", "actions", "source_split", "context")
                    if fields_.get(k) is not None}
         per_row["labels"] = {k: np.asarray(v, dtype=np.float32)[order] for k, v in fields_.pop("labels").items()}
         return cls(user=np.asarray(user, dtype=np.int64)[order], item=np.asarray(item, dtype=np.int64)[order],
@@ -140,6 +156,7 @@ class ImpressionLog:
 
     def stats(self) -> dict[str, Any]:
         return {"name": self.name, "rows": self.n_rows, "users": self.n_users, "items": self.n_items,
+                "context_rows": int(self.context_before[-1]),
                 "first_day": int(self.day.min()) if self.n_rows else None,
                 "last_day": int(self.day.max()) if self.n_rows else None,
                 **_label_stats(self, np.ones(self.n_rows, dtype=bool))}
@@ -154,6 +171,8 @@ class ImpressionLog:
                 **{f"action:{k}": np.ascontiguousarray(self.actions[:, a]) for a, k in enumerate(self.action_sizes)}}
         if self.source_split is not None:
             rows["source_split"] = self.source_split
+        if not self.context.all():  # absent: every row is a context row (logs saved before the column existed)
+            rows["context"] = self.context
         write_parquet(folder / "rows.parquet", pa.table(rows))
         write_parquet(folder / "users.parquet", pa.table(
             {"raw_id": self.users.raw, **{f"feature:{k}": v[1:] for k, v in self.user_features.items()}}))
@@ -201,7 +220,8 @@ class ImpressionLog:
             user_feature_sizes=info["user_feature_sizes"],
             titles=["", *items.column("title").to_pylist()] if "title" in items.column_names else None,
             source_split=col(rows, "source_split", np.int8) if "source_split" in rows.column_names else None,
-            meta=info.get("meta", {}))
+            meta=info.get("meta", {}),
+            context=col(rows, "context", np.bool_) if "context" in rows.column_names else None)
 
 
 def _label_stats(log: ImpressionLog, mask: np.ndarray) -> dict[str, Any]:
@@ -443,9 +463,88 @@ def _read_movielens_ratings(root: Path) -> ImpressionLog:
               "rating_ge4_disagrees_with_rating": int((given != (like > 0)).sum())})
 
 
+# --- sampled negative impressions ----------------------------------------------------------------------------
+
+ML_NEGATIVES = 4  # sampled unrated items per real rating in movielens-1m-ratings-neg
+NEGATIVE_SEED = 0
+
+
+def with_sampled_negatives(log: ImpressionLog, n_negatives: int = ML_NEGATIVES, seed: int = NEGATIVE_SEED, *,
+                           task: str = "rate", popularity_rows: np.ndarray | None = None,
+                           name: str | None = None, max_rounds: int = 1000) -> ImpressionLog:
+    """``log`` plus ``n_negatives`` sampled impressions per context row, for a log that holds only what users
+    chose (ratings): an engagement task for a ranker that reorders retrieved candidates.
+
+    Each sampled row copies its real row's user, time, day and source split; its item is drawn with probability
+    proportional to its popularity in ``popularity_rows`` (a boolean row mask; default: the source's training
+    part, else every row; context rows only) among items the user never interacted with in the whole log
+    (rejection sampling with ``numpy.random.default_rng(seed)``). A new binary task ``task`` is 1 on the real
+    (context) rows and 0 on the sampled ones (and on rows of ``log`` that were not context rows already); every
+    other binary task is 0 and every regression task missing (NaN) on the sampled rows. Sampled rows are not
+    context rows: they are candidates only, never history tokens (their action codes are the lowest valid ones,
+    never read)."""
+    if n_negatives < 1:
+        raise ConfigError(f"n_negatives must be >= 1, got {n_negatives}")
+    if task in log.labels:
+        raise ConfigError(f"impression log '{log.name}' already has a task named {task!r}")
+    real = np.flatnonzero(log.context)
+    if popularity_rows is None:
+        popularity_rows = log.source_split == 0 if log.source_split is not None else np.ones(log.n_rows, bool)
+    counts = np.bincount(log.item[np.asarray(popularity_rows, dtype=bool) & log.context],
+                         minlength=log.n_items + 1).astype(np.float64)
+    counts[0] = 0.0
+    if counts.sum() <= 0:
+        raise DataError(f"impression log '{log.name}': no item to sample negatives from (empty popularity rows)")
+    cdf = np.cumsum(counts) / counts.sum()
+    width = np.int64(log.n_items + 1)
+    rated = np.unique(log.user[real] * width + log.item[real])
+    src = np.repeat(real, n_negatives)
+    users = log.user[src]
+    item = np.zeros(len(src), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    todo = np.arange(len(src))
+    for _ in range(max_rounds):
+        if not len(todo):
+            break
+        draw = np.minimum(np.searchsorted(cdf, rng.random(len(todo)), side="right"), log.n_items)
+        key = users[todo] * width + draw
+        pos = np.minimum(np.searchsorted(rated, key), len(rated) - 1)
+        bad = rated[pos] == key
+        item[todo[~bad]] = draw[~bad]
+        todo = todo[bad]
+    if len(todo):
+        raise DataError(f"impression log '{log.name}': could not sample unrated items for {len(todo)} rows in "
+                        f"{max_rounds} rounds (users who rated almost every popular item)")
+    k = len(src)
+    labels = {t: np.concatenate([v, np.zeros(k, np.float32) if t in log.binary_tasks else
+                                 np.full(k, np.nan, np.float32)]) for t, v in log.labels.items()}
+    labels[task] = np.concatenate([log.context.astype(np.float32), np.zeros(k, np.float32)])
+    return ImpressionLog.build(
+        name=name or f"{log.name}-neg", users=log.users, items=log.items,
+        user=np.concatenate([log.user, users]), item=np.concatenate([log.item, item]),
+        time=np.concatenate([log.time, log.time[src]]), day=np.concatenate([log.day, log.day[src]]),
+        labels=labels, binary_tasks=(*log.binary_tasks, task), regression_tasks=log.regression_tasks,
+        actions=np.concatenate([log.actions, np.ones((k, log.actions.shape[1]), np.int64)]),
+        action_sizes=log.action_sizes, item_features=log.item_features,
+        item_feature_sizes=log.item_feature_sizes, user_features=log.user_features,
+        user_feature_sizes=log.user_feature_sizes, titles=log.titles,
+        source_split=np.concatenate([log.source_split, log.source_split[src]]) if log.source_split is not None
+        else None,
+        context=np.concatenate([log.context, np.zeros(k, dtype=bool)]),
+        meta={**log.meta, "negatives": {
+            "per_real_row": n_negatives, "seed": seed, "task": task, "rows": k,
+            "distribution": "popularity over the training part's context rows, items the user never "
+                            "interacted with; same time as the real row; not history tokens"}})
+
+
+def _read_movielens_negatives(root: Path) -> ImpressionLog:
+    return with_sampled_negatives(_read_movielens_ratings(root), name="movielens-1m-ratings-neg")
+
+
 # --- loading, with a cache ----------------------------------------------------------------------------------
 
-READERS = {"kuairand-pure": _read_kuairand, "movielens-1m-ratings": _read_movielens_ratings}
+READERS = {"kuairand-pure": _read_kuairand, "movielens-1m-ratings": _read_movielens_ratings,
+           "movielens-1m-ratings-neg": _read_movielens_negatives}
 
 
 def _sources(name: str, root: Path) -> list[Path]:
@@ -473,6 +572,8 @@ def load_impressions(name: str, data_dir: str | Path | None = None, cache: bool 
     if not cache or not sources:
         return READERS[name](root)  # raises a DataError naming what is missing
     h = hashlib.sha256(f"{name}:{FORMAT_VERSION}".encode())
+    if name == "movielens-1m-ratings-neg":
+        h.update(f":{ML_NEGATIVES}:{NEGATIVE_SEED}".encode())
     for p in sources:
         st = p.stat()
         h.update(f"|{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -493,10 +594,11 @@ def load_impressions(name: str, data_dir: str | Path | None = None, cache: bool 
 # kuairand-pure: train = days before 2022-05-06 (the window copy: 04-25..05-05; the official layout:
 # 04-08..05-05), valid = 05-06, test = 05-07..05-08, cut at the first impression of each of those days (see
 # temporal_split: KuaiRand's `date` runs up to ~1 h ahead of time_ms, so ~0.3 % of the rows dated 05-05 happened
-# after the first row dated 05-06). movielens-1m-ratings: the source's global time split.
+# after the first row dated 05-06). movielens-1m-ratings(-neg): the source's global time split.
 DEFAULT_CUTS: dict[str, dict[str, Any] | str] = {
     "kuairand-pure": {"valid_day": 20220506, "test_day": 20220507, "strict_time": True},
     "movielens-1m-ratings": "source",
+    "movielens-1m-ratings-neg": "source",
 }
 
 
@@ -583,13 +685,17 @@ def default_split(log: ImpressionLog) -> ImpressionSplit:
 
 @dataclass(frozen=True)
 class Requests:
-    """R forward-pass units: a user's history rows [hist_start, hist_end) and candidate rows (jagged)."""
+    """R forward-pass units: a user's history [hist_start, hist_end) and candidate rows (jagged).
+
+    History bounds count *context rows* (:attr:`ImpressionLog.context_rows`): the history is context rows
+    hist_start..hist_end - 1. When every row is a context row (KuaiRand, the plain ratings log) they are row
+    indices of the log."""
 
     user: np.ndarray  # [R] dense user
-    hist_start: np.ndarray  # [R] row index into the log
+    hist_start: np.ndarray  # [R] context-row index (= row index when every row is a context row)
     hist_end: np.ndarray  # [R]
     candidates: Jagged  # row indices of each request's candidates, in time order
-    visible: Jagged  # aligned with candidates.values: history rows (a prefix) the candidate may read
+    visible: Jagged  # aligned with candidates.values: history tokens (a prefix) the candidate may read
 
     def __len__(self) -> int:
         return len(self.user)
@@ -606,11 +712,12 @@ def first_same_time(log: ImpressionLog) -> np.ndarray:
 def ranking_requests(log: ImpressionLog, candidates: np.ndarray, max_len: int,
                      stride: int | None = None) -> Requests:
     """Group each user's candidate rows into requests spanning at most ``stride`` (default ``max_len // 2``)
-    consecutive rows of that user, with the ``max_len`` rows of the user before the group's end as history.
+    consecutive rows of that user, with the user's last ``max_len`` context rows up to the group's end as history.
 
     Windows of ``stride`` rows start at each user's first candidate, so a contiguous block of candidates (a
-    time split) is cut into equal groups; every candidate sees at least ``max_len - stride`` earlier rows of
-    history where the user has them."""
+    time split) is cut into equal groups; every candidate sees at least ``max_len - stride`` earlier context
+    rows of history where the user has them. A candidate may be any row (a sampled negative too); its
+    ``visible`` count is the number of the user's context rows in the history strictly earlier than it."""
     cand = np.asarray(candidates)
     if cand.dtype != np.bool_ or cand.shape != (log.n_rows,):
         raise ConfigError(f"candidates must be a boolean mask of shape ({log.n_rows},), got {cand.dtype} "
@@ -629,44 +736,84 @@ def ranking_requests(log: ImpressionLog, candidates: np.ndarray, max_len: int,
     starts = np.flatnonzero(new_group)
     offsets = np.append(starts, len(rows)).astype(np.int64)
     group_users = users[starts]
-    hist_end = rows[offsets[1:] - 1] + 1
-    hist_start = np.maximum(log.user_offsets[group_users - 1], hist_end - max_len)
+    before = log.context_before  # rows -> context-row indices
+    hist_end = before[rows[offsets[1:] - 1] + 1]
+    hist_start = np.maximum(before[log.user_offsets[group_users - 1]], hist_end - max_len)
     group = np.cumsum(new_group) - 1
-    visible = np.maximum(first_same_time(log)[rows] - hist_start[group], 0)
+    visible = np.maximum(before[first_same_time(log)[rows]] - hist_start[group], 0)
     return Requests(group_users, hist_start, hist_end, Jagged(rows, offsets), Jagged(visible, offsets))
+
+
+def _place(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, position) of every value of a jagged layout with these row lengths."""
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    return rows, np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
+def _pad(values: np.ndarray, rb: np.ndarray, rp: np.ndarray, b: int, width: int,
+         dtype: type = np.int64) -> np.ndarray:
+    out = np.zeros((b, width, *values.shape[1:]), dtype=dtype)
+    out[rb, rp] = values
+    return out
+
+
+def history_fields(log: ImpressionLog, hist_start: np.ndarray, hist_end: np.ndarray) -> dict[str, np.ndarray]:
+    """``hist_items``, ``hist_actions``, ``hist_time`` and ``hist_len`` of histories [hist_start, hist_end) in
+    context-row indices (see :class:`Requests`), right-padded with 0 to the longest."""
+    hs = np.asarray(hist_start, dtype=np.int64)
+    hl = np.asarray(hist_end, dtype=np.int64) - hs
+    b, width = len(hs), int(hl.max(initial=0))
+    hb, hp = _place(hl)
+    hrows = _ranges(hs, hl)
+    if log.context_rows is not None:
+        hrows = log.context_rows[hrows]
+    return {"hist_items": _pad(log.item[hrows], hb, hp, b, width),
+            "hist_actions": _pad(log.actions[hrows], hb, hp, b, width),
+            "hist_time": _pad(log.time[hrows], hb, hp, b, width),
+            "hist_len": hl.astype(np.int64)}
+
+
+def histories_before(log: ImpressionLog, users: np.ndarray, times: np.ndarray,
+                     max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hist_start, hist_end) in context-row indices of the last ``max_len`` context rows of each dense user
+    strictly earlier than its time: the history of a request served at that time (for :func:`history_fields`).
+    A user outside 1..n_users gets an empty history."""
+    users = np.asarray(users, dtype=np.int64)
+    times = np.asarray(times, dtype=np.int64)
+    if max_len < 1:
+        raise ConfigError(f"max_len must be >= 1, got {max_len}")
+    known = (users >= 1) & (users <= log.n_users)
+    u = np.where(known, users, 1)
+    lo, hi = log.user_offsets[u - 1], log.user_offsets[u]
+    # rows of the user strictly earlier than t: binary search per user segment, all cases at once
+    left, right = lo.copy(), hi.copy()
+    while (open_ := left < right).any():
+        mid = (left + right) // 2
+        earlier = open_ & (log.time[np.minimum(mid, max(log.n_rows - 1, 0))] < times)
+        left = np.where(earlier, mid + 1, left)
+        right = np.where(open_ & ~earlier, mid, right)
+    end = np.where(known, log.context_before[left], 0)
+    start = np.where(known, np.maximum(log.context_before[lo], end - max_len), 0)
+    return start, end
 
 
 def collate(log: ImpressionLog, requests: Requests, idx: np.ndarray) -> dict[str, Any]:
     """The RankBatch fields of requests ``idx`` as numpy arrays, right-padded with 0 to the batch's longest
-    history (L) and candidate list (M)."""
+    history (L) and candidate list (M). History tokens are context rows only."""
     idx = np.asarray(idx, dtype=np.int64)
     b = len(idx)
-    hs = requests.hist_start[idx]
-    hl = requests.hist_end[idx] - hs
     cand, vis = requests.candidates.take(idx), requests.visible.take(idx)
     cl = cand.lengths
-    width_l, width_m = int(hl.max(initial=0)), int(cl.max(initial=0))
-
-    def place(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.repeat(np.arange(b), lengths)
-        return rows, np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-
-    hb, hp = place(hl)
-    hrows = _ranges(hs, hl)
-    cb, cp = place(cl)
+    width_m = int(cl.max(initial=0))
+    cb, cp = _place(cl)
     crows = cand.values
 
     def pad(values: np.ndarray, rb: np.ndarray, rp: np.ndarray, width: int, dtype: type = np.int64) -> np.ndarray:
-        out = np.zeros((b, width, *values.shape[1:]), dtype=dtype)
-        out[rb, rp] = values
-        return out
+        return _pad(values, rb, rp, b, width, dtype)
 
     return {
         "user": requests.user[idx],
-        "hist_items": pad(log.item[hrows], hb, hp, width_l),
-        "hist_actions": pad(log.actions[hrows], hb, hp, width_l),
-        "hist_time": pad(log.time[hrows], hb, hp, width_l),
-        "hist_len": hl.astype(np.int64),
+        **history_fields(log, requests.hist_start[idx], requests.hist_end[idx]),
         "cand_items": pad(log.item[crows], cb, cp, width_m),
         "cand_time": pad(log.time[crows], cb, cp, width_m),
         "visible": pad(vis.values, cb, cp, width_m),
