@@ -69,6 +69,8 @@ class EvalSettings(BaseModel):
     exclude_seen: bool = Field(True, description="Exclude items already in the history.")
     n_boot: int = Field(1000, ge=10, description="Bootstrap resamples for the test intervals.")
     select_metric: str = Field("ndcg@10", description="Validation metric for early stopping and selection.")
+    calibrate: bool = Field(True, description="Ranking models: after selection, fit Platt scaling (a * logit + b) "
+                            "per binary task on the validation impressions and apply it to the test predictions.")
 
 
 class ColdStartConfig(BaseModel):

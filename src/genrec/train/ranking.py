@@ -5,11 +5,15 @@ validates / tests on the following days; ML-1M ratings on the source's global ti
 a candidate of exactly one forward-pass request whose history holds only that user's strictly earlier
 impressions, whatever part they belong to (their outcomes are known by then at serving time). Training fits the
 training part's impressions; the validation part selects the epoch (early stopping on ``eval.select_metric``:
-``gauc:<task>``, ``auc:<task>`` or ``gauc:mean``, the binary tasks' GAUC weighted by the users each counts); the test part is scored once, at the
-end, with the best weights. The run folder gets the weights (safetensors), ``model.json`` (name, config and the
-data spec), ``metrics.json`` (per task AUC / GAUC / log loss / NE / ECE with bootstrap intervals over users) and
+``gauc:<task>``, ``auc:<task>`` or ``gauc:mean``, the binary tasks' GAUC weighted by the users each counts);
+the test part is scored once, at the end, with the best weights.
+
+The run folder gets the weights (safetensors), ``model.json`` (name, config, data spec, calibration),
+``metrics.json`` (per task AUC / GAUC / log loss / NE / ECE with bootstrap intervals over users) and
 ``predictions_test.parquet`` (one row per test impression: labels and predictions), which paired comparisons
-between runs read.
+between runs read. With ``eval.calibrate`` (default) each binary task's probabilities are Platt-scaled with
+parameters fitted on the validation impressions (a monotone map: AUC and GAUC are unchanged; log loss and ECE
+are not); the uncalibrated ECE and log loss are reported too.
 """
 
 from __future__ import annotations
@@ -120,6 +124,30 @@ def selection_value(metric: str, log: ImpressionLog, rows: np.ndarray, preds: di
     return out
 
 
+def fit_platt(labels: np.ndarray, probs: np.ndarray, steps: int = 100) -> tuple[float, float]:
+    """(a, b) minimising the log loss of sigmoid(a * logit(p) + b) on held-out impressions (Platt scaling):
+    two parameters, so it fixes over- or under-confidence without changing any ordering within a task."""
+    x = torch.logit(torch.as_tensor(probs, dtype=torch.float64).clamp(1e-7, 1 - 1e-7))
+    y = torch.as_tensor(labels, dtype=torch.float64)
+    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([ab], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(ab[0] * x + ab[1], y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    a, b = ab.detach().tolist()
+    return float(a), float(b)
+
+
+def apply_platt(probs: np.ndarray, ab: tuple[float, float]) -> np.ndarray:
+    x = torch.logit(torch.as_tensor(probs, dtype=torch.float64).clamp(1e-7, 1 - 1e-7))
+    return torch.sigmoid(ab[0] * x + ab[1]).numpy().astype(np.float32)
+
+
 def check_select_metric(metric: str, binary: tuple[str, ...]) -> None:
     allowed = {"gauc:mean"} | {f"{m}:{t}" for m in ("auc", "gauc") for t in binary}
     if metric not in allowed:
@@ -185,7 +213,11 @@ class RankingTrainer:
             if on_epoch_end is not None:
                 on_epoch_end(record)
         model.load_state_dict(load_tensors(ckpt / "best.safetensors"))
-        test = self._test(model, log, split, requests["test"], spec, state, device)
+        calibration = {}
+        if cfg.eval.calibrate:
+            vrows, vpreds = predict(model, log, requests["valid"], spec, device)
+            calibration = {t: fit_platt(log.labels[t][vrows], vpreds[t]) for t in spec.binary_tasks}
+        test = self._test(model, log, split, requests["test"], spec, state, device, calibration)
         return RankingResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
 
     def _epoch(self, model, opt, sched, log, train: Requests, epoch: int, device, start_clock):
@@ -215,9 +247,10 @@ class RankingTrainer:
         return total / max(n_rows, 1), n_rows, time.perf_counter() - t0, out_of_time
 
     def _test(self, model, log: ImpressionLog, split: ImpressionSplit, requests: Requests, spec: RankSpec,
-              state: dict, device) -> dict[str, Any]:
+              state: dict, device, calibration: dict[str, tuple[float, float]]) -> dict[str, Any]:
         cfg = self.config
-        rows, preds = predict(model, log, requests, spec, device, show_progress=self.show_progress)
+        rows, raw = predict(model, log, requests, spec, device, show_progress=self.show_progress)
+        preds = {t: apply_platt(p, calibration[t]) if t in calibration else p for t, p in raw.items()}
         users = log.user[rows]
         tasks = {t: ctr.task_report(users, log.labels[t][rows], preds[t],
                                     kind="binary" if t in spec.binary_tasks else "regression",
@@ -226,13 +259,20 @@ class RankingTrainer:
         for t in spec.tasks:
             columns[f"label_{t}"] = log.labels[t][rows]
             columns[f"pred_{t}"] = preds[t].astype(np.float32)
+            if t in calibration:
+                columns[f"raw_{t}"] = raw[t].astype(np.float32)
         pq.write_table(pa.table(columns), self.run_dir / "predictions_test.parquet")
         save_tensors(self.run_dir / "model.safetensors", model.state_dict())
         write_json(self.run_dir / "model.json", {"name": cfg.model.name, "config": cfg.model.model_dump(mode="json"),
-                                                 "spec": spec.to_json()})
+                                                 "spec": spec.to_json(),
+                                                 "calibration": {t: list(ab) for t, ab in calibration.items()}})
+        uncalibrated = {t: {"ece": ctr.ece(log.labels[t][rows], raw[t])[0],
+                            "log_loss": ctr.log_loss(log.labels[t][rows], raw[t])} for t in calibration}
         result = {
             "dataset": {"name": log.name, "rows": log.n_rows, "users": log.n_users, "items": log.n_items},
             "split": split.describe(), "part": "test", "tasks": tasks,
+            "calibration": {"method": "platt on the validation impressions" if calibration else "none",
+                            "params": {t: list(ab) for t, ab in calibration.items()}, "uncalibrated": uncalibrated},
             "metrics": {f"{m}:{t}": v for t, r in tasks.items() for m, v in r["metrics"].items()
                         if isinstance(v, dict) and "value" in v},
             "run": {"model": cfg.model.name, "config": cfg.model_dump(mode="json"), "commit": git_commit(),
