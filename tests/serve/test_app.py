@@ -111,7 +111,7 @@ def test_model_error_answers_from_the_fallback_and_keeps_serving(bundles, tmp_pa
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(rec.model, "score", broken)
+    monkeypatch.setattr(rec.model, "last_hidden", broken)
     body = c.post("/v1/recommend", json={"history": ["3", "4"], "k": 3}).json()
     assert body["fallback"] and len(body["items"]) == 3
     assert "genrec_fallbacks_total" in c.get("/metrics").text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -159,12 +160,12 @@ def test_model_error_and_deadline_fall_back(trained, monkeypatch):
     rec = Recommender.load(trained["root"] / "plain")
     normal = rec.recommend(["3", "4"], k=4, deadline_ms=10_000)
     assert not normal.fallback and ids(normal) == ids(rec.recommend(["3", "4"], k=4))
-    score = rec.model.score
+    last_hidden = rec.model.last_hidden
 
     def boom(*args, **kwargs):
         raise RuntimeError("CUDA exploded")
 
-    monkeypatch.setattr(rec.model, "score", boom)
+    monkeypatch.setattr(rec.model, "last_hidden", boom)
     out = rec.recommend(["3", "4"], k=4)
     assert out.fallback and out.reason == MODEL_ERROR and out.mode == "popularity"
     assert ids(out) == [i for i in rec.popular_ids(6) if i not in ("3", "4")][:4]
@@ -173,9 +174,9 @@ def test_model_error_and_deadline_fall_back(trained, monkeypatch):
 
     def slow(*args, **kwargs):
         time.sleep(0.5)
-        return score(*args, **kwargs)
+        return last_hidden(*args, **kwargs)
 
-    monkeypatch.setattr(rec.model, "score", slow)
+    monkeypatch.setattr(rec.model, "last_hidden", slow)
     t0 = time.perf_counter()
     late = rec.recommend(["3", "4"], k=4, deadline_ms=50)
     assert time.perf_counter() - t0 < 0.4
@@ -271,3 +272,21 @@ def test_an_older_bundle_without_the_new_files_still_loads(trained, tmp_path):
     assert rec.popular_ids(12) == fresh.popular_ids(12)  # the same order, from items.parquet's counts
     assert ids(rec.recommend(["3", "4"], k=4)) == ids(fresh.recommend(["3", "4"], k=4))
     assert rec.similar("3", k=2) == fresh.similar("3", k=2)
+
+
+def test_concurrent_requests_share_forward_passes(trained, monkeypatch):
+    """The batcher runs queued histories through the model together; each request still gets its own answer."""
+    rec = Recommender.load(trained["root"] / "plain")
+    serial = {h: [r["item_id"] for r in rec.recommend([h], k=3).items] for h in ("1", "2", "3", "4")}
+    sizes, real = [], rec.model.last_hidden
+
+    def counting(history, *args, **kwargs):
+        sizes.append(len(history))
+        time.sleep(0.05)  # hold the model so that the other requests queue up
+        return real(history, *args, **kwargs)
+
+    monkeypatch.setattr(rec.model, "last_hidden", counting)
+    with ThreadPoolExecutor(8) as pool:
+        got = dict(zip(serial, pool.map(lambda h: [r["item_id"] for r in rec.recommend([h], k=3).items],
+                                        [*serial] * 4), strict=False))
+    assert got == serial and max(sizes) > 1 and sum(sizes) == 16

@@ -33,6 +33,7 @@ def serve_cmd(
                                                "on one core and serves concurrent requests side by side; more "
                                                "threads per request oversubscribe the cores under load.", min=1)
                              ] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn's access log).")] = True,
 ) -> None:
     """Serve recommendations over HTTP: POST /v1/recommend and /v1/events, GET /v1/items/{id}/similar, /healthz,
     /readyz, /metrics, POST /admin/reload, OpenAPI docs at /docs."""
@@ -55,4 +56,4 @@ def serve_cmd(
         os.environ["GENREC_API_KEY"] = api_key
     # Workers load the bundle before they answer; give them longer than uvicorn's 5 s on a busy machine.
     uvicorn.run("genrec.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="info", timeout_worker_healthcheck=60)
+                log_level="info", timeout_worker_healthcheck=60, access_log=access_log)

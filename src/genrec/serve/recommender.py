@@ -23,10 +23,11 @@ blending are shared); a small internal scorer holds the model-specific part:
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,58 @@ class _Content:
     projection: dict[str, torch.Tensor] | None  # pca map (mean, components) when the table was projected
 
 
+class _Batcher:
+    """Dynamic batching of the model's forward pass: concurrent requests queue their histories, one thread runs
+    them through the model together (up to ``max_batch`` at a time) and hands each its last hidden state.
+
+    Under concurrent load one padded forward pass for B histories costs little more than one for a single
+    history (the per-call overhead of a small model dominates on CPU), and a single thread owning the model
+    keeps request threads from contending for the interpreter. A lone request is answered at once: the thread
+    takes whatever is queued and never waits for more."""
+
+    def __init__(self, model: SequentialModel, max_batch: int = 32):
+        self.model, self.max_batch = model, max_batch
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def hidden(self, known: list[int], known_ts: list[int] | None) -> torch.Tensor:
+        """The last hidden state [D] after ``known`` (dense ids), computed in a batch with concurrent calls."""
+        self._start()
+        done: Future = Future()
+        self._queue.put((known, known_ts, done))
+        return done.result()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="genrec-batcher", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            jobs = [self._queue.get()]
+            while len(jobs) < self.max_batch:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for group in (_with_ts := [j for j in jobs if j[1] is not None], [j for j in jobs if j[1] is None]):
+                if group:
+                    self._forward(group, timestamps=group is _with_ts)
+
+    def _forward(self, jobs: list, timestamps: bool) -> None:
+        try:
+            ts = Jagged.from_lists([j[1] for j in jobs]) if timestamps and self.model.use_timestamps else None
+            h = self.model.last_hidden(Jagged.from_lists([j[0] for j in jobs]), timestamps=ts).float().cpu()
+        except Exception as e:  # noqa: BLE001 - every waiting request gets the error, the thread lives on
+            for job in jobs:
+                job[2].set_exception(e)
+            return
+        for i, job in enumerate(jobs):
+            job[2].set_result(h[i])
+
+
 class _IdScorer:
     """An ID model (sasrec, hstu): scores over the whole catalog."""
 
@@ -90,16 +143,15 @@ class _IdScorer:
 
     def __init__(self, model: SequentialModel):
         self.model = model
+        self.batcher = _Batcher(model)
+        self.items = model.item_table().detach().float().cpu()  # computed once, not per request
 
     def item_table(self) -> torch.Tensor:
-        return self.model.item_table().detach().float().cpu()
+        return self.items
 
     def score(self, known: list[int], known_ts: list[int] | None, width: int,
               allow: torch.Tensor | None = None) -> tuple[torch.Tensor, list[str]]:
-        ts = self.model.use_timestamps and known_ts is not None
-        scores = self.model.score(Jagged.from_lists([known]),
-                                  timestamps=Jagged.from_lists([known_ts]) if ts else None)[0].float().cpu()
-        return scores, []
+        return self.items @ self.batcher.hidden(known, known_ts), []
 
 
 class _AnnScorer(_IdScorer):
@@ -113,13 +165,10 @@ class _AnnScorer(_IdScorer):
     def __init__(self, model: SequentialModel, ann: AnnIndex):
         super().__init__(model)
         self.ann = ann
-        self.items = model.item_table().detach().float().cpu()  # computed once, not per request
 
     def score(self, known: list[int], known_ts: list[int] | None, width: int,
               allow: torch.Tensor | None = None) -> tuple[torch.Tensor, list[str]]:
-        ts = self.model.use_timestamps and known_ts is not None
-        h = self.model.last_hidden(Jagged.from_lists([known]),
-                                   timestamps=Jagged.from_lists([known_ts]) if ts else None)[0].float().cpu()
+        h = self.batcher.hidden(known, known_ts)
         scores = torch.full((self.model.n_items + 1,), -torch.inf)
         if allow is not None:
             scores[allow] = self.items[allow] @ h
