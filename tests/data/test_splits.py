@@ -211,3 +211,19 @@ def test_eval_cases_take():
     assert sub.history.to_lists() == [[], [1]] and sub.history_timestamps.to_lists() == [[], [10]]
     no_ts = EvalCases(cases.users, cases.history, cases.targets).take(np.array([1]))
     assert no_ts.history_timestamps is None and no_ts.history.to_lists() == [[2, 3]]
+
+
+def test_run_config_cut_times_reach_the_split():
+    from genrec.train.config import RunConfig
+    from genrec.train.loop import run_split
+
+    ds = random_dataset(3)
+    ts = ds.timestamps.values
+    cuts = {"valid_start": float(np.quantile(ts, 0.5)), "test_start": float(np.quantile(ts, 0.7))}
+    cfg = RunConfig.model_validate({"dataset": "x", "split": "temporal", "model": {"name": "sasrec"},
+                                    "temporal": cuts})
+    split = run_split(cfg, ds)
+    assert split.info == cuts
+    default = run_split(RunConfig.model_validate({"dataset": "x", "split": "temporal", "model": {"name": "sasrec"}}),
+                        ds)
+    assert default.info["test_start"] == pytest.approx(float(np.quantile(ts, 0.9)))

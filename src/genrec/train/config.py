@@ -82,6 +82,19 @@ class ColdStartConfig(BaseModel):
     seed: int = Field(0, description="Seed of the draw (independent of train.seed, so runs share the items).")
 
 
+class TemporalConfig(BaseModel):
+    """``split: temporal``: a global time cut; explicit cut times override the quantile defaults."""
+
+    model_config = _STRICT
+
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="Share of interactions after the validation cut "
+                                  "and before the test cut (when valid_start is not given).")
+    test_fraction: float = Field(0.1, gt=0, lt=1, description="Share of interactions after the test cut (when "
+                                 "test_start is not given).")
+    valid_start: float | None = Field(None, description="Validation cut, in the dataset's timestamp unit.")
+    test_start: float | None = Field(None, description="Test cut, in the dataset's timestamp unit.")
+
+
 class FeaturesConfig(BaseModel):
     """Item features added to an ID model's item embeddings (SASRec, HSTU)."""
 
@@ -102,6 +115,7 @@ class RunConfig(BaseModel):
     split: Literal["loo", "temporal", "cold"] = Field("loo", description="Leave-one-out, temporal, or "
                                                       "leave-one-out with held-out cold items (see cold_start).")
     cold_start: ColdStartConfig = ColdStartConfig()
+    temporal: TemporalConfig = TemporalConfig()
     model: Annotated[SASRecConfig | HSTUConfig | TigerConfig | RankerConfig | DCNConfig | DINConfig,
                      Field(discriminator="name")]
     train: OptimConfig = OptimConfig()

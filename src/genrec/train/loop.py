@@ -82,4 +82,6 @@ def run_split(config: Any, ds: SequenceDataset) -> Split:
     """The run's split; ``split: cold`` holds ``cold_start.fraction`` of the items out of training."""
     if config.split == "cold":
         return make_split(ds, "cold", fraction=config.cold_start.fraction, seed=config.cold_start.seed)
+    if config.split == "temporal":
+        return make_split(ds, "temporal", **config.temporal.model_dump())
     return make_split(ds, config.split)
