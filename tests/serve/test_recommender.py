@@ -286,7 +286,7 @@ def test_concurrent_requests_share_forward_passes(trained, monkeypatch):
         return real(history, *args, **kwargs)
 
     monkeypatch.setattr(rec.model, "last_hidden", counting)
+    histories = [*serial] * 4
     with ThreadPoolExecutor(8) as pool:
-        got = dict(zip(serial, pool.map(lambda h: [r["item_id"] for r in rec.recommend([h], k=3).items],
-                                        [*serial] * 4), strict=False))
-    assert got == serial and max(sizes) > 1 and sum(sizes) == 16
+        got = list(pool.map(lambda h: [r["item_id"] for r in rec.recommend([h], k=3).items], histories))
+    assert got == [serial[h] for h in histories] and max(sizes) > 1 and sum(sizes) == 16

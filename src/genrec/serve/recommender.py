@@ -84,50 +84,52 @@ class _Content:
 
 
 class _Batcher:
-    """Dynamic batching of the model's forward pass: concurrent requests queue their histories, one thread runs
-    them through the model together (up to ``max_batch`` at a time) and hands each its last hidden state.
+    """Dynamic batching of the model's forward pass: concurrent requests queue their histories and one of them
+    (the leader, whoever holds the lock) runs everything queued through the model as one padded batch (up to
+    ``max_batch`` at a time), handing each request its last hidden state.
 
-    Under concurrent load one padded forward pass for B histories costs little more than one for a single
-    history (the per-call overhead of a small model dominates on CPU), and a single thread owning the model
-    keeps request threads from contending for the interpreter. A lone request is answered at once: the thread
-    takes whatever is queued and never waits for more."""
+    Under concurrent load one forward pass for B histories costs less than B passes (the per-call overhead of a
+    small model dominates on CPU), and one thread at a time in the model keeps request threads from contending
+    for the interpreter. A lone request runs its own pass at once, on its own thread: no hand-over, no wait."""
 
-    def __init__(self, model: SequentialModel, max_batch: int = 32):
-        self.model, self.max_batch = model, max_batch
+    def __init__(self, model: SequentialModel, max_batch: int = 32, poll_s: float = 0.001):
+        self.model, self.max_batch, self.poll_s = model, max_batch, poll_s
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def hidden(self, known: list[int], known_ts: list[int] | None) -> torch.Tensor:
         """The last hidden state [D] after ``known`` (dense ids), computed in a batch with concurrent calls."""
-        self._start()
         done: Future = Future()
         self._queue.put((known, known_ts, done))
-        return done.result()
-
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="genrec-batcher", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
         while True:
-            jobs = [self._queue.get()]
-            while len(jobs) < self.max_batch:
+            if self._lock.acquire(blocking=False):
                 try:
-                    jobs.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            for group in (_with_ts := [j for j in jobs if j[1] is not None], [j for j in jobs if j[1] is None]):
-                if group:
-                    self._forward(group, timestamps=group is _with_ts)
+                    while not done.done() and not self._queue.empty():  # lead until ours is answered
+                        self._run_batch()
+                finally:
+                    self._lock.release()
+            try:  # a leader runs our job; poll in case it released the lock just before we queued
+                return done.result(timeout=self.poll_s)
+            except FutureTimeout:
+                continue
+
+    def _run_batch(self) -> None:
+        jobs = []
+        while len(jobs) < self.max_batch:
+            try:
+                jobs.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        with_ts = [j for j in jobs if j[1] is not None]
+        for group, ts in ((with_ts, True), ([j for j in jobs if j[1] is None], False)):
+            if group:
+                self._forward(group, ts)
 
     def _forward(self, jobs: list, timestamps: bool) -> None:
         try:
             ts = Jagged.from_lists([j[1] for j in jobs]) if timestamps and self.model.use_timestamps else None
             h = self.model.last_hidden(Jagged.from_lists([j[0] for j in jobs]), timestamps=ts).float().cpu()
-        except Exception as e:  # noqa: BLE001 - every waiting request gets the error, the thread lives on
+        except Exception as e:  # noqa: BLE001 - every request of the batch gets the error
             for job in jobs:
                 job[2].set_exception(e)
             return
