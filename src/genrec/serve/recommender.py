@@ -141,7 +141,6 @@ class _IdScorer:
     """An ID model (sasrec, hstu): scores over the whole catalog."""
 
     mode = "model"
-    partial = False  # scores every item
 
     def __init__(self, model: SequentialModel):
         self.model = model
@@ -162,30 +161,25 @@ class _AnnScorer(_IdScorer):
     filters leave k; an allow list is scored exactly instead (it may hold items the index did not propose)."""
 
     mode = "model+ann"
-    partial = True
 
     def __init__(self, model: SequentialModel, ann: AnnIndex):
         super().__init__(model)
         self.ann = ann
 
     def score(self, known: list[int], known_ts: list[int] | None, width: int,
-              allow: torch.Tensor | None = None) -> tuple[torch.Tensor, list[str]]:
+              allow: torch.Tensor | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor], list[str]]:
         h = self.batcher.hidden(known, known_ts)
-        scores = torch.full((self.model.n_items + 1,), -torch.inf)
         if allow is not None:
-            scores[allow] = self.items[allow] @ h
-            return scores, []
+            return (allow, self.items[allow] @ h), []
         ids, found = self.ann.search(h.numpy()[None], min(width + ANN_MARGIN, self.model.n_items))
         keep = ids[0] > 0
-        scores[torch.from_numpy(ids[0][keep])] = torch.from_numpy(found[0][keep])
-        return scores, []
+        return (torch.from_numpy(ids[0][keep]), torch.from_numpy(found[0][keep])), []
 
 
 class _GeneratorScorer:
     """The semantic-ID generator (tiger): beam items get their log-probability, every other item -inf."""
 
     mode = "generator"
-    partial = True  # only the beams' items are scored
 
     def __init__(self, model: TIGER):
         self.model = model
@@ -203,15 +197,13 @@ class _GeneratorScorer:
         return out
 
     def score(self, known: list[int], known_ts: list[int] | None, width: int,
-              allow: torch.Tensor | None = None) -> tuple[torch.Tensor, list[str]]:
+              allow: torch.Tensor | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor], list[str]]:
         beam = self.beams(width)
         history = torch.tensor([known], dtype=torch.int64, device=self.model.codes.device)
         items, logp = self.model.recommend(history, k=beam, beam=beam)
         items, logp = items[0].cpu(), logp[0].float().cpu()
         keep = torch.isfinite(logp) & (items > 0)
-        scores = torch.full((self.model.n_items + 1,), -torch.inf)
-        scores[items[keep]] = logp[keep]
-        return scores, []
+        return (items[keep], logp[keep]), []
 
 
 class Recommender:
@@ -378,25 +370,33 @@ class Recommender:
             warnings.append(f"the model failed ({type(e).__name__}); answered from popularity")
             return self._fallback(k, mask, warnings, MODEL_ERROR, truncated)
         warnings += more
-        scores = scores.clone()
-        scores[~mask] = -torch.inf
-        n = int(mask.sum())
-        if self._scorer.partial and mode != "content":  # only the beams' items can be returned
-            n_allowed, n = n, int(torch.isfinite(scores).sum())
-            if n < min(k, n_allowed):
+        if isinstance(scores, tuple):  # a partial scorer: its candidates' ids and scores only
+            ids, values = scores
+            keep = mask[ids]
+            ids, values = ids[keep], values[keep]
+            n = len(ids)
+            if n < k and n < (n_allowed := int(mask.sum())):
                 if isinstance(self._scorer, _GeneratorScorer):
                     source = f"the generator's {self._scorer.beams(width)} beams"
                 else:
                     source = "the approximate index's candidates"
                 warnings.append(f"only {n} of the {n_allowed} allowed items are among {source}; "
                                 f"returning {n} instead of {k}")
-        top = torch.topk(scores, min(k, n)).indices if n else torch.zeros(0, dtype=torch.int64)
-        return Recommendation(self._items(top.numpy(), scores[top].tolist()), warnings, fallback=False,
+            order = torch.topk(values, min(k, n)).indices if n else torch.zeros(0, dtype=torch.int64)
+            top, top_scores = ids[order], values[order]
+        else:
+            scores = scores.clone()
+            scores[~mask] = -torch.inf
+            n = int(mask.sum())
+            top = torch.topk(scores, min(k, n)).indices if n else torch.zeros(0, dtype=torch.int64)
+            top_scores = scores[top]
+        return Recommendation(self._items(top.numpy(), top_scores.tolist()), warnings, fallback=False,
                               model_version=self.version, truncated=truncated, mode=mode)
 
     def _rank(self, known: list[int], known_ts: list[int] | None, query: str | None,
               weight: float, width: int, allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, str, list[str]]:
-        """Scores over the catalog [n_items + 1] (row 0 unused), the mode, and warnings. ``width``: how many
+        """Scores over the catalog [n_items + 1] (row 0 unused) or, from a partial scorer (the generator, an
+        approximate index), (candidate ids, their scores); the mode; and warnings. ``width``: how many
         candidates the request needs (the generator's beam count follows it); ``allowed``: the only items that
         may be returned, when the request has an allow list."""
         warnings: list[str] = []
@@ -417,11 +417,9 @@ class Recommender:
         mode = self._scorer.mode
         if q is None:
             return scores, mode, warnings
-        if self._scorer.partial:  # blend over the beam items; the rest stay -inf
-            finite = torch.isfinite(scores)
-            blended = torch.full_like(scores, -torch.inf)
-            blended[finite] = (1 - weight) * _zscore_all(scores[finite]) + weight * _zscore(q)[finite]
-            return blended, mode + "+query", warnings
+        if isinstance(scores, tuple):  # blend over the candidates only
+            ids, values = scores
+            return (ids, (1 - weight) * _zscore_all(values) + weight * _zscore(q)[ids]), mode + "+query", warnings
         return (1 - weight) * _zscore(scores) + weight * _zscore(q), mode + "+query", warnings
 
     def _query_similarity(self, query: str) -> torch.Tensor:
