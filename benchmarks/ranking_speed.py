@@ -43,8 +43,9 @@ def load_model(run: Path | None, config: Path) -> tuple[GenerativeRanker, str]:
         meta = read_json(run / "model.json")
         spec = RankSpec.from_json(meta["spec"])
         state = load_file(run / "model.safetensors")
-        tables = {prefix: {k.split(".table_")[1]: v for k, v in state.items() if k.startswith(f"{prefix}.table_")}
-                  for prefix in ("item", "user")}
+        tables = {side: {k.split(".table_")[1]: v for k, v in state.items()
+                         if ".table_" in k and k.split(".table_")[0].split(".")[-1].startswith(side)}
+                  for side in ("item", "user")}
         model = GenerativeRanker(RankerConfig.model_validate(meta["config"]), spec, tables["item"], tables["user"])
         model.load_state_dict(state)
         return model.eval(), f"trained weights of {run}"
