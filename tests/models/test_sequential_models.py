@@ -332,3 +332,26 @@ def test_item_features_hook(name):
     assert torch.equal(model.item_features[0], torch.zeros(5, dtype=torch.float64))
     with pytest.raises(ValueError, match="rows"):
         model.attach_item_features(torch.randn(3, 5))
+
+
+@pytest.mark.parametrize("name,timestamps", [("hstu", False), ("hstu", True), ("sasrec", False)])
+def test_last_hidden_equals_the_full_pass_at_the_last_position(name, timestamps):
+    """HSTU computes only the last query row in its last block when asked for last positions (serving and
+    evaluation); it must agree with the full pass."""
+    from genrec.models import SEQUENTIAL
+
+    model_cls, config_cls = SEQUENTIAL[name]
+    torch.manual_seed(0)
+    model = model_cls(config_cls(dim=16, blocks=2, heads=2, max_len=12), 30, use_timestamps=timestamps).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    rng = np.random.default_rng(0)
+    hist = [rng.integers(1, 31, n).tolist() for n in (1, 5, 12, 20)]
+    times = Jagged.from_lists([sorted(rng.integers(0, 10**6, len(h)).tolist()) for h in hist]) if timestamps else None
+    fast = model.last_hidden(Jagged.from_lists(hist), times)
+    tail = Jagged.from_lists(hist).tail(12)
+    lengths = torch.from_numpy(tail.lengths)
+    ts = times.tail(12).to_padded(left=False) if timestamps else None
+    full = model(tail.to_padded(left=False), lengths, ts)[torch.arange(4), lengths - 1]
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)

@@ -59,6 +59,28 @@ class HSTUBlock(nn.Module):
         return x + self.out(self.drop(self.norm_attn(a) * u))
 
 
+    def forward_last(self, x: torch.Tensor, lengths: torch.Tensor,
+                     timestamps: torch.Tensor | None = None) -> torch.Tensor:
+        """The block's output at each sequence's last position only [B, D]: keys and values for every position,
+        one query row per sequence (serving and evaluation read nothing else from the last block)."""
+        b, n, _ = x.shape
+        u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).split(
+            [self.h * self.dv, self.h * self.dv, self.h * self.da, self.h * self.da], dim=-1)
+        rows, last = torch.arange(b, device=x.device), lengths - 1
+        cols = torch.arange(n, device=x.device)
+        k = k.view(b, n, self.h, self.da).transpose(1, 2)  # [B, H, N, Da]
+        v = v.view(b, n, self.h, self.dv).transpose(1, 2)
+        q_last = q[rows, last].view(b, self.h, 1, self.da)
+        gap = None
+        if timestamps is not None and self.rab.time is not None:
+            gap = timestamps[rows, last][:, None] - timestamps
+        bias = self.rab.at(last[:, None] - cols[None, :], gap)  # [B, N]
+        scores = (q_last @ k.transpose(-1, -2)).squeeze(-2) + bias[:, None, :]  # [B, H, N]
+        w = F.silu(scores) * (cols[None, None, :] <= last[:, None, None])
+        a = (w.unsqueeze(-2) @ v).squeeze(-2).reshape(b, self.h * self.dv) / self.max_len
+        return x[rows, last] + self.out(self.drop(self.norm_attn(a) * u[rows, last]))
+
+
 class HSTU(SequentialModel):
     def __init__(self, config: HSTUConfig, n_items: int, use_timestamps: bool = False):
         """``use_timestamps``: the data has timestamps, so the relative bias also learns time-gap weights."""
@@ -70,3 +92,10 @@ class HSTU(SequentialModel):
         for block in self.blocks:
             x = block(x, lengths, timestamps, self.reference)
         return x
+
+    def encode_last(self, x: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor | None) -> torch.Tensor:
+        if self.reference:
+            return super().encode_last(x, lengths, timestamps)
+        for block in self.blocks[:-1]:
+            x = block(x, lengths, timestamps)
+        return self.blocks[-1].forward_last(x, lengths, timestamps)

@@ -117,12 +117,19 @@ class SequentialModel(nn.Module):
     def forward(self, items: torch.Tensor, lengths: torch.Tensor,
                 timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """items: [B, L] right-padded dense ids -> hidden states [B, L, D] (padded rows are garbage)."""
-        length = items.shape[1]
-        table = self.item_vectors()
-        x = table[items] * math.sqrt(self.config.dim) + self.pos_emb.weight[:length][None]
-        x = self.emb_dropout(x) * (items > 0).unsqueeze(-1)
-        h = self.final_norm(self.encode_embeddings(x, lengths, timestamps))
+        h = self.final_norm(self.encode_embeddings(self._embed(items), lengths, timestamps))
         return F.normalize(h, dim=-1) if self.config.l2_normalize else h
+
+    def _embed(self, items: torch.Tensor) -> torch.Tensor:
+        table = self.item_vectors()
+        x = table[items] * math.sqrt(self.config.dim) + self.pos_emb.weight[:items.shape[1]][None]
+        return self.emb_dropout(x) * (items > 0).unsqueeze(-1)
+
+    def encode_last(self, x: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor | None) -> torch.Tensor:
+        """The blocks' output at each sequence's last position [B, D]; a model may compute only that row in its
+        last block (the others are never scored)."""
+        h = self.encode_embeddings(x, lengths, timestamps)
+        return h[torch.arange(len(lengths), device=h.device), lengths - 1]
 
     @torch.no_grad()
     def score(self, history: Jagged, users: np.ndarray | None = None,
@@ -139,8 +146,10 @@ class SequentialModel(nn.Module):
         lengths = torch.from_numpy(hist.lengths).clamp(min=1)
         ts = timestamps.tail(self.config.max_len).to_padded(left=False) if timestamps is not None else None
         device = self.item_emb.weight.device
-        h = self.forward(items.to(device), lengths.to(device), ts.to(device) if ts is not None else None)
-        return h[torch.arange(len(lengths), device=device), lengths.to(device) - 1]
+        lengths = lengths.to(device)
+        h = self.final_norm(self.encode_last(self._embed(items.to(device)), lengths,
+                                             ts.to(device) if ts is not None else None))
+        return F.normalize(h, dim=-1) if self.config.l2_normalize else h
 
 
 def next_item_targets(items: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
