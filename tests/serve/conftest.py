@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 from tests.serve.test_bundle import tiny
 
@@ -14,3 +18,22 @@ def bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundles")
     _, run = tiny(root)
     return export_bundle(run, root / "bundle-a"), export_bundle(run, root / "bundle-b")
+
+
+@contextmanager
+def live_server(app) -> Iterator[str]:
+    """``app`` under uvicorn on a free 127.0.0.1 port in a background thread; yields its base URL."""
+    uvicorn = pytest.importorskip("uvicorn")
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(1000):
+        if srv.started or not thread.is_alive():
+            break
+        threading.Event().wait(0.01)
+    assert srv.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
+from tests.serve.conftest import live_server  # noqa: E402
 
 from genrec.serve.app import Settings, create_app  # noqa: E402
 
@@ -18,18 +17,8 @@ def live_schema(bundles, tmp_path_factory):
     """The app under uvicorn on a free 127.0.0.1 port (no key: loopback only), and its schema."""
     store = tmp_path_factory.mktemp("fuzz") / "history.sqlite"
     app = create_app(Settings(bundle=bundles[0], store=str(store), deadline_ms=None))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(1000):
-        if srv.started or not thread.is_alive():
-            break
-        threading.Event().wait(0.01)
-    assert srv.started, "uvicorn did not start"
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json")
-    srv.should_exit = True
-    thread.join(10)
+    with live_server(app) as url:
+        yield schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 
 def test_no_request_the_schema_allows_or_breaks_gets_a_5xx(live_schema):

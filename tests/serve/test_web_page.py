@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import threading
 import zlib
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from tests.serve.conftest import live_server  # noqa: E402
 from tests.serve.test_bundle import tiny  # noqa: E402
 
 from genrec.serve import export_bundle  # noqa: E402
@@ -153,20 +153,9 @@ def browser_stack():
 @pytest.fixture
 def server(bundle, tmp_path):
     """The app under uvicorn on a free localhost port, in a background thread."""
-    uvicorn = pytest.importorskip("uvicorn")
     app = create_app(Settings(bundle=bundle, store=str(tmp_path / "history.sqlite"), api_key=KEY))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if srv.started or not thread.is_alive():
-            break
-        threading.Event().wait(0.01)
-    assert srv.started, "uvicorn did not start"
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield app, f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with live_server(app) as url:
+        yield app, url
 
 
 def test_page_in_headless_chromium(browser_stack, server, tmp_path, monkeypatch):
