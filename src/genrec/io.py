@@ -80,6 +80,19 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def read_prepared_info(folder: Path, name: str, version: int, what: str) -> dict:
+    """``folder/name``, the JSON header of a prepared folder, checked for its format version (DataError)."""
+    from genrec.errors import DataError
+
+    path = folder / name
+    if not path.is_file():
+        raise DataError(f"not a prepared {what} (no {name})", path=folder)
+    info = read_json(path)
+    if info.get("format_version") != version:
+        raise DataError(f"unsupported {what} format version {info.get('format_version')}", path=path)
+    return info
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
         return obj.tolist()

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from genrec.data.jagged import Jagged
 from genrec.errors import DataError
-from genrec.io import read_json, write_json, write_parquet
+from genrec.io import read_prepared_info, write_json, write_parquet
 
 FORMAT_VERSION = 1
 
@@ -128,12 +128,7 @@ class SequenceDataset:
     @classmethod
     def load(cls, folder: str | Path) -> SequenceDataset:
         folder = Path(folder)
-        info_path = folder / "dataset.json"
-        if not info_path.is_file():
-            raise DataError("not a prepared genrec dataset (no dataset.json)", path=folder)
-        info = read_json(info_path)
-        if info.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"unsupported dataset format version {info.get('format_version')}", path=info_path)
+        info = read_prepared_info(folder, "dataset.json", FORMAT_VERSION, "genrec dataset")
         inter = pq.read_table(folder / "interactions.parquet")
         users = pq.read_table(folder / "users.parquet").column("raw_id").combine_chunks()
         items = pq.read_table(folder / "items.parquet").column("raw_id").combine_chunks()

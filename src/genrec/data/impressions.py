@@ -44,7 +44,7 @@ from genrec.data.builtin import data_home
 from genrec.data.dataset import Vocab
 from genrec.data.jagged import Jagged, _ranges
 from genrec.errors import ConfigError, DataError, UnknownDatasetError
-from genrec.io import read_json, write_json, write_parquet
+from genrec.io import read_prepared_info, write_json, write_parquet
 
 FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "valid", "test")  # codes 0, 1, 2 of ImpressionLog.source_split
@@ -190,13 +190,7 @@ class ImpressionLog:
     @classmethod
     def load(cls, folder: str | Path) -> ImpressionLog:
         folder = Path(folder)
-        info_path = folder / "impressions.json"
-        if not info_path.is_file():
-            raise DataError("not a prepared impression log (no impressions.json)", path=folder)
-        info = read_json(info_path)
-        if info.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"unsupported impression log format version {info.get('format_version')}",
-                            path=info_path)
+        info = read_prepared_info(folder, "impressions.json", FORMAT_VERSION, "impression log")
         rows, users, items = (pq.read_table(folder / f"{p}.parquet") for p in ("rows", "users", "items"))
 
         def col(t: pa.Table, key: str, dtype: type = np.int64) -> np.ndarray:
