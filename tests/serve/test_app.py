@@ -154,3 +154,25 @@ def test_serve_cli_refuses_unsafe_or_broken_setups(bundles, tmp_path, capsys, mo
     assert code != 0 and "missing" in err
     code, _, err = run(["serve", str(bundles[0]), "--store", "x.sqlite", "--redis-url", "redis://h"], capsys)
     assert code != 0 and "not both" in err
+
+
+def test_worker_socket_is_tcp_so_connections_get_nodelay():
+    """Several workers share a socket genrec binds itself: with protocol IPPROTO_TCP (uvicorn's has 0), asyncio
+    sets TCP_NODELAY on every accepted connection, so keep-alive answers do not wait for delayed ACKs."""
+    import socket
+
+    from genrec.cli.serve import listen_socket
+    from genrec.errors import ConfigError
+
+    sock = listen_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP and sock.get_inheritable()
+        sock.listen()
+        with socket.create_connection(sock.getsockname()):
+            conn, _ = sock.accept()
+            with conn:
+                assert conn.proto == socket.IPPROTO_TCP  # what asyncio checks before setting TCP_NODELAY
+        with pytest.raises(ConfigError, match="cannot listen"):
+            listen_socket("127.0.0.1", sock.getsockname()[1])
+    finally:
+        sock.close()

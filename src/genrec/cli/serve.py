@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -55,5 +56,28 @@ def serve_cmd(
     if api_key:
         os.environ["GENREC_API_KEY"] = api_key
     # Workers load the bundle before they answer; give them longer than uvicorn's 5 s on a busy machine.
-    uvicorn.run("genrec.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="info", timeout_worker_healthcheck=60, access_log=access_log)
+    options = {"factory": True, "host": host, "port": port, "workers": workers, "log_level": "info",
+               "timeout_worker_healthcheck": 60, "access_log": access_log}
+    if workers == 1:
+        uvicorn.run("genrec.serve.app:app_from_env", **options)
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config("genrec.serve.app:app_from_env", **options)
+    Multiprocess(config, sockets=[listen_socket(host, port)]).run()
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The listening socket for several workers. uvicorn's own creates it with protocol 0, so asyncio never
+    sets TCP_NODELAY on the accepted connections and every keep-alive response waited ~40 ms for the client's
+    delayed ACK; this one is the same bind with IPPROTO_TCP."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
