@@ -10,12 +10,21 @@ Writes benchmarks/results/semantic_ids.{json,md}.
         --config configs/amazon-beauty/tiger.yaml --config configs/amazon-beauty/tiger-cold.yaml ... \\
         --content-knn amazon-beauty
     python benchmarks/semantic_ids.py --collect        # rebuild the table from finished runs
+
+Cold mixing (TIGER's cold start, ``model.cold_mixing``) re-evaluates trained generator runs (by default the
+cold-split ones; their folders must still hold model.safetensors) at each epsilon, without retraining, from
+one beam search per run, and writes benchmarks/results/semantic_ids_cold_mixing.{json,md}:
+
+    GENREC_DATA_DIR=../shared/data python benchmarks/semantic_ids.py --cold-mixing 0.1 0.2 0.3 \\
+        --cold-prefix 3 2 [--run runs/bench-sid/amazon-beauty/tiger-cold-cuda/seed0] [--sample 2000 --all-cold-cases]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +37,7 @@ from genrec.eval.report import git_commit, machine, subset_summary
 from genrec.io import read_json, write_json, write_text
 from genrec.models.content_knn import ContentKNN
 from genrec.train import parse_params
+from genrec.train.generator import reevaluate_cold_mixing
 from quality import train_one
 
 RUNS = Path("runs/bench-sid")
@@ -153,6 +163,90 @@ def render(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cold_generator_runs(runs: Path) -> list[Path]:
+    """Every generator run folder on the cold split under ``runs`` (<dataset>/<config>/seed<k>)."""
+    found = []
+    for config in sorted(runs.glob("*/*/seed*/config.json")):
+        raw = read_json(config)
+        if raw.get("split") == "cold" and (raw.get("model") or {}).get("name") == "tiger":
+            found.append(config.parent)
+    return found
+
+
+def cold_mixing(folders: list[Path], epsilons: list[float], prefixes: list[int | None], sample: int | None,
+                all_cold_cases: bool, device: str) -> list[dict]:
+    """Each run's test metrics (all cases, cold cases, the rest) at epsilon 0 and each of ``epsilons``."""
+    rows = []
+    for folder in folders:
+        if not (folder / "model.safetensors").is_file():
+            rows.append({"run": str(folder), "skipped": "no model.safetensors in the run folder (its weights were "
+                         "not kept); retrain it to evaluate the mixing"})
+            print(f"skip {folder}: no model.safetensors")
+            continue
+        start = time.perf_counter()
+        evs = reevaluate_cold_mixing(folder, [0.0, *epsilons], prefixes=prefixes, sample=sample,
+                                     all_cold_cases=all_cold_cases, device=device)
+        wall = time.perf_counter() - start
+        first = next(iter(evs.values())).info
+        results = []
+        for (eps, prefix), ev in evs.items():
+            if eps == 0 and prefix != next(iter(evs))[1]:
+                continue  # epsilon 0 is the same list whatever the prefix
+            test = ({k: ev.summary[k] for k in ("hr@10", "ndcg@10")} if ev.info["sample"] is None
+                    else {k: {"mean": ev.info["test_estimate"][k]} for k in ("hr@10", "ndcg@10")})
+            results.append({"epsilon": eps, "prefix": prefix if eps > 0 else None, "test": test,
+                            **{part: {k: ev.info[f"{part}_cases"].get(k) for k in ("hr@10", "ndcg@10")}
+                               for part in ("cold", "warm")},
+                            "cold_per_list@10": (ev.info.get("cold_mixing") or {}).get("cold_per_list", {}).get(
+                                "@10", 0.0)})
+        metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else {}
+        rows.append({"run": str(folder), "dataset": read_json(folder / "config.json")["dataset"],
+                     "split": first["split"], "trained_at_commit": (metrics.get("run") or {}).get("commit"),
+                     "trained_on": (metrics.get("info") or {}).get("device"),
+                     "test_cases": first["test_cases"], "evaluated_cases": first["evaluated_cases"],
+                     "sample": first["sample"], "cold_cases": first["cold_cases"]["test_cases"],
+                     "cold_cases_evaluated": first["cold_cases"]["evaluated"],
+                     "cold_case_definition": first["cold_cases"]["definition"],
+                     "unseen_items": first["unseen_items"], "held_out_items": first.get("held_out_items"),
+                     "device": first["device"], "decode_seconds": first["decode_seconds"],
+                     "wall_seconds": wall, "results": results})
+        print(f"{folder}: {wall:.0f} s")
+    return rows
+
+
+def render_cold_mixing(res: dict) -> str:
+    lines = ["# Semantic-ID generator: cold-start mixing (TIGER, epsilon)", "",
+             f"- commit {res['commit']}, {res['created']}; evaluated on {res['machine']['processor']}, "
+             f"{res['machine']['cpus']} CPUs; command: `{res['command']}`",
+             "- protocol: the run's own test evaluation again (full catalog, seen items excluded, constrained beam "
+             "search, a target outside the list is a miss); items absent from training whose semantic ID shares a "
+             "beam's first `prefix` codes join the list right below that beam, at most ceil(epsilon n) of every "
+             "top n; epsilon 0 = the beams as trained",
+             "- Recall@K = HR@K; [95% bootstrap interval over users]; 'test' without an interval = the cold and warm "
+             "parts weighed by their share of the test set (when only a sample of warm cases was evaluated)", ""]
+    for r in res["runs"]:
+        lines += [f"## {r['run']}", ""]
+        if "skipped" in r:
+            lines += [f"skipped: {r['skipped']}", ""]
+            continue
+        held = f" ({r['held_out_items']:,} held out)" if r["held_out_items"] else ""
+        lines += [f"- split {r['split']}; {r['unseen_items']:,} items absent from training{held}; trained on "
+                  f"{r['trained_on']} at commit {r['trained_at_commit']}",
+                  f"- cold cases ({r['cold_case_definition']}): {r['cold_cases_evaluated']:,} of {r['cold_cases']:,} "
+                  f"evaluated; {r['evaluated_cases']:,} of {r['test_cases']:,} test cases in all"
+                  + (f" ({r['sample']})" if r["sample"] else ""),
+                  f"- beam search on {r['device']}: {r['decode_seconds']:.0f} s; {r['wall_seconds']:.0f} s in all", "",
+                  "| epsilon | prefix | test Recall@10 | test NDCG@10 | cold Recall@10 | cold NDCG@10 | "
+                  "warm Recall@10 | warm NDCG@10 | cold items per top 10 |", "|---" * 9 + "|"]
+        for x in r["results"]:
+            t = {k: (_cell(v) if "ci_low" in v else f"{v['mean']:.4f}") for k, v in x["test"].items()}
+            lines.append(f"| {x['epsilon']:g} | {x['prefix'] or ''} | {t['hr@10']} | {t['ndcg@10']} | "
+                         f"{_cell(x['cold']['hr@10'])} | {_cell(x['cold']['ndcg@10'])} | {_cell(x['warm']['hr@10'])} | "
+                         f"{_cell(x['warm']['ndcg@10'])} | {x['cold_per_list@10']:.2f} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, action="append", default=[])
@@ -166,9 +260,31 @@ def main() -> None:
     p.add_argument("--collect", action="store_true", help="only rebuild the table from finished runs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--runs", type=Path, default=RUNS, help="run folders' root (default runs/bench-sid)")
+    p.add_argument("--cold-mixing", type=float, nargs="+", metavar="EPS", help="only re-evaluate the trained "
+                   "cold-split generator runs with cold mixing at each EPS (no training); writes "
+                   "semantic_ids_cold_mixing.{json,md}")
+    p.add_argument("--cold-prefix", type=int, nargs="+", default=[None], metavar="P", help="with --cold-mixing: "
+                   "shared leading codes (default all but the final uniqueness code)")
+    p.add_argument("--run", type=Path, action="append", default=[], help="with --cold-mixing: this generator run "
+                   "folder, any split (repeatable; default every cold-split generator run under --runs)")
+    p.add_argument("--sample", type=int, default=None, help="with --cold-mixing: a uniform sample of this many "
+                   "test cases (default all)")
+    p.add_argument("--all-cold-cases", action="store_true", help="with --sample: every cold case plus SAMPLE warm "
+                   "ones")
+    p.add_argument("--eval-device", default="cpu", help="with --cold-mixing: where to run the beam search")
     args = p.parse_args()
     runs = args.runs
     start = time.perf_counter()
+    if args.cold_mixing:
+        res = {"commit": git_commit(), "created": dt.datetime.now(dt.UTC).isoformat(), "machine": machine(),
+               "command": "python " + shlex.join(["benchmarks/semantic_ids.py", *sys.argv[1:]]),
+               "runs": cold_mixing(args.run or cold_generator_runs(runs), args.cold_mixing, args.cold_prefix,
+                                   args.sample, args.all_cold_cases, args.eval_device),
+               "wall_seconds_this_invocation": time.perf_counter() - start}
+        write_json(args.out / "semantic_ids_cold_mixing.json", res)
+        write_text(args.out / "semantic_ids_cold_mixing.md", render_cold_mixing(res))
+        print(f"wrote {args.out / 'semantic_ids_cold_mixing.md'}")
+        return
     if not args.collect:
         for config in args.config:
             for seed in args.seeds:

@@ -1,5 +1,6 @@
 """Generator training: sliding windows, a tiny end-to-end train + decode that recovers a deterministic next
-item, exact resume, honest ranking of beams (targets outside them are misses), config errors and the CLI."""
+item, exact resume, honest ranking of beams (targets outside them are misses), config errors, the CLI, and
+cold mixing (the cold split's report with it on, and re-evaluating a trained run at other epsilons)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,24 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from genrec.cli import app
 from genrec.data import Jagged, make_split, prepare
 from genrec.data.splits import EvalCases
-from genrec.errors import ConfigError, DataError
+from genrec.errors import ConfigError, DataError, GenrecError
+from genrec.nn.beam import cold_quota
 from genrec.semantic_ids import SemanticIds
 from genrec.train.config import RunConfig
-from genrec.train.generator import GeneratorTrainer, load_generator, rank_beams, sliding_windows
+from genrec.train.generator import (
+    GeneratorTrainer,
+    load_generator,
+    rank_beams,
+    reevaluate_cold_mixing,
+    sliding_windows,
+    unseen_items,
+)
 
 N_ITEMS = 40
 
@@ -169,3 +178,82 @@ def test_cli_train_dispatches_to_the_generator(tmp_path):
     assert res.exit_code == 0, res.output
     assert "tiger" in res.output and "hr@10" in res.output
     assert (tmp_path / "run" / "per_user.parquet").is_file()
+
+
+def twin_ids(n_items: int) -> SemanticIds:
+    """Items 2j-1 and 2j share their first two codes (a final code 0 / 1 tells them apart)."""
+    idx = np.arange(n_items)
+    codes = np.stack([idx // 8, (idx // 2) % 4, idx % 2], axis=1)
+    return SemanticIds(np.concatenate([np.full((1, 3), -1), codes]), [int(codes[:, 0].max()) + 1, 4, 2],
+                       {"method": "twins"})
+
+
+@pytest.fixture(scope="module")
+def cold_mixed(tmp_path_factory):
+    ds = follow_dataset()
+    raw = config(epochs=3).model_dump()
+    raw["model"]["cold_mixing"] = {"epsilon": 0.3}
+    cfg = RunConfig.model_validate({**raw, "split": "cold", "cold_start": {"fraction": 0.2, "seed": 1}})
+    run = tmp_path_factory.mktemp("tiger-cold") / "run"
+    result = GeneratorTrainer(cfg, run, dataset=ds, semantic_ids=twin_ids(ds.n_items), show_progress=False).fit()
+    return ds, cfg, run, result
+
+
+def test_cold_split_reports_cold_cases_with_mixing_on(cold_mixed):
+    ds, cfg, run, result = cold_mixed
+    info = result.test.info
+    split = make_split(ds, "cold", fraction=0.2, seed=1)
+    unseen = unseen_items(split, ds.n_items)
+    assert set(split.cold_items.tolist()) <= set(unseen.tolist())
+    mixing = info["cold_mixing"]
+    assert mixing["epsilon"] == 0.3 and mixing["prefix"] == 2 and mixing["cold_items"] == len(unseen)
+    assert 0 < mixing["cold_per_list"]["@10"] <= cold_quota(0.3, 10)
+    assert mixing["cold_per_list"]["@5"] <= cold_quota(0.3, 5)
+    assert set(mixing["unmixed"]) >= {"hr@10", "ndcg@10"}
+    assert info["invalid_ids"] == 0 and "cold mixing" in info["protocol"]
+    report = info["cold_start"]
+    assert report["cold"]["cases"] == int(split.test_cold.sum()) and "hr@10" in report["warm"]
+    assert 0 <= report["cold"]["hr@10"]["mean"] <= 1
+    loaded = load_generator(run)  # the cold marks and the mixing travel with the model
+    assert loaded.cold_items().tolist() == unseen.tolist() and loaded.config.cold_mixing.epsilon == 0.3
+
+
+def test_reevaluating_a_trained_run_at_other_epsilons(cold_mixed, tmp_path):
+    ds, cfg, run, result = cold_mixed
+    evs = reevaluate_cold_mixing(run, [0.0, 0.3, 1.0], prefixes=[None, 1], dataset=ds, show_progress=False)
+    assert set(evs) == {(e, p) for e in (0.0, 0.3, 1.0) for p in (2, 1)}
+    assert evs[0.3, 2].summary == result.test.summary  # the same beams, mixed the same way
+    assert evs[0.3, 2].info["cold_cases"]["hr@10"] == result.test.info["cold_start"]["cold"]["hr@10"]
+    assert evs[0.3, 2].info["warm_cases"]["hr@10"] == result.test.info["cold_start"]["warm"]["hr@10"]
+    assert evs[0.3, 2].info["test_estimate"]["hr@10"] == pytest.approx(result.test.mean("hr@10"))
+    plain = evs[0.0, 2]
+    assert "cold_mixing" not in plain.info and plain.summary == evs[0.0, 1].summary
+    assert plain.mean("hr@10") == pytest.approx(result.test.info["cold_mixing"]["unmixed"]["hr@10"])
+    assert plain.info["cold_cases"]["test_cases"] == result.test.info["cold_start"]["cold"]["cases"]
+    per_list = {key: ev.info["cold_mixing"]["cold_per_list"]["@10"] for key, ev in evs.items() if key[0] > 0}
+    assert per_list[0.3, 2] <= cold_quota(0.3, 10) and per_list[1.0, 2] >= per_list[0.3, 2]
+    assert per_list[1.0, 1] >= per_list[1.0, 2]  # a shorter prefix has more candidates
+    assert evs[1.0, 1].info["cold_mixing"]["prefix"] == 1
+    sampled = reevaluate_cold_mixing(run, [0.3], dataset=ds, sample=25, show_progress=False)[0.3, 2]
+    assert len(sampled.per_user) == 25 and sampled.info["evaluated_cases"] == 25
+    assert sum(sampled.info[p]["evaluated"] for p in ("cold_cases", "warm_cases")) == 25
+    n_cold = plain.info["cold_cases"]["test_cases"]
+    strat = reevaluate_cold_mixing(run, [0.3], dataset=ds, sample=10, all_cold_cases=True,
+                                   show_progress=False)[0.3, 2]
+    assert strat.info["cold_cases"]["evaluated"] == n_cold and strat.info["warm_cases"]["evaluated"] == 10
+    assert strat.info["cold_cases"]["hr@10"] == evs[0.3, 2].info["cold_cases"]["hr@10"]  # every cold case
+    for ev in (sampled, strat):  # each part weighs its share of the test set
+        c, w = ev.info["cold_cases"], ev.info["warm_cases"]
+        expected = (c["hr@10"]["mean"] * n_cold + w["hr@10"]["mean"] * w["test_cases"]) / (n_cold + w["test_cases"])
+        assert ev.info["test_estimate"]["hr@10"] == pytest.approx(expected)
+    half = tmp_path / "half"  # weights saved in fp16 load in float32
+    half.mkdir()
+    for name in ("config.json", "model.json"):
+        (half / name).write_bytes((run / name).read_bytes())
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(run / "model.safetensors").items()},
+              half / "model.safetensors")
+    assert next(load_generator(half).parameters()).dtype == torch.float32
+    assert reevaluate_cold_mixing(half, [0.3], dataset=ds, show_progress=False)[0.3, 2].info["invalid_ids"] == 0
+    (half / "model.safetensors").unlink()
+    with pytest.raises(GenrecError, match="no model.safetensors"):
+        reevaluate_cold_mixing(half, [0.3], dataset=ds)

@@ -12,6 +12,12 @@ Token layout (one vocabulary shared by encoder and decoder):
 - level j's code c is token ``2 + offset[j] + c`` (``offset`` = cumulative codebook sizes), so codes of
   different levels never share an embedding row.
 
+Cold start (TIGER's section 4.2): the decoder never learns to write the final code of an item it never saw,
+so with ``cold_mixing.epsilon > 0`` the items marked cold (``set_cold_items``; the trainer marks every item
+absent from the training sequences, and the mark travels with the weights) whose ID shares a generated
+beam's leading codes are mixed into the top-K, at most ``ceil(epsilon * n)`` of every top n
+(``genrec.nn.beam.ColdMixer``).
+
 Encoder input embedding = token + level (0..C-1) + item position counted from the most recent item; decoder
 input embedding = token + decoding step. Blocks are pre-norm with ``heads x head_dim`` attention that need not
 equal ``dim`` (TIGER: d 128, 6 heads of 64, MLP 1024). T5 normalises with RMSNorm; here LayerNorm, whose
@@ -28,9 +34,24 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from genrec.nn.beam import PrefixTrie, beam_search
+from genrec.errors import ConfigError
+from genrec.nn.beam import ColdMixer, PrefixTrie, beam_search
 
 PAD, BOS, N_SPECIAL = 0, 1, 2
+
+
+class ColdMixing(BaseModel):
+    """TIGER's cold-start mixing: items never seen in training whose semantic ID shares a generated beam's
+    first ``prefix`` codes join the top-K, scored just below that beam, at most ``ceil(epsilon * n)`` of every
+    top n. Off by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epsilon: float = Field(0.0, ge=0, le=1, description="Largest share of cold items in any top n (TIGER's "
+                           "epsilon); 0 turns the mixing off.")
+    prefix: int | None = Field(None, ge=1, description="Leading codes a cold item must share with a beam to "
+                               "join after it; default every content level, i.e. all codes but the final "
+                               "uniqueness code. Must be below the number of codes per item.")
 
 
 class TigerConfig(BaseModel):
@@ -56,6 +77,8 @@ class TigerConfig(BaseModel):
                             "are reported only at K <= beam_width.")
     valid_sample: int | None = Field(None, ge=1, description="Validate on this many randomly chosen (fixed) "
                                      "validation users instead of all of them (beam search is not free).")
+    cold_mixing: ColdMixing = Field(default_factory=ColdMixing, description="Mix items never seen in training "
+                                    "into the top-K by shared ID prefix (TIGER's cold start); off by default.")
 
 
 class Attention(nn.Module):
@@ -136,7 +159,8 @@ class DecoderBlock(nn.Module):
 
 class TIGER(nn.Module):
     """``codes`` [n_items + 1, C] (row 0 = padding) travel with the weights as a buffer, so a saved model
-    decodes without its tokenizer's folder; ``sizes`` are the codebook sizes of the C columns."""
+    decodes without its tokenizer's folder; ``sizes`` are the codebook sizes of the C columns. So does
+    ``cold`` [n_items + 1] bool, the items never seen in training (none until :meth:`set_cold_items`)."""
 
     def __init__(self, config: TigerConfig, codes: np.ndarray | torch.Tensor, sizes: list[int]):
         super().__init__()
@@ -148,6 +172,13 @@ class TIGER(nn.Module):
         self.use_timestamps = False
         offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
         self.register_buffer("codes", codes.clone())
+        self.register_buffer("cold", torch.zeros(codes.shape[0], dtype=torch.bool))
+        prefix = config.cold_mixing.prefix
+        if prefix is not None and prefix >= self.n_levels:
+            raise ConfigError(f"model.cold_mixing.prefix {prefix}: an item has {self.n_levels} codes, so a "
+                              f"prefix must be 1..{self.n_levels - 1}")
+        if config.cold_mixing.epsilon > 0 and self.n_levels < 2:
+            raise ConfigError("model.cold_mixing needs IDs of 2 or more codes (a shared prefix and a final code)")
         self.register_buffer("level_offsets", torch.from_numpy(offsets), persistent=False)
         self.tok_emb = nn.Embedding(N_SPECIAL + sum(self.sizes), config.dim, padding_idx=PAD)
         self.enc_level = nn.Embedding(self.n_levels, config.dim)
@@ -162,6 +193,11 @@ class TIGER(nn.Module):
         self.decoder = nn.ModuleList(DecoderBlock(config) for _ in range(config.decoder_layers))
         self.enc_norm, self.dec_norm = nn.LayerNorm(config.dim), nn.LayerNorm(config.dim)
         self.head = nn.Linear(config.dim, sum(self.sizes), bias=False)  # level j's logits: its slice of rows
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Weights saved before cold items travelled with them have no ``cold``: none is cold.
+        state_dict.setdefault(prefix + "cold", torch.zeros_like(self.cold))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- tokens --------------------------------------------------------------------------------------
 
@@ -249,11 +285,59 @@ class TIGER(nn.Module):
     # --- inference -------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def recommend(self, history: torch.Tensor, k: int = 10, beam: int | None = None
+    def recommend(self, history: torch.Tensor, k: int = 10, beam: int | None = None, epsilon: float | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k items [B, k] and their log-probabilities from beam search over valid IDs only (item 0 with
-        score -inf where fewer than k items are reachable). ``history`` [B, L] left-padded item ids."""
-        return beam_search(self, history, self.trie(), beam=beam or max(k, self.config.beam_width), k=k)
+        score -inf where fewer than k items are reachable). ``history`` [B, L] left-padded item ids.
+
+        With cold mixing on (``epsilon``, default ``config.cold_mixing.epsilon``, > 0 and some item marked
+        cold), cold items sharing a beam's ID prefix are mixed in (:meth:`mix_cold`): their score is the
+        beam's log-probability, lowered just enough to rank right below the item before them."""
+        beam = beam or max(k, self.config.beam_width)
+        eps = self.config.cold_mixing.epsilon if epsilon is None else float(epsilon)
+        if eps == 0 or not bool(self.cold.any()):
+            return beam_search(self, history, self.trie(), beam=beam, k=k)
+        items, scores = beam_search(self, history, self.trie(), beam=beam, k=beam)
+        return self.mix_cold(items, scores, k, eps)
+
+    def mix_cold(self, items: torch.Tensor, scores: torch.Tensor, k: int, epsilon: float | None = None,
+                 prefix: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix the cold items into finished beams (items, scores [B, W], best first): top-``k`` [B, k] with at
+        most ``ceil(epsilon * n)`` cold items in every top n (``genrec.nn.beam.ColdMixer``). ``epsilon`` and
+        ``prefix`` default to ``config.cold_mixing``'s."""
+        eps = self.config.cold_mixing.epsilon if epsilon is None else float(epsilon)
+        return self.cold_mixer(prefix).mix(items, scores, k, eps)
+
+    def set_cold_items(self, items: torch.Tensor | np.ndarray | list[int]) -> None:
+        """Mark these item ids (and only these) as never seen in training: the candidates of cold mixing."""
+        ids = torch.as_tensor(np.asarray(items, dtype=np.int64).reshape(-1))
+        if len(ids) and (int(ids.min()) < 1 or int(ids.max()) > self.n_items):
+            raise ValueError(f"cold items must be ids in 1..{self.n_items}")
+        self.cold.zero_()
+        self.cold[ids.to(self.cold.device)] = True
+
+    def cold_items(self) -> torch.Tensor:
+        """The ids of the items marked cold (CPU, ascending)."""
+        return torch.nonzero(self.cold.cpu())[:, 0]
+
+    def cold_prefix(self, prefix: int | None = None) -> int:
+        """Codes a cold item shares with its beam: ``prefix``, else the config's, else all but the last."""
+        p = prefix if prefix is not None else self.config.cold_mixing.prefix
+        p = self.n_levels - 1 if p is None else int(p)
+        if not 1 <= p < self.n_levels:
+            raise ConfigError(f"cold-mixing prefix {p}: an item has {self.n_levels} codes, so a prefix must be "
+                              f"1..{self.n_levels - 1}")
+        return p
+
+    def cold_mixer(self, prefix: int | None = None) -> ColdMixer:
+        """The mixer for the current cold items and prefix (rebuilt only when either, or the codes, change)."""
+        p = self.cold_prefix(prefix)
+        cached = self.__dict__.get("_cold_mixer")
+        cold = self.cold.cpu()
+        if cached is None or cached[0] != p or not torch.equal(cached[1], cold) or cached[2] is not self.trie():
+            cached = (p, cold.clone(), self.trie(), ColdMixer(self.trie(), cold, p))
+            self.__dict__["_cold_mixer"] = cached
+        return cached[3]
 
     def trie(self) -> PrefixTrie:
         """The prefix trie of every item's ID (rebuilt only when the codes change, e.g. on loading weights)."""

@@ -8,10 +8,15 @@ so the whole batch of users and beams moves through it with a few gathers per st
 
 The decoder is anything with the generator's interface (``encode``, ``memory_kv``, ``new_caches``,
 ``decode``, ``level_logits``, ``code_tokens``, ``reorder_caches``; see ``genrec.models.tiger``).
+
+``ColdMixer`` is TIGER's cold-start remedy (Rajput et al. 2023, section 4.2): a decoder never learns to write
+the final code of an item it never saw in training, so items never seen ("cold") whose ID shares a prefix
+with a generated beam are mixed into the top-K, at most ``ceil(epsilon * n)`` of every top n.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -100,6 +105,129 @@ class PrefixTrie:
             cols.append(key % self.sizes[t])
             rows = key // self.sizes[t]
         return torch.stack(cols[::-1], dim=1), self.children[-1]
+
+    def prefix_nodes(self, length: int) -> torch.Tensor:
+        """For items 1..n_items in order, the row of their first ``length`` codes in the depth ``length - 1``
+        table [n_items] (CPU): equal rows = equal prefixes, and rows follow the prefixes' lexicographic order."""
+        if not 1 <= length < self.depth:
+            raise ValueError(f"a prefix length must lie in 1..{self.depth - 1}, got {length}")
+        codes = self.codes.to(self.device)
+        node = torch.zeros(self.n_items, dtype=torch.int64, device=self.device)
+        for t in range(length):
+            node = self.child(t, node, codes[:, t])
+        return node.cpu()
+
+
+def cold_quota(epsilon: float, n: int) -> int:
+    """How many of the first ``n`` recommendations may be cold items: ``ceil(epsilon * n)`` (0 when epsilon is 0;
+    a hair of tolerance so that e.g. 0.3 * 10 counts as 3, not 4)."""
+    return max(0, math.ceil(epsilon * n - 1e-9))
+
+
+class ColdMixer:
+    """TIGER's cold-start mixing over finished beams.
+
+    ``cold`` [n_items + 1] bool marks the items the model never saw in training; ``prefix`` is how many leading
+    codes a cold item must share with a beam's ID to be its candidate (TIGER: every content level, i.e. all
+    codes but the final uniqueness code). :meth:`mix` walks each user's beams in score order and builds the
+    top-k from two queues:
+
+    - the beams' warm items, in order;
+    - cold candidates: the first beam of each prefix brings every cold item with that prefix (in ID order),
+      and a beam that is itself a cold item comes first in its group. A candidate is scored with its beam's
+      log-probability (the model's probability of writing that content prefix, which the cold item shares)
+      and may only be placed after its beam (a cold beam: at its own place).
+
+    Slot n (1-based) takes the next cold candidate when one is available and fewer than ``ceil(epsilon * n)``
+    of the first n slots would then be cold, else the next warm item. So every prefix of the list (top 5,
+    top 10, ...) holds at most ``ceil(epsilon * n)`` cold items, a cold item sits just below the beam that
+    brought it unless the quota pushes it down, and the warm items keep their order. Returned scores are made
+    strictly decreasing along the list (a cold item gets its beam's log-probability, lowered by float32 steps
+    where needed), so ranking by score, ties by id, gives back the list. ``epsilon`` 0 returns the beams as
+    they are. Cold items are real items: nothing outside the catalog is ever returned.
+    """
+
+    def __init__(self, trie: PrefixTrie, cold: torch.Tensor | np.ndarray, prefix: int):
+        cold = np.asarray(torch.as_tensor(cold).cpu(), dtype=bool)
+        if cold.shape != (trie.n_items + 1,):
+            raise ValueError(f"cold mask has shape {cold.shape}; expected ({trie.n_items + 1},)")
+        self.prefix, self.is_cold = int(prefix), cold.copy()
+        self.is_cold[0] = False
+        self.item_prefix = np.concatenate([[-1], trie.prefix_nodes(prefix).numpy()])
+        ids = np.flatnonzero(self.is_cold)
+        codes = trie.codes.numpy()[ids - 1]
+        order = np.lexsort(codes.T[::-1]) if len(ids) else np.zeros(0, dtype=np.int64)  # ID order
+        self.cold_sorted = ids[order].astype(np.int64)
+        self.cold_prefix = self.item_prefix[self.cold_sorted]  # non-decreasing: prefix rows are lexicographic
+
+    @property
+    def n_cold(self) -> int:
+        return len(self.cold_sorted)
+
+    def mix(self, items: torch.Tensor, scores: torch.Tensor, k: int, epsilon: float
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """items, scores [B, W] (finished beams, best first; item 0 / -inf = none) -> top-``k`` [B, k] with cold
+        items mixed in (item 0, score -inf where fewer than ``k`` are left), on the beams' device."""
+        if not 0 <= epsilon <= 1:
+            raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        device = items.device
+        beam_items, beam_scores = items.cpu().numpy(), scores.float().cpu().numpy()
+        if epsilon == 0 or self.n_cold == 0:
+            out_i = np.zeros((len(beam_items), k), dtype=np.int64)
+            out_s = np.full((len(beam_items), k), -np.inf, dtype=np.float32)
+            w = min(k, beam_items.shape[1])
+            out_i[:, :w], out_s[:, :w] = beam_items[:, :w], beam_scores[:, :w]
+            return torch.from_numpy(out_i).to(device), torch.from_numpy(out_s).to(device)
+        quota = [cold_quota(epsilon, n) for n in range(1, k + 1)]
+        out_i = np.zeros((len(beam_items), k), dtype=np.int64)
+        out_s = np.full((len(beam_items), k), -np.inf, dtype=np.float32)
+        for row in range(len(beam_items)):
+            warm, cold = self._queues(beam_items[row], beam_scores[row], quota[-1])
+            wi = ci = n_cold = 0
+            for n in range(k):
+                if ci < len(cold) and cold[ci][2] <= wi and n_cold < quota[n]:
+                    out_i[row, n], out_s[row, n] = cold[ci][0], cold[ci][1]
+                    ci, n_cold = ci + 1, n_cold + 1
+                elif wi < len(warm):
+                    out_i[row, n], out_s[row, n] = warm[wi]
+                    wi += 1
+                else:
+                    break
+        for n in range(1, k):  # strictly decreasing, so that a ranking by score reproduces the list
+            out_s[:, n] = np.minimum(out_s[:, n], np.nextafter(out_s[:, n - 1], np.float32(-np.inf)))
+        return torch.from_numpy(out_i).to(device), torch.from_numpy(out_s).to(device)
+
+    def _queues(self, items: np.ndarray, scores: np.ndarray, cap: int
+                ) -> tuple[list[tuple[int, float]], list[tuple[int, float, int]]]:
+        """One user's warm items [(item, score)] and at most ``cap`` cold candidates [(item, score, anchor)],
+        where ``anchor`` is how many warm items must precede the candidate."""
+        warm: list[tuple[int, float]] = []
+        cold: list[tuple[int, float, int]] = []
+        queued: set[int] = set()
+        prefixes: set[int] = set()
+        for item, score in zip(items.tolist(), scores.tolist(), strict=True):
+            if item <= 0 or not math.isfinite(score):
+                break  # beams come best first: the rest are empty
+            group = []
+            if self.is_cold[item]:
+                group.append(item)
+                anchor = len(warm)
+            else:
+                warm.append((item, score))
+                anchor = len(warm)
+            p = int(self.item_prefix[item])
+            if p not in prefixes and len(cold) < cap:
+                prefixes.add(p)
+                lo = int(np.searchsorted(self.cold_prefix, p, side="left"))
+                hi = min(int(np.searchsorted(self.cold_prefix, p, side="right")), lo + cap + 1)
+                group.extend(self.cold_sorted[lo:hi].tolist())
+            for c in group:
+                if len(cold) < cap and c not in queued:
+                    queued.add(c)
+                    cold.append((c, score, anchor))
+        return warm, cold
 
 
 @torch.no_grad()

@@ -5,6 +5,13 @@ A generator returns top-k lists, not scores over the catalog. For ranking, each 
 sequence log-probability and every other item -inf; a target outside the beams is then a miss at every K
 (it is never ranked by the tie order among the -inf items), and metrics are reported only at K <= the beam
 width.
+
+Cold start: the trainer marks every item absent from the training sequences as cold on the model (the mark is
+saved with the weights, so a bundle's recommender knows them too). With ``model.cold_mixing.epsilon > 0`` the
+validation and test lists mix cold items in by shared ID prefix (TIGER's cold start); the test report then also
+holds the same beams' metrics without the mixing (``info.cold_mixing.unmixed``), and for ``split: cold`` the
+held-out-item and the other cases, each with the mixing. :func:`reevaluate_cold_mixing` re-runs a trained
+run's test evaluation at several epsilons from one beam search, without retraining.
 """
 
 from __future__ import annotations
@@ -22,10 +29,10 @@ import pyarrow as pa
 import torch
 
 from genrec.data import Jagged, SequenceDataset, Split, load_dataset
-from genrec.data.splits import EvalCases
+from genrec.data.splits import ColdStartSplit, EvalCases
 from genrec.errors import ConfigError, DataError, GenrecError
 from genrec.eval import Evaluation, bootstrap_ci, metrics_from_ranks, rank_cases, write_run
-from genrec.eval.report import git_commit
+from genrec.eval.report import git_commit, subset_summary
 from genrec.io import read_json, write_json
 from genrec.models.tiger import TIGER, TigerConfig
 from genrec.progress import progress_bar
@@ -71,6 +78,14 @@ def sliding_windows(split: Split, max_len: int, windows: str = "all") -> tuple[J
     return history, seq.values[seq.offsets[row] + pos].astype(np.int64)
 
 
+def unseen_items(split: Split, n_items: int) -> np.ndarray:
+    """The items that never occur in the training sequences (train count 0; for ``split: cold`` every held-out
+    item among them): the generator never learned to write their IDs, so they are its cold items."""
+    seen = np.zeros(n_items + 1, dtype=bool)
+    seen[split.train.values] = True
+    return np.flatnonzero(~seen[1:]) + 1
+
+
 def semantic_ids_for(config: RunConfig, ds: SequenceDataset, sids: SemanticIds | None = None) -> SemanticIds:
     """The run's semantic IDs (given, or loaded from ``model.semantic_ids``), checked against the dataset."""
     folder = Path(config.model.semantic_ids or Path("runs") / "semantic_ids" / ds.name / "rqkmeans")
@@ -88,10 +103,11 @@ def semantic_ids_for(config: RunConfig, ds: SequenceDataset, sids: SemanticIds |
 
 @torch.no_grad()
 def decode_cases(model: TIGER, cases: EvalCases, beam: int, k: int | None = None, batch_size: int = 256,
-                 show_progress: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+                 show_progress: bool = False, epsilon: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Beam search for every case: items [N, k], log-probabilities [N, k], and wall seconds.
 
-    Cases are decoded in batches of similar history length (less padding), in the model's eval mode."""
+    Cases are decoded in batches of similar history length (less padding), in the model's eval mode.
+    ``epsilon``: cold mixing (default the model's ``config.cold_mixing.epsilon``; 0 = the plain beams)."""
     k = k or beam
     model.eval()
     hist = cases.history.tail(model.config.max_len)
@@ -103,7 +119,8 @@ def decode_cases(model: TIGER, cases: EvalCases, beam: int, k: int | None = None
     with progress_bar(len(cases), f"beam search ({beam} beams)", enabled=show_progress) as advance:
         for start in range(0, len(cases), batch_size):
             rows = order[start:start + batch_size]
-            top, val = model.recommend(hist.take(rows).to_padded(left=True).to(device), k=k, beam=beam)
+            top, val = model.recommend(hist.take(rows).to_padded(left=True).to(device), k=k, beam=beam,
+                                       epsilon=epsilon)
             items[rows], scores[rows] = top.cpu().numpy(), val.cpu().numpy()
             advance(len(rows))
     return items, scores, time.perf_counter() - t0
@@ -143,13 +160,28 @@ def rank_beams(items: np.ndarray, scores: np.ndarray, cases: EvalCases, n_items:
 def evaluate_generator(model: TIGER, cases: EvalCases, dataset: SequenceDataset, *, part: str = "test",
                        beam: int | None = None, ks: Sequence[int] = (5, 10, 20), exclude_seen: bool = True,
                        item_counts: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
-                       show_progress: bool = True) -> Evaluation:
-    """Beam-search every case and evaluate it like any scorer (``genrec.eval.evaluate``), at K <= beam only."""
+                       show_progress: bool = True, epsilon: float | None = None, prefix: int | None = None,
+                       decoded: tuple[np.ndarray, np.ndarray, float] | None = None) -> Evaluation:
+    """Beam-search every case and evaluate it like any scorer (``genrec.eval.evaluate``), at K <= beam only.
+
+    ``epsilon`` / ``prefix``: cold mixing (default the model's ``config.cold_mixing``) over the items the model
+    marks cold; when on, ``info.cold_mixing`` holds its settings, the mean number of cold items per top K and
+    the unmixed beams' metrics. ``decoded``: the plain beams (``decode_cases(..., k=beam, epsilon=0)``) when
+    already at hand, e.g. to evaluate several epsilons from one beam search."""
     beam = beam or model.config.beam_width
     kept = sorted({int(k) for k in ks if k <= beam})
     if not kept:
         raise ConfigError(f"eval.ks {list(ks)}: no cut-off is <= the beam width {beam}")
-    items, scores, seconds = decode_cases(model, cases, beam, show_progress=show_progress)
+    eps = model.config.cold_mixing.epsilon if epsilon is None else float(epsilon)
+    plain_items, plain_scores, seconds = decoded or decode_cases(model, cases, beam, show_progress=show_progress,
+                                                                 epsilon=0)
+    mixing = eps > 0 and bool(model.cold.any())
+    items, scores = plain_items, plain_scores
+    if mixing:
+        t0 = time.perf_counter()
+        mixed = model.mix_cold(torch.from_numpy(plain_items), torch.from_numpy(plain_scores), beam, eps, prefix)
+        items, scores = mixed[0].numpy(), mixed[1].numpy()
+        seconds += time.perf_counter() - t0
     returned = items[np.isfinite(scores)]
     invalid = int(((returned < 1) | (returned > dataset.n_items)).sum())  # 0 by construction: the trie
     r = rank_beams(items, scores, cases, dataset.n_items, kept, exclude_seen, item_counts)
@@ -161,6 +193,16 @@ def evaluate_generator(model: TIGER, cases: EvalCases, dataset: SequenceDataset,
                         "misses)", "beam_width": beam, "ks_dropped_beyond_beam": sorted(set(ks) - set(kept)),
             "invalid_ids": invalid, "decode_seconds": seconds,
             "decode_ms_per_user": 1000 * seconds / max(len(cases), 1)}
+    if mixing:
+        is_cold = model.cold.cpu().numpy()
+        found = np.isfinite(scores)
+        unmixed = rank_beams(plain_items, plain_scores, cases, dataset.n_items, kept, exclude_seen, item_counts)
+        info["protocol"] += (f"; cold mixing: items never seen in training sharing a beam's first "
+                             f"{model.cold_prefix(prefix)} codes mixed in, at most ceil({eps:g} n) of every top n")
+        info["cold_mixing"] = {
+            "epsilon": eps, "prefix": model.cold_prefix(prefix), "cold_items": int(is_cold.sum()),
+            "cold_per_list": {f"@{k}": float((is_cold[items[:, :k]] & found[:, :k]).sum(1).mean()) for k in kept},
+            "unmixed": {m: float(v.mean()) for m, v in unmixed.per_case.items() if not m.startswith("popularity")}}
     return Evaluation(part, pa.table(columns), bootstrap_ci(r.per_case, n_boot=n_boot, seed=seed), r.aggregate, info)
 
 
@@ -218,6 +260,7 @@ class GeneratorTrainer:
                                                                  lambda: time.perf_counter() - clock["start"]))
         ckpt = self.run_dir / "checkpoint"
         state = open_run(self.run_dir, cfg.model_dump(mode="json"), model, opt, sched, resume)
+        model.set_cold_items(unseen_items(split, ds.n_items))
         board = _tensorboard(self.run_dir / "tensorboard")
         start_clock = clock["start"] = time.perf_counter() - state["train_seconds"]
         while state["stopped"] is None and state["epoch"] < tcfg.epochs:
@@ -243,6 +286,7 @@ class GeneratorTrainer:
             if on_epoch_end is not None:
                 on_epoch_end(record)
         model.load_state_dict(load_tensors(ckpt / "best.safetensors"))
+        model.set_cold_items(unseen_items(split, ds.n_items))  # weights saved before the mark have none
         model.eval()
         test = self._test(model, split, ds, sids, state)
         return GeneratorResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
@@ -307,7 +351,8 @@ class GeneratorTrainer:
 
 
 def load_generator(run_dir: str | Path) -> TIGER:
-    """The trained generator of a run folder (model.json + model.safetensors; the codes travel in the weights)."""
+    """The trained generator of a run folder (model.json + model.safetensors; the codes travel in the weights),
+    in float32 whatever precision the weights were saved in."""
     run_dir = Path(run_dir)
     spec = read_json(run_dir / "model.json")
     if spec.get("name") != "tiger":
@@ -315,5 +360,81 @@ def load_generator(run_dir: str | Path) -> TIGER:
     sizes = [int(s) for s in spec["sizes"]]
     placeholder = np.zeros((int(spec["n_items"]) + 1, len(sizes)), dtype=np.int64)
     model = TIGER(TigerConfig.model_validate(spec["config"]), placeholder, sizes)
-    model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
+    state = load_tensors(run_dir / "model.safetensors")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.eval()
+
+
+def reevaluate_cold_mixing(run_dir: str | Path, epsilons: Sequence[float], *,
+                           prefixes: Sequence[int | None] = (None,), dataset: SequenceDataset | None = None,
+                           sample: int | None = None, all_cold_cases: bool = False, device: str = "cpu",
+                           show_progress: bool = True) -> dict[tuple[float, int], Evaluation]:
+    """The test evaluation of a trained generator run, again, with cold mixing at each of ``epsilons`` (0: the
+    beams as they are) and each prefix length of ``prefixes`` (None: the model's default, all codes but the
+    last), all from one beam search, without retraining; the run folder is only read. Keys: (epsilon, prefix).
+
+    The run's config.json gives the dataset, split and evaluation settings; its weights (model.safetensors,
+    any precision) are loaded in float32 on ``device``. The cold items are the items absent from the run's
+    training sequences (as the trainer marks them). "Cold cases" are the test cases whose target is held out
+    (``split: cold``) or, on other splits, absent from training; the rest are "warm". Each Evaluation's
+    ``info.cold_cases`` / ``info.warm_cases`` hold their metrics with bootstrap intervals and how many there
+    are in the test set and were evaluated, and ``info.test_estimate`` the metrics over the whole test set.
+
+    ``sample``: evaluate only that many test cases drawn uniformly with ``train.seed`` (cheaper, noisier), or,
+    with ``all_cold_cases``, every cold case plus ``sample`` warm ones; ``test_estimate`` weighs the cold and
+    warm parts by their share of the test set (the Evaluation's own summary is over the evaluated cases only)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.safetensors").is_file():
+        raise GenrecError(f"{run_dir}: no model.safetensors (only the run's results were kept); retrain it or "
+                          "copy its weights there")
+    raw = read_json(run_dir / "config.json")
+    raw.pop("run", None)  # what write_run adds (commit, machine, time)
+    cfg = RunConfig.model_validate(raw)
+    if not isinstance(cfg.model, TigerConfig):
+        raise ConfigError(f"{run_dir}: not a generator run (model.name {cfg.model.name!r})")
+    ds = dataset or load_dataset(cfg.dataset)
+    split = run_split(cfg, ds)
+    model = load_generator(run_dir).to(resolve_device(device))
+    unseen = unseen_items(split, ds.n_items)
+    model.set_cold_items(unseen)
+    if isinstance(split, ColdStartSplit):
+        cold_case, definition = split.test_cold, "target held out of training (split: cold)"
+    else:
+        cold_case, definition = np.isin(split.test.targets, unseen), "target absent from the training sequences"
+    rng = np.random.default_rng([cfg.train.seed, 2])
+    rows = np.arange(len(split.test))
+    if sample and all_cold_cases:
+        warm_rows = np.flatnonzero(~cold_case)
+        if sample < len(warm_rows):
+            warm_rows = rng.choice(warm_rows, sample, replace=False)
+        rows = np.sort(np.concatenate([np.flatnonzero(cold_case), warm_rows]))
+    elif sample and sample < len(rows):
+        rows = np.sort(rng.choice(len(rows), sample, replace=False))
+    cases, is_cold = split.test.take(rows), cold_case[rows]
+    weight = np.ones(len(rows))  # post-stratified: each part weighs its share of the test set
+    if is_cold.sum() and (~is_cold).sum():
+        weight = np.where(is_cold, cold_case.sum() / is_cold.sum(), (~cold_case).sum() / (~is_cold).sum())
+    beam = cfg.model.beam_width
+    decoded = decode_cases(model, cases, beam, show_progress=show_progress, epsilon=0)
+    counts = np.bincount(split.train.values, minlength=ds.n_items + 1)
+    out = {}
+    settings = dict.fromkeys((float(e), model.cold_prefix(p)) for e in epsilons for p in prefixes)
+    for eps, prefix in settings:
+        ev = evaluate_generator(model, cases, ds, part="test", beam=beam, ks=cfg.eval.ks,
+                                exclude_seen=cfg.eval.exclude_seen, item_counts=counts, n_boot=cfg.eval.n_boot,
+                                seed=cfg.train.seed, epsilon=eps, prefix=prefix, decoded=decoded)
+        ev.info.update(run=str(run_dir), split=cfg.split, test_cases=len(split.test), evaluated_cases=len(rows),
+                       sample=None if len(rows) == len(split.test) else
+                       ("every cold case + uniform warm" if sample and all_cold_cases else "uniform"),
+                       device=str(model.codes.device), unseen_items=len(unseen),
+                       test_estimate={m: float((weight * ev.per_user.column(m).to_numpy()).sum() / weight.sum())
+                                      for m in ev.summary})
+        for name, mask, total in (("cold_cases", is_cold, cold_case.sum()),
+                                  ("warm_cases", ~is_cold, (~cold_case).sum())):
+            ev.info[name] = {"definition": definition if name == "cold_cases" else "every other test case",
+                             "test_cases": int(total), "evaluated": int(mask.sum()),
+                             **subset_summary(ev, mask, cfg.eval.n_boot, cfg.train.seed)}
+        if isinstance(split, ColdStartSplit):
+            ev.info["held_out_items"] = len(split.cold_items)
+        out[(eps, prefix)] = ev
+    return out
