@@ -179,7 +179,8 @@ def main() -> None:
                     "strictly earlier as history (sampled negatives are never history).")
     else:
         cases = first_positive_cases(ds, log, split, task="click")
-        rsplit = make_split(ds, retrieval_config.get("split", "temporal"))
+        kind = retrieval_config.get("split", "temporal")
+        rsplit = make_split(ds, kind, **(retrieval_config.get("temporal") or {}) if kind == "temporal" else {})
         protocol = ("Cases are each user's first click in the ranker's test period (validation: its validation "
                     "period); retrieval's history is the user's clicks strictly before it, the ranker's the user's "
                     "impressions strictly before it. Retrieval (seen items excluded) scores the full catalog of "
@@ -188,7 +189,7 @@ def main() -> None:
             vs, ts = rsplit.info["valid_start"], rsplit.info["test_start"]
             test_t = cases["test"].time
             cuts = split.describe()
-            notes.append(f"retrieval split cuts (quantiles of click times): train < {_iso(int(vs))}, its own "
+            notes.append(f"retrieval split cuts (from its config): train < {_iso(int(vs))}, its own "
                          f"validation to {_iso(int(ts))}; ranker cuts: valid from {cuts['valid']['first_time']}, "
                          f"test from {cuts['test']['first_time']}.")
             notes.append(f"{int((cases['valid'].time < vs).sum() + (test_t < vs).sum())} two-stage validation/test "
