@@ -318,3 +318,19 @@ def test_task_heads_learn_on_generated_data() -> None:
     assert auc(out["like"][real], test.labels["like"][real]) > 0.9
     mse = ((out["watch"] - test.labels["watch"])[real] ** 2).mean()
     assert mse < 0.25 * test.labels["watch"][real].var()
+
+
+def test_count_normalised_attention_kv_reuse_equals_one_by_one_and_candidates_stay_independent() -> None:
+    torch.manual_seed(0)
+    model = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3,
+                                          attn_norm="count"), SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE})
+    model = model.double().eval()
+    batch = make_batch(9, length=8)
+    torch.testing.assert_close(stacked(model(batch)), stacked(model.score_one_by_one(batch)), **TIGHT)
+    one = model.score_candidates(model.encode_history(batch), batch.cand_items, batch.cand_time, batch.visible,
+                                 micro_batch=1)
+    torch.testing.assert_close(stacked(one), stacked(model(batch)), **TIGHT)
+    default = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3),
+                               SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE}).double().eval()
+    default.load_state_dict(model.state_dict())
+    assert not torch.allclose(stacked(default(batch)), stacked(model(batch)))  # the option changes the model

@@ -63,6 +63,10 @@ class RankerConfig(BaseModel):
                                                   "tasks not named weigh 1).")
     head_hidden: int | None = Field(None, ge=1, description="Hidden size of each task head (default dim).")
     micro_batch: int = Field(256, ge=1, description="Candidates per scoring chunk of score_candidates.")
+    attn_norm: Literal["max_len", "count"] = Field(
+        "max_len", description="Divide each token's attention output by max_len (HSTU's constant n) or by the "
+        "number of tokens it reads (user token, visible history, itself). With histories much shorter than "
+        "max_len (a few impressions per user) the constant shrinks what the history contributes.")
 
     @model_validator(mode="after")
     def _dim_splits_into_heads(self) -> RankerConfig:
@@ -171,6 +175,12 @@ class GenerativeRanker(nn.Module):
 
     # --- M-FALCON: history once, candidates in micro-batches ----------------------------------------------
 
+    def _norm(self, mask: torch.Tensor, extra: int = 0) -> torch.Tensor | int:
+        """The attention normaliser for queries under ``mask`` (keys on the last axis): see attn_norm."""
+        if self.config.attn_norm == "max_len":
+            return self.config.max_len
+        return (mask.sum(-1, keepdim=True) + extra).clamp(min=1).to(torch.float32)
+
     def encode_history(self, batch: RankBatch) -> HistoryCache:
         x, times, length, shift = self._history_tokens(batch)
         n = x.shape[1]
@@ -184,7 +194,7 @@ class GenerativeRanker(nn.Module):
         for block in self.blocks:
             u, v, q, k = self._project(block, x)
             a = masked_pointwise_attention(q, k, v, block.rab.lookup(bias_idx).unsqueeze(-3), mask,
-                                           self.config.max_len)
+                                           self._norm(mask))
             x = self._finish(block, x, a, u)
             ks.append(k)
             vs.append(v)
@@ -204,12 +214,13 @@ class GenerativeRanker(nn.Module):
             bias_idx = self.blocks[0].rab.index(rel, gap)
             zero = torch.zeros((), dtype=torch.long, device=x.device)
             own_idx = self.blocks[0].rab.index(zero, zero)  # a candidate to itself: position 0, gap 0
+            n = self._norm(mask[:, None], extra=1)  # the candidate also reads itself
             for block, k_h, v_h in zip(self.blocks, cache.k, cache.v, strict=True):
                 u, v, q, k = self._project(block, x)
                 a = masked_pointwise_attention(q, k_h, v_h, block.rab.lookup(bias_idx).unsqueeze(-3),
-                                               mask[:, None], self.config.max_len)
+                                               mask[:, None], n)
                 own = F.silu((q * k).sum(-1, keepdim=True) + block.rab.lookup(own_idx))
-                a = a + own * v / self.config.max_len
+                a = a + own * v / n
                 x = self._finish(block, x, a, u)
             parts.append(self.heads(self.final_norm(x)))
         return {t: torch.cat([p[t] for p in parts], dim=1) for t in self.spec.tasks}
@@ -243,7 +254,7 @@ class GenerativeRanker(nn.Module):
             for block in self.blocks:
                 u, v, q, k = self._project(block, x)
                 a = masked_pointwise_attention(q, k, v, block.rab.at(rel, gap).unsqueeze(-3), mask[:, None],
-                                               self.config.max_len)
+                                               self._norm(mask[:, None]))
                 x = self._finish(block, x, a, u)
             outs.append(self.heads(self.final_norm(x[:, -1:])))
         return {t: torch.cat([o[t] for o in outs], dim=1) for t in self.spec.tasks}
