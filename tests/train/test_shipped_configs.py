@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from genrec.models import SEQUENTIAL
+import torch
+
+from genrec.models import RANKING, SEQUENTIAL
+from genrec.models.ranking import RankSpec
 from genrec.train.config import load_config
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml"))
@@ -22,11 +25,16 @@ def test_config_validates_and_builds(path):
     text = path.read_text()
     assert f"genrec train --config configs/{path.parent.name}/{path.name}" in text
     assert "\n# Reached" in text  # the metrics it reached (or that none were measured yet)
-    assert path.parent.name == cfg.dataset
+    assert cfg.dataset.startswith(path.parent.name)  # kuairand-pure-clicks, movielens-1m-ratings-neg, ...
     if cfg.model.name == "tiger":  # the generator is built from semantic IDs (here: 10 items, 2 levels)
         from genrec.models.tiger import TIGER
 
         model = TIGER(cfg.model, [[-1, -1], *([i // 5, i % 5] for i in range(10))], [2, 5])
+    elif cfg.model.name in RANKING:  # a ranking model is built for an impression log's spec
+        cls, _ = RANKING[cfg.model.name]
+        spec = RankSpec(n_items=10, n_users=5, binary_tasks=("click", "like"), regression_tasks=("watch_time",),
+                        item_feature_sizes={"tag": 3}, action_sizes={"signals": 4})
+        model = cls(cfg.model, spec, {"tag": torch.tensor([0, *([1, 2] * 5)])}, {})
     else:
         cls, _ = SEQUENTIAL[cfg.model.name]
         model = cls(cfg.model, 10)
