@@ -40,13 +40,11 @@ from genrec.semantic_ids import SemanticIds
 from genrec.train.allocator import tune_glibc_malloc
 from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
 from genrec.train.config import RunConfig
-from genrec.train.loop import log_epoch, open_run, print_epoch, resolve_device, run_split, select
+from genrec.train.loop import log_epoch, print_epoch, resolve_device, run_split, select, start_run
 from genrec.train.trainer import (
     _select_k,
-    _tensorboard,
     cold_start_info,
     epoch_batches,
-    lr_lambda,
     save_model_files,
     seed_everything,
 )
@@ -253,16 +251,10 @@ class GeneratorTrainer:
             rows = np.sort(np.random.default_rng([tcfg.seed, 1]).choice(len(valid), mcfg.valid_sample, replace=False))
             valid = valid.take(rows)
         model = TIGER(mcfg, sids.codes, sids.sizes).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
         steps_per_epoch = math.ceil(len(targets) / tcfg.batch_size)
-        clock = {"start": time.perf_counter()}
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, tcfg.epochs * steps_per_epoch,
-                                                                 lambda: time.perf_counter() - clock["start"]))
+        opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume)
         ckpt = self.run_dir / "checkpoint"
-        state = open_run(self.run_dir, cfg.model_dump(mode="json"), model, opt, sched, resume)
         model.set_cold_items(unseen_items(split, ds.n_items))
-        board = _tensorboard(self.run_dir / "tensorboard")
-        start_clock = clock["start"] = time.perf_counter() - state["train_seconds"]
         while state["stopped"] is None and state["epoch"] < tcfg.epochs:
             epoch = state["epoch"] + 1
             loss, n_windows, seconds, out_of_time = self._epoch(model, opt, sched, history, targets, epoch,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,3 +87,47 @@ def run_split(config: Any, ds: SequenceDataset) -> Split:
     if config.split == "temporal":
         return make_split(ds, "temporal", **config.temporal.model_dump())
     return make_split(ds, config.split)
+
+
+def lr_lambda(config: Any, total_steps: int, elapsed_s=None):
+    """Warmup then decay to 0 at ``total_steps``, or (``schedule_by: time``) as ``elapsed_s()`` reaches the
+    wall-time budget."""
+    warmup, schedule, tcfg = config.train.warmup_steps, config.train.schedule, config.train
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        if tcfg.schedule_by == "time":
+            progress = min(1.0, elapsed_s() / (tcfg.max_minutes * 60))
+        else:
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _tensorboard(folder: Path):
+    """A TensorBoard writer when the tensorboard package is installed, else None (JSONL is always written)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
+
+
+def start_run(config: Any, model: torch.nn.Module, steps_per_epoch: int, run_dir: Path, resume: bool,
+              writer: bool = True) -> tuple[torch.optim.Optimizer, Any, dict[str, Any], Any, float]:
+    """What every trainer starts with: AdamW, the warmup/decay schedule (over ``epochs`` of steps or the
+    wall-time budget), the loop state (restored on resume) and the TensorBoard writer (on the writing process).
+    Returns (optimizer, scheduler, state, board, start clock: perf_counter minus the seconds already trained)."""
+    tcfg = config.train
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
+    clock = {"start": time.perf_counter()}
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config, tcfg.epochs * steps_per_epoch,
+                                                             lambda: time.perf_counter() - clock["start"]))
+    state = open_run(run_dir, config.model_dump(mode="json"), model, opt, sched, resume, writer)
+    board = _tensorboard(run_dir / "tensorboard") if writer else None
+    clock["start"] = time.perf_counter() - state["train_seconds"]
+    return opt, sched, state, board, clock["start"]

@@ -48,8 +48,8 @@ from genrec.models.ranking import RankBatch, RankSpec
 from genrec.progress import progress_bar
 from genrec.train.allocator import tune_glibc_malloc
 from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
-from genrec.train.loop import log_epoch, open_run, print_epoch, resolve_device, select
-from genrec.train.trainer import _tensorboard, lr_lambda, seed_everything
+from genrec.train.loop import log_epoch, print_epoch, resolve_device, select, start_run
+from genrec.train.trainer import seed_everything
 
 EVAL_BATCH = 256  # requests per forward pass when predicting
 
@@ -178,16 +178,10 @@ class RankingTrainer:
         requests = {part: ranking_requests(log, split.part(part), max_len, stride)
                     for part in ("train", "valid", "test")}
         model = build_ranking_model(cfg.model, spec, log).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
         train = requests["train"]
         steps_per_epoch = math.ceil(len(train) / tcfg.batch_size)
-        clock = {"start": time.perf_counter()}
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, tcfg.epochs * steps_per_epoch,
-                                                                 lambda: time.perf_counter() - clock["start"]))
+        opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume)
         ckpt = self.run_dir / "checkpoint"
-        state = open_run(self.run_dir, cfg.model_dump(mode="json"), model, opt, sched, resume)
-        board = _tensorboard(self.run_dir / "tensorboard")
-        start_clock = clock["start"] = time.perf_counter() - state["train_seconds"]
         while state["stopped"] is None and state["epoch"] < tcfg.epochs:
             epoch = state["epoch"] + 1
             loss, rows, seconds, out_of_time = self._epoch(model, opt, sched, log, train, epoch, device, start_clock)

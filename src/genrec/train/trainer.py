@@ -31,7 +31,7 @@ from genrec.progress import progress_bar
 from genrec.train.allocator import tune_glibc_malloc
 from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
 from genrec.train.config import RunConfig
-from genrec.train.loop import log_epoch, open_run, print_epoch, resolve_device, run_split, select
+from genrec.train.loop import log_epoch, print_epoch, resolve_device, run_split, select, start_run
 
 
 @dataclass
@@ -117,25 +117,6 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator
     return [batches[i] for i in order]
 
 
-def lr_lambda(config: RunConfig, total_steps: int, elapsed_s=None):
-    """Warmup then decay to 0 at ``total_steps``, or (``schedule_by: time``) as ``elapsed_s()`` reaches the
-    wall-time budget."""
-    warmup, schedule, tcfg = config.train.warmup_steps, config.train.schedule, config.train
-
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        if tcfg.schedule_by == "time":
-            progress = min(1.0, elapsed_s() / (tcfg.max_minutes * 60))
-        else:
-            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return 1.0 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
-
-
 class _Dist:
     """Rank and world size, and the few collectives the trainer needs (no-ops on one process)."""
 
@@ -194,16 +175,11 @@ class Trainer:
         if env.on:
             ids = [device] if device.type == "cuda" else None
             ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
         steps_per_epoch = math.ceil(len(windows) / tcfg.batch_size)
-        clock = {"start": time.perf_counter()}
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, tcfg.epochs * steps_per_epoch,
-                                                                 lambda: time.perf_counter() - clock["start"]))
+        opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume,
+                                                          writer=env.rank == 0)
         ckpt = self.run_dir / "checkpoint"
-        state = open_run(self.run_dir, cfg.model_dump(mode="json"), model, opt, sched, resume, env.rank == 0)
-        board = _tensorboard(self.run_dir / "tensorboard") if env.rank == 0 else None
         k_sel = _select_k(cfg.eval.select_metric)
-        start_clock = clock["start"] = time.perf_counter() - state["train_seconds"]
         while state["stopped"] is None and state["epoch"] < tcfg.epochs:
             epoch = state["epoch"] + 1
             model.train()
@@ -363,15 +339,6 @@ def cold_start_info(split: Split, ev: Evaluation, config: RunConfig) -> dict[str
     for name, mask in (("cold", split.test_cold), ("warm", ~split.test_cold)):
         out[name] = {"cases": int(mask.sum()), **subset_summary(ev, mask, config.eval.n_boot, config.train.seed)}
     return {"cold_start": out}
-
-
-def _tensorboard(folder: Path):
-    """A TensorBoard writer when the tensorboard package is installed, else None (JSONL is always written)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(folder))
 
 
 def _select_k(metric: str) -> int:
