@@ -40,7 +40,15 @@ from genrec.semantic_ids import SemanticIds
 from genrec.train.allocator import tune_glibc_malloc
 from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
 from genrec.train.config import RunConfig
-from genrec.train.loop import log_epoch, print_epoch, resolve_device, run_split, select, start_run
+from genrec.train.loop import (
+    finish_epoch,
+    optimizer_step,
+    print_epoch,
+    resolve_device,
+    run_split,
+    select,
+    start_run,
+)
 from genrec.train.trainer import (
     _select_k,
     cold_start_info,
@@ -269,11 +277,8 @@ class GeneratorTrainer:
                 record.update(self._validate(model, valid, ds, k_sel))
                 select(state, epoch, record[f"valid_{cfg.eval.select_metric}"], tcfg.patience,
                        lambda: save_tensors(ckpt / "best.safetensors", model.state_dict()))
-            if out_of_time and state["stopped"] is None:
-                state["stopped"] = f"wall-time budget ({tcfg.max_minutes} min)"
-            state["history"].append(record)
-            log_epoch(self.run_dir, board, record)
-            save_checkpoint(ckpt, model, opt, sched, state)
+            finish_epoch(self.run_dir, board, state, record, out_of_time, tcfg.max_minutes,
+                         lambda: save_checkpoint(ckpt, model, opt, sched, state))
             self._say(record)
             if on_epoch_end is not None:
                 on_epoch_end(record)
@@ -293,12 +298,7 @@ class GeneratorTrainer:
             for rows in batches:
                 loss_sum = model.loss(history.take(rows).to_padded(left=True).to(device),
                                       torch.from_numpy(targets[rows]).to(device))
-                opt.zero_grad(set_to_none=True)
-                (loss_sum / (len(rows) * model.n_levels)).backward()
-                if tcfg.clip_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_norm)
-                opt.step()
-                sched.step()
+                optimizer_step(loss_sum / (len(rows) * model.n_levels), model, opt, sched, tcfg.clip_norm)
                 total_loss += float(loss_sum.detach())
                 total += len(rows)
                 elapsed = time.perf_counter() - t0

@@ -131,3 +131,26 @@ def start_run(config: Any, model: torch.nn.Module, steps_per_epoch: int, run_dir
     board = _tensorboard(run_dir / "tensorboard") if writer else None
     clock["start"] = time.perf_counter() - state["train_seconds"]
     return opt, sched, state, board, clock["start"]
+
+
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                   clip_norm: float | None) -> None:
+    """Backward, clip the global gradient norm, step the optimizer and the schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    opt.step()
+    sched.step()
+
+
+def finish_epoch(run_dir: Path, board: Any, state: dict[str, Any], record: dict[str, Any], out_of_time: bool,
+                 max_minutes: float | None, save: Callable[[], None], writer: bool = True) -> None:
+    """Close an epoch: note a budget stop, keep the record, append it to metrics.jsonl and checkpoint
+    (``save``) on the writing process."""
+    if out_of_time and state["stopped"] is None:
+        state["stopped"] = f"wall-time budget ({max_minutes} min)"
+    state["history"].append(record)
+    if writer:
+        log_epoch(run_dir, board, record)
+        save()

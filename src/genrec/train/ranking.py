@@ -48,7 +48,7 @@ from genrec.models.ranking import RankBatch, RankSpec
 from genrec.progress import progress_bar
 from genrec.train.allocator import tune_glibc_malloc
 from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
-from genrec.train.loop import log_epoch, print_epoch, resolve_device, select, start_run
+from genrec.train.loop import finish_epoch, optimizer_step, print_epoch, resolve_device, select, start_run
 from genrec.train.trainer import seed_everything
 
 EVAL_BATCH = 256  # requests per forward pass when predicting
@@ -197,11 +197,8 @@ class RankingTrainer:
                 record[f"valid_{metric}"] = valid["select"]
                 select(state, epoch, valid["select"], tcfg.patience,
                        lambda: save_tensors(ckpt / "best.safetensors", model.state_dict()))
-            if out_of_time and state["stopped"] is None:
-                state["stopped"] = f"wall-time budget ({tcfg.max_minutes} min)"
-            state["history"].append(record)
-            log_epoch(self.run_dir, board, record)
-            save_checkpoint(ckpt, model, opt, sched, state)
+            finish_epoch(self.run_dir, board, state, record, out_of_time, tcfg.max_minutes,
+                         lambda: save_checkpoint(ckpt, model, opt, sched, state))
             if self.show_progress:
                 print_epoch({**record, **{k: v for k, v in record.items() if k.startswith("valid_gauc")}})
             if on_epoch_end is not None:
@@ -225,12 +222,7 @@ class RankingTrainer:
                 batch = to_batch(collate(log, train, idx), device)
                 mask = batch.cand_mask
                 loss, _ = model.loss(model(batch), batch.labels, mask)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if tcfg.clip_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_norm)
-                opt.step()
-                sched.step()
+                optimizer_step(loss, model, opt, sched, tcfg.clip_norm)
                 n = int(mask.sum())
                 total, n_rows = total + float(loss.detach()) * n, n_rows + n
                 elapsed = time.perf_counter() - t0

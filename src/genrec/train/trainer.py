@@ -31,7 +31,15 @@ from genrec.progress import progress_bar
 from genrec.train.allocator import tune_glibc_malloc
 from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
 from genrec.train.config import RunConfig
-from genrec.train.loop import log_epoch, print_epoch, resolve_device, run_split, select, start_run
+from genrec.train.loop import (
+    finish_epoch,
+    optimizer_step,
+    print_epoch,
+    resolve_device,
+    run_split,
+    select,
+    start_run,
+)
 
 
 @dataclass
@@ -195,12 +203,9 @@ class Trainer:
                 record.update(self._validate(model, split, ds, env, k_sel))
                 select(state, epoch, record[f"valid_{cfg.eval.select_metric}"], tcfg.patience,
                        lambda: save_tensors(ckpt / "best.safetensors", model.state_dict()) if env.rank == 0 else None)
-            if out_of_time and state["stopped"] is None:
-                state["stopped"] = f"wall-time budget ({tcfg.max_minutes} min)"
-            state["history"].append(record)
+            finish_epoch(self.run_dir, board, state, record, out_of_time, tcfg.max_minutes,
+                         lambda: save_checkpoint(ckpt, model, opt, sched, state), writer=env.rank == 0)
             if env.rank == 0:
-                log_epoch(self.run_dir, board, record)
-                save_checkpoint(ckpt, model, opt, sched, state)
                 self._say(record)
             if on_epoch_end is not None:
                 on_epoch_end(record)
@@ -249,12 +254,7 @@ class Trainer:
                 mask = targets > 0
                 loss_sum = self._loss(h[mask], targets[mask], model)
                 loss = loss_sum * (weight * env.world / max(n_global, 1.0))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if tcfg.clip_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_norm)
-                opt.step()
-                sched.step()
+                optimizer_step(loss, model, opt, sched, tcfg.clip_norm)
                 total_loss += float(loss_sum.detach()) * weight
                 total_tokens += n_local
                 elapsed = time.perf_counter() - t0
