@@ -176,3 +176,24 @@ def test_worker_socket_is_tcp_so_connections_get_nodelay():
             listen_socket("127.0.0.1", sock.getsockname()[1])
     finally:
         sock.close()
+
+
+def test_sighup_with_several_workers_reloads_in_place(monkeypatch):
+    """The worker supervisor forwards SIGHUP to every live worker (each swaps its model in place) instead of
+    restarting them, which would cut keep-alive connections mid-request."""
+    import signal
+    import types
+
+    from genrec.cli import serve as serve_cli
+
+    cls = serve_cli.in_place_reloads()
+    sent = []
+    monkeypatch.setattr(serve_cli.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+
+    def worker(pid, alive):
+        return types.SimpleNamespace(process=types.SimpleNamespace(pid=pid, is_alive=lambda: alive))
+
+    supervisor = cls.__new__(cls)  # no real processes: only the signal handling is under test
+    supervisor.processes = [worker(11, True), worker(12, False), worker(13, True)]
+    supervisor.handle_hup()
+    assert sent == [(11, signal.SIGHUP), (13, signal.SIGHUP)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -61,10 +63,24 @@ def serve_cmd(
     if workers == 1:
         uvicorn.run("genrec.serve.app:app_from_env", **options)
         return
+    config = uvicorn.Config("genrec.serve.app:app_from_env", **options)
+    in_place_reloads()(config, sockets=[listen_socket(host, port)]).run()
+
+
+def in_place_reloads() -> type:
+    """uvicorn's worker supervisor, except that SIGHUP reloads the bundle inside every worker (each worker's own
+    SIGHUP handler swaps the model atomically) instead of restarting the worker processes: a restart closes
+    the keep-alive connections of the old worker, and a request racing that close fails."""
     from uvicorn.supervisors import Multiprocess
 
-    config = uvicorn.Config("genrec.serve.app:app_from_env", **options)
-    Multiprocess(config, sockets=[listen_socket(host, port)]).run()
+    class InPlaceReload(Multiprocess):
+        def handle_hup(self) -> None:
+            logging.getLogger("uvicorn.error").info("Received SIGHUP: reloading the bundle in every worker.")
+            for worker in self.processes:
+                if worker.process.pid is not None and worker.process.is_alive():
+                    os.kill(worker.process.pid, signal.SIGHUP)
+
+    return InPlaceReload
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
