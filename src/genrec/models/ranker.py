@@ -67,6 +67,9 @@ class RankerConfig(BaseModel):
         "max_len", description="Divide each token's attention output by max_len (HSTU's constant n) or by the "
         "number of tokens it reads (user token, visible history, itself). With histories much shorter than "
         "max_len (a few impressions per user) the constant shrinks what the history contributes.")
+    head_input: Literal["output", "output+embeddings"] = Field(
+        "output", description="What the task heads read: the candidate's final state, or that concatenated with "
+        "the candidate item's and the user's embeddings (as feature-crossing rankers feed their top MLP).")
 
     @model_validator(mode="after")
     def _dim_splits_into_heads(self) -> RankerConfig:
@@ -90,6 +93,7 @@ class HistoryCache:
     hist_time: torch.Tensor
     hist_len: torch.Tensor
     shift: torch.Tensor
+    user: torch.Tensor | None = None  # [B, D] the user's embedding (for head_input: output+embeddings)
 
 
 class GenerativeRanker(nn.Module):
@@ -113,7 +117,8 @@ class GenerativeRanker(nn.Module):
                                dropout=config.dropout, init_std=config.init_std, time_buckets=config.time_buckets)
         self.blocks = nn.ModuleList(HSTUBlock(block_cfg, use_timestamps=True) for _ in range(config.blocks))
         self.final_norm = nn.LayerNorm(d)
-        self.heads = TaskHeads(d, spec.tasks, config.head_hidden)
+        wide = config.head_input == "output+embeddings"
+        self.heads = TaskHeads(3 * d if wide else d, spec.tasks, config.head_hidden)
 
     # --- tokens -------------------------------------------------------------------------------------------
 
@@ -140,6 +145,13 @@ class GenerativeRanker(nn.Module):
 
     def _candidate_tokens(self, items: torch.Tensor) -> torch.Tensor:
         return self._scale(self.item_emb(items) + self.cand_type)
+
+    def _head_input(self, out: torch.Tensor, items: torch.Tensor, user: torch.Tensor | None) -> torch.Tensor:
+        """[B, M, D] candidate states -> the heads' input (see head_input)."""
+        if self.config.head_input == "output":
+            return out
+        user = user[:, None].expand(-1, out.shape[1], -1)
+        return torch.cat([out, self.item_emb(items), user], dim=-1)
 
     @staticmethod
     def _visible(visible: torch.Tensor, shift: torch.Tensor, hist_len: torch.Tensor) -> torch.Tensor:
@@ -198,7 +210,7 @@ class GenerativeRanker(nn.Module):
             x = self._finish(block, x, a, u)
             ks.append(k)
             vs.append(v)
-        return HistoryCache(ks, vs, times, length, shift)
+        return HistoryCache(ks, vs, times, length, shift, self.user_emb(batch.user))
 
     def score_candidates(self, cache: HistoryCache, cand_items: torch.Tensor, cand_time: torch.Tensor,
                          visible: torch.Tensor, micro_batch: int | None = None) -> dict[str, torch.Tensor]:
@@ -222,7 +234,7 @@ class GenerativeRanker(nn.Module):
                 own = F.silu((q * k).sum(-1, keepdim=True) + block.rab.lookup(own_idx))
                 a = a + own * v / n
                 x = self._finish(block, x, a, u)
-            parts.append(self.heads(self.final_norm(x)))
+            parts.append(self.heads(self._head_input(self.final_norm(x), cand_items[:, sl], cache.user)))
         return {t: torch.cat([p[t] for p in parts], dim=1) for t in self.spec.tasks}
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
@@ -256,7 +268,8 @@ class GenerativeRanker(nn.Module):
                 a = masked_pointwise_attention(q, k, v, block.rab.at(rel, gap).unsqueeze(-3), mask[:, None],
                                                self._norm(mask[:, None]))
                 x = self._finish(block, x, a, u)
-            outs.append(self.heads(self.final_norm(x[:, -1:])))
+            outs.append(self.heads(self._head_input(self.final_norm(x[:, -1:]), batch.cand_items[:, c:c + 1],
+                                                    self.user_emb(batch.user))))
         return {t: torch.cat([o[t] for o in outs], dim=1) for t in self.spec.tasks}
 
     # --- training ------------------------------------------------------------------------------------------
