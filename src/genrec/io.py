@@ -47,6 +47,17 @@ def write_parquet(path: str | os.PathLike, table: pa.Table) -> Path:
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
+def write_vocab(path: str | os.PathLike, raw_ids: list[Any]) -> Path:
+    """A vocabulary as Parquet: (idx 1..n, raw_id as text), atomically."""
+    return write_parquet(path, pa.table({"idx": pa.array(range(1, len(raw_ids) + 1), pa.int64()),
+                                         "raw_id": [str(r) for r in raw_ids]}))
+
+
+def read_vocab(path: str | os.PathLike) -> list[str]:
+    """Raw ids (text) in dense order of a vocabulary written by :func:`write_vocab`."""
+    return [str(x) for x in pq.read_table(path).sort_by("idx").column("raw_id").to_pylist()]
+
+
 def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
     """A YAML file whose top level is a mapping, or a ConfigError naming the file."""
     import yaml

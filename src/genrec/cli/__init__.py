@@ -315,19 +315,63 @@ def export_cmd(
                              ] = 100_000,
     ann_recall: Annotated[float, typer.Option(min=0.01, max=1.0, help="Recall@10 against exact top-10 that the "
                                               "index's nprobe is tuned to reach.")] = 0.95,
+    ranker: Annotated[Path | None, typer.Option(help="A finished ranking run (ranker, dcn, din) to serve as the "
+                                                "second stage: it reorders retrieval's top candidates and every "
+                                                "answer carries per-task predictions.")] = None,
+    ranker_candidates: Annotated[int, typer.Option(min=1, help="Retrieval candidates the ranker reorders.")] = 200,
+    ranker_weight: Annotated[str, typer.Option(help="final = z(retrieval) + W * z(ranker score) over the "
+                                               "candidates; 'none' = the ranker alone. Take the W that "
+                                               "benchmarks/two_stage.py chose on validation.")] = "1.0",
+    ranker_blend: Annotated[str | None, typer.Option(help="Ranker score = sum of weight x task logit, as "
+                                                     "task=weight,... (default: the click / rate logit).")] = None,
+    ranker_time_scale: Annotated[float, typer.Option(min=1e-9, help="Event timestamps x this = the ranker's "
+                                                     "unix ms (1000 when events carry seconds).")] = 1.0,
 ) -> None:
     """Write an immutable, checksummed bundle that `genrec.serve.Recommender.load` can serve."""
     from genrec.serve import export_bundle, load_manifest
 
+    options = None
+    if ranker is not None:
+        options = {"candidates": ranker_candidates, "time_scale": ranker_time_scale,
+                   "weight": _optional_float(ranker_weight, "--ranker-weight"),
+                   "blend": _weights(ranker_blend, "--ranker-blend") if ranker_blend else None}
     path = export_bundle(run_dir, bundle, content=content, ann=ann, ann_threshold=ann_threshold,
-                         ann_recall=ann_recall)
+                         ann_recall=ann_recall, ranker=ranker, ranker_options=options)
     m = load_manifest(path)
     out.print(f"bundle {m['version']} ({m['model']} on {m['dataset']}) -> {path}", highlight=False)
+    if m.get("ranker"):
+        r = m["ranker"]
+        out.print(f"ranking stage: {r['model']} on {r['dataset']} ({', '.join(r['tasks'])}); reorders the top "
+                  f"{r['candidates']} (weight {r['weight']}, blend {r['blend']}); knows "
+                  f"{r['retrieval_items_known']:,} of the retrieval catalog's items", highlight=False)
     if m.get("ann"):
         a = m["ann"]
         out.print(f"approximate index: {a['kind']}, nlist {a['nlist']}, nprobe {a['nprobe']}: recall@10 "
                   f"{a['recall@10']:.3f}, recall@100 {a['recall@100']:.3f} against exact ({a['queries']} "
                   "sample queries)", highlight=False)
+
+
+def _optional_float(text: str, flag: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{flag}: a number or 'none', got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise typer.BadParameter(f"{flag}: must be finite, got {text!r}")
+    return value
+
+
+def _weights(text: str, flag: str) -> dict[str, float]:
+    """'a=1,b=0.5' -> {'a': 1.0, 'b': 0.5}."""
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{flag}: expected task=weight[,task=weight...], got {text!r}")
+        out[name.strip()] = _optional_float(value, flag) or 0.0
+    return out
 
 
 @app.command("quickstart")

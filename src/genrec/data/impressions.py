@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from genrec.data.actions import KUAIRAND_SIGNALS, KUAIRAND_WATCH, SCHEMAS, encode_columns
 from genrec.data.builtin import data_home
 from genrec.data.dataset import Vocab
 from genrec.data.jagged import Jagged, _ranges
@@ -278,7 +279,7 @@ _KR_USER_FEATURES = ("user_active_degree", "is_lowactive_period", "is_live_strea
                      "follow_user_num_range", "fans_user_num_range", "friend_user_num_range", "register_days_range",
                      *(f"onehot_feat{i}" for i in range(18)))
 RARE_AUTHOR_MIN = 5  # authors with fewer impressions share one code
-WATCH_BUCKETS = 16  # octaves of play time from 0.25 s (bucket 15: > ~2.3 h)
+WATCH_BUCKETS = KUAIRAND_WATCH["n"]  # octaves of play time from 0.25 s (bucket 15: > ~2.3 h)
 DURATION_BUCKETS = 24  # half-octaves of video duration from 1 s
 
 
@@ -326,8 +327,8 @@ def _read_kuairand(root: Path) -> ImpressionLog:
     play = cols["play_time_ms"]
     labels = {k: cols[c].astype(np.float32) for k, c in _KR_BINARY.items()}
     labels["watch_time"] = np.log1p(play / 1000.0).astype(np.float32)
-    bits = sum((cols[c] > 0).astype(np.int64) << b for b, c in enumerate(_KR_SIGNAL_BITS))
-    actions = np.stack([1 + bits, 1 + log_bucket(play, 250.0, WATCH_BUCKETS)], axis=1)
+    signals = {name: cols[c] for name, c in zip(KUAIRAND_SIGNALS, _KR_SIGNAL_BITS, strict=True)}
+    actions = encode_columns(SCHEMAS["kuairand-pure"], {**signals, "play_time_ms": play}, len(play))
 
     # Item features: the basic video table only. The statistic table (counts of plays, likes, ... aggregated
     # over the whole period, test days included) would leak the evaluated labels, so it is not read.
@@ -448,7 +449,7 @@ def _read_movielens_ratings(root: Path) -> ImpressionLog:
         name="movielens-1m-ratings", users=users, items=items, user=u, item=i, time=ts, day=utc_day(ts),
         tiebreak=(t.column("seq_pos").to_numpy().astype(np.int64), t.column("row").to_numpy().astype(np.int64)),
         labels={"like": like}, binary_tasks=("like",), regression_tasks=(),
-        actions=(1 + like.astype(np.int64))[:, None], action_sizes={"like": 3},
+        actions=encode_columns(SCHEMAS["movielens-1m-ratings"], {"like": like}, len(like)), action_sizes={"like": 3},
         item_features=item_features, item_feature_sizes=item_sizes, user_features=user_features,
         user_feature_sizes=user_sizes, titles=titles, source_split=source_split,
         meta={"source": str(path), "movielens_meta": str(meta_dir) if meta_dir else None,

@@ -43,11 +43,18 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Signal = Annotated[str, Field(min_length=1, max_length=50)]
+Actions = Annotated[dict[Signal, Annotated[float, Field(ge=0, allow_inf_nan=False)]], Field(max_length=32)]
+ACTIONS_DOC = ("What the user did with each item (signal -> number >= 0, e.g. {\"like\": 1, \"play_time_ms\": 5300}; "
+               "null: the default interaction), read by a bundle's ranking stage.")
+
+
 class RecommendRequest(_Body):
     user_id: str | None = Field(None, min_length=1, max_length=200, description="Read the history from the store.")
     history: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
         None, max_length=10_000, description="Explicit history: raw item ids, oldest first.")
     timestamps: list[int] | None = Field(None, description="Unix seconds, one per history item.")
+    actions: list[Actions | None] | None = Field(None, description=ACTIONS_DOC + " One per history item.")
     k: int = Field(10, ge=1, le=1000)
     exclude_seen: bool = True
     allow: list[str] | None = Field(None, max_length=100_000, description="Only these items may be returned.")
@@ -60,6 +67,8 @@ class RecommendRequest(_Body):
             raise ValueError("give user_id or history, not both")
         if self.timestamps is not None and (self.history is None or len(self.timestamps) != len(self.history)):
             raise ValueError("timestamps needs a history of the same length")
+        if self.actions is not None and (self.history is None or len(self.actions) != len(self.history)):
+            raise ValueError("actions needs a history of the same length")
         return self
 
 
@@ -67,11 +76,14 @@ class EventsRequest(_Body):
     user_id: str = Field(min_length=1, max_length=200)
     items: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1, max_length=1000)
     timestamps: list[int] | None = None
+    actions: list[Actions | None] | None = Field(None, description=ACTIONS_DOC + " One per item.")
 
     @model_validator(mode="after")
     def _aligned(self) -> EventsRequest:
         if self.timestamps is not None and len(self.timestamps) != len(self.items):
             raise ValueError("timestamps must have one entry per item")
+        if self.actions is not None and len(self.actions) != len(self.items):
+            raise ValueError("actions must have one entry per item")
         return self
 
 
@@ -191,17 +203,22 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
     def recommend(body: RecommendRequest, s: Serving = Depends(state)) -> dict[str, Any]:
         rec = s.current()
         warnings: list[str] = []
-        history, timestamps = body.history or [], body.timestamps
+        history, timestamps, actions = body.history or [], body.timestamps, body.actions
         if body.user_id is not None:
-            events = s.store.history(body.user_id, limit=rec.max_history)
+            events = s.store.history(body.user_id, limit=rec.history_needed)
             if not events:
                 warnings.append(f"unknown user {body.user_id!r}: cold-start answer")
             history = [e.item_id for e in events]
             timestamps = [e.timestamp for e in events] if events and all(e.timestamp is not None
                                                                           for e in events) else None
-        result = rec.recommend(history, k=body.k, timestamps=timestamps, exclude_seen=body.exclude_seen,
-                               allow=body.allow, deny=body.deny, query=body.query,
-                               deadline_ms=s.settings.deadline_ms)
+            actions = [e.actions for e in events]
+        try:
+            result = rec.recommend(history, k=body.k, timestamps=timestamps, exclude_seen=body.exclude_seen,
+                                   allow=body.allow, deny=body.deny, query=body.query,
+                                   deadline_ms=s.settings.deadline_ms, actions=actions, user_id=body.user_id,
+                                   strict_actions=body.user_id is None)
+        except ValueError as e:  # e.g. a signal the bundle's ranker does not read
+            raise HTTPException(422, str(e)) from None
         if result.fallback:
             s.fallbacks.labels(result.reason or "no usable history").inc()
         return {"user_id": body.user_id, "items": result.items, "model_version": rec.version,
@@ -214,7 +231,14 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
         warnings = [f"unknown item id {i!r} stored but not used by this model" for i in body.items
                     if not rec.knows(i)]
         ts = body.timestamps or [None] * len(body.items)
-        length = s.store.append(body.user_id, [Event(i, t) for i, t in zip(body.items, ts, strict=True)])
+        actions = body.actions or [None] * len(body.items)
+        if rec.ranker is not None:
+            try:  # before anything is stored: a signal the ranker cannot read is an error now, not later
+                rec.ranker.encode_actions(actions)
+            except ValueError as e:
+                raise HTTPException(422, str(e)) from None
+        length = s.store.append(body.user_id, [Event(i, t, a) for i, t, a in zip(body.items, ts, actions,
+                                                                                   strict=True)])
         return {"user_id": body.user_id, "stored": len(body.items), "known": len(known),
                 "history_length": length, "warnings": warnings}
 

@@ -9,6 +9,8 @@
   with pca): the catalog's content embeddings, optional (``content=``), so a text query can steer results;
 - ``ann.faiss``: a FAISS index over the output item embeddings, for large catalogs (``ann=``), with its
   ``nprobe`` and measured recall against exact search under ``ann`` in the manifest;
+- ``ranker.safetensors``, ``ranker.json``, ``ranker_items.parquet``, ``ranker_users.parquet``: a multi-task ranking
+  model as the second stage (``ranker=``), see :mod:`genrec.serve.ranking`;
 - ``manifest.json``: genrec version, model, dataset, test metrics, commit, and the sha256 of every file.
 
 Loading verifies every checksum before anything is read. The files after ``items.parquet`` are optional
@@ -27,7 +29,7 @@ import pyarrow.parquet as pq
 
 from genrec import __version__
 from genrec.errors import GenrecError
-from genrec.io import read_json, sha256_file, write_json
+from genrec.io import read_json, read_vocab, sha256_file, write_json, write_vocab
 
 FORMAT = "genrec-bundle"
 FORMAT_VERSION = 1
@@ -38,10 +40,12 @@ SEMANTIC_ID_FILES = ("semantic_ids.safetensors", "semantic_ids.json")
 CONTENT_FILES = ("embeddings.safetensors", "embeddings.json")
 PROJECTION_FILE = "projection.safetensors"  # only with a pca-projected content table
 ANN_FILE = "ann.faiss"  # only with an approximate index (large catalogs)
+RANKER_FILES = ("ranker.safetensors", "ranker.json", "ranker_items.parquet", "ranker_users.parquet")
 
 
 def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | None = None, ann: str = "auto",
-                  ann_threshold: int = 100_000, ann_recall: float = 0.95) -> Path:
+                  ann_threshold: int = 100_000, ann_recall: float = 0.95, ranker: str | Path | None = None,
+                  ranker_options: dict[str, Any] | None = None) -> Path:
     """Copy a finished training run's servable files into ``out`` and seal them with a manifest.
 
     Also written: the popularity list, the semantic-ID table when the model has one, and, with ``content`` (an
@@ -51,6 +55,11 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
     ``ann``: ``auto`` builds a FAISS index (``ann.faiss``, see :mod:`genrec.serve.ann`) for an ID model whose
     catalog has more than ``ann_threshold`` items, ``on`` always, ``off`` never; its ``nprobe`` is the smallest
     that reaches ``ann_recall`` (recall@10 against exact top-10 on sample queries), reported in the manifest.
+
+    ``ranker``: a finished ranking run (``genrec.models.RANKING``) to add as the second stage
+    (:mod:`genrec.serve.ranking`); ``ranker_options``: ``weight`` (fusion weight, default 1.0; None = the ranker
+    alone), ``blend`` ({task: weight}, default the engagement task's logit), ``candidates`` (default 200) and
+    ``time_scale`` (event timestamps x time_scale = the ranker's unix ms; default 1).
 
     ``out`` must not exist yet (bundles are immutable); the bundle is assembled in a temporary folder and
     renamed into place, so a failure never leaves half a bundle.
@@ -77,6 +86,10 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
         files += _write_semantic_ids(run_dir, tmp, model)
         if content is not None:
             files += _copy_content(Path(content), tmp, raw_ids)
+        ranker_report = None
+        if ranker is not None:
+            ranker_report = _copy_ranker(Path(ranker), tmp, raw_ids, ranker_options or {})
+            files += list(RANKER_FILES)
         ann_report = None
         if ann == "on" or (ann == "auto" and len(raw_ids) > ann_threshold and model["name"] != "tiger"):
             ann_report = _write_ann(tmp, raw_ids, ann_recall)
@@ -87,7 +100,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
             "model": model["name"], "dataset": metrics["dataset"]["name"],
             "metrics": {k: v["mean"] for k, v in metrics["metrics"].items()},
             "commit": metrics.get("run", {}).get("commit"), "source_run": str(run_dir),
-            "content": str(content) if content is not None else None, "ann": ann_report,
+            "content": str(content) if content is not None else None, "ann": ann_report, "ranker": ranker_report,
             "files": {name: sha256_file(tmp / name) for name in files},
         }
         write_json(tmp / "manifest.json", manifest)
@@ -96,6 +109,56 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _copy_ranker(run: Path, bundle: Path, raw_ids: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """The ranking stage's files (see :mod:`genrec.serve.ranking`); returns the manifest's ``ranker`` entry."""
+    from genrec.data.actions import schema_for
+    from genrec.eval.two_stage import resolve_blend
+    from genrec.models import RANKING
+    from genrec.models.ranking import RankSpec
+    from genrec.serve.ranking import DEFAULT_CANDIDATES
+
+    missing = [f for f in ("model.safetensors", "model.json", "config.json") if not (run / f).is_file()]
+    if missing:
+        raise GenrecError(f"ranker {run}: not a finished ranking run (missing {', '.join(missing)})")
+    model, config = read_json(run / "model.json"), read_json(run / "config.json")
+    if model.get("name") not in RANKING:
+        raise GenrecError(f"ranker {run}: model {model.get('name')!r} is not a ranking model ({', '.join(RANKING)})")
+    spec = RankSpec.from_json(model["spec"])
+    if (run / "ranker_items.parquet").is_file() and (run / "ranker_users.parquet").is_file():
+        items, users = read_vocab(run / "ranker_items.parquet"), read_vocab(run / "ranker_users.parquet")
+    else:  # runs from before the trainer wrote its vocabularies: the impression log it trained on has them
+        from genrec.data.impressions import load_impressions
+
+        log = load_impressions(str(config["dataset"]))
+        items, users = log.items.raw.to_pylist(), log.users.raw.to_pylist()
+    if len(items) != spec.n_items or len(users) != spec.n_users:
+        raise GenrecError(f"ranker {run}: vocabularies of {len(items)} items / {len(users)} users do not match the "
+                          f"model's {spec.n_items} / {spec.n_users}")
+    known = len(set(map(str, items)) & set(raw_ids))
+    if not known:
+        raise GenrecError(f"ranker {run}: none of the retrieval model's {len(raw_ids):,} items is in the ranker's "
+                          "catalog (items are matched by raw id)")
+    try:
+        blend = resolve_blend(spec.tasks, options.get("blend"))
+    except GenrecError as e:
+        raise GenrecError(f"ranker: {e}") from None
+    weight = options.get("weight", 1.0)
+    candidates = int(options.get("candidates") or DEFAULT_CANDIDATES)
+    time_scale = float(options.get("time_scale") or 1.0)
+    if candidates < 1 or time_scale <= 0 or (weight is not None and not np.isfinite(weight)):
+        raise GenrecError("ranker: candidates must be >= 1, time_scale > 0 and weight a finite number or None")
+    info = {**model, "actions": model.get("actions") or schema_for(str(config["dataset"]), spec.action_sizes or {}),
+            "blend": blend, "weight": weight, "candidates": candidates, "time_scale": time_scale,
+            "dataset": str(config["dataset"]), "source_run": str(run)}
+    shutil.copy2(run / "model.safetensors", bundle / "ranker.safetensors")
+    write_json(bundle / "ranker.json", info)
+    write_vocab(bundle / "ranker_items.parquet", items)
+    write_vocab(bundle / "ranker_users.parquet", users)
+    return {"model": model["name"], "dataset": info["dataset"], "tasks": list(spec.tasks), "blend": blend,
+            "weight": weight, "candidates": candidates, "time_scale": time_scale,
+            "retrieval_items_known": known, "source_run": str(run)}
 
 
 def _write_ann(bundle: Path, raw_ids: list[str], target: float, n_queries: int = 256, seed: int = 0) -> dict:

@@ -46,8 +46,9 @@ from genrec.io import read_json
 from genrec.models import SequentialModel
 from genrec.models.tiger import TIGER
 from genrec.serve.ann import ANN_FILE, AnnIndex
-from genrec.serve.bundle import CONTENT_FILES, POPULARITY_FILE, PROJECTION_FILE, load_manifest
+from genrec.serve.bundle import CONTENT_FILES, POPULARITY_FILE, PROJECTION_FILE, RANKER_FILES, load_manifest
 from genrec.serve.model_io import load_model
+from genrec.serve.ranking import RankingStage
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ class Recommendation:
     reason: str | None = None  # why the fallback answered: NO_HISTORY, MODEL_ERROR or DEADLINE
     model_version: str | None = None  # the bundle's version
     truncated: bool = False  # the history was longer than the model reads; its most recent part was used
-    mode: str = "model"  # model | model+query | generator | generator+query | content | popularity
+    mode: str = "model"  # model | model+query | generator | generator+query | content | popularity; "+ranker"
+    # when the bundle's ranking stage reordered the list
 
 
 @dataclass
@@ -208,8 +210,9 @@ class _GeneratorScorer:
 
 class Recommender:
     def __init__(self, model: SequentialModel | TIGER, items: dict[str, Any], manifest: dict[str, Any],
-                 popular: list[str] | None = None, content: _Content | None = None, ann: AnnIndex | None = None):
-        self.model, self.manifest = model.eval(), manifest
+                 popular: list[str] | None = None, content: _Content | None = None, ann: AnnIndex | None = None,
+                 ranker: RankingStage | None = None):
+        self.model, self.manifest, self.ranker = model.eval(), manifest, ranker
         if isinstance(model, TIGER):
             self._scorer: _IdScorer | _GeneratorScorer = _GeneratorScorer(model)
         else:
@@ -260,7 +263,11 @@ class Recommender:
             projection = load_file(bundle / PROJECTION_FILE) if PROJECTION_FILE in files else None
             norms = vectors.norm(dim=1)
             content = _Content(F.normalize(vectors, dim=1), norms > 0, meta, projection)
-        return cls(model, table.to_pydict(), manifest, popular, content, ann)
+        items = table.to_pydict()
+        ranker = None
+        if all(name in files for name in RANKER_FILES):
+            ranker = RankingStage.load(bundle, [str(x) for x in items["raw_id"]])
+        return cls(model, items, manifest, popular, content, ann, ranker)
 
     # --- small accessors (the HTTP layer uses them) ------------------------------------------------------
 
@@ -272,6 +279,11 @@ class Recommender:
     def max_history(self) -> int:
         """How many of the most recent history items the model reads."""
         return int(self.model.config.max_len)
+
+    @property
+    def history_needed(self) -> int:
+        """How many of the most recent events a request should read: what retrieval or the ranker reads."""
+        return max(self.max_history, self.ranker.max_len if self.ranker is not None else 0)
 
     def knows(self, item_id: Any) -> bool:
         return str(item_id) in self.index
@@ -291,7 +303,8 @@ class Recommender:
     def recommend(self, history: Iterable[Any], k: int = 10, *, timestamps: Iterable[Any] | None = None,
                   exclude_seen: bool = True, allow: Iterable[Any] | None = None, deny: Iterable[Any] | None = None,
                   query: str | None = None, query_weight: float = 0.5,
-                  deadline_ms: float | None = None) -> Recommendation:
+                  deadline_ms: float | None = None, actions: Iterable[dict[str, Any] | None] | None = None,
+                  user_id: str | None = None, strict_actions: bool = True) -> Recommendation:
         """Top-``k`` items after ``history`` (raw item ids, oldest first).
 
         Unknown ids (in ``history``, ``allow`` or ``deny``) are skipped with a warning; only the most recent
@@ -301,6 +314,13 @@ class Recommender:
         ``(1 - query_weight) * z(model) + query_weight * z(cosine(query, item))``, z-scored over the catalog;
         with no usable history the query alone ranks (``mode="content"``). No usable history and no query, a
         model error or a missed ``deadline_ms``: the popularity list answers (``fallback=True``, ``reason``).
+
+        With a ranking stage in the bundle (:mod:`genrec.serve.ranking`) the filtered top ``ranker.candidates``
+        are reordered by the ranker and every item carries ``retrieval_score`` and ``predictions`` (per task);
+        ``actions`` (one dict of signals per history item, or None for the default interaction) and ``user_id``
+        (the ranker's user features) feed it. A bad action raises ValueError; with ``strict_actions=False``
+        (stored events, which may predate this ranker) unknown signals are ignored. A ranker failure keeps the
+        retrieval order (warning, no fallback).
         """
         t0 = time.perf_counter()
         k = _check_k(k)
@@ -318,6 +338,7 @@ class Recommender:
                 ts = [int(t) for t in ts]
             except (TypeError, ValueError):
                 raise ValueError("timestamps must be integers (seconds)") from None
+        codes = self._action_codes(history, actions, strict_actions)
         if query is not None:
             if not isinstance(query, str):
                 raise ValueError(f"query must be a string, got {type(query).__name__}")
@@ -370,6 +391,7 @@ class Recommender:
             warnings.append(f"the model failed ({type(e).__name__}); answered from popularity")
             return self._fallback(k, mask, warnings, MODEL_ERROR, truncated)
         warnings += more
+        pool = k if self.ranker is None else max(k, self.ranker.candidates)  # what the ranker reorders
         if isinstance(scores, tuple):  # a partial scorer: its candidates' ids and scores only
             ids, values = scores
             keep = mask[ids]
@@ -382,16 +404,50 @@ class Recommender:
                     source = "the approximate index's candidates"
                 warnings.append(f"only {n} of the {n_allowed} allowed items are among {source}; "
                                 f"returning {n} instead of {k}")
-            order = torch.topk(values, min(k, n)).indices if n else torch.zeros(0, dtype=torch.int64)
+            order = torch.topk(values, min(pool, n)).indices if n else torch.zeros(0, dtype=torch.int64)
             top, top_scores = ids[order], values[order]
         else:
             scores = scores.clone()
             scores[~mask] = -torch.inf
             n = int(mask.sum())
-            top = torch.topk(scores, min(k, n)).indices if n else torch.zeros(0, dtype=torch.int64)
+            top = torch.topk(scores, min(pool, n)).indices if n else torch.zeros(0, dtype=torch.int64)
             top_scores = scores[top]
-        return Recommendation(self._items(top.numpy(), top_scores.tolist()), warnings, fallback=False,
-                              model_version=self.version, truncated=truncated, mode=mode)
+        if self.ranker is None:
+            return Recommendation(self._items(top.numpy(), top_scores.tolist()), warnings, fallback=False,
+                                  model_version=self.version, truncated=truncated, mode=mode)
+        items, ranked = self._rerank(user_id, history, ts, codes, top.numpy(), top_scores.double().numpy(), k,
+                                     warnings)
+        return Recommendation(items, warnings, fallback=False, model_version=self.version, truncated=truncated,
+                              mode=mode + "+ranker" if ranked else mode)
+
+    def _action_codes(self, history: list[Any], actions: Iterable[Any] | None, strict: bool) -> np.ndarray | None:
+        """The ranker's action codes of the history (None without a ranking stage); ValueError on bad input."""
+        if actions is not None:
+            actions = _id_list(actions, "actions")
+            if len(actions) != len(history):
+                raise ValueError(f"actions has {len(actions)} entries for a history of {len(history)} items")
+            if any(a is not None and not isinstance(a, dict) for a in actions):
+                raise ValueError("actions must hold one object (signal -> number) or null per history item")
+        if self.ranker is None:
+            return None
+        return self.ranker.encode_actions(actions if actions is not None else [None] * len(history), strict=strict)
+
+    def _rerank(self, user_id: str | None, history: list[Any], ts: list[int] | None, codes: np.ndarray | None,
+                top: np.ndarray, scores: np.ndarray, k: int, warnings: list[str]) -> tuple[list[dict], bool]:
+        """The ranking stage over the retrieval pool: (the top-k items with predictions, whether it ran)."""
+        assert self.ranker is not None and codes is not None
+        try:
+            ranked = self.ranker.rerank(user_id, [str(h) for h in history], ts, codes, top, scores)
+        except Exception as e:  # noqa: BLE001 - the retrieval order still answers
+            log.exception("ranking stage failed; answering in retrieval order")
+            warnings.append(f"the ranker failed ({type(e).__name__}); answered in retrieval order")
+            return self._items(top[:k], scores[:k].tolist()), False
+        pick = ranked.order[:k]
+        items = self._items(top[pick], ranked.final[pick].tolist())
+        for row, j in zip(items, pick.tolist(), strict=True):
+            row["retrieval_score"] = float(scores[j])
+            row["predictions"] = {t: None if np.isnan(v[j]) else float(v[j]) for t, v in ranked.predictions.items()}
+        return items, True
 
     def _rank(self, known: list[int], known_ts: list[int] | None, query: str | None,
               weight: float, width: int, allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, str, list[str]]:

@@ -13,6 +13,7 @@ Every history is capped at ``max_events``: appending drops the oldest events bey
 from __future__ import annotations
 
 import json
+import math
 import operator
 import sqlite3
 import threading
@@ -29,15 +30,34 @@ DEFAULT_MAX_EVENTS = 200
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One interaction: the raw item id and an optional integer timestamp (seconds, as in the dataset)."""
+    """One interaction: the raw item id, an optional integer timestamp (in the dataset's unit) and optional
+    actions (signal name -> number >= 0, e.g. ``{"like": 1, "play_time_ms": 5300}``), which a bundle's ranking
+    stage reads (see genrec.data.actions)."""
 
     item_id: str
     timestamp: int | None = None
+    actions: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.item_id, str) or not self.item_id:
             raise ValueError(f"item_id must be a non-empty string, got {self.item_id!r}")
         object.__setattr__(self, "timestamp", _as_timestamp(self.timestamp))
+        object.__setattr__(self, "actions", _as_actions(self.actions))
+
+
+def _as_actions(value: object) -> dict[str, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise ValueError(f"actions must be an object of signal name -> number, got {value!r}")
+    out = {}
+    for key, v in value.items():
+        if isinstance(v, bool):
+            v = int(v)
+        if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"actions.{key}: must be a finite number >= 0, got {v!r}")
+        out[key] = v
+    return out
 
 
 def _as_timestamp(value: object) -> int | None:
@@ -124,6 +144,7 @@ class SQLiteStore:
         " user_id TEXT NOT NULL, seq INTEGER PRIMARY KEY, item_id TEXT NOT NULL, ts INTEGER)",
         "CREATE INDEX IF NOT EXISTS history_user_seq ON history (user_id, seq)",
     )
+    _ACTIONS_COLUMN = "ALTER TABLE history ADD COLUMN actions TEXT"  # JSON; files from before actions lack it
 
     def __init__(self, path: str | Path, max_events: int = DEFAULT_MAX_EVENTS):
         self.max_events = _check_max_events(max_events)
@@ -138,6 +159,8 @@ class SQLiteStore:
         with self._tx() as db:
             for sql in self._SCHEMA:
                 db.execute(sql)
+            if "actions" not in {row[1] for row in db.execute("PRAGMA table_info(history)")}:
+                db.execute(self._ACTIONS_COLUMN)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -153,8 +176,9 @@ class SQLiteStore:
                 raise
 
     def _insert(self, db: sqlite3.Connection, user_id: str, events: list[Event]) -> None:
-        db.executemany("INSERT INTO history (user_id, item_id, ts) VALUES (?, ?, ?)",
-                       [(user_id, ev.item_id, ev.timestamp) for ev in events])
+        db.executemany("INSERT INTO history (user_id, item_id, ts, actions) VALUES (?, ?, ?, ?)",
+                       [(user_id, ev.item_id, ev.timestamp, None if ev.actions is None else json.dumps(ev.actions))
+                        for ev in events])
 
     def append(self, user_id: str, events: Sequence[Event]) -> int:
         _check_user(user_id)
@@ -171,9 +195,9 @@ class SQLiteStore:
         _check_limit(limit)
         with self._lock:
             rows = self._db.execute(
-                "SELECT item_id, ts FROM (SELECT seq, item_id, ts FROM history WHERE user_id = ?"
+                "SELECT item_id, ts, actions FROM (SELECT seq, item_id, ts, actions FROM history WHERE user_id = ?"
                 " ORDER BY seq DESC LIMIT ?) ORDER BY seq", (user_id, -1 if limit is None else limit)).fetchall()
-        return [Event(item, ts) for item, ts in rows]
+        return [Event(item, ts, None if actions is None else json.loads(actions)) for item, ts, actions in rows]
 
     def has_user(self, user_id: str) -> bool:
         with self._lock:
@@ -194,7 +218,8 @@ class SQLiteStore:
 
 
 class RedisStore:
-    """Histories in Redis: one list per user (``{prefix}h:{user_id}``) of JSON ``[item_id, timestamp]`` pairs.
+    """Histories in Redis: one list per user (``{prefix}h:{user_id}``) of JSON ``[item_id, timestamp]`` pairs, or
+    ``[item_id, timestamp, actions]`` for events with actions.
 
     Appends are RPUSH + LTRIM inside MULTI/EXEC, so other clients never see an uncapped or half-appended list.
     The redis-py client is thread-safe (connection pool), so no lock is needed here.
@@ -218,7 +243,8 @@ class RedisStore:
 
     @staticmethod
     def _encode(events: list[Event]) -> list[str]:
-        return [json.dumps([ev.item_id, ev.timestamp]) for ev in events]
+        return [json.dumps([ev.item_id, ev.timestamp] + ([ev.actions] if ev.actions is not None else []))
+                for ev in events]
 
     def append(self, user_id: str, events: Sequence[Event]) -> int:
         _check_user(user_id)

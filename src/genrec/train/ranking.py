@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from genrec.data.actions import schema_for
 from genrec.data.impressions import (
     ImpressionLog,
     ImpressionSplit,
@@ -42,7 +43,7 @@ from genrec.data.impressions import (
 from genrec.errors import ConfigError
 from genrec.eval import ctr
 from genrec.eval.report import git_commit, machine
-from genrec.io import write_json
+from genrec.io import write_json, write_vocab
 from genrec.models import RANKING
 from genrec.models.ranking import RankBatch, RankSpec
 from genrec.progress import progress_bar
@@ -251,7 +252,11 @@ class RankingTrainer:
         save_tensors(self.run_dir / "model.safetensors", model.state_dict())
         write_json(self.run_dir / "model.json", {"name": cfg.model.name, "config": cfg.model.model_dump(mode="json"),
                                                  "spec": spec.to_json(),
-                                                 "calibration": {t: list(ab) for t, ab in calibration.items()}})
+                                                 "calibration": {t: list(ab) for t, ab in calibration.items()},
+                                                 "actions": schema_for(log.name, log.action_sizes)})
+        # the vocabularies a served ranker maps raw item and user ids through (genrec.serve.ranking)
+        write_vocab(self.run_dir / "ranker_items.parquet", log.items.raw.to_pylist())
+        write_vocab(self.run_dir / "ranker_users.parquet", log.users.raw.to_pylist())
         uncalibrated = {t: {"ece": ctr.ece(log.labels[t][rows], raw[t])[0],
                             "log_loss": ctr.log_loss(log.labels[t][rows], raw[t])} for t in calibration}
         result = {

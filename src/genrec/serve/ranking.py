@@ -1,0 +1,134 @@
+"""The ranking stage of a two-stage bundle: retrieval proposes candidates, a multi-task ranker reorders them.
+
+A bundle exported with ``genrec export RETRIEVAL_RUN --ranker RANKER_RUN`` holds, next to the retrieval model:
+
+- ``ranker.safetensors`` + ``ranker.json``: the ranking model (``genrec.models.RANKING``: ranker, dcn, din), its
+  data spec, the Platt calibration of each binary task, the action schema (:mod:`genrec.data.actions`) and the
+  stage settings below;
+- ``ranker_items.parquet`` / ``ranker_users.parquet``: the ranker's raw item and user ids in dense order (the
+  ranker's vocabularies differ from retrieval's; items and users are matched by raw id, as text).
+
+For one request (:meth:`RankingStage.rerank`):
+
+1. the retrieval stage's top ``candidates`` items (after every filter) are the candidate list;
+2. the ranker reads one request: the user (features and id embedding; unknown users and explicit histories get
+   the unknown user), the history's items the ranker knows with their actions (an event without actions counts
+   as the schema's ``default``, e.g. a click) and times (``time_scale`` x the event timestamps, in ms; none
+   given: all 0), and every candidate at the request time (the latest history time), reading the whole history;
+3. per task it predicts: a calibrated probability for binary tasks (sigmoid, then the task's Platt map), the
+   model's value for regression tasks (KuaiRand ``watch_time``: log(1 + seconds));
+4. the final order, as in the two-stage evaluation (``genrec.eval.two_stage``): ranker score r = sum over
+   ``blend`` of weight x the task's logit (regression: value); final = z(retrieval score) + ``weight`` x z(r),
+   z-scores over the candidate list (``weight`` null: z(r) alone); a candidate the ranker does not know keeps its
+   retrieval z-score as its r z-score; ties keep the retrieval order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from genrec.data.actions import encode_events
+from genrec.errors import GenrecError
+from genrec.eval.two_stage import fuse
+from genrec.io import read_json, read_vocab
+from genrec.models import RANKING
+from genrec.models.ranking import RankBatch, RankSpec
+
+DEFAULT_CANDIDATES = 200
+
+
+@dataclass
+class Ranked:
+    """The reordered candidate list: positions into the given candidates, best first, with per-task
+    predictions [M] and the final and ranker scores [M] (aligned with the given candidates)."""
+
+    order: np.ndarray
+    final: np.ndarray
+    ranker_score: np.ndarray  # NaN where the ranker does not know the item
+    predictions: dict[str, np.ndarray]  # NaN where the ranker does not know the item
+
+
+class RankingStage:
+    def __init__(self, model: torch.nn.Module, spec: RankSpec, info: dict[str, Any], items: list[str],
+                 users: list[str], retrieval_raw_ids: list[str]):
+        self.model, self.spec, self.info = model.eval(), spec, info
+        self.items = {raw: i + 1 for i, raw in enumerate(items)}
+        self.users = {raw: i + 1 for i, raw in enumerate(users)}
+        # retrieval dense id -> ranker dense id (0: the ranker does not know the item)
+        self.item_map = np.array([0] + [self.items.get(r, 0) for r in retrieval_raw_ids], dtype=np.int64)
+        self.schema = info["actions"]
+        self.calibration = {t: tuple(ab) for t, ab in (info.get("calibration") or {}).items()}
+        self.blend = {t: float(w) for t, w in info["blend"].items()}
+        self.weight = None if info.get("weight") is None else float(info["weight"])
+        self.candidates = int(info.get("candidates", DEFAULT_CANDIDATES))
+        self.time_scale = float(info.get("time_scale", 1.0))
+        self.max_len = int(info["config"].get("max_len", 200))
+
+    @classmethod
+    def load(cls, bundle: Path, retrieval_raw_ids: list[str]) -> RankingStage:
+        info = read_json(bundle / "ranker.json")
+        name = info.get("name")
+        if name not in RANKING:
+            raise GenrecError(f"{bundle}: unknown ranking model {name!r} (known: {', '.join(RANKING)})")
+        model_cls, config_cls = RANKING[name]
+        spec = RankSpec.from_json(info["spec"])
+        state = load_file(bundle / "ranker.safetensors")
+        # the feature tables are buffers: build with placeholders, then the weights bring the real codes
+        items_t = {k: torch.zeros(spec.n_items + 1, dtype=torch.int64) for k in spec.item_feature_sizes or {}}
+        users_t = {k: torch.zeros(spec.n_users + 1, dtype=torch.int64) for k in spec.user_feature_sizes or {}}
+        model = model_cls(config_cls.model_validate(info["config"]), spec, items_t, users_t)
+        model.load_state_dict(state)
+        items, users = read_vocab(bundle / "ranker_items.parquet"), read_vocab(bundle / "ranker_users.parquet")
+        if len(items) != spec.n_items or len(users) != spec.n_users:
+            raise GenrecError(f"{bundle}: the ranker's vocabularies ({len(items)} items, {len(users)} users) do not "
+                              f"match its model ({spec.n_items} items, {spec.n_users} users)")
+        return cls(model, spec, info, items, users, retrieval_raw_ids)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.spec.tasks
+
+    def encode_actions(self, actions: list[dict[str, Any] | None], strict: bool = True) -> np.ndarray:
+        """Action codes [n, A] (None: the default interaction); ValueError naming the event and the signal on
+        bad input (unknown signals are ignored with ``strict=False``)."""
+        return encode_events(self.schema, self.spec.action_sizes or {}, actions, strict=strict)
+
+    @torch.no_grad()
+    def rerank(self, user_id: str | None, history: list[str], timestamps: list[int] | None, codes: np.ndarray,
+               candidates: np.ndarray, retrieval_scores: np.ndarray) -> Ranked:
+        """Reorder ``candidates`` (retrieval dense ids [M], with their retrieval scores) for a history of raw
+        item ids (oldest first; timestamps and action codes (:meth:`encode_actions`) aligned with it)."""
+        keep = [j for j, h in enumerate(history) if h in self.items][-self.max_len:]
+        hist_items = np.array([self.items[history[j]] for j in keep], dtype=np.int64)
+        times = (np.array([timestamps[j] for j in keep], dtype=np.float64) * self.time_scale).astype(np.int64) \
+            if timestamps is not None else np.zeros(len(keep), dtype=np.int64)
+        now = int(times.max()) if len(times) else 0
+        cand = self.item_map[np.asarray(candidates, dtype=np.int64)]
+        m, n_actions = len(cand), codes.shape[1]
+        batch = RankBatch(
+            user=torch.tensor([self.users.get(user_id, 0) if user_id is not None else 0]),
+            hist_items=torch.from_numpy(hist_items)[None],
+            hist_actions=torch.from_numpy(codes[keep] if keep else np.zeros((0, n_actions), np.int64))[None],
+            hist_time=torch.from_numpy(times)[None], hist_len=torch.tensor([len(keep)]),
+            cand_items=torch.from_numpy(cand)[None], cand_time=torch.full((1, m), now, dtype=torch.int64),
+            visible=torch.full((1, m), len(keep), dtype=torch.int64))
+        out = {t: v[0].double().numpy() for t, v in self.model(batch).items()}
+        known = cand > 0
+        score = np.where(known, sum(w * out[t] for t, w in self.blend.items()), np.nan)
+        preds = {t: np.where(known, self._predict(t, v), np.nan) for t, v in out.items()}
+        final = fuse(np.asarray(retrieval_scores, dtype=np.float64)[None], score[None], self.weight)[0]
+        order = np.lexsort((np.arange(m), -final))  # ties: the retrieval order
+        return Ranked(order, final, score, preds)
+
+    def _predict(self, task: str, value: np.ndarray) -> np.ndarray:
+        if task not in self.spec.binary_tasks:
+            return value
+        a, b = self.calibration.get(task, (1.0, 0.0))
+        return 1.0 / (1.0 + np.exp(-(a * value + b)))
+

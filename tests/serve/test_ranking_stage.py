@@ -1,0 +1,173 @@
+"""A bundle with retrieval + ranker: export, the two-stage answer with per-task predictions (checked against the
+ranking model called directly), actions from events, bad input, and the fusion weight's extremes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from tests.cli_run import run
+from tests.serve.test_bundle import tiny
+from tests.train.test_ranking_trainer import config, learnable_log
+
+from genrec.data.actions import SCHEMAS, encode_events, schema_for
+from genrec.data.impressions import log_bucket, temporal_split
+from genrec.errors import GenrecError
+from genrec.models.ranking import RankBatch
+from genrec.serve import Recommender, export_bundle, load_manifest
+from genrec.serve.app import Settings, create_app
+from genrec.serve.store import Event, SQLiteStore
+from genrec.train.ranking import RankingTrainer
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny retrieval run (items '1'..'12') and a ranker trained on a log whose items are '0'..'29'."""
+    root = tmp_path_factory.mktemp("two-stage")
+    _, retrieval = tiny(root)
+    log = learnable_log()
+    days = np.unique(log.day)
+    RankingTrainer(config("ranker", epochs=2), root / "ranker", log=log,
+                   split=temporal_split(log, valid_day=int(days[7]), test_day=int(days[8])),
+                   show_progress=False).fit()
+    return retrieval, root / "ranker", root
+
+
+@pytest.fixture(scope="module")
+def bundle(runs):
+    retrieval, ranker, root = runs
+    return export_bundle(retrieval, root / "bundle", ranker=ranker, ranker_options={"weight": 0.5, "candidates": 8})
+
+
+def test_export_writes_the_stage_and_checksums_it(bundle, runs):
+    m = load_manifest(bundle)
+    assert m["ranker"]["model"] == "ranker" and m["ranker"]["retrieval_items_known"] == 12
+    assert m["ranker"]["blend"] == {"click": 1.0} and m["ranker"]["candidates"] == 8
+    assert {"ranker.safetensors", "ranker.json", "ranker_items.parquet", "ranker_users.parquet"} <= set(m["files"])
+    info = json.loads((bundle / "ranker.json").read_text())
+    assert info["actions"] == schema_for("gen", {"signals": 5})  # a generated log: codes as given
+    _, _, root = runs
+    broken = root / "broken"
+    broken.mkdir()
+    for f in bundle.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "ranker.json").write_text(json.dumps({**info, "weight": 3.0}))
+    with pytest.raises(GenrecError, match="ranker.json does not match its checksum"):
+        Recommender.load(broken)
+
+
+def test_two_stage_answer_matches_the_ranking_model(bundle):
+    rec = Recommender.load(bundle)
+    history, times = ["3", "4", "5"], [1_650_000_000_000 + i * 60_000 for i in range(3)]
+    actions = [{"signals": 2}, None, {"signals": 4}]
+    out = rec.recommend(history, k=5, timestamps=times, actions=actions, user_id="7")
+    assert out.mode == "model+ranker" and len(out.items) == 5 and not out.fallback
+    scores = [r["score"] for r in out.items]
+    assert scores == sorted(scores, reverse=True)
+    tasks = {"click", "forward", "watch_time"}
+    assert all(set(r["predictions"]) == tasks and 0 <= r["predictions"]["click"] <= 1 for r in out.items)
+
+    # The ranking model called directly, with the ids, actions, user and times mapped by hand.
+    stage = rec.ranker
+    item = {str(i): i + 1 for i in range(30)}  # the log's raw ids 0..29 are dense ids 1..30
+    ids = [r["item_id"] for r in out.items]
+    batch = RankBatch(user=torch.tensor([8]), hist_items=torch.tensor([[item[h] for h in history]]),
+                      hist_actions=torch.tensor([[[2], [1], [4]]]), hist_time=torch.tensor([times]),
+                      hist_len=torch.tensor([3]), cand_items=torch.tensor([[item[i] for i in ids]]),
+                      cand_time=torch.full((1, 5), times[-1]), visible=torch.full((1, 5), 3))
+    with torch.no_grad():
+        direct = stage.model(batch)
+    a, b = stage.calibration["click"]
+    expected = torch.sigmoid(a * direct["click"][0].double() + b).numpy()
+    got = np.array([r["predictions"]["click"] for r in out.items])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose([r["predictions"]["watch_time"] for r in out.items],
+                               direct["watch_time"][0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_fusion_weight_extremes(runs):
+    retrieval, ranker, root = runs
+    plain = Recommender.load(export_bundle(retrieval, root / "plain"))
+    zero = Recommender.load(export_bundle(retrieval, root / "w0", ranker=ranker, ranker_options={"weight": 0.0}))
+    alone = Recommender.load(export_bundle(retrieval, root / "wnone", ranker=ranker,
+                                           ranker_options={"weight": None}))
+    history = ["2", "6", "9"]
+    base = [r["item_id"] for r in plain.recommend(history, k=9).items]
+    assert [r["item_id"] for r in zero.recommend(history, k=9).items] == base  # w = 0: retrieval order
+    by_ranker = alone.recommend(history, k=9).items
+    logits = [np.log(r["predictions"]["click"] / (1 - r["predictions"]["click"])) for r in by_ranker]
+    a, _ = alone.ranker.calibration["click"]
+    assert np.all(np.diff(np.array(logits) * np.sign(a)) <= 1e-9)  # ranker alone: by its click logit
+    assert {r["item_id"] for r in by_ranker} == set(base)  # the same retrieved pool
+
+
+def test_events_with_actions_reach_the_ranker_and_bad_ones_are_422(bundle, tmp_path):
+    c = TestClient(create_app(Settings(bundle=bundle, store=str(tmp_path / "h.sqlite"))))
+    body = {"user_id": "7", "items": ["3", "4"], "timestamps": [1, 2], "actions": [{"signals": 4}, {"signals": 4}]}
+    assert c.post("/v1/events", json=body).status_code == 200
+    first = c.post("/v1/recommend", json={"user_id": "7", "k": 3}).json()
+    assert all("predictions" in r for r in first["items"])
+    c.post("/v1/events", json={"user_id": "8", "items": ["3", "4"], "timestamps": [1, 2],
+                               "actions": [{"signals": 1}, {"signals": 1}]})
+    other = c.post("/v1/recommend", json={"user_id": "8", "k": 3, "exclude_seen": True}).json()
+    assert [r["predictions"] for r in other["items"]] != [r["predictions"] for r in first["items"]]
+
+    bad = c.post("/v1/events", json={"user_id": "9", "items": ["3"], "actions": [{"likes": 1}]})
+    assert bad.status_code == 422 and "unknown signal 'likes'" in bad.text
+    assert c.post("/v1/recommend", json={"user_id": "9", "k": 2}).json()["fallback"]  # nothing was stored
+    for actions, field in (([{"signals": -1}], "actions"), ([{"signals": 1}, None], "actions")):
+        r = c.post("/v1/events", json={"user_id": "9", "items": ["3"], "actions": actions})
+        assert r.status_code == 422 and field in r.text
+    r = c.post("/v1/recommend", json={"history": ["3"], "actions": [{"signals": 9}]})
+    assert r.status_code == 422 and "outside [1, 5)" in r.text
+
+
+def test_export_refuses_what_cannot_be_a_ranking_stage(runs, capsys):
+    retrieval, ranker, root = runs
+    with pytest.raises(GenrecError, match="not a ranking model"):
+        export_bundle(retrieval, root / "x1", ranker=retrieval)
+    with pytest.raises(GenrecError, match="task_blend names"):
+        export_bundle(retrieval, root / "x2", ranker=ranker, ranker_options={"blend": {"rate": 1.0}})
+    assert not (root / "x1").exists() and not (root / "x2").exists()
+    code, out, _ = run(["export", str(retrieval), "--out", str(root / "x3"), "--ranker", str(ranker),
+                        "--ranker-weight", "none", "--ranker-blend", "click=1,forward=0.5"], capsys)
+    assert code == 0 and "ranking stage: ranker" in out
+    assert load_manifest(root / "x3")["ranker"]["weight"] is None
+    code, _, err = run(["export", str(retrieval), "--out", str(root / "x4"), "--ranker", str(ranker),
+                        "--ranker-weight", "lots"], capsys)
+    assert code != 0 and "--ranker-weight" in err
+
+
+def test_action_schemas_encode_like_the_readers():
+    rng = np.random.default_rng(0)
+    cols = {s: (rng.random(500) < 0.3).astype(np.int64) for s in SCHEMAS["kuairand-pure"]["fields"]["signals"]["inputs"]}
+    play = rng.integers(0, 10**7, 500)
+    events = [{**{s: int(v[i]) for s, v in cols.items()}, "play_time_ms": int(play[i])} for i in range(500)]
+    codes = encode_events(SCHEMAS["kuairand-pure"], {"signals": 129, "watch": 17}, events)
+    bits = sum(v << b for b, v in enumerate(cols.values()))
+    np.testing.assert_array_equal(codes, np.stack([1 + bits, 1 + log_bucket(play, 250.0, 16)], axis=1))
+    assert encode_events(SCHEMAS["kuairand-pure"], {"signals": 129, "watch": 17}, [None]).tolist() == [[2, 1]]
+    with pytest.raises(ValueError, match=r"actions\[0\]: unknown signal 'clicks'"):
+        encode_events(SCHEMAS["kuairand-pure"], {"signals": 129, "watch": 17}, [{"clicks": 1}])
+    assert encode_events(SCHEMAS["kuairand-pure"], {"signals": 129, "watch": 17}, [{"clicks": 1}],
+                         strict=False).tolist() == [[1, 1]]
+
+
+def test_sqlite_store_keeps_actions_and_upgrades_old_files(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)  # the layout before actions existed
+    db.execute("CREATE TABLE history (user_id TEXT NOT NULL, seq INTEGER PRIMARY KEY, item_id TEXT NOT NULL, "
+               "ts INTEGER)")
+    db.execute("INSERT INTO history (user_id, item_id, ts) VALUES ('u', 'a', 1)")
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    store.append("u", [Event("b", 2, {"like": 1, "play_time_ms": 5300.5})])
+    assert store.history("u") == [Event("a", 1), Event("b", 2, {"like": 1, "play_time_ms": 5300.5})]
+    with pytest.raises(ValueError, match="actions.like"):
+        Event("c", None, {"like": -1})
+    store.close()
