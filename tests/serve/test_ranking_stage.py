@@ -89,6 +89,19 @@ def test_two_stage_answer_matches_the_ranking_model(bundle):
                                direct["watch_time"][0].numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_requests_batched_together_score_as_alone(bundle):
+    stage = Recommender.load(bundle).ranker
+    rng = np.random.default_rng(0)
+    requests = [{"user": u, "items": rng.integers(1, 31, n), "actions": rng.integers(1, 5, (n, 1)),
+                 "time": np.sort(rng.integers(0, 10**9, n)), "cand": rng.integers(0, 31, m)}
+                for u, n, m in ((3, 5, 7), (0, 0, 4), (9, 12, 9))]
+    together = stage._forward(requests)
+    for request, batched in zip(requests, together, strict=True):
+        alone = stage._forward([request])[0]
+        for task in stage.tasks:
+            np.testing.assert_allclose(batched[task], alone[task], rtol=1e-5, atol=1e-6)
+
+
 def test_fusion_weight_extremes(runs):
     retrieval, ranker, root = runs
     plain = Recommender.load(export_bundle(retrieval, root / "plain"))
@@ -144,7 +157,8 @@ def test_export_refuses_what_cannot_be_a_ranking_stage(runs, capsys):
 
 def test_action_schemas_encode_like_the_readers():
     rng = np.random.default_rng(0)
-    cols = {s: (rng.random(500) < 0.3).astype(np.int64) for s in SCHEMAS["kuairand-pure"]["fields"]["signals"]["inputs"]}
+    signals = SCHEMAS["kuairand-pure"]["fields"]["signals"]["inputs"]
+    cols = {s: (rng.random(500) < 0.3).astype(np.int64) for s in signals}
     play = rng.integers(0, 10**7, 500)
     events = [{**{s: int(v[i]) for s, v in cols.items()}, "play_time_ms": int(play[i])} for i in range(500)]
     codes = encode_events(SCHEMAS["kuairand-pure"], {"signals": 129, "watch": 17}, events)

@@ -39,6 +39,7 @@ from genrec.eval.two_stage import fuse
 from genrec.io import read_json, read_vocab
 from genrec.models import RANKING
 from genrec.models.ranking import RankBatch, RankSpec
+from genrec.serve.batching import Batcher
 
 DEFAULT_CANDIDATES = 200
 
@@ -69,6 +70,7 @@ class RankingStage:
         self.candidates = int(info.get("candidates", DEFAULT_CANDIDATES))
         self.time_scale = float(info.get("time_scale", 1.0))
         self.max_len = int(info["config"].get("max_len", 200))
+        self.batcher = Batcher(self._forward, max_batch=8)
 
     @classmethod
     def load(cls, bundle: Path, retrieval_raw_ids: list[str]) -> RankingStage:
@@ -99,32 +101,48 @@ class RankingStage:
         bad input (unknown signals are ignored with ``strict=False``)."""
         return encode_events(self.schema, self.spec.action_sizes or {}, actions, strict=strict)
 
-    @torch.no_grad()
     def rerank(self, user_id: str | None, history: list[str], timestamps: list[int] | None, codes: np.ndarray,
                candidates: np.ndarray, retrieval_scores: np.ndarray) -> Ranked:
         """Reorder ``candidates`` (retrieval dense ids [M], with their retrieval scores) for a history of raw
-        item ids (oldest first; timestamps and action codes (:meth:`encode_actions`) aligned with it)."""
+        item ids (oldest first; timestamps and action codes (:meth:`encode_actions`) aligned with it).
+        Concurrent calls share one padded forward pass (:class:`genrec.serve.batching.Batcher`)."""
         keep = [j for j, h in enumerate(history) if h in self.items][-self.max_len:]
-        hist_items = np.array([self.items[history[j]] for j in keep], dtype=np.int64)
         times = (np.array([timestamps[j] for j in keep], dtype=np.float64) * self.time_scale).astype(np.int64) \
             if timestamps is not None else np.zeros(len(keep), dtype=np.int64)
-        now = int(times.max()) if len(times) else 0
-        cand = self.item_map[np.asarray(candidates, dtype=np.int64)]
-        m, n_actions = len(cand), codes.shape[1]
-        batch = RankBatch(
-            user=torch.tensor([self.users.get(user_id, 0) if user_id is not None else 0]),
-            hist_items=torch.from_numpy(hist_items)[None],
-            hist_actions=torch.from_numpy(codes[keep] if keep else np.zeros((0, n_actions), np.int64))[None],
-            hist_time=torch.from_numpy(times)[None], hist_len=torch.tensor([len(keep)]),
-            cand_items=torch.from_numpy(cand)[None], cand_time=torch.full((1, m), now, dtype=torch.int64),
-            visible=torch.full((1, m), len(keep), dtype=torch.int64))
-        out = {t: v[0].double().numpy() for t, v in self.model(batch).items()}
-        known = cand > 0
+        request = {"user": self.users.get(user_id, 0) if user_id is not None else 0,
+                   "items": np.array([self.items[history[j]] for j in keep], dtype=np.int64),
+                   "actions": codes[keep].reshape(len(keep), codes.shape[1]), "time": times,
+                   "cand": self.item_map[np.asarray(candidates, dtype=np.int64)]}
+        out = self.batcher.submit(request)
+        known = request["cand"] > 0
         score = np.where(known, sum(w * out[t] for t, w in self.blend.items()), np.nan)
         preds = {t: np.where(known, self._predict(t, v), np.nan) for t, v in out.items()}
         final = fuse(np.asarray(retrieval_scores, dtype=np.float64)[None], score[None], self.weight)[0]
-        order = np.lexsort((np.arange(m), -final))  # ties: the retrieval order
+        order = np.lexsort((np.arange(len(final)), -final))  # ties: the retrieval order
         return Ranked(order, final, score, preds)
+
+    @torch.no_grad()
+    def _forward(self, requests: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
+        """One padded RankBatch for the requests; each candidate reads its request's whole history at the
+        request time (the latest history time). Returns {task: [M_b]} per request."""
+        b = len(requests)
+        hist_len = np.array([len(r["items"]) for r in requests], dtype=np.int64)
+        n_cand = np.array([len(r["cand"]) for r in requests], dtype=np.int64)
+        width, m, n_actions = max(int(hist_len.max()), 1), int(n_cand.max()), requests[0]["actions"].shape[1]
+        items, times = np.zeros((b, width), np.int64), np.zeros((b, width), np.int64)
+        actions, cand = np.zeros((b, width, n_actions), np.int64), np.zeros((b, m), np.int64)
+        for i, r in enumerate(requests):
+            n = hist_len[i]
+            items[i, :n], times[i, :n], actions[i, :n] = r["items"], r["time"], r["actions"]
+            cand[i, :n_cand[i]] = r["cand"]
+        now = times.max(axis=1, initial=0)
+        batch = RankBatch(user=torch.tensor([r["user"] for r in requests]), hist_items=torch.from_numpy(items),
+                          hist_actions=torch.from_numpy(actions), hist_time=torch.from_numpy(times),
+                          hist_len=torch.from_numpy(hist_len), cand_items=torch.from_numpy(cand),
+                          cand_time=torch.from_numpy(np.repeat(now[:, None], m, axis=1)),
+                          visible=torch.from_numpy(np.repeat(hist_len[:, None], m, axis=1)))
+        out = {t: v.double().numpy() for t, v in self.model(batch).items()}
+        return [{t: v[i, :n_cand[i]] for t, v in out.items()} for i in range(b)]
 
     def _predict(self, task: str, value: np.ndarray) -> np.ndarray:
         if task not in self.spec.binary_tasks:

@@ -23,11 +23,10 @@ blending are shared); a small internal scorer holds the model-specific part:
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ from genrec.io import read_json
 from genrec.models import SequentialModel
 from genrec.models.tiger import TIGER
 from genrec.serve.ann import ANN_FILE, AnnIndex
+from genrec.serve.batching import Batcher
 from genrec.serve.bundle import CONTENT_FILES, POPULARITY_FILE, PROJECTION_FILE, RANKER_FILES, load_manifest
 from genrec.serve.model_io import load_model
 from genrec.serve.ranking import RankingStage
@@ -85,58 +85,19 @@ class _Content:
     projection: dict[str, torch.Tensor] | None  # pca map (mean, components) when the table was projected
 
 
-class _Batcher:
-    """Dynamic batching of the model's forward pass: concurrent requests queue their histories and one of them
-    (the leader, whoever holds the lock) runs everything queued through the model as one padded batch (up to
-    ``max_batch`` at a time), handing each request its last hidden state.
-
-    Under concurrent load one forward pass for B histories costs less than B passes (the per-call overhead of a
-    small model dominates on CPU), and one thread at a time in the model keeps request threads from contending
-    for the interpreter. A lone request runs its own pass at once, on its own thread: no hand-over, no wait."""
-
-    def __init__(self, model: SequentialModel, max_batch: int = 32, poll_s: float = 0.001):
-        self.model, self.max_batch, self.poll_s = model, max_batch, poll_s
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-
-    def hidden(self, known: list[int], known_ts: list[int] | None) -> torch.Tensor:
-        """The last hidden state [D] after ``known`` (dense ids), computed in a batch with concurrent calls."""
-        done: Future = Future()
-        self._queue.put((known, known_ts, done))
-        while True:
-            if self._lock.acquire(blocking=False):
-                try:
-                    while not done.done() and not self._queue.empty():  # lead until ours is answered
-                        self._run_batch()
-                finally:
-                    self._lock.release()
-            try:  # a leader runs our job; poll in case it released the lock just before we queued
-                return done.result(timeout=self.poll_s)
-            except FutureTimeout:
-                continue
-
-    def _run_batch(self) -> None:
-        jobs = []
-        while len(jobs) < self.max_batch:
-            try:
-                jobs.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        with_ts = [j for j in jobs if j[1] is not None]
-        for group, ts in ((with_ts, True), ([j for j in jobs if j[1] is None], False)):
-            if group:
-                self._forward(group, ts)
-
-    def _forward(self, jobs: list, timestamps: bool) -> None:
-        try:
-            ts = Jagged.from_lists([j[1] for j in jobs]) if timestamps and self.model.use_timestamps else None
-            h = self.model.last_hidden(Jagged.from_lists([j[0] for j in jobs]), timestamps=ts).float().cpu()
-        except Exception as e:  # noqa: BLE001 - every request of the batch gets the error
-            for job in jobs:
-                job[2].set_exception(e)
-            return
-        for i, job in enumerate(jobs):
-            job[2].set_result(h[i])
+def _hidden_states(model: SequentialModel, jobs: list[tuple[list[int], list[int] | None]]) -> list[torch.Tensor]:
+    """The last hidden state [D] after each (dense history, timestamps or None); histories with and without
+    timestamps run as separate passes."""
+    out: list[torch.Tensor | None] = [None] * len(jobs)
+    for timed in (True, False):
+        idx = [i for i, (_, ts) in enumerate(jobs) if (ts is not None) == timed]
+        if not idx:
+            continue
+        ts = Jagged.from_lists([jobs[i][1] for i in idx]) if timed and model.use_timestamps else None
+        h = model.last_hidden(Jagged.from_lists([jobs[i][0] for i in idx]), timestamps=ts).float().cpu()
+        for row, i in enumerate(idx):
+            out[i] = h[row]
+    return out  # type: ignore[return-value]
 
 
 class _IdScorer:
@@ -146,7 +107,7 @@ class _IdScorer:
 
     def __init__(self, model: SequentialModel):
         self.model = model
-        self.batcher = _Batcher(model)
+        self.batcher = Batcher(lambda jobs: _hidden_states(model, jobs))
         self.items = model.item_table().detach().float().cpu()  # computed once, not per request
 
     def item_table(self) -> torch.Tensor:
@@ -154,7 +115,7 @@ class _IdScorer:
 
     def score(self, known: list[int], known_ts: list[int] | None, width: int,
               allow: torch.Tensor | None = None) -> tuple[torch.Tensor, list[str]]:
-        return self.items @ self.batcher.hidden(known, known_ts), []
+        return self.items @ self.batcher.submit((known, known_ts)), []
 
 
 class _AnnScorer(_IdScorer):
@@ -170,7 +131,7 @@ class _AnnScorer(_IdScorer):
 
     def score(self, known: list[int], known_ts: list[int] | None, width: int,
               allow: torch.Tensor | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor], list[str]]:
-        h = self.batcher.hidden(known, known_ts)
+        h = self.batcher.submit((known, known_ts))
         if allow is not None:
             return (allow, self.items[allow] @ h), []
         ids, found = self.ann.search(h.numpy()[None], min(width + ANN_MARGIN, self.model.n_items))
