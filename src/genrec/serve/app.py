@@ -11,6 +11,7 @@ started with (GENREC_SERVE_BUNDLE) the same way.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import signal
@@ -25,10 +26,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.datastructures import Headers
 
 from genrec.serve.recommender import Recommender
 from genrec.serve.store import Event, HistoryStore, open_store
@@ -157,23 +160,7 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
                   description="Generative recommendation: recommendations, live events, similar items.")
     app.state.serving = serving
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        endpoint = "rejected"  # a fixed label: raw paths would make the metric's label set unbounded
-        start = time.perf_counter()
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
-            response = JSONResponse({"detail": f"request body over the {settings.max_body_bytes}-byte limit"}, 413)
-        elif settings.api_key and request.url.path not in OPEN_PATHS and not _authorised(request, settings.api_key):
-            response = JSONResponse({"detail": "missing or wrong bearer token"}, 401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-        else:
-            response = await call_next(request)
-            route = request.scope.get("route")
-            endpoint = route.path if route is not None else "unmatched"
-        serving.requests.labels(endpoint, str(response.status_code)).inc()
-        serving.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(_Guard, settings=settings, serving=serving)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -182,7 +169,7 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return JSONResponse({"detail": summary, "errors": errors}, 422)
 
-    def state() -> Serving:
+    async def state() -> Serving:  # async: a sync dependency would cost a thread hop per request
         return serving
 
     @app.get("/healthz")
@@ -200,12 +187,14 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
         return Response(generate_latest(s.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/recommend")
-    def recommend(body: RecommendRequest, s: Serving = Depends(state)) -> dict[str, Any]:
+    async def recommend(body: RecommendRequest, s: Serving = Depends(state)) -> Response:
+        # async: the checks and the answer run on the event loop and only the model runs on a worker thread
+        # (Recommender.recommend_async), which saves a thread hand-over per request under load
         rec = s.current()
         warnings: list[str] = []
         history, timestamps, actions = body.history or [], body.timestamps, body.actions
-        if body.user_id is not None:
-            events = s.store.history(body.user_id, limit=rec.history_needed)
+        if body.user_id is not None:  # the store may wait on a write's fsync: not on the event loop
+            events = await run_in_threadpool(s.store.history, body.user_id, limit=rec.history_needed)
             if not events:
                 warnings.append(f"unknown user {body.user_id!r}: cold-start answer")
             history = [e.item_id for e in events]
@@ -213,16 +202,16 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
                                                                           for e in events) else None
             actions = [e.actions for e in events]
         try:
-            result = rec.recommend(history, k=body.k, timestamps=timestamps, exclude_seen=body.exclude_seen,
-                                   allow=body.allow, deny=body.deny, query=body.query,
-                                   deadline_ms=s.settings.deadline_ms, actions=actions, user_id=body.user_id,
-                                   strict_actions=body.user_id is None)
+            result = await rec.recommend_async(
+                history, k=body.k, timestamps=timestamps, exclude_seen=body.exclude_seen, allow=body.allow,
+                deny=body.deny, query=body.query, deadline_ms=s.settings.deadline_ms, actions=actions,
+                user_id=body.user_id, strict_actions=body.user_id is None)
         except ValueError as e:  # e.g. a signal the bundle's ranker does not read
             raise HTTPException(422, str(e)) from None
         if result.fallback:
             s.fallbacks.labels(result.reason or "no usable history").inc()
-        return {"user_id": body.user_id, "items": result.items, "model_version": rec.version,
-                "fallback": result.fallback, "reason": result.reason, "warnings": warnings + result.warnings}
+        return _json({"user_id": body.user_id, "items": result.items, "model_version": rec.version,
+                      "fallback": result.fallback, "reason": result.reason, "warnings": warnings + result.warnings})
 
     @app.post("/v1/events")
     def events(body: EventsRequest, s: Serving = Depends(state)) -> dict[str, Any]:
@@ -332,6 +321,12 @@ def add_page_routes(app: FastAPI, serving: Serving) -> None:
                             headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})
 
 
+def _json(content: dict[str, Any]) -> Response:
+    """A JSON answer of plain Python values, encoded once (FastAPI would walk it with jsonable_encoder first)."""
+    return Response(json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(),
+                    media_type="application/json")
+
+
 def _item_row(rec: Recommender, i: int) -> dict[str, Any]:
     """Dense id ``i`` as the API shows an item: its raw id and display fields."""
     return {"item_id": rec.raw_ids[i - 1], **{k: v[i - 1] for k, v in rec.display.items()}}
@@ -356,8 +351,49 @@ def _local_image(rec: Recommender, item_id: str, bundle: Path) -> Path | None:
     return None
 
 
-def _authorised(request: Request, key: str) -> bool:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+class _Guard:
+    """Body-size limit, API key and per-endpoint metrics, as a plain ASGI middleware (Starlette's
+    BaseHTTPMiddleware would run every request through extra tasks and memory streams)."""
+
+    def __init__(self, app: Any, settings: Settings, serving: Serving):
+        self.app, self.settings, self.serving = app, settings, serving
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, settings = time.perf_counter(), self.settings
+        headers = Headers(scope=scope)
+        size = headers.get("content-length")
+        endpoint, status = "rejected", 500  # a fixed label: raw paths would make the label set unbounded
+        try:
+            if size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
+                status = 413
+                await JSONResponse({"detail": f"request body over the {settings.max_body_bytes}-byte limit"},
+                                   413)(scope, receive, send)
+            elif settings.api_key and scope["path"] not in OPEN_PATHS and not _authorised(headers, settings.api_key):
+                status = 401
+                await JSONResponse({"detail": "missing or wrong bearer token"}, 401,
+                                   headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            else:
+                async def record(message: dict) -> None:
+                    nonlocal status
+                    if message["type"] == "http.response.start":
+                        status = message["status"]
+                    await send(message)
+
+                try:
+                    await self.app(scope, receive, record)
+                finally:
+                    route = scope.get("route")
+                    endpoint = route.path if route is not None else "unmatched"
+        finally:
+            self.serving.requests.labels(endpoint, str(status)).inc()
+            self.serving.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+def _authorised(headers: Headers, key: str) -> bool:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), key.encode())
 
 

@@ -22,10 +22,11 @@ blending are shared); a small internal scorer holds the model-specific part:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -261,11 +262,8 @@ class Recommender:
 
     # --- recommend ----------------------------------------------------------------------------------------
 
-    def recommend(self, history: Iterable[Any], k: int = 10, *, timestamps: Iterable[Any] | None = None,
-                  exclude_seen: bool = True, allow: Iterable[Any] | None = None, deny: Iterable[Any] | None = None,
-                  query: str | None = None, query_weight: float = 0.5,
-                  deadline_ms: float | None = None, actions: Iterable[dict[str, Any] | None] | None = None,
-                  user_id: str | None = None, strict_actions: bool = True) -> Recommendation:
+    def recommend(self, history: Iterable[Any], k: int = 10, *, deadline_ms: float | None = None,
+                  **options: Any) -> Recommendation:
         """Top-``k`` items after ``history`` (raw item ids, oldest first).
 
         Unknown ids (in ``history``, ``allow`` or ``deny``) are skipped with a warning; only the most recent
@@ -284,6 +282,50 @@ class Recommender:
         retrieval order (warning, no fallback).
         """
         t0 = time.perf_counter()
+        steps = self._steps(history, k, deadline_ms=deadline_ms, **options)
+        try:
+            compute = next(steps)
+        except StopIteration as done:  # answered without the model (no usable history)
+            return done.value
+        if deadline_ms is None:
+            outcome = _run(compute)
+        else:
+            future = self._executor().submit(_run, compute)
+            try:
+                outcome = future.result(timeout=max(float(deadline_ms) / 1000 - (time.perf_counter() - t0), 0.0))
+            except FutureTimeout:
+                future.cancel()  # not started yet: never runs; running: finishes in the background, ignored
+                outcome = DEADLINE_OUTCOME
+        return _finish(steps, outcome)
+
+    async def recommend_async(self, history: Iterable[Any], k: int = 10, *, deadline_ms: float | None = None,
+                              **options: Any) -> Recommendation:
+        """:meth:`recommend` for an event loop: the checks and the answer run on the loop, the model on a worker
+        thread, awaited with the deadline (no thread is held while it waits)."""
+        t0 = time.perf_counter()
+        steps = self._steps(history, k, deadline_ms=deadline_ms, **options)
+        try:
+            compute = next(steps)
+        except StopIteration as done:
+            return done.value
+        future = asyncio.wrap_future(self._executor().submit(_run, compute))
+        try:
+            timeout = None if deadline_ms is None else max(float(deadline_ms) / 1000 - (time.perf_counter() - t0), 0)
+            outcome = await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            future.cancel()
+            outcome = DEADLINE_OUTCOME
+        return _finish(steps, outcome)
+
+    def _steps(self, history: Iterable[Any], k: int = 10, *, timestamps: Iterable[Any] | None = None,
+               exclude_seen: bool = True, allow: Iterable[Any] | None = None, deny: Iterable[Any] | None = None,
+               query: str | None = None, query_weight: float = 0.5, deadline_ms: float | None = None,
+               actions: Iterable[dict[str, Any] | None] | None = None, user_id: str | None = None,
+               strict_actions: bool = True) -> Generator[Callable[[], tuple], tuple, Recommendation]:
+        """One recommendation as a generator shared by the sync and async drivers: check the arguments (bad ones
+        raise ValueError at once), then either return an answer that needs no model, or yield the model's work
+        (a callable returning (items, mode, warnings)) and receive its outcome (:func:`_run`: ("ok", value),
+        ("error", exception) or DEADLINE_OUTCOME) to build the answer."""
         k = _check_k(k)
         if not 0.0 <= float(query_weight) <= 1.0:
             raise ValueError(f"query_weight must be in [0, 1], got {query_weight}")
@@ -306,9 +348,10 @@ class Recommender:
             query = query.strip() or None
 
         warnings: list[str] = []
-        positions = [j for j, h in enumerate(history) if str(h) in self.index]
-        _unknown(warnings, [h for h in history if str(h) not in self.index], "")
-        known = [self.index[str(history[j])] for j in positions]
+        dense = [self.index.get(str(h)) for h in history]
+        positions = [j for j, i in enumerate(dense) if i is not None]
+        _unknown(warnings, [h for h, i in zip(history, dense, strict=True) if i is None], "")
+        known = [dense[j] for j in positions]
         known_ts = [ts[j] for j in positions] if ts is not None else None
         allow = None if allow is None else _id_list(allow, "allow")
         deny = None if deny is None else _id_list(deny, "deny")
@@ -318,7 +361,7 @@ class Recommender:
             blocked |= {self.index[str(d)] for d in deny if str(d) in self.index}
         width = k + len(blocked)  # candidates the model must propose so that k survive the filters
         if exclude_seen and known:
-            mask[known] = False
+            mask[torch.tensor(known)] = False
         truncated = len(known) > self.max_history
         if truncated:
             known, known_ts = known[-self.max_history:], known_ts[-self.max_history:] if known_ts else known_ts
@@ -332,26 +375,27 @@ class Recommender:
 
         allowed = mask.nonzero().squeeze(1) if allow is not None else None
 
-        def rank() -> tuple[torch.Tensor, str, list[str]]:
-            return self._rank(known, known_ts, query, float(query_weight), width, allowed)
+        def compute() -> tuple[list[dict[str, Any]], str, list[str]]:
+            scores, mode, more = self._rank(known, known_ts, query, float(query_weight), width, allowed)
+            return self._select(scores, mode, more, mask, k, width, user_id, history, ts, codes)
 
-        try:
-            if deadline_ms is None:
-                scores, mode, more = rank()
-            else:
-                remaining = float(deadline_ms) / 1000 - (time.perf_counter() - t0)
-                future = self._executor().submit(rank)
-                try:
-                    scores, mode, more = future.result(timeout=max(remaining, 0.0))
-                except FutureTimeout:
-                    future.cancel()  # not started yet: never runs; running: finishes in the background, ignored
-                    warnings.append(f"no answer within the {deadline_ms:g} ms deadline; answered from popularity")
-                    return self._fallback(k, mask, warnings, DEADLINE, truncated)
-        except Exception as e:  # noqa: BLE001 - a model failure must not fail the request
-            log.exception("recommend failed; answering from popularity")
-            warnings.append(f"the model failed ({type(e).__name__}); answered from popularity")
+        status, value = yield compute
+        if status == "deadline":
+            warnings.append(f"no answer within the {deadline_ms:g} ms deadline; answered from popularity")
+            return self._fallback(k, mask, warnings, DEADLINE, truncated)
+        if status == "error":
+            log.error("recommend failed; answering from popularity", exc_info=value)
+            warnings.append(f"the model failed ({type(value).__name__}); answered from popularity")
             return self._fallback(k, mask, warnings, MODEL_ERROR, truncated)
-        warnings += more
+        items, mode, more = value
+        return Recommendation(items, warnings + more, fallback=False, model_version=self.version,
+                              truncated=truncated, mode=mode)
+
+    def _select(self, scores: Any, mode: str, warnings: list[str], mask: torch.Tensor, k: int, width: int,
+                user_id: str | None, history: list[Any], ts: list[int] | None,
+                codes: np.ndarray | None) -> tuple[list[dict[str, Any]], str, list[str]]:
+        """The filters and top-k over the scores (dense, or a partial scorer's (ids, scores)); with a ranking
+        stage, its reordering of the top ``ranker.candidates``. Returns (items, mode, warnings)."""
         pool = k if self.ranker is None else max(k, self.ranker.candidates)  # what the ranker reorders
         if isinstance(scores, tuple):  # a partial scorer: its candidates' ids and scores only
             ids, values = scores
@@ -374,12 +418,10 @@ class Recommender:
             top = torch.topk(scores, min(pool, n)).indices if n else torch.zeros(0, dtype=torch.int64)
             top_scores = scores[top]
         if self.ranker is None:
-            return Recommendation(self._items(top.numpy(), top_scores.tolist()), warnings, fallback=False,
-                                  model_version=self.version, truncated=truncated, mode=mode)
+            return self._items(top.numpy(), top_scores.tolist()), mode, warnings
         items, ranked = self._rerank(user_id, history, ts, codes, top.numpy(), top_scores.double().numpy(), k,
                                      warnings)
-        return Recommendation(items, warnings, fallback=False, model_version=self.version, truncated=truncated,
-                              mode=mode + "+ranker" if ranked else mode)
+        return items, mode + "+ranker" if ranked else mode, warnings
 
     def _action_codes(self, history: list[Any], actions: Iterable[Any] | None, strict: bool) -> np.ndarray | None:
         """The ranker's action codes of the history (None without a ranking stage); ValueError on bad input."""
@@ -563,6 +605,25 @@ class Recommender:
             row.update({k: v[i - 1] for k, v in self.display.items()})
             out.append(row)
         return out
+
+
+DEADLINE_OUTCOME = ("deadline", None)
+
+
+def _run(compute: Callable[[], Any]) -> tuple[str, Any]:
+    """("ok", compute()) or ("error", the exception): a model failure is an outcome, not a raise."""
+    try:
+        return "ok", compute()
+    except Exception as e:  # noqa: BLE001 - answered from the fallback by the caller
+        return "error", e
+
+
+def _finish(steps: Generator, outcome: tuple[str, Any]) -> Recommendation:
+    try:
+        steps.send(outcome)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("recommend steps did not finish")  # pragma: no cover - the generator returns once
 
 
 def _check_k(k: Any) -> int:
