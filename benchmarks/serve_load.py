@@ -4,7 +4,8 @@ clients, then the same load while the bundle is reloaded several times (failures
 The script starts `genrec serve BUNDLE` (uvicorn, --workers N) on a free localhost port with a fresh SQLite
 history store in a temporary folder, waits for /readyz, warms up, and runs two phases of --seconds each:
 
-1. steady: C client threads (httpx, one connection pool each) send a mix of requests: recommend by an explicit
+1. steady: C client threads (one keep-alive connection each; --client stdlib: http.client, the lighter one, or
+   httpx) send a mix of requests: recommend by an explicit
    history (1..20 items drawn from the bundle's catalog by training popularity), events for a client's users,
    recommend by user (only users that already posted events), and similar items;
 2. reloads: the same load while --reloads reloads are spread over the phase: POST /admin/reload alternating
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
+import json
 import os
 import signal
 import socket
@@ -35,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,13 +82,75 @@ class Catalog:
         table = pq.read_table(bundle / "items.parquet", columns=["raw_id", "train_count"])
         self.ids = np.asarray([str(x) for x in table.column("raw_id").to_pylist()])
         counts = np.asarray(table.column("train_count").to_pylist(), dtype=np.float64) + 1.0
-        self.p = counts / counts.sum()
+        self.cdf = np.cumsum(counts / counts.sum())  # once: rng.choice(p=...) rebuilds it on every call
 
     def sample(self, rng: np.random.Generator, n: int) -> list[str]:
-        return self.ids[rng.choice(len(self.ids), size=n, p=self.p)].tolist()
+        idx = np.minimum(np.searchsorted(self.cdf, rng.random(n), side="right"), len(self.ids) - 1)
+        return self.ids[idx].tolist()
 
 
-def one_request(http: httpx.Client, client: Client, catalog: Catalog, k: int, history_len: int | None) -> Record:
+class Answer:
+    """The part of an HTTP answer the load loop reads."""
+
+    def __init__(self, status_code: int, body: bytes):
+        self.status_code, self.content = status_code, body
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> dict:
+        return json.loads(self.content)
+
+
+class StdlibClient:
+    """A keep-alive HTTP/1.1 client on the standard library's http.client: a few times less CPU per request
+    than httpx, so on a machine shared with the server the load generator takes less of the cores it measures
+    (the default; ``--client httpx`` for the earlier figures)."""
+
+    def __init__(self, base_url: str, timeout: float):
+        parts = urllib.parse.urlsplit(base_url)
+        self.host, self.port, self.timeout = parts.hostname, parts.port, timeout
+        self.conn: http.client.HTTPConnection | None = None
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> Answer:
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self.conn.connect()
+            self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        headers = {"content-type": "application/json"} if body is not None else {}
+        try:
+            self.conn.request(method, path, body=body, headers=headers)
+            r = self.conn.getresponse()
+            return Answer(r.status, r.read())
+        except (OSError, http.client.HTTPException):
+            self.close()  # a broken connection is not reused
+            raise
+
+    def post(self, path: str, json: dict) -> Answer:  # noqa: A002 - httpx's keyword
+        return self._request("POST", path, _dumps(json))
+
+    def get(self, path: str, params: dict | None = None) -> Answer:
+        return self._request("GET", path + ("?" + urllib.parse.urlencode(params) if params else ""))
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def __enter__(self) -> StdlibClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _dumps(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def one_request(http: httpx.Client | StdlibClient, client: Client, catalog: Catalog, k: int,
+                history_len: int | None) -> Record:
     """``history_len``: only recommend-by-history requests with histories of exactly this length; None: the mix."""
     rng = client.rng
     endpoint = "recommend_history" if history_len else ENDPOINTS[int(rng.choice(len(ENDPOINTS), p=MIX))]
@@ -105,7 +171,7 @@ def one_request(http: httpx.Client, client: Client, catalog: Catalog, k: int, hi
         else:
             r = http.get(f"/v1/items/{catalog.sample(rng, 1)[0]}/similar", params={"k": k})
         seconds = time.perf_counter() - t
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, OSError, http.client.HTTPException) as e:
         return Record(endpoint, time.perf_counter() - t, False, error=f"{type(e).__name__}: {e}"[:200])
     if r.status_code != 200:
         return Record(endpoint, seconds, False, error=f"HTTP {r.status_code}: {r.text[:200]}")
@@ -120,13 +186,15 @@ def one_request(http: httpx.Client, client: Client, catalog: Catalog, k: int, hi
 
 
 def run_phase(url: str, clients: list[Client], catalog: Catalog, seconds: float, k: int,
-              timeout: float, history_len: int | None, during=None) -> tuple[list[Record], float]:
+              timeout: float, history_len: int | None, during=None,
+              client_kind: str = "stdlib") -> tuple[list[Record], float]:
     """Every client sends requests back to back for ``seconds``; ``during`` runs alongside (the reloads)."""
     stop = threading.Event()
     start = [len(c.records) for c in clients]
 
     def loop(client: Client) -> None:
-        with httpx.Client(base_url=url, timeout=timeout) as http:
+        make = StdlibClient if client_kind == "stdlib" else httpx.Client
+        with make(base_url=url, timeout=timeout) as http:
             while not stop.is_set():
                 client.records.append(one_request(http, client, catalog, k, history_len))
 
@@ -206,6 +274,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--deadline-ms", type=float, default=200.0, help="Passed to genrec serve (0 = none).")
     ap.add_argument("--timeout", type=float, default=30.0, help="Client timeout per request, seconds.")
+    ap.add_argument("--client", choices=("stdlib", "httpx"), default="stdlib", help="HTTP client of the load "
+                    "threads: http.client keep-alive connections (light) or httpx (as in the earliest figures).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="Suffix of the result files.")
@@ -239,8 +309,9 @@ def main() -> None:
             steady: dict[int, dict] = {}
             for c in levels:
                 clients = [Client(i, np.random.default_rng([args.seed, c, i])) for i in range(c)]
-                run_phase(url, clients, catalog, args.warmup, args.k, args.timeout, hlen)
-                records, seconds = run_phase(url, clients, catalog, args.seconds, args.k, args.timeout, hlen)
+                run_phase(url, clients, catalog, args.warmup, args.k, args.timeout, hlen, client_kind=args.client)
+                records, seconds = run_phase(url, clients, catalog, args.seconds, args.k, args.timeout, hlen,
+                                             client_kind=args.client)
                 steady[c] = {"seconds": seconds, **summarise(records, seconds)}
                 print(f"steady, concurrency {c}:", steady[c]["all"], flush=True)
             clients = [Client(i, np.random.default_rng([args.seed, 0, i])) for i in range(args.reload_concurrency)]
@@ -265,7 +336,8 @@ def main() -> None:
                         reload_records.append(Record("reload", time.perf_counter() - t, ok, error=err,
                                                      version=r.json().get("model_version") if ok else None))
 
-            during, during_s = run_phase(url, clients, catalog, args.seconds, args.k, args.timeout, hlen, reloader)
+            during, during_s = run_phase(url, clients, catalog, args.seconds, args.k, args.timeout, hlen, reloader,
+                                         client_kind=args.client)
             during_summary = summarise(during + reload_records, during_s)
             print("during reloads:", during_summary["all"], flush=True)
         finally:
@@ -300,7 +372,8 @@ def main() -> None:
     write_json(args.out / f"{stem}.json", result)
     m = result["machine"]
     lines = [f"# genrec serve under load ({args.bundle}, {len(catalog.ids):,} items)", "",
-             f"- {args.workers} uvicorn worker(s), client threads on the same machine, {args.seconds:g} s per "
+             f"- {args.workers} uvicorn worker(s), client threads ({args.client} HTTP client) on the same machine, "
+             f"{args.seconds:g} s per "
              f"phase after {args.warmup:g} s warm-up, k {args.k}, deadline {args.deadline_ms:g} ms, fresh SQLite "
              "store; requests: " + (f"recommend by an explicit history of {hlen} items (drawn by training "
                                     "popularity)" if hlen else ", ".join(
