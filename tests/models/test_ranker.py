@@ -345,3 +345,16 @@ def test_heads_reading_the_embeddings_keep_kv_reuse_exact() -> None:
     torch.testing.assert_close(stacked(model(batch)), stacked(model.score_one_by_one(batch)), **TIGHT)
     out = model(batch)
     assert set(out) == set(SPEC.tasks) and out[SPEC.tasks[0]].shape == batch.cand_items.shape
+
+
+def test_precomputed_feature_tables_give_the_same_outputs_and_training_ignores_them() -> None:
+    model, batch = make_model(), make_batch(3)
+    with torch.no_grad():
+        plain = stacked(model(batch))
+        model.item_emb.precompute()
+        model.user_emb.precompute()
+        torch.testing.assert_close(stacked(model(batch)), plain, **TIGHT)
+        model.item_emb.id.weight.add_(1.0)  # the cache is a snapshot: eval keeps it, training reads the weights
+        torch.testing.assert_close(stacked(model(batch)), plain, **TIGHT)
+        model.train()
+        assert not torch.allclose(model.item_emb(batch.cand_items), model.item_emb._table[batch.cand_items])

@@ -85,6 +85,7 @@ class FeatureEmbedding(nn.Module):
         super().__init__()
         self.id = nn.Embedding(n + 1, dim, padding_idx=0)
         nn.init.normal_(self.id.weight, std=init_std)
+        self._table: torch.Tensor | None = None  # see precompute (not saved with the weights)
         self.names = sorted(sizes or {})
         self.feats = nn.ModuleDict()
         for name in self.names:
@@ -97,7 +98,16 @@ class FeatureEmbedding(nn.Module):
             self.feats[f"f_{name}"] = nn.Embedding(sizes[name], dim, padding_idx=0)  # prefixed, like TaskHeads
             nn.init.normal_(self.feats[f"f_{name}"].weight, std=init_std)
 
+    def precompute(self) -> None:
+        """Serving: the summed embedding of every index, computed once, so an eval-mode lookup is one gather
+        instead of one per feature. Call it after the weights are loaded; training mode ignores it."""
+        self._table = None
+        with torch.no_grad():
+            self._table = self.forward(torch.arange(self.id.num_embeddings, device=self.id.weight.device))
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if self._table is not None and not self.training:
+            return self._table[idx]
         out = self.id(idx)
         for name in self.names:
             out = out + self.feats[f"f_{name}"](getattr(self, f"table_{name}")[idx])

@@ -38,7 +38,7 @@ from genrec.errors import GenrecError
 from genrec.eval.two_stage import fuse
 from genrec.io import read_json, read_vocab
 from genrec.models import RANKING
-from genrec.models.ranking import RankBatch, RankSpec
+from genrec.models.ranking import FeatureEmbedding, RankBatch, RankSpec
 from genrec.serve.batching import Batcher
 
 DEFAULT_CANDIDATES = 200
@@ -86,6 +86,9 @@ class RankingStage:
         users_t = {k: torch.zeros(spec.n_users + 1, dtype=torch.int64) for k in spec.user_feature_sizes or {}}
         model = model_cls(config_cls.model_validate(info["config"]), spec, items_t, users_t)
         model.load_state_dict(state)
+        for module in model.modules():
+            if isinstance(module, FeatureEmbedding):
+                module.precompute()  # one gather per lookup instead of one per feature
         items, users = read_vocab(bundle / "ranker_items.parquet"), read_vocab(bundle / "ranker_users.parquet")
         if len(items) != spec.n_items or len(users) != spec.n_users:
             raise GenrecError(f"{bundle}: the ranker's vocabularies ({len(items)} items, {len(users)} users) do not "
