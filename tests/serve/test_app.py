@@ -3,6 +3,7 @@ metrics, readiness, and reloads under concurrent requests with zero failures."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -75,6 +76,11 @@ def test_body_over_the_limit_is_413_and_nothing_is_stored(bundles, tmp_path):
     c = client(bundles[0], tmp_path, max_body_bytes=200)
     r = c.post("/v1/events", json={"user_id": "big", "items": [str(i) for i in range(100)]})
     assert r.status_code == 413
+    assert c.post("/v1/recommend", json={"user_id": "big"}).json()["fallback"]
+    body = json.dumps({"user_id": "big", "items": [str(i) for i in range(100)]}).encode()
+    chunked = c.post("/v1/events", content=iter([body[:100], body[100:]]),  # no content-length header
+                     headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and "200-byte limit" in chunked.text
     assert c.post("/v1/recommend", json={"user_id": "big"}).json()["fallback"]
 
 

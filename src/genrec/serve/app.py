@@ -376,6 +376,16 @@ class _Guard:
                 await JSONResponse({"detail": "missing or wrong bearer token"}, 401,
                                    headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
             else:
+                received = 0
+
+                async def counted() -> dict:  # a body without content-length (chunked) is capped as it arrives
+                    nonlocal received
+                    message = await receive()
+                    received += len(message.get("body", b""))
+                    if received > settings.max_body_bytes:
+                        raise HTTPException(413, f"request body over the {settings.max_body_bytes}-byte limit")
+                    return message
+
                 async def record(message: dict) -> None:
                     nonlocal status
                     if message["type"] == "http.response.start":
@@ -383,7 +393,7 @@ class _Guard:
                     await send(message)
 
                 try:
-                    await self.app(scope, receive, record)
+                    await self.app(scope, counted, record)
                 finally:
                     route = scope.get("route")
                     endpoint = route.path if route is not None else "unmatched"
