@@ -185,3 +185,32 @@ def test_sqlite_store_keeps_actions_and_upgrades_old_files(tmp_path):
     with pytest.raises(ValueError, match="actions.like"):
         Event("c", None, {"like": -1})
     store.close()
+
+
+def test_page_shows_the_rankers_predictions(bundle, tmp_path):
+    from tests.serve.conftest import live_server
+    from tests.serve.test_web_page import chromium
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+    binary = chromium()
+    if binary is None:
+        pytest.skip("no Chromium binary (install chromium, or set GENREC_CHROMIUM)")
+    app = create_app(Settings(bundle=bundle, store=str(tmp_path / "h.sqlite")))
+    with live_server(app) as url, sync_api.sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=binary, headless=True)
+        except Exception as e:  # noqa: BLE001 - a browser that cannot start is the machine's problem
+            pytest.skip(f"Chromium at {binary} did not start: {e}")
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            page.goto(url)
+            page.fill("#ids", "3, 4")
+            page.click("#add-ids")
+            sync_api.expect(page.locator("#mode")).to_have_text("model + ranker")
+            first = page.locator("#recs li .predictions").first
+            sync_api.expect(first).to_contain_text("click 0.")
+            sync_api.expect(first).to_contain_text("watch_time")
+        finally:
+            browser.close()

@@ -211,7 +211,8 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
         if result.fallback:
             s.fallbacks.labels(result.reason or "no usable history").inc()
         return _json({"user_id": body.user_id, "items": result.items, "model_version": rec.version,
-                      "fallback": result.fallback, "reason": result.reason, "warnings": warnings + result.warnings})
+                      "fallback": result.fallback, "reason": result.reason, "mode": result.mode,
+                      "warnings": warnings + result.warnings})
 
     @app.post("/v1/events")
     def events(body: EventsRequest, s: Serving = Depends(state)) -> dict[str, Any]:
