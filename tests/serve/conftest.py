@@ -37,3 +37,19 @@ def live_server(app) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(10)
+
+
+@contextmanager
+def headless_page(sync_api, binary: str):
+    """A page of a headless system Chromium (skips the test when the browser cannot start), closed afterwards."""
+    with sync_api.sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=binary, headless=True)
+        except Exception as e:  # noqa: BLE001 - a browser that cannot start is the machine's problem
+            pytest.skip(f"Chromium at {binary} did not start: {e}")
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            yield page
+        finally:
+            browser.close()

@@ -11,7 +11,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from tests.cli_run import run
+from tests.serve.conftest import headless_page, live_server
 from tests.serve.test_bundle import tiny
+from tests.serve.test_web_page import chromium
 from tests.train.test_ranking_trainer import config, learnable_log
 
 from genrec.data.actions import SCHEMAS, encode_events, schema_for
@@ -188,29 +190,16 @@ def test_sqlite_store_keeps_actions_and_upgrades_old_files(tmp_path):
 
 
 def test_page_shows_the_rankers_predictions(bundle, tmp_path):
-    from tests.serve.conftest import live_server
-    from tests.serve.test_web_page import chromium
-
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-
     binary = chromium()
     if binary is None:
         pytest.skip("no Chromium binary (install chromium, or set GENREC_CHROMIUM)")
     app = create_app(Settings(bundle=bundle, store=str(tmp_path / "h.sqlite")))
-    with live_server(app) as url, sync_api.sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=binary, headless=True)
-        except Exception as e:  # noqa: BLE001 - a browser that cannot start is the machine's problem
-            pytest.skip(f"Chromium at {binary} did not start: {e}")
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(15_000)
-            page.goto(url)
-            page.fill("#ids", "3, 4")
-            page.click("#add-ids")
-            sync_api.expect(page.locator("#mode")).to_have_text("model + ranker")
-            first = page.locator("#recs li .predictions").first
-            sync_api.expect(first).to_contain_text("click 0.")
-            sync_api.expect(first).to_contain_text("watch_time")
-        finally:
-            browser.close()
+    with live_server(app) as url, headless_page(sync_api, binary) as page:
+        page.goto(url)
+        page.fill("#ids", "3, 4")
+        page.click("#add-ids")
+        sync_api.expect(page.locator("#mode")).to_have_text("model + ranker")
+        first = page.locator("#recs li .predictions").first
+        sync_api.expect(first).to_contain_text("click 0.")
+        sync_api.expect(first).to_contain_text("watch_time")

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-from tests.serve.conftest import live_server  # noqa: E402
+from tests.serve.conftest import headless_page, live_server  # noqa: E402
 from tests.serve.test_bundle import tiny  # noqa: E402
 
 from genrec.serve import export_bundle  # noqa: E402
@@ -168,82 +168,73 @@ def test_page_in_headless_chromium(browser_stack, server, tmp_path, monkeypatch)
     column[rec.index["3"] - 1] = str(tmp_path / "c3.png")
     monkeypatch.setitem(rec.display, "cover", column)
 
-    with sync_api.sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=binary, headless=True)
-        except Exception as e:  # noqa: BLE001 - a browser that cannot start is the machine's problem
-            pytest.skip(f"Chromium at {binary} did not start: {e}")
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(15_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url)
-            expect(page.locator("#version")).to_have_text(rec.version)
-            expect(page.locator("#error")).to_contain_text("401")  # the server wants a key: the page says so
-            page.fill("#api-key", KEY)
-            page.click("#use-key")
-            expect(page.locator("#error")).to_be_hidden()
-            recs = page.locator("#recs li")
-            expect(recs).to_have_count(10)
+    with headless_page(sync_api, binary) as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        expect(page.locator("#version")).to_have_text(rec.version)
+        expect(page.locator("#error")).to_contain_text("401")  # the server wants a key: the page says so
+        page.fill("#api-key", KEY)
+        page.click("#use-key")
+        expect(page.locator("#error")).to_be_hidden()
+        recs = page.locator("#recs li")
+        expect(recs).to_have_count(10)
 
-            # a user with no history: the fallback answers
-            page.fill("#user-id", "alice")
-            page.click("#load-user")
-            expect(page.locator("#who")).to_contain_text("alice")
-            expect(page.locator("#history li")).to_have_count(0)
-            expect(page.locator("#fallback")).to_be_visible()
-            before = recs.evaluate_all("rows => rows.map(r => r.dataset.itemId)")
+        # a user with no history: the fallback answers
+        page.fill("#user-id", "alice")
+        page.click("#load-user")
+        expect(page.locator("#who")).to_contain_text("alice")
+        expect(page.locator("#history li")).to_have_count(0)
+        expect(page.locator("#fallback")).to_be_visible()
+        before = recs.evaluate_all("rows => rows.map(r => r.dataset.itemId)")
 
-            # an event from a recommended item: stored, shown in the history, and the model answers now
-            first = recs.first
-            added, title = first.get_attribute("data-item-id"), first.locator(".title").inner_text()
-            first.locator(".add-event").click()
-            expect(page.locator("#history li")).to_have_count(1)
-            expect(page.locator("#history")).to_contain_text(title)
-            expect(page.locator("#fallback")).to_be_hidden()
-            expect(page.locator("#mode")).to_have_text("model")
-            after = recs.evaluate_all("rows => rows.map(r => r.dataset.itemId)")
-            assert after != before and added not in after
-            assert [e.item_id for e in app.state.serving.store.history("alice")] == [added]
+        # an event from a recommended item: stored, shown in the history, and the model answers now
+        first = recs.first
+        added, title = first.get_attribute("data-item-id"), first.locator(".title").inner_text()
+        first.locator(".add-event").click()
+        expect(page.locator("#history li")).to_have_count(1)
+        expect(page.locator("#history")).to_contain_text(title)
+        expect(page.locator("#fallback")).to_be_hidden()
+        expect(page.locator("#mode")).to_have_text("model")
+        after = recs.evaluate_all("rows => rows.map(r => r.dataset.itemId)")
+        assert after != before and added not in after
+        assert [e.item_id for e in app.state.serving.store.history("alice")] == [added]
 
-            # a history built in the page: search a title, add it, then typed ids (item 3 has a cover)
-            page.click("#anonymous")
-            expect(page.locator("#history li")).to_have_count(0)
-            page.fill("#search-q", "movie 1")
-            page.click("#search-btn")
-            found = page.locator("#search-results li")
-            expect(found).to_have_count(4)
-            pick = found.first
-            pick_title = pick.locator(".title").inner_text()
-            assert pick_title.startswith("Movie 1")
-            pick.locator(".add-found").click()
-            expect(page.locator("#history li")).to_have_count(1)
-            expect(page.locator("#history")).to_contain_text(pick_title)
-            expect(page.locator("#fallback")).to_be_hidden()
-            page.fill("#ids", "3, 4")
-            page.click("#add-ids")
-            expect(page.locator("#history li")).to_have_count(3)
-            expect(page.locator("#history")).to_contain_text("Movie 3")
-            page.wait_for_function("""() => {
-                const img = document.querySelector('#history li[data-item-id="3"] img.cover');
-                return img && img.complete && img.naturalWidth === 4;
-            }""")
-            expect(recs).to_have_count(9)  # 12 items, 3 seen
+        # a history built in the page: search a title, add it, then typed ids (item 3 has a cover)
+        page.click("#anonymous")
+        expect(page.locator("#history li")).to_have_count(0)
+        page.fill("#search-q", "movie 1")
+        page.click("#search-btn")
+        found = page.locator("#search-results li")
+        expect(found).to_have_count(4)
+        pick = found.first
+        pick_title = pick.locator(".title").inner_text()
+        assert pick_title.startswith("Movie 1")
+        pick.locator(".add-found").click()
+        expect(page.locator("#history li")).to_have_count(1)
+        expect(page.locator("#history")).to_contain_text(pick_title)
+        expect(page.locator("#fallback")).to_be_hidden()
+        page.fill("#ids", "3, 4")
+        page.click("#add-ids")
+        expect(page.locator("#history li")).to_have_count(3)
+        expect(page.locator("#history")).to_contain_text("Movie 3")
+        page.wait_for_function("""() => {
+            const img = document.querySelector('#history li[data-item-id="3"] img.cover');
+            return img && img.complete && img.naturalWidth === 4;
+        }""")
+        expect(recs).to_have_count(9)  # 12 items, 3 seen
 
-            # a steering query still gives a list (this bundle has no content embeddings: it says so)
-            page.fill("#query", "space adventure")
-            page.click("#apply-query")
-            expect(page.locator("#warnings")).to_contain_text("query ignored")
-            expect(recs).to_have_count(9)
+        # a steering query still gives a list (this bundle has no content embeddings: it says so)
+        page.fill("#query", "space adventure")
+        page.click("#apply-query")
+        expect(page.locator("#warnings")).to_contain_text("query ignored")
+        expect(recs).to_have_count(9)
 
-            # errors from the API are shown on the page
-            page.fill("#search-q", "x" * 201)
-            page.click("#search-btn")
-            expect(page.locator("#error")).to_contain_text("422: q:")
-            page.fill("#api-key", "wrong")
-            page.click("#use-key")
-            expect(page.locator("#error")).to_contain_text("401: missing or wrong bearer token")
-            assert errors == []
-        finally:
-            browser.close()
+        # errors from the API are shown on the page
+        page.fill("#search-q", "x" * 201)
+        page.click("#search-btn")
+        expect(page.locator("#error")).to_contain_text("422: q:")
+        page.fill("#api-key", "wrong")
+        page.click("#use-key")
+        expect(page.locator("#error")).to_contain_text("401: missing or wrong bearer token")
+        assert errors == []
