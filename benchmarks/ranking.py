@@ -39,7 +39,7 @@ def run_folder(config: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", type=Path, nargs="+", default=[Path(f"configs/kuairand/{m}.yaml")
-                                                                 for m in ("ranker", "dcn", "din")],
+                                                                 for m in ("ranker", "dcn", "din", "gbdt")],
                     help="The first is the model under test; the others are its baselines.")
     ap.add_argument("--train", action="store_true", help="Train every config first (else read the run folders).")
     ap.add_argument("--n-boot", type=int, default=1000)

@@ -358,3 +358,17 @@ def test_precomputed_feature_tables_give_the_same_outputs_and_training_ignores_t
         torch.testing.assert_close(stacked(model(batch)), plain, **TIGHT)
         model.train()
         assert not torch.allclose(model.item_emb(batch.cand_items), model.item_emb._table[batch.cand_items])
+
+
+def test_without_user_ids_users_differ_only_by_their_features() -> None:
+    model = make_model(user_id=False, head_input="output+embeddings")
+    assert model.user_emb.id is None and not any("user_emb.id" in k for k in model.state_dict())
+    batch = make_batch(4)
+    u = batch.user  # user u >= 1 has age 1 + (u - 1) % 3: u and u +- 3 share it
+    same_age = replace(batch, user=torch.where(u > 3, u - 3, torch.where(u > 0, u + 3, u)))
+    torch.testing.assert_close(stacked(model(batch)), stacked(model(same_age)), **TIGHT)
+    torch.testing.assert_close(stacked(model(batch)), stacked(model.score_one_by_one(batch)), **TIGHT)
+    with torch.no_grad():
+        plain = stacked(model(batch))
+        model.user_emb.precompute()
+        torch.testing.assert_close(stacked(model(batch)), plain, **TIGHT)

@@ -105,3 +105,22 @@ def test_bad_ranking_configs():
 
     with pytest.raises(ConfigError, match="not a ranking metric"):
         check_select_metric(cfg.eval.select_metric, ("click",))
+
+
+def test_temperature_scaling_keeps_the_intercept_at_zero_and_fixes_overconfidence():
+    from genrec.train.ranking import apply_platt, fit_platt
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(0.05, 0.95, 20_000)
+    labels = (rng.uniform(size=true.size) < true).astype(np.float32)
+    logit = np.log(true / (1 - true))
+    overconfident = 1 / (1 + np.exp(-3 * logit))  # the right ordering and base rate, three times too sharp
+    a, b = fit_platt(labels, overconfident, intercept=False)
+    assert b == 0 and a == pytest.approx(1 / 3, rel=0.05)
+    assert np.abs(apply_platt(overconfident, (a, b)) - true).max() < 0.05
+    shifted = 1 / (1 + np.exp(-(logit + 1)))  # right sharpness, wrong base rate: only platt moves it back
+    assert fit_platt(labels, shifted)[1] == pytest.approx(-1, abs=0.1)
+    assert RunConfig.model_validate({**config("ranker").model_dump(), "eval": {"calibrate": False}}).eval.calibrate \
+        == "none"
+    with pytest.raises(Exception, match="calibrate"):
+        RunConfig.model_validate({**config("ranker").model_dump(), "eval": {"calibrate": "isotonic"}})

@@ -67,6 +67,9 @@ class RankerConfig(BaseModel):
         "max_len", description="Divide each token's attention output by max_len (HSTU's constant n) or by the "
         "number of tokens it reads (user token, visible history, itself). With histories much shorter than "
         "max_len (a few impressions per user) the constant shrinks what the history contributes.")
+    user_id: bool = Field(True, description="Learn an embedding per user id (added to the user's feature "
+                          "embeddings). With a handful of training impressions per user it mostly memorises the "
+                          "user's own rates, which per-user metrics (GAUC) cannot use; false: user features only.")
     head_input: Literal["output", "output+embeddings"] = Field(
         "output", description="What the task heads read: the candidate's final state, or that concatenated with "
         "the candidate item's and the user's embeddings (as feature-crossing rankers feed their top MLP).")
@@ -109,7 +112,8 @@ class GenerativeRanker(nn.Module):
         self.config, self.spec = config, spec
         d = config.dim
         self.item_emb = FeatureEmbedding(spec.n_items, d, spec.item_feature_sizes, item_tables, config.init_std)
-        self.user_emb = FeatureEmbedding(spec.n_users, d, spec.user_feature_sizes, user_tables, config.init_std)
+        self.user_emb = FeatureEmbedding(spec.n_users, d, spec.user_feature_sizes, user_tables, config.init_std,
+                                         use_id=config.user_id)
         self.action_emb = ActionEmbedding(spec.action_sizes, d, config.init_std)
         self.cand_type = nn.Parameter(torch.randn(d) * config.init_std)
         self.drop = nn.Dropout(config.dropout)

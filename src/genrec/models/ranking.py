@@ -81,10 +81,14 @@ class FeatureEmbedding(nn.Module):
     with the weights, so a model needs only indices at run time."""
 
     def __init__(self, n: int, dim: int, sizes: dict[str, int] | None, tables: dict[str, torch.Tensor] | None,
-                 init_std: float = 0.02):
+                 init_std: float = 0.02, use_id: bool = True):
         super().__init__()
-        self.id = nn.Embedding(n + 1, dim, padding_idx=0)
-        nn.init.normal_(self.id.weight, std=init_std)
+        self.n = n
+        # use_id=False: features only (an index with a handful of rows would only memorise its own base rate)
+        self.id = nn.Embedding(n + 1, dim, padding_idx=0) if use_id else None
+        if self.id is not None:
+            nn.init.normal_(self.id.weight, std=init_std)
+        self.dim = dim
         self._table: torch.Tensor | None = None  # see precompute (not saved with the weights)
         self.names = sorted(sizes or {})
         self.feats = nn.ModuleDict()
@@ -102,13 +106,14 @@ class FeatureEmbedding(nn.Module):
         """Serving: the summed embedding of every index, computed once, so an eval-mode lookup is one gather
         instead of one per feature. Call it after the weights are loaded; training mode ignores it."""
         self._table = None
+        device = next(iter([*self.parameters(), *self.buffers()]), torch.empty(0)).device
         with torch.no_grad():
-            self._table = self.forward(torch.arange(self.id.num_embeddings, device=self.id.weight.device))
+            self._table = self.forward(torch.arange(self.n + 1, device=device))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if self._table is not None and not self.training:
             return self._table[idx]
-        out = self.id(idx)
+        out = self.id(idx) if self.id is not None else torch.zeros(*idx.shape, self.dim, device=idx.device)
         for name in self.names:
             out = out + self.feats[f"f_{name}"](getattr(self, f"table_{name}")[idx])
         return out

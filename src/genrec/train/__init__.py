@@ -11,6 +11,10 @@ def trainer_class(config: Any) -> type:
     """The loop that trains ``config.model``: the generator has its own (beam-search validation)."""
     from genrec.models import RANKING
 
+    if config.model.name == "gbdt":  # trees, not a torch module: not in RANKING, so serving never loads one
+        from genrec.train.gbdt import GBDTTrainer
+
+        return GBDTTrainer
     if config.model.name in RANKING:
         from genrec.train.ranking import RankingTrainer
 

@@ -4,15 +4,15 @@ errors, every field documented)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genrec.data.schema import format_validation_error
 from genrec.errors import ConfigError
 from genrec.io import read_yaml_mapping
-from genrec.models import RANKING, DCNConfig, DINConfig, HSTUConfig, RankerConfig, SASRecConfig
+from genrec.models import RANKING, DCNConfig, DINConfig, GBDTConfig, HSTUConfig, RankerConfig, SASRecConfig
 from genrec.models.tiger import TigerConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -69,8 +69,17 @@ class EvalSettings(BaseModel):
     exclude_seen: bool = Field(True, description="Exclude items already in the history.")
     n_boot: int = Field(1000, ge=10, description="Bootstrap resamples for the test intervals.")
     select_metric: str = Field("ndcg@10", description="Validation metric for early stopping and selection.")
-    calibrate: bool = Field(True, description="Ranking models: after selection, fit Platt scaling (a * logit + b) "
-                            "per binary task on the validation impressions and apply it to the test predictions.")
+    calibrate: Literal["platt", "temperature", "none"] = Field(
+        "platt", description="Ranking models: after selection, fit a monotone map of each binary task's logit on the "
+        "validation impressions and apply it to the test predictions. platt: sigmoid(a * logit + b); temperature: "
+        "sigmoid(a * logit), which rescales confidence but keeps the base rate the model learned over the whole "
+        "training period instead of matching the validation days' (right when the positive rate drifts day to "
+        "day); none: raw probabilities. true / false mean platt / none.")
+
+    @field_validator("calibrate", mode="before")
+    @classmethod
+    def _calibrate_bool(cls, value: Any) -> Any:
+        return {True: "platt", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
 
 class ColdStartConfig(BaseModel):
@@ -116,7 +125,7 @@ class RunConfig(BaseModel):
                                                       "leave-one-out with held-out cold items (see cold_start).")
     cold_start: ColdStartConfig = ColdStartConfig()
     temporal: TemporalConfig = TemporalConfig()
-    model: Annotated[SASRecConfig | HSTUConfig | TigerConfig | RankerConfig | DCNConfig | DINConfig,
+    model: Annotated[SASRecConfig | HSTUConfig | TigerConfig | RankerConfig | DCNConfig | DINConfig | GBDTConfig,
                      Field(discriminator="name")]
     train: OptimConfig = OptimConfig()
     eval: EvalSettings = EvalSettings()

@@ -11,9 +11,9 @@ the test part is scored once, at the end, with the best weights.
 The run folder gets the weights (safetensors), ``model.json`` (name, config, data spec, calibration),
 ``metrics.json`` (per task AUC / GAUC / log loss / NE / ECE with bootstrap intervals over users) and
 ``predictions_test.parquet`` (one row per test impression: labels and predictions), which paired comparisons
-between runs read. With ``eval.calibrate`` (default) each binary task's probabilities are Platt-scaled with
-parameters fitted on the validation impressions (a monotone map: AUC and GAUC are unchanged; log loss and ECE
-are not); the uncalibrated ECE and log loss are reported too.
+between runs read. With ``eval.calibrate`` (platt by default, or temperature) each binary task's probabilities
+are rescaled with parameters fitted on the validation impressions (a monotone map: AUC and GAUC are unchanged;
+log loss and ECE are not); the uncalibrated ECE and log loss are reported too.
 """
 
 from __future__ import annotations
@@ -125,22 +125,26 @@ def selection_value(metric: str, log: ImpressionLog, rows: np.ndarray, preds: di
     return out
 
 
-def fit_platt(labels: np.ndarray, probs: np.ndarray, steps: int = 100) -> tuple[float, float]:
+def fit_platt(labels: np.ndarray, probs: np.ndarray, steps: int = 100,
+              intercept: bool = True) -> tuple[float, float]:
     """(a, b) minimising the log loss of sigmoid(a * logit(p) + b) on held-out impressions (Platt scaling):
-    two parameters, so it fixes over- or under-confidence without changing any ordering within a task."""
+    two parameters, so it fixes over- or under-confidence without changing any ordering within a task.
+    ``intercept=False`` fits a alone with b = 0 (temperature scaling, 1 / T = a)."""
     x = torch.logit(torch.as_tensor(probs, dtype=torch.float64).clamp(1e-7, 1 - 1e-7))
     y = torch.as_tensor(labels, dtype=torch.float64)
     ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([ab], max_iter=steps, line_search_fn="strong_wolfe")
+    keep_b = torch.tensor([1.0, float(intercept)], dtype=torch.float64)
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(ab[0] * x + ab[1], y)
+        a, b = ab * keep_b
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(a * x + b, y)
         loss.backward()
         return loss
 
     opt.step(closure)
-    a, b = ab.detach().tolist()
+    a, b = (ab * keep_b).detach().tolist()
     return float(a), float(b)
 
 
@@ -206,9 +210,10 @@ class RankingTrainer:
                 on_epoch_end(record)
         model.load_state_dict(load_tensors(ckpt / "best.safetensors"))
         calibration = {}
-        if cfg.eval.calibrate:
+        if cfg.eval.calibrate != "none":
             vrows, vpreds = predict(model, log, requests["valid"], spec, device)
-            calibration = {t: fit_platt(log.labels[t][vrows], vpreds[t]) for t in spec.binary_tasks}
+            calibration = {t: fit_platt(log.labels[t][vrows], vpreds[t], intercept=cfg.eval.calibrate == "platt")
+                           for t in spec.binary_tasks}
         test = self._test(model, log, split, requests["test"], spec, state, device, calibration)
         return RankingResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
 
@@ -262,7 +267,7 @@ class RankingTrainer:
         result = {
             "dataset": {"name": log.name, "rows": log.n_rows, "users": log.n_users, "items": log.n_items},
             "split": split.describe(), "part": "test", "tasks": tasks,
-            "calibration": {"method": "platt on the validation impressions" if calibration else "none",
+            "calibration": {"method": f"{cfg.eval.calibrate} on the validation impressions" if calibration else "none",
                             "params": {t: list(ab) for t, ab in calibration.items()}, "uncalibrated": uncalibrated},
             "metrics": {f"{m}:{t}": v for t, r in tasks.items() for m, v in r["metrics"].items()
                         if isinstance(v, dict) and "value" in v},

@@ -1,0 +1,170 @@
+"""The LightGBM ranking baseline: its config validates, its features never read a label from the same time or
+later, it trains from a config into the run folder the benchmarks read, twice the same, and says what to install
+when LightGBM is missing."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from genrec.data.dataset import Vocab
+from genrec.data.impressions import ImpressionLog, temporal_split, utc_day
+from genrec.errors import ConfigError, GenrecError
+from genrec.io import read_json
+from genrec.models.gbdt import GBDTConfig, build_features, earlier_sums, import_lightgbm
+from genrec.train import trainer_class
+from genrec.train.config import RunConfig
+from genrec.train.gbdt import GBDTTrainer
+
+try:
+    import lightgbm as lgb
+except ImportError:  # the gbdt extra; `make install` has it
+    lgb = None
+needs_lightgbm = pytest.mark.skipif(lgb is None, reason="needs the gbdt extra (lightgbm)")
+
+DAY_MS = 86_400_000
+T0 = 1_650_000_000_000 - 1_650_000_000_000 % DAY_MS  # midnight UTC
+
+
+def tiny_log(seed: int = 0, n_users: int = 40, n_items: int = 24, rows: int = 30) -> ImpressionLog:
+    """click depends on the item's author and the user's taste; ties in time on purpose (coarse clock)."""
+    rng = np.random.default_rng(seed)
+    user = np.repeat(np.arange(1, n_users + 1), rows)
+    item = rng.integers(1, n_items + 1, size=len(user))
+    time = T0 + rng.integers(0, 10 * 24, size=len(user)) * 3_600_000  # hourly: same-time rows exist
+    author = np.r_[0, 1 + np.arange(n_items) % 4]
+    taste = rng.integers(1, 5, n_users + 1)
+    click = (rng.random(len(user)) < np.where(author[item] == taste[user], 0.8, 0.2)).astype(np.float32)
+    like = click * (rng.random(len(user)) < 0.4)
+    return ImpressionLog.build(
+        name="gen", users=Vocab(pa.array(np.arange(n_users))), items=Vocab(pa.array(np.arange(n_items))),
+        user=user, item=item, time=time, day=utc_day(time),
+        labels={"click": click, "like": like, "watch_time": click * 2 + rng.random(len(user))},
+        binary_tasks=("click", "like"), regression_tasks=("watch_time",),
+        actions=np.ones((len(user), 1), dtype=np.int64), action_sizes={"signals": 2},
+        item_features={"author": author, "duration": np.r_[0, 1 + np.arange(n_items) % 3]},
+        item_feature_sizes={"author": 5, "duration": 4},
+        user_features={"taste": np.r_[0, taste[1:]]}, user_feature_sizes={"taste": 5})
+
+
+@pytest.fixture(scope="module")
+def log_and_split():
+    log = tiny_log()
+    days = np.unique(log.day)
+    return log, temporal_split(log, valid_day=int(days[7]), test_day=int(days[8]))
+
+
+def config(**model) -> RunConfig:
+    return RunConfig.model_validate({
+        "dataset": "gen", "split": "temporal", "model": {"name": "gbdt", "n_estimators": 20, "num_leaves": 7,
+                                                         "min_child_samples": 5, "early_stopping_rounds": 5, **model},
+        "train": {"seed": 3, "threads": 1}, "eval": {"select_metric": "gauc:mean", "n_boot": 10}})
+
+
+def test_config_validates_and_dispatches():
+    cfg = config()
+    assert isinstance(cfg.model, GBDTConfig) and trainer_class(cfg) is GBDTTrainer
+    for bad in ({"num_leaves": 1}, {"learning_rate": 0}, {"bagging": 1.5}, {"features": ["ids"]}, {"trees": 3}):
+        with pytest.raises(ValueError):
+            config(**bad)
+    loo = RunConfig.model_validate({"dataset": "gen", "model": {"name": "gbdt"}})
+    with pytest.raises(ConfigError, match="split: temporal"):
+        GBDTTrainer(loo, "unused", show_progress=False).fit()
+
+
+def test_earlier_sums_match_a_brute_force_count():
+    rng = np.random.default_rng(1)
+    key, time = rng.integers(0, 4, 200), rng.integers(0, 30, 200)
+    values, weight = rng.random((200, 2)), rng.random(200) < 0.8
+    count, sums, first = earlier_sums([key], time, values, weight)
+    for i in range(200):
+        m = (key == key[i]) & (time < time[i]) & weight
+        assert count[i] == m.sum() and np.allclose(sums[i], values[m].sum(0))
+        assert first[i] == (time[m].min() if m.any() else -1)
+
+
+@pytest.mark.parametrize("history", ["day", "impression"])
+def test_features_read_only_strictly_earlier_labels(history):
+    log = tiny_log()
+    cfg = GBDTConfig(user_history=history)
+    before = build_features(log, cfg)
+    assert {"item_author", "item_duration", "hour", "user_n", "item_click", "match_author_click"} <= set(before.names)
+    assert "item_duration" not in before.categorical and "item_author" in before.categorical
+    rng = np.random.default_rng(2)
+    for row in rng.choice(log.n_rows, 5, replace=False):
+        # flip every label of one impression: nothing at its time or earlier (itself included) may change
+        labels = {t: v.copy() for t, v in log.labels.items()}
+        for v in labels.values():
+            v[row] = 1 - v[row] if v is not labels["watch_time"] else v[row] + 5
+        changed = ImpressionLog(**{**_fields(log), "labels": labels})
+        after = build_features(changed, cfg)
+        same = log.time <= log.time[row]
+        np.testing.assert_array_equal(after.values[same], before.values[same])
+        assert not np.array_equal(after.values[~same], before.values[~same])  # later rows do read it
+
+
+def _fields(log: ImpressionLog) -> dict:
+    keep = ("name", "users", "items", "user", "item", "time", "day", "labels", "binary_tasks", "regression_tasks",
+            "actions", "action_sizes", "item_features", "item_feature_sizes", "user_features", "user_feature_sizes")
+    return {k: getattr(log, k) for k in keep}
+
+
+@needs_lightgbm
+def test_trains_and_writes_the_ranking_run_files(log_and_split, tmp_path):
+    log, split = log_and_split
+    result = GBDTTrainer(config(), tmp_path / "run", log=log, split=split, show_progress=False).fit()
+    run = tmp_path / "run"
+    metrics = read_json(run / "metrics.json")
+    assert set(metrics["tasks"]) == {"click", "like", "watch_time"}
+    assert metrics["tasks"]["click"]["metrics"]["gauc"]["value"] > 0.6  # the author x taste signal is learnt
+    assert {"dataset", "split", "calibration", "metrics", "run"} <= set(metrics)
+    assert {"epochs_run", "best_epoch", "train_seconds", "model", "commit"} <= set(metrics["run"])
+    assert result.best_epoch == metrics["run"]["best_epoch"] and len(result.history) == 3
+    for r in result.history:  # each task grew trees until 5 rounds without a better validation score, or 20
+        assert r["rounds"] in (20, r["best_round"] + 5)
+    preds = pq.read_table(run / "predictions_test.parquet").to_pydict()
+    assert sorted(preds["row"]) == np.flatnonzero(split.test).tolist()
+    assert {"label_click", "pred_click", "raw_click", "pred_watch_time"} <= set(preds)
+    model = read_json(run / "model.json")
+    assert model["name"] == "gbdt" and set(model["models"]) == {"click", "like", "watch_time"}
+    # the saved text model alone reproduces the uncalibrated test predictions
+    booster = lgb.Booster(model_file=str(run / model["models"]["click"]))
+    feats = build_features(log, GBDTConfig.model_validate(model["config"]))
+    np.testing.assert_allclose(booster.predict(feats.values[preds["row"]]), preds["raw_click"], rtol=1e-5)
+    with pytest.raises(GenrecError, match="already holds a finished run"):
+        GBDTTrainer(config(), run, log=log, split=split, show_progress=False).fit()
+
+
+@needs_lightgbm
+def test_same_config_same_metrics(log_and_split, tmp_path):
+    log, split = log_and_split
+    for name in ("a", "b"):
+        GBDTTrainer(config(bagging=0.7, feature_fraction=0.7), tmp_path / name, log=log, split=split,
+                    show_progress=False).fit()
+    a, b = (read_json(tmp_path / n / "metrics.json")["metrics"] for n in ("a", "b"))
+    assert a == b
+    pa_, pb = (pq.read_table(tmp_path / n / "predictions_test.parquet") for n in ("a", "b"))
+    assert pa_.equals(pb)
+
+
+def test_missing_lightgbm_names_the_extra(monkeypatch, log_and_split, tmp_path):
+    monkeypatch.setitem(sys.modules, "lightgbm", None)  # makes `import lightgbm` raise ImportError
+    with pytest.raises(GenrecError, match=r"genrec\[gbdt\]"):
+        import_lightgbm()
+    log, split = log_and_split
+    with pytest.raises(GenrecError, match=r"genrec\[gbdt\]"):
+        GBDTTrainer(config(), tmp_path / "run", log=log, split=split, show_progress=False).fit()
+
+
+@needs_lightgbm
+def test_a_gbdt_run_is_not_a_servable_ranker(log_and_split, tmp_path):
+    from genrec.serve.bundle import _copy_ranker
+
+    log, split = log_and_split
+    GBDTTrainer(config(n_estimators=3), tmp_path / "run", log=log, split=split, show_progress=False).fit()
+    with pytest.raises(GenrecError, match="not a finished ranking run"):
+        _copy_ranker(tmp_path / "run", tmp_path / "bundle", ["0", "1"], {})
