@@ -1,7 +1,7 @@
 """Ranking quality on an impression log: the generative ranker against its baselines, per task, with paired tests.
 
 Trains (with --train) or reads the run folders of the committed configs (default: configs/kuairand/{ranker,dcn,
-din}.yaml -> runs/kuairand/<model>), then tabulates each run's test metrics per task (AUC, GAUC with its 95%
+din,gbdt}.yaml -> runs/kuairand/<model>), then tabulates each run's test metrics per task (AUC, GAUC with its 95%
 user-bootstrap interval, log loss, normalised entropy, ECE) and, for every baseline, the paired GAUC difference
 ranker - baseline on the same test impressions (user-bootstrap interval, sign-flip permutation p-value,
 :func:`genrec.eval.ctr.paired_gauc`). Writes benchmarks/results/ranking_<dataset>.{json,md} with the split

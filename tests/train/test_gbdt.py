@@ -13,7 +13,7 @@ import pytest
 
 from genrec.data.dataset import Vocab
 from genrec.data.impressions import ImpressionLog, temporal_split, utc_day
-from genrec.errors import ConfigError, GenrecError
+from genrec.errors import GenrecError
 from genrec.io import read_json
 from genrec.models.gbdt import GBDTConfig, build_features, earlier_sums, import_lightgbm
 from genrec.train import trainer_class
@@ -71,9 +71,10 @@ def test_config_validates_and_dispatches():
     for bad in ({"num_leaves": 1}, {"learning_rate": 0}, {"bagging": 1.5}, {"features": ["ids"]}, {"trees": 3}):
         with pytest.raises(ValueError):
             config(**bad)
-    loo = RunConfig.model_validate({"dataset": "gen", "model": {"name": "gbdt"}})
-    with pytest.raises(ConfigError, match="split: temporal"):
-        GBDTTrainer(loo, "unused", show_progress=False).fit()
+    defaults = RunConfig.model_validate({"dataset": "gen", "model": {"name": "gbdt"}})  # the ranking defaults
+    assert defaults.split == "temporal" and defaults.eval.select_metric == "gauc:mean"
+    with pytest.raises(ValueError, match="split must be temporal"):
+        RunConfig.model_validate({"dataset": "gen", "split": "loo", "model": {"name": "gbdt"}})
 
 
 def test_earlier_sums_match_a_brute_force_count():

@@ -276,7 +276,7 @@ def train_cmd(
                                                  "else runs/<config stem>).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
-    """Train a retrieval model (sasrec, hstu, tiger) or a ranking model (ranker, dcn, din) with validation-based
+    """Train a retrieval model (sasrec, hstu, tiger) or a ranking model (ranker, dcn, din, gbdt) with validation-based
     early stopping; evaluate the test split once."""
     from genrec.train import parse_params, trainer_class
     from genrec.train.config import load_config

@@ -62,6 +62,9 @@ class OptimConfig(BaseModel):
         return self
 
 
+RANKERS = (*RANKING, "gbdt")  # every ranking model: the torch ones and the LightGBM baseline
+
+
 class EvalSettings(BaseModel):
     model_config = _STRICT
 
@@ -135,16 +138,16 @@ class RunConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _ranking_defaults(cls, raw: object) -> object:
-        """Ranking models (ranker, dcn, din) read an impression log split by time and select on GAUC: their
+        """Ranking models (ranker, dcn, din, gbdt) read an impression log split by time and select on GAUC: their
         defaults differ from the retrieval models'."""
-        if isinstance(raw, dict) and isinstance(raw.get("model"), dict) and raw["model"].get("name") in RANKING:
+        if isinstance(raw, dict) and isinstance(raw.get("model"), dict) and raw["model"].get("name") in RANKERS:
             raw = {**raw, "split": raw.get("split", "temporal")}
             raw["eval"] = {"select_metric": "gauc:mean", **(raw.get("eval") or {})}
         return raw
 
     @model_validator(mode="after")
     def _ranking_runs(self) -> RunConfig:
-        if self.model.name in RANKING:
+        if self.model.name in RANKERS:
             if self.split != "temporal":
                 raise ValueError(f"model {self.model.name} trains on an impression log split by time: "
                                  "split must be temporal")
