@@ -16,25 +16,29 @@ give the same models (``deterministic``), so ``--resume`` trains again from the 
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from genrec.data.actions import schema_for
 from genrec.data.impressions import ImpressionLog, ImpressionSplit, default_split, load_impressions
 from genrec.errors import ConfigError, GenrecError
 from genrec.eval import ctr
-from genrec.eval.report import git_commit, machine
-from genrec.io import write_json, write_parquet, write_text, write_vocab
+from genrec.eval.report import git_commit
+from genrec.io import write_json, write_text
 from genrec.models.gbdt import Features, build_features, import_lightgbm
 from genrec.models.ranking import RankSpec
 from genrec.progress import progress_bar
-from genrec.train.ranking import apply_platt, check_select_metric, fit_platt, selection_value
+from genrec.train.ranking import (
+    check_select_metric,
+    fit_calibration,
+    selection_value,
+    write_test_report,
+    write_vocabularies,
+)
 
 PARTS = ("train", "valid", "test")
 
@@ -100,19 +104,9 @@ class GBDTTrainer:
         best = max(r["best_round"] for r in history)
         return GBDTResult(boosters, self.run_dir, best, valid["select"], test, history)
 
-    def _calibration_mode(self) -> str:
-        mode = self.config.eval.calibrate  # platt / temperature / none (true / false in older configs)
-        return {True: "platt", False: "none"}[mode] if isinstance(mode, bool) else mode
-
     def _calibrate(self, log: ImpressionLog, rows: np.ndarray, raw: dict[str, np.ndarray],
                    tasks: tuple[str, ...]) -> dict[str, tuple[float, float]]:
-        """Per binary task (a, b) of sigmoid(a * logit + b) fitted on the validation impressions, as the torch
-        rankers do (temperature: b = 0)."""
-        mode = self._calibration_mode()
-        if mode == "none":
-            return {}
-        extra = {} if mode == "platt" else {"intercept": False}
-        return {t: fit_platt(log.labels[t][rows], raw[t], **extra) for t in tasks}
+        return fit_calibration(self.config.eval.calibrate, log, rows, raw, tasks)  # as the torch rankers do
 
     def _open(self, resume: bool) -> None:
         if (self.run_dir / "metrics.json").is_file() and not resume:
@@ -174,57 +168,25 @@ class GBDTTrainer:
             "features": feats.names, "categorical": feats.categorical,
             "rounds": {r["task"]: r["best_round"] for r in history}, "importance_gain": importance,
             "actions": schema_for(log.name, log.action_sizes)})
-        write_vocab(self.run_dir / "ranker_items.parquet", log.items.raw.to_pylist())
-        write_vocab(self.run_dir / "ranker_users.parquet", log.users.raw.to_pylist())
+        write_vocabularies(self.run_dir, log)
 
     def _test(self, boosters: dict[str, Any], feats: Features, log: ImpressionLog, split: ImpressionSplit,
               rows: np.ndarray, spec: RankSpec, state: dict[str, Any],
               calibration: dict[str, tuple[float, float]]) -> dict[str, Any]:
-        cfg = self.config
         if not len(rows):
             raise ConfigError(f"the test part of {log.name} has no impressions")
         raw = {t: _predict(b, feats, rows) for t, b in boosters.items()}
-        preds = {t: apply_platt(p, calibration[t]) if t in calibration else p for t, p in raw.items()}
-        users = log.user[rows]
-        tasks = {t: ctr.task_report(users, log.labels[t][rows], preds[t],
-                                    kind="binary" if t in spec.binary_tasks else "regression",
-                                    n_boot=cfg.eval.n_boot, seed=cfg.train.seed) for t in spec.tasks}
-        columns = {"row": rows, "user": users, "item": log.item[rows], "time": log.time[rows]}
-        for t in spec.tasks:
-            columns[f"label_{t}"] = log.labels[t][rows]
-            columns[f"pred_{t}"] = preds[t].astype(np.float32)
-            if t in calibration:
-                columns[f"raw_{t}"] = raw[t].astype(np.float32)
-        write_parquet(self.run_dir / "predictions_test.parquet", pa.table(columns))
-        uncalibrated = {t: {"ece": ctr.ece(log.labels[t][rows], raw[t])[0],
-                            "log_loss": ctr.log_loss(log.labels[t][rows], raw[t])} for t in calibration}
         history = state["history"]
-        result = {
-            "dataset": {"name": log.name, "rows": log.n_rows, "users": log.n_users, "items": log.n_items},
-            "split": split.describe(), "part": "test", "tasks": tasks,
-            "calibration": {"method": f"{self._calibration_mode()} on the validation impressions" if calibration
-                            else "none",
-                            "params": {t: list(ab) for t, ab in calibration.items()}, "uncalibrated": uncalibrated},
-            "metrics": {f"{m}:{t}": v for t, r in tasks.items() for m, v in r["metrics"].items()
-                        if isinstance(v, dict) and "value" in v},
-            "valid": {k: v for k, v in state["valid"].items() if k != "select"},
-            "run": {"model": cfg.model.name, "config": cfg.model_dump(mode="json"), "commit": git_commit(),
-                    "commit_at_start": state["commit_at_start"], "machine": machine(),
-                    "created": dt.datetime.now(dt.UTC).isoformat(),
-                    # epochs are boosting rounds: the most any task ran / kept (per task under "rounds")
-                    "best_epoch": max(r["best_round"] for r in history),
-                    "best_valid": state["valid"]["select"], "epochs_run": max(r["rounds"] for r in history),
-                    "rounds": {r["task"]: r for r in history}, "stopped": "early stopping per task",
-                    "train_seconds": state["train_seconds"], "feature_seconds": state["feature_seconds"],
-                    "threads": self._params(True)["num_threads"], "device": "cpu"},
-        }
-        write_json(self.run_dir / "metrics.json", result)
-        if self.show_progress:
-            for t, r in tasks.items():
-                m = r["metrics"]
-                shown = ("auc", "gauc", "normalized_entropy", "ece") if r["kind"] == "binary" else ("mse", "pearson")
-                print(f"test {t:>10}: " + "  ".join(f"{k} {m[k]['value']:.4f}" for k in shown if k in m))
-        return result
+        run = {"commit_at_start": state["commit_at_start"],
+               # epochs are boosting rounds: the most any task ran / kept (per task under "rounds")
+               "best_epoch": max(r["best_round"] for r in history), "best_valid": state["valid"]["select"],
+               "epochs_run": max(r["rounds"] for r in history), "rounds": {r["task"]: r for r in history},
+               "stopped": "early stopping per task", "train_seconds": state["train_seconds"],
+               "feature_seconds": state["feature_seconds"], "threads": self._params(True)["num_threads"],
+               "device": "cpu"}
+        valid = {"valid": {k: v for k, v in state["valid"].items() if k != "select"}}
+        return write_test_report(self.run_dir, self.config, log, split, spec, rows, raw, calibration, run,
+                                 self.show_progress, extra=valid)
 
 
 def _predict(booster: Any, feats: Features, rows: np.ndarray) -> np.ndarray:

@@ -148,6 +148,15 @@ def fit_platt(labels: np.ndarray, probs: np.ndarray, steps: int = 100,
     return float(a), float(b)
 
 
+def fit_calibration(mode: str, log: ImpressionLog, rows: np.ndarray, probs: dict[str, np.ndarray],
+                    tasks: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """Per binary task, (a, b) of sigmoid(a * logit + b) fitted on the held-out impressions ``rows``
+    (``eval.calibrate``: platt fits both, temperature a alone, none nothing)."""
+    if mode == "none":
+        return {}
+    return {t: fit_platt(log.labels[t][rows], probs[t], intercept=mode == "platt") for t in tasks}
+
+
 def apply_platt(probs: np.ndarray, ab: tuple[float, float]) -> np.ndarray:
     x = torch.logit(torch.as_tensor(probs, dtype=torch.float64).clamp(1e-7, 1 - 1e-7))
     return torch.sigmoid(ab[0] * x + ab[1]).numpy().astype(np.float32)
@@ -212,8 +221,7 @@ class RankingTrainer:
         calibration = {}
         if cfg.eval.calibrate != "none":
             vrows, vpreds = predict(model, log, requests["valid"], spec, device)
-            calibration = {t: fit_platt(log.labels[t][vrows], vpreds[t], intercept=cfg.eval.calibrate == "platt")
-                           for t in spec.binary_tasks}
+            calibration = fit_calibration(cfg.eval.calibrate, log, vrows, vpreds, spec.binary_tasks)
         test = self._test(model, log, split, requests["test"], spec, state, device, calibration)
         return RankingResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
 
@@ -242,46 +250,62 @@ class RankingTrainer:
               state: dict, device, calibration: dict[str, tuple[float, float]]) -> dict[str, Any]:
         cfg = self.config
         rows, raw = predict(model, log, requests, spec, device, show_progress=self.show_progress)
-        preds = {t: apply_platt(p, calibration[t]) if t in calibration else p for t, p in raw.items()}
-        users = log.user[rows]
-        tasks = {t: ctr.task_report(users, log.labels[t][rows], preds[t],
-                                    kind="binary" if t in spec.binary_tasks else "regression",
-                                    n_boot=cfg.eval.n_boot, seed=cfg.train.seed) for t in spec.tasks}
-        columns = {"row": rows, "user": users, "item": log.item[rows], "time": log.time[rows]}
-        for t in spec.tasks:
-            columns[f"label_{t}"] = log.labels[t][rows]
-            columns[f"pred_{t}"] = preds[t].astype(np.float32)
-            if t in calibration:
-                columns[f"raw_{t}"] = raw[t].astype(np.float32)
-        pq.write_table(pa.table(columns), self.run_dir / "predictions_test.parquet")
         save_tensors(self.run_dir / "model.safetensors", model.state_dict())
         write_json(self.run_dir / "model.json", {"name": cfg.model.name, "config": cfg.model.model_dump(mode="json"),
                                                  "spec": spec.to_json(),
                                                  "calibration": {t: list(ab) for t, ab in calibration.items()},
                                                  "actions": schema_for(log.name, log.action_sizes)})
-        # the vocabularies a served ranker maps raw item and user ids through (genrec.serve.ranking)
-        write_vocab(self.run_dir / "ranker_items.parquet", log.items.raw.to_pylist())
-        write_vocab(self.run_dir / "ranker_users.parquet", log.users.raw.to_pylist())
-        uncalibrated = {t: {"ece": ctr.ece(log.labels[t][rows], raw[t])[0],
-                            "log_loss": ctr.log_loss(log.labels[t][rows], raw[t])} for t in calibration}
-        result = {
-            "dataset": {"name": log.name, "rows": log.n_rows, "users": log.n_users, "items": log.n_items},
-            "split": split.describe(), "part": "test", "tasks": tasks,
-            "calibration": {"method": f"{cfg.eval.calibrate} on the validation impressions" if calibration else "none",
-                            "params": {t: list(ab) for t, ab in calibration.items()}, "uncalibrated": uncalibrated},
-            "metrics": {f"{m}:{t}": v for t, r in tasks.items() for m, v in r["metrics"].items()
-                        if isinstance(v, dict) and "value" in v},
-            "run": {"model": cfg.model.name, "config": cfg.model_dump(mode="json"), "commit": git_commit(),
-                    "commit_at_start": self.commit_at_start, "machine": machine(), "allocator": self.allocator,
-                    "created": dt.datetime.now(dt.UTC).isoformat(), "best_epoch": state["best_epoch"],
-                    "best_valid": state["best"], "epochs_run": state["epoch"],
-                    "stopped": state["stopped"] or "max epochs", "train_seconds": state["train_seconds"],
-                    "device": str(device)},
-        }
-        write_json(self.run_dir / "metrics.json", result)
-        if self.show_progress:
-            for t, r in tasks.items():
-                m = r["metrics"]
-                shown = ("auc", "gauc", "normalized_entropy", "ece") if r["kind"] == "binary" else ("mse", "pearson")
-                print(f"test {t:>10}: " + "  ".join(f"{k} {m[k]['value']:.4f}" for k in shown if k in m))
-        return result
+        write_vocabularies(self.run_dir, log)
+        run = {"commit_at_start": self.commit_at_start, "allocator": self.allocator,
+               "best_epoch": state["best_epoch"], "best_valid": state["best"], "epochs_run": state["epoch"],
+               "stopped": state["stopped"] or "max epochs", "train_seconds": state["train_seconds"],
+               "device": str(device)}
+        return write_test_report(self.run_dir, cfg, log, split, spec, rows, raw, calibration, run,
+                                 self.show_progress)
+
+
+def write_vocabularies(run_dir: Path, log: ImpressionLog) -> None:
+    """The vocabularies a served ranker maps raw item and user ids through (genrec.serve.ranking)."""
+    write_vocab(run_dir / "ranker_items.parquet", log.items.raw.to_pylist())
+    write_vocab(run_dir / "ranker_users.parquet", log.users.raw.to_pylist())
+
+
+def write_test_report(run_dir: Path, cfg: Any, log: ImpressionLog, split: ImpressionSplit, spec: RankSpec,
+                      rows: np.ndarray, raw: dict[str, np.ndarray], calibration: dict[str, tuple[float, float]],
+                      run: dict[str, Any], show_progress: bool = False, extra: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:
+    """Score the test impressions ``rows`` from the raw predictions (calibrated per ``calibration``): write
+    ``predictions_test.parquet`` and ``metrics.json`` (per-task report, split, calibration, ``run`` facts on
+    top of the config, commit and machine, and any ``extra`` sections) and print the main figures."""
+    preds = {t: apply_platt(p, calibration[t]) if t in calibration else p for t, p in raw.items()}
+    users = log.user[rows]
+    tasks = {t: ctr.task_report(users, log.labels[t][rows], preds[t],
+                                kind="binary" if t in spec.binary_tasks else "regression",
+                                n_boot=cfg.eval.n_boot, seed=cfg.train.seed) for t in spec.tasks}
+    columns = {"row": rows, "user": users, "item": log.item[rows], "time": log.time[rows]}
+    for t in spec.tasks:
+        columns[f"label_{t}"] = log.labels[t][rows]
+        columns[f"pred_{t}"] = preds[t].astype(np.float32)
+        if t in calibration:
+            columns[f"raw_{t}"] = raw[t].astype(np.float32)
+    pq.write_table(pa.table(columns), run_dir / "predictions_test.parquet")
+    uncalibrated = {t: {"ece": ctr.ece(log.labels[t][rows], raw[t])[0],
+                        "log_loss": ctr.log_loss(log.labels[t][rows], raw[t])} for t in calibration}
+    result = {
+        "dataset": {"name": log.name, "rows": log.n_rows, "users": log.n_users, "items": log.n_items},
+        "split": split.describe(), "part": "test", "tasks": tasks,
+        "calibration": {"method": f"{cfg.eval.calibrate} on the validation impressions" if calibration else "none",
+                        "params": {t: list(ab) for t, ab in calibration.items()}, "uncalibrated": uncalibrated},
+        "metrics": {f"{m}:{t}": v for t, r in tasks.items() for m, v in r["metrics"].items()
+                    if isinstance(v, dict) and "value" in v},
+        **(extra or {}),
+        "run": {"model": cfg.model.name, "config": cfg.model_dump(mode="json"), "commit": git_commit(),
+                "machine": machine(), "created": dt.datetime.now(dt.UTC).isoformat(), **run},
+    }
+    write_json(run_dir / "metrics.json", result)
+    if show_progress:
+        for t, r in tasks.items():
+            m = r["metrics"]
+            shown = ("auc", "gauc", "normalized_entropy", "ece") if r["kind"] == "binary" else ("mse", "pearson")
+            print(f"test {t:>10}: " + "  ".join(f"{k} {m[k]['value']:.4f}" for k in shown if k in m))
+    return result
