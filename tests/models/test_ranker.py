@@ -336,10 +336,11 @@ def test_count_normalised_attention_kv_reuse_equals_one_by_one_and_candidates_st
     assert not torch.allclose(stacked(default(batch)), stacked(model(batch)))  # the option changes the model
 
 
-def test_heads_reading_the_embeddings_keep_kv_reuse_exact() -> None:
+@pytest.mark.parametrize("head_input", ["output+embeddings", "output+embeddings+product"])
+def test_heads_reading_the_embeddings_keep_kv_reuse_exact(head_input: str) -> None:
     torch.manual_seed(0)
     model = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3,
-                                          head_input="output+embeddings"), SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE})
+                                          head_input=head_input), SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE})
     model = model.double().eval()
     batch = make_batch(9, length=8)
     torch.testing.assert_close(stacked(model(batch)), stacked(model.score_one_by_one(batch)), **TIGHT)

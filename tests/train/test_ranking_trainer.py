@@ -124,3 +124,24 @@ def test_temperature_scaling_keeps_the_intercept_at_zero_and_fixes_overconfidenc
         == "none"
     with pytest.raises(Exception, match="calibrate"):
         RunConfig.model_validate({**config("ranker").model_dump(), "eval": {"calibrate": "isotonic"}})
+
+
+def test_calibration_to_the_training_base_rate(log_and_split):
+    from genrec.train.ranking import fit_calibration, match_mean
+
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.05, 0.95, 5000)
+    b = match_mean(0.7, 0.2, p, 0.3)
+    logit = np.log(p / (1 - p))
+    assert np.mean(1 / (1 + np.exp(-(0.7 * logit + b)))) == pytest.approx(0.3, abs=1e-6)
+    log, split = log_and_split
+    rows = np.flatnonzero(split.valid)
+    probs = {"click": rng.uniform(0.05, 0.95, rows.size).astype(np.float32)}
+    cfg = config("ranker")
+    plain = fit_calibration(cfg.eval, log, split, rows, probs, ("click",))["click"]
+    moved_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"calibrate_base_rate": "train"})})
+    moved = fit_calibration(moved_cfg.eval, log, split, rows, probs, ("click",))["click"]
+    assert moved[0] == plain[0] and moved[1] != plain[1]  # the same slope, the intercept moved
+    logit = np.log(probs["click"] / (1 - probs["click"]))
+    mean = np.mean(1 / (1 + np.exp(-(moved[0] * logit + moved[1]))))
+    assert mean == pytest.approx(log.labels["click"][split.train].mean(), abs=1e-4)

@@ -70,9 +70,10 @@ class RankerConfig(BaseModel):
     user_id: bool = Field(True, description="Learn an embedding per user id (added to the user's feature "
                           "embeddings). With a handful of training impressions per user it mostly memorises the "
                           "user's own rates, which per-user metrics (GAUC) cannot use; false: user features only.")
-    head_input: Literal["output", "output+embeddings"] = Field(
+    head_input: Literal["output", "output+embeddings", "output+embeddings+product"] = Field(
         "output", description="What the task heads read: the candidate's final state, or that concatenated with "
-        "the candidate item's and the user's embeddings (as feature-crossing rankers feed their top MLP).")
+        "the candidate item's and the user's embeddings (as feature-crossing rankers feed their top MLP), "
+        "optionally also their elementwise product (a factorisation-machine style user x item cross).")
 
     @model_validator(mode="after")
     def _dim_splits_into_heads(self) -> RankerConfig:
@@ -121,8 +122,8 @@ class GenerativeRanker(nn.Module):
                                dropout=config.dropout, init_std=config.init_std, time_buckets=config.time_buckets)
         self.blocks = nn.ModuleList(HSTUBlock(block_cfg, use_timestamps=True) for _ in range(config.blocks))
         self.final_norm = nn.LayerNorm(d)
-        wide = config.head_input == "output+embeddings"
-        self.heads = TaskHeads(3 * d if wide else d, spec.tasks, config.head_hidden)
+        width = {"output": d, "output+embeddings": 3 * d, "output+embeddings+product": 4 * d}[config.head_input]
+        self.heads = TaskHeads(width, spec.tasks, config.head_hidden)
 
     # --- tokens -------------------------------------------------------------------------------------------
 
@@ -154,8 +155,10 @@ class GenerativeRanker(nn.Module):
         """[B, M, D] candidate states -> the heads' input (see head_input)."""
         if self.config.head_input == "output":
             return out
-        user = user[:, None].expand(-1, out.shape[1], -1)
-        return torch.cat([out, self.item_emb(items), user], dim=-1)
+        user, item = user[:, None].expand(-1, out.shape[1], -1), self.item_emb(items)
+        if self.config.head_input == "output+embeddings":
+            return torch.cat([out, item, user], dim=-1)
+        return torch.cat([out, item, user, item * user], dim=-1)
 
     @staticmethod
     def _visible(visible: torch.Tensor, shift: torch.Tensor, hist_len: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,12 @@ class EvalSettings(BaseModel):
         "training period instead of matching the validation days' (right when the positive rate drifts day to "
         "day); none: raw probabilities. true / false mean platt / none.")
 
+    calibrate_base_rate: Literal["valid", "train"] = Field(
+        "valid", description="Ranking models: the positive rate the calibrated validation predictions average to. "
+        "valid: the validation impressions' own (what Platt scaling fits); train: the training part's, by moving "
+        "the intercept after the fit. One day's rate is a noisy estimate of the next days' (KuaiRand-Pure's daily "
+        "click rate ranges .42-.46 over its training days); the training part's covers many days.")
+
     @field_validator("calibrate", mode="before")
     @classmethod
     def _calibrate_bool(cls, value: Any) -> Any:

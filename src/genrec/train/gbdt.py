@@ -96,17 +96,13 @@ class GBDTTrainer:
             if on_epoch_end is not None:
                 on_epoch_end(record)
         valid = selection_value(metric, log, rows["valid"], valid_raw, spec.binary_tasks)
-        calibration = self._calibrate(log, rows["valid"], valid_raw, spec.binary_tasks)
+        calibration = fit_calibration(self.config.eval, log, split, rows["valid"], valid_raw, spec.binary_tasks)
         state = {"commit_at_start": commit_at_start, "history": history, "valid": valid,
                  "feature_seconds": feature_seconds, "train_seconds": time.perf_counter() - start}
         self._save(boosters, feats, spec, log, calibration, history)
         test = self._test(boosters, feats, log, split, rows["test"], spec, state, calibration)
         best = max(r["best_round"] for r in history)
         return GBDTResult(boosters, self.run_dir, best, valid["select"], test, history)
-
-    def _calibrate(self, log: ImpressionLog, rows: np.ndarray, raw: dict[str, np.ndarray],
-                   tasks: tuple[str, ...]) -> dict[str, tuple[float, float]]:
-        return fit_calibration(self.config.eval.calibrate, log, rows, raw, tasks)  # as the torch rankers do
 
     def _open(self, resume: bool) -> None:
         if (self.run_dir / "metrics.json").is_file() and not resume:

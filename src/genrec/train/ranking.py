@@ -148,13 +148,30 @@ def fit_platt(labels: np.ndarray, probs: np.ndarray, steps: int = 100,
     return float(a), float(b)
 
 
-def fit_calibration(mode: str, log: ImpressionLog, rows: np.ndarray, probs: dict[str, np.ndarray],
-                    tasks: tuple[str, ...]) -> dict[str, tuple[float, float]]:
-    """Per binary task, (a, b) of sigmoid(a * logit + b) fitted on the held-out impressions ``rows``
-    (``eval.calibrate``: platt fits both, temperature a alone, none nothing)."""
-    if mode == "none":
+def fit_calibration(settings: Any, log: ImpressionLog, split: ImpressionSplit, rows: np.ndarray,
+                    probs: dict[str, np.ndarray], tasks: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """Per binary task, (a, b) of sigmoid(a * logit + b) fitted on the validation impressions ``rows`` with
+    ``probs`` their predictions (``eval.calibrate``: platt fits both, temperature a alone, none nothing), then,
+    with ``eval.calibrate_base_rate: train``, b moved so they average to the training part's positive rate."""
+    if settings.calibrate == "none":
         return {}
-    return {t: fit_platt(log.labels[t][rows], probs[t], intercept=mode == "platt") for t in tasks}
+    out = {}
+    for t in tasks:
+        a, b = fit_platt(log.labels[t][rows], probs[t], intercept=settings.calibrate == "platt")
+        if settings.calibrate_base_rate == "train":
+            b = match_mean(a, b, probs[t], float(np.mean(log.labels[t][split.part("train")])))
+        out[t] = (a, b)
+    return out
+
+
+def match_mean(a: float, b: float, probs: np.ndarray, target: float) -> float:
+    """The intercept b' with mean(sigmoid(a * logit(p) + b')) = target (the mean is monotone in b': bisection)."""
+    x = a * torch.logit(torch.as_tensor(probs, dtype=torch.float64).clamp(1e-7, 1 - 1e-7))
+    lo, hi = b - 20.0, b + 20.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float(torch.sigmoid(x + mid).mean()) < target else (lo, mid)
+    return (lo + hi) / 2
 
 
 def apply_platt(probs: np.ndarray, ab: tuple[float, float]) -> np.ndarray:
@@ -221,7 +238,7 @@ class RankingTrainer:
         calibration = {}
         if cfg.eval.calibrate != "none":
             vrows, vpreds = predict(model, log, requests["valid"], spec, device)
-            calibration = fit_calibration(cfg.eval.calibrate, log, vrows, vpreds, spec.binary_tasks)
+            calibration = fit_calibration(cfg.eval, log, split, vrows, vpreds, spec.binary_tasks)
         test = self._test(model, log, split, requests["test"], spec, state, device, calibration)
         return RankingResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
 
@@ -294,7 +311,9 @@ def write_test_report(run_dir: Path, cfg: Any, log: ImpressionLog, split: Impres
     result = {
         "dataset": {"name": log.name, "rows": log.n_rows, "users": log.n_users, "items": log.n_items},
         "split": split.describe(), "part": "test", "tasks": tasks,
-        "calibration": {"method": f"{cfg.eval.calibrate} on the validation impressions" if calibration else "none",
+        "calibration": {"method": f"{cfg.eval.calibrate} on the validation impressions" + (
+                            ", intercept moved to the training part's positive rate"
+                            if cfg.eval.calibrate_base_rate == "train" else "") if calibration else "none",
                         "params": {t: list(ab) for t, ab in calibration.items()}, "uncalibrated": uncalibrated},
         "metrics": {f"{m}:{t}": v for t, r in tasks.items() for m, v in r["metrics"].items()
                     if isinstance(v, dict) and "value" in v},
