@@ -373,3 +373,59 @@ def test_without_user_ids_users_differ_only_by_their_features() -> None:
         plain = stacked(model(batch))
         model.user_emb.precompute()
         torch.testing.assert_close(stacked(model(batch)), plain, **TIGHT)
+
+
+# --- the item prior (wide part) ------------------------------------------------------------------------------
+
+def prior_counts(seed: int, n: int = 400) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(1, N_ITEMS + 1, (n,), generator=g)
+    times = 1_600_000_000_000 + torch.randint(0, 10**6, (n,), generator=g)
+    rate = torch.linspace(0.02, 0.6, N_ITEMS + 1)[items]  # item i's true rate rises with i
+    return items, times, {t: (torch.rand(n, generator=g) < rate).double() for t in SPEC.binary_tasks}
+
+
+def test_item_prior_counts_only_earlier_impressions_of_the_item() -> None:
+    from genrec.models.ranking import ItemPrior
+
+    items, times, labels = prior_counts(0)
+    prior = ItemPrior(N_ITEMS, SPEC.binary_tasks, strength=5.0).double()
+    prior.fit(items, times, labels)
+    base = labels["like"].mean()
+
+    def expected(i: int, when: int) -> torch.Tensor:
+        seen = (items == i) & (times < when)
+        rate = (labels["like"][seen].sum() + 5 * base) / (seen.sum() + 5)
+        return torch.logit(rate) - torch.logit(base)
+
+    i = 7
+    t_i = times[items == i].sort().values
+    for when in (int(t_i[0]), int(t_i[len(t_i) // 2]), int(t_i[-1]), int(t_i[-1]) + 1, 2 * 10**12):
+        got = prior(torch.tensor([[i]]), torch.tensor([[when]]))["like"][0, 0]
+        torch.testing.assert_close(got, expected(i, when), rtol=1e-5, atol=1e-6)
+    # no label at or after a row's time is in its offset: changing them all changes nothing
+    when = int(t_i[len(t_i) // 2])
+    before = prior(torch.tensor([[i]]), torch.tensor([[when]]))["like"]
+    later = {t: torch.where(times >= when, 1 - v, v) for t, v in labels.items()}
+    prior.fit(items, times, later)
+    prior.base.copy_(base)  # the global base rate is the only thing the later labels moved
+    torch.testing.assert_close(prior(torch.tensor([[i]]), torch.tensor([[when]]))["like"], before)
+    # padding and an item never shown read the base rate: offset 0
+    assert float(prior(torch.tensor([[0]]), torch.tensor([[when]]))["like"].detach().abs()) < 1e-6
+
+
+def test_ranker_with_item_prior_keeps_kv_reuse_exact_and_saves_the_counts() -> None:
+    model = make_model(item_prior=True)
+    items, times, labels = prior_counts(1)
+    model.prior.fit(items, times, labels)
+    batch = make_batch(5)
+    torch.testing.assert_close(stacked(model(batch)), stacked(model.score_one_by_one(batch)), **TIGHT)
+    without = make_model(item_prior=False)
+    offset = model.prior(batch.cand_items, batch.cand_time)
+    assert offset["like"][batch.cand_mask].abs().max() > 0.05
+    for t in SPEC.binary_tasks:  # the same trunk and heads (same seed) plus the offset
+        torch.testing.assert_close(model(batch)[t], without(batch)[t] + offset[t], **TIGHT)
+    torch.testing.assert_close(model(batch)["watch"], without(batch)["watch"], **TIGHT)
+    restored = make_model(seed=3, item_prior=True)  # an empty table: loading brings the saved one, any size
+    restored.load_state_dict(model.state_dict())
+    torch.testing.assert_close(stacked(restored(batch)), stacked(model(batch)), **TIGHT)

@@ -264,3 +264,21 @@ def test_learns_a_tiny_multitask_problem(kind: str) -> None:
     assert auc(out["click"][real], test.labels["click"][real]) > 0.9
     assert auc(out["like"][real], test.labels["like"][real]) > 0.9
     assert after < 0.2 * before and after < 0.5 * float(test.labels["watch"][real].var())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_item_prior_adds_the_counted_offsets_and_loads_with_the_weights(kind: str) -> None:
+    model, plain = make(kind, item_prior=True), make(kind)
+    g = torch.Generator().manual_seed(2)
+    items = torch.randint(1, N_ITEMS + 1, (300,), generator=g)
+    times = torch.randint(0, 10**6, (300,), generator=g)
+    model.prior.fit(items, times, {"click": (items % 3 == 0).double(), "like": (items % 5 == 0).double()})
+    batch = make_batch(4)
+    offsets = model.prior(batch.cand_items, batch.cand_time)
+    out, ref = run(model, batch), run(plain, batch)
+    for t in ("click", "like"):
+        torch.testing.assert_close(out[t], ref[t] + offsets[t], **TIGHT)
+    torch.testing.assert_close(out["watch"], ref["watch"], **TIGHT)
+    restored = make(kind, seed=5, item_prior=True)
+    restored.load_state_dict(model.state_dict())
+    torch.testing.assert_close(run(restored, batch)["like"], out["like"], **TIGHT)

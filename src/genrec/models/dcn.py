@@ -19,22 +19,25 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
+from pydantic import ConfigDict, Field, NonNegativeFloat, PositiveInt
 from torch import nn
 
 from genrec.models.ranking import (
     ActionEmbedding,
     FeatureEmbedding,
+    ItemPriorOptions,
     RankBatch,
     RankSpec,
     TaskHeads,
     check_task_weights,
+    make_item_prior,
     multitask_loss,
     visible_history,
+    with_item_prior,
 )
 
 
-class DCNConfig(BaseModel):
+class DCNConfig(ItemPriorOptions):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Literal["dcn"] = "dcn"
@@ -87,6 +90,7 @@ class DCN(nn.Module):
             deep_in = h
         self.deep = nn.Sequential(*layers)
         out = deep_in + (width if config.structure == "parallel" else 0)
+        self.prior = make_item_prior(config, spec)
         self.heads = TaskHeads(out, spec.tasks, config.head_hidden)
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
@@ -102,7 +106,7 @@ class DCN(nn.Module):
         for layer in self.cross:
             x = layer(x0, x)
         z = self.deep(x) if self.config.structure == "stacked" else torch.cat([x, self.deep(x0)], dim=-1)
-        return self.heads(z)
+        return with_item_prior(self.prior, self.heads(z), batch.cand_items, batch.cand_time)
 
     def loss(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
              mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

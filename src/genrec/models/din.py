@@ -23,22 +23,25 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
+from pydantic import ConfigDict, Field, NonNegativeFloat, PositiveInt
 from torch import nn
 
 from genrec.models.ranking import (
     ActionEmbedding,
     FeatureEmbedding,
+    ItemPriorOptions,
     RankBatch,
     RankSpec,
     TaskHeads,
     check_task_weights,
+    make_item_prior,
     multitask_loss,
     visible_history,
+    with_item_prior,
 )
 
 
-class DINConfig(BaseModel):
+class DINConfig(ItemPriorOptions):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Literal["din"] = "din"
@@ -154,6 +157,7 @@ class DIN(nn.Module):
         self.action = ActionEmbedding(spec.action_sizes, d, config.init_std)
         self.attention = ActivationUnit(d, config.attention_hidden, config.activation)
         self.mlp = MLP(4 * d, config.hidden, config.activation, config.dropout)
+        self.prior = make_item_prior(config, spec)
         self.heads = TaskHeads(self.mlp.d_out, spec.tasks, config.head_hidden)
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
@@ -166,7 +170,7 @@ class DIN(nn.Module):
         interest = torch.bmm(weights, tokens)  # [B, M, D]
         u = self.user(batch.user)[:, None, :].expand_as(e)
         z = self.mlp(torch.cat([u, e, interest, e * interest], dim=-1), batch.cand_mask)
-        return self.heads(z)
+        return with_item_prior(self.prior, self.heads(z), batch.cand_items, batch.cand_time)
 
     def loss(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
              mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -37,15 +37,25 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 
 from genrec.models.hstu import HSTUBlock, HSTUConfig
-from genrec.models.ranking import ActionEmbedding, FeatureEmbedding, RankBatch, RankSpec, TaskHeads, multitask_loss
+from genrec.models.ranking import (
+    ActionEmbedding,
+    FeatureEmbedding,
+    ItemPriorOptions,
+    RankBatch,
+    RankSpec,
+    TaskHeads,
+    make_item_prior,
+    multitask_loss,
+    with_item_prior,
+)
 from genrec.nn.attention import masked_pointwise_attention
 
 
-class RankerConfig(BaseModel):
+class RankerConfig(ItemPriorOptions):
     """Hyper-parameters of :class:`GenerativeRanker`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -74,7 +84,6 @@ class RankerConfig(BaseModel):
         "output", description="What the task heads read: the candidate's final state, or that concatenated with "
         "the candidate item's and the user's embeddings (as feature-crossing rankers feed their top MLP), "
         "optionally also their elementwise product (a factorisation-machine style user x item cross).")
-
     @model_validator(mode="after")
     def _dim_splits_into_heads(self) -> RankerConfig:
         if self.dim % self.heads:
@@ -124,6 +133,7 @@ class GenerativeRanker(nn.Module):
         self.final_norm = nn.LayerNorm(d)
         width = {"output": d, "output+embeddings": 3 * d, "output+embeddings+product": 4 * d}[config.head_input]
         self.heads = TaskHeads(width, spec.tasks, config.head_hidden)
+        self.prior = make_item_prior(config, spec)
 
     # --- tokens -------------------------------------------------------------------------------------------
 
@@ -159,6 +169,12 @@ class GenerativeRanker(nn.Module):
         if self.config.head_input == "output+embeddings":
             return torch.cat([out, item, user], dim=-1)
         return torch.cat([out, item, user, item * user], dim=-1)
+
+    def _task_outputs(self, out: torch.Tensor, items: torch.Tensor, times: torch.Tensor,
+                      user: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """{task: [B, M]} from the candidates' final states [B, M, D]: the heads, plus the item prior."""
+        outputs = self.heads(self._head_input(self.final_norm(out), items, user))
+        return with_item_prior(self.prior, outputs, items, times)
 
     @staticmethod
     def _visible(visible: torch.Tensor, shift: torch.Tensor, hist_len: torch.Tensor) -> torch.Tensor:
@@ -241,7 +257,7 @@ class GenerativeRanker(nn.Module):
                 own = F.silu((q * k).sum(-1, keepdim=True) + block.rab.lookup(own_idx))
                 a = a + own * v / n
                 x = self._finish(block, x, a, u)
-            parts.append(self.heads(self._head_input(self.final_norm(x), cand_items[:, sl], cache.user)))
+            parts.append(self._task_outputs(x, cand_items[:, sl], cand_time[:, sl], cache.user))
         return {t: torch.cat([p[t] for p in parts], dim=1) for t in self.spec.tasks}
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
@@ -275,8 +291,8 @@ class GenerativeRanker(nn.Module):
                 a = masked_pointwise_attention(q, k, v, block.rab.at(rel, gap).unsqueeze(-3), mask[:, None],
                                                self._norm(mask[:, None]))
                 x = self._finish(block, x, a, u)
-            outs.append(self.heads(self._head_input(self.final_norm(x[:, -1:]), batch.cand_items[:, c:c + 1],
-                                                    self.user_emb(batch.user))))
+            outs.append(self._task_outputs(x[:, -1:], batch.cand_items[:, c:c + 1], batch.cand_time[:, c:c + 1],
+                                           self.user_emb(batch.user)))
         return {t: torch.cat([o[t] for o in outs], dim=1) for t in self.spec.tasks}
 
     # --- training ------------------------------------------------------------------------------------------

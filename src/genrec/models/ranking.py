@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, Field
 from torch import nn
 
 
@@ -196,3 +197,89 @@ def multitask_loss(outputs: dict[str, torch.Tensor], labels: dict[str, torch.Ten
         per_task[task] = loss
         total = total + (weights or {}).get(task, 1.0) * loss
     return total, per_task
+
+
+class ItemPrior(nn.Module):
+    """The wide part of a ranker: each binary task's smoothed positive rate of the candidate item, counted on
+    the training impressions strictly earlier than the candidate, added to the task's logit as
+    ``weight[t] * (logit(rate) - logit(base rate))``.
+
+    rate = (positives + strength * base) / (impressions + strength) shrinks a rarely shown item to the base rate.
+    A rare signal (likes: ~2% of impressions) is mostly an item property that a shared embedding learns slowly
+    and noisily; counting it is exact. Counting only earlier impressions (CatBoost's ordered target statistics)
+    keeps a training row's own label, and any later one, out of its offset, so training sees offsets built as
+    they are at serving time, when every counted impression precedes the request. The counts are buffers (the
+    training impressions sorted by item and time, with running sums of their labels): a saved model serves
+    with the same table."""
+
+    def __init__(self, n_items: int, tasks: tuple[str, ...], strength: float = 20.0):
+        super().__init__()
+        self.tasks, self.strength = tuple(tasks), float(strength)
+        self.register_buffer("keys", torch.zeros(0, dtype=torch.int64))  # item * stride + time offset, sorted
+        self.register_buffer("running", torch.zeros(1, len(self.tasks)))  # [N + 1, T] positives before key k
+        self.register_buffer("clock", torch.zeros(2, dtype=torch.int64))  # (first time, stride)
+        self.register_buffer("base", torch.full((len(self.tasks),), 0.5))
+        self.weight = nn.Parameter(torch.ones(len(self.tasks)))
+
+    @torch.no_grad()
+    def fit(self, items: torch.Tensor, times: torch.Tensor, labels: dict[str, torch.Tensor]) -> None:
+        """Count the training impressions: ``items`` [N] item indices, ``times`` [N] int64, ``labels[task]`` [N]
+        in {0, 1}."""
+        t0 = int(times.min()) if len(times) else 0
+        stride = (int(times.max()) - t0 + 2) if len(times) else 1
+        keys = items.long() * stride + (times.long() - t0)
+        order = torch.argsort(keys, stable=True)
+        pos = torch.stack([labels[t].double()[order] for t in self.tasks], 1)
+        self.keys = keys[order]
+        self.running = F.pad(pos.cumsum(0), (0, 0, 1, 0)).to(self.running.dtype)
+        self.clock = torch.tensor([t0, stride], dtype=torch.int64, device=self.keys.device)
+        self.base = (pos.sum(0) / max(len(items), 1)).clamp(1e-6, 1 - 1e-6).to(self.base.dtype)
+
+    def counts(self, items: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positives [..., T] and impressions [..., 1] of each item strictly before each time."""
+        t0, stride = int(self.clock[0]), int(self.clock[1])
+        start = items.long() * stride
+        end = start + (times.long() - t0).clamp(0, stride - 1)
+        lo = torch.searchsorted(self.keys, start.reshape(-1)).view(items.shape)
+        hi = torch.searchsorted(self.keys, end.reshape(-1)).view(items.shape)  # left: strictly earlier
+        return self.running[hi] - self.running[lo], (hi - lo)[..., None].to(self.running.dtype)
+
+    def forward(self, items: torch.Tensor, times: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{task: [B, M] logit offset} for candidate items and times [B, M] (padding items read no counts)."""
+        pos, imp = self.counts(items, times)
+        real = (items > 0)[..., None].to(pos.dtype)
+        rate = (pos * real + self.strength * self.base) / (imp * real + self.strength)
+        offset = torch.logit(rate, eps=1e-6) - torch.logit(self.base)
+        return {t: self.weight[i] * offset[..., i] for i, t in enumerate(self.tasks)}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the table's size is the number of training impressions: take it from the saved weights
+        for name in ("keys", "running"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class ItemPriorOptions(BaseModel):
+    """The item-prior fields every ranking model's config shares (see :class:`ItemPrior`)."""
+
+    item_prior: bool = Field(False, description="Add each binary task's smoothed per-item rate, counted on the "
+                             "training impressions strictly earlier than the candidate, to its logit (ItemPrior): "
+                             "a rare signal such as likes is mostly an item property that counting gets exactly.")
+    item_prior_strength: float = Field(20.0, gt=0, description="Pseudo-impressions at the base rate that shrink a "
+                                       "rarely shown item's rate (ItemPrior.strength).")
+
+
+def make_item_prior(config: ItemPriorOptions, spec: RankSpec) -> ItemPrior | None:
+    return ItemPrior(spec.n_items, spec.binary_tasks, config.item_prior_strength) if config.item_prior else None
+
+
+def with_item_prior(prior: ItemPrior | None, outputs: dict[str, torch.Tensor], items: torch.Tensor,
+                    times: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``outputs`` plus the prior's offsets of candidates ``items`` at ``times`` (unchanged without a prior)."""
+    return outputs if prior is None else add_offsets(outputs, prior(items, times))
+
+
+def add_offsets(outputs: dict[str, torch.Tensor], offsets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``outputs`` with ``offsets[t]`` added to every task that has one."""
+    return {t: v + offsets[t] if t in offsets else v for t, v in outputs.items()}

@@ -70,6 +70,15 @@ def build_ranking_model(config: Any, spec: RankSpec, log: ImpressionLog) -> torc
     return model_cls(config, spec, _tables(log.item_features), _tables(log.user_features))
 
 
+def fit_item_prior(model: torch.nn.Module, log: ImpressionLog, rows: np.ndarray) -> None:
+    """Count the training impressions ``rows`` into the model's item prior, when it has one."""
+    prior = getattr(model, "prior", None)
+    if prior is not None:
+        device = prior.keys.device
+        prior.fit(torch.as_tensor(log.item[rows], device=device), torch.as_tensor(log.time[rows], device=device),
+                  {t: torch.as_tensor(log.labels[t][rows], device=device) for t in prior.tasks})
+
+
 def _tables(features: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {name: torch.as_tensor(np.asarray(codes, dtype=np.int64)) for name, codes in features.items()}
 
@@ -209,6 +218,7 @@ class RankingTrainer:
         requests = {part: ranking_requests(log, split.part(part), max_len, stride)
                     for part in ("train", "valid", "test")}
         model = build_ranking_model(cfg.model, spec, log).to(device)
+        fit_item_prior(model, log, split.part("train"))
         train = requests["train"]
         steps_per_epoch = math.ceil(len(train) / tcfg.batch_size)
         opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume)
