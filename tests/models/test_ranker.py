@@ -429,3 +429,33 @@ def test_ranker_with_item_prior_keeps_kv_reuse_exact_and_saves_the_counts() -> N
     restored = make_model(seed=3, item_prior=True)  # an empty table: loading brings the saved one, any size
     restored.load_state_dict(model.state_dict())
     torch.testing.assert_close(stacked(restored(batch)), stacked(model(batch)), **TIGHT)
+
+
+def test_listwise_loss_reads_only_the_order_within_a_request() -> None:
+    from genrec.models.ranking import listwise_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    labels = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0], [0, 1, 0, 0, 0, 0]]).double()
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    mask[3, 4:] = False  # padding: request 3 has 4 real candidates
+    loss = listwise_loss(logits, labels, mask)
+    # request 1 (no positive) counts for nothing; the others: mean over positives of -log softmax
+    expected = []
+    for b in (0, 2, 3):
+        real = mask[b]
+        log_p = logits[b, real] - torch.logsumexp(logits[b, real], 0)
+        expected.append(-log_p[labels[b, real] > 0].mean())
+    torch.testing.assert_close(loss, torch.stack(expected).mean())
+    # a constant per request (who the user is) changes nothing; padded logits are never read
+    shifted = logits + torch.randn(4, 1, generator=g, dtype=torch.float64) * 10
+    shifted[3, 4:] = 1e6
+    torch.testing.assert_close(listwise_loss(shifted, labels, mask), loss)
+    # it multiplies into the task loss only where asked
+    outputs = {"click": logits, "like": logits, "watch": logits}
+    targets = {"click": labels, "like": labels, "watch": labels}
+    plain, _ = multitask_loss(outputs, targets, mask, ("click", "like"))
+    with_lw, per_task = multitask_loss(outputs, targets, mask, ("click", "like"), listwise={"like": 0.5})
+    torch.testing.assert_close(with_lw - plain, 0.5 * loss)
+    with pytest.raises(ValueError, match="listwise"):
+        make_model(listwise={"watch": 1.0})

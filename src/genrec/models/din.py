@@ -29,8 +29,8 @@ from torch import nn
 from genrec.models.ranking import (
     ActionEmbedding,
     FeatureEmbedding,
-    ItemPriorOptions,
     RankBatch,
+    RankingOptions,
     RankSpec,
     TaskHeads,
     check_task_weights,
@@ -41,7 +41,7 @@ from genrec.models.ranking import (
 )
 
 
-class DINConfig(ItemPriorOptions):
+class DINConfig(RankingOptions):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Literal["din"] = "din"
@@ -175,4 +175,5 @@ class DIN(nn.Module):
     def loss(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
              mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted multi-task loss over real candidates (``mask = batch.cand_items > 0``): (total, per task)."""
-        return multitask_loss(outputs, labels, mask, self.spec.binary_tasks, self.config.task_weights)
+        return multitask_loss(outputs, labels, mask, self.spec.binary_tasks, self.config.task_weights,
+                              self.config.listwise)

@@ -44,8 +44,8 @@ from genrec.models.hstu import HSTUBlock, HSTUConfig
 from genrec.models.ranking import (
     ActionEmbedding,
     FeatureEmbedding,
-    ItemPriorOptions,
     RankBatch,
+    RankingOptions,
     RankSpec,
     TaskHeads,
     make_item_prior,
@@ -55,7 +55,7 @@ from genrec.models.ranking import (
 from genrec.nn.attention import masked_pointwise_attention
 
 
-class RankerConfig(ItemPriorOptions):
+class RankerConfig(RankingOptions):
     """Hyper-parameters of :class:`GenerativeRanker`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -300,4 +300,5 @@ class GenerativeRanker(nn.Module):
     def loss(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
              mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(weighted total, {task: loss}) over real candidates (``mask`` = cand_items > 0)."""
-        return multitask_loss(outputs, labels, mask, self.spec.binary_tasks, self.config.task_weights)
+        return multitask_loss(outputs, labels, mask, self.spec.binary_tasks, self.config.task_weights,
+                              self.config.listwise)

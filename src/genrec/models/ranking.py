@@ -177,26 +177,42 @@ def check_task_weights(spec: RankSpec, weights: dict[str, float]) -> None:
 
 
 def multitask_loss(outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], mask: torch.Tensor,
-                   binary_tasks: tuple[str, ...] | list[str],
-                   weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                   binary_tasks: tuple[str, ...] | list[str], weights: dict[str, float] | None = None,
+                   listwise: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum over tasks of the mean loss over real candidates: BCE-with-logits for ``binary_tasks``,
     MSE for the others. ``mask`` [B, M] bool marks real candidates; a non-finite label counts as missing
-    (a regression signal not logged for that impression). Returns (total, {task: loss})."""
+    (a regression signal not logged for that impression). ``listwise[t]`` adds that weight times
+    :func:`listwise_loss` of binary task t. Returns (total, {task: loss})."""
     per_task: dict[str, torch.Tensor] = {}
     total = next(iter(outputs.values())).new_zeros(())
     for task, pred in outputs.items():
         target = labels[task].to(pred.dtype)
         keep = mask & torch.isfinite(target)
-        pred, target = pred[keep], target[keep]
-        if pred.numel() == 0:  # no labelled candidate: a zero that still carries a graph
-            loss = pred.sum()
+        flat, flat_target = pred[keep], target[keep]
+        if flat.numel() == 0:  # no labelled candidate: a zero that still carries a graph
+            loss = flat.sum()
         elif task in binary_tasks:
-            loss = F.binary_cross_entropy_with_logits(pred, target)
+            loss = F.binary_cross_entropy_with_logits(flat, flat_target)
+            if (listwise or {}).get(task):
+                loss = loss + listwise[task] * listwise_loss(pred, target, keep)
         else:
-            loss = F.mse_loss(pred, target)
+            loss = F.mse_loss(flat, flat_target)
         per_task[task] = loss
         total = total + (weights or {}).get(task, 1.0) * loss
     return total, per_task
+
+
+def listwise_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy of each request's positives among its real candidates ([B, M] each), averaged over
+    the requests that have both a positive and a negative. BCE is dominated by who engages (users differ far
+    more than items do for one user); this term only sees the order within a request, which GAUC measures."""
+    pos = (labels > 0.5) & mask
+    useful = pos.any(1) & (mask & ~pos).any(1)
+    if not bool(useful.any()):
+        return logits.sum() * 0.0
+    logits, pos, mask = logits[useful], pos[useful], mask[useful]
+    log_p = logits - torch.logsumexp(logits.masked_fill(~mask, float("-inf")), dim=1, keepdim=True)
+    return -((log_p * pos).sum(1) / pos.sum(1)).mean()
 
 
 class ItemPrior(nn.Module):
@@ -260,17 +276,25 @@ class ItemPrior(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class ItemPriorOptions(BaseModel):
-    """The item-prior fields every ranking model's config shares (see :class:`ItemPrior`)."""
+class RankingOptions(BaseModel):
+    """Options every ranking model's config shares: the item prior (:class:`ItemPrior`) and listwise losses."""
 
     item_prior: bool = Field(False, description="Add each binary task's smoothed per-item rate, counted on the "
                              "training impressions strictly earlier than the candidate, to its logit (ItemPrior): "
                              "a rare signal such as likes is mostly an item property that counting gets exactly.")
     item_prior_strength: float = Field(20.0, gt=0, description="Pseudo-impressions at the base rate that shrink a "
                                        "rarely shown item's rate (ItemPrior.strength).")
+    listwise: dict[str, float] = Field(default_factory=dict, description="Binary task -> weight of an extra "
+                                       "listwise loss over each request's candidates (listwise_loss): it trains "
+                                       "the order within a user, which GAUC measures, not who engages.")
 
 
-def make_item_prior(config: ItemPriorOptions, spec: RankSpec) -> ItemPrior | None:
+def make_item_prior(config: RankingOptions, spec: RankSpec) -> ItemPrior | None:
+    """The config's item prior (None without one); also checks its listwise tasks against ``spec``."""
+    wrong = {t for t, w in config.listwise.items() if t not in spec.binary_tasks or w < 0}
+    if wrong:
+        raise ValueError(f"listwise names tasks that are not binary tasks of the data, or negative weights: "
+                         f"{sorted(wrong)} (binary tasks: {', '.join(spec.binary_tasks)})")
     return ItemPrior(spec.n_items, spec.binary_tasks, config.item_prior_strength) if config.item_prior else None
 
 
