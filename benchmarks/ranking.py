@@ -57,8 +57,11 @@ def main() -> None:
             sys.exit(f"{folder}: no finished run (train it: genrec train --config {config}, or pass --train)")
         metrics = read_json(folder / "metrics.json")
         preds = pq.read_table(folder / "predictions_test.parquet").sort_by("row").to_pydict()
-        runs[metrics["run"]["model"]] = {"config": str(config), "folder": str(folder), "metrics": metrics,
-                                         "preds": {k: np.asarray(v) for k, v in preds.items()}}
+        model = metrics["run"]["model"]
+        # a model trained under two configs (din, din-listwise) is told apart by its config's name
+        name = model if model == config.stem else f"{model} ({config.stem})"
+        runs[name] = {"config": str(config), "folder": str(folder), "metrics": metrics,
+                      "preds": {k: np.asarray(v) for k, v in preds.items()}}
     names = list(runs)
     main_name, base = names[0], runs[names[0]]
     for name in names[1:]:
