@@ -108,7 +108,7 @@ def test_bad_ranking_configs():
 
 
 def test_temperature_scaling_keeps_the_intercept_at_zero_and_fixes_overconfidence():
-    from genrec.train.ranking import apply_platt, fit_platt
+    from genrec.train.ranking import MIN_SLOPE, apply_platt, fit_platt
 
     rng = np.random.default_rng(0)
     true = rng.uniform(0.05, 0.95, 20_000)
@@ -120,6 +120,13 @@ def test_temperature_scaling_keeps_the_intercept_at_zero_and_fixes_overconfidenc
     assert np.abs(apply_platt(overconfident, (a, b)) - true).max() < 0.05
     shifted = 1 / (1 + np.exp(-(logit + 1)))  # right sharpness, wrong base rate: only platt moves it back
     assert fit_platt(labels, shifted)[1] == pytest.approx(-1, abs=0.1)
+    # scores that rank worse than chance across the pool: the slope stays positive, so no order is reversed
+    reversed_ = 1 - true
+    a, b = fit_platt(labels, reversed_)
+    assert a > 0 and a == pytest.approx(MIN_SLOPE, rel=0.5)
+    calibrated = apply_platt(reversed_, (a, b))
+    assert np.all(np.diff(calibrated[np.argsort(reversed_)]) >= 0)
+    assert abs(float(calibrated.mean()) - float(labels.mean())) < 0.02
     assert RunConfig.model_validate({**config("ranker").model_dump(), "eval": {"calibrate": False}}).eval.calibrate \
         == "none"
     with pytest.raises(Exception, match="calibrate"):

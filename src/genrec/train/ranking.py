@@ -134,27 +134,35 @@ def selection_value(metric: str, log: ImpressionLog, rows: np.ndarray, preds: di
     return out
 
 
+MIN_SLOPE = 1e-2  # the smallest Platt slope: a calibration keeps the model's order, however poorly it pools
+
+
 def fit_platt(labels: np.ndarray, probs: np.ndarray, steps: int = 100,
               intercept: bool = True) -> tuple[float, float]:
     """(a, b) minimising the log loss of sigmoid(a * logit(p) + b) on held-out impressions (Platt scaling):
     two parameters, so it fixes over- or under-confidence without changing any ordering within a task.
-    ``intercept=False`` fits a alone with b = 0 (temperature scaling, 1 / T = a)."""
+    ``intercept=False`` fits a alone with b = 0 (temperature scaling, 1 / T = a).
+
+    a is kept >= MIN_SLOPE: a model trained for the order within each user (listwise losses) can rank worse
+    than chance across users, where an unconstrained fit turns the slope negative and so reverses every
+    user's order; the floor keeps the order and leaves the probabilities near the base rate."""
     x = torch.logit(torch.as_tensor(probs, dtype=torch.float64).clamp(1e-7, 1 - 1e-7))
     y = torch.as_tensor(labels, dtype=torch.float64)
-    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([ab], max_iter=steps, line_search_fn="strong_wolfe")
-    keep_b = torch.tensor([1.0, float(intercept)], dtype=torch.float64)
+    raw = torch.tensor([0.0, 0.0], dtype=torch.float64, requires_grad=True)  # (log(a - MIN_SLOPE + ...), b)
+    opt = torch.optim.LBFGS([raw], max_iter=steps, line_search_fn="strong_wolfe")
+    keep_b = float(intercept)
+
+    def slope(r: torch.Tensor) -> torch.Tensor:  # softplus, shifted so that r = 0 gives a = 1
+        return MIN_SLOPE + torch.nn.functional.softplus(r + math.log(math.expm1(1 - MIN_SLOPE)))
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        a, b = ab * keep_b
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(a * x + b, y)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(slope(raw[0]) * x + keep_b * raw[1], y)
         loss.backward()
         return loss
 
     opt.step(closure)
-    a, b = (ab * keep_b).detach().tolist()
-    return float(a), float(b)
+    return float(slope(raw[0].detach())), float(keep_b * raw[1].detach())
 
 
 def fit_calibration(settings: Any, log: ImpressionLog, split: ImpressionSplit, rows: np.ndarray,
