@@ -33,7 +33,8 @@ def test_config_validates_and_builds(path):
         model = TIGER(cfg.model, [[-1, -1], *([i // 5, i % 5] for i in range(10))], [2, 5])
     elif cfg.model.name in RANKING:  # a ranking model is built for an impression log's spec
         cls, _ = RANKING[cfg.model.name]
-        spec = RankSpec(n_items=10, n_users=5, binary_tasks=("click", "like"), regression_tasks=("watch_time",),
+        binary = tuple(dict.fromkeys(("click", "like", *cfg.model.listwise)))  # the tasks the config names
+        spec = RankSpec(n_items=10, n_users=5, binary_tasks=binary, regression_tasks=("watch_time",),
                         item_feature_sizes={"tag": 3}, action_sizes={"signals": 4})
         model = cls(cfg.model, spec, {"tag": torch.tensor([0, *([1, 2] * 5)])}, {})
     else:
