@@ -265,3 +265,31 @@ def test_kuairand_clicks_real():
         assert (ds.n_users, ds.n_items, ds.n_interactions) == (21811, 5085, 100008)
     assert ds.n_interactions <= int(log.labels["click"].sum())
     assert (np.diff(ds.timestamps.values)[np.diff(ds.sequences.row_ids()) == 0] >= 0).all()
+
+
+def test_sampled_negatives_from_pools_exclude_only_what_was_rated_by_the_cut():
+    log = ratings_log(2, n_users=10)
+    cut = int(np.quantile(log.time, 0.6))
+    pools = np.zeros((log.n_users + 1, 6), dtype=np.int64)
+    rng = np.random.default_rng(0)
+    for u in range(1, log.n_users + 1):
+        later = log.item[(log.user == u) & (log.time > cut)]
+        pools[u, :3] = rng.choice(np.arange(1, log.n_items + 1), 3, replace=False)
+        pools[u, 3:3 + min(3, len(later))] = later[:3]  # items this user rates only after the cut
+    neg = with_sampled_negatives(log, 4, seed=1, pools=pools, rated_until=cut)
+    fake = ~neg.context
+    in_pool = (pools[neg.user[fake]] == neg.item[fake][:, None]).any(1)
+    # drawn from the user's pool; popularity only for an empty slot (users with fewer than 3 later items)
+    full = (pools[neg.user[fake]] > 0).all(1)
+    assert in_pool[full].mean() > 0.95 and in_pool[~full].mean() < 1
+    before = set(zip(log.user[log.time <= cut].tolist(), log.item[log.time <= cut].tolist(), strict=True))
+    pairs = set(zip(neg.user[fake].tolist(), neg.item[fake].tolist(), strict=True))
+    assert not pairs & before  # nothing the user had rated by the cut
+    after = set(zip(log.user[log.time > cut].tolist(), log.item[log.time > cut].tolist(), strict=True)) - before
+    assert pairs & after  # an item rated only later can be a negative: a later target is not singled out
+    assert "pool" in neg.meta["negatives"]["distribution"]
+    whole_log = with_sampled_negatives(log, 4, seed=1, pools=pools)
+    rated = set(zip(log.user.tolist(), log.item.tolist(), strict=True))
+    assert not set(zip(whole_log.user[fake].tolist(), whole_log.item[fake].tolist(), strict=True)) & rated
+    with pytest.raises(DataError, match="pools"):
+        with_sampled_negatives(log, 4, pools=np.zeros((3, 2), dtype=np.int64))

@@ -466,7 +466,8 @@ NEGATIVE_SEED = 0
 
 def with_sampled_negatives(log: ImpressionLog, n_negatives: int = ML_NEGATIVES, seed: int = NEGATIVE_SEED, *,
                            task: str = "rate", popularity_rows: np.ndarray | None = None,
-                           name: str | None = None, max_rounds: int = 1000) -> ImpressionLog:
+                           name: str | None = None, max_rounds: int = 1000, pools: np.ndarray | None = None,
+                           rated_until: int | None = None) -> ImpressionLog:
     """``log`` plus ``n_negatives`` sampled impressions per context row, for a log that holds only what users
     chose (ratings): an engagement task for a ranker that reorders retrieved candidates.
 
@@ -477,7 +478,15 @@ def with_sampled_negatives(log: ImpressionLog, n_negatives: int = ML_NEGATIVES, 
     (context) rows and 0 on the sampled ones (and on rows of ``log`` that were not context rows already); every
     other binary task is 0 and every regression task missing (NaN) on the sampled rows. Sampled rows are not
     context rows: they are candidates only, never history tokens (their action codes are the lowest valid ones,
-    never read)."""
+    never read).
+
+    ``pools`` (int64 [n_users + 1, K], the log's item indices, 0 = empty slot) draws each negative uniformly from
+    its user's pool instead (e.g. what a retrieval model proposes to that user: hard negatives for a ranker that
+    reorders retrieval's candidates); an empty slot, or a user whose pool is used up after half the rounds,
+    falls back to popularity. ``rated_until`` (unix ms): only items the user interacted with at or before that
+    time are excluded, so an item first rated later (in validation or test) can be a training negative. With a
+    small pool that matters: excluding every item the user ever rates would leave a later target as the one
+    pool item never labelled negative for that user."""
     if n_negatives < 1:
         raise ConfigError(f"n_negatives must be >= 1, got {n_negatives}")
     if task in log.labels:
@@ -492,16 +501,25 @@ def with_sampled_negatives(log: ImpressionLog, n_negatives: int = ML_NEGATIVES, 
         raise DataError(f"impression log '{log.name}': no item to sample negatives from (empty popularity rows)")
     cdf = np.cumsum(counts) / counts.sum()
     width = np.int64(log.n_items + 1)
-    rated = np.unique(log.user[real] * width + log.item[real])
+    seen = real if rated_until is None else real[log.time[real] <= rated_until]
+    rated = np.unique(log.user[seen] * width + log.item[seen])
+    if pools is not None:
+        pools = np.asarray(pools, dtype=np.int64)
+        if pools.ndim != 2 or pools.shape[0] != log.n_users + 1 or pools.min(initial=0) < 0 \
+                or pools.max(initial=0) > log.n_items:
+            raise DataError(f"pools must be item indices of shape ({log.n_users + 1}, K), got {pools.shape}")
     src = np.repeat(real, n_negatives)
     users = log.user[src]
     item = np.zeros(len(src), dtype=np.int64)
     rng = np.random.default_rng(seed)
     todo = np.arange(len(src))
-    for _ in range(max_rounds):
+    for round_ in range(max_rounds):
         if not len(todo):
             break
         draw = np.minimum(np.searchsorted(cdf, rng.random(len(todo)), side="right"), log.n_items)
+        if pools is not None and pools.shape[1] and round_ < max_rounds // 2:
+            pooled = pools[users[todo], rng.integers(0, pools.shape[1], len(todo))]
+            draw = np.where(pooled > 0, pooled, draw)
         key = users[todo] * width + draw
         pos = np.minimum(np.searchsorted(rated, key), len(rated) - 1)
         bad = rated[pos] == key
@@ -528,8 +546,11 @@ def with_sampled_negatives(log: ImpressionLog, n_negatives: int = ML_NEGATIVES, 
         context=np.concatenate([log.context, np.zeros(k, dtype=bool)]),
         meta={**log.meta, "negatives": {
             "per_real_row": n_negatives, "seed": seed, "task": task, "rows": k,
-            "distribution": "popularity over the training part's context rows, items the user never "
-                            "interacted with; same time as the real row; not history tokens"}})
+            "distribution": ("uniform over the user's pool (popularity where it is empty or used up)"
+                             if pools is not None else "popularity over the training part's context rows")
+                            + (", items the user never interacted with" if rated_until is None else
+                               f", items the user had not interacted with by {rated_until} ms")
+                            + "; same time as the real row; not history tokens"}})
 
 
 def _read_movielens_negatives(root: Path) -> ImpressionLog:
