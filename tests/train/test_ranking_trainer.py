@@ -152,3 +152,29 @@ def test_calibration_to_the_training_base_rate(log_and_split):
     logit = np.log(probs["click"] / (1 - probs["click"]))
     mean = np.mean(1 / (1 + np.exp(-(moved[0] * logit + moved[1]))))
     assert mean == pytest.approx(log.labels["click"][split.train].mean(), abs=1e-4)
+
+
+def test_negative_pools_are_read_by_raw_id_and_checked(log_and_split, tmp_path):
+    from genrec.errors import DataError
+    from genrec.train.ranking import read_pools
+
+    log, _ = log_and_split
+    users = [str(x) for x in log.users.raw.to_pylist()]
+    items = [str(x) for x in log.items.raw.to_pylist()]
+    path = tmp_path / "pools.parquet"
+    pq.write_table(pa.table({"user": [users[2], "nobody"], "items": [[items[4], "unknown", items[0]], [items[1]]]}),
+                   path)
+    pools = read_pools(path, log)
+    assert pools.shape == (log.n_users + 1, 3)
+    assert pools[3].tolist() == [5, 0, 1]  # dense = position + 1; an unknown raw id is an empty slot
+    assert pools.sum() == 6  # the unknown user is dropped
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_pools(tmp_path / "missing.parquet", log)
+    pq.write_table(pa.table({"user": ["a"]}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match="items"):
+        read_pools(tmp_path / "bad.parquet", log)
+    with pytest.raises(Exception, match="negatives"):
+        RunConfig.model_validate({"dataset": "gen", "model": {"name": "gbdt"}, "negatives": {"pools": str(path)}})
+    with pytest.raises(Exception, match="negatives"):
+        RunConfig.model_validate({"dataset": "gen", "model": {"name": "sasrec"}, "negatives": {"pools": str(path)}})
+    assert config("ranker").model_copy(update={"negatives": None}).negatives is None

@@ -615,6 +615,7 @@ DEFAULT_CUTS: dict[str, dict[str, Any] | str] = {
     "kuairand-pure": {"valid_day": 20220506, "test_day": 20220507, "strict_time": True},
     "movielens-1m-ratings": "source",
     "movielens-1m-ratings-neg": "source",
+    "movielens-1m-ratings-pool": "source",  # negatives from per-user pools (train.config.NegativesConfig)
 }
 
 

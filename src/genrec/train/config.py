@@ -113,6 +113,18 @@ class TemporalConfig(BaseModel):
     test_start: float | None = Field(None, description="Test cut, in the dataset's timestamp unit.")
 
 
+class NegativesConfig(BaseModel):
+    """Ranking on a log of chosen items only (ratings): sampled negatives drawn from per-user pools, e.g.
+    retrieval's candidates (``benchmarks/retrieval_pools.py``), so the ranker learns to reorder what retrieval
+    proposes. Items the user had rated before the log's validation period are never negatives."""
+
+    model_config = _STRICT
+
+    pools: Path = Field(description="Parquet of (user, items): each user's pool as raw ids of the log.")
+    per_row: int = Field(4, ge=1, description="Negatives per rating.")
+    seed: int = Field(0, description="Seed of the draws.")
+
+
 class FeaturesConfig(BaseModel):
     """Item features added to an ID model's item embeddings (SASRec, HSTU)."""
 
@@ -139,6 +151,8 @@ class RunConfig(BaseModel):
     train: OptimConfig = OptimConfig()
     eval: EvalSettings = EvalSettings()
     features: FeaturesConfig = FeaturesConfig()
+    negatives: NegativesConfig | None = Field(None, description="Ranking models on a ratings log: negatives "
+                                              "from per-user pools (see NegativesConfig).")
     out: str | None = Field(None, description="Run folder (default runs/<config file stem>).")
 
     @model_validator(mode="before")
@@ -153,10 +167,14 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _ranking_runs(self) -> RunConfig:
+        if self.negatives is not None and self.model.name not in RANKERS:
+            raise ValueError("negatives: applies to ranking models (ranker, dcn, din)")
         if self.model.name in RANKERS:
             if self.split != "temporal":
                 raise ValueError(f"model {self.model.name} trains on an impression log split by time: "
                                  "split must be temporal")
+            if self.negatives is not None and self.model.name == "gbdt":
+                raise ValueError("negatives: applies to the torch ranking models, not to gbdt")
             if self.features.semantic_ids or self.features.content:
                 raise ValueError(f"features: applies to retrieval models, not to {self.model.name}")
         return self

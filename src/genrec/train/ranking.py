@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import torch
 
 from genrec.data.actions import schema_for
+from genrec.data.dataset import Vocab
 from genrec.data.impressions import (
     ImpressionLog,
     ImpressionSplit,
@@ -39,8 +40,9 @@ from genrec.data.impressions import (
     default_split,
     load_impressions,
     ranking_requests,
+    with_sampled_negatives,
 )
-from genrec.errors import ConfigError
+from genrec.errors import ConfigError, DataError
 from genrec.eval import ctr
 from genrec.eval.report import git_commit, machine
 from genrec.io import write_json, write_vocab
@@ -68,6 +70,42 @@ class RankingResult:
 def build_ranking_model(config: Any, spec: RankSpec, log: ImpressionLog) -> torch.nn.Module:
     model_cls, _ = RANKING[config.name]
     return model_cls(config, spec, _tables(log.item_features), _tables(log.user_features))
+
+
+def load_ranking_log(cfg: Any) -> ImpressionLog:
+    """The run's impression log: ``cfg.dataset``, plus negatives from per-user pools when ``cfg.negatives`` is
+    set (items rated before the log's validation period are never drawn)."""
+    log = load_impressions(cfg.dataset)
+    if cfg.negatives is None:
+        return log
+    split = default_split(log)
+    cut = int(log.time[split.part("valid") | split.part("test")].min())
+    pools = read_pools(cfg.negatives.pools, log)
+    out = with_sampled_negatives(log, cfg.negatives.per_row, cfg.negatives.seed, pools=pools, rated_until=cut - 1,
+                                 name=f"{log.name}-pool")
+    out.meta["negatives"]["pools"] = str(cfg.negatives.pools)
+    return out
+
+
+def read_pools(path: Path, log: ImpressionLog) -> np.ndarray:
+    """int64 [n_users + 1, K] pools of the log's dense items from a (user, items) parquet of raw ids; unknown
+    users or items are dropped (empty slots are 0)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"negatives.pools: {path} does not exist (write it with benchmarks/retrieval_pools.py)")
+    table = pq.read_table(path)
+    if {"user", "items"} - set(table.column_names):
+        raise DataError(f"{path}: needs columns 'user' and 'items' (got {table.column_names})")
+    users = Vocab(pa.array([str(x) for x in log.users.raw.to_pylist()])).encode(
+        pa.array([str(x) for x in table.column("user").to_pylist()]), missing=0)
+    item_vocab = Vocab(pa.array([str(x) for x in log.items.raw.to_pylist()]))
+    lists = table.column("items").to_pylist()
+    width = max((len(x) for x in lists), default=0)
+    pools = np.zeros((log.n_users + 1, width), dtype=np.int64)
+    for u, items in zip(users, lists, strict=True):
+        if u > 0 and items:
+            codes = item_vocab.encode(pa.array([str(i) for i in items]), missing=0)
+            pools[u, :len(codes)] = codes
+    return pools
 
 
 def fit_item_prior(model: torch.nn.Module, log: ImpressionLog, rows: np.ndarray) -> None:
@@ -217,7 +255,7 @@ class RankingTrainer:
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
         seed_everything(tcfg.seed)
-        log = self.log or load_impressions(cfg.dataset)
+        log = self.log or load_ranking_log(cfg)
         split = self.split or default_split(log)
         spec = RankSpec(**log.spec_fields())
         metric = cfg.eval.select_metric
