@@ -1,7 +1,8 @@
 """GenerativeRanker: candidate isolation, history prefix and causality, M-FALCON cache = one-by-one passes
 (values and gradients), padding, the history cap, and multi-task heads that learn on tiny generated data."""
-
 from __future__ import annotations
+
+import dataclasses
 
 import pydantic
 import pytest
@@ -334,6 +335,41 @@ def test_count_normalised_attention_kv_reuse_equals_one_by_one_and_candidates_st
                                SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE}).double().eval()
     default.load_state_dict(model.state_dict())
     assert not torch.allclose(stacked(default(batch)), stacked(model(batch)))  # the option changes the model
+
+
+def test_wider_attention_than_dim_over_heads_keeps_kv_reuse_exact() -> None:
+    torch.manual_seed(0)
+    model = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3, attn_dim=24,
+                                          linear_dim=12), SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE})
+    assert model.blocks[0].uvqk.out_features == 2 * (2 * 12 + 2 * 24)
+    model = model.double().eval()
+    batch = make_batch(9, length=8)
+    torch.testing.assert_close(stacked(model(batch)), stacked(model.score_one_by_one(batch)), **TIGHT)
+
+
+@pytest.mark.parametrize("head_input", ["output", "output+embeddings+product"])
+def test_target_attention_keeps_kv_reuse_exact_and_reads_only_the_visible_history(head_input: str) -> None:
+    torch.manual_seed(0)
+    model = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3,
+                                          head_input=head_input, target_attention=(8, 4)),
+                             SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE}).double().eval()
+    batch = make_batch(9, length=8)
+    out = model(batch)
+    torch.testing.assert_close(stacked(out), stacked(model.score_one_by_one(batch)), **TIGHT)
+    one = model.score_candidates(model.encode_history(batch), batch.cand_items, batch.cand_time, batch.visible,
+                                 micro_batch=1)
+    torch.testing.assert_close(stacked(one), stacked(out), **TIGHT)
+    # candidates of row 0 read history tokens < 5: changing token 5 changes nothing there, token 4 does
+    short = dataclasses.replace(batch, visible=batch.visible.clamp(max=5))
+    base = stacked(model(short))[0]
+    for j, changes in ((5, False), (4, True)):
+        edited = dataclasses.replace(short, hist_items=short.hist_items.clone())
+        edited.hist_items[0, j] = 1 + edited.hist_items[0, j] % (SPEC.n_items - 1)
+        assert torch.allclose(stacked(model(edited))[0], base) is not changes
+    plain = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3,
+                                          head_input=head_input), SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE})
+    assert model.heads.heads[f"task_{SPEC.tasks[0]}"][0].in_features == \
+        plain.heads.heads[f"task_{SPEC.tasks[0]}"][0].in_features + 32
 
 
 @pytest.mark.parametrize("head_input", ["output+embeddings", "output+embeddings+product"])

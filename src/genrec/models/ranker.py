@@ -26,7 +26,9 @@ candidate); it shares no caching code and gives the same outputs.
 
 **Heads.** The final-normed candidate output feeds one small MLP per task (TaskHeads): logits for binary
 tasks (BCE), values for regression tasks (MSE), the losses averaged over real candidates and summed with
-``task_weights`` (:func:`multitask_loss`, shared with the ranking baselines).
+``task_weights`` (:func:`multitask_loss`, shared with the ranking baselines). ``head_input`` adds the
+candidate item's and the user's embeddings; ``target_attention`` adds a DIN-style pooled interest over the history
+tokens the candidate may read (cached with the history, so it costs one small MLP per candidate x token).
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, PositiveInt, model_validator
 from torch import nn
 
+from genrec.models.din import ActivationUnit
 from genrec.models.hstu import HSTUBlock, HSTUConfig
 from genrec.models.ranking import (
     ActionEmbedding,
@@ -64,6 +67,9 @@ class RankerConfig(RankingOptions):
     dim: int = Field(64, ge=1, description="Embedding and hidden size D (a multiple of heads).")
     blocks: int = Field(2, ge=1, description="Number of stacked HSTU blocks.")
     heads: int = Field(2, ge=1, description="Attention heads.")
+    attn_dim: int | None = Field(None, ge=1, description="Per-head Q/K size (default dim // heads): how finely a "
+                                 "candidate's attention can tell history items apart, independent of D.")
+    linear_dim: int | None = Field(None, ge=1, description="Per-head U/V size (default dim // heads).")
     max_len: int = Field(200, ge=1, description="History cap: only the most recent max_len impressions are "
                          "read; also the attention normaliser n.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on token embeddings and block outputs.")
@@ -84,6 +90,12 @@ class RankerConfig(RankingOptions):
         "output", description="What the task heads read: the candidate's final state, or that concatenated with "
         "the candidate item's and the user's embeddings (as feature-crossing rankers feed their top MLP), "
         "optionally also their elementwise product (a factorisation-machine style user x item cross).")
+    target_attention: tuple[PositiveInt, ...] | None = Field(
+        None, min_length=1, description="Hidden widths of a DIN-style activation unit (e.g. [36]); when set, the "
+        "heads also read the candidate's pooled interest sum_j w(h_j, e) h_j over the history tokens it may see "
+        "(item + action embeddings; weights from MLP([h, e, h - e, h * e]), not normalised) and its product with "
+        "the candidate's embedding. Off by default.")
+
     @model_validator(mode="after")
     def _dim_splits_into_heads(self) -> RankerConfig:
         if self.dim % self.heads:
@@ -107,6 +119,7 @@ class HistoryCache:
     hist_len: torch.Tensor
     shift: torch.Tensor
     user: torch.Tensor | None = None  # [B, D] the user's embedding (for head_input: output+embeddings)
+    tokens: torch.Tensor | None = None  # [B, L, D] history item + action embeddings (for target_attention)
 
 
 class GenerativeRanker(nn.Module):
@@ -128,10 +141,15 @@ class GenerativeRanker(nn.Module):
         self.cand_type = nn.Parameter(torch.randn(d) * config.init_std)
         self.drop = nn.Dropout(config.dropout)
         block_cfg = HSTUConfig(dim=d, blocks=config.blocks, heads=config.heads, max_len=config.max_len,
-                               dropout=config.dropout, init_std=config.init_std, time_buckets=config.time_buckets)
+                               dropout=config.dropout, init_std=config.init_std, time_buckets=config.time_buckets,
+                               attn_dim=config.attn_dim, linear_dim=config.linear_dim)
         self.blocks = nn.ModuleList(HSTUBlock(block_cfg, use_timestamps=True) for _ in range(config.blocks))
         self.final_norm = nn.LayerNorm(d)
         width = {"output": d, "output+embeddings": 3 * d, "output+embeddings+product": 4 * d}[config.head_input]
+        self.target_attention = None
+        if config.target_attention:
+            self.target_attention = ActivationUnit(d, config.target_attention, "prelu")
+            width += 2 * d
         self.heads = TaskHeads(width, spec.tasks, config.head_hidden)
         self.prior = make_item_prior(config, spec)
 
@@ -143,7 +161,8 @@ class GenerativeRanker(nn.Module):
 
     def _history_tokens(self, batch: RankBatch) -> tuple[torch.Tensor, ...]:
         """Cap the history to its most recent max_len tokens; return [user, history] tokens [B, 1 + L, D],
-        the kept times [B, L], lengths [B] and the number of dropped impressions per row [B]."""
+        the kept times [B, L], lengths [B], the number of dropped impressions per row [B] and the kept
+        history's unscaled item + action embeddings [B, L, D]."""
         items, actions, times, length = batch.hist_items, batch.hist_actions, batch.hist_time, batch.hist_len
         shift = (length - self.config.max_len).clamp(min=0)
         if items.shape[1] > self.config.max_len:
@@ -156,24 +175,35 @@ class GenerativeRanker(nn.Module):
             actions = actions.gather(1, idx[..., None].expand(-1, -1, actions.shape[-1])) * real[..., None]
         hist = self.item_emb(items) + self.action_emb(actions)
         x = torch.cat([self.user_emb(batch.user)[:, None], hist], dim=1)
-        return self._scale(x), times, length, shift
+        return self._scale(x), times, length, shift, hist
 
     def _candidate_tokens(self, items: torch.Tensor) -> torch.Tensor:
         return self._scale(self.item_emb(items) + self.cand_type)
 
-    def _head_input(self, out: torch.Tensor, items: torch.Tensor, user: torch.Tensor | None) -> torch.Tensor:
-        """[B, M, D] candidate states -> the heads' input (see head_input)."""
-        if self.config.head_input == "output":
-            return out
-        user, item = user[:, None].expand(-1, out.shape[1], -1), self.item_emb(items)
-        if self.config.head_input == "output+embeddings":
-            return torch.cat([out, item, user], dim=-1)
-        return torch.cat([out, item, user, item * user], dim=-1)
+    def _head_input(self, out: torch.Tensor, items: torch.Tensor, user: torch.Tensor | None,
+                    interest: torch.Tensor | None) -> torch.Tensor:
+        """[B, M, D] candidate states -> the heads' input (see head_input and target_attention)."""
+        parts = [out]
+        item = self.item_emb(items)
+        if self.config.head_input != "output":
+            user = user[:, None].expand(-1, out.shape[1], -1)
+            parts += [item, user] + ([item * user] if self.config.head_input.endswith("product") else [])
+        if interest is not None:
+            parts += [interest, item * interest]
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else out
+
+    def _interest(self, tokens: torch.Tensor | None, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """DIN-style pooled interest [B, M, D] of candidates ``items`` [B, M] over the history ``tokens``
+        [B, L, D] each may read (``mask`` [B, M, L]); None without target_attention."""
+        if self.target_attention is None:
+            return None
+        weights = self.target_attention(tokens, self.item_emb(items), mask)
+        return torch.bmm(weights, tokens)
 
     def _task_outputs(self, out: torch.Tensor, items: torch.Tensor, times: torch.Tensor,
-                      user: torch.Tensor | None) -> dict[str, torch.Tensor]:
+                      user: torch.Tensor | None, interest: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{task: [B, M]} from the candidates' final states [B, M, D]: the heads, plus the item prior."""
-        outputs = self.heads(self._head_input(self.final_norm(out), items, user))
+        outputs = self.heads(self._head_input(self.final_norm(out), items, user, interest))
         return with_item_prior(self.prior, outputs, items, times)
 
     @staticmethod
@@ -217,7 +247,7 @@ class GenerativeRanker(nn.Module):
         return (mask.sum(-1, keepdim=True) + extra).clamp(min=1).to(torch.float32)
 
     def encode_history(self, batch: RankBatch) -> HistoryCache:
-        x, times, length, shift = self._history_tokens(batch)
+        x, times, length, shift, hist = self._history_tokens(batch)
         n = x.shape[1]
         pos = torch.arange(n, device=x.device)
         rel = pos[:, None] - pos[None, :]
@@ -233,7 +263,7 @@ class GenerativeRanker(nn.Module):
             x = self._finish(block, x, a, u)
             ks.append(k)
             vs.append(v)
-        return HistoryCache(ks, vs, times, length, shift, self.user_emb(batch.user))
+        return HistoryCache(ks, vs, times, length, shift, self.user_emb(batch.user), hist)
 
     def score_candidates(self, cache: HistoryCache, cand_items: torch.Tensor, cand_time: torch.Tensor,
                          visible: torch.Tensor, micro_batch: int | None = None) -> dict[str, torch.Tensor]:
@@ -257,7 +287,8 @@ class GenerativeRanker(nn.Module):
                 own = F.silu((q * k).sum(-1, keepdim=True) + block.rab.lookup(own_idx))
                 a = a + own * v / n
                 x = self._finish(block, x, a, u)
-            parts.append(self._task_outputs(x, cand_items[:, sl], cand_time[:, sl], cache.user))
+            interest = self._interest(cache.tokens, cand_items[:, sl], mask[..., 1:])
+            parts.append(self._task_outputs(x, cand_items[:, sl], cand_time[:, sl], cache.user, interest))
         return {t: torch.cat([p[t] for p in parts], dim=1) for t in self.spec.tasks}
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
@@ -269,7 +300,7 @@ class GenerativeRanker(nn.Module):
     def score_one_by_one(self, batch: RankBatch) -> dict[str, torch.Tensor]:
         """One full pass per candidate over [user, history, that candidate] with no cache: the cost M-FALCON
         avoids (a speed baseline) and an independent check of the cached path."""
-        x_h, times, length, shift = self._history_tokens(batch)
+        x_h, times, length, shift, hist = self._history_tokens(batch)
         vis_all = self._visible(batch.visible, shift, length)
         n = x_h.shape[1] + 1
         cols = torch.arange(n, device=x_h.device)
@@ -291,8 +322,9 @@ class GenerativeRanker(nn.Module):
                 a = masked_pointwise_attention(q, k, v, block.rab.at(rel, gap).unsqueeze(-3), mask[:, None],
                                                self._norm(mask[:, None]))
                 x = self._finish(block, x, a, u)
+            interest = self._interest(hist, batch.cand_items[:, c:c + 1], mask[:, -1:, 1:-1])
             outs.append(self._task_outputs(x[:, -1:], batch.cand_items[:, c:c + 1], batch.cand_time[:, c:c + 1],
-                                           self.user_emb(batch.user)))
+                                           self.user_emb(batch.user), interest))
         return {t: torch.cat([o[t] for o in outs], dim=1) for t in self.spec.tasks}
 
     # --- training ------------------------------------------------------------------------------------------
