@@ -5,9 +5,10 @@ din,gbdt}.yaml -> runs/kuairand/<model>), then tabulates each run's test metrics
 user-bootstrap interval, log loss, normalised entropy, ECE) and, for every baseline, the paired GAUC difference
 ranker - baseline on the same test impressions (user-bootstrap interval, sign-flip permutation p-value,
 :func:`genrec.eval.ctr.paired_gauc`). Writes benchmarks/results/ranking_<dataset>.{json,md} with the split
-(exact cut times), commit, machine and wall times.
+(exact cut times), commit, machine and wall times. ``--protocol frozen`` compares runs trained and tested with
+frozen requests (``requests: frozen``; folders <out>-frozen) and writes ranking_<dataset>-frozen.{json,md}.
 
-    python benchmarks/ranking.py [--train] [--configs configs/kuairand/ranker.yaml ...]
+    python benchmarks/ranking.py [--train] [--protocol frozen] [--configs configs/kuairand/ranker.yaml ...]
 """
 
 from __future__ import annotations
@@ -29,11 +30,17 @@ from genrec.train.config import load_config
 
 RESULTS = Path(__file__).parent / "results"
 MAIN_TASKS = ("click", "long_view", "like")  # the issue's targets; the other tasks are reported too
+PROTOCOLS = {
+    "streaming": "streaming (each test impression reads all of the user's strictly earlier impressions; a per-user "
+                 "counter of earlier positives scores this protocol well, see ranking_counters_<log>.md)",
+    "frozen": "frozen (a user's test impressions form requests of up to max_len; every candidate reads the history "
+              "and time of its request's first impression, as a served request does; trained the same way)"}
 
 
-def run_folder(config: Path) -> Path:
+def run_folder(config: Path, protocol: str = "streaming") -> Path:
     cfg = load_config(config)
-    return Path(cfg.out or Path("runs") / config.stem)
+    folder = Path(cfg.out or Path("runs") / config.stem)
+    return folder if protocol == "streaming" else folder.with_name(f"{folder.name}-{protocol}")
 
 
 def main() -> None:
@@ -42,20 +49,25 @@ def main() -> None:
                                                                  for m in ("ranker", "dcn", "din", "gbdt")],
                     help="The first is the model under test; the others are its baselines.")
     ap.add_argument("--train", action="store_true", help="Train every config first (else read the run folders).")
+    ap.add_argument("--protocol", choices=("streaming", "frozen"), default="streaming",
+                    help="Requests the runs trained and were tested with (the run config's `requests`): frozen "
+                         "runs live in <out>-frozen and are trained with --set requests=frozen.")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     wall = time.perf_counter()
-    folders = [run_folder(c) for c in args.configs]
+    folders = [run_folder(c, args.protocol) for c in args.configs]
     if args.train:
         for config, folder in zip(args.configs, folders, strict=True):
-            subprocess.run([sys.executable, "-m", "genrec", "train", "--config", str(config), "--out", str(folder)],
-                           check=True)
+            subprocess.run([sys.executable, "-m", "genrec", "train", "--config", str(config), "--out", str(folder),
+                            "--set", f"requests={args.protocol}"], check=True)
     runs = {}
     for config, folder in zip(args.configs, folders, strict=True):
         if not (folder / "metrics.json").is_file():
             sys.exit(f"{folder}: no finished run (train it: genrec train --config {config}, or pass --train)")
         metrics = read_json(folder / "metrics.json")
+        if metrics.get("requests", "streaming") != args.protocol:
+            sys.exit(f"{folder} was tested with {metrics.get('requests', 'streaming')} requests, not {args.protocol}")
         preds = pq.read_table(folder / "predictions_test.parquet").sort_by("row").to_pydict()
         model = metrics["run"]["model"]
         # a model trained under two configs (din, din-listwise) is told apart by its config's name
@@ -76,13 +88,14 @@ def main() -> None:
             paired[f"{main_name} - {name}:{t}"] = ctr.paired_gauc(
                 users, labels, runs[name]["preds"][f"pred_{t}"], base["preds"][f"pred_{t}"], n_boot=args.n_boot)
     dataset = base["metrics"]["dataset"]
-    result = {"benchmark": "ranking", "created": dt.datetime.now(dt.UTC).isoformat(), "commit": git_commit(),
+    result = {"benchmark": "ranking", "protocol": args.protocol, "created": dt.datetime.now(dt.UTC).isoformat(),
+              "commit": git_commit(),
               "machine": machine(), "dataset": dataset, "split": base["metrics"]["split"],
               "runs": {n: {"config": r["config"], "folder": r["folder"], "tasks": r["metrics"]["tasks"],
                            "run": r["metrics"]["run"]} for n, r in runs.items()},
               "paired": paired, "wall_seconds": time.perf_counter() - wall}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"ranking_{dataset['name']}"
+    stem = f"ranking_{dataset['name']}" + ("" if args.protocol == "streaming" else f"-{args.protocol}")
     write_json(args.out / f"{stem}.json", result)
     write_text(args.out / f"{stem}.md", markdown(result, names, tasks))
     print(markdown(result, names, tasks))
@@ -91,7 +104,8 @@ def main() -> None:
 def markdown(result: dict, names: list[str], tasks: list[str]) -> str:
     split, m = result["split"], result["machine"]
     lines = [f"# Ranking on {result['dataset']['name']}: test impressions, per task", "",
-             f"- split: {split.get('rule', {}).get('text', split.get('rule'))}", ""]
+             f"- split: {split.get('rule', {}).get('text', split.get('rule'))}", "",
+             "- requests: " + PROTOCOLS[result.get("protocol", "streaming")], ""]
     for part in ("train", "valid", "test"):
         p = split.get(part)
         if isinstance(p, dict):

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from genrec.data.impressions import Requests, collate, default_split, load_impressions, ranking_requests
-from genrec.data.jagged import Jagged
 from genrec.eval import ctr
 from genrec.eval.report import git_commit, machine
 from genrec.io import read_json, write_json, write_text
@@ -36,21 +35,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = ("click", "long_view", "like")
 
 
-def frozen(requests: Requests) -> Requests:
-    """Every candidate reads what the request's first candidate reads."""
-    first = requests.visible.values[requests.visible.offsets[:-1]]
-    values = np.repeat(first, np.diff(requests.visible.offsets))
-    return Requests(requests.user, requests.hist_start, requests.hist_end, requests.candidates,
-                    Jagged(values, requests.visible.offsets))
-
-
 @torch.no_grad()
 def predict_frozen(model, log, requests: Requests, tasks: tuple[str, ...]) -> tuple[np.ndarray, dict]:
     rows, preds = [], {t: [] for t in tasks}
     for start in range(0, len(requests), EVAL_BATCH):
         idx = np.arange(start, min(start + EVAL_BATCH, len(requests)))
         fields = collate(log, requests, idx)
-        fields["cand_time"] = np.where(fields["cand_items"] > 0, fields["cand_time"][:, :1], 0)
         batch = RankBatch(**{k: torch.as_tensor(v) for k, v in fields.items() if k != "labels"})
         out = model(batch)
         mask = fields["cand_items"] > 0
@@ -76,7 +66,7 @@ def main() -> None:
     for folder in args.runs:
         model, info = load_ranker(folder, log, torch.device("cpu"))
         max_len = int(info["config"].get("max_len", 200))
-        requests = frozen(ranking_requests(log, split.part("test"), max_len, stride=max_len))
+        requests = ranking_requests(log, split.part("test"), max_len, stride=max_len, frozen=True)
         rows, logits = predict_frozen(model, log, requests, tasks)
         order = np.argsort(rows)
         rows = rows[order]

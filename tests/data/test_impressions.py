@@ -360,6 +360,27 @@ def test_requests_for_a_time_split_tail():
     assert any(sp.train[req.hist_start[r]] for r in range(len(req)))
 
 
+@given(seed=st.integers(0, 10_000), max_len=st.integers(1, 12))
+@SETTINGS
+def test_frozen_requests_read_one_history_at_one_time(seed, max_len):
+    log = make_log(seed, n_times=int(seed % 3) * 20 + 3)
+    cand = np.random.default_rng(seed + 1).random(log.n_rows) < 0.5
+    streaming, frozen = ranking_requests(log, cand, max_len), ranking_requests(log, cand, max_len, frozen=True)
+    assert frozen.frozen and not streaming.frozen
+    assert np.array_equal(frozen.candidates.values, streaming.candidates.values)
+    assert np.array_equal(frozen.hist_start, streaming.hist_start) and np.array_equal(frozen.hist_end,
+                                                                                      streaming.hist_end)
+    idx = np.arange(len(frozen))
+    a, b = collate(log, streaming, idx), collate(log, frozen, idx)
+    for r in idx:
+        m = len(frozen.candidates.row(r))
+        # every candidate reads the first candidate's history (no other candidate's outcome) at its time
+        assert (b["visible"][r, :m] == a["visible"][r, 0]).all()
+        assert (b["cand_time"][r, :m] == a["cand_time"][r, 0]).all()
+        assert (b["visible"][r, :m] <= a["visible"][r, :m]).all() and (b["cand_time"][r, m:] == 0).all()
+    assert all(np.array_equal(a[k], b[k]) for k in ("user", "hist_items", "cand_items"))
+
+
 def test_requests_reject_bad_arguments():
     log = make_log()
     with pytest.raises(ConfigError):

@@ -95,6 +95,18 @@ def test_output_shapes_and_keys(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_batch_where_no_candidate_sees_history(kind: str) -> None:
+    # new users only (or frozen requests served before any impression): every visible count is 0
+    batch = make_batch(1, b=4, length=9, m=6)
+    batch = replace(batch, visible=torch.zeros_like(batch.visible))
+    model = make(kind)
+    out = run(model, batch)
+    assert all(v.shape == (4, 6) and torch.isfinite(v).all() for v in out.values())
+    model.train()
+    model.loss(model(batch), batch.labels, batch.cand_mask)[0].backward()
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_candidates_are_independent(kind: str) -> None:
     model, batch = make(kind), make_batch(2)
     out = run(model, batch)

@@ -74,6 +74,16 @@ def test_each_model_trains_and_writes_a_run(name, log_and_split, tmp_path):
     assert spec["name"] == name and spec["spec"]["binary_tasks"] == ["click", "forward"]
 
 
+def test_frozen_run_scores_every_test_impression_with_its_request_history(log_and_split, tmp_path):
+    log, split = log_and_split
+    cfg = RunConfig.model_validate({**config("ranker").model_dump(), "requests": "frozen"})
+    RankingTrainer(cfg, tmp_path / "frozen", log=log, split=split, show_progress=False).fit()
+    metrics = read_json(tmp_path / "frozen" / "metrics.json")
+    assert metrics["requests"] == "frozen" and metrics["tasks"]["click"]["metrics"]["auc"]["value"] > 0.6
+    preds = pq.read_table(tmp_path / "frozen" / "predictions_test.parquet").to_pydict()
+    assert sorted(preds["row"]) == np.flatnonzero(split.test).tolist()
+
+
 def test_resume_gives_the_same_result(log_and_split, tmp_path):
     log, split = log_and_split
     full = RankingTrainer(config("dcn"), tmp_path / "full", log=log, split=split, show_progress=False).fit()
@@ -100,6 +110,12 @@ def test_bad_ranking_configs():
         RunConfig.model_validate({"dataset": "x", "split": "loo", "model": {"name": "din"}})
     with pytest.raises(Exception, match="features"):
         RunConfig.model_validate({"dataset": "x", "model": {"name": "dcn"}, "features": {"content": "x"}})
+    with pytest.raises(Exception, match="requests: frozen applies to the torch ranking models"):
+        RunConfig.model_validate({"dataset": "x", "model": {"name": "gbdt"}, "requests": "frozen"})
+    with pytest.raises(Exception, match="requests: applies to ranking models"):
+        RunConfig.model_validate({"dataset": "x", "model": {"name": "sasrec"}, "requests": "frozen"})
+    with pytest.raises(Exception, match="requests"):
+        RunConfig.model_validate({"dataset": "x", "model": {"name": "din"}, "requests": "served"})
     cfg = RunConfig.model_validate({"dataset": "x", "model": {"name": "dcn"}, "eval": {"select_metric": "ndcg@10"}})
     from genrec.train.ranking import check_select_metric
 

@@ -29,7 +29,7 @@ import contextlib
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -713,9 +713,19 @@ class Requests:
     hist_end: np.ndarray  # [R]
     candidates: Jagged  # row indices of each request's candidates, in time order
     visible: Jagged  # aligned with candidates.values: history tokens (a prefix) the candidate may read
+    frozen: bool = False  # every candidate reads the history and time of its request's first (see freeze)
 
     def __len__(self) -> int:
         return len(self.user)
+
+
+def freeze(requests: Requests) -> Requests:
+    """Requests whose candidates all read what the first candidate reads, at its time (:func:`collate` sets
+    every candidate's time to the first's): a served request, one history for all its candidates. No candidate's
+    history then holds another candidate's outcome, which within-user metrics would otherwise reward."""
+    offsets = requests.visible.offsets
+    first = requests.visible.values[offsets[:-1]]
+    return replace(requests, visible=Jagged(np.repeat(first, np.diff(offsets)), offsets), frozen=True)
 
 
 def first_same_time(log: ImpressionLog) -> np.ndarray:
@@ -727,14 +737,15 @@ def first_same_time(log: ImpressionLog) -> np.ndarray:
 
 
 def ranking_requests(log: ImpressionLog, candidates: np.ndarray, max_len: int,
-                     stride: int | None = None) -> Requests:
+                     stride: int | None = None, frozen: bool = False) -> Requests:
     """Group each user's candidate rows into requests spanning at most ``stride`` (default ``max_len // 2``)
     consecutive rows of that user, with the user's last ``max_len`` context rows up to the group's end as history.
 
     Windows of ``stride`` rows start at each user's first candidate, so a contiguous block of candidates (a
     time split) is cut into equal groups; every candidate sees at least ``max_len - stride`` earlier context
     rows of history where the user has them. A candidate may be any row (a sampled negative too); its
-    ``visible`` count is the number of the user's context rows in the history strictly earlier than it."""
+    ``visible`` count is the number of the user's context rows in the history strictly earlier than it
+    (``frozen``: the first candidate's count for all, see :func:`freeze`)."""
     cand = np.asarray(candidates)
     if cand.dtype != np.bool_ or cand.shape != (log.n_rows,):
         raise ConfigError(f"candidates must be a boolean mask of shape ({log.n_rows},), got {cand.dtype} "
@@ -758,7 +769,8 @@ def ranking_requests(log: ImpressionLog, candidates: np.ndarray, max_len: int,
     hist_start = np.maximum(before[log.user_offsets[group_users - 1]], hist_end - max_len)
     group = np.cumsum(new_group) - 1
     visible = np.maximum(before[first_same_time(log)[rows]] - hist_start[group], 0)
-    return Requests(group_users, hist_start, hist_end, Jagged(rows, offsets), Jagged(visible, offsets))
+    requests = Requests(group_users, hist_start, hist_end, Jagged(rows, offsets), Jagged(visible, offsets))
+    return freeze(requests) if frozen else requests
 
 
 def _place(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -828,11 +840,14 @@ def collate(log: ImpressionLog, requests: Requests, idx: np.ndarray) -> dict[str
     def pad(values: np.ndarray, rb: np.ndarray, rp: np.ndarray, width: int, dtype: type = np.int64) -> np.ndarray:
         return _pad(values, rb, rp, b, width, dtype)
 
+    cand_items, cand_time = pad(log.item[crows], cb, cp, width_m), pad(log.time[crows], cb, cp, width_m)
+    if requests.frozen:  # the request's time: its first candidate's
+        cand_time = np.where(cand_items > 0, cand_time[:, :1], 0)
     return {
         "user": requests.user[idx],
         **history_fields(log, requests.hist_start[idx], requests.hist_end[idx]),
-        "cand_items": pad(log.item[crows], cb, cp, width_m),
-        "cand_time": pad(log.time[crows], cb, cp, width_m),
+        "cand_items": cand_items,
+        "cand_time": cand_time,
         "visible": pad(vis.values, cb, cp, width_m),
         "labels": {t: pad(log.labels[t][crows], cb, cp, width_m, np.float32) for t in log.tasks},
     }

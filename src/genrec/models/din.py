@@ -137,7 +137,7 @@ class ActivationUnit(nn.Module):
         else:  # z[b, j, c] = (W1 + W3 + W4 diag(e_c)) h_j + (W2 - W3) e_c + bias, one bmm over all (c, j)
             w1, w2, w3, w4 = self.first.weight.split(d, dim=1)  # each [H, D]
             a = e[:, :, None, :] * w4 + (w1 + w3)  # [B, M, H, D]
-            z = torch.bmm(h, a.reshape(b, -1, d).transpose(1, 2)).view(b, w, m, -1)
+            z = torch.bmm(h, a.reshape(b, -1, d).transpose(1, 2)).view(b, w, m, a.shape[2])  # w may be 0
             z = z + (e @ (w2 - w3).T + self.first.bias)[:, None]
         rows = mask.transpose(1, 2)  # the [B, W, M] layout of z
         z = self.rest(self.act(z, rows), rows)

@@ -153,6 +153,13 @@ class RunConfig(BaseModel):
     features: FeaturesConfig = FeaturesConfig()
     negatives: NegativesConfig | None = Field(None, description="Ranking models on a ratings log: negatives "
                                               "from per-user pools (see NegativesConfig).")
+    requests: Literal["streaming", "frozen"] = Field(
+        "streaming", description="Torch ranking models: how a request's candidates read the history, in training, "
+        "validation and test. streaming: each candidate reads every strictly earlier impression of the user; "
+        "frozen: every candidate reads the history and time of its request's first candidate, as a served "
+        "request does (validation / test requests then hold up to max_len impressions). Within-user metrics under "
+        "streaming reward reading the outcomes of the other candidates being ranked (a per-user counter of earlier "
+        "positives beats every model; benchmarks/ranking_counters.py); frozen measures the order of items only.")
     out: str | None = Field(None, description="Run folder (default runs/<config file stem>).")
 
     @model_validator(mode="before")
@@ -169,10 +176,15 @@ class RunConfig(BaseModel):
     def _ranking_runs(self) -> RunConfig:
         if self.negatives is not None and self.model.name not in RANKERS:
             raise ValueError("negatives: applies to ranking models (ranker, dcn, din)")
+        if self.requests != "streaming" and self.model.name not in RANKERS:
+            raise ValueError("requests: applies to ranking models (ranker, dcn, din)")
         if self.model.name in RANKERS:
             if self.split != "temporal":
                 raise ValueError(f"model {self.model.name} trains on an impression log split by time: "
                                  "split must be temporal")
+            if self.requests == "frozen" and self.model.name == "gbdt":
+                raise ValueError("requests: frozen applies to the torch ranking models (ranker, dcn, din); gbdt's "
+                                 "features are built per impression")
             if self.negatives is not None and self.model.name == "gbdt":
                 raise ValueError("negatives: applies to the torch ranking models, not to gbdt")
             if self.features.semantic_ids or self.features.content:

@@ -67,6 +67,15 @@ class RankingResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def make_requests(cfg: Any, log: ImpressionLog, split: Any) -> dict[str, Requests]:
+    """Training, validation and test requests of a ranking run. Frozen runs (``requests: frozen``) score each
+    evaluation request of up to max_len impressions with one history, as benchmarks/ranking_frozen.py does."""
+    max_len, stride = cfg.model.max_len, getattr(cfg.model, "stride", None)
+    frozen = cfg.requests == "frozen"
+    return {part: ranking_requests(log, split.part(part), max_len, stride if part == "train" or not frozen
+                                   else max_len, frozen=frozen) for part in ("train", "valid", "test")}
+
+
 def build_ranking_model(config: Any, spec: RankSpec, log: ImpressionLog) -> torch.nn.Module:
     model_cls, _ = RANKING[config.name]
     return model_cls(config, spec, _tables(log.item_features), _tables(log.user_features))
@@ -260,9 +269,7 @@ class RankingTrainer:
         spec = RankSpec(**log.spec_fields())
         metric = cfg.eval.select_metric
         check_select_metric(metric, spec.binary_tasks)
-        max_len, stride = cfg.model.max_len, getattr(cfg.model, "stride", None)
-        requests = {part: ranking_requests(log, split.part(part), max_len, stride)
-                    for part in ("train", "valid", "test")}
+        requests = make_requests(cfg, log, split)
         model = build_ranking_model(cfg.model, spec, log).to(device)
         fit_item_prior(model, log, split.part("train"))
         train = requests["train"]
@@ -366,7 +373,7 @@ def write_test_report(run_dir: Path, cfg: Any, log: ImpressionLog, split: Impres
                         "log_loss": ctr.log_loss(log.labels[t][rows], raw[t])} for t in calibration}
     result = {
         "dataset": {"name": log.name, "rows": log.n_rows, "users": log.n_users, "items": log.n_items},
-        "split": split.describe(), "part": "test", "tasks": tasks,
+        "split": split.describe(), "part": "test", "tasks": tasks, "requests": cfg.requests,
         "calibration": {"method": f"{cfg.eval.calibrate} on the validation impressions" + (
                             ", intercept moved to the training part's positive rate"
                             if cfg.eval.calibrate_base_rate == "train" else "") if calibration else "none",
