@@ -36,6 +36,42 @@ def prior_scores(log, rows: np.ndarray, train: np.ndarray, strength: float) -> d
     return {t: v.numpy() for t, v in out.items()}
 
 
+def run_predictions(folder: Path, test_rows: np.ndarray, log_name: str) -> tuple[str, dict]:
+    """(display name, test predictions sorted by row) of a finished ranking run tested on ``test_rows``."""
+    preds = pq.read_table(folder / "predictions_test.parquet").sort_by("row").to_pydict()
+    if not np.array_equal(np.asarray(preds["row"]), test_rows):
+        raise SystemExit(f"{folder}: tested on other impressions than {log_name}'s test part")
+    return read_json(folder / "metrics.json")["run"]["model"] + f" ({folder.name})", preds
+
+
+def paired_lines(paired: dict) -> list[str]:
+    """Markdown rows of paired GAUC results (B minus A)."""
+    lines = ["| comparison | difference | 95% CI | p |", "|---|---|---|---|"]
+    for key, r in paired.items():
+        g = r["gauc"]
+        lines.append(f"| {key} ({g['b']:.4f} vs {g['a']:.4f}) | {g['diff']:+.4f} | [{g['ci_low']:+.4f}, "
+                     f"{g['ci_high']:+.4f}] | {g['p_value']:.3g} |")
+    return lines
+
+
+def header(benchmark: str, log: str, split) -> dict:
+    """The provenance fields of a result: benchmark, time, commit, machine, log and split."""
+    return {"benchmark": benchmark, "created": dt.datetime.now(dt.UTC).isoformat(), "commit": git_commit(),
+            "machine": machine(), "log": log, "split": split.describe()}
+
+
+def provenance(result: dict) -> str:
+    return (f"Commit {result['commit']}, {result['created'][:10]}, {result['machine'].get('cpus', '?')} CPUs, "
+            f"{result['wall_seconds']:.0f} s.")
+
+
+def write_result(out: Path, stem: str, result: dict, text: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{stem}.json", result)
+    write_text(out / f"{stem}.md", text)
+    print(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--log", default="kuairand-pure", help="built-in impression log")
@@ -63,28 +99,19 @@ def main() -> None:
     paired = {}
     test_rows = parts["test"]
     for folder in args.runs:
-        preds = pq.read_table(folder / "predictions_test.parquet").sort_by("row").to_pydict()
-        if not np.array_equal(np.asarray(preds["row"]), test_rows):
-            raise SystemExit(f"{folder}: tested on other impressions than {args.log}'s test part")
-        name = read_json(folder / "metrics.json")["run"]["model"] + f" ({folder.name})"
+        name, preds = run_predictions(folder, test_rows, args.log)
         for t in main_tasks:
             paired[f"item prior - {name}:{t}"] = ctr.paired_gauc(
                 log.user[test_rows], log.labels[t][test_rows], np.asarray(preds[f"pred_{t}"]), scores[best][t],
                 n_boot=args.n_boot)
-    result = {"benchmark": "item_prior", "created": dt.datetime.now(dt.UTC).isoformat(), "commit": git_commit(),
-              "machine": machine(), "log": args.log, "split": split.describe(), "gauc": gauc,
-              "strength_chosen_on_valid": best, "paired_test": paired, "wall_seconds": time.perf_counter() - wall}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / f"item_prior_{args.log}.json", result)
-    text = markdown(result, main_tasks)
-    write_text(args.out / f"item_prior_{args.log}.md", text)
-    print(text)
+    result = {**header("item_prior", args.log, split), "gauc": gauc, "strength_chosen_on_valid": best,
+              "paired_test": paired, "wall_seconds": time.perf_counter() - wall}
+    write_result(args.out, f"item_prior_{args.log}", result, markdown(result, main_tasks))
 
 
 def markdown(result: dict, tasks: list[str]) -> str:
     lines = [f"# Item prior alone on {result['log']} (counts, no learning)", "",
-             f"Commit {result['commit']}, {result['created'][:10]}, {result['machine'].get('cpus', '?')} CPUs, "
-             f"{result['wall_seconds']:.0f} s. Score of an impression: the smoothed rate of each task on its item "
+             provenance(result) + " Score of an impression: the smoothed rate of each task on its item "
              "over the training impressions strictly earlier (ItemPrior; rate = (positives + strength x base) / "
              "(impressions + strength)). GAUC: per-user AUC, impression-weighted.", "",
              "| part | strength | " + " | ".join(f"{t} GAUC" for t in tasks) + " |",
@@ -94,11 +121,7 @@ def markdown(result: dict, tasks: list[str]) -> str:
             lines.append(f"| {part} | {s} | " + " | ".join(f"{g[t]:.4f}" for t in tasks) + " |")
     lines += ["", f"Strength chosen on validation: {result['strength_chosen_on_valid']:g}. Paired against runs "
               "on the test impressions (item prior minus run; 95% bootstrap over users, sign-flip p):", "",
-              "| comparison | difference | 95% CI | p |", "|---|---|---|---|"]
-    for key, r in result["paired_test"].items():
-        g = r["gauc"]
-        lines.append(f"| {key} ({g['b']:.4f} vs {g['a']:.4f}) | {g['diff']:+.4f} | [{g['ci_low']:+.4f}, "
-                     f"{g['ci_high']:+.4f}] | {g['p_value']:.3g} |")
+              *paired_lines(result["paired_test"])]
     return "\n".join(lines) + "\n"
 
 

@@ -15,17 +15,14 @@ writes benchmarks/results/ranking_counters_<log>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from genrec.data.impressions import default_split, load_impressions
 from genrec.eval import ctr
-from genrec.eval.report import git_commit, machine
-from genrec.io import read_json, write_json, write_text
+from item_prior import header, paired_lines, provenance, run_predictions, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MAIN_TASKS = ("click", "long_view", "like")
@@ -61,28 +58,19 @@ def main() -> None:
             for p, rows in parts.items()}
     test_rows, paired = parts["test"], {}
     for folder in args.runs:
-        preds = pq.read_table(folder / "predictions_test.parquet").sort_by("row").to_pydict()
-        if not np.array_equal(np.asarray(preds["row"]), test_rows):
-            raise SystemExit(f"{folder}: tested on other impressions than {args.log}'s test part")
-        name = read_json(folder / "metrics.json")["run"]["model"] + f" ({folder.name})"
+        name, preds = run_predictions(folder, test_rows, args.log)
         for t in tasks:
             paired[f"{name} - counter:{t}"] = ctr.paired_gauc(
                 log.user[test_rows], log.labels[t][test_rows], scores[t][test_rows], np.asarray(preds[f"pred_{t}"]),
                 n_boot=args.n_boot)
-    result = {"benchmark": "ranking_counters", "created": dt.datetime.now(dt.UTC).isoformat(),
-              "commit": git_commit(), "machine": machine(), "log": args.log, "split": split.describe(),
-              "gauc": gauc, "paired_test": paired, "wall_seconds": time.perf_counter() - wall}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / f"ranking_counters_{args.log}.json", result)
-    text = markdown(result, tasks)
-    write_text(args.out / f"ranking_counters_{args.log}.md", text)
-    print(text)
+    result = {**header("ranking_counters", args.log, split), "gauc": gauc, "paired_test": paired,
+              "wall_seconds": time.perf_counter() - wall}
+    write_result(args.out, f"ranking_counters_{args.log}", result, markdown(result, tasks))
 
 
 def markdown(result: dict, tasks: list[str]) -> str:
     lines = [f"# A per-user counter alone on {result['log']} (streaming protocol, no learning)", "",
-             f"Commit {result['commit']}, {result['created'][:10]}, {result['machine'].get('cpus', '?')} CPUs, "
-             f"{result['wall_seconds']:.0f} s. Score of an impression for task t: minus the number of the user's "
+             provenance(result) + " Score of an impression for task t: minus the number of the user's "
              "strictly earlier impressions with t positive (any part of the log). It orders each user's impressions "
              "by time only; in a served request it is one constant for every candidate. GAUC: per-user AUC, "
              "impression-weighted.", "",
@@ -90,11 +78,7 @@ def markdown(result: dict, tasks: list[str]) -> str:
     for part, g in result["gauc"].items():
         lines.append(f"| {part} | " + " | ".join(f"{g[t]:.4f}" for t in tasks) + " |")
     lines += ["", "Paired on the test impressions (run minus counter; 95% bootstrap over users, sign-flip p):", "",
-              "| comparison | difference | 95% CI | p |", "|---|---|---|---|"]
-    for key, r in result["paired_test"].items():
-        g = r["gauc"]
-        lines.append(f"| {key} ({g['b']:.4f} vs {g['a']:.4f}) | {g['diff']:+.4f} | [{g['ci_low']:+.4f}, "
-                     f"{g['ci_high']:+.4f}] | {g['p_value']:.3g} |")
+              *paired_lines(result["paired_test"])]
     return "\n".join(lines) + "\n"
 
 
