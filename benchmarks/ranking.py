@@ -7,8 +7,11 @@ ranker - baseline on the same test impressions (user-bootstrap interval, sign-fl
 :func:`genrec.eval.ctr.paired_gauc`). Writes benchmarks/results/ranking_<dataset>.{json,md} with the split
 (exact cut times), commit, machine and wall times. ``--protocol frozen`` compares runs trained and tested with
 frozen requests (``requests: frozen``; folders <out>-frozen) and writes ranking_<dataset>-frozen.{json,md}.
+``--seeds 0 1 2`` reads (or trains) every config at each training seed (seed s > 0 in <folder>-seed<s>) and reports
+the mean over seeds, each seed's GAUC, and paired tests of the seed-averaged per-user AUCs.
 
-    python benchmarks/ranking.py [--train] [--protocol frozen] [--configs configs/kuairand/ranker.yaml ...]
+    python benchmarks/ranking.py [--train] [--protocol frozen] [--seeds 0 1 2]
+        [--configs configs/kuairand/ranker.yaml ...]
 """
 
 from __future__ import annotations
@@ -37,10 +40,26 @@ PROTOCOLS = {
               "and time of its request's first impression, as a served request does; trained the same way)"}
 
 
-def run_folder(config: Path, protocol: str = "streaming") -> Path:
+def run_folder(config: Path, protocol: str = "streaming", seed: int | None = None) -> Path:
+    """Where a config's run lives: its `out`, then -<protocol> unless streaming, then -seed<s> for seed s > 0."""
     cfg = load_config(config)
     folder = Path(cfg.out or Path("runs") / config.stem)
-    return folder if protocol == "streaming" else folder.with_name(f"{folder.name}-{protocol}")
+    suffix = ("" if protocol == "streaming" else f"-{protocol}") + (f"-seed{seed}" if seed else "")
+    return folder.with_name(folder.name + suffix)
+
+
+def load_run(config: Path, folder: Path, protocol: str, seed: int | None) -> dict:
+    if not (folder / "metrics.json").is_file():
+        sys.exit(f"{folder}: no finished run (train it: genrec train --config {config}, or pass --train)")
+    metrics = read_json(folder / "metrics.json")
+    if metrics.get("requests", "streaming") != protocol:
+        sys.exit(f"{folder} was tested with {metrics.get('requests', 'streaming')} requests, not {protocol}")
+    trained_seed = metrics["run"]["config"]["train"]["seed"]
+    if seed is not None and trained_seed != seed:
+        sys.exit(f"{folder} was trained with seed {trained_seed}, not {seed}")
+    preds = pq.read_table(folder / "predictions_test.parquet").sort_by("row").to_pydict()
+    return {"folder": str(folder), "seed": trained_seed, "metrics": metrics,
+            "preds": {k: np.asarray(v) for k, v in preds.items()}}
 
 
 def main() -> None:
@@ -52,53 +71,62 @@ def main() -> None:
     ap.add_argument("--protocol", choices=("streaming", "frozen"), default="streaming",
                     help="Requests the runs trained and were tested with (the run config's `requests`): frozen "
                          "runs live in <out>-frozen and are trained with --set requests=frozen.")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="Training seeds of every config (default: the run each config names, one seed).")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     wall = time.perf_counter()
-    folders = [run_folder(c, args.protocol) for c in args.configs]
+    seeds = args.seeds or [None]
     if args.train:
-        for config, folder in zip(args.configs, folders, strict=True):
-            subprocess.run([sys.executable, "-m", "genrec", "train", "--config", str(config), "--out", str(folder),
-                            "--set", f"requests={args.protocol}"], check=True)
+        for config in args.configs:
+            for seed in seeds:
+                subprocess.run([sys.executable, "-m", "genrec", "train", "--config", str(config), "--out",
+                                str(run_folder(config, args.protocol, seed)), "--set", f"requests={args.protocol}"]
+                               + ([] if seed is None else ["--set", f"train.seed={seed}"]), check=True)
     runs = {}
-    for config, folder in zip(args.configs, folders, strict=True):
-        if not (folder / "metrics.json").is_file():
-            sys.exit(f"{folder}: no finished run (train it: genrec train --config {config}, or pass --train)")
-        metrics = read_json(folder / "metrics.json")
-        if metrics.get("requests", "streaming") != args.protocol:
-            sys.exit(f"{folder} was tested with {metrics.get('requests', 'streaming')} requests, not {args.protocol}")
-        preds = pq.read_table(folder / "predictions_test.parquet").sort_by("row").to_pydict()
-        model = metrics["run"]["model"]
+    for config in args.configs:
+        per_seed = [load_run(config, run_folder(config, args.protocol, s), args.protocol, s) for s in seeds]
+        model = per_seed[0]["metrics"]["run"]["model"]
         # a model trained under two configs (din, din-listwise) is told apart by its config's name
-        name = model if model == config.stem else f"{model} ({config.stem})"
-        runs[name] = {"config": str(config), "folder": str(folder), "metrics": metrics,
-                      "preds": {k: np.asarray(v) for k, v in preds.items()}}
+        runs[model if model == config.stem else f"{model} ({config.stem})"] = {"config": str(config),
+                                                                              "seeds": per_seed}
     names = list(runs)
-    main_name, base = names[0], runs[names[0]]
-    for name in names[1:]:
-        if not np.array_equal(runs[name]["preds"]["row"], base["preds"]["row"]):
-            sys.exit(f"{name} and {main_name} were tested on different impressions: not comparable")
+    main_name, base = names[0], runs[names[0]]["seeds"][0]
+    for name in names:
+        for r in runs[name]["seeds"]:
+            if not np.array_equal(r["preds"]["row"], base["preds"]["row"]):
+                sys.exit(f"{r['folder']} and {base['folder']} were tested on different impressions: not comparable")
     tasks = [t for t, r in base["metrics"]["tasks"].items() if r["kind"] == "binary"]
     users = base["preds"]["user"]
     paired = {}
     for name in names[1:]:
         for t in tasks:
-            labels = base["preds"][f"label_{t}"]
             paired[f"{main_name} - {name}:{t}"] = ctr.paired_gauc(
-                users, labels, runs[name]["preds"][f"pred_{t}"], base["preds"][f"pred_{t}"], n_boot=args.n_boot)
+                users, base["preds"][f"label_{t}"], [r["preds"][f"pred_{t}"] for r in runs[name]["seeds"]],
+                [r["preds"][f"pred_{t}"] for r in runs[main_name]["seeds"]], n_boot=args.n_boot)
     dataset = base["metrics"]["dataset"]
     result = {"benchmark": "ranking", "protocol": args.protocol, "created": dt.datetime.now(dt.UTC).isoformat(),
-              "commit": git_commit(),
-              "machine": machine(), "dataset": dataset, "split": base["metrics"]["split"],
-              "runs": {n: {"config": r["config"], "folder": r["folder"], "tasks": r["metrics"]["tasks"],
-                           "run": r["metrics"]["run"]} for n, r in runs.items()},
+              "commit": git_commit(), "machine": machine(), "dataset": dataset, "split": base["metrics"]["split"],
+              "seeds": [r["seed"] for r in runs[main_name]["seeds"]],
+              "runs": {n: {"config": r["config"], **run_summary(r["seeds"])} for n, r in runs.items()},
               "paired": paired, "wall_seconds": time.perf_counter() - wall}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"ranking_{dataset['name']}" + ("" if args.protocol == "streaming" else f"-{args.protocol}")
+    stem += "" if len(seeds) == 1 else f"-seeds{len(seeds)}"
     write_json(args.out / f"{stem}.json", result)
     write_text(args.out / f"{stem}.md", markdown(result, names, tasks))
     print(markdown(result, names, tasks))
+
+
+def run_summary(per_seed: list[dict]) -> dict:
+    """One run as before (folder, tasks, run); several seeds add their folders, runs and per-seed task metrics."""
+    first = per_seed[0]
+    out = {"folder": first["folder"], "tasks": first["metrics"]["tasks"], "run": first["metrics"]["run"]}
+    if len(per_seed) > 1:
+        out["by_seed"] = [{"seed": r["seed"], "folder": r["folder"], "tasks": r["metrics"]["tasks"],
+                           "run": r["metrics"]["run"]} for r in per_seed]
+    return out
 
 
 def markdown(result: dict, names: list[str], tasks: list[str]) -> str:
@@ -113,8 +141,30 @@ def markdown(result: dict, names: list[str], tasks: list[str]) -> str:
                                                      if k in ("rows", "users", "first_time", "last_time")))
     lines += ["", f"- commit {result['commit']}, {m['cpus']} CPUs, torch {m['torch']}; every run: best validation "
               "epoch by GAUC (users-weighted mean over the binary tasks), test scored once", ""]
-    lines += ["| model | task | AUC | GAUC [95% CI] | log loss | NE | ECE | epochs (best) | train min |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    seeded = any("by_seed" in r for r in result["runs"].values())
+    lines += seed_table(result, names, tasks) if seeded else single_table(result, names, tasks)
+    lines += ["", "## Paired GAUC differences (same test impressions; user-bootstrap 95% CI; sign-flip "
+              "permutation p, two-sided)", "", "| comparison | task | GAUC A | GAUC B | B - A [95% CI] | p | "
+              "users better / worse |", "|---|---|---|---|---|---|---|"]
+    for key, p in result["paired"].items():
+        pair, task = key.rsplit(":", 1)
+        g = p["gauc"]
+        flag = " **" if task in MAIN_TASKS else ""
+        lines.append(f"| {pair} | {task}{flag} | {g['a']:.4f} | {g['b']:.4f} | {g['diff']:+.4f} [{g['ci_low']:+.4f}, "
+                     f"{g['ci_high']:+.4f}] | {g['p_value']:.4g} | {p['users_better']} / {p['users_worse']} |")
+    lines += ["", "(A = the baseline, B = the first model; ** marks the issue's target tasks)"]
+    if seeded:
+        seeds = ", ".join(map(str, result["seeds"]))
+        lines += ["", f"Seeds {seeds} of every model: GAUC A / B and B - A are means over seeds; each user's AUC "
+                  "is averaged over a model's seeds before the paired test, so the test "
+                  "compares the seed-averaged models on these users and seed-to-seed variation is shown in the "
+                  "per-seed column above, not tested."]
+    return "\n".join(lines) + "\n"
+
+
+def single_table(result: dict, names: list[str], tasks: list[str]) -> list[str]:
+    lines = ["| model | task | AUC | GAUC [95% CI] | log loss | NE | ECE | epochs (best) | train min |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         r = result["runs"][name]
         run = r["run"]
@@ -130,17 +180,24 @@ def markdown(result: dict, names: list[str], tasks: list[str]) -> str:
                 x = rep["metrics"]
                 lines.append(f"| {name} | {t} (regression) | MSE {x['mse']['value']:.4f} | Pearson "
                              f"{x['pearson']['value']:.4f} | | | | | |")
-    lines += ["", "## Paired GAUC differences (same test impressions; user-bootstrap 95% CI; sign-flip "
-              "permutation p, two-sided)", "", "| comparison | task | GAUC A | GAUC B | B - A [95% CI] | p | "
-              "users better / worse |", "|---|---|---|---|---|---|---|"]
-    for key, p in result["paired"].items():
-        pair, task = key.rsplit(":", 1)
-        g = p["gauc"]
-        flag = " **" if task in MAIN_TASKS else ""
-        lines.append(f"| {pair} | {task}{flag} | {g['a']:.4f} | {g['b']:.4f} | {g['diff']:+.4f} [{g['ci_low']:+.4f}, "
-                     f"{g['ci_high']:+.4f}] | {g['p_value']:.4g} | {p['users_better']} / {p['users_worse']} |")
-    lines += ["", "(A = the baseline, B = the first model; ** marks the issue's target tasks)"]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def seed_table(result: dict, names: list[str], tasks: list[str]) -> list[str]:
+    """Means over seeds, with each seed's GAUC; epochs and minutes per seed."""
+    lines = ["| model | task | AUC | GAUC mean (per seed) | log loss | NE | ECE | best epoch per seed | train min "
+             "per seed |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        by_seed = result["runs"][name]["by_seed"]
+        epochs = " / ".join(str(r["run"]["best_epoch"]) for r in by_seed)
+        minutes = " / ".join(f"{r['run']['train_seconds'] / 60:.0f}" for r in by_seed)
+        for t in tasks:
+            def mean(metric: str, t: str = t, by_seed: list = by_seed) -> float:
+                return float(np.mean([r["tasks"][t]["metrics"][metric]["value"] for r in by_seed]))
+            each = " / ".join(f"{r['tasks'][t]['metrics']['gauc']['value']:.4f}" for r in by_seed)
+            lines.append(f"| {name} | {t} | {mean('auc'):.4f} | {mean('gauc'):.4f} ({each}) | {mean('log_loss'):.4f} "
+                         f"| {mean('normalized_entropy'):.4f} | {mean('ece'):.4f} | {epochs} | {minutes} |")
+    return lines
 
 
 if __name__ == "__main__":

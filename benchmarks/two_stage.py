@@ -8,9 +8,10 @@ validation cases, applied once to test cases, and the per-case HR@10 / NDCG@10 d
 interval and paired t / Wilcoxon p-values.
 
 Cases (the ranker never trained on a target; see genrec.eval.two_stage):
-  movielens-1m  retrieval dataset movielens-1m (leave-one-out run), ranker log movielens-1m-ratings-neg; test cases
+  movielens-1m  retrieval dataset movielens-1m (leave-one-out run), ranker log movielens-1m-ratings(-neg); test cases
                 are leave-one-out test targets rated in the ranker's test period, validation cases leave-one-out
-                validation targets rated in its validation period; ranker score: the `rate` logit.
+                validation targets rated in its validation period (a ranker with split: loo holds out every
+                user's last two ratings, so every user is a case); ranker score: the `rate` logit.
   kuairand      retrieval dataset kuairand-pure-clicks (temporal run), ranker log kuairand-pure; each user's first
                 click in the ranker's test (validation) period, retrieval history = the user's earlier clicks;
                 ranker score: the `click` logit.
@@ -20,7 +21,8 @@ Cases (the ranker never trained on a target; see genrec.eval.two_stage):
     python benchmarks/two_stage.py --dataset kuairand --retrieval runs/kuairand/hstu-retrieval \\
         --ranker runs/kuairand/ranker
 
-Writes benchmarks/results/two_stage_<dataset>.{json,md} with the commit, machine, protocol, chosen w and the table.
+Writes benchmarks/results/two_stage_<dataset>.{json,md} with the commit, machine, protocol, chosen w and the table
+(two_stage_<dataset>-loo.* for a ranker trained with split: loo, whose cases are every user's leave-one-out targets).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torch
 from safetensors.torch import load_file
 
 from genrec.data import load_dataset, make_split
-from genrec.data.impressions import _iso, default_split, load_impressions
+from genrec.data.impressions import _iso, load_impressions, ranking_split
 from genrec.eval.report import git_commit, machine
 from genrec.eval.two_stage import (
     DEFAULT_WEIGHTS,
@@ -163,7 +165,9 @@ def main() -> None:
 
     retrieval, ds, retrieval_config = load_retrieval(args.retrieval, preset["retrieval_dataset"], device)
     log = load_impressions(preset["log"])
-    split = default_split(log)
+    ranker_split = (read_json(args.ranker / "config.json").get("split", "temporal")
+                    if (args.ranker / "config.json").is_file() else "temporal")
+    split = ranking_split(log, ranker_split)  # the ranker's own parts: it never trained on a case's target
     ranker, ranker_json = load_ranker(args.ranker, log, device)
     items = item_map(ds.items.raw, log.items)
     notes = []
@@ -171,9 +175,12 @@ def main() -> None:
         if retrieval_config.get("split") != "loo":
             sys.exit(f"{args.retrieval}: the movielens-1m protocol needs a leave-one-out retrieval run")
         cases = leave_one_out_cases(ds, log, split)
+        period = ("rating lies in the ranker's test period (the source's last 10 % of ratings by time; validation: "
+                  "its validation period)" if ranker_split == "temporal" else "rating is held out of the ranker's "
+                  "training (the ranker's split: loo, each user's last rating for test and the one before for "
+                  "validation, with every rating at the same time as either)")
         protocol = ("Cases are the leave-one-out targets of the retrieval dataset (movielens-1m, SASRec form) whose "
-                    "rating lies in the ranker's test period (the source's last 10 % of ratings by time; validation: "
-                    "its validation period), so the ranker never trained on a target. Retrieval (seen items "
+                    f"{period}, so the ranker never trained on a target. Retrieval (seen items "
                     f"excluded) scores the full catalog of {ds.n_items} items from the leave-one-out history and "
                     f"keeps its top {args.k}; the ranker scores them at the target's time with the user's ratings "
                     "strictly earlier as history (sampled negatives are never history).")
@@ -227,9 +234,10 @@ def main() -> None:
         "wall_seconds": time.perf_counter() - wall,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / f"two_stage_{args.dataset}.json", result)
+    stem = f"two_stage_{args.dataset}" + ("" if ranker_split == "temporal" else f"-{ranker_split}")
+    write_json(args.out / f"{stem}.json", result)
     md = markdown(result, res)
-    write_text(args.out / f"two_stage_{args.dataset}.md", md)
+    write_text(args.out / f"{stem}.md", md)
     print(md)
 
 

@@ -22,8 +22,10 @@ from genrec.data.impressions import (
     default_split,
     histories_before,
     history_fields,
+    leave_one_out_split,
     load_impressions,
     ranking_requests,
+    ranking_split,
     with_sampled_negatives,
 )
 from genrec.errors import ConfigError, DataError
@@ -51,6 +53,33 @@ def ratings_log(seed: int = 0, n_users: int = 8, n_items: int = 30, max_rows: in
         day=imp.utc_day(time), labels={"like": like}, binary_tasks=("like",), regression_tasks=(),
         actions=(1 + like)[:, None], action_sizes={"like": 3}, source_split=split,
         context=None if context else rng.random(n) < 0.7)
+
+
+# --- the per-user leave-one-out split ------------------------------------------------------------------------
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n_times=st.sampled_from([3, 15, 1000]))
+def test_leave_one_out_split_holds_out_each_users_last_two_ratings(seed, n_times):
+    log = with_sampled_negatives(ratings_log(seed, n_times=n_times), 3, seed=seed)
+    sp = leave_one_out_split(log)
+    assert (sp.train.astype(int) + sp.valid + sp.test == 1).all()
+    for u in range(1, log.n_users + 1):
+        rows = np.flatnonzero(log.user == u)
+        real = rows[log.context[rows]]
+        t = log.time
+        if len(real) < 3:
+            assert sp.train[rows].all()
+            continue
+        last, second = t[real[-1]], t[real[-2]]
+        assert sp.test[real[-1]] and (sp.test[rows] == (t[rows] >= last)).all()
+        assert (sp.valid[rows] == ((t[rows] >= second) & (t[rows] < last))).all()
+        # nothing trained on is as late as a held-out row of the user; candidates go with their rating's time
+        held = rows[~sp.train[rows]]
+        assert t[rows[sp.train[rows]]].max(initial=0) < t[held].min()
+    assert sp.describe()["rule"]["kind"] == "leave-one-out"
+    assert ranking_split(log, "loo").test.tolist() == sp.test.tolist()
+    with pytest.raises(ConfigError, match="temporal or loo"):
+        ranking_split(log, "cold")
 
 
 # --- the context column -------------------------------------------------------------------------------------
@@ -265,6 +294,22 @@ def test_kuairand_clicks_real():
         assert (ds.n_users, ds.n_items, ds.n_interactions) == (21811, 5085, 100008)
     assert ds.n_interactions <= int(log.labels["click"].sum())
     assert (np.diff(ds.timestamps.values)[np.diff(ds.sequences.row_ids()) == 0] >= 0).all()
+
+
+def test_sampled_negatives_with_a_cut_per_user():
+    log = ratings_log(4, n_users=12, n_items=40, max_rows=20, n_times=1000)
+    held = ~leave_one_out_split(log).train
+    until = np.full(log.n_users + 1, np.iinfo(np.int64).max)
+    np.minimum.at(until, log.user[held], log.time[held] - 1)
+    neg = with_sampled_negatives(log, 8, seed=2, rated_until=until)
+    fake = ~neg.context
+    train_pairs = set(zip(log.user[~held].tolist(), log.item[~held].tolist(), strict=True))
+    held_pairs = set(zip(log.user[held].tolist(), log.item[held].tolist(), strict=True)) - train_pairs
+    pairs = set(zip(neg.user[fake].tolist(), neg.item[fake].tolist(), strict=True))
+    assert not pairs & train_pairs and pairs & held_pairs  # a held-out rating may be an earlier negative
+    assert "their own cut" in neg.meta["negatives"]["distribution"]
+    with pytest.raises(ConfigError, match="one per user"):
+        with_sampled_negatives(log, 2, rated_until=np.zeros(3, dtype=np.int64))
 
 
 def test_sampled_negatives_from_pools_exclude_only_what_was_rated_by_the_cut():

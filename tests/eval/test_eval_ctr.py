@@ -150,6 +150,29 @@ def test_paired_gauc_refuses_different_lengths():
         paired_gauc([0, 0, 1, 1], [1, 0, 1, 0], [0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3])
 
 
+def test_paired_gauc_over_several_runs_per_model():
+    # Seeds of one model: each user's AUC is their mean, so GAUC is the mean of the runs' GAUCs (same users).
+    users, labels, z, rng = ctr_data(80, 10, 3)
+    runs_b = [z + rng.normal(scale=0.5, size=len(z)) for _ in range(3)]
+    runs_a = [z + rng.normal(scale=3.0, size=len(z)) for _ in range(2)]
+    out = paired_gauc(users, labels, runs_a, runs_b, n_boot=100, n_perm=500)
+    assert out["runs"] == [2, 3] and "averaged over runs" in out["test"]
+    assert out["gauc"]["b"] == pytest.approx(np.mean([gauc(users, labels, r)[0] for r in runs_b]))
+    assert out["gauc"]["a"] == pytest.approx(np.mean([gauc(users, labels, r)[0] for r in runs_a]))
+    assert out["auc"]["b"] == pytest.approx(np.mean([auc(labels, r) for r in runs_b]))
+    assert out["gauc"]["p_value"] < 0.05 and out["gauc"]["ci_low"] > 0
+    # the same run twice is the run itself
+    same = paired_gauc(users, labels, [runs_a[0], runs_a[0]], runs_a[0], n_boot=20, n_perm=100)
+    assert same["gauc"]["diff"] == 0 and same["gauc"]["p_value"] == 1.0
+
+
+def test_paired_gauc_refuses_bad_run_shapes():
+    with pytest.raises(ValueError, match=r"scores_b\[1\]=3"):
+        paired_gauc([0, 0, 1, 1], [1, 0, 1, 0], [0.1, 0.2, 0.3, 0.4], [[0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3]])
+    with pytest.raises(ValueError, match="scores_a must be"):
+        paired_gauc([0, 0, 1, 1], [1, 0, 1, 0], np.zeros((1, 1, 4)), [0.1, 0.2, 0.3, 0.4])
+
+
 # ---------------------------------------------------------------------------------------------------- calibration
 
 

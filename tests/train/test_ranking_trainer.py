@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from genrec.data.dataset import Vocab
-from genrec.data.impressions import ImpressionLog, temporal_split, utc_day
+from genrec.data.impressions import ImpressionLog, leave_one_out_split, temporal_split, utc_day
 from genrec.errors import ConfigError
 from genrec.io import read_json
 from genrec.train import trainer_class
@@ -74,6 +74,20 @@ def test_each_model_trains_and_writes_a_run(name, log_and_split, tmp_path):
     assert spec["name"] == name and spec["spec"]["binary_tasks"] == ["click", "forward"]
 
 
+def test_leave_one_out_run_tests_each_users_last_impression(tmp_path):
+    log = learnable_log(1, n_users=40, rows=20)
+    cfg = RunConfig.model_validate({**config("ranker").model_dump(), "split": "loo"})
+    with pytest.raises(ConfigError, match="gauc:mean is undefined"):  # one validation row per user, no negatives
+        RankingTrainer(cfg, tmp_path / "bad", log=log, show_progress=False).fit()
+    cfg = RunConfig.model_validate({**cfg.model_dump(), "eval": {"select_metric": "auc:click", "n_boot": 20}})
+    RankingTrainer(cfg, tmp_path / "loo", log=log, show_progress=False).fit()  # the split comes from the config
+    expected = leave_one_out_split(log)
+    preds = pq.read_table(tmp_path / "loo" / "predictions_test.parquet").to_pydict()
+    assert sorted(preds["row"]) == np.flatnonzero(expected.test).tolist()
+    assert len(set(preds["user"])) == log.n_users  # every user has a test impression
+    assert read_json(tmp_path / "loo" / "metrics.json")["split"]["rule"]["kind"] == "leave-one-out"
+
+
 def test_frozen_run_scores_every_test_impression_with_its_request_history(log_and_split, tmp_path):
     log, split = log_and_split
     cfg = RunConfig.model_validate({**config("ranker").model_dump(), "requests": "frozen"})
@@ -106,8 +120,11 @@ def test_resume_gives_the_same_result(log_and_split, tmp_path):
 
 
 def test_bad_ranking_configs():
+    with pytest.raises(Exception, match="split must be temporal or loo"):
+        RunConfig.model_validate({"dataset": "x", "split": "cold", "model": {"name": "din"}})
+    assert RunConfig.model_validate({"dataset": "x", "split": "loo", "model": {"name": "din"}}).split == "loo"
     with pytest.raises(Exception, match="split must be temporal"):
-        RunConfig.model_validate({"dataset": "x", "split": "loo", "model": {"name": "din"}})
+        RunConfig.model_validate({"dataset": "x", "split": "loo", "model": {"name": "gbdt"}})
     with pytest.raises(Exception, match="features"):
         RunConfig.model_validate({"dataset": "x", "model": {"name": "dcn"}, "features": {"content": "x"}})
     with pytest.raises(Exception, match="requests: frozen applies to the torch ranking models"):
@@ -168,6 +185,28 @@ def test_calibration_to_the_training_base_rate(log_and_split):
     logit = np.log(probs["click"] / (1 - probs["click"]))
     mean = np.mean(1 / (1 + np.exp(-(moved[0] * logit + moved[1]))))
     assert mean == pytest.approx(log.labels["click"][split.train].mean(), abs=1e-4)
+
+
+def test_leave_one_out_negatives_spare_only_what_each_user_rated_before_their_held_out_part(monkeypatch):
+    import genrec.train.ranking as ranking
+
+    log = learnable_log(2, n_users=20, n_items=200, rows=30)
+    monkeypatch.setattr(ranking, "load_impressions", lambda name: log)
+    cfg = RunConfig.model_validate({"dataset": "gen", "split": "loo", "model": {"name": "ranker"},
+                                    "negatives": {"per_row": 3}})
+    out = ranking.load_ranking_log(cfg)
+    assert out.name == "gen-sampled-loo" and out.n_rows == 4 * log.n_rows
+    split = ranking.ranking_split(out, "loo")
+    assert (split.test & out.context).sum() == log.n_users  # the same held-out ratings as the log alone
+    fake = ~out.context
+    rated = {(u, i, t) for u, i, t in zip(log.user.tolist(), log.item.tolist(), log.time.tolist(), strict=True)}
+    cut = {int(u): int(out.time[split.valid | split.test][out.user[split.valid | split.test] == u].min())
+           for u in np.unique(out.user)}
+    for u, i in zip(out.user[fake].tolist(), out.item[fake].tolist(), strict=True):
+        assert not any(ru == u and ri == i and rt < cut[u] for ru, ri, rt in rated)
+    monkeypatch.setattr(ranking, "load_impressions", lambda name: out)
+    with pytest.raises(ConfigError, match="already has sampled negatives"):
+        ranking.load_ranking_log(cfg)
 
 
 def test_negative_pools_are_read_by_raw_id_and_checked(log_and_split, tmp_path):

@@ -467,7 +467,7 @@ NEGATIVE_SEED = 0
 def with_sampled_negatives(log: ImpressionLog, n_negatives: int = ML_NEGATIVES, seed: int = NEGATIVE_SEED, *,
                            task: str = "rate", popularity_rows: np.ndarray | None = None,
                            name: str | None = None, max_rounds: int = 1000, pools: np.ndarray | None = None,
-                           rated_until: int | None = None) -> ImpressionLog:
+                           rated_until: int | np.ndarray | None = None) -> ImpressionLog:
     """``log`` plus ``n_negatives`` sampled impressions per context row, for a log that holds only what users
     chose (ratings): an engagement task for a ranker that reorders retrieved candidates.
 
@@ -484,9 +484,10 @@ def with_sampled_negatives(log: ImpressionLog, n_negatives: int = ML_NEGATIVES, 
     its user's pool instead (e.g. what a retrieval model proposes to that user: hard negatives for a ranker that
     reorders retrieval's candidates); an empty slot, or a user whose pool is used up after half the rounds,
     falls back to popularity. ``rated_until`` (unix ms): only items the user interacted with at or before that
-    time are excluded, so an item first rated later (in validation or test) can be a training negative. With a
-    small pool that matters: excluding every item the user ever rates would leave a later target as the one
-    pool item never labelled negative for that user."""
+    time are excluded, so an item first rated later (in validation or test) can be a training negative; an int64
+    [n_users + 1] array gives each user their own time (a leave-one-out split's held-out ratings). Excluding every
+    item the user ever rates would leave a later target as an item never labelled negative for that user, which
+    a model with user ids can learn."""
     if n_negatives < 1:
         raise ConfigError(f"n_negatives must be >= 1, got {n_negatives}")
     if task in log.labels:
@@ -501,7 +502,13 @@ def with_sampled_negatives(log: ImpressionLog, n_negatives: int = ML_NEGATIVES, 
         raise DataError(f"impression log '{log.name}': no item to sample negatives from (empty popularity rows)")
     cdf = np.cumsum(counts) / counts.sum()
     width = np.int64(log.n_items + 1)
-    seen = real if rated_until is None else real[log.time[real] <= rated_until]
+    if rated_until is None:
+        seen = real
+    else:
+        until = np.asarray(rated_until, dtype=np.int64)
+        if until.ndim and until.shape != (log.n_users + 1,):
+            raise ConfigError(f"rated_until must be one time or one per user ({log.n_users + 1}), got {until.shape}")
+        seen = real[log.time[real] <= (until[log.user[real]] if until.ndim else until)]
     rated = np.unique(log.user[seen] * width + log.item[seen])
     if pools is not None:
         pools = np.asarray(pools, dtype=np.int64)
@@ -549,7 +556,8 @@ def with_sampled_negatives(log: ImpressionLog, n_negatives: int = ML_NEGATIVES, 
             "distribution": ("uniform over the user's pool (popularity where it is empty or used up)"
                              if pools is not None else "popularity over the training part's context rows")
                             + (", items the user never interacted with" if rated_until is None else
-                               f", items the user had not interacted with by {rated_until} ms")
+                               ", items the user had not interacted with by their own cut" if np.ndim(rated_until)
+                               else f", items the user had not interacted with by {rated_until} ms")
                             + "; same time as the real row; not history tokens"}})
 
 
@@ -616,6 +624,7 @@ DEFAULT_CUTS: dict[str, dict[str, Any] | str] = {
     "movielens-1m-ratings": "source",
     "movielens-1m-ratings-neg": "source",
     "movielens-1m-ratings-pool": "source",  # negatives from per-user pools (train.config.NegativesConfig)
+    "movielens-1m-ratings-sampled": "source",  # popularity negatives of a run config's `negatives:`
 }
 
 
@@ -689,6 +698,37 @@ def source_split(log: ImpressionLog) -> ImpressionSplit:
         raise ConfigError(f"impression log '{log.name}' has no source split; use temporal_split")
     return _make_split(log, tuple(log.source_split == k for k in range(3)),
                        {"kind": "source", "text": "the source's own split column"})
+
+
+def leave_one_out_split(log: ImpressionLog) -> ImpressionSplit:
+    """Per user, by time: test = rows at or after the user's last context row (their last rating, with its
+    sampled candidates); valid = rows at or after the second-to-last context row's time and before that; train =
+    the rest. The ranker's side of the sequence models' leave-one-out split (``split: loo``): the last two
+    interactions of every user are held out, so a two-stage evaluation may use every user's target. Ties: every row
+    sharing the held-out row's time is held out with it (never trained on; a user whose last two ratings share a
+    time has no validation row). Users with fewer than three context rows keep everything in train."""
+    ctx = log.context_rows if log.context_rows is not None else np.arange(log.n_rows)
+    per_user = np.bincount(log.user[ctx], minlength=log.n_users + 1)
+    last = np.cumsum(per_user) - 1  # index into ctx of each user's last context row (rows are user-major by time)
+    eligible = per_user >= 3
+    t_test = np.where(eligible, log.time[ctx[np.maximum(last, 0)]], np.iinfo(np.int64).max)
+    t_valid = np.where(eligible, log.time[ctx[np.maximum(last - 1, 0)]], np.iinfo(np.int64).max)
+    t = log.time
+    test = t >= t_test[log.user]
+    valid = ~test & (t >= t_valid[log.user])
+    rule = {"kind": "leave-one-out", "text": "per user by time: test = rows from the user's last rating on, valid = "
+            "from the second-to-last rating's time until then, train = earlier rows (users with >= 3 ratings; "
+            "candidate rows go with the rating whose time they share)"}
+    return _make_split(log, (~test & ~valid, valid, test), rule)
+
+
+def ranking_split(log: ImpressionLog, kind: str = "temporal") -> ImpressionSplit:
+    """The split a ranking run config names: ``temporal`` (the log's default cuts) or ``loo``."""
+    if kind == "loo":
+        return leave_one_out_split(log)
+    if kind != "temporal":
+        raise ConfigError(f"ranking logs split temporal or loo, not {kind!r}")
+    return default_split(log)
 
 
 def default_split(log: ImpressionLog) -> ImpressionSplit:

@@ -397,6 +397,22 @@ def _sign_flip_p(t: np.ndarray, n_perm: int, seed: int) -> tuple[float, bool]:
     return (1 + hits) / (1 + n_perm), False
 
 
+def _runs(x: Any, name: str) -> list[np.ndarray]:
+    """One model's scores: a vector (one run) or a [runs, rows] array (e.g. one row per training seed)."""
+    if isinstance(x, list | tuple) and x and np.ndim(x[0]) == 1:  # runs given one by one (lengths checked later)
+        return [_vector(r, f"{name}[{i}]") for i, r in enumerate(x)]
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim == 1:
+        return [_vector(a, name)]
+    if a.ndim == 2 and a.shape[0] > 0:
+        return [_vector(r, f"{name}[{i}]") for i, r in enumerate(a)]
+    raise ValueError(f"{name} must be one score per row or [runs, rows] scores, got shape {a.shape}")
+
+
+def _named(runs: list[np.ndarray], name: str) -> dict[str, np.ndarray]:
+    return {name: runs[0]} if len(runs) == 1 else {f"{name}[{i}]": r for i, r in enumerate(runs)}
+
+
 def paired_gauc(
     users: Any,
     labels: Any,
@@ -414,33 +430,43 @@ def paired_gauc(
     (see :func:`_sign_flip_p`): no normality assumption, the weights are kept, and identical models give p = 1.
     Intervals resample users (all of them, the same resamples for both differences); the AUC difference has no
     p-value, read its interval.
+
+    A model may come with several runs ([runs, rows] scores, e.g. its training seeds; the two models need not
+    have as many). Each user's AUC is then the mean over that model's runs and each pooled AUC the mean of its
+    runs' pooled AUCs: the test compares the seed-averaged models on these users. Seed-to-seed variation is
+    averaged out, not tested; read the per-run values for it.
     """
-    _same_length(users=users, labels=labels, scores_a=scores_a, scores_b=scores_b)
-    y, sa, sb = _labels(labels), _vector(scores_a, "scores_a"), _vector(scores_b, "scores_b")
+    runs_a, runs_b = _runs(scores_a, "scores_a"), _runs(scores_b, "scores_b")
+    _same_length(users=users, labels=labels, **_named(runs_a, "scores_a"), **_named(runs_b, "scores_b"))
+    y = _labels(labels)
     uidx, ids = _user_index(users)
     n_users = len(ids)
-    auc_a, count = _per_user_auc(uidx, n_users, y, sa)
-    auc_b, _ = _per_user_auc(uidx, n_users, y, sb)
+    count = np.bincount(uidx, minlength=n_users).astype(np.float64)
+    auc_a = np.mean([_per_user_auc(uidx, n_users, y, s)[0] for s in runs_a], axis=0)
+    auc_b = np.mean([_per_user_auc(uidx, n_users, y, s)[0] for s in runs_b], axis=0)
     counted = ~np.isnan(auc_a)  # the same users for both models: it depends on the labels only
     w = np.where(counted, count, 0.0)
     d = np.where(counted, auc_b - auc_a, 0.0)
-    sorts = [_by_score(y, sa), _by_score(y, sb)]
+    sorts = [_by_score(y, s) for s in runs_a + runs_b]
+    n_a = len(runs_a)
     g_draws, a_draws = [], []
     for m in _user_draws(n_users, n_boot, seed):
         g_draws.append(_ratio(m @ (w * d), m @ w))
         pooled = _auc_draws(m, uidx, sorts)
-        a_draws.append(pooled[1] - pooled[0])
+        a_draws.append(pooled[n_a:].mean(axis=0) - pooled[:n_a].mean(axis=0))
     ga = float(np.average(auc_a[counted], weights=w[counted])) if counted.any() else NAN
     gb = float(np.average(auc_b[counted], weights=w[counted])) if counted.any() else NAN
     p, exact = _sign_flip_p(w * d, n_perm, seed)
-    pa_, pb_ = _auc_sorted(sorts[0]), _auc_sorted(sorts[1])
+    pooled_auc = [_auc_sorted(b) for b in sorts]
+    pa_, pb_ = float(np.mean(pooled_auc[:n_a])), float(np.mean(pooled_auc[n_a:]))
     return {
         "rows": len(y), "users": n_users, "gauc_users": int(counted.sum()), "gauc_users_skipped": int((~counted).sum()),
-        "users_better": int((d > 0).sum()), "users_worse": int((d < 0).sum()),
+        "users_better": int((d > 0).sum()), "users_worse": int((d < 0).sum()), "runs": [n_a, len(runs_b)],
         "gauc": {"a": ga, "b": gb, **_diff(gb - ga, np.concatenate(g_draws), alpha), "p_value": p},
         "auc": {"a": pa_, "b": pb_, **_diff(pb_ - pa_, np.concatenate(a_draws), alpha)},
         "n_boot": n_boot, "test": "sign-flip permutation of impression-weighted per-user AUC differences, two-sided"
-        + (" (exact)" if exact else f" ({n_perm} random sign patterns)"),
+        + (" (exact)" if exact else f" ({n_perm} random sign patterns)")
+        + ("" if n_a == len(runs_b) == 1 else f"; per-user AUCs averaged over runs (A {n_a}, B {len(runs_b)})"),
     }
 
 

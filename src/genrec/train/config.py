@@ -114,13 +114,15 @@ class TemporalConfig(BaseModel):
 
 
 class NegativesConfig(BaseModel):
-    """Ranking on a log of chosen items only (ratings): sampled negatives drawn from per-user pools, e.g.
-    retrieval's candidates (``benchmarks/retrieval_pools.py``), so the ranker learns to reorder what retrieval
-    proposes. Items the user had rated before the log's validation period are never negatives."""
+    """Ranking on a log of chosen items only (ratings): sampled negatives per rating, by popularity or drawn from
+    per-user pools, e.g. retrieval's candidates (``benchmarks/retrieval_pools.py``), so the ranker learns to
+    reorder what retrieval proposes. Items the user had rated before the run's held-out part are never
+    negatives (``genrec.train.ranking.load_ranking_log``)."""
 
     model_config = _STRICT
 
-    pools: Path = Field(description="Parquet of (user, items): each user's pool as raw ids of the log.")
+    pools: Path | None = Field(None, description="Parquet of (user, items): each user's pool as raw ids of the "
+                               "log. Default: popularity over the log's training part.")
     per_row: int = Field(4, ge=1, description="Negatives per rating.")
     seed: int = Field(0, description="Seed of the draws.")
 
@@ -179,9 +181,9 @@ class RunConfig(BaseModel):
         if self.requests != "streaming" and self.model.name not in RANKERS:
             raise ValueError("requests: applies to ranking models (ranker, dcn, din)")
         if self.model.name in RANKERS:
-            if self.split != "temporal":
-                raise ValueError(f"model {self.model.name} trains on an impression log split by time: "
-                                 "split must be temporal")
+            if self.split == "cold" or (self.split == "loo" and self.model.name == "gbdt"):
+                raise ValueError(f"model {self.model.name} trains on an impression log split by time: split must "
+                                 "be temporal" + ("" if self.model.name == "gbdt" else " or loo (per user by time)"))
             if self.requests == "frozen" and self.model.name == "gbdt":
                 raise ValueError("requests: frozen applies to the torch ranking models (ranker, dcn, din); gbdt's "
                                  "features are built per impression")

@@ -1,7 +1,8 @@
 """Training a multi-task ranking model (the generative ranker or a baseline) on an impression log.
 
-The log is split by time (``genrec.data.impressions.default_split``: KuaiRand trains on 04-25..05-05 and
-validates / tests on the following days; ML-1M ratings on the source's global time split). Every impression is
+The log is split by time (``split: temporal``, ``genrec.data.impressions.default_split``: KuaiRand trains on
+04-25..05-05 and validates / tests on the following days; ML-1M ratings on the source's global time split), or per
+user by time (``split: loo``: each user's last two ratings, ``leave_one_out_split``). Every impression is
 a candidate of exactly one forward-pass request whose history holds only that user's strictly earlier
 impressions, whatever part they belong to (their outcomes are known by then at serving time). Training fits the
 training part's impressions; the validation part selects the epoch (early stopping on ``eval.select_metric``:
@@ -37,9 +38,9 @@ from genrec.data.impressions import (
     ImpressionSplit,
     Requests,
     collate,
-    default_split,
     load_impressions,
     ranking_requests,
+    ranking_split,
     with_sampled_negatives,
 )
 from genrec.errors import ConfigError, DataError
@@ -82,17 +83,29 @@ def build_ranking_model(config: Any, spec: RankSpec, log: ImpressionLog) -> torc
 
 
 def load_ranking_log(cfg: Any) -> ImpressionLog:
-    """The run's impression log: ``cfg.dataset``, plus negatives from per-user pools when ``cfg.negatives`` is
-    set (items rated before the log's validation period are never drawn)."""
+    """The run's impression log: ``cfg.dataset``, plus sampled negatives when ``cfg.negatives`` is set (from
+    per-user pools or by popularity). Items a user rated before the run's held-out part are never their
+    negatives: before the temporal split's validation cut, or, under ``split: loo``, before that user's own
+    held-out ratings (so a held-out target can be an earlier negative, as it was then unrated)."""
     log = load_impressions(cfg.dataset)
     if cfg.negatives is None:
         return log
-    split = default_split(log)
-    cut = int(log.time[split.part("valid") | split.part("test")].min())
-    pools = read_pools(cfg.negatives.pools, log)
-    out = with_sampled_negatives(log, cfg.negatives.per_row, cfg.negatives.seed, pools=pools, rated_until=cut - 1,
-                                 name=f"{log.name}-pool")
-    out.meta["negatives"]["pools"] = str(cfg.negatives.pools)
+    if "negatives" in log.meta:
+        raise ConfigError(f"negatives: {cfg.dataset} already has sampled negatives; name the log without them "
+                          "(e.g. movielens-1m-ratings)")
+    split = ranking_split(log, cfg.split)
+    held = split.valid | split.test
+    if cfg.split == "loo":
+        until = np.full(log.n_users + 1, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(until, log.user[held], log.time[held] - 1)
+    else:
+        until = int(log.time[held].min()) - 1
+    pools = read_pools(cfg.negatives.pools, log) if cfg.negatives.pools is not None else None
+    kind = "pool" if pools is not None else "sampled"
+    out = with_sampled_negatives(log, cfg.negatives.per_row, cfg.negatives.seed, pools=pools, rated_until=until,
+                                 name=f"{log.name}-{kind}" + ("-loo" if cfg.split == "loo" else ""))
+    if pools is not None:
+        out.meta["negatives"]["pools"] = str(cfg.negatives.pools)
     return out
 
 
@@ -265,7 +278,7 @@ class RankingTrainer:
             torch.set_num_threads(tcfg.threads)
         seed_everything(tcfg.seed)
         log = self.log or load_ranking_log(cfg)
-        split = self.split or default_split(log)
+        split = self.split or ranking_split(log, cfg.split)
         spec = RankSpec(**log.spec_fields())
         metric = cfg.eval.select_metric
         check_select_metric(metric, spec.binary_tasks)
@@ -287,6 +300,10 @@ class RankingTrainer:
             if epoch % tcfg.eval_every == 0 or out_of_time or epoch == tcfg.epochs:
                 vrows, vpreds = predict(model, log, requests["valid"], spec, device)
                 valid = selection_value(metric, log, vrows, vpreds, spec.binary_tasks)
+                if not math.isfinite(valid["select"]):
+                    raise ConfigError(f"eval.select_metric {metric} is undefined on the validation part (GAUC needs "
+                                      "users with both outcomes there; under split: loo a user holds one validation "
+                                      "rating and its sampled candidates): select on auc:<task> or another task")
                 record.update({f"valid_{k}": v for k, v in valid.items() if k != "select"})
                 record[f"valid_{metric}"] = valid["select"]
                 select(state, epoch, valid["select"], tcfg.patience,
