@@ -18,7 +18,8 @@ from genrec.io import read_json
 from genrec.models.gbdt import GBDTConfig, build_features, earlier_sums, import_lightgbm
 from genrec.train import trainer_class
 from genrec.train.config import RunConfig
-from genrec.train.gbdt import GBDTTrainer
+from genrec.train.gbdt import GBDTTrainer, request_query_times
+from genrec.train.ranking import make_requests
 
 try:
     import lightgbm as lgb
@@ -88,6 +89,46 @@ def test_earlier_sums_match_a_brute_force_count():
         assert first[i] == (time[m].min() if m.any() else -1)
 
 
+def test_earlier_sums_at_query_times_match_a_brute_force_count():
+    rng = np.random.default_rng(3)
+    key, time = rng.integers(0, 4, 300), rng.integers(0, 30, 300)
+    query = time - rng.integers(0, 10, 300)
+    values, weight = rng.random((300, 2)), rng.random(300) < 0.8
+    count, sums, first = earlier_sums([key], time, values, weight, query)
+    for i in range(300):
+        m = (key == key[i]) & (time < query[i]) & weight
+        assert count[i] == m.sum() and np.allclose(sums[i], values[m].sum(0))
+        assert first[i] == (time[(key == key[i]) & weight].min() if m.any() else -1)
+
+
+@pytest.mark.parametrize("history", ["day", "impression"])
+def test_frozen_features_read_nothing_from_their_request(history, log_and_split):
+    log, split = log_and_split
+    cfg = RunConfig.model_validate({"dataset": "gen", "model": {"name": "gbdt", "max_len": 6, "user_history": history},
+                                    "requests": "frozen"})
+    query = request_query_times(cfg, log, split)
+    assert (query <= log.time).all() and (query < log.time).any()
+    frozen = build_features(log, cfg.model, query)
+    streaming = build_features(log, cfg.model)
+    assert not np.array_equal(frozen.values, streaming.values, equal_nan=True)
+    requests = make_requests(cfg, log, split)["test"]
+    per_user = [frozen.names.index(n) for n in frozen.names if n.startswith(("user_", "match_", "hour", "since"))
+                and n not in {f"user_{k}" for k in log.user_features}]
+    for r in range(len(requests)):
+        rows = requests.candidates.values[requests.candidates.offsets[r]:requests.candidates.offsets[r + 1]]
+        block = frozen.values[np.ix_(rows, per_user)]
+        match = [i for i, n in enumerate(frozen.names[j] for j in per_user) if n.startswith("match_")]
+        same = np.delete(block, match, axis=1)  # match statistics depend on the candidate's author too
+        np.testing.assert_array_equal(same, np.broadcast_to(same[:1], same.shape))
+    # flipping an impression's labels changes nothing featured as of its time or earlier
+    row = int(np.flatnonzero(split.test)[3])
+    labels = {t: v.copy() for t, v in log.labels.items()}
+    labels["click"][row] = 1 - labels["click"][row]
+    after = build_features(ImpressionLog(**{**_fields(log), "labels": labels}), cfg.model, query)
+    same = query <= log.time[row]
+    np.testing.assert_array_equal(after.values[same], frozen.values[same])
+
+
 @pytest.mark.parametrize("history", ["day", "impression"])
 def test_features_read_only_strictly_earlier_labels(history):
     log = tiny_log()
@@ -112,6 +153,17 @@ def _fields(log: ImpressionLog) -> dict:
     keep = ("name", "users", "items", "user", "item", "time", "day", "labels", "binary_tasks", "regression_tasks",
             "actions", "action_sizes", "item_features", "item_feature_sizes", "user_features", "user_feature_sizes")
     return {k: getattr(log, k) for k in keep}
+
+
+@needs_lightgbm
+def test_frozen_run_is_recorded_and_scores_every_test_impression(log_and_split, tmp_path):
+    log, split = log_and_split
+    cfg = RunConfig.model_validate({**config(max_len=8).model_dump(), "requests": "frozen"})
+    GBDTTrainer(cfg, tmp_path / "frozen", log=log, split=split, show_progress=False).fit()
+    metrics = read_json(tmp_path / "frozen" / "metrics.json")
+    assert metrics["requests"] == "frozen" and metrics["tasks"]["click"]["metrics"]["gauc"]["value"] > 0.55
+    preds = pq.read_table(tmp_path / "frozen" / "predictions_test.parquet").to_pydict()
+    assert sorted(preds["row"]) == np.flatnonzero(split.test).tolist()
 
 
 @needs_lightgbm

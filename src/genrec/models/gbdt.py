@@ -24,6 +24,10 @@ KuaiRand-Pure the running click rate alone has a test click GAUC of 0.14, and at
 click GAUC was 0.58 with running statistics against 0.60 with daily ones). Statistics frozen per day keep them
 nearly constant within a user's test days.
 
+With ``requests: frozen`` (the run config) every impression is featured as of its request's first impression
+(:func:`genrec.train.gbdt.request_query_times`, the torch rankers' frozen requests): hour, gap, user, item and
+match statistics then read nothing at or after the request's start, as a served request cannot.
+
 Everything is a few sorts and cumulative sums over the whole log (KuaiRand-Pure's 228k rows: about a second).
 The trainer is :mod:`genrec.train.gbdt`; models are saved in LightGBM's own text format, never pickled. Serving a
 GBDT is not implemented: it is a baseline to measure the torch rankers against.
@@ -38,7 +42,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from genrec.data.impressions import ImpressionLog, first_same_time
+from genrec.data.impressions import ImpressionLog
 from genrec.errors import GenrecError
 
 FeatureGroup = Literal["categorical", "context", "user", "item", "match"]
@@ -69,6 +73,8 @@ class GBDTConfig(BaseModel):
     match: tuple[str, ...] = Field(("author", "tag", "genre"), description="Item feature tables for the "
                                    "target-aware history features; names the log lacks are skipped.")
     prior: float = Field(20.0, gt=0, description="Pseudo-impressions at the prior rate in every smoothed rate.")
+    max_len: int = Field(128, ge=2, description="requests: frozen: impressions per validation / test request (the "
+                         "torch rankers' max_len; training requests hold half), all featured as of its first.")
     user_history: Literal["day", "impression"] = Field(
         "day", description="The user and match statistics read the user's impressions of earlier days (UTC) only, "
         "or every strictly earlier impression (see genrec.models.gbdt).")
@@ -92,43 +98,50 @@ class Features:
     categorical: list[str]  # the names LightGBM treats as categories (non-negative integer codes)
 
 
-def earlier_sums(keys: list[np.ndarray], time: np.ndarray, values: np.ndarray,
-                 weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def earlier_sums(keys: list[np.ndarray], time: np.ndarray, values: np.ndarray, weight: np.ndarray,
+                 query_time: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row: the weighted count and sums of ``values`` [N, K] over the rows of its group (equal ``keys``)
-    strictly earlier in time, and the time of the group's first weighted row (-1 where none is earlier).
+    strictly earlier than the row's ``query_time`` (default: its own time), and the time of the group's first
+    weighted row (-1 where none is earlier).
 
-    One stable sort by (keys, time); a row reads the cumulative sums up to the first row of its group with the
-    same time, so neither the row itself nor anything at its timestamp or later reaches it."""
+    Events (every row at its own time) and queries (every row at its query time) share one stable sort by (keys,
+    time), a query before the events of its time; a query reads the cumulative sums of its group's events before
+    it, so neither the row itself nor anything at its query time or later reaches it."""
     n = len(time)
-    order = np.lexsort((time, *reversed(keys)))
-    t = time[order]
-    new_group = np.zeros(n, dtype=bool)
+    q = time if query_time is None else np.asarray(query_time)
+    both = np.r_[np.zeros(n, np.int8), np.ones(n, np.int8)]  # 0: the row's query, 1: the row as an event
+    order = np.lexsort((both, np.r_[q, time], *(np.r_[k, k] for k in reversed(keys))))
+    new_group = np.zeros(2 * n, dtype=bool)
     new_group[:1] = True
     for k in keys:
-        ks = k[order]
+        ks = np.r_[k, k][order]
         new_group[1:] |= ks[1:] != ks[:-1]
-    new_time = new_group.copy()
-    new_time[1:] |= t[1:] != t[:-1]
-    pos = np.arange(n)
+    is_event = order >= n
+    w = np.where(is_event, weight[order % n], 0).astype(np.float64)
+    cum = np.zeros((2 * n + 1, 1 + values.shape[1]))
+    np.cumsum(np.column_stack([w, values[order % n] * w[:, None]]), axis=0, out=cum[1:])
+    pos = np.arange(2 * n)
     group_start = np.maximum.accumulate(np.where(new_group, pos, 0))
-    time_start = np.maximum.accumulate(np.where(new_time, pos, 0))
-    w = weight[order].astype(np.float64)
-    cum = np.zeros((n + 1, 1 + values.shape[1]))
-    np.cumsum(np.column_stack([w, values[order] * w[:, None]]), axis=0, out=cum[1:])
-    earlier = np.empty_like(cum[1:])
-    earlier[order] = cum[time_start] - cum[group_start]
-    # rows sort by time within a group, so its first weighted row is its earliest counted impression
-    nxt = np.full(n + 1, n, dtype=np.int64)
+    queries = ~is_event
+    earlier = np.empty((n, cum.shape[1]))
+    earlier[order[queries]] = cum[pos[queries]] - cum[group_start[queries]]
+    # events sort by time within a group, so its first weighted event is its earliest counted impression
+    nxt = np.full(2 * n + 1, 2 * n, dtype=np.int64)
     counted = np.flatnonzero(w > 0)
     nxt[counted] = counted
     nxt = np.minimum.accumulate(nxt[::-1])[::-1]
     first = np.empty(n, dtype=np.int64)
-    first[order] = t[np.minimum(nxt[group_start], n - 1)]
+    first[order[queries]] = time[order[np.minimum(nxt[group_start[queries]], 2 * n - 1)] % n]
     return earlier[:, 0], earlier[:, 1:], np.where(earlier[:, 0] > 0, first, -1)
 
 
-def build_features(log: ImpressionLog, cfg: GBDTConfig) -> Features:
-    """The features of every impression of ``log`` (see the module docstring)."""
+def build_features(log: ImpressionLog, cfg: GBDTConfig, query_time: np.ndarray | None = None) -> Features:
+    """The features of every impression of ``log`` (see the module docstring), each as of its ``query_time``
+    (default: its own time; a frozen request's first impression time for all its impressions, so none of them
+    reads another's outcome, as in a served request)."""
+    q = log.time if query_time is None else np.asarray(query_time, dtype=np.int64)
+    if q.shape != log.time.shape or (q > log.time).any():
+        raise GenrecError("query_time must give every row a time at or before its own")
     groups = set(cfg.features)
     cols: dict[str, np.ndarray] = {}
     categorical: list[str] = []
@@ -141,28 +154,29 @@ def build_features(log: ImpressionLog, cfg: GBDTConfig) -> Features:
                 if name not in cfg.ordinal:
                     categorical.append(key)
     if "context" in groups:
-        cols["hour"] = (log.time // HOUR_MS) % 24
-        cols["since_previous_s"] = _since_previous(log)
+        cols["hour"] = (q // HOUR_MS) % 24
+        cols["since_previous_s"] = _since_previous(log, q)
     signals = log.tasks
     values = np.column_stack([log.labels[t] for t in signals]).astype(np.float64)
     ctx, p = log.context, cfg.prior
-    g_n, g_sum, _ = earlier_sums([], log.time, values, ctx)
+    g_n, g_sum, _ = earlier_sums([], log.time, values, ctx, q)
     prior = g_sum / np.maximum(g_n, 1)[:, None]  # the log's rate of each signal before the row
-    u_time = log.time // DAY_MS if cfg.user_history == "day" else log.time
-    u_n, u_sum, _ = earlier_sums([log.user], u_time, values, ctx)
+    by_day = cfg.user_history == "day"
+    u_time, u_q = (log.time // DAY_MS, q // DAY_MS) if by_day else (log.time, q)
+    u_n, u_sum, _ = earlier_sums([log.user], u_time, values, ctx, u_q)
     u_rate = (u_sum + p * prior) / (u_n + p)[:, None]
     if "user" in groups:
         cols["user_n"] = u_n
         cols |= {f"user_{s}": u_rate[:, k] for k, s in enumerate(signals)}
     if "item" in groups:
-        i_n, i_sum, i_first = earlier_sums([log.item], log.time, values, ctx)
+        i_n, i_sum, i_first = earlier_sums([log.item], log.time, values, ctx, q)
         cols["item_n"] = i_n
         cols |= {f"item_{s}": (i_sum[:, k] + p * prior[:, k]) / (i_n + p) for k, s in enumerate(signals)}
-        cols["item_age_s"] = np.where(i_first >= 0, (log.time - i_first) / 1000.0, np.nan)
+        cols["item_age_s"] = np.where(i_first >= 0, (q - i_first) / 1000.0, np.nan)
     if "match" in groups:
         for name in (m for m in cfg.match if m in log.item_features):
             code = log.item_features[name][log.item]
-            m_n, m_sum, _ = earlier_sums([log.user, code], u_time, values, ctx)
+            m_n, m_sum, _ = earlier_sums([log.user, code], u_time, values, ctx, u_q)
             known = code > 0  # 0 = unknown: sharing it says nothing
             cols[f"match_{name}_n"] = np.where(known, m_n, np.nan)
             cols[f"match_{name}_share"] = np.where(known, m_n / np.maximum(u_n, 1), np.nan)
@@ -174,14 +188,14 @@ def build_features(log: ImpressionLog, cfg: GBDTConfig) -> Features:
     return Features(names, matrix, categorical)
 
 
-def _since_previous(log: ImpressionLog) -> np.ndarray:
-    """Seconds since the user's latest context row strictly earlier than the row (NaN for the first)."""
-    before = log.context_before
-    if before[-1] == 0:
+def _since_previous(log: ImpressionLog, query_time: np.ndarray) -> np.ndarray:
+    """Seconds from the user's latest context row strictly earlier than the row's query time to that time (NaN
+    where there is none): the user's k earlier context rows end at their k-th context row."""
+    k, _, _ = earlier_sums([log.user], log.time, np.zeros((log.n_rows, 0)), log.context, query_time)
+    k = k.astype(np.int64)
+    ctx_rows = log.context_rows if log.context_rows is not None else np.arange(log.n_rows)
+    if not len(ctx_rows):
         return np.full(log.n_rows, np.nan)
-    user_first = before[log.user_offsets[log.user - 1]]
-    earlier = before[first_same_time(log)]  # context rows before the row's timestamp, user-major
-    prev = np.maximum(earlier - 1, 0)
-    prev_row = prev if log.context_rows is None else log.context_rows[np.minimum(prev, len(log.context_rows) - 1)]
-    gap = (log.time - log.time[prev_row]) / 1000.0
-    return np.where(earlier > user_first, gap, np.nan)
+    start = log.context_before[log.user_offsets[log.user - 1]]  # the user's first context row, among context rows
+    prev = ctx_rows[np.clip(start + k - 1, 0, len(ctx_rows) - 1)]
+    return np.where(k > 0, (query_time - log.time[prev]) / 1000.0, np.nan)

@@ -156,10 +156,11 @@ class RunConfig(BaseModel):
     negatives: NegativesConfig | None = Field(None, description="Ranking models on a ratings log: negatives "
                                               "from per-user pools (see NegativesConfig).")
     requests: Literal["streaming", "frozen"] = Field(
-        "streaming", description="Torch ranking models: how a request's candidates read the history, in training, "
+        "streaming", description="Ranking models: how a request's candidates read the history, in training, "
         "validation and test. streaming: each candidate reads every strictly earlier impression of the user; "
         "frozen: every candidate reads the history and time of its request's first candidate, as a served "
-        "request does (validation / test requests then hold up to max_len impressions). Within-user metrics under "
+        "request does (validation / test requests then hold up to max_len impressions; gbdt: every impression's "
+        "features as of its request's first). Within-user metrics under "
         "streaming reward reading the outcomes of the other candidates being ranked (a per-user counter of earlier "
         "positives beats every model; benchmarks/ranking_counters.py); frozen measures the order of items only.")
     out: str | None = Field(None, description="Run folder (default runs/<config file stem>).")
@@ -184,9 +185,6 @@ class RunConfig(BaseModel):
             if self.split == "cold" or (self.split == "loo" and self.model.name == "gbdt"):
                 raise ValueError(f"model {self.model.name} trains on an impression log split by time: split must "
                                  "be temporal" + ("" if self.model.name == "gbdt" else " or loo (per user by time)"))
-            if self.requests == "frozen" and self.model.name == "gbdt":
-                raise ValueError("requests: frozen applies to the torch ranking models (ranker, dcn, din); gbdt's "
-                                 "features are built per impression")
             if self.negatives is not None and self.model.name == "gbdt":
                 raise ValueError("negatives: applies to the torch ranking models, not to gbdt")
             if self.features.semantic_ids or self.features.content:

@@ -35,6 +35,7 @@ from genrec.progress import progress_bar
 from genrec.train.ranking import (
     check_select_metric,
     fit_calibration,
+    make_requests,
     selection_value,
     write_test_report,
     write_vocabularies,
@@ -79,7 +80,7 @@ class GBDTTrainer:
         metric = cfg.eval.select_metric
         check_select_metric(metric, spec.binary_tasks)
         self._open(resume)
-        feats = build_features(log, mcfg)
+        feats = build_features(log, mcfg, request_query_times(cfg, log, split) if cfg.requests == "frozen" else None)
         feature_seconds = time.perf_counter() - start
         rows = {part: np.flatnonzero(split.part(part)) for part in PARTS}
         for part in ("train", "valid"):
@@ -183,6 +184,17 @@ class GBDTTrainer:
         valid = {"valid": {k: v for k, v in state["valid"].items() if k != "select"}}
         return write_test_report(self.run_dir, self.config, log, split, spec, rows, raw, calibration, run,
                                  self.show_progress, extra=valid)
+
+
+def request_query_times(cfg: Any, log: ImpressionLog, split: ImpressionSplit) -> np.ndarray:
+    """Per row, the time of its frozen request's first impression: the requests the torch rankers form under
+    ``requests: frozen`` (``genrec.train.ranking.make_requests``, ``model.max_len``); rows in no part keep
+    their own time."""
+    query = log.time.copy()
+    for requests in make_requests(cfg, log, split).values():
+        offsets, rows = requests.candidates.offsets, requests.candidates.values
+        query[rows] = np.repeat(log.time[rows[offsets[:-1]]], np.diff(offsets))
+    return query
 
 
 def _predict(booster: Any, feats: Features, rows: np.ndarray) -> np.ndarray:
