@@ -450,6 +450,45 @@ def test_item_prior_counts_only_earlier_impressions_of_the_item() -> None:
     assert float(prior(torch.tensor([[0]]), torch.tensor([[when]]))["like"].detach().abs()) < 1e-6
 
 
+def test_item_prior_base_rate_from_chosen_rows_and_counts_from_all() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from genrec.data.dataset import Vocab
+    from genrec.data.impressions import ImpressionLog, temporal_split, utc_day
+    from genrec.models.ranking import ItemPrior
+    from genrec.train.ranking import fit_item_prior
+
+    items, times, labels = prior_counts(2)
+    early = times < times.median()
+    prior = ItemPrior(N_ITEMS, SPEC.binary_tasks, strength=5.0).double()
+    prior.fit(items, times, labels, base_rows=early)
+    torch.testing.assert_close(prior.base, torch.stack([labels[t][early].mean() for t in SPEC.binary_tasks]))
+    assert len(prior.keys) == len(items)  # every row is counted, only the base rate is chosen
+
+    class Holder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.prior = ItemPrior(N_ITEMS, SPEC.binary_tasks)
+
+    n = len(items)
+    t = 1_600_000_000_000 + (times.numpy() - 1_600_000_000_000) * 8640  # over 100 days
+    log = ImpressionLog.build(
+        name="gen", users=Vocab(pa.array(np.arange(4))), items=Vocab(pa.array(np.arange(N_ITEMS))),
+        user=np.arange(n) % 4 + 1, item=items.numpy(), time=t, day=utc_day(t),
+        labels={t: v.numpy() for t, v in labels.items()}, binary_tasks=SPEC.binary_tasks, regression_tasks=(),
+        actions=np.ones((n, 1), np.int64), action_sizes={"signals": 2})
+    days = np.unique(log.day)
+    split = temporal_split(log, valid_day=int(days[len(days) * 6 // 10]), test_day=int(days[len(days) * 8 // 10]))
+    assert split.train.any() and split.test.any()
+    for counts, n in (("train", split.train.sum()), ("log", log.n_rows)):
+        model = Holder()
+        fit_item_prior(model, log, split.train, counts)
+        assert len(model.prior.keys) == n
+        base = torch.tensor([log.labels[t][split.train].mean() for t in model.prior.tasks], dtype=torch.float32)
+        torch.testing.assert_close(model.prior.base, base)
+
+
 def test_ranker_with_item_prior_keeps_kv_reuse_exact_and_saves_the_counts() -> None:
     model = make_model(item_prior=True)
     items, times, labels = prior_counts(1)

@@ -13,6 +13,7 @@ regression tasks.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -238,9 +239,10 @@ class ItemPrior(nn.Module):
         self.weight = nn.Parameter(torch.ones(len(self.tasks)))
 
     @torch.no_grad()
-    def fit(self, items: torch.Tensor, times: torch.Tensor, labels: dict[str, torch.Tensor]) -> None:
-        """Count the training impressions: ``items`` [N] item indices, ``times`` [N] int64, ``labels[task]`` [N]
-        in {0, 1}."""
+    def fit(self, items: torch.Tensor, times: torch.Tensor, labels: dict[str, torch.Tensor],
+            base_rows: torch.Tensor | None = None) -> None:
+        """Count the impressions: ``items`` [N] item indices, ``times`` [N] int64, ``labels[task]`` [N] in {0, 1};
+        the base rate is the positive rate of ``base_rows`` (a boolean mask; default all)."""
         t0 = int(times.min()) if len(times) else 0
         stride = (int(times.max()) - t0 + 2) if len(times) else 1
         keys = items.long() * stride + (times.long() - t0)
@@ -249,7 +251,12 @@ class ItemPrior(nn.Module):
         self.keys = keys[order]
         self.running = F.pad(pos.cumsum(0), (0, 0, 1, 0)).to(self.running.dtype)
         self.clock = torch.tensor([t0, stride], dtype=torch.int64, device=self.keys.device)
-        self.base = (pos.sum(0) / max(len(items), 1)).clamp(1e-6, 1 - 1e-6).to(self.base.dtype)
+        if base_rows is None:
+            base = pos.sum(0) / max(len(items), 1)
+        else:
+            chosen = base_rows[order].double()[:, None]
+            base = (pos * chosen).sum(0) / chosen.sum().clamp(min=1)
+        self.base = base.clamp(1e-6, 1 - 1e-6).to(self.base.dtype)
 
     def counts(self, items: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Positives [..., T] and impressions [..., 1] of each item strictly before each time."""
@@ -282,6 +289,11 @@ class RankingOptions(BaseModel):
     item_prior: bool = Field(False, description="Add each binary task's smoothed per-item rate, counted on the "
                              "training impressions strictly earlier than the candidate, to its logit (ItemPrior): "
                              "a rare signal such as likes is mostly an item property that counting gets exactly.")
+    item_prior_counts: Literal["train", "log"] = Field(
+        "train", description="What the item prior counts: the training part's impressions, or every impression of "
+        "the log strictly earlier than the candidate, whatever its part, as an online counter at serving time and "
+        "the gbdt baseline's item features do (test requests then read the earlier test-day impressions of other "
+        "users). The base rate is the training part's either way.")
     item_prior_strength: float = Field(20.0, gt=0, description="Pseudo-impressions at the base rate that shrink a "
                                        "rarely shown item's rate (ItemPrior.strength).")
     listwise: dict[str, float] = Field(default_factory=dict, description="Binary task -> weight of an extra "

@@ -130,13 +130,16 @@ def read_pools(path: Path, log: ImpressionLog) -> np.ndarray:
     return pools
 
 
-def fit_item_prior(model: torch.nn.Module, log: ImpressionLog, rows: np.ndarray) -> None:
-    """Count the training impressions ``rows`` into the model's item prior, when it has one."""
+def fit_item_prior(model: torch.nn.Module, log: ImpressionLog, train: np.ndarray, counts: str = "train") -> None:
+    """Count impressions into the model's item prior, when it has one: the training rows (mask ``train``), or
+    with ``counts="log"`` every context row of the log (the base rate stays the training rows')."""
     prior = getattr(model, "prior", None)
     if prior is not None:
+        rows = train if counts == "train" else log.context
         device = prior.keys.device
         prior.fit(torch.as_tensor(log.item[rows], device=device), torch.as_tensor(log.time[rows], device=device),
-                  {t: torch.as_tensor(log.labels[t][rows], device=device) for t in prior.tasks})
+                  {t: torch.as_tensor(log.labels[t][rows], device=device) for t in prior.tasks},
+                  base_rows=torch.as_tensor(train[rows], device=device))
 
 
 def _tables(features: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -284,7 +287,7 @@ class RankingTrainer:
         check_select_metric(metric, spec.binary_tasks)
         requests = make_requests(cfg, log, split)
         model = build_ranking_model(cfg.model, spec, log).to(device)
-        fit_item_prior(model, log, split.part("train"))
+        fit_item_prior(model, log, split.part("train"), getattr(cfg.model, "item_prior_counts", "train"))
         train = requests["train"]
         steps_per_epoch = math.ceil(len(train) / tcfg.batch_size)
         opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume)
