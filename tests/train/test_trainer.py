@@ -80,6 +80,59 @@ def test_resume_continues_to_the_same_result(tmp_path):
     assert all(torch.equal(v, w_cut[k]) for k, v in w_full.items())
 
 
+def test_validation_in_train_adds_each_users_validation_item():
+    from genrec.data import leave_one_out, with_validation_in_train
+
+    ds = tiny_dataset()
+    split = leave_one_out(ds)
+    refit = with_validation_in_train(split)
+    assert refit.valid is split.valid and refit.test is split.test
+    rows = dict(zip(refit.train_users.tolist(), refit.train.to_lists(), strict=True))
+    before = dict(zip(split.train_users.tolist(), split.train.to_lists(), strict=True))
+    for u, target, hist in zip(split.valid.users, split.valid.targets, split.valid.history.to_lists(), strict=True):
+        assert rows[int(u)] == [*hist, int(target)] == before[int(u)] + [int(target)]
+    assert all(rows[u] == r for u, r in before.items() if u not in set(split.test.users.tolist()))
+    assert int(refit.train.lengths.sum()) == int(split.train.lengths.sum()) + len(split.valid)
+
+
+def test_refit_trains_on_validation_items_for_the_selected_epochs_and_resumes(tmp_path):
+    ds = tiny_dataset()
+    cfg = config("sasrec", epochs=4, refit=True)
+    full = Trainer(cfg, tmp_path / "full", dataset=ds, show_progress=False).fit()
+    metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    refit = metrics["info"]["refit"]
+    assert refit["epochs"] == refit["selected_epoch"] == full.best_epoch
+    assert len((tmp_path / "full" / "refit" / "metrics.jsonl").read_text().splitlines()) == full.best_epoch
+    plain = Trainer(config("sasrec", epochs=4), tmp_path / "plain", dataset=ds, show_progress=False).fit()
+    assert plain.best_epoch == full.best_epoch and plain.test.summary != full.test.summary
+
+    # a run stopped during the refit continues it to the same model
+    import genrec.train.trainer as trainer
+
+    calls = {"n": 0}
+    original = trainer.Trainer._say
+
+    def stop_in_refit(self, record):
+        original(self, record)
+        if record.get("refit") and record["epoch"] == 1:
+            calls["n"] += 1
+            raise KeyboardInterrupt
+
+    trainer.Trainer._say = stop_in_refit
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(cfg, tmp_path / "cut", dataset=ds, show_progress=False).fit()
+    finally:
+        trainer.Trainer._say = original
+    resumed = Trainer(cfg, tmp_path / "cut", dataset=ds, show_progress=False).fit(resume=True)
+    assert calls["n"] == 1 and resumed.test.summary == full.test.summary
+    w_full, w_cut = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert all(torch.equal(v, w_cut[k]) for k, v in w_full.items())
+    with pytest.raises(Exception, match="train.refit applies"):
+        RunConfig.model_validate({"dataset": "tiny", "split": "temporal", "model": {"name": "sasrec"},
+                                  "train": {"refit": True}})
+
+
 def test_best_validation_weights_are_tested_and_files_are_safe(tmp_path):
     ds = tiny_dataset()
     res = Trainer(config(epochs=5), tmp_path, dataset=ds, show_progress=False).fit()

@@ -24,6 +24,7 @@ from genrec.data.splits import (
     leave_one_out,
     make_split,
     temporal_split,
+    with_validation_in_train,
 )
 from genrec.errors import UnknownDatasetError
 
@@ -77,5 +78,5 @@ __all__ = [
     "InteractionSchema", "ItemSchema", "Jagged", "Requests", "SequenceDataset", "Split", "Vocab", "cold_start_split",
     "data_home", "download", "get_builtin", "leave_one_out", "load_dataset", "load_impressions", "load_schema",
     "make_split", "prepare", "ranking_requests", "read_interactions", "read_items", "read_sequences", "temporal_split",
-    "verify",
+    "verify", "with_validation_in_train",
 ]

@@ -81,6 +81,27 @@ def leave_one_out(ds: SequenceDataset, min_length: int = 3) -> Split:
                  {"min_length": min_length, "evaluated_users": int(evaluated.sum())})
 
 
+def with_validation_in_train(split: Split) -> Split:
+    """The split a refit trains on (``train.refit``): each evaluated user's training sequence gains their
+    validation item (it becomes their test history, everything but the test item); other users' rows are
+    unchanged, and so are the validation and test cases."""
+    keep = np.flatnonzero(~np.isin(split.train_users, split.test.users))
+    users = np.concatenate([split.test.users, split.train_users[keep]])
+    order = np.argsort(users, kind="stable")
+
+    def joined(tested: Jagged | None, train: Jagged | None) -> Jagged | None:
+        if tested is None or train is None:
+            return None
+        rest = train.take(keep)
+        both = Jagged.from_lengths(np.concatenate([tested.values, rest.values]),
+                                   np.concatenate([tested.lengths, rest.lengths]))
+        return both.take(order)
+
+    return Split(split.kind, users[order], joined(split.test.history, split.train), split.valid, split.test,
+                 joined(split.test.history_timestamps, split.train_timestamps),
+                 {**(split.info or {}), "validation_in_train": True})
+
+
 @dataclass(frozen=True, kw_only=True)
 class ColdStartSplit(Split):
     """A leave-one-out split with some items held out of training entirely (see :func:`cold_start_split`)."""

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from genrec.data import Jagged, SequenceDataset, Split, load_dataset
-from genrec.data.splits import ColdStartSplit
+from genrec.data.splits import ColdStartSplit, with_validation_in_train
 from genrec.errors import ConfigError
 from genrec.eval import Evaluation, evaluate, rank_cases, write_run
 from genrec.eval.report import git_commit, subset_summary
@@ -125,6 +125,23 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator
     return [batches[i] for i in order]
 
 
+def _wrap(model: SequentialModel, env: _Dist, device: torch.device) -> torch.nn.Module:
+    """The model DDP runs (itself on one process)."""
+    if not env.on:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _close_epoch(state: dict, epoch: int, steps: int, loss: float, tokens: float, seconds: float, sched: Any,
+                 start_clock: float) -> dict[str, Any]:
+    """Advance the loop state past ``epoch`` and return its record."""
+    state["step"] += steps
+    state["epoch"] = epoch
+    state["train_seconds"] = time.perf_counter() - start_clock
+    return {"epoch": epoch, "step": state["step"], "loss": loss, "tokens_per_s": tokens / seconds,
+            "epoch_seconds": seconds, "elapsed_s": state["train_seconds"], "lr": sched.get_last_lr()[0]}
+
+
 class _Dist:
     """Rank and world size, and the few collectives the trainer needs (no-ops on one process)."""
 
@@ -179,10 +196,7 @@ class Trainer:
         attach_features(model, cfg, ds)
         model.to(device)
         self.known = _known_items(split, ds.n_items).to(device) if _mask_unseen(cfg) else None
-        ddp = model
-        if env.on:
-            ids = [device] if device.type == "cuda" else None
-            ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        ddp = _wrap(model, env, device)
         steps_per_epoch = math.ceil(len(windows) / tcfg.batch_size)
         opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume,
                                                           writer=env.rank == 0)
@@ -193,12 +207,7 @@ class Trainer:
             model.train()
             loss, tokens, seconds, out_of_time = self._epoch(ddp, model, opt, sched, windows, window_ts, epoch, env,
                                                              start_clock)
-            state["step"] += steps_per_epoch
-            state["epoch"] = epoch
-            state["train_seconds"] = time.perf_counter() - start_clock
-            record = {"epoch": epoch, "step": state["step"], "loss": loss, "tokens_per_s": tokens / seconds,
-                      "epoch_seconds": seconds, "elapsed_s": state["train_seconds"],
-                      "lr": sched.get_last_lr()[0]}
+            record = _close_epoch(state, epoch, steps_per_epoch, loss, tokens, seconds, sched, start_clock)
             if epoch % tcfg.eval_every == 0 or out_of_time or epoch == tcfg.epochs:
                 record.update(self._validate(model, split, ds, env, k_sel))
                 select(state, epoch, record[f"valid_{cfg.eval.select_metric}"], tcfg.patience,
@@ -212,11 +221,46 @@ class Trainer:
         if env.on:
             dist.barrier()
         model.load_state_dict(load_tensors(ckpt / "best.safetensors"))
+        refit = None
+        if tcfg.refit:
+            model, split, refit = self._refit(split, ds, env, device, max(state["best_epoch"], 1), resume)
         model.eval()
         test = None
         if env.rank == 0:
-            test = self._test(model, split, ds, state)
+            test = self._test(model, split, ds, state, refit)
         return TrainResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
+
+    def _refit(self, split: Split, ds: SequenceDataset, env: _Dist, device: torch.device, epochs: int,
+               resume: bool) -> tuple[SequentialModel, Split, dict[str, Any]]:
+        """``train.refit``: a fresh model (same seed, schedule and batches) trained on the training sequences
+        plus every user's validation item for the selected number of epochs, in ``<run>/refit``. No selection
+        happens here: the validation items are training targets now."""
+        cfg, tcfg = self.config, self.config.train
+        seed_everything(tcfg.seed)
+        split = with_validation_in_train(split)
+        windows, window_ts = training_windows(split, cfg.model.max_len, tcfg.windows)
+        model = build_model(cfg, ds.n_items, use_timestamps=ds.timestamps is not None)
+        attach_features(model, cfg, ds)
+        model.to(device)
+        ddp = _wrap(model, env, device)
+        steps = math.ceil(len(windows) / tcfg.batch_size)
+        folder = self.run_dir / "refit"
+        again = resume and (folder / "checkpoint" / "trainer.json").is_file()
+        opt, sched, state, board, start_clock = start_run(cfg, model, steps, folder, again, writer=env.rank == 0)
+        while state["stopped"] is None and state["epoch"] < epochs:
+            epoch = state["epoch"] + 1
+            model.train()
+            loss, tokens, seconds, out_of_time = self._epoch(ddp, model, opt, sched, windows, window_ts, epoch, env,
+                                                             start_clock)
+            record = _close_epoch(state, epoch, steps, loss, tokens, seconds, sched, start_clock)
+            finish_epoch(folder, board, state, record, out_of_time, tcfg.max_minutes,
+                         lambda: save_checkpoint(folder / "checkpoint", model, opt, sched, state),
+                         writer=env.rank == 0)
+            if env.rank == 0:
+                self._say({**record, "refit": True})
+        info = {"epochs": state["epoch"], "selected_epoch": epochs, "train_seconds": state["train_seconds"],
+                "stopped": state["stopped"] or "the selected epoch", "targets": int((windows.lengths - 1).sum())}
+        return model, split, info
 
     def _validate(self, model: SequentialModel, split: Split, ds: SequenceDataset, env: _Dist,
                   k_sel: int) -> dict[str, float]:
@@ -275,7 +319,8 @@ class Trainer:
         return sampled_softmax(h, targets, table, tcfg.negatives, temperature=tcfg.temperature,
                                shared=tcfg.shared_negatives, in_batch=tcfg.in_batch_negatives, known=known)
 
-    def _test(self, model: SequentialModel, split: Split, ds: SequenceDataset, state: dict) -> Evaluation:
+    def _test(self, model: SequentialModel, split: Split, ds: SequenceDataset, state: dict,
+              refit: dict[str, Any] | None = None) -> Evaluation:
         cfg = self.config
         counts = np.bincount(split.train.values, minlength=ds.n_items + 1)
         ev = evaluate(model, split.test, ds, part="test", ks=cfg.eval.ks, exclude_seen=cfg.eval.exclude_seen,
@@ -283,6 +328,7 @@ class Trainer:
                       show_progress=self.show_progress)
         ev.info.update(best_epoch=state["best_epoch"], best_valid=state["best"], epochs_run=state["epoch"],
                        stopped=state["stopped"] or "max epochs", train_seconds=state["train_seconds"],
+                       **({"refit": refit} if refit else {}),
                        commit_at_start=self.commit_at_start, allocator=self.allocator,
                        device=str(next(model.parameters()).device), **cold_start_info(split, ev, cfg))
         run_config = {"model": cfg.model.name, "split": cfg.split, **cfg.model_dump(mode="json")}
