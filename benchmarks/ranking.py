@@ -73,6 +73,8 @@ def main() -> None:
                          "runs live in <out>-frozen and are trained with --set requests=frozen.")
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="Training seeds of every config (default: the run each config names, one seed).")
+    ap.add_argument("--available", action="store_true",
+                    help="With --seeds: use the seeds each config has finished runs for (at least one), not all.")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -86,7 +88,9 @@ def main() -> None:
                                + ([] if seed is None else ["--set", f"train.seed={seed}"]), check=True)
     runs = {}
     for config in args.configs:
-        per_seed = [load_run(config, run_folder(config, args.protocol, s), args.protocol, s) for s in seeds]
+        have = [s for s in seeds if not args.available or
+                (run_folder(config, args.protocol, s) / "metrics.json").is_file()] or seeds[:1]
+        per_seed = [load_run(config, run_folder(config, args.protocol, s), args.protocol, s) for s in have]
         model = per_seed[0]["metrics"]["run"]["model"]
         # a model trained under two configs (din, din-listwise) is told apart by its config's name
         runs[model if model == config.stem else f"{model} ({config.stem})"] = {"config": str(config),
@@ -108,8 +112,9 @@ def main() -> None:
     dataset = base["metrics"]["dataset"]
     result = {"benchmark": "ranking", "protocol": args.protocol, "created": dt.datetime.now(dt.UTC).isoformat(),
               "commit": git_commit(), "machine": machine(), "dataset": dataset, "split": base["metrics"]["split"],
-              "seeds": [r["seed"] for r in runs[main_name]["seeds"]],
-              "runs": {n: {"config": r["config"], **run_summary(r["seeds"])} for n, r in runs.items()},
+              "seeds": {n: [r["seed"] for r in runs[n]["seeds"]] for n in names},
+              "runs": {n: {"config": r["config"], **run_summary(r["seeds"], args.seeds is not None)}
+                       for n, r in runs.items()},
               "paired": paired, "wall_seconds": time.perf_counter() - wall}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"ranking_{dataset['name']}" + ("" if args.protocol == "streaming" else f"-{args.protocol}")
@@ -119,11 +124,11 @@ def main() -> None:
     print(markdown(result, names, tasks))
 
 
-def run_summary(per_seed: list[dict]) -> dict:
-    """One run as before (folder, tasks, run); several seeds add their folders, runs and per-seed task metrics."""
+def run_summary(per_seed: list[dict], seeded: bool) -> dict:
+    """The first run (folder, tasks, run); with --seeds also every seed's folder, run and task metrics."""
     first = per_seed[0]
     out = {"folder": first["folder"], "tasks": first["metrics"]["tasks"], "run": first["metrics"]["run"]}
-    if len(per_seed) > 1:
+    if seeded:
         out["by_seed"] = [{"seed": r["seed"], "folder": r["folder"], "tasks": r["metrics"]["tasks"],
                            "run": r["metrics"]["run"]} for r in per_seed]
     return out
@@ -154,8 +159,8 @@ def markdown(result: dict, names: list[str], tasks: list[str]) -> str:
                      f"{g['ci_high']:+.4f}] | {g['p_value']:.4g} | {p['users_better']} / {p['users_worse']} |")
     lines += ["", "(A = the baseline, B = the first model; ** marks the issue's target tasks)"]
     if seeded:
-        seeds = ", ".join(map(str, result["seeds"]))
-        lines += ["", f"Seeds {seeds} of every model: GAUC A / B and B - A are means over seeds; each user's AUC "
+        seeds = "; ".join(f"{n} {', '.join(map(str, s))}" for n, s in result["seeds"].items())
+        lines += ["", f"Training seeds ({seeds}): GAUC A / B and B - A are means over seeds; each user's AUC "
                   "is averaged over a model's seeds before the paired test, so the test "
                   "compares the seed-averaged models on these users and seed-to-seed variation is shown in the "
                   "per-seed column above, not tested."]
