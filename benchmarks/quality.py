@@ -85,7 +85,8 @@ def summarise(dataset_dir: Path) -> dict:
                                       "stopped": r["info"].get("stopped"), "commit": r["run"]["commit"],
                                       "device": r["info"].get("device", "cpu"),
                                       "gpu": r["run"]["machine"].get("gpu"),
-                                      "commit_at_start": r["info"].get("commit_at_start")})
+                                      "commit_at_start": r["info"].get("commit_at_start"),
+                                      "refit": r["info"].get("refit")})
         for k in SHOWN:
             vals = np.array([r["metrics"][k]["mean"] for r in runs])
             entry["mean"][k] = float(vals.mean())
@@ -138,7 +139,10 @@ def render(res: dict) -> str:
                                  f"stopped by {s['stopped']}, "
                                  f"{(s['train_seconds'] or 0) / 60:.1f} min training, commit at the end "
                                  f"{s['commit']}" + (f", at the start {s['commit_at_start']}"
-                                                     if s.get("commit_at_start") else ""))
+                                                     if s.get("commit_at_start") else "")
+                                 + (f"; then refit on the validation items, {s['refit']['epochs']} epochs in "
+                                    f"{s['refit']['train_seconds'] / 60:.1f} min (the selection minutes are those "
+                                    "of the run it resumed, if any)" if s.get("refit") else ""))
         lines.append("")
     lines.append("Leave-one-out has one target per user, so HR@K equals Recall@K (the Amazon papers' name).")
     if "movielens-1m" in res["datasets"]:

@@ -96,7 +96,8 @@ def test_time_schedule_needs_a_budget_and_decays_over_it(tmp_path):
     cfg = id_config(schedule_by="time", max_minutes=0.02, epochs=1000, patience=1000, warmup_steps=0)
     result = Trainer(cfg, tmp_path / "run", dataset=tiny_dataset(), show_progress=False).fit()
     assert result.history[-1]["elapsed_s"] >= 1.2  # stopped by the budget, not by epochs
-    assert result.history[-1]["lr"] == 0.0  # and the decay had finished by then
+    # and the decay had finished by then (the last step may read the clock a few microseconds before the budget)
+    assert result.history[-1]["lr"] <= 1e-3 * cfg.train.lr
     assert result.test.info["stopped"].startswith("wall-time budget")
 
 
