@@ -22,7 +22,8 @@ Cases (the ranker never trained on a target; see genrec.eval.two_stage):
         --ranker runs/kuairand/ranker
 
 Writes benchmarks/results/two_stage_<dataset>.{json,md} with the commit, machine, protocol, chosen w and the table
-(two_stage_<dataset>-loo.* for a ranker trained with split: loo, whose cases are every user's leave-one-out targets).
+(two_stage_<dataset>-loo.* for a ranker trained with split: loo, whose cases are every user's leave-one-out targets;
+--tag T appends -T).
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ def main() -> None:
     ap.add_argument("--max-cases", type=int, default=None,
                     help="smoke runs only: evaluate a random subset of at most this many cases per part")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--tag", default="", help="suffix of the result files (two_stage_<dataset>[-loo]-<tag>), to keep "
+                    "several pairings of retrieval and ranker side by side")
     args = ap.parse_args()
     wall = time.perf_counter()
     preset = PRESETS[args.dataset]
@@ -234,7 +237,8 @@ def main() -> None:
         "wall_seconds": time.perf_counter() - wall,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"two_stage_{args.dataset}" + ("" if ranker_split == "temporal" else f"-{ranker_split}")
+    stem = (f"two_stage_{args.dataset}" + ("" if ranker_split == "temporal" else f"-{ranker_split}")
+            + (f"-{args.tag}" if args.tag else ""))
     write_json(args.out / f"{stem}.json", result)
     md = markdown(result, res)
     write_text(args.out / f"{stem}.md", md)
