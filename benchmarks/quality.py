@@ -4,7 +4,8 @@
 Each (config, seed) trains into runs/bench/<dataset>/<config stem>/seed<k>; finished runs are reused, so the
 table can be built up over several invocations. Per config: the mean over seeds with a 95% t-interval across
 seeds (when >= 2 seeds), each seed's bootstrap interval over users, and a paired test of seed 0 against
-each baseline (popularity, item-kNN). Writes benchmarks/results/quality.{json,md}.
+each baseline (popularity, item-kNN). Writes benchmarks/results/quality.{json,md}, keeping the rows of the previous
+table whose run folders are not on this machine.
 
     GENREC_DATA_DIR=../shared/data python benchmarks/quality.py --config configs/movielens-1m/hstu.yaml --seeds 0 1 2
     python benchmarks/quality.py --collect      # rebuild the table from finished runs only
@@ -101,6 +102,18 @@ def summarise(dataset_dir: Path) -> dict:
     return out
 
 
+def keep_previous(datasets: dict, previous: Path) -> dict:
+    """Rows of the existing table whose run folders are not on this machine stay as they were (each records its
+    own commits, machine-independent metrics and minutes), so a run added in one session does not drop the rows
+    trained in another; rows found here replace theirs."""
+    if not previous.is_file():
+        return datasets
+    merged = {ds: dict(models) for ds, models in read_json(previous).get("datasets", {}).items()}
+    for ds, models in datasets.items():
+        merged.setdefault(ds, {}).update(models)
+    return {ds: dict(sorted(models.items())) for ds, models in sorted(merged.items())}
+
+
 def render(res: dict) -> str:
     lines = ["# Quality: full catalog, leave-one-out, seen items excluded, test split", "",
              f"- commit {res['commit']} (each run records its own commit below), {res['created']}",
@@ -108,7 +121,9 @@ def render(res: dict) -> str:
              f"{res['machine']['torch']}",
              "- model selection and early stopping on the validation item (NDCG@10); the test item is read once",
              "- genrec rows: mean over seeds; [95% t-interval across seeds] when >= 2 seeds, otherwise the 95% "
-             "bootstrap interval over users of the single run", ""]
+             "bootstrap interval over users of the single run",
+             "- rows accumulate: a collect keeps the rows of the previous table whose run folders are not on the "
+             "machine that rebuilt it (each row names the commits its runs trained at)", ""]
     for ds, models in res["datasets"].items():
         lines += [f"## {ds}", "", "| model | seeds | " + " | ".join(SHOWN) + " | train min (mean) |",
                   "|---" * (len(SHOWN) + 3) + "|"]
@@ -173,6 +188,7 @@ def main() -> None:
             for seed in args.seeds:
                 train_one(config, seed, args.threads, args.device, overrides=parse_params(args.overrides))
     datasets = {d.name: summarise(d) for d in sorted(RUNS.iterdir()) if d.is_dir()} if RUNS.is_dir() else {}
+    datasets = keep_previous(datasets, args.out / "quality.json")
     res = {"commit": git_commit(), "created": dt.datetime.now(dt.UTC).isoformat(), "machine": machine(),
            "command": "python benchmarks/quality.py " + " ".join(
                [f"--config {c}" for c in args.config] + (["--seeds", *map(str, args.seeds)] if args.config else [])
