@@ -38,7 +38,7 @@ from genrec.io import read_json, write_json, write_text
 from genrec.models.content_knn import ContentKNN
 from genrec.train import parse_params
 from genrec.train.generator import reevaluate_cold_mixing
-from quality import train_one
+from quality import keep_previous, train_one
 
 RUNS = Path("runs/bench-sid")
 REFERENCE = Path("runs/bench")  # ID-only SASRec/HSTU rows of the quality table
@@ -123,7 +123,9 @@ def render(res: dict) -> str:
              "in its row",
              "- protocol: full catalog, leave-one-out, seen items excluded, selection on validation NDCG@10, test "
              "read once; generator: history cap 20, constrained beam search, a target outside the beams is a miss",
-             "- Recall@K = HR@K (one target per user); [95% bootstrap interval over users]; one seed per row", ""]
+             "- Recall@K = HR@K (one target per user); [95% bootstrap interval over users]; one seed per row",
+             "- rows accumulate: a rebuild keeps the previous table's rows whose run folders are not on the machine "
+             "that rebuilt it (each row names its commit and run folder)", ""]
     for ds, models in res["datasets"].items():
         lines += [f"## {ds}", "", "### Standard protocol", "",
                   "| model | device | " + " | ".join(k.replace("hr", "Recall") for k in WARM)
@@ -293,7 +295,8 @@ def main() -> None:
             content_knn(runs, dataset, "loo")
             content_knn(runs, dataset, "cold")
     res = {"commit": git_commit(), "created": dt.datetime.now(dt.UTC).isoformat(), "machine": machine(),
-           "wall_seconds_this_invocation": time.perf_counter() - start, "datasets": collect(runs)}
+           "wall_seconds_this_invocation": time.perf_counter() - start,
+           "datasets": keep_previous(collect(runs), args.out / "semantic_ids.json")}
     write_json(args.out / "semantic_ids.json", res)
     write_text(args.out / "semantic_ids.md", render(res))
     print(f"wrote {args.out / 'semantic_ids.md'}")

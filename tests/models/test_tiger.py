@@ -56,8 +56,9 @@ def test_levels_use_separate_tokens():
     assert m.tok_emb.num_embeddings == N_SPECIAL + sum(SIZES) and BOS < N_SPECIAL
 
 
-def test_padding_and_history_cap_do_not_change_the_output():
-    m = model()
+@pytest.mark.parametrize("layout", ["codes", "items"])
+def test_padding_and_history_cap_do_not_change_the_output(layout):
+    m = model(encoder_tokens=layout)
     hist = torch.tensor([[3, 7, 1]])
     padded = torch.tensor([[0, 0, 3, 7, 1]])
     target = torch.tensor([4])
@@ -68,8 +69,9 @@ def test_padding_and_history_cap_do_not_change_the_output():
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_kv_cached_steps_equal_the_full_decoder():
-    m = model()
+@pytest.mark.parametrize("layout", ["codes", "items"])
+def test_kv_cached_steps_equal_the_full_decoder(layout):
+    m = model(encoder_tokens=layout)
     hist = torch.tensor([[0, 0, 3, 7, 1], [2, 4, 6, 8, 10]])
     targets = torch.tensor([4, 11])
     full = m(hist, targets)  # teacher forcing, no cache
@@ -82,8 +84,24 @@ def test_kv_cached_steps_equal_the_full_decoder():
         tokens = m.code_tokens(m.codes[targets][:, t], t)[:, None, None]
 
 
-def test_loss_trains_and_dropout_only_in_train_mode():
-    m = model(dropout=0.3)
+def test_item_tokens_layout_reads_one_token_per_item_summing_its_codes():
+    m = model(encoder_tokens="items")
+    hist = torch.tensor([[0, 0, 3, 7, 1]])
+    memory, mask = m.encode(hist)
+    assert memory.shape == (1, 5, 24) and mask.tolist() == [[[[False, False, True, True, True]]]]
+    codes_memory, codes_mask = model().encode(hist)
+    assert codes_memory.shape == (1, 15, 24) and int(codes_mask.sum()) == 9
+    # an item's token is the sum of its codes' embeddings: changing one code of one item changes its token
+    other = model(encoder_tokens="items")
+    other.codes[7, 2] = 1 - other.codes[7, 2]
+    assert not torch.allclose(other.encode(hist)[0], memory)
+    with pytest.raises(ValidationError):
+        TigerConfig(encoder_tokens="words")
+
+
+@pytest.mark.parametrize("layout", ["codes", "items"])
+def test_loss_trains_and_dropout_only_in_train_mode(layout):
+    m = model(dropout=0.3, encoder_tokens=layout)
     hist, targets = torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor([7, 8])
     assert torch.allclose(m.loss(hist, targets), m.loss(hist, targets))  # eval: deterministic
     m.train()

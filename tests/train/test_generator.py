@@ -100,6 +100,19 @@ def test_tiny_end_to_end_learns_the_next_item(trained):
     assert "valid_ndcg@10" in hist[0] and "valid_decode_ms_per_user" in hist[0]
 
 
+def test_item_token_encoder_learns_and_saves_its_layout(tmp_path):
+    ds = follow_dataset()
+    cfg = config()
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoder_tokens": "items"})})
+    result = GeneratorTrainer(cfg, tmp_path / "run", dataset=ds, semantic_ids=semantic_ids(ds.n_items),
+                              show_progress=False).fit()
+    assert result.test.mean("hr@10") > 0.8 and result.test.info["invalid_ids"] == 0
+    loaded = load_generator(tmp_path / "run")
+    assert loaded.config.encoder_tokens == "items"
+    hist = torch.tensor([[0, 3, 4], [7, 8, 9]])
+    assert torch.equal(result.model.recommend(hist, k=5)[0], loaded.recommend(hist, k=5)[0])
+
+
 def test_saved_generator_decodes_like_the_trained_one(trained):
     ds, run, result = trained
     loaded = load_generator(run)
