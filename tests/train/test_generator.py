@@ -122,6 +122,25 @@ def test_saved_generator_decodes_like_the_trained_one(trained):
     assert json.loads((run / "model.json").read_text())["sizes"] == [4, 4, 4]
 
 
+def test_refit_trains_on_validation_items_and_refit_epochs_skips_selection(tmp_path):
+    ds = follow_dataset(60)
+    sids = semantic_ids(ds.n_items)
+    full = GeneratorTrainer(config(epochs=3, refit=True), tmp_path / "full", dataset=ds, semantic_ids=sids,
+                            show_progress=False).fit()
+    refit = json.loads((tmp_path / "full" / "metrics.json").read_text())["info"]["refit"]
+    plain_windows = len(sliding_windows(make_split(ds, "loo"), 5, "all")[1])
+    assert refit["epochs"] == refit["selected_epoch"] == full.best_epoch and not refit["selection_skipped"]
+    assert refit["targets"] == plain_windows + len(make_split(ds, "loo").valid)  # one more window per user
+    assert len((tmp_path / "full" / "refit" / "metrics.jsonl").read_text().splitlines()) == full.best_epoch
+    # skipping the selection with the same epoch count trains the same refit model
+    cfg = config(epochs=3, refit=True, refit_epochs=full.best_epoch)
+    skipped = GeneratorTrainer(cfg, tmp_path / "skip", dataset=ds, semantic_ids=sids, show_progress=False).fit()
+    assert skipped.history == [] and skipped.test.summary == full.test.summary
+    assert json.loads((tmp_path / "skip" / "metrics.json").read_text())["info"]["refit"]["selection_skipped"]
+    with pytest.raises(Exception, match="refit_epochs needs"):
+        config(epochs=3, refit_epochs=2)
+
+
 def test_resume_continues_to_the_same_result(tmp_path):
     ds = follow_dataset(60)
     sids = semantic_ids(ds.n_items)

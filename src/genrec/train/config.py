@@ -50,11 +50,16 @@ class OptimConfig(BaseModel):
     patience: int = Field(10, ge=1, description="Stop after this many validations without a better NDCG@10.")
     eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")
     seed: int = Field(0, description="Seed of python, numpy and torch.")
-    refit: bool = Field(False, description="SASRec / HSTU with split: loo: after selecting the epoch on validation, "
-                        "train a fresh model (same seed and schedule) on the training sequences plus every user's "
-                        "validation item for that many epochs, and test it instead (the validation item becomes "
-                        "one more, most recent, training target per user; the published ML-1M and Amazon figures "
-                        "train on it). Its epochs go to <run>/refit/; test is still read once.")
+    refit: bool = Field(False, description="SASRec / HSTU / tiger with split: loo: after selecting the epoch on "
+                        "validation, train a fresh model (same seed and schedule) on the training sequences plus "
+                        "every user's validation item for that many epochs, and test it instead (the validation item "
+                        "becomes one more, most recent, training target per user; the published ML-1M and Amazon "
+                        "figures train on it). Its epochs go to <run>/refit/; test is still read once.")
+    refit_epochs: int | None = Field(None, ge=1, description="With refit, the generator (tiger) only: skip the "
+                                     "selection run and refit for this many epochs, the number an earlier "
+                                     "selection run of the same config chose (state it in the config), so the "
+                                     "refit fits in one machine session. With schedule_by: time the refit also "
+                                     "stops at max_minutes.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice).")
     device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$", description="cpu, cuda, cuda:N, or auto "
                         "(cuda when available). Under torchrun with cuda each process takes cuda:LOCAL_RANK. "
@@ -182,9 +187,12 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _refit_runs(self) -> RunConfig:
-        if self.train.refit and (self.model.name not in ("sasrec", "hstu") or self.split != "loo"):
-            raise ValueError("train.refit applies to sasrec and hstu with split: loo (the validation item is the "
-                             "one it adds to training)")
+        if self.train.refit and (self.model.name not in ("sasrec", "hstu", "tiger") or self.split != "loo"):
+            raise ValueError("train.refit applies to sasrec, hstu and tiger with split: loo (the validation item is "
+                             "the one it adds to training)")
+        if self.train.refit_epochs is not None and (not self.train.refit or self.model.name != "tiger"):
+            raise ValueError("train.refit_epochs needs train.refit: true and model tiger (it skips the generator's "
+                             "selection run)")
         return self
 
     @model_validator(mode="after")

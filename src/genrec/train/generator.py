@@ -29,7 +29,7 @@ import pyarrow as pa
 import torch
 
 from genrec.data import Jagged, SequenceDataset, Split, load_dataset
-from genrec.data.splits import ColdStartSplit, EvalCases
+from genrec.data.splits import ColdStartSplit, EvalCases, with_validation_in_train
 from genrec.errors import ConfigError, DataError, GenrecError
 from genrec.eval import Evaluation, bootstrap_ci, metrics_from_ranks, rank_cases, write_run
 from genrec.eval.report import git_commit, subset_summary
@@ -263,16 +263,11 @@ class GeneratorTrainer:
         opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume)
         ckpt = self.run_dir / "checkpoint"
         model.set_cold_items(unseen_items(split, ds.n_items))
-        while state["stopped"] is None and state["epoch"] < tcfg.epochs:
+        skip_selection = tcfg.refit_epochs is not None
+        while not skip_selection and state["stopped"] is None and state["epoch"] < tcfg.epochs:
             epoch = state["epoch"] + 1
-            loss, n_windows, seconds, out_of_time = self._epoch(model, opt, sched, history, targets, epoch,
-                                                                start_clock)
-            state["step"] += steps_per_epoch
-            state["epoch"] = epoch
-            state["train_seconds"] = time.perf_counter() - start_clock
-            record = {"epoch": epoch, "step": state["step"], "loss": loss,
-                      "tokens_per_s": n_windows * model.n_levels / seconds, "windows_per_s": n_windows / seconds,
-                      "epoch_seconds": seconds, "elapsed_s": state["train_seconds"], "lr": sched.get_last_lr()[0]}
+            record = self._train_epoch(model, opt, sched, history, targets, state, epoch, start_clock)
+            out_of_time = record.pop("out_of_time")
             if epoch % tcfg.eval_every == 0 or out_of_time or epoch == tcfg.epochs:
                 record.update(self._validate(model, valid, ds, k_sel))
                 select(state, epoch, record[f"valid_{cfg.eval.select_metric}"], tcfg.patience,
@@ -282,11 +277,53 @@ class GeneratorTrainer:
             self._say(record)
             if on_epoch_end is not None:
                 on_epoch_end(record)
-        model.load_state_dict(load_tensors(ckpt / "best.safetensors"))
+        if not skip_selection:
+            model.load_state_dict(load_tensors(ckpt / "best.safetensors"))
+        refit = None
+        if tcfg.refit:
+            model, split, refit = self._refit(split, ds, sids, device,
+                                              tcfg.refit_epochs or max(state["best_epoch"] or 1, 1), resume)
         model.set_cold_items(unseen_items(split, ds.n_items))  # weights saved before the mark have none
         model.eval()
-        test = self._test(model, split, ds, sids, state)
+        test = self._test(model, split, ds, sids, state, refit)
         return GeneratorResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
+
+    def _train_epoch(self, model, opt, sched, history, targets, state, epoch, start_clock) -> dict[str, Any]:
+        """One epoch, the run state advanced; its record (with ``out_of_time``, to pop)."""
+        loss, n_windows, seconds, out_of_time = self._epoch(model, opt, sched, history, targets, epoch, start_clock)
+        state["step"] += math.ceil(len(targets) / self.config.train.batch_size)
+        state["epoch"] = epoch
+        state["train_seconds"] = time.perf_counter() - start_clock
+        return {"epoch": epoch, "step": state["step"], "loss": loss,
+                "tokens_per_s": n_windows * model.n_levels / seconds, "windows_per_s": n_windows / seconds,
+                "epoch_seconds": seconds, "elapsed_s": state["train_seconds"], "lr": sched.get_last_lr()[0],
+                "out_of_time": out_of_time}
+
+    def _refit(self, split: Split, ds: SequenceDataset, sids: SemanticIds, device: torch.device, epochs: int,
+               resume: bool) -> tuple[TIGER, Split, dict[str, Any]]:
+        """``train.refit``: a fresh generator (same seed and schedule) trained on the sliding windows of the
+        training sequences plus every user's validation item for ``epochs`` epochs, in ``<run>/refit``. No
+        selection happens here: the validation items are training targets now."""
+        cfg, tcfg = self.config, self.config.train
+        seed_everything(tcfg.seed)
+        split = with_validation_in_train(split)
+        history, targets = sliding_windows(split, cfg.model.max_len, tcfg.windows)
+        model = TIGER(cfg.model, sids.codes, sids.sizes).to(device)
+        model.set_cold_items(unseen_items(split, ds.n_items))
+        folder = self.run_dir / "refit"
+        again = resume and (folder / "checkpoint" / "trainer.json").is_file()
+        opt, sched, state, board, start_clock = start_run(cfg, model, math.ceil(len(targets) / tcfg.batch_size),
+                                                          folder, again)
+        while state["stopped"] is None and state["epoch"] < epochs:
+            record = self._train_epoch(model, opt, sched, history, targets, state, state["epoch"] + 1, start_clock)
+            out_of_time = record.pop("out_of_time")
+            finish_epoch(folder, board, state, record, out_of_time, tcfg.max_minutes,
+                         lambda: save_checkpoint(folder / "checkpoint", model, opt, sched, state))
+            self._say({**record, "refit": True})
+        info = {"epochs": state["epoch"], "selected_epoch": epochs, "train_seconds": state["train_seconds"],
+                "stopped": state["stopped"] or "the selected epoch", "targets": len(targets),
+                "selection_skipped": tcfg.refit_epochs is not None}
+        return model, split, info
 
     def _epoch(self, model, opt, sched, history, targets, epoch, start_clock):
         tcfg = self.config.train
@@ -318,7 +355,8 @@ class GeneratorTrainer:
         out["valid_decode_ms_per_user"] = 1000 * seconds / max(len(valid), 1)
         return out
 
-    def _test(self, model: TIGER, split: Split, ds: SequenceDataset, sids: SemanticIds, state: dict) -> Evaluation:
+    def _test(self, model: TIGER, split: Split, ds: SequenceDataset, sids: SemanticIds, state: dict,
+              refit: dict[str, Any] | None = None) -> Evaluation:
         cfg = self.config
         counts = np.bincount(split.train.values, minlength=ds.n_items + 1)
         ev = evaluate_generator(model, split.test, ds, part="test", beam=cfg.model.beam_width, ks=cfg.eval.ks,
@@ -326,6 +364,7 @@ class GeneratorTrainer:
                                 seed=cfg.train.seed, show_progress=self.show_progress)
         ev.info.update(best_epoch=state["best_epoch"], best_valid=state["best"], epochs_run=state["epoch"],
                        stopped=state["stopped"] or "max epochs", train_seconds=state["train_seconds"],
+                       **({"refit": refit} if refit else {}),
                        commit_at_start=self.commit_at_start, allocator=self.allocator,
                        device=str(model.codes.device), **cold_start_info(split, ev, cfg),
                        semantic_ids={k: v for k, v in sids.meta.items() if isinstance(v, str | int | float)})
