@@ -129,7 +129,8 @@ def main() -> None:
     lines = [f"# Constrained beam-search latency ({source})", "",
              f"- {model.n_items:,} items, codebooks {model.sizes}; TIGER shape (enc {model.config.encoder_layers} + "
              f"dec {model.config.decoder_layers} layers, d {model.config.dim}, {model.config.heads} heads x "
-             f"{model.config.head_dim}, MLP {model.config.ffn_dim}, encoder tokens: {model.config.encoder_tokens}); histories: {hist_source} "
+             f"{model.config.head_dim}, MLP {model.config.ffn_dim}, encoder tokens: {model.config.encoder_tokens}); "
+             f"histories: {hist_source} "
              f"(mean {result['mean_history_items']:.1f} items, cap {model.config.max_len})",
              f"- commit {result['commit']}, {result['threads']} torch threads, {result['machine']['cpus']} CPUs, "
              f"torch {result['machine']['torch']}, load average at end {result['load_average_at_end'][0]:.1f}, "
