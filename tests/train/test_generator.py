@@ -137,6 +137,25 @@ def test_refit_trains_on_validation_items_and_refit_epochs_skips_selection(tmp_p
     skipped = GeneratorTrainer(cfg, tmp_path / "skip", dataset=ds, semantic_ids=sids, show_progress=False).fit()
     assert skipped.history == [] and skipped.test.summary == full.test.summary
     assert json.loads((tmp_path / "skip" / "metrics.json").read_text())["info"]["refit"]["selection_skipped"]
+    # cut during the skipped-selection refit, --resume continues it to the same model
+    import genrec.train.generator as generator
+
+    original = generator.GeneratorTrainer._say
+
+    def stop_in_refit(self, record):
+        original(self, record)
+        if record.get("refit") and record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    generator.GeneratorTrainer._say = stop_in_refit
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            GeneratorTrainer(cfg, tmp_path / "cut", dataset=ds, semantic_ids=sids, show_progress=False).fit()
+    finally:
+        generator.GeneratorTrainer._say = original
+    resumed = GeneratorTrainer(cfg, tmp_path / "cut", dataset=ds, semantic_ids=sids, show_progress=False).fit(
+        resume=True)
+    assert resumed.test.summary == full.test.summary
     with pytest.raises(Exception, match="refit_epochs needs"):
         config(epochs=3, refit_epochs=2)
 

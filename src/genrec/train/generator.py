@@ -260,10 +260,11 @@ class GeneratorTrainer:
             valid = valid.take(rows)
         model = TIGER(mcfg, sids.codes, sids.sizes).to(device)
         steps_per_epoch = math.ceil(len(targets) / tcfg.batch_size)
-        opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume)
         ckpt = self.run_dir / "checkpoint"
+        skip_selection = tcfg.refit_epochs is not None  # then only the refit has a checkpoint to resume from
+        opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume and (
+            not skip_selection or (ckpt / "trainer.json").is_file()))
         model.set_cold_items(unseen_items(split, ds.n_items))
-        skip_selection = tcfg.refit_epochs is not None
         while not skip_selection and state["stopped"] is None and state["epoch"] < tcfg.epochs:
             epoch = state["epoch"] + 1
             record = self._train_epoch(model, opt, sched, history, targets, state, epoch, start_clock)
