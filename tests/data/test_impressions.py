@@ -101,6 +101,10 @@ def test_spec_fields_are_rankspec_arguments():
     assert set(spec) == {f.name for f in dataclasses.fields(RankSpec)}
     rs = RankSpec(**spec)
     assert rs.tasks == ("click", "watch_time") and rs.n_items == log.n_items and rs.n_users == log.n_users
+    assert rs.action_bits == {}  # a generated log's action fields are plain codes
+    kuairand = dataclasses.replace(log, name="kuairand-pure", action_sizes={"signals": 129, "watch": 17},
+                                   actions=np.ones((log.n_rows, 2), dtype=np.int64))
+    assert kuairand.spec_fields()["action_bits"] == {"signals": 7}  # click, long_view, like, ... one bit each
     tree = ast.parse(inspect.getsource(imp))
     imported = [n.module if isinstance(n, ast.ImportFrom) else a.name for n in ast.walk(tree)
                 if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names]

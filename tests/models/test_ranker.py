@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pydantic
 import pytest
@@ -534,3 +535,54 @@ def test_listwise_loss_reads_only_the_order_within_a_request() -> None:
     torch.testing.assert_close(with_lw - plain, 0.5 * loss)
     with pytest.raises(ValueError, match="listwise"):
         make_model(listwise={"watch": 1.0})
+
+
+# --- history statistics -------------------------------------------------------------------------------------
+
+def test_history_stats_count_exactly_what_the_candidate_may_read() -> None:
+    from genrec.models.ranking import HistoryStats
+
+    spec = RankSpec(n_items=5, n_users=1, binary_tasks=("click",), item_feature_sizes={"author": 3},
+                    action_sizes={"signals": 5, "watch": 3}, action_bits={"signals": 2})
+    stats = HistoryStats(spec, ("item", "author")).double()
+    # codes: signals 1 + bits (bit 0 = click, bit 1 = like); watch 1 + bucket (one-hot of 2 buckets)
+    actions = torch.tensor([[[2, 1], [4, 2], [1, 2], [0, 0]]])  # click; click + like; nothing; padding
+    signals = stats.signals(actions)
+    torch.testing.assert_close(signals[0], torch.tensor([[1., 0, 1, 0], [1, 1, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0]],
+                                                        dtype=torch.float64))
+    hist_items, authors = torch.tensor([[1, 2, 1, 0]]), torch.tensor([[1, 1, 2, 0]])
+    cands, cand_authors = torch.tensor([[1, 3]]), torch.tensor([[1, 0]])
+    mask = torch.tensor([[[True, True, False, False], [True, True, True, False]]])  # reads 2, reads 3
+    out = stats(signals, mask, [(hist_items, cands), (authors, cand_authors)])
+    assert out.shape == (1, 2, stats.width) and stats.width == 1 + 4 + 2 * (2 + 4)
+    n0 = 2.0  # candidate 0 reads tokens 0, 1: item 1 matches token 0; author 1 matches tokens 0 and 1
+    want0 = [math.log1p(n0), 2 / 3, 1 / 3, 1 / 3, 1 / 3,
+             math.log1p(1), 1 / 3, 1 / 2, 0, 1 / 2, 0,
+             math.log1p(2), 2 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3]
+    # candidate 1 reads all three; item 3 was never seen, its author is unknown (code 0): no match
+    want1 = [math.log1p(3), 2 / 4, 1 / 4, 1 / 4, 2 / 4] + [0.0] * 12
+    torch.testing.assert_close(out[0], torch.tensor([want0, want1], dtype=torch.float64), **TIGHT)
+
+
+def test_ranker_with_history_stats_keeps_kv_reuse_exact_and_reads_only_the_visible_history() -> None:
+    torch.manual_seed(0)
+    spec = dataclasses.replace(SPEC, action_bits={"clicked": 1})
+    model = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3,
+                                          history_stats=("item", "cat")), spec, {"cat": ITEM_CAT},
+                             {"age": USER_AGE}).double().eval()
+    assert model.history_stats.n_signals == 1 + 2  # one bit, plus the one-hot of "liked"'s two codes
+    batch = make_batch(9, length=8)
+    out = model(batch)
+    torch.testing.assert_close(stacked(out), stacked(model.score_one_by_one(batch)), **TIGHT)
+    one = model.score_candidates(model.encode_history(batch), batch.cand_items, batch.cand_time, batch.visible,
+                                 micro_batch=1)
+    torch.testing.assert_close(stacked(one), stacked(out), **TIGHT)
+    short = dataclasses.replace(batch, visible=batch.visible.clamp(max=5))
+    base = stacked(model(short))[0]
+    for j, changes in ((5, False), (4, True)):  # an action of history token j
+        edited = dataclasses.replace(short, hist_actions=short.hist_actions.clone())
+        edited.hist_actions[0, j, 0] = 3 - edited.hist_actions[0, j, 0]
+        assert torch.allclose(stacked(model(edited))[0], base) is not changes
+    with pytest.raises(ValueError, match="history_stats names keys"):
+        GenerativeRanker(RankerConfig(dim=16, heads=2, history_stats=("author",)), spec, {"cat": ITEM_CAT},
+                         {"age": USER_AGE})

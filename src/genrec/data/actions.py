@@ -48,6 +48,11 @@ def inputs(schema: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def action_bits(schema: Mapping[str, Any]) -> dict[str, int]:
+    """Action field -> number of signals, for the fields whose code - 1 is a bit set (kind ``bits``)."""
+    return {name: len(spec["inputs"]) for name, spec in schema["fields"].items() if spec["kind"] == "bits"}
+
+
 def encode_columns(schema: Mapping[str, Any], columns: Mapping[str, np.ndarray], n: int) -> np.ndarray:
     """int64 [n, A] codes from per-signal arrays of length n (a signal not given counts as 0)."""
     from genrec.data.impressions import log_bucket

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from genrec.data.actions import KUAIRAND_SIGNALS, KUAIRAND_WATCH, SCHEMAS, encode_columns
+from genrec.data.actions import KUAIRAND_SIGNALS, KUAIRAND_WATCH, SCHEMAS, action_bits, encode_columns, schema_for
 from genrec.data.builtin import data_home
 from genrec.data.dataset import Vocab
 from genrec.data.jagged import Jagged, _ranges
@@ -153,7 +153,8 @@ class ImpressionLog:
         """The keyword arguments of ``genrec.models.ranking.RankSpec`` for this log."""
         return {"n_items": self.n_items, "n_users": self.n_users, "binary_tasks": self.binary_tasks,
                 "regression_tasks": self.regression_tasks, "item_feature_sizes": dict(self.item_feature_sizes),
-                "user_feature_sizes": dict(self.user_feature_sizes), "action_sizes": dict(self.action_sizes)}
+                "user_feature_sizes": dict(self.user_feature_sizes), "action_sizes": dict(self.action_sizes),
+                "action_bits": action_bits(schema_for(self.name, self.action_sizes))}
 
     def stats(self) -> dict[str, Any]:
         return {"name": self.name, "rows": self.n_rows, "users": self.n_users, "items": self.n_items,

@@ -28,7 +28,9 @@ candidate); it shares no caching code and gives the same outputs.
 tasks (BCE), values for regression tasks (MSE), the losses averaged over real candidates and summed with
 ``task_weights`` (:func:`multitask_loss`, shared with the ranking baselines). ``head_input`` adds the
 candidate item's and the user's embeddings; ``target_attention`` adds a DIN-style pooled interest over the history
-tokens the candidate may read (cached with the history, so it costs one small MLP per candidate x token).
+tokens the candidate may read (cached with the history, so it costs one small MLP per candidate x token);
+``history_stats`` adds exact counts over that history (:class:`~genrec.models.ranking.HistoryStats`: the user's
+rate of every signal, and how often and how well items sharing the candidate's id, author, tag... did).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from genrec.models.hstu import HSTUBlock, HSTUConfig
 from genrec.models.ranking import (
     ActionEmbedding,
     FeatureEmbedding,
+    HistoryStats,
     RankBatch,
     RankingOptions,
     RankSpec,
@@ -95,6 +98,11 @@ class RankerConfig(RankingOptions):
         "heads also read the candidate's pooled interest sum_j w(h_j, e) h_j over the history tokens it may see "
         "(item + action embeddings; weights from MLP([h, e, h - e, h * e]), not normalised) and its product with "
         "the candidate's embedding. Off by default.")
+    history_stats: tuple[str, ...] | None = Field(
+        None, description="When set, the heads also read exact counts over the history each candidate may read "
+        "(HistoryStats): the user's rate of every action signal and, per key named here ('item', or an item "
+        "feature such as 'author'), the count, share and signal rates of the history tokens sharing the "
+        "candidate's key. [] counts the user's rates only. Off by default.")
 
     @model_validator(mode="after")
     def _dim_splits_into_heads(self) -> RankerConfig:
@@ -120,6 +128,8 @@ class HistoryCache:
     shift: torch.Tensor
     user: torch.Tensor | None = None  # [B, D] the user's embedding (for head_input: output+embeddings)
     tokens: torch.Tensor | None = None  # [B, L, D] history item + action embeddings (for target_attention)
+    items: torch.Tensor | None = None  # [B, L] the kept history's items (for history_stats)
+    signals: torch.Tensor | None = None  # [B, L, S] their action signals (for history_stats)
 
 
 class GenerativeRanker(nn.Module):
@@ -150,6 +160,14 @@ class GenerativeRanker(nn.Module):
         if config.target_attention:
             self.target_attention = ActivationUnit(d, config.target_attention, "prelu")
             width += 2 * d
+        self.history_stats = None
+        if config.history_stats is not None:
+            known = {"item", *(spec.item_feature_sizes or {})}
+            if unknown := set(config.history_stats) - known:
+                raise ValueError(f"history_stats names keys the data does not have: {sorted(unknown)} "
+                                 f"(known: {', '.join(sorted(known))})")
+            self.history_stats = HistoryStats(spec, config.history_stats)
+            width += self.history_stats.width
         self.heads = TaskHeads(width, spec.tasks, config.head_hidden)
         self.prior = make_item_prior(config, spec)
 
@@ -161,8 +179,8 @@ class GenerativeRanker(nn.Module):
 
     def _history_tokens(self, batch: RankBatch) -> tuple[torch.Tensor, ...]:
         """Cap the history to its most recent max_len tokens; return [user, history] tokens [B, 1 + L, D],
-        the kept times [B, L], lengths [B], the number of dropped impressions per row [B] and the kept
-        history's unscaled item + action embeddings [B, L, D]."""
+        the kept times [B, L], lengths [B], the number of dropped impressions per row [B], the kept
+        history's unscaled item + action embeddings [B, L, D], and its items [B, L] and actions [B, L, A]."""
         items, actions, times, length = batch.hist_items, batch.hist_actions, batch.hist_time, batch.hist_len
         shift = (length - self.config.max_len).clamp(min=0)
         if items.shape[1] > self.config.max_len:
@@ -175,14 +193,14 @@ class GenerativeRanker(nn.Module):
             actions = actions.gather(1, idx[..., None].expand(-1, -1, actions.shape[-1])) * real[..., None]
         hist = self.item_emb(items) + self.action_emb(actions)
         x = torch.cat([self.user_emb(batch.user)[:, None], hist], dim=1)
-        return self._scale(x), times, length, shift, hist
+        return self._scale(x), times, length, shift, hist, items, actions
 
     def _candidate_tokens(self, items: torch.Tensor) -> torch.Tensor:
         return self._scale(self.item_emb(items) + self.cand_type)
 
     def _head_input(self, out: torch.Tensor, items: torch.Tensor, user: torch.Tensor | None,
-                    interest: torch.Tensor | None) -> torch.Tensor:
-        """[B, M, D] candidate states -> the heads' input (see head_input and target_attention)."""
+                    interest: torch.Tensor | None, stats: torch.Tensor | None) -> torch.Tensor:
+        """[B, M, D] candidate states -> the heads' input (see head_input, target_attention, history_stats)."""
         parts = [out]
         item = self.item_emb(items)
         if self.config.head_input != "output":
@@ -190,6 +208,8 @@ class GenerativeRanker(nn.Module):
             parts += [item, user] + ([item * user] if self.config.head_input.endswith("product") else [])
         if interest is not None:
             parts += [interest, item * interest]
+        if stats is not None:
+            parts.append(stats)
         return torch.cat(parts, dim=-1) if len(parts) > 1 else out
 
     def _interest(self, tokens: torch.Tensor | None, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
@@ -200,10 +220,23 @@ class GenerativeRanker(nn.Module):
         weights = self.target_attention(tokens, self.item_emb(items), mask)
         return torch.bmm(weights, tokens)
 
+    def _stats(self, hist_items: torch.Tensor, signals: torch.Tensor | None, items: torch.Tensor,
+               mask: torch.Tensor) -> torch.Tensor | None:
+        """history_stats features [B, M, F] of candidates ``items`` [B, M] over the kept history (``hist_items``
+        [B, L], ``signals`` [B, L, S]) each may read (``mask`` [B, M, L]); None without history_stats."""
+        if self.history_stats is None:
+            return None
+        matches = [(self._key(hist_items, key), self._key(items, key)) for key in self.history_stats.keys]
+        return self.history_stats(signals, mask, matches)
+
+    def _key(self, items: torch.Tensor, key: str) -> torch.Tensor:
+        return items if key == "item" else getattr(self.item_emb, f"table_{key}")[items]
+
     def _task_outputs(self, out: torch.Tensor, items: torch.Tensor, times: torch.Tensor,
-                      user: torch.Tensor | None, interest: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                      user: torch.Tensor | None, interest: torch.Tensor | None = None,
+                      stats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{task: [B, M]} from the candidates' final states [B, M, D]: the heads, plus the item prior."""
-        outputs = self.heads(self._head_input(self.final_norm(out), items, user, interest))
+        outputs = self.heads(self._head_input(self.final_norm(out), items, user, interest, stats))
         return with_item_prior(self.prior, outputs, items, times)
 
     @staticmethod
@@ -247,7 +280,7 @@ class GenerativeRanker(nn.Module):
         return (mask.sum(-1, keepdim=True) + extra).clamp(min=1).to(torch.float32)
 
     def encode_history(self, batch: RankBatch) -> HistoryCache:
-        x, times, length, shift, hist = self._history_tokens(batch)
+        x, times, length, shift, hist, items, actions = self._history_tokens(batch)
         n = x.shape[1]
         pos = torch.arange(n, device=x.device)
         rel = pos[:, None] - pos[None, :]
@@ -263,7 +296,8 @@ class GenerativeRanker(nn.Module):
             x = self._finish(block, x, a, u)
             ks.append(k)
             vs.append(v)
-        return HistoryCache(ks, vs, times, length, shift, self.user_emb(batch.user), hist)
+        signals = None if self.history_stats is None else self.history_stats.signals(actions)
+        return HistoryCache(ks, vs, times, length, shift, self.user_emb(batch.user), hist, items, signals)
 
     def score_candidates(self, cache: HistoryCache, cand_items: torch.Tensor, cand_time: torch.Tensor,
                          visible: torch.Tensor, micro_batch: int | None = None) -> dict[str, torch.Tensor]:
@@ -288,7 +322,8 @@ class GenerativeRanker(nn.Module):
                 a = a + own * v / n
                 x = self._finish(block, x, a, u)
             interest = self._interest(cache.tokens, cand_items[:, sl], mask[..., 1:])
-            parts.append(self._task_outputs(x, cand_items[:, sl], cand_time[:, sl], cache.user, interest))
+            stats = self._stats(cache.items, cache.signals, cand_items[:, sl], mask[..., 1:])
+            parts.append(self._task_outputs(x, cand_items[:, sl], cand_time[:, sl], cache.user, interest, stats))
         return {t: torch.cat([p[t] for p in parts], dim=1) for t in self.spec.tasks}
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
@@ -300,7 +335,8 @@ class GenerativeRanker(nn.Module):
     def score_one_by_one(self, batch: RankBatch) -> dict[str, torch.Tensor]:
         """One full pass per candidate over [user, history, that candidate] with no cache: the cost M-FALCON
         avoids (a speed baseline) and an independent check of the cached path."""
-        x_h, times, length, shift, hist = self._history_tokens(batch)
+        x_h, times, length, shift, hist, items, actions = self._history_tokens(batch)
+        signals = None if self.history_stats is None else self.history_stats.signals(actions)
         vis_all = self._visible(batch.visible, shift, length)
         n = x_h.shape[1] + 1
         cols = torch.arange(n, device=x_h.device)
@@ -323,8 +359,9 @@ class GenerativeRanker(nn.Module):
                                                self._norm(mask[:, None]))
                 x = self._finish(block, x, a, u)
             interest = self._interest(hist, batch.cand_items[:, c:c + 1], mask[:, -1:, 1:-1])
+            stats = self._stats(items, signals, batch.cand_items[:, c:c + 1], mask[:, -1:, 1:-1])
             outs.append(self._task_outputs(x[:, -1:], batch.cand_items[:, c:c + 1], batch.cand_time[:, c:c + 1],
-                                           self.user_emb(batch.user), interest))
+                                           self.user_emb(batch.user), interest, stats))
         return {t: torch.cat([o[t] for o in outs], dim=1) for t in self.spec.tasks}
 
     # --- training ------------------------------------------------------------------------------------------

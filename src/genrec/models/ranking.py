@@ -32,6 +32,7 @@ class RankSpec:
     item_feature_sizes: dict[str, int] | None = None  # categorical item feature -> number of codes (0 = unknown)
     user_feature_sizes: dict[str, int] | None = None
     action_sizes: dict[str, int] | None = None  # action field of a history token -> number of codes (0 = pad)
+    action_bits: dict[str, int] | None = None  # action fields whose code - 1 is a bit set of that many signals
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -151,6 +152,53 @@ class TaskHeads(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {t: self.heads[f"task_{t}"](x).squeeze(-1) for t in self.tasks}
+
+
+class HistoryStats(nn.Module):
+    """Exact counts over the history a candidate may read, as extra inputs of its task heads: the counter
+    features a feature-based ranker (or the gbdt baseline) gets by hand, here computed inside the model from
+    the request's own history tokens, so they hold at serving time and per candidate (M-FALCON stays exact).
+
+    Each history token's actions become a signal vector: the bits of a bit-set field (``RankSpec.action_bits``:
+    KuaiRand's click / long_view / like ... bits), a one-hot code for any other field (e.g. the watch-time
+    bucket). For a candidate reading n history tokens the features are log(1 + n) and the user's rate of every
+    signal, sum / (n + 1); then, for every match key (the item itself, or an item feature such as the author),
+    over the k tokens whose key equals the candidate's: log(1 + k), their share k / (n + 1) and their rate of
+    every signal, sum / (k + 1). A candidate whose key is unknown (code 0) matches nothing."""
+
+    def __init__(self, spec: RankSpec, keys: tuple[str, ...]):
+        super().__init__()
+        bits = spec.action_bits or {}
+        self.keys = tuple(keys)
+        self.n_fields = len(spec.action_sizes or {})
+        for a, (name, size) in enumerate((spec.action_sizes or {}).items()):
+            codes = torch.arange(size)
+            if name in bits:  # code c >= 1 holds signal b iff bit b of c - 1 is set
+                table = (((codes[:, None] - 1).clamp(min=0) >> torch.arange(bits[name])) & 1).float()
+            else:  # one column per real code
+                table = F.one_hot(codes, size)[:, 1:].float()
+            table[0] = 0  # padding fires nothing
+            self.register_buffer(f"decode_{a}", table, persistent=False)
+        self.n_signals = sum(getattr(self, f"decode_{a}").shape[1] for a in range(self.n_fields))
+        self.width = 1 + self.n_signals + len(self.keys) * (2 + self.n_signals)
+
+    def signals(self, actions: torch.Tensor) -> torch.Tensor:
+        """[..., A] action codes -> [..., S] float signals."""
+        parts = [getattr(self, f"decode_{a}")[actions[..., a]] for a in range(self.n_fields)]
+        return torch.cat(parts, dim=-1) if parts else actions.new_zeros(*actions.shape[:-1], 0, dtype=torch.float)
+
+    def forward(self, signals: torch.Tensor, mask: torch.Tensor,
+                matches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Features [B, M, width] from history ``signals`` [B, L, S], the visibility ``mask`` [B, M, L] and,
+        per key, (history codes [B, L], candidate codes [B, M])."""
+        seen = mask.to(signals.dtype)
+        n = seen.sum(-1, keepdim=True)
+        parts = [torch.log1p(n), torch.bmm(seen, signals) / (n + 1)]
+        for hist, cand in matches:
+            same = seen * ((hist[:, None, :] == cand[..., None]) & (cand[..., None] > 0)).to(seen.dtype)
+            k = same.sum(-1, keepdim=True)
+            parts += [torch.log1p(k), k / (n + 1), torch.bmm(same, signals) / (k + 1)]
+        return torch.cat(parts, dim=-1)
 
 
 def prefix_mask(visible: torch.Tensor, length: int) -> torch.Tensor:
