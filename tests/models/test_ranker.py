@@ -348,25 +348,34 @@ def test_wider_attention_than_dim_over_heads_keeps_kv_reuse_exact() -> None:
     torch.testing.assert_close(stacked(model(batch)), stacked(model.score_one_by_one(batch)), **TIGHT)
 
 
-@pytest.mark.parametrize("head_input", ["output", "output+embeddings+product"])
-def test_target_attention_keeps_kv_reuse_exact_and_reads_only_the_visible_history(head_input: str) -> None:
-    torch.manual_seed(0)
-    model = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3,
-                                          head_input=head_input, target_attention=(8, 4)),
-                             SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE}).double().eval()
+def assert_exact_and_prefix_only(model: GenerativeRanker, edit) -> None:
+    """The cached pass (whole and one candidate per micro-batch) equals the one-by-one pass, and with row 0's
+    candidates reading history tokens < 5, ``edit(batch, j)`` of token 5 changes nothing there, of token 4 does."""
     batch = make_batch(9, length=8)
     out = model(batch)
     torch.testing.assert_close(stacked(out), stacked(model.score_one_by_one(batch)), **TIGHT)
     one = model.score_candidates(model.encode_history(batch), batch.cand_items, batch.cand_time, batch.visible,
                                  micro_batch=1)
     torch.testing.assert_close(stacked(one), stacked(out), **TIGHT)
-    # candidates of row 0 read history tokens < 5: changing token 5 changes nothing there, token 4 does
     short = dataclasses.replace(batch, visible=batch.visible.clamp(max=5))
     base = stacked(model(short))[0]
     for j, changes in ((5, False), (4, True)):
-        edited = dataclasses.replace(short, hist_items=short.hist_items.clone())
+        assert torch.allclose(stacked(model(edit(short, j)))[0], base) is not changes
+
+
+@pytest.mark.parametrize("head_input", ["output", "output+embeddings+product"])
+def test_target_attention_keeps_kv_reuse_exact_and_reads_only_the_visible_history(head_input: str) -> None:
+    torch.manual_seed(0)
+    model = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3,
+                                          head_input=head_input, target_attention=(8, 4)),
+                             SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE}).double().eval()
+
+    def edit(batch: RankBatch, j: int) -> RankBatch:
+        edited = dataclasses.replace(batch, hist_items=batch.hist_items.clone())
         edited.hist_items[0, j] = 1 + edited.hist_items[0, j] % (SPEC.n_items - 1)
-        assert torch.allclose(stacked(model(edited))[0], base) is not changes
+        return edited
+
+    assert_exact_and_prefix_only(model, edit)
     plain = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3,
                                           head_input=head_input), SPEC, {"cat": ITEM_CAT}, {"age": USER_AGE})
     assert model.heads.heads[f"task_{SPEC.tasks[0]}"][0].in_features == \
@@ -571,18 +580,13 @@ def test_ranker_with_history_stats_keeps_kv_reuse_exact_and_reads_only_the_visib
                                           history_stats=("item", "cat")), spec, {"cat": ITEM_CAT},
                              {"age": USER_AGE}).double().eval()
     assert model.history_stats.n_signals == 1 + 2  # one bit, plus the one-hot of "liked"'s two codes
-    batch = make_batch(9, length=8)
-    out = model(batch)
-    torch.testing.assert_close(stacked(out), stacked(model.score_one_by_one(batch)), **TIGHT)
-    one = model.score_candidates(model.encode_history(batch), batch.cand_items, batch.cand_time, batch.visible,
-                                 micro_batch=1)
-    torch.testing.assert_close(stacked(one), stacked(out), **TIGHT)
-    short = dataclasses.replace(batch, visible=batch.visible.clamp(max=5))
-    base = stacked(model(short))[0]
-    for j, changes in ((5, False), (4, True)):  # an action of history token j
-        edited = dataclasses.replace(short, hist_actions=short.hist_actions.clone())
+
+    def edit(batch: RankBatch, j: int) -> RankBatch:  # an action of history token j
+        edited = dataclasses.replace(batch, hist_actions=batch.hist_actions.clone())
         edited.hist_actions[0, j, 0] = 3 - edited.hist_actions[0, j, 0]
-        assert torch.allclose(stacked(model(edited))[0], base) is not changes
+        return edited
+
+    assert_exact_and_prefix_only(model, edit)
     with pytest.raises(ValueError, match="history_stats names keys"):
         GenerativeRanker(RankerConfig(dim=16, heads=2, history_stats=("author",)), spec, {"cat": ITEM_CAT},
                          {"age": USER_AGE})
