@@ -8,10 +8,12 @@ ranker - baseline on the same test impressions (user-bootstrap interval, sign-fl
 (exact cut times), commit, machine and wall times. ``--protocol frozen`` compares runs trained and tested with
 frozen requests (``requests: frozen``; folders <out>-frozen) and writes ranking_<dataset>-frozen.{json,md}.
 ``--seeds 0 1 2`` reads (or trains) every config at each training seed (seed s > 0 in <folder>-seed<s>) and reports
-the mean over seeds, each seed's GAUC, and paired tests of the seed-averaged per-user AUCs.
+the mean over seeds, each seed's GAUC, and paired tests of the seed-averaged per-user AUCs; ``--ensemble`` instead
+scores each model by its seed ensemble (every impression's predicted probability averaged over the seeds), reports
+the ensemble's GAUC per task and pairs the ensembles (written with an -ensemble suffix).
 
     python benchmarks/ranking.py [--train] [--protocol frozen] [--seeds 0 1 2]
-        [--configs configs/kuairand/ranker.yaml ...]
+        [--ensemble] [--configs configs/kuairand/ranker.yaml ...]
 """
 
 from __future__ import annotations
@@ -75,9 +77,13 @@ def main() -> None:
                     help="Training seeds of every config (default: the run each config names, one seed).")
     ap.add_argument("--available", action="store_true",
                     help="With --seeds: use the seeds each config has finished runs for (at least one), not all.")
+    ap.add_argument("--ensemble", action="store_true",
+                    help="With --seeds: score every model by the mean of its seeds' predicted probabilities.")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    if args.ensemble and len(args.seeds or []) < 2:
+        ap.error("--ensemble needs --seeds with two or more seeds")
     wall = time.perf_counter()
     seeds = args.seeds or [None]
     if args.train:
@@ -103,12 +109,12 @@ def main() -> None:
                 sys.exit(f"{r['folder']} and {base['folder']} were tested on different impressions: not comparable")
     tasks = [t for t, r in base["metrics"]["tasks"].items() if r["kind"] == "binary"]
     users = base["preds"]["user"]
+    scores = {name: {t: scores_of(runs[name]["seeds"], t, args.ensemble) for t in tasks} for name in names}
     paired = {}
     for name in names[1:]:
         for t in tasks:
             paired[f"{main_name} - {name}:{t}"] = ctr.paired_gauc(
-                users, base["preds"][f"label_{t}"], [r["preds"][f"pred_{t}"] for r in runs[name]["seeds"]],
-                [r["preds"][f"pred_{t}"] for r in runs[main_name]["seeds"]], n_boot=args.n_boot)
+                users, base["preds"][f"label_{t}"], scores[name][t], scores[main_name][t], n_boot=args.n_boot)
     dataset = base["metrics"]["dataset"]
     result = {"benchmark": "ranking", "protocol": args.protocol, "created": dt.datetime.now(dt.UTC).isoformat(),
               "commit": git_commit(), "machine": machine(), "dataset": dataset, "split": base["metrics"]["split"],
@@ -116,12 +122,21 @@ def main() -> None:
               "runs": {n: {"config": r["config"], **run_summary(r["seeds"], args.seeds is not None)}
                        for n, r in runs.items()},
               "paired": paired, "wall_seconds": time.perf_counter() - wall}
+    if args.ensemble:
+        result["ensemble"] = {n: {t: ctr.gauc(users, base["preds"][f"label_{t}"], scores[n][t][0])[0]
+                                  for t in tasks} for n in names}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"ranking_{dataset['name']}" + ("" if args.protocol == "streaming" else f"-{args.protocol}")
-    stem += "" if len(seeds) == 1 else f"-seeds{len(seeds)}"
+    stem += ("" if len(seeds) == 1 else f"-seeds{len(seeds)}") + ("-ensemble" if args.ensemble else "")
     write_json(args.out / f"{stem}.json", result)
     write_text(args.out / f"{stem}.md", markdown(result, names, tasks))
     print(markdown(result, names, tasks))
+
+
+def scores_of(per_seed: list[dict], task: str, ensemble: bool) -> list[np.ndarray]:
+    """A model's test scores of ``task``: one array per seed, or (``ensemble``) their mean as the only one."""
+    preds = [r["preds"][f"pred_{task}"] for r in per_seed]
+    return [np.mean(preds, axis=0)] if ensemble else preds
 
 
 def run_summary(per_seed: list[dict], seeded: bool) -> dict:
@@ -158,7 +173,12 @@ def markdown(result: dict, names: list[str], tasks: list[str]) -> str:
         lines.append(f"| {pair} | {task}{flag} | {g['a']:.4f} | {g['b']:.4f} | {g['diff']:+.4f} [{g['ci_low']:+.4f}, "
                      f"{g['ci_high']:+.4f}] | {g['p_value']:.4g} | {p['users_better']} / {p['users_worse']} |")
     lines += ["", "(A = the baseline, B = the first model; ** marks the issue's target tasks)"]
-    if seeded:
+    if "ensemble" in result:
+        lines += ["", "## Seed ensembles (each impression's predicted probability averaged over a model's seeds)", "",
+                  "| model | " + " | ".join(f"{t} GAUC" for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+        lines += [f"| {n} | " + " | ".join(f"{result['ensemble'][n][t]:.4f}" for t in tasks) + " |" for n in names]
+        lines += ["", "The paired tests above compare these ensembles (GAUC A / B: the ensembles' GAUC)."]
+    elif seeded:
         seeds = "; ".join(f"{n} {', '.join(map(str, s))}" for n, s in result["seeds"].items())
         lines += ["", f"Training seeds ({seeds}): GAUC A / B and B - A are means over seeds; each user's AUC "
                   "is averaged over a model's seeds before the paired test, so the test "
