@@ -83,6 +83,13 @@ def row(folder: Path) -> dict:
            "decode_ms_per_user": info.get("decode_ms_per_user"), "cold_start": info.get("cold_start"),
            "budget_minutes": (cfg.get("train") or {}).get("max_minutes"),
            "schedule_by": (cfg.get("train") or {}).get("schedule_by"), "note": m["run"].get("note")}
+    if refit := info.get("refit"):  # the test read the refit model: show its epochs and time
+        skipped = refit.get("selection_skipped")
+        out.update(best_epoch="refit", epochs_run=refit["epochs"],
+                   train_minutes=(refit["train_seconds"] + (info.get("train_seconds") or 0)) / 60,
+                   stopped=f"the end of its refit (training + validation targets) after the {refit['selected_epoch']} "
+                           "epochs " + ("an earlier selection run chose (selection not repeated)" if skipped
+                                        else "its selection run chose"))
     return out
 
 
