@@ -79,6 +79,7 @@ def main() -> None:
                     help="With --seeds: use the seeds each config has finished runs for (at least one), not all.")
     ap.add_argument("--ensemble", action="store_true",
                     help="With --seeds: score every model by the mean of its seeds' predicted probabilities.")
+    ap.add_argument("--tag", default="", help="Suffix of the result files' names (keeps another table's files).")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -128,6 +129,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"ranking_{dataset['name']}" + ("" if args.protocol == "streaming" else f"-{args.protocol}")
     stem += ("" if len(seeds) == 1 else f"-seeds{len(seeds)}") + ("-ensemble" if args.ensemble else "")
+    stem += f"-{args.tag}" if args.tag else ""
     write_json(args.out / f"{stem}.json", result)
     write_text(args.out / f"{stem}.md", markdown(result, names, tasks))
     print(markdown(result, names, tasks))
