@@ -110,8 +110,10 @@ def test_id_model_trains_and_ranks_on_cuda_like_on_cpu(tmp_path):
     from genrec.train.trainer import build_model
 
     ds = tiny_dataset()
-    result = Trainer(cold(id_config(epochs=2, device="cuda")), tmp_path / "run", dataset=ds,
-                     show_progress=False).fit()
+    raw = cold(id_config(epochs=2, device="cuda")).model_dump()
+    raw["train"]["tf32"] = False  # full float32, to compare with the CPU
+    result = Trainer(RunConfig.model_validate(raw), tmp_path / "run", dataset=ds, show_progress=False).fit()
+    assert not torch.backends.cuda.matmul.allow_tf32
     assert result.test.info["device"].startswith("cuda")
     check_cold_report(result.test.info, len(result.test.per_user), ds.n_items)
     split = make_split(ds, "loo")
@@ -120,6 +122,14 @@ def test_id_model_trains_and_ranks_on_cuda_like_on_cpu(tmp_path):
     on_gpu = rank_cases(result.model.eval(), split.test, ds.n_items, ks=[10], show_progress=False)
     on_cpu = rank_cases(cpu_model.eval(), split.test, ds.n_items, ks=[10], show_progress=False)
     assert (on_gpu.ranks == on_cpu.ranks).mean() > 0.95  # float rounding may swap near-ties
+
+
+@cuda
+def test_tf32_switch_reaches_cuda_matmuls():
+    resolve_device("cuda", tf32=False)
+    assert not torch.backends.cuda.matmul.allow_tf32
+    resolve_device("cuda")
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
 
 
 @cuda

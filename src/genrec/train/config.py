@@ -64,6 +64,9 @@ class OptimConfig(BaseModel):
     device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$", description="cpu, cuda, cuda:N, or auto "
                         "(cuda when available). Under torchrun with cuda each process takes cuda:LOCAL_RANK. "
                         "Results are reproducible per device; resume is exact on cpu.")
+    tf32: bool = Field(True, description="On CUDA, float32 matmuls use TF32 tensor cores (about 10 bits of "
+                       "mantissa in the products, several times faster on Ampere and later); false keeps full "
+                       "float32. No effect on the CPU.")
 
     @model_validator(mode="after")
     def _time_schedule_needs_budget(self) -> OptimConfig:

@@ -246,7 +246,7 @@ class GeneratorTrainer:
         self.allocator = tune_glibc_malloc()
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
-        device = resolve_device(tcfg.device)
+        device = resolve_device(tcfg.device, tcfg.tf32)
         seed_everything(tcfg.seed)
         ds = self.dataset or load_dataset(cfg.dataset)
         sids = semantic_ids_for(cfg, ds, self.semantic_ids)

@@ -65,8 +65,9 @@ def print_epoch(record: dict[str, Any]) -> None:
           f"{record['epoch_seconds']:.1f} s  {valid}", file=sys.stderr, flush=True)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``train.device`` as a torch device; under torchrun a cuda run uses this process's LOCAL_RANK."""
+def resolve_device(name: str, tf32: bool = True) -> torch.device:
+    """``train.device`` as a torch device; under torchrun a cuda run uses this process's LOCAL_RANK. ``tf32``: let
+    CUDA float32 matmuls and convolutions use TF32 tensor cores (``train.tf32``; no effect on the CPU)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -76,6 +77,7 @@ def resolve_device(name: str) -> torch.device:
             name = f"cuda:{os.environ.get('LOCAL_RANK', torch.cuda.current_device())}"
         device = torch.device(name)
         torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
         return device
     return torch.device("cpu")
 

@@ -274,7 +274,7 @@ class RankingTrainer:
 
     def fit(self, resume: bool = False, on_epoch_end=None) -> RankingResult:
         cfg, tcfg = self.config, self.config.train
-        device = resolve_device(tcfg.device)
+        device = resolve_device(tcfg.device, tcfg.tf32)
         self.commit_at_start = git_commit()
         self.allocator = tune_glibc_malloc()
         if tcfg.threads:

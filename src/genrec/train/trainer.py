@@ -182,7 +182,7 @@ class Trainer:
         ``on_epoch_end(record)`` is called after each epoch's checkpoint is safely written.
         """
         cfg, tcfg = self.config, self.config.train
-        device = resolve_device(tcfg.device)
+        device = resolve_device(tcfg.device, tcfg.tf32)
         env = _Dist(device)
         self.commit_at_start = git_commit()  # code that trained; write_run records HEAD at the end too
         self.allocator = tune_glibc_malloc()
