@@ -84,12 +84,15 @@ def row(folder: Path) -> dict:
            "budget_minutes": (cfg.get("train") or {}).get("max_minutes"),
            "schedule_by": (cfg.get("train") or {}).get("schedule_by"), "note": m["run"].get("note")}
     if refit := info.get("refit"):  # the test read the refit model: show its epochs and time
-        skipped = refit.get("selection_skipped")
-        out.update(best_epoch="refit", epochs_run=refit["epochs"],
-                   train_minutes=(refit["train_seconds"] + (info.get("train_seconds") or 0)) / 60,
-                   stopped=f"the end of its refit (training + validation targets) after the {refit['selected_epoch']} "
-                           "epochs " + ("an earlier selection run chose (selection not repeated)" if skipped
-                                        else "its selection run chose"))
+        chose = ("an earlier selection run chose (selection not repeated)" if refit.get("selection_skipped")
+                 else "its selection run chose")
+        cut = str(refit.get("stopped", "")).startswith("wall-time")  # the budget ended the refit first
+        stopped = (f"the {refit['stopped']} of its refit (training + validation targets), after {refit['epochs']} of "
+                   f"the {refit['selected_epoch']} epochs {chose}" if cut else
+                   f"the end of its refit (training + validation targets) after the {refit['selected_epoch']} epochs "
+                   f"{chose}")
+        out.update(best_epoch="refit", epochs_run=refit["epochs"], stopped=stopped,
+                   train_minutes=(refit["train_seconds"] + (info.get("train_seconds") or 0)) / 60)
     return out
 
 
@@ -106,7 +109,9 @@ def collect(runs: Path = RUNS) -> dict:
                 runs = runs or ([model_dir] if (model_dir / "metrics.json").is_file() else [])
                 if runs:
                     name = model_dir.name + (" (ID only)" if root == REFERENCE else "")
-                    datasets.setdefault(ds_dir.name, {})[name] = [row(r) for r in runs]
+                    for r in runs:  # several seeds of one config: a row each, named by its seed
+                        label = f"{name} ({r.name})" if len(runs) > 1 else name
+                        datasets.setdefault(ds_dir.name, {})[label] = [row(r)]
     return datasets
 
 
