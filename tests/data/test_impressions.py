@@ -25,6 +25,7 @@ from genrec.data.impressions import (
     default_split,
     load_impressions,
     ranking_requests,
+    ranking_split,
     source_split,
     temporal_split,
 )
@@ -280,6 +281,29 @@ def test_strict_time_split_is_global():
     d = strict.describe()
     assert d["train_rows_after_first_valid"] == d["valid_rows_after_first_test"] == 0
     assert d["rule"]["moved_rows"] == 1 and strict.valid.sum() == 2
+
+
+def test_end_day_leaves_later_rows_out_of_every_part():
+    # An earlier fold of a rolling evaluation: rows from end_day on are neither train, valid nor test.
+    log = ImpressionLog.build(
+        name="t", users=Vocab(pa.array([1, 2])), items=Vocab(pa.array([1])), user=np.array([1, 1, 1, 2, 2, 2]),
+        item=np.ones(6, np.int64), time=np.array([10, 20, 40, 30, 45, 60]), day=np.array([1, 2, 4, 3, 4, 5], np.int32),
+        labels={}, binary_tasks=(), regression_tasks=(), actions=np.ones((6, 0), np.int64), action_sizes={})
+    for strict in (False, True):
+        sp = temporal_split(log, 2, 3, strict_time=strict, end_day=4)
+        assert sp.train.tolist() == [True] + [False] * 5
+        assert sp.valid.tolist() == [False, True] + [False] * 4
+        assert sp.test.tolist() == [False, False, False, True, False, False]
+        assert sp.describe()["rule"]["end_day"] == 4
+    # by time, the test ends at the first row dated end_day (time 40), so the day-4 row at time 45 is out too
+    assert temporal_split(log, 2, 3, strict_time=True, end_day=5).test.tolist() == [False, False, True, True, True,
+                                                                                     False]
+    with pytest.raises(ConfigError, match="end_day"):
+        temporal_split(log, 2, 3, end_day=3)
+    days = {"valid_day": 2, "test_day": 3, "end_day": 4}
+    assert ranking_split(log, "temporal", days).test.tolist() == temporal_split(log, 2, 3, end_day=4).test.tolist()
+    with pytest.raises(ConfigError, match="loo"):
+        ranking_split(log, "loo", days)
 
 
 def test_default_and_source_split():

@@ -133,6 +133,13 @@ def test_bad_ranking_configs():
         RunConfig.model_validate({"dataset": "x", "model": {"name": "sasrec"}, "requests": "frozen"})
     with pytest.raises(Exception, match="requests"):
         RunConfig.model_validate({"dataset": "x", "model": {"name": "din"}, "requests": "served"})
+    fold = RunConfig.model_validate({"dataset": "x", "model": {"name": "gbdt"},
+                                     "temporal": {"valid_day": 20220504, "test_day": 20220505, "end_day": 20220507}})
+    assert fold.temporal.days() == {"valid_day": 20220504, "test_day": 20220505, "end_day": 20220507}
+    with pytest.raises(Exception, match="cut ranking logs"):
+        RunConfig.model_validate({"dataset": "x", "model": {"name": "sasrec"}, "temporal": {"test_day": 20220505}})
+    with pytest.raises(Exception, match="end_day"):
+        RunConfig.model_validate({"dataset": "x", "model": {"name": "din"}, "temporal": {"end_day": 2022}})
     cfg = RunConfig.model_validate({"dataset": "x", "model": {"name": "dcn"}, "eval": {"select_metric": "ndcg@10"}})
     from genrec.train.ranking import check_select_metric
 

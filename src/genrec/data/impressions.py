@@ -668,8 +668,10 @@ def _make_split(log: ImpressionLog, masks: tuple[np.ndarray, ...], rule: dict[st
     return ImpressionSplit(*masks, info=info)
 
 
-def temporal_split(log: ImpressionLog, valid_day: int, test_day: int, strict_time: bool = False) -> ImpressionSplit:
-    """train: day < valid_day; valid: valid_day <= day < test_day; test: day >= test_day (days YYYYMMDD).
+def temporal_split(log: ImpressionLog, valid_day: int, test_day: int, strict_time: bool = False,
+                   end_day: int | None = None) -> ImpressionSplit:
+    """train: day < valid_day; valid: valid_day <= day < test_day; test: day >= test_day (days YYYYMMDD), and
+    before ``end_day`` when given (later rows are in no part: an earlier fold of a rolling evaluation).
 
     A dataset's day need not follow its times exactly (KuaiRand's `date` comes from an hour that runs ahead of
     time_ms), so rows of an earlier part can be later than the first row of the next; ``describe()`` counts them.
@@ -677,20 +679,35 @@ def temporal_split(log: ImpressionLog, valid_day: int, test_day: int, strict_tim
     the first row dated ``test_day`` or later, so every part is a time interval (a global temporal split)."""
     if not valid_day <= test_day:
         raise ConfigError(f"valid_day ({valid_day}) must not be after test_day ({test_day})")
-    train, test = log.day < valid_day, log.day >= test_day
+    if end_day is not None and not test_day < end_day:
+        raise ConfigError(f"end_day ({end_day}) must be after test_day ({test_day})")
+    after = log.day >= end_day if end_day is not None else np.zeros(log.n_rows, dtype=bool)
+    train, test = log.day < valid_day, (log.day >= test_day) & ~after
+    until = f" and day < {end_day}" if end_day is not None else ""
     rule: dict[str, Any] = {"kind": "days", "valid_day": valid_day, "test_day": test_day, "strict_time": strict_time,
                             "text": f"train: day < {valid_day}; valid: {valid_day} <= day < {test_day}; "
-                                    f"test: day >= {test_day}"}
+                                    f"test: day >= {test_day}{until}"}
+    if end_day is not None:
+        rule["end_day"] = end_day
     if strict_time:
-        cut_valid = int(log.time[~train].min()) if (~train).any() else None
-        cut_test = int(log.time[test].min()) if test.any() else None
+        by_day = (train, test, after)
+        cut_valid = _first_time(log, ~train)
+        cut_test = _first_time(log, log.day >= test_day)
+        cut_end = _first_time(log, after)
         train = log.time < cut_valid if cut_valid is not None else np.ones(log.n_rows, dtype=bool)
-        test = log.time >= cut_test if cut_test is not None else np.zeros(log.n_rows, dtype=bool)
+        after = log.time >= cut_end if cut_end is not None else np.zeros(log.n_rows, dtype=bool)
+        test = (log.time >= cut_test if cut_test is not None else np.zeros(log.n_rows, dtype=bool)) & ~after
+        end = (f" up to {_iso(cut_end)} (the first row dated {end_day} or later)" if cut_end is not None else
+               " from then on")
         rule["text"] = (f"train: time < {_iso(cut_valid) if cut_valid is not None else 'end'} (the first row dated "
                         f"{valid_day} or later); valid: up to {_iso(cut_test) if cut_test is not None else 'end'} "
-                        f"(the first row dated {test_day} or later); test: from then on")
-        rule["moved_rows"] = int((train != (log.day < valid_day)).sum() + (test != (log.day >= test_day)).sum())
-    return _make_split(log, (train, ~train & ~test, test), rule)
+                        f"(the first row dated {test_day} or later); test:{end}")
+        rule["moved_rows"] = int(sum((a != b).sum() for a, b in zip((train, test, after), by_day, strict=True)))
+    return _make_split(log, (train, ~train & ~test & ~after, test), rule)
+
+
+def _first_time(log: ImpressionLog, rows: np.ndarray) -> int | None:
+    return int(log.time[rows].min()) if rows.any() else None
 
 
 def source_split(log: ImpressionLog) -> ImpressionSplit:
@@ -723,20 +740,30 @@ def leave_one_out_split(log: ImpressionLog) -> ImpressionSplit:
     return _make_split(log, (~test & ~valid, valid, test), rule)
 
 
-def ranking_split(log: ImpressionLog, kind: str = "temporal") -> ImpressionSplit:
-    """The split a ranking run config names: ``temporal`` (the log's default cuts) or ``loo``."""
+def ranking_split(log: ImpressionLog, kind: str = "temporal", days: dict[str, int] | None = None) -> ImpressionSplit:
+    """The split a ranking run config names: ``temporal`` (the log's default cuts, or ``days``) or ``loo``."""
     if kind == "loo":
+        if days:
+            raise ConfigError("temporal.valid_day / test_day / end_day apply to split: temporal, not loo")
         return leave_one_out_split(log)
     if kind != "temporal":
         raise ConfigError(f"ranking logs split temporal or loo, not {kind!r}")
-    return default_split(log)
+    return default_split(log, days)
 
 
-def default_split(log: ImpressionLog) -> ImpressionSplit:
+def default_split(log: ImpressionLog, days: dict[str, int] | None = None) -> ImpressionSplit:
+    """The log's default cuts; ``days`` (valid_day, test_day, end_day; YYYYMMDD) replace those given, e.g. an
+    earlier fold of a rolling evaluation (``temporal: {valid_day: 20220504, test_day: 20220505, end_day:
+    20220507}``), cut the same way (by time at the first row of each day where the default does)."""
     cuts = DEFAULT_CUTS.get(log.name)
-    if cuts is None:
-        raise ConfigError(f"no default split for '{log.name}'; call temporal_split with explicit days")
-    return source_split(log) if cuts == "source" else temporal_split(log, **cuts)
+    days = {k: v for k, v in (days or {}).items() if v is not None}
+    if cuts is None and not {"valid_day", "test_day"} <= set(days):
+        raise ConfigError(f"no default split for '{log.name}'; give temporal.valid_day and temporal.test_day")
+    if cuts == "source":
+        if days:
+            raise ConfigError(f"'{log.name}' uses its source's split; temporal days do not apply to it")
+        return source_split(log)
+    return temporal_split(log, **{**(cuts or {}), **days})
 
 
 # --- requests and batches -------------------------------------------------------------------------------------

@@ -124,6 +124,16 @@ class TemporalConfig(BaseModel):
                                  "test_start is not given).")
     valid_start: float | None = Field(None, description="Validation cut, in the dataset's timestamp unit.")
     test_start: float | None = Field(None, description="Test cut, in the dataset's timestamp unit.")
+    valid_day: int | None = Field(None, ge=19000101, le=99991231, description="Ranking logs (impressions): the "
+                                  "first validation day, YYYYMMDD (default: the log's own cuts).")
+    test_day: int | None = Field(None, ge=19000101, le=99991231, description="Ranking logs: the first test day.")
+    end_day: int | None = Field(None, ge=19000101, le=99991231, description="Ranking logs: the first day after "
+                                "the test (later impressions are in no part), for an earlier fold of a rolling "
+                                "evaluation.")
+
+    def days(self) -> dict[str, int]:
+        """The ranking-log day cuts that are set."""
+        return {k: v for k in ("valid_day", "test_day", "end_day") if (v := getattr(self, k)) is not None}
 
 
 class NegativesConfig(BaseModel):
@@ -193,6 +203,9 @@ class RunConfig(BaseModel):
         if self.train.refit and (self.model.name not in ("sasrec", "hstu", "tiger") or self.split != "loo"):
             raise ValueError("train.refit applies to sasrec, hstu and tiger with split: loo (the validation item is "
                              "the one it adds to training)")
+        if self.temporal.days() and self.model.name not in RANKERS:
+            raise ValueError("temporal.valid_day / test_day / end_day cut ranking logs; sequence models use "
+                             "temporal.valid_start / test_start")
         if self.train.refit_epochs is not None and (not self.train.refit or self.model.name != "tiger"):
             raise ValueError("train.refit_epochs needs train.refit: true and model tiger (it skips the generator's "
                              "selection run)")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from genrec.data.actions import schema_for
-from genrec.data.impressions import ImpressionLog, ImpressionSplit, default_split, load_impressions
+from genrec.data.impressions import ImpressionLog, ImpressionSplit, load_impressions, ranking_split
 from genrec.errors import ConfigError, GenrecError
 from genrec.eval import ctr
 from genrec.eval.report import git_commit
@@ -75,7 +75,7 @@ class GBDTTrainer:
         lgb = import_lightgbm()
         commit_at_start, start = git_commit(), time.perf_counter()
         log = self.log or load_impressions(cfg.dataset)
-        split = self.split or default_split(log)
+        split = self.split or ranking_split(log, cfg.split, cfg.temporal.days())
         spec = RankSpec(**log.spec_fields())
         metric = cfg.eval.select_metric
         check_select_metric(metric, spec.binary_tasks)

@@ -93,7 +93,7 @@ def load_ranking_log(cfg: Any) -> ImpressionLog:
     if "negatives" in log.meta:
         raise ConfigError(f"negatives: {cfg.dataset} already has sampled negatives; name the log without them "
                           "(e.g. movielens-1m-ratings)")
-    split = ranking_split(log, cfg.split)
+    split = ranking_split(log, cfg.split, cfg.temporal.days())
     held = split.valid | split.test
     if cfg.split == "loo":
         until = np.full(log.n_users + 1, np.iinfo(np.int64).max, dtype=np.int64)
@@ -281,7 +281,7 @@ class RankingTrainer:
             torch.set_num_threads(tcfg.threads)
         seed_everything(tcfg.seed)
         log = self.log or load_ranking_log(cfg)
-        split = self.split or ranking_split(log, cfg.split)
+        split = self.split or ranking_split(log, cfg.split, cfg.temporal.days())
         spec = RankSpec(**log.spec_fields())
         metric = cfg.eval.select_metric
         check_select_metric(metric, spec.binary_tasks)
