@@ -42,12 +42,31 @@ PROTOCOLS = {
               "and time of its request's first impression, as a served request does; trained the same way)"}
 
 
-def run_folder(config: Path, protocol: str = "streaming", seed: int | None = None) -> Path:
-    """Where a config's run lives: its `out`, then -<protocol> unless streaming, then -seed<s> for seed s > 0."""
+def run_folder(config: Path, protocol: str = "streaming", seed: int | None = None, fold: dict | None = None) -> Path:
+    """Where a config's run lives: its `out`, then -<protocol> unless streaming, then -fold<test_day> for an earlier
+    fold (``fold``: its valid_day / test_day / end_day), then -seed<s> for seed s > 0."""
     cfg = load_config(config)
     folder = Path(cfg.out or Path("runs") / config.stem)
-    suffix = ("" if protocol == "streaming" else f"-{protocol}") + (f"-seed{seed}" if seed else "")
-    return folder.with_name(folder.name + suffix)
+    suffix = ("" if protocol == "streaming" else f"-{protocol}") + (f"-fold{fold['test_day']}" if fold else "")
+    return folder.with_name(folder.name + suffix + (f"-seed{seed}" if seed else ""))
+
+
+def parse_fold(text: str) -> dict | None:
+    """``default`` (the log's own cuts) or VALID_DAY,TEST_DAY,END_DAY (YYYYMMDD each)."""
+    if text == "default":
+        return None
+    try:
+        valid, test, end = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"fold {text!r}: give default or VALID_DAY,TEST_DAY,END_DAY") from None
+    if not valid < test < end:
+        raise argparse.ArgumentTypeError(f"fold {text!r}: days must increase (valid < test < end)")
+    return {"valid_day": valid, "test_day": test, "end_day": end}
+
+
+def fold_overrides(fold: dict | None) -> list[str]:
+    """The `genrec train --set` arguments of a fold."""
+    return [a for k, v in (fold or {}).items() for a in ("--set", f"temporal.{k}={v}")]
 
 
 def load_run(config: Path, folder: Path, protocol: str, seed: int | None) -> dict:
