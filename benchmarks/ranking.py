@@ -101,40 +101,36 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="Suffix of the result files' names (keeps another table's files).")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--folds", type=parse_fold, nargs="+", default=[None], metavar="FOLD",
+                    help="Temporal folds to pool: `default` (the log's own cuts) and/or VALID_DAY,TEST_DAY,END_DAY "
+                         "(earlier test windows; runs in <folder>-fold<TEST_DAY>). With several, every model's test "
+                         "impressions of all folds are pooled, a user in one fold's test window being one unit.")
     args = ap.parse_args()
     if args.ensemble and len(args.seeds or []) < 2:
         ap.error("--ensemble needs --seeds with two or more seeds")
     wall = time.perf_counter()
     seeds = args.seeds or [None]
     if args.train:
-        for config in args.configs:
-            for seed in seeds:
-                subprocess.run([sys.executable, "-m", "genrec", "train", "--config", str(config), "--out",
-                                str(run_folder(config, args.protocol, seed)), "--set", f"requests={args.protocol}"]
-                               + ([] if seed is None else ["--set", f"train.seed={seed}"]), check=True)
-    runs = {}
-    for config in args.configs:
-        have = [s for s in seeds if not args.available or
-                (run_folder(config, args.protocol, s) / "metrics.json").is_file()] or seeds[:1]
-        per_seed = [load_run(config, run_folder(config, args.protocol, s), args.protocol, s) for s in have]
-        model = per_seed[0]["metrics"]["run"]["model"]
-        # a model trained under two configs (din, din-listwise) is told apart by its config's name
-        runs[model if model == config.stem else f"{model} ({config.stem})"] = {"config": str(config),
-                                                                              "seeds": per_seed}
+        for fold in args.folds:
+            for config in args.configs:
+                for seed in seeds:
+                    subprocess.run([sys.executable, "-m", "genrec", "train", "--config", str(config), "--out",
+                                    str(run_folder(config, args.protocol, seed, fold)), "--set",
+                                    f"requests={args.protocol}", *fold_overrides(fold)]
+                                   + ([] if seed is None else ["--set", f"train.seed={seed}"]), check=True)
+    folds = [load_fold(args.configs, args.protocol, seeds, args.available, fold) for fold in args.folds]
+    runs = folds[0]
     names = list(runs)
-    main_name, base = names[0], runs[names[0]]["seeds"][0]
-    for name in names:
-        for r in runs[name]["seeds"]:
-            if not np.array_equal(r["preds"]["row"], base["preds"]["row"]):
-                sys.exit(f"{r['folder']} and {base['folder']} were tested on different impressions: not comparable")
+    if any(list(f) != names for f in folds):
+        sys.exit("every fold needs the same models")
+    base = runs[names[0]]["seeds"][0]
     tasks = [t for t, r in base["metrics"]["tasks"].items() if r["kind"] == "binary"]
-    users = base["preds"]["user"]
-    scores = {name: {t: scores_of(runs[name]["seeds"], t, args.ensemble) for t in tasks} for name in names}
+    users, labels, scores = pooled_arrays(folds, names, tasks, args.ensemble)
     paired = {}
     for name in names[1:]:
         for t in tasks:
-            paired[f"{main_name} - {name}:{t}"] = ctr.paired_gauc(
-                users, base["preds"][f"label_{t}"], scores[name][t], scores[main_name][t], n_boot=args.n_boot)
+            paired[f"{names[0]} - {name}:{t}"] = ctr.paired_gauc(users, labels[t], scores[name][t],
+                                                                   scores[names[0]][t], n_boot=args.n_boot)
     dataset = base["metrics"]["dataset"]
     result = {"benchmark": "ranking", "protocol": args.protocol, "created": dt.datetime.now(dt.UTC).isoformat(),
               "commit": git_commit(), "machine": machine(), "dataset": dataset, "split": base["metrics"]["split"],
@@ -142,16 +138,59 @@ def main() -> None:
               "runs": {n: {"config": r["config"], **run_summary(r["seeds"], args.seeds is not None)}
                        for n, r in runs.items()},
               "paired": paired, "wall_seconds": time.perf_counter() - wall}
+    if len(folds) > 1:
+        result["folds"] = [{"cuts": fold or "default", "split": f[names[0]]["seeds"][0]["metrics"]["split"],
+                            "runs": {n: run_summary(r["seeds"], True) for n, r in f.items()}}
+                           for fold, f in zip(args.folds, folds, strict=True)]
+        result["pooled"] = {n: {t: [ctr.gauc(users, labels[t], s)[0] for s in scores[n][t]] for t in tasks}
+                            for n in names}
     if args.ensemble:
-        result["ensemble"] = {n: {t: ctr.gauc(users, base["preds"][f"label_{t}"], scores[n][t][0])[0]
-                                  for t in tasks} for n in names}
+        result["ensemble"] = {n: {t: ctr.gauc(users, labels[t], scores[n][t][0])[0] for t in tasks} for n in names}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"ranking_{dataset['name']}" + ("" if args.protocol == "streaming" else f"-{args.protocol}")
+    stem += "" if len(folds) == 1 else f"-folds{len(folds)}"
     stem += ("" if len(seeds) == 1 else f"-seeds{len(seeds)}") + ("-ensemble" if args.ensemble else "")
     stem += f"-{args.tag}" if args.tag else ""
+    text = markdown(result, names, tasks) if len(folds) == 1 else folds_markdown(result, names, tasks)
     write_json(args.out / f"{stem}.json", result)
-    write_text(args.out / f"{stem}.md", markdown(result, names, tasks))
-    print(markdown(result, names, tasks))
+    write_text(args.out / f"{stem}.md", text)
+    print(text)
+
+
+def load_fold(configs: list[Path], protocol: str, seeds: list, available: bool, fold: dict | None) -> dict:
+    """Every config's runs of one fold (one per seed), keyed by model; all tested on the same impressions."""
+    runs = {}
+    for config in configs:
+        have = [s for s in seeds if not available or
+                (run_folder(config, protocol, s, fold) / "metrics.json").is_file()] or seeds[:1]
+        per_seed = [load_run(config, run_folder(config, protocol, s, fold), protocol, s) for s in have]
+        model = per_seed[0]["metrics"]["run"]["model"]
+        # a model trained under two configs (din, din-listwise) is told apart by its config's name
+        runs[model if model == config.stem else f"{model} ({config.stem})"] = {"config": str(config),
+                                                                              "seeds": per_seed}
+    base = next(iter(runs.values()))["seeds"][0]
+    for r in (r for v in runs.values() for r in v["seeds"]):
+        if not np.array_equal(r["preds"]["row"], base["preds"]["row"]):
+            sys.exit(f"{r['folder']} and {base['folder']} were tested on different impressions: not comparable")
+    return runs
+
+
+def pooled_arrays(folds: list[dict], names: list[str], tasks: list[str], ensemble: bool):
+    """Users, labels and every model's scores (one array per seed, or the ensemble) over the folds' test
+    impressions, concatenated; a user of fold k becomes the unit (k, user), so each test window's GAUC is its own."""
+    bases = [f[names[0]]["seeds"][0]["preds"] for f in folds]
+    span = max(int(b["user"].max()) for b in bases) + 1
+    users = np.concatenate([k * span + b["user"].astype(np.int64) for k, b in enumerate(bases)])
+    labels = {t: np.concatenate([b[f"label_{t}"] for b in bases]) for t in tasks}
+    scores = {}
+    for n in names:
+        scores[n] = {}
+        for t in tasks:
+            per_fold = [scores_of(f[n]["seeds"], t, ensemble) for f in folds]
+            if len({len(p) for p in per_fold}) > 1:
+                sys.exit(f"{n}: the folds have different numbers of seeds")
+            scores[n][t] = [np.concatenate(parts) for parts in zip(*per_fold, strict=True)]
+    return users, labels, scores
 
 
 def scores_of(per_seed: list[dict], task: str, ensemble: bool) -> list[np.ndarray]:
@@ -244,6 +283,46 @@ def seed_table(result: dict, names: list[str], tasks: list[str]) -> list[str]:
             lines.append(f"| {name} | {t} | {mean('auc'):.4f} | {mean('gauc'):.4f} ({each}) | {mean('log_loss'):.4f} "
                          f"| {mean('normalized_entropy'):.4f} | {mean('ece'):.4f} | {epochs} | {minutes} |")
     return lines
+
+
+def folds_markdown(result: dict, names: list[str], tasks: list[str]) -> str:
+    """Pooled folds: each fold's cuts and per-seed GAUC, the pooled GAUC, and the paired tests on the pool."""
+    m = result["machine"]
+    lines = [f"# Ranking on {result['dataset']['name']}: {len(result['folds'])} temporal folds pooled", "",
+             "- requests: " + PROTOCOLS[result.get("protocol", "streaming")], "",
+             "- folds (each trained, selected on its validation day and tested once; test windows do not overlap):"]
+    for f in result["folds"]:
+        sp = f["split"]
+        test = sp.get("test", {})
+        lines.append(f"  - {sp.get('rule', {}).get('text', '')}: test rows {test.get('rows')}, users "
+                     f"{test.get('users')}, train rows {sp.get('train', {}).get('rows')}")
+    lines += ["", f"- commit {result['commit']}, {m['cpus']} CPUs, torch {m['torch']}; seeds: "
+              + "; ".join(f"{n} {', '.join(map(str, s))}" for n, s in result["seeds"].items()), "",
+              "| model | task | pooled GAUC (mean over seeds) | per fold: GAUC mean over seeds |", "|---|---|---|---|"]
+    for n in names:
+        for t in tasks:
+            pooled = result["pooled"][n][t]
+            per_fold = " / ".join(f"{fold_gauc(f['runs'][n], t):.4f}" for f in result["folds"])
+            lines.append(f"| {n} | {t} | {np.mean(pooled):.4f} | {per_fold} |")
+    lines += ["", "## Paired GAUC differences on the pooled test impressions (unit: a user in one fold's test window; "
+              "unit-bootstrap 95% CI; sign-flip permutation p, two-sided)", "",
+              "| comparison | task | GAUC A | GAUC B | B - A [95% CI] | p | units better / worse |",
+              "|---|---|---|---|---|---|---|"]
+    for key, p in result["paired"].items():
+        pair, task = key.rsplit(":", 1)
+        g = p["gauc"]
+        flag = " **" if task in MAIN_TASKS else ""
+        lines.append(f"| {pair} | {task}{flag} | {g['a']:.4f} | {g['b']:.4f} | {g['diff']:+.4f} [{g['ci_low']:+.4f}, "
+                     f"{g['ci_high']:+.4f}] | {g['p_value']:.4g} | {p['users_better']} / {p['users_worse']} |")
+    lines += ["", "(A = the baseline, B = the first model; ** marks the issue's target tasks; each unit's AUC is "
+              "averaged over a model's seeds" + (", here the seed ensemble's" if "ensemble" in result else "")
+              + " before the paired test)"]
+    return "\n".join(lines) + "\n"
+
+
+def fold_gauc(run: dict, task: str) -> float:
+    """A model's test GAUC of one fold, the mean over its seeds."""
+    return float(np.mean([r["tasks"][task]["metrics"]["gauc"]["value"] for r in run["by_seed"]]))
 
 
 if __name__ == "__main__":
