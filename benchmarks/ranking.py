@@ -226,12 +226,7 @@ def markdown(result: dict, names: list[str], tasks: list[str]) -> str:
     lines += ["", "## Paired GAUC differences (same test impressions; user-bootstrap 95% CI; sign-flip "
               "permutation p, two-sided)", "", "| comparison | task | GAUC A | GAUC B | B - A [95% CI] | p | "
               "users better / worse |", "|---|---|---|---|---|---|---|"]
-    for key, p in result["paired"].items():
-        pair, task = key.rsplit(":", 1)
-        g = p["gauc"]
-        flag = " **" if task in MAIN_TASKS else ""
-        lines.append(f"| {pair} | {task}{flag} | {g['a']:.4f} | {g['b']:.4f} | {g['diff']:+.4f} [{g['ci_low']:+.4f}, "
-                     f"{g['ci_high']:+.4f}] | {g['p_value']:.4g} | {p['users_better']} / {p['users_worse']} |")
+    lines += paired_rows(result)
     lines += ["", "(A = the baseline, B = the first model; ** marks the issue's target tasks)"]
     if "ensemble" in result:
         lines += ["", "## Seed ensembles (each impression's predicted probability averaged over a model's seeds)", "",
@@ -308,16 +303,23 @@ def folds_markdown(result: dict, names: list[str], tasks: list[str]) -> str:
               "unit-bootstrap 95% CI; sign-flip permutation p, two-sided)", "",
               "| comparison | task | GAUC A | GAUC B | B - A [95% CI] | p | units better / worse |",
               "|---|---|---|---|---|---|---|"]
+    lines += paired_rows(result)
+    lines += ["", "(A = the baseline, B = the first model; ** marks the issue's target tasks; each unit's AUC is "
+              "averaged over a model's seeds" + (", here the seed ensemble's" if "ensemble" in result else "")
+              + " before the paired test)"]
+    return "\n".join(lines) + "\n"
+
+
+def paired_rows(result: dict) -> list[str]:
+    """One table row per paired comparison and task (the issue's target tasks flagged **)."""
+    lines = []
     for key, p in result["paired"].items():
         pair, task = key.rsplit(":", 1)
         g = p["gauc"]
         flag = " **" if task in MAIN_TASKS else ""
         lines.append(f"| {pair} | {task}{flag} | {g['a']:.4f} | {g['b']:.4f} | {g['diff']:+.4f} [{g['ci_low']:+.4f}, "
                      f"{g['ci_high']:+.4f}] | {g['p_value']:.4g} | {p['users_better']} / {p['users_worse']} |")
-    lines += ["", "(A = the baseline, B = the first model; ** marks the issue's target tasks; each unit's AUC is "
-              "averaged over a model's seeds" + (", here the seed ensemble's" if "ensemble" in result else "")
-              + " before the paired test)"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def fold_gauc(run: dict, task: str) -> float:
