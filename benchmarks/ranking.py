@@ -10,9 +10,12 @@ frozen requests (``requests: frozen``; folders <out>-frozen) and writes ranking_
 ``--seeds 0 1 2`` reads (or trains) every config at each training seed (seed s > 0 in <folder>-seed<s>) and reports
 the mean over seeds, each seed's GAUC, and paired tests of the seed-averaged per-user AUCs; ``--ensemble`` instead
 scores each model by its seed ensemble (every impression's predicted probability averaged over the seeds), reports
-the ensemble's GAUC per task and pairs the ensembles (written with an -ensemble suffix).
+the ensemble's GAUC per task and pairs the ensembles (written with an -ensemble suffix). ``--folds default
+20220504,20220505,20220507 ...`` adds earlier temporal folds (each VALID_DAY,TEST_DAY,END_DAY; runs in
+<folder>-fold<TEST_DAY>, trained with --set temporal.valid_day=... etc.) and pools their test windows: more test
+users for the paired tests, and the per-fold GAUC shows whether a lead holds in every window (-foldsN suffix).
 
-    python benchmarks/ranking.py [--train] [--protocol frozen] [--seeds 0 1 2]
+    python benchmarks/ranking.py [--train] [--protocol frozen] [--seeds 0 1 2] [--folds default V,T,E ...]
         [--ensemble] [--configs configs/kuairand/ranker.yaml ...]
 """
 
@@ -88,7 +91,8 @@ def main() -> None:
     ap.add_argument("--configs", type=Path, nargs="+", default=[Path(f"configs/kuairand/{m}.yaml")
                                                                  for m in ("ranker", "dcn", "din", "gbdt")],
                     help="The first is the model under test; the others are its baselines.")
-    ap.add_argument("--train", action="store_true", help="Train every config first (else read the run folders).")
+    ap.add_argument("--train", action="store_true", help="Train every config first, each fold and seed, reusing "
+                    "finished runs (else only read the run folders).")
     ap.add_argument("--protocol", choices=("streaming", "frozen"), default="streaming",
                     help="Requests the runs trained and were tested with (the run config's `requests`): frozen "
                          "runs live in <out>-frozen and are trained with --set requests=frozen.")
@@ -114,9 +118,11 @@ def main() -> None:
         for fold in args.folds:
             for config in args.configs:
                 for seed in seeds:
+                    folder = run_folder(config, args.protocol, seed, fold)
+                    if (folder / "metrics.json").is_file():
+                        continue  # finished runs are reused
                     subprocess.run([sys.executable, "-m", "genrec", "train", "--config", str(config), "--out",
-                                    str(run_folder(config, args.protocol, seed, fold)), "--set",
-                                    f"requests={args.protocol}", *fold_overrides(fold)]
+                                    str(folder), "--set", f"requests={args.protocol}", *fold_overrides(fold)]
                                    + ([] if seed is None else ["--set", f"train.seed={seed}"]), check=True)
     folds = [load_fold(args.configs, args.protocol, seeds, args.available, fold) for fold in args.folds]
     runs = folds[0]
