@@ -67,8 +67,10 @@ def test_malformed_json_and_bad_events_are_422(bundles, tmp_path):
     r = c.post("/v1/recommend", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
     for payload in ({"user_id": "u", "items": []}, {"items": ["1"]}, {"user_id": "u", "items": ["1"],
-                                                                       "timestamps": [1, 2]}):
+                                                                       "timestamps": [1, 2]},
+                    {"user_id": "u", "items": ["1"], "timestamps": [2**63]}):  # beyond int64: a 422, not a 500
         assert c.post("/v1/events", json=payload).status_code == 422
+    assert c.post("/v1/recommend", json={"history": ["3"], "timestamps": [-(2**63)]}).status_code == 422
     assert c.get("/v1/items/3/similar", params={"k": 0}).status_code == 422
 
 

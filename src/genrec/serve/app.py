@@ -52,11 +52,15 @@ ACTIONS_DOC = ("What the user did with each item (signal -> number >= 0, e.g. {\
                "null: the default interaction), read by a bundle's ranking stage.")
 
 
+# Event times: integers a float64 holds exactly (the models and the store compute with them); larger is an error.
+Timestamp = Annotated[int, Field(ge=-(2**53), le=2**53)]
+
+
 class RecommendRequest(_Body):
     user_id: str | None = Field(None, min_length=1, max_length=200, description="Read the history from the store.")
     history: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
         None, max_length=10_000, description="Explicit history: raw item ids, oldest first.")
-    timestamps: list[int] | None = Field(None, description="Unix seconds, one per history item.")
+    timestamps: list[Timestamp] | None = Field(None, description="Unix seconds, one per history item.")
     actions: list[Actions | None] | None = Field(None, description=ACTIONS_DOC + " One per history item.")
     k: int = Field(10, ge=1, le=1000)
     exclude_seen: bool = True
@@ -78,7 +82,7 @@ class RecommendRequest(_Body):
 class EventsRequest(_Body):
     user_id: str = Field(min_length=1, max_length=200)
     items: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1, max_length=1000)
-    timestamps: list[int] | None = None
+    timestamps: list[Timestamp] | None = Field(None, description="Unix seconds, one per item.")
     actions: list[Actions | None] | None = Field(None, description=ACTIONS_DOC + " One per item.")
 
     @model_validator(mode="after")

@@ -87,7 +87,7 @@ def run_split(config: Any, ds: SequenceDataset) -> Split:
     if config.split == "cold":
         return make_split(ds, "cold", fraction=config.cold_start.fraction, seed=config.cold_start.seed)
     if config.split == "temporal":
-        return make_split(ds, "temporal", **config.temporal.model_dump())
+        return make_split(ds, "temporal", **config.temporal.model_dump(exclude={"valid_day", "test_day", "end_day"}))
     return make_split(ds, config.split)
 
 
