@@ -7,13 +7,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from genrec.data.dataset import Vocab
 from genrec.data.impressions import ImpressionLog, leave_one_out_split, temporal_split, utc_day
-from genrec.errors import ConfigError
+from genrec.errors import ConfigError, GenrecError
 from genrec.io import read_json
 from genrec.train import trainer_class
 from genrec.train.config import RunConfig
+from genrec.train.loop import WeightAverage
 from genrec.train.ranking import RankingTrainer
 
 DAY_MS = 86_400_000
@@ -98,9 +100,10 @@ def test_frozen_run_scores_every_test_impression_with_its_request_history(log_an
     assert sorted(preds["row"]) == np.flatnonzero(split.test).tolist()
 
 
-def test_resume_gives_the_same_result(log_and_split, tmp_path):
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_resume_gives_the_same_result(ema, log_and_split, tmp_path):
     log, split = log_and_split
-    full = RankingTrainer(config("dcn"), tmp_path / "full", log=log, split=split, show_progress=False).fit()
+    full = RankingTrainer(config("dcn", ema=ema), tmp_path / "full", log=log, split=split, show_progress=False).fit()
     stopped = []
 
     def stop_after_two(record):
@@ -109,9 +112,9 @@ def test_resume_gives_the_same_result(log_and_split, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        RankingTrainer(config("dcn"), tmp_path / "resumed", log=log, split=split,
+        RankingTrainer(config("dcn", ema=ema), tmp_path / "resumed", log=log, split=split,
                        show_progress=False).fit(on_epoch_end=stop_after_two)
-    resumed = RankingTrainer(config("dcn"), tmp_path / "resumed", log=log, split=split,
+    resumed = RankingTrainer(config("dcn", ema=ema), tmp_path / "resumed", log=log, split=split,
                              show_progress=False).fit(resume=True)
     a = read_json(tmp_path / "full" / "metrics.json")["metrics"]
     b = read_json(tmp_path / "resumed" / "metrics.json")["metrics"]
@@ -119,7 +122,44 @@ def test_resume_gives_the_same_result(log_and_split, tmp_path):
     assert a["auc:click"]["value"] == pytest.approx(b["auc:click"]["value"], abs=1e-6)
 
 
+def test_weight_average_is_what_validation_reads_and_the_run_keeps(log_and_split, tmp_path):
+    log, split = log_and_split
+    plain = RankingTrainer(config("ranker"), tmp_path / "plain", log=log, split=split, show_progress=False).fit()
+    averaged = RankingTrainer(config("ranker", ema=0.99), tmp_path / "ema", log=log, split=split,
+                              show_progress=False)
+    result = averaged.fit()
+    assert read_json(tmp_path / "ema" / "metrics.json")["tasks"]["click"]["metrics"]["auc"]["value"] > 0.6
+    assert [h["valid_gauc:mean"] for h in result.history] != [h["valid_gauc:mean"] for h in plain.history]
+    # the last epoch's weights were restored after validation; the kept (best) ones are the running average
+    final = {k: v for k, v in averaged.average.avg.items()}
+    if result.best_epoch == len(result.history):
+        for k, p in result.model.named_parameters():
+            assert torch.equal(p.detach(), final[k]), k
+
+
+def test_weight_average_warms_up_then_follows_the_decay():
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    avg = WeightAverage(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    avg.update(model)  # step 1: d = min(.5, 2 / 11) = 2 / 11
+    assert avg.avg["weight"][0, 0].item() == pytest.approx(9 / 11)
+    avg.update(model)  # step 2: d = min(.5, 3 / 12) = .25
+    assert avg.avg["weight"][0, 0].item() == pytest.approx(1 - 0.25 * 2 / 11)
+    with avg.swapped(model) as m:
+        assert m.weight[0, 0].item() == pytest.approx(1 - 0.5 / 11)
+    assert model.weight[0, 0].item() == 1.0  # its own weights back
+    with pytest.raises(GenrecError, match="does not match"):
+        avg.load({"other": torch.zeros(1), "__steps__": torch.tensor(1)})
+
+
 def test_bad_ranking_configs():
+    with pytest.raises(Exception, match="train.ema applies"):
+        RunConfig.model_validate({"dataset": "x", "model": {"name": "sasrec"}, "train": {"ema": 0.99}})
+    with pytest.raises(Exception, match="ema"):
+        RunConfig.model_validate({"dataset": "x", "model": {"name": "din"}, "train": {"ema": 1.0}})
     with pytest.raises(Exception, match="split must be temporal or loo"):
         RunConfig.model_validate({"dataset": "x", "split": "cold", "model": {"name": "din"}})
     assert RunConfig.model_validate({"dataset": "x", "split": "loo", "model": {"name": "din"}}).split == "loo"

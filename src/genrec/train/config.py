@@ -44,6 +44,9 @@ class OptimConfig(BaseModel):
                                                   "over the max_minutes wall-time budget (needs max_minutes; the "
                                                   "schedule then depends on the machine's speed).")
     clip_norm: float | None = Field(1.0, gt=0, description="Gradient clipping by global norm (None = off).")
+    ema: float | None = Field(None, gt=0, lt=1, description="Ranking models: validate, select and test an "
+                              "exponential moving average of the weights with this decay per step (e.g. 0.999; "
+                              "genrec.train.loop.WeightAverage) instead of the last weights. None = off.")
     epochs: int = Field(100, ge=1, description="Maximum epochs (the schedule's length).")
     max_minutes: float | None = Field(None, gt=0, description="Wall-time budget for training; stops after the "
                                       "epoch that crosses it.")
@@ -217,6 +220,8 @@ class RunConfig(BaseModel):
             raise ValueError("negatives: applies to ranking models (ranker, dcn, din)")
         if self.requests != "streaming" and self.model.name not in RANKERS:
             raise ValueError("requests: applies to ranking models (ranker, dcn, din)")
+        if self.train.ema is not None and self.model.name not in RANKING:
+            raise ValueError("train.ema applies to the torch ranking models (ranker, dcn, din)")
         if self.model.name in RANKERS:
             if self.split == "cold" or (self.split == "loo" and self.model.name == "gbdt"):
                 raise ValueError(f"model {self.model.name} trains on an impression log split by time: split must "

@@ -19,6 +19,7 @@ log loss and ECE are not); the uncalibrated ECE and log loss are reported too.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import time
@@ -52,7 +53,15 @@ from genrec.models.ranking import RankBatch, RankSpec
 from genrec.progress import progress_bar
 from genrec.train.allocator import tune_glibc_malloc
 from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
-from genrec.train.loop import finish_epoch, optimizer_step, print_epoch, resolve_device, select, start_run
+from genrec.train.loop import (
+    WeightAverage,
+    finish_epoch,
+    optimizer_step,
+    print_epoch,
+    resolve_device,
+    select,
+    start_run,
+)
 from genrec.train.trainer import seed_everything
 
 EVAL_BATCH = 256  # requests per forward pass when predicting
@@ -292,6 +301,9 @@ class RankingTrainer:
         steps_per_epoch = math.ceil(len(train) / tcfg.batch_size)
         opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume)
         ckpt = self.run_dir / "checkpoint"
+        self.average = WeightAverage(model, tcfg.ema) if tcfg.ema else None
+        if self.average is not None and resume:
+            self.average.load(load_tensors(ckpt / "ema.safetensors"))
         while state["stopped"] is None and state["epoch"] < tcfg.epochs:
             epoch = state["epoch"] + 1
             loss, rows, seconds, out_of_time = self._epoch(model, opt, sched, log, train, epoch, device, start_clock)
@@ -301,18 +313,20 @@ class RankingTrainer:
             record = {"epoch": epoch, "step": state["step"], "loss": loss, "tokens_per_s": rows / seconds,
                       "epoch_seconds": seconds, "elapsed_s": state["train_seconds"], "lr": sched.get_last_lr()[0]}
             if epoch % tcfg.eval_every == 0 or out_of_time or epoch == tcfg.epochs:
-                vrows, vpreds = predict(model, log, requests["valid"], spec, device)
-                valid = selection_value(metric, log, vrows, vpreds, spec.binary_tasks)
-                if not math.isfinite(valid["select"]):
-                    raise ConfigError(f"eval.select_metric {metric} is undefined on the validation part (GAUC needs "
-                                      "users with both outcomes there; under split: loo a user holds one validation "
-                                      "rating and its sampled candidates): select on auc:<task> or another task")
-                record.update({f"valid_{k}": v for k, v in valid.items() if k != "select"})
-                record[f"valid_{metric}"] = valid["select"]
-                select(state, epoch, valid["select"], tcfg.patience,
-                       lambda: save_tensors(ckpt / "best.safetensors", model.state_dict()))
+                with self._evaluated(model) as evaluated:
+                    vrows, vpreds = predict(evaluated, log, requests["valid"], spec, device)
+                    valid = selection_value(metric, log, vrows, vpreds, spec.binary_tasks)
+                    if not math.isfinite(valid["select"]):
+                        raise ConfigError(f"eval.select_metric {metric} is undefined on the validation part (GAUC "
+                                          "needs users with both outcomes there; under split: loo a user holds one "
+                                          "validation rating and its sampled candidates): select on auc:<task> or "
+                                          "another task")
+                    record.update({f"valid_{k}": v for k, v in valid.items() if k != "select"})
+                    record[f"valid_{metric}"] = valid["select"]
+                    select(state, epoch, valid["select"], tcfg.patience,
+                           lambda: save_tensors(ckpt / "best.safetensors", evaluated.state_dict()))
             finish_epoch(self.run_dir, board, state, record, out_of_time, tcfg.max_minutes,
-                         lambda: save_checkpoint(ckpt, model, opt, sched, state))
+                         lambda: self._save_checkpoint(ckpt, model, opt, sched, state))
             if self.show_progress:
                 print_epoch({**record, **{k: v for k, v in record.items() if k.startswith("valid_gauc")}})
             if on_epoch_end is not None:
@@ -324,6 +338,15 @@ class RankingTrainer:
             calibration = fit_calibration(cfg.eval, log, split, vrows, vpreds, spec.binary_tasks)
         test = self._test(model, log, split, requests["test"], spec, state, device, calibration)
         return RankingResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
+
+    def _evaluated(self, model: torch.nn.Module):
+        """The weights validation reads and selection keeps: the model's, or their running average (train.ema)."""
+        return contextlib.nullcontext(model) if self.average is None else self.average.swapped(model)
+
+    def _save_checkpoint(self, ckpt: Path, model, opt, sched, state: dict) -> None:
+        if self.average is not None:  # before the JSON state, which save_checkpoint writes last
+            save_tensors(ckpt / "ema.safetensors", self.average.state())
+        save_checkpoint(ckpt, model, opt, sched, state)
 
     def _epoch(self, model, opt, sched, log, train: Requests, epoch: int, device, start_clock):
         tcfg = self.config.train
@@ -337,6 +360,8 @@ class RankingTrainer:
                 mask = batch.cand_mask
                 loss, _ = model.loss(model(batch), batch.labels, mask)
                 optimizer_step(loss, model, opt, sched, tcfg.clip_norm)
+                if self.average is not None:
+                    self.average.update(model)
                 n = int(mask.sum())
                 total, n_rows = total + float(loss.detach()) * n, n_rows + n
                 elapsed = time.perf_counter() - t0
