@@ -9,7 +9,7 @@ import pydantic
 import pytest
 import torch
 
-from genrec.models.ranker import GenerativeRanker, RankerConfig
+from genrec.models.ranker import GenerativeRanker, RankerConfig, gap_bucket
 from genrec.models.ranking import RankBatch, RankSpec, multitask_loss
 from genrec.nn.attention import causal_mask, masked_pointwise_attention, pointwise_attention
 from genrec.nn.relative_bias import RelativeBias
@@ -590,3 +590,36 @@ def test_ranker_with_history_stats_keeps_kv_reuse_exact_and_reads_only_the_visib
     with pytest.raises(ValueError, match="history_stats names keys"):
         GenerativeRanker(RankerConfig(dim=16, heads=2, history_stats=("author",)), spec, {"cat": ITEM_CAT},
                          {"age": USER_AGE})
+
+
+def test_gap_buckets_are_log2_seconds_and_zero_without_history() -> None:
+    gaps = torch.tensor([0, 999, 1_000, 3_000, 86_400_000, 10**15])
+    assert gap_bucket(gaps, torch.ones(6, dtype=torch.bool)).tolist() == [1, 1, 2, 3, 17, 25]
+    assert gap_bucket(gaps, torch.zeros(6, dtype=torch.bool)).tolist() == [0] * 6
+
+
+def test_context_keeps_kv_reuse_exact_and_reads_the_candidates_own_time_and_visible_history() -> None:
+    torch.manual_seed(0)
+    model = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3,
+                                          context=("hour", "gap")), SPEC, {"cat": ITEM_CAT},
+                             {"age": USER_AGE}).double().eval()
+
+    def edit(batch: RankBatch, j: int) -> RankBatch:  # history token j one hour later (its gap to candidates moves)
+        edited = dataclasses.replace(batch, hist_time=batch.hist_time.clone())
+        edited.hist_time[0, j:] += 3_600_000
+        return edited
+
+    assert_exact_and_prefix_only(model, edit)
+    batch = make_batch(9, length=8)
+    base = stacked(model(batch))
+    later = dataclasses.replace(batch, cand_time=batch.cand_time.clone())
+    later.cand_time[:, 0] += 5 * 3_600_000  # another hour of day for candidate 0 only
+    moved = stacked(model(later))
+    assert not torch.allclose(moved[:, 0], base[:, 0])
+    torch.testing.assert_close(moved[:, 1:], base[:, 1:], **TIGHT)
+    model.context["hour"].weight.data.zero_()
+    model.context["gap"].weight.data.zero_()  # zero context embeddings: the plain ranker's outputs
+    plain = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3), SPEC,
+                             {"cat": ITEM_CAT}, {"age": USER_AGE}).double().eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("context.")})
+    torch.testing.assert_close(stacked(plain(batch)), stacked(model(batch)), **TIGHT)

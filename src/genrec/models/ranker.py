@@ -60,6 +60,16 @@ from genrec.models.ranking import (
 )
 from genrec.nn.attention import masked_pointwise_attention
 
+HOUR_MS = 3_600_000
+CONTEXT_SIZES = {"hour": 24, "gap": 26}  # gap: 0 = no history read, 1 + min(floor(log2(1 + seconds)), 24)
+
+
+def gap_bucket(gap_ms: torch.Tensor, has_history: torch.Tensor) -> torch.Tensor:
+    """Log2 buckets of a time gap in ms (1 = under a second ... 25 = over ~194 days); 0 where there is no history."""
+    seconds = gap_ms.clamp(min=0).to(torch.float64) / 1000.0
+    bucket = 1 + torch.floor(torch.log2(1.0 + seconds)).long().clamp(max=CONTEXT_SIZES["gap"] - 2)
+    return torch.where(has_history, bucket, torch.zeros_like(bucket))
+
 
 class RankerConfig(RankingOptions):
     """Hyper-parameters of :class:`GenerativeRanker`."""
@@ -98,6 +108,10 @@ class RankerConfig(RankingOptions):
         "heads also read the candidate's pooled interest sum_j w(h_j, e) h_j over the history tokens it may see "
         "(item + action embeddings; weights from MLP([h, e, h - e, h * e]), not normalised) and its product with "
         "the candidate's embedding. Off by default.")
+    context: tuple[Literal["hour", "gap"], ...] = Field(
+        (), description="Request-context embeddings added to every candidate token: 'hour' (UTC hour of day of the "
+        "candidate's time) and 'gap' (log2 buckets of the seconds since the last history impression the candidate "
+        "may read). Both are known when a request is served. Default none.")
     history_stats: tuple[str, ...] | None = Field(
         None, description="When set, the heads also read exact counts over the history each candidate may read "
         "(HistoryStats): the user's rate of every action signal and, per key named here ('item', or an item "
@@ -149,6 +163,9 @@ class GenerativeRanker(nn.Module):
                                          use_id=config.user_id)
         self.action_emb = ActionEmbedding(spec.action_sizes, d, config.init_std)
         self.cand_type = nn.Parameter(torch.randn(d) * config.init_std)
+        self.context = nn.ModuleDict({name: nn.Embedding(CONTEXT_SIZES[name], d) for name in config.context})
+        for emb in self.context.values():
+            nn.init.normal_(emb.weight, std=config.init_std)
         self.drop = nn.Dropout(config.dropout)
         block_cfg = HSTUConfig(dim=d, blocks=config.blocks, heads=config.heads, max_len=config.max_len,
                                dropout=config.dropout, init_std=config.init_std, time_buckets=config.time_buckets,
@@ -195,8 +212,17 @@ class GenerativeRanker(nn.Module):
         x = torch.cat([self.user_emb(batch.user)[:, None], hist], dim=1)
         return self._scale(x), times, length, shift, hist, items, actions
 
-    def _candidate_tokens(self, items: torch.Tensor) -> torch.Tensor:
-        return self._scale(self.item_emb(items) + self.cand_type)
+    def _candidate_tokens(self, items: torch.Tensor, times: torch.Tensor, vis: torch.Tensor,
+                          hist_time: torch.Tensor) -> torch.Tensor:
+        """Candidate tokens [B, M, D]: item + candidate type + context; ``vis`` [B, M]: the kept history tokens
+        each candidate reads, ``hist_time`` [B, L] their times."""
+        x = self.item_emb(items) + self.cand_type
+        if "hour" in self.context:
+            x = x + self.context["hour"](torch.div(times, HOUR_MS, rounding_mode="floor") % 24)
+        if "gap" in self.context:
+            last = hist_time.gather(1, (vis - 1).clamp(min=0)) if hist_time.shape[1] else torch.zeros_like(times)
+            x = x + self.context["gap"](gap_bucket(times - last, vis > 0))
+        return self._scale(x)
 
     def _head_input(self, out: torch.Tensor, items: torch.Tensor, user: torch.Tensor | None,
                     interest: torch.Tensor | None, stats: torch.Tensor | None) -> torch.Tensor:
@@ -308,7 +334,7 @@ class GenerativeRanker(nn.Module):
         parts: list[dict[str, torch.Tensor]] = []
         for start in range(0, cand_items.shape[1], chunk):
             sl = slice(start, start + chunk)
-            x = self._candidate_tokens(cand_items[:, sl])
+            x = self._candidate_tokens(cand_items[:, sl], cand_time[:, sl], vis_all[:, sl], cache.hist_time)
             rel, gap, mask = self._candidate_geometry(vis_all[:, sl], cand_time[:, sl], cache.hist_time)
             bias_idx = self.blocks[0].rab.index(rel, gap)
             zero = torch.zeros((), dtype=torch.long, device=x.device)
@@ -342,8 +368,10 @@ class GenerativeRanker(nn.Module):
         cols = torch.arange(n, device=x_h.device)
         outs: list[dict[str, torch.Tensor]] = []
         for c in range(batch.cand_items.shape[1]):
-            x = torch.cat([x_h, self._candidate_tokens(batch.cand_items[:, c:c + 1])], dim=1)
             vis = vis_all[:, c]
+            cand = self._candidate_tokens(batch.cand_items[:, c:c + 1], batch.cand_time[:, c:c + 1], vis[:, None],
+                                          times)
+            x = torch.cat([x_h, cand], dim=1)
             pos = torch.cat([cols[None, :-1].expand(len(vis), -1), (vis + 1)[:, None]], dim=1)  # [B, N]
             t = torch.cat([times[:, :1], times, batch.cand_time[:, c:c + 1]], dim=1)  # user slot: any value
             rel = pos[:, :, None] - pos[:, None, :]
