@@ -280,3 +280,21 @@ def test_negative_pools_are_read_by_raw_id_and_checked(log_and_split, tmp_path):
     with pytest.raises(Exception, match="negatives"):
         RunConfig.model_validate({"dataset": "gen", "model": {"name": "sasrec"}, "negatives": {"pools": str(path)}})
     assert config("ranker").model_copy(update={"negatives": None}).negatives is None
+
+
+def test_training_requests_can_differ_from_the_evaluated_ones(log_and_split):
+    from genrec.train.ranking import make_requests
+    log, split = log_and_split
+    frozen = RunConfig.model_validate({**config("ranker").model_dump(), "requests": "frozen"})
+    mixed = RunConfig.model_validate({**frozen.model_dump(), "train_requests": "streaming", "train_stride": 4})
+    a, b = make_requests(frozen, log, split), make_requests(mixed, log, split)
+    for part in ("valid", "test"):  # evaluation follows `requests`
+        assert np.array_equal(a[part].visible.values, b[part].visible.values)
+        assert np.array_equal(a[part].candidates.offsets, b[part].candidates.offsets)
+    assert a["train"].frozen and not b["train"].frozen
+    assert np.diff(b["train"].candidates.offsets).max() <= 4 < np.diff(a["train"].candidates.offsets).max()
+    assert np.array_equal(np.sort(a["train"].candidates.values), np.sort(b["train"].candidates.values))
+    with pytest.raises(Exception, match="train_stride"):
+        RunConfig.model_validate({**frozen.model_dump(), "train_stride": 33})  # above max_len 32
+    with pytest.raises(Exception, match="apply to the torch ranking models"):
+        RunConfig.model_validate({"dataset": "x", "model": {"name": "gbdt"}, "train_requests": "frozen"})

@@ -189,6 +189,14 @@ class RunConfig(BaseModel):
         "features as of its request's first). Within-user metrics under "
         "streaming reward reading the outcomes of the other candidates being ranked (a per-user counter of earlier "
         "positives beats every model; benchmarks/ranking_counters.py); frozen measures the order of items only.")
+    train_requests: Literal["streaming", "frozen"] | None = Field(
+        None, description="Torch ranking models: how the training requests' candidates read the history (default: "
+        "as `requests`). Validation and test always follow `requests`; training requests may differ, e.g. frozen "
+        "requests scored by a model trained on streaming ones, whose candidates read every earlier impression.")
+    train_stride: int | None = Field(None, ge=1, description="Torch ranking models: consecutive impressions of a "
+                                     "user per training request (default max_len // 2). Frozen training requests "
+                                     "all read the history as of their first candidate; a shorter stride gives "
+                                     "more of them a longer history.")
     out: str | None = Field(None, description="Run folder (default runs/<config file stem>).")
 
     @model_validator(mode="before")
@@ -220,6 +228,11 @@ class RunConfig(BaseModel):
             raise ValueError("negatives: applies to ranking models (ranker, dcn, din)")
         if self.requests != "streaming" and self.model.name not in RANKERS:
             raise ValueError("requests: applies to ranking models (ranker, dcn, din)")
+        if (self.train_requests is not None or self.train_stride is not None) and self.model.name not in RANKING:
+            raise ValueError("train_requests and train_stride apply to the torch ranking models (ranker, dcn, din)")
+        if self.train_stride is not None and self.train_stride > getattr(self.model, "max_len", self.train_stride):
+            raise ValueError(f"train_stride ({self.train_stride}) must be at most model.max_len "
+                             f"({self.model.max_len})")
         if self.train.ema is not None and self.model.name not in RANKING:
             raise ValueError("train.ema applies to the torch ranking models (ranker, dcn, din)")
         if self.model.name in RANKERS:

@@ -79,11 +79,14 @@ class RankingResult:
 
 def make_requests(cfg: Any, log: ImpressionLog, split: Any) -> dict[str, Requests]:
     """Training, validation and test requests of a ranking run. Frozen runs (``requests: frozen``) score each
-    evaluation request of up to max_len impressions with one history, as benchmarks/ranking_frozen.py does."""
-    max_len, stride = cfg.model.max_len, getattr(cfg.model, "stride", None)
-    frozen = cfg.requests == "frozen"
-    return {part: ranking_requests(log, split.part(part), max_len, stride if part == "train" or not frozen
-                                   else max_len, frozen=frozen) for part in ("train", "valid", "test")}
+    evaluation request of up to max_len impressions with one history, as benchmarks/ranking_frozen.py does;
+    training requests follow ``train_requests`` and ``train_stride`` where set."""
+    max_len, frozen = cfg.model.max_len, cfg.requests == "frozen"
+    train_frozen = frozen if cfg.train_requests is None else cfg.train_requests == "frozen"
+    out = {"train": ranking_requests(log, split.part("train"), max_len, cfg.train_stride, frozen=train_frozen)}
+    for part in ("valid", "test"):
+        out[part] = ranking_requests(log, split.part(part), max_len, max_len if frozen else None, frozen=frozen)
+    return out
 
 
 def build_ranking_model(config: Any, spec: RankSpec, log: ImpressionLog) -> torch.nn.Module:
