@@ -14,6 +14,7 @@ from genrec.data.impressions import ImpressionLog, leave_one_out_split, temporal
 from genrec.errors import ConfigError, GenrecError
 from genrec.io import read_json
 from genrec.train import trainer_class
+from genrec.train.checkpoint import load_tensors
 from genrec.train.config import RunConfig
 from genrec.train.loop import WeightAverage
 from genrec.train.ranking import RankingTrainer
@@ -130,11 +131,15 @@ def test_weight_average_is_what_validation_reads_and_the_run_keeps(log_and_split
     result = averaged.fit()
     assert read_json(tmp_path / "ema" / "metrics.json")["tasks"]["click"]["metrics"]["auc"]["value"] > 0.6
     assert [h["valid_gauc:mean"] for h in result.history] != [h["valid_gauc:mean"] for h in plain.history]
-    # the last epoch's weights were restored after validation; the kept (best) ones are the running average
-    final = {k: v for k, v in averaged.average.avg.items()}
+    # the checkpoint holds the running average; the kept (best) weights are the average at the best epoch
+    saved = load_tensors(tmp_path / "ema" / "checkpoint" / "ema.safetensors")
+    assert int(saved.pop("__steps__")) == averaged.average.steps > 0
+    assert all(torch.equal(saved[k], v) for k, v in averaged.average.avg.items())
+    last = load_tensors(tmp_path / "ema" / "checkpoint" / "model.safetensors")  # the last iterate, not averaged
+    assert any(not torch.equal(last[k], v) for k, v in averaged.average.avg.items())
     if result.best_epoch == len(result.history):
         for k, p in result.model.named_parameters():
-            assert torch.equal(p.detach(), final[k]), k
+            assert torch.equal(p.detach(), saved[k]), k
 
 
 def test_weight_average_warms_up_then_follows_the_decay():
