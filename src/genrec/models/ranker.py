@@ -112,6 +112,11 @@ class RankerConfig(RankingOptions):
         (), description="Request-context embeddings added to every candidate token: 'hour' (UTC hour of day of the "
         "candidate's time) and 'gap' (log2 buckets of the seconds since the last history impression the candidate "
         "may read). Both are known when a request is served. Default none.")
+    item_id_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Cold items: training leaves an item's id embedding out (features only) with "
+        "this probability, and the ids of items without a training impression start at zero (they get no "
+        "gradient, so they stay there): an item first shown after training is then scored from its features, as "
+        "training taught, rather than from a random id vector. 0 (default): off.")
     history_stats: tuple[str, ...] | None = Field(
         None, description="When set, the heads also read exact counts over the history each candidate may read "
         "(HistoryStats): the user's rate of every action signal and, per key named here ('item', or an item "
@@ -158,7 +163,8 @@ class GenerativeRanker(nn.Module):
             raise ValueError(f"task_weights names tasks the data does not have: {sorted(unknown)}")
         self.config, self.spec = config, spec
         d = config.dim
-        self.item_emb = FeatureEmbedding(spec.n_items, d, spec.item_feature_sizes, item_tables, config.init_std)
+        self.item_emb = FeatureEmbedding(spec.n_items, d, spec.item_feature_sizes, item_tables, config.init_std,
+                                         id_dropout=config.item_id_dropout)
         self.user_emb = FeatureEmbedding(spec.n_users, d, spec.user_feature_sizes, user_tables, config.init_std,
                                          use_id=config.user_id)
         self.action_emb = ActionEmbedding(spec.action_sizes, d, config.init_std)

@@ -84,9 +84,10 @@ class FeatureEmbedding(nn.Module):
     with the weights, so a model needs only indices at run time."""
 
     def __init__(self, n: int, dim: int, sizes: dict[str, int] | None, tables: dict[str, torch.Tensor] | None,
-                 init_std: float = 0.02, use_id: bool = True):
+                 init_std: float = 0.02, use_id: bool = True, id_dropout: float = 0.0):
         super().__init__()
         self.n = n
+        self.id_dropout = id_dropout  # training: an index's id embedding is left out with this probability
         # use_id=False: features only (an index with a handful of rows would only memorise its own base rate)
         self.id = nn.Embedding(n + 1, dim, padding_idx=0) if use_id else None
         if self.id is not None:
@@ -113,10 +114,22 @@ class FeatureEmbedding(nn.Module):
         with torch.no_grad():
             self._table = self.forward(torch.arange(self.n + 1, device=device))
 
+    def zero_ids(self, which: torch.Tensor) -> None:
+        """Set the id embeddings of the indices where ``which`` [n + 1] is true to zero (features only)."""
+        if self.id is not None:
+            with torch.no_grad():
+                self.id.weight[which.to(self.id.weight.device)] = 0.0
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if self._table is not None and not self.training:
             return self._table[idx]
-        out = self.id(idx) if self.id is not None else torch.zeros(*idx.shape, self.dim, device=idx.device)
+        if self.id is None:
+            out = torch.zeros(*idx.shape, self.dim, device=idx.device)
+        elif self.training and self.id_dropout > 0:
+            keep = torch.rand(idx.shape, device=idx.device) >= self.id_dropout
+            out = self.id(idx) * keep[..., None]
+        else:
+            out = self.id(idx)
         for name in self.names:
             out = out + self.feats[f"f_{name}"](getattr(self, f"table_{name}")[idx])
         return out

@@ -154,6 +154,14 @@ def fit_item_prior(model: torch.nn.Module, log: ImpressionLog, train: np.ndarray
                   base_rows=torch.as_tensor(train[rows], device=device))
 
 
+def zero_unseen_item_ids(model: torch.nn.Module, log: ImpressionLog, train: np.ndarray) -> None:
+    """``model.item_id_dropout``: the ids of items without a training impression (rows ``train``) are zeroed."""
+    if getattr(model.config, "item_id_dropout", 0.0) > 0:
+        seen = np.zeros(log.n_items + 1, dtype=bool)
+        seen[log.item[train]] = True
+        model.item_emb.zero_ids(torch.as_tensor(~seen))
+
+
 def _tables(features: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {name: torch.as_tensor(np.asarray(codes, dtype=np.int64)) for name, codes in features.items()}
 
@@ -300,6 +308,7 @@ class RankingTrainer:
         requests = make_requests(cfg, log, split)
         model = build_ranking_model(cfg.model, spec, log).to(device)
         fit_item_prior(model, log, split.part("train"), getattr(cfg.model, "item_prior_counts", "train"))
+        zero_unseen_item_ids(model, log, split.part("train"))
         train = requests["train"]
         steps_per_epoch = math.ceil(len(train) / tcfg.batch_size)
         opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume)
