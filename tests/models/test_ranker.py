@@ -623,3 +623,24 @@ def test_context_keeps_kv_reuse_exact_and_reads_the_candidates_own_time_and_visi
                              {"cat": ITEM_CAT}, {"age": USER_AGE}).double().eval()
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("context.")})
     torch.testing.assert_close(stacked(plain(batch)), stacked(model(batch)), **TIGHT)
+
+
+def test_mf_cross_keeps_kv_reuse_exact_and_adds_only_the_user_item_product() -> None:
+    torch.manual_seed(0)
+    model = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3, mf_dim=8), SPEC,
+                             {"cat": ITEM_CAT}, {"age": USER_AGE}).double().eval()
+
+    def edit(batch: RankBatch, j: int) -> RankBatch:
+        edited = dataclasses.replace(batch, hist_items=batch.hist_items.clone())
+        edited.hist_items[0, j] = 1 + edited.hist_items[0, j] % (SPEC.n_items - 1)
+        return edited
+
+    assert_exact_and_prefix_only(model, edit)
+    batch = make_batch(9, length=8)
+    with_mf = stacked(model(batch))
+    plain = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3), SPEC,
+                             {"cat": ITEM_CAT}, {"age": USER_AGE}).double().eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("mf.")})
+    cross = model.mf["out"](model.mf["user"](batch.user)[:, None] * model.mf["item"](batch.cand_items))
+    torch.testing.assert_close(with_mf, stacked(plain(batch)) + cross, **TIGHT)
+    assert cross.abs().min() > 0

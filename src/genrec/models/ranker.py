@@ -54,6 +54,7 @@ from genrec.models.ranking import (
     RankingOptions,
     RankSpec,
     TaskHeads,
+    add_offsets,
     make_item_prior,
     multitask_loss,
     with_item_prior,
@@ -112,6 +113,9 @@ class RankerConfig(RankingOptions):
         (), description="Request-context embeddings added to every candidate token: 'hour' (UTC hour of day of the "
         "candidate's time) and 'gap' (log2 buckets of the seconds since the last history impression the candidate "
         "may read). Both are known when a request is served. Default none.")
+    mf_dim: int = Field(0, ge=0, description="Width of a matrix-factorisation cross (0 = none): separate user and "
+                        "item id embeddings whose elementwise product (with dropout) feeds one linear output per task, "
+                        "added to the heads' outputs. A user x item affinity wider than dim, outside the HSTU.")
     item_id_dropout: float = Field(
         0.0, ge=0, lt=1, description="Cold items: training leaves an item's id embedding out (features only) with "
         "this probability, and the ids of items without a training impression start at zero (they get no "
@@ -149,6 +153,7 @@ class HistoryCache:
     tokens: torch.Tensor | None = None  # [B, L, D] history item + action embeddings (for target_attention)
     items: torch.Tensor | None = None  # [B, L] the kept history's items (for history_stats)
     signals: torch.Tensor | None = None  # [B, L, S] their action signals (for history_stats)
+    mf_user: torch.Tensor | None = None  # [B, mf_dim] the user's factor (for mf_dim)
 
 
 class GenerativeRanker(nn.Module):
@@ -192,6 +197,13 @@ class GenerativeRanker(nn.Module):
             self.history_stats = HistoryStats(spec, config.history_stats)
             width += self.history_stats.width
         self.heads = TaskHeads(width, spec.tasks, config.head_hidden)
+        self.mf = None
+        if config.mf_dim:
+            self.mf = nn.ModuleDict({"user": nn.Embedding(spec.n_users + 1, config.mf_dim, padding_idx=0),
+                                     "item": nn.Embedding(spec.n_items + 1, config.mf_dim, padding_idx=0),
+                                     "out": nn.Linear(config.mf_dim, len(spec.tasks))})
+            for name in ("user", "item"):
+                nn.init.normal_(self.mf[name].weight, std=config.init_std)
         self.prior = make_item_prior(config, spec)
 
     # --- tokens -------------------------------------------------------------------------------------------
@@ -266,10 +278,18 @@ class GenerativeRanker(nn.Module):
 
     def _task_outputs(self, out: torch.Tensor, items: torch.Tensor, times: torch.Tensor,
                       user: torch.Tensor | None, interest: torch.Tensor | None = None,
-                      stats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """{task: [B, M]} from the candidates' final states [B, M, D]: the heads, plus the item prior."""
+                      stats: torch.Tensor | None = None, mf_user: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
+        """{task: [B, M]} from the candidates' final states [B, M, D]: the heads, plus the MF cross (``mf_user``
+        [B, mf_dim]) and the item prior."""
         outputs = self.heads(self._head_input(self.final_norm(out), items, user, interest, stats))
+        if self.mf is not None:
+            cross = self.mf["out"](self.drop(mf_user[:, None] * self.mf["item"](items)))
+            outputs = add_offsets(outputs, {t: cross[..., k] for k, t in enumerate(self.spec.tasks)})
         return with_item_prior(self.prior, outputs, items, times)
+
+    def _mf_user(self, user: torch.Tensor) -> torch.Tensor | None:
+        return None if self.mf is None else self.mf["user"](user)
 
     @staticmethod
     def _visible(visible: torch.Tensor, shift: torch.Tensor, hist_len: torch.Tensor) -> torch.Tensor:
@@ -329,7 +349,8 @@ class GenerativeRanker(nn.Module):
             ks.append(k)
             vs.append(v)
         signals = None if self.history_stats is None else self.history_stats.signals(actions)
-        return HistoryCache(ks, vs, times, length, shift, self.user_emb(batch.user), hist, items, signals)
+        return HistoryCache(ks, vs, times, length, shift, self.user_emb(batch.user), hist, items, signals,
+                            self._mf_user(batch.user))
 
     def score_candidates(self, cache: HistoryCache, cand_items: torch.Tensor, cand_time: torch.Tensor,
                          visible: torch.Tensor, micro_batch: int | None = None) -> dict[str, torch.Tensor]:
@@ -355,7 +376,8 @@ class GenerativeRanker(nn.Module):
                 x = self._finish(block, x, a, u)
             interest = self._interest(cache.tokens, cand_items[:, sl], mask[..., 1:])
             stats = self._stats(cache.items, cache.signals, cand_items[:, sl], mask[..., 1:])
-            parts.append(self._task_outputs(x, cand_items[:, sl], cand_time[:, sl], cache.user, interest, stats))
+            parts.append(self._task_outputs(x, cand_items[:, sl], cand_time[:, sl], cache.user, interest, stats,
+                                            cache.mf_user))
         return {t: torch.cat([p[t] for p in parts], dim=1) for t in self.spec.tasks}
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
@@ -395,7 +417,7 @@ class GenerativeRanker(nn.Module):
             interest = self._interest(hist, batch.cand_items[:, c:c + 1], mask[:, -1:, 1:-1])
             stats = self._stats(items, signals, batch.cand_items[:, c:c + 1], mask[:, -1:, 1:-1])
             outs.append(self._task_outputs(x[:, -1:], batch.cand_items[:, c:c + 1], batch.cand_time[:, c:c + 1],
-                                           self.user_emb(batch.user), interest, stats))
+                                           self.user_emb(batch.user), interest, stats, self._mf_user(batch.user)))
         return {t: torch.cat([o[t] for o in outs], dim=1) for t in self.spec.tasks}
 
     # --- training ------------------------------------------------------------------------------------------
