@@ -221,3 +221,19 @@ def test_a_gbdt_run_is_not_a_servable_ranker(log_and_split, tmp_path):
     GBDTTrainer(config(n_estimators=3), tmp_path / "run", log=log, split=split, show_progress=False).fit()
     with pytest.raises(GenrecError, match="not a finished ranking run"):
         _copy_ranker(tmp_path / "run", tmp_path / "bundle", ["0", "1"], {})
+
+
+@needs_lightgbm
+def test_refit_grows_each_tasks_selected_rounds_on_training_and_validation(log_and_split, tmp_path):
+    log, split = log_and_split
+    plain = GBDTTrainer(config(), tmp_path / "plain", log=log, split=split, show_progress=False).fit()
+    cfg = config().model_copy(update={"train": config().train.model_copy(update={"refit": True})})
+    GBDTTrainer(cfg, tmp_path / "refit", log=log, split=split, show_progress=False).fit()
+    refit = read_json(tmp_path / "refit" / "metrics.json")["run"]["refit"]
+    assert refit["train_rows"] == int(split.train.sum() + split.valid.sum())
+    assert refit["rounds"] == {r["task"]: r["best_round"] for r in plain.history}  # selection as without refit
+    model = read_json(tmp_path / "refit" / "model.json")
+    booster = lgb.Booster(model_file=str(tmp_path / "refit" / model["models"]["click"]))
+    assert booster.num_trees() == refit["rounds"]["click"]
+    a, b = (pq.read_table(tmp_path / n / "predictions_test.parquet").to_pydict() for n in ("plain", "refit"))
+    assert a["row"] == b["row"] and a["raw_click"] != b["raw_click"]  # other trees: validation is training data

@@ -325,3 +325,19 @@ def test_item_id_dropout_zeroes_unseen_items_and_drops_ids_only_in_training(log_
         kept = (out - full).abs().amax(-1) < 1e-6
         dropped = (out - (full - emb.id(idx))).abs().amax(-1) < 1e-6
     assert (kept | dropped).all() and 0.35 < dropped[idx != 7].float().mean() < 0.65
+
+
+def test_refit_trains_a_fresh_model_on_training_and_validation_for_the_selected_epochs(log_and_split, tmp_path):
+    log, split = log_and_split
+    plain = RankingTrainer(config("ranker"), tmp_path / "plain", log=log, split=split, show_progress=False).fit()
+    cfg = config("ranker", refit=True)
+    result = RankingTrainer(cfg, tmp_path / "refit", log=log, split=split, show_progress=False).fit()
+    refit = read_json(tmp_path / "refit" / "metrics.json")["run"]["refit"]
+    assert result.best_epoch == plain.best_epoch == refit["epochs"] == refit["selected_epoch"]
+    assert refit["train_rows"] == int(split.train.sum() + split.valid.sum())
+    assert len((tmp_path / "refit" / "refit" / "metrics.jsonl").read_text().splitlines()) == refit["epochs"]
+    saved = load_tensors(tmp_path / "refit" / "model.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in result.model.state_dict().items())  # the refit model is tested
+    a, b = (pq.read_table(tmp_path / n / "predictions_test.parquet").to_pydict() for n in ("plain", "refit"))
+    assert a["row"] == b["row"] and a["raw_click"] != b["raw_click"]
+    assert read_json(tmp_path / "refit" / "metrics.json")["tasks"]["click"]["metrics"]["auc"]["value"] > 0.6

@@ -57,7 +57,9 @@ class OptimConfig(BaseModel):
                         "validation, train a fresh model (same seed and schedule) on the training sequences plus "
                         "every user's validation item for that many epochs, and test it instead (the validation item "
                         "becomes one more, most recent, training target per user; the published ML-1M and Amazon "
-                        "figures train on it). Its epochs go to <run>/refit/; test is still read once.")
+                        "figures train on it). Its epochs go to <run>/refit/; test is still read once. Ranking "
+                        "models: the fresh model trains on the training and validation impressions (LightGBM: each "
+                        "task's selected number of rounds); the calibration stays the selected model's.")
     refit_epochs: int | None = Field(None, ge=1, description="With refit, the generator (tiger) only: skip the "
                                      "selection run and refit for this many epochs, the number an earlier "
                                      "selection run of the same config chose (state it in the config), so the "
@@ -211,9 +213,10 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _refit_runs(self) -> RunConfig:
-        if self.train.refit and (self.model.name not in ("sasrec", "hstu", "tiger") or self.split != "loo"):
+        sequential = self.model.name in ("sasrec", "hstu", "tiger") and self.split == "loo"
+        if self.train.refit and not (sequential or self.model.name in RANKERS):
             raise ValueError("train.refit applies to sasrec, hstu and tiger with split: loo (the validation item is "
-                             "the one it adds to training)")
+                             "the one it adds to training) and to the ranking models (the validation impressions)")
         if self.temporal.days() and self.model.name not in RANKERS:
             raise ValueError("temporal.valid_day / test_day / end_day cut ranking logs; sequence models use "
                              "temporal.valid_start / test_start")

@@ -98,7 +98,10 @@ class GBDTTrainer:
                 on_epoch_end(record)
         valid = selection_value(metric, log, rows["valid"], valid_raw, spec.binary_tasks)
         calibration = fit_calibration(self.config.eval, log, split, rows["valid"], valid_raw, spec.binary_tasks)
-        state = {"commit_at_start": commit_at_start, "history": history, "valid": valid,
+        refit = None
+        if cfg.train.refit:
+            boosters, refit = self._refit(lgb, spec, feats, log, rows, history)
+        state = {"commit_at_start": commit_at_start, "history": history, "valid": valid, "refit": refit,
                  "feature_seconds": feature_seconds, "train_seconds": time.perf_counter() - start}
         self._save(boosters, feats, spec, log, calibration, history)
         test = self._test(boosters, feats, log, split, rows["test"], spec, state, calibration)
@@ -151,6 +154,21 @@ class GBDTTrainer:
                          "stop_metric": stop_metric, "best_score": float(score),
                          "seconds": time.perf_counter() - t0}
 
+    def _refit(self, lgb: Any, spec: RankSpec, feats: Features, log: ImpressionLog, rows: dict[str, np.ndarray],
+               history: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``train.refit``: each task's trees grown again on the training and validation impressions together,
+        for the number of rounds its validation chose (same parameters and seed); the test reads these."""
+        both = np.sort(np.concatenate([rows["train"], rows["valid"]]))
+        t0, boosters = time.perf_counter(), {}
+        for record in history:
+            task = record["task"]
+            data = lgb.Dataset(feats.values[both], log.labels[task][both], feature_name=feats.names,
+                               categorical_feature=feats.categorical, free_raw_data=True)
+            boosters[task] = lgb.train(self._params(task in spec.binary_tasks), data,
+                                       num_boost_round=record["best_round"])
+        return boosters, {"rounds": {r["task"]: r["best_round"] for r in history}, "train_rows": len(both),
+                          "seconds": time.perf_counter() - t0}
+
     def _save(self, boosters: dict[str, Any], feats: Features, spec: RankSpec, log: ImpressionLog,
               calibration: dict[str, tuple[float, float]], history: list[dict[str, Any]]) -> None:
         cfg = self.config
@@ -180,7 +198,7 @@ class GBDTTrainer:
                "epochs_run": max(r["rounds"] for r in history), "rounds": {r["task"]: r for r in history},
                "stopped": "early stopping per task", "train_seconds": state["train_seconds"],
                "feature_seconds": state["feature_seconds"], "threads": self._params(True)["num_threads"],
-               "device": "cpu"}
+               "device": "cpu", **({"refit": state["refit"]} if state["refit"] else {})}
         valid = {"valid": {k: v for k, v in state["valid"].items() if k != "select"}}
         return write_test_report(self.run_dir, self.config, log, split, spec, rows, raw, calibration, run,
                                  self.show_progress, extra=valid)

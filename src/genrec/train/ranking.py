@@ -7,7 +7,8 @@ a candidate of exactly one forward-pass request whose history holds only that us
 impressions, whatever part they belong to (their outcomes are known by then at serving time). Training fits the
 training part's impressions; the validation part selects the epoch (early stopping on ``eval.select_metric``:
 ``gauc:<task>``, ``auc:<task>`` or ``gauc:mean``, the binary tasks' GAUC weighted by the users each counts);
-the test part is scored once, at the end, with the best weights.
+the test part is scored once, at the end, with the best weights, or (``train.refit``) with a fresh model trained
+for the selected number of epochs on the training and validation impressions together.
 
 The run folder gets the weights (safetensors), ``model.json`` (name, config, data spec, calibration),
 ``metrics.json`` (per task AUC / GAUC / log loss / NE / ECE with bootstrap intervals over users) and
@@ -20,6 +21,7 @@ log loss and ECE are not); the uncalibrated ECE and log loss are reported too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import math
 import time
@@ -348,8 +350,49 @@ class RankingTrainer:
         if cfg.eval.calibrate != "none":
             vrows, vpreds = predict(model, log, requests["valid"], spec, device)
             calibration = fit_calibration(cfg.eval, log, split, vrows, vpreds, spec.binary_tasks)
-        test = self._test(model, log, split, requests["test"], spec, state, device, calibration)
+        refit = None
+        if tcfg.refit:
+            model, refit = self._refit(log, split, spec, device, max(state["best_epoch"], 1), resume)
+        test = self._test(model, log, split, requests["test"], spec, {**state, "refit": refit}, device, calibration)
         return RankingResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
+
+    def _refit(self, log: ImpressionLog, split: ImpressionSplit, spec: RankSpec, device: torch.device, epochs: int,
+               resume: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """``train.refit``: a fresh model (same seed and schedule) trained on the training and validation
+        impressions for the selected number of epochs, in ``<run>/refit``; the test reads it. Nothing is selected
+        here (validation is training data now); the calibration stays the one fitted on the selected model's
+        validation predictions."""
+        cfg, tcfg = self.config, self.config.train
+        seed_everything(tcfg.seed)
+        both = split.train | split.valid
+        train = make_requests(cfg, log, dataclasses.replace(split, train=both))["train"]
+        model = build_ranking_model(cfg.model, spec, log).to(device)
+        fit_item_prior(model, log, both, getattr(cfg.model, "item_prior_counts", "train"))
+        zero_unseen_item_ids(model, log, both)
+        steps = math.ceil(len(train) / tcfg.batch_size)
+        folder = self.run_dir / "refit"
+        ckpt = folder / "checkpoint"
+        again = resume and (ckpt / "trainer.json").is_file()
+        opt, sched, state, board, start_clock = start_run(cfg, model, steps, folder, again)
+        self.average = WeightAverage(model, tcfg.ema) if tcfg.ema else None
+        if self.average is not None and again:
+            self.average.load(load_tensors(ckpt / "ema.safetensors"))
+        while state["stopped"] is None and state["epoch"] < epochs:
+            epoch = state["epoch"] + 1
+            loss, rows, seconds, out_of_time = self._epoch(model, opt, sched, log, train, epoch, device, start_clock)
+            state.update(step=state["step"] + steps, epoch=epoch, train_seconds=time.perf_counter() - start_clock)
+            record = {"epoch": epoch, "step": state["step"], "loss": loss, "tokens_per_s": rows / seconds,
+                      "epoch_seconds": seconds, "elapsed_s": state["train_seconds"], "lr": sched.get_last_lr()[0]}
+            finish_epoch(folder, board, state, record, out_of_time, tcfg.max_minutes,
+                         lambda: self._save_checkpoint(ckpt, model, opt, sched, state))
+            if self.show_progress:
+                print_epoch({**record, "refit": True})
+        if self.average is not None:
+            with self.average.swapped(model) as averaged:
+                final = {k: v.clone() for k, v in averaged.state_dict().items()}
+            model.load_state_dict(final)
+        return model, {"epochs": state["epoch"], "selected_epoch": epochs, "train_seconds": state["train_seconds"],
+                       "stopped": state["stopped"] or "the selected epoch", "train_rows": int(both.sum())}
 
     def _evaluated(self, model: torch.nn.Module):
         """The weights validation reads and selection keeps: the model's, or their running average (train.ema)."""
@@ -396,7 +439,7 @@ class RankingTrainer:
         run = {"commit_at_start": self.commit_at_start, "allocator": self.allocator,
                "best_epoch": state["best_epoch"], "best_valid": state["best"], "epochs_run": state["epoch"],
                "stopped": state["stopped"] or "max epochs", "train_seconds": state["train_seconds"],
-               "device": str(device)}
+               "device": str(device), **({"refit": state["refit"]} if state.get("refit") else {})}
         return write_test_report(self.run_dir, cfg, log, split, spec, rows, raw, calibration, run,
                                  self.show_progress)
 
