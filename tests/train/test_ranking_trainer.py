@@ -341,3 +341,7 @@ def test_refit_trains_a_fresh_model_on_training_and_validation_for_the_selected_
     a, b = (pq.read_table(tmp_path / n / "predictions_test.parquet").to_pydict() for n in ("plain", "refit"))
     assert a["row"] == b["row"] and a["raw_click"] != b["raw_click"]
     assert read_json(tmp_path / "refit" / "metrics.json")["tasks"]["click"]["metrics"]["auc"]["value"] > 0.6
+    # --resume of the finished run reads both checkpoints back: no more epochs, the same refit model and test
+    again = RankingTrainer(cfg, tmp_path / "refit", log=log, split=split, show_progress=False).fit(resume=True)
+    assert all(torch.equal(saved[k], v) for k, v in again.model.state_dict().items())
+    assert len((tmp_path / "refit" / "refit" / "metrics.jsonl").read_text().splitlines()) == refit["epochs"]
