@@ -107,94 +107,22 @@ class EfficientNetLite0Encoder:
 
 
 @dataclass
-class TimmEncoder:
-    """A timm model as a feature extractor (``num_classes=0``), from a local weights file or the local cache."""
+class _LibraryEncoder:
+    """An image model from a library that brings its own preprocessing: loaded on first use, then encoded in
+    batches with that preprocessing. Subclasses say how to build (model, transform, dim)."""
 
-    name: str
-    weights: str | None = None
-    device: str = "cpu"
-    batch_size: int = 32
+    device: str = field(default="cpu", kw_only=True)
+    batch_size: int = field(default=32, kw_only=True)
     _model: Any = field(default=None, init=False, repr=False)
     _transform: Any = field(default=None, init=False, repr=False)
     _dim: int | None = field(default=None, init=False, repr=False)
 
-    @property
-    def key(self) -> str:
-        ident = hashlib.sha256(f"timm|{self.name}|{self.weights}".encode()).hexdigest()[:10]
-        return f"image-timm-{_slug(self.name)}-{ident}"
+    def _build(self) -> tuple[Any, Any, int]:  # (batch -> features, one image -> tensor, feature size)
+        raise NotImplementedError
 
     def load(self) -> Any:
-        if self._model is not None:
-            return self._model
-        try:
-            import timm
-            from timm.data import create_transform, resolve_data_config
-        except ImportError:
-            raise GenrecError(f"image model 'timm:{self.name}' needs timm: pip install timm") from None
-        try:
-            if self.weights:
-                model = timm.create_model(self.name, pretrained=True, num_classes=0,
-                                          pretrained_cfg_overlay={"file": str(self.weights)})
-            else:
-                model = timm.create_model(self.name, pretrained=True, num_classes=0)
-        except Exception as e:
-            raise ConfigError(f"image model 'timm:{self.name}': cannot load it ({str(e).splitlines()[0][:200]})"
-                              ) from None
-        model.eval().to(self.device)
-        self._transform = create_transform(**resolve_data_config({}, model=model))
-        self._dim = int(model.num_features)
-        self._model = model
-        return model
-
-    @property
-    def dim(self) -> int:
-        self.load()
-        return int(self._dim)
-
-    def encode(self, images: list[Any]) -> np.ndarray:
-        import torch
-
-        return _encode_batches(self.load(), images, self, lambda c: torch.stack([self._transform(im) for im in c]))
-
-
-@dataclass
-class OpenClipEncoder:
-    """The image tower of an open_clip model (``open_clip:<arch>@<pretrained tag or weights file>``)."""
-
-    arch: str
-    pretrained: str | None = None
-    device: str = "cpu"
-    batch_size: int = 32
-    _model: Any = field(default=None, init=False, repr=False)
-    _transform: Any = field(default=None, init=False, repr=False)
-    _dim: int | None = field(default=None, init=False, repr=False)
-
-    @property
-    def key(self) -> str:
-        ident = hashlib.sha256(f"open_clip|{self.arch}|{self.pretrained}".encode()).hexdigest()[:10]
-        return f"image-open_clip-{_slug(self.arch)}-{ident}"
-
-    def load(self) -> Any:
-        if self._model is not None:
-            return self._model
-        try:
-            import open_clip
-            import torch
-        except ImportError:
-            raise GenrecError(f"image model 'open_clip:{self.arch}' needs open_clip: pip install open_clip_torch"
-                              ) from None
-        try:
-            model, _, transform = open_clip.create_model_and_transforms(self.arch, pretrained=self.pretrained)
-        except Exception as e:
-            raise ConfigError(f"image model 'open_clip:{self.arch}': cannot load it ({str(e).splitlines()[0][:200]})"
-                              ) from None
-        model.eval().to(self.device)
-        self._transform = transform
-        with torch.inference_mode():
-            size = getattr(model.visual, "image_size", 224)
-            size = size if isinstance(size, tuple | list) else (size, size)
-            self._dim = int(model.encode_image(torch.zeros(1, 3, *size, device=self.device)).shape[-1])
-        self._model = model.encode_image
+        if self._model is None:
+            self._model, self._transform, self._dim = self._build()
         return self._model
 
     @property
@@ -206,6 +134,68 @@ class OpenClipEncoder:
         import torch
 
         return _encode_batches(self.load(), images, self, lambda c: torch.stack([self._transform(im) for im in c]))
+
+
+def _cannot_load(spec: str, e: Exception) -> ConfigError:
+    return ConfigError(f"image model {spec!r}: cannot load it ({str(e).splitlines()[0][:200]})")
+
+
+@dataclass
+class TimmEncoder(_LibraryEncoder):
+    """A timm model as a feature extractor (``num_classes=0``), from a local weights file or the local cache."""
+
+    name: str
+    weights: str | None = None
+
+    @property
+    def key(self) -> str:
+        ident = hashlib.sha256(f"timm|{self.name}|{self.weights}".encode()).hexdigest()[:10]
+        return f"image-timm-{_slug(self.name)}-{ident}"
+
+    def _build(self) -> tuple[Any, Any, int]:
+        try:
+            import timm
+            from timm.data import create_transform, resolve_data_config
+        except ImportError:
+            raise GenrecError(f"image model 'timm:{self.name}' needs timm: pip install timm") from None
+        overlay = {"pretrained_cfg_overlay": {"file": str(self.weights)}} if self.weights else {}
+        try:
+            model = timm.create_model(self.name, pretrained=True, num_classes=0, **overlay)
+        except Exception as e:
+            raise _cannot_load(f"timm:{self.name}", e) from None
+        model.eval().to(self.device)
+        return model, create_transform(**resolve_data_config({}, model=model)), int(model.num_features)
+
+
+@dataclass
+class OpenClipEncoder(_LibraryEncoder):
+    """The image tower of an open_clip model (``open_clip:<arch>@<pretrained tag or weights file>``)."""
+
+    arch: str
+    pretrained: str | None = None
+
+    @property
+    def key(self) -> str:
+        ident = hashlib.sha256(f"open_clip|{self.arch}|{self.pretrained}".encode()).hexdigest()[:10]
+        return f"image-open_clip-{_slug(self.arch)}-{ident}"
+
+    def _build(self) -> tuple[Any, Any, int]:
+        try:
+            import open_clip
+            import torch
+        except ImportError:
+            raise GenrecError(f"image model 'open_clip:{self.arch}' needs open_clip: pip install open_clip_torch"
+                              ) from None
+        try:
+            model, _, transform = open_clip.create_model_and_transforms(self.arch, pretrained=self.pretrained)
+        except Exception as e:
+            raise _cannot_load(f"open_clip:{self.arch}", e) from None
+        model.eval().to(self.device)
+        with torch.inference_mode():  # the tower's output size, from one blank image of its input size
+            size = getattr(model.visual, "image_size", 224)
+            size = size if isinstance(size, tuple | list) else (size, size)
+            dim = int(model.encode_image(torch.zeros(1, 3, *size, device=self.device)).shape[-1])
+        return model.encode_image, transform, dim
 
 
 def _encode_batches(model: Any, images: list[Any], enc: Any, to_tensor: Any) -> np.ndarray:

@@ -91,7 +91,8 @@ class RankerConfig(RankingOptions):
     time_buckets: int = Field(64, ge=0, description="Log-scale time-gap buckets of the relative bias (0 = none).")
     task_weights: dict[str, float] | None = Field(None, description="Loss weight per task (default 1 each; "
                                                   "tasks not named weigh 1).")
-    head_hidden: int | None = Field(None, ge=1, description="Hidden size of each task head (default dim).")
+    head_hidden: int | None = Field(None, ge=1, description="Hidden size of each task head (default: "
+                                   "its input width, e.g. 4 x dim with head_input output+embeddings+product).")
     micro_batch: int = Field(256, ge=1, description="Candidates per scoring chunk of score_candidates.")
     attn_norm: Literal["max_len", "count"] = Field(
         "max_len", description="Divide each token's attention output by max_len (HSTU's constant n) or by the "
