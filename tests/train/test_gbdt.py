@@ -237,3 +237,6 @@ def test_refit_grows_each_tasks_selected_rounds_on_training_and_validation(log_a
     assert booster.num_trees() == refit["rounds"]["click"]
     a, b = (pq.read_table(tmp_path / n / "predictions_test.parquet").to_pydict() for n in ("plain", "refit"))
     assert a["row"] == b["row"] and a["raw_click"] != b["raw_click"]  # other trees: validation is training data
+    cal_plain, cal_refit = (read_json(tmp_path / n / "model.json")["calibration"] for n in ("plain", "refit"))
+    for t, (a, b) in cal_plain.items():  # the selected trees' slopes, intercepts moved for the refit trees
+        assert cal_refit[t][0] == a and cal_refit[t][1] != b

@@ -241,6 +241,22 @@ def test_calibration_to_the_training_base_rate(log_and_split):
     assert mean == pytest.approx(log.labels["click"][split.train].mean(), abs=1e-4)
 
 
+
+def test_carried_calibration_keeps_slopes_and_matches_the_selected_models_mean():
+    from genrec.train.ranking import apply_platt, carry_calibration
+
+    rng = np.random.default_rng(2)
+    selected = {"click": rng.uniform(0.05, 0.6, 4000), "like": rng.uniform(0.01, 0.2, 4000)}
+    refit = {t: np.clip(p * 1.3, 0, 0.99) for t, p in selected.items()}  # a refit model that predicts higher
+    calibration = {"click": (0.8, 0.1), "like": (1.2, -0.3)}
+    carried = carry_calibration(calibration, selected, refit)
+    for t, (a, b) in calibration.items():
+        assert carried[t][0] == a and carried[t][1] < b
+        assert apply_platt(refit[t], carried[t]).mean() == pytest.approx(apply_platt(selected[t], (a, b)).mean(),
+                                                                         abs=1e-5)
+    same = carry_calibration(calibration, selected, selected)  # the selected model itself: nothing moves
+    assert all(same[t] == pytest.approx(ab, abs=1e-6) for t, ab in calibration.items())
+
 def test_leave_one_out_negatives_spare_only_what_each_user_rated_before_their_held_out_part(monkeypatch):
     import genrec.train.ranking as ranking
 
@@ -341,6 +357,10 @@ def test_refit_trains_a_fresh_model_on_training_and_validation_for_the_selected_
     a, b = (pq.read_table(tmp_path / n / "predictions_test.parquet").to_pydict() for n in ("plain", "refit"))
     assert a["row"] == b["row"] and a["raw_click"] != b["raw_click"]
     assert read_json(tmp_path / "refit" / "metrics.json")["tasks"]["click"]["metrics"]["auc"]["value"] > 0.6
+    cal_plain, cal_refit = (read_json(tmp_path / n / "metrics.json")["calibration"] for n in ("plain", "refit"))
+    assert "refit model" in cal_refit["method"] and "refit" not in cal_plain["method"]
+    for t, (a, b) in cal_plain["params"].items():  # the selected model's slopes, the refit model's intercepts
+        assert cal_refit["params"][t][0] == a and cal_refit["params"][t][1] != b
     # --resume of the finished run reads both checkpoints back: no more epochs, the same refit model and test
     again = RankingTrainer(cfg, tmp_path / "refit", log=log, split=split, show_progress=False).fit(resume=True)
     assert all(torch.equal(saved[k], v) for k, v in again.model.state_dict().items())

@@ -59,7 +59,8 @@ class OptimConfig(BaseModel):
                         "becomes one more, most recent, training target per user; the published ML-1M and Amazon "
                         "figures train on it). Its epochs go to <run>/refit/; test is still read once. Ranking "
                         "models: the fresh model trains on the training and validation impressions (LightGBM: each "
-                        "task's selected number of rounds); the calibration stays the selected model's.")
+                        "task's selected number of rounds); the calibration keeps the selected model's slopes, its "
+                       "intercepts moved so the refit model's validation predictions average the selected model's.")
     refit_epochs: int | None = Field(None, ge=1, description="With refit, the generator (tiger) only: skip the "
                                      "selection run and refit for this many epochs, the number an earlier "
                                      "selection run of the same config chose (state it in the config), so the "

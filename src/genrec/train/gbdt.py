@@ -33,6 +33,7 @@ from genrec.models.gbdt import Features, build_features, import_lightgbm
 from genrec.models.ranking import RankSpec
 from genrec.progress import progress_bar
 from genrec.train.ranking import (
+    carry_calibration,
     check_select_metric,
     fit_calibration,
     make_requests,
@@ -101,6 +102,9 @@ class GBDTTrainer:
         refit = None
         if cfg.train.refit:
             boosters, refit = self._refit(lgb, spec, feats, log, rows, history)
+            if calibration:
+                calibration = carry_calibration(calibration, valid_raw, {t: _predict(b, feats, rows["valid"])
+                                                                         for t, b in boosters.items()})
         state = {"commit_at_start": commit_at_start, "history": history, "valid": valid, "refit": refit,
                  "feature_seconds": feature_seconds, "train_seconds": time.perf_counter() - start}
         self._save(boosters, feats, spec, log, calibration, history)
