@@ -299,12 +299,15 @@ def folds_markdown(result: dict, names: list[str], tasks: list[str]) -> str:
                      f"{test.get('users')}, train rows {sp.get('train', {}).get('rows')}")
     lines += ["", f"- commit {result['commit']}, {m['cpus']} CPUs, torch {m['torch']}; seeds: "
               + "; ".join(f"{n} {', '.join(map(str, s))}" for n, s in result["seeds"].items()), "",
-              "| model | task | pooled GAUC (mean over seeds) | per fold: GAUC mean over seeds |", "|---|---|---|---|"]
+              "| model | task | pooled GAUC (mean over seeds) | per fold: GAUC mean over seeds | ECE (run mean) |",
+              "|---|---|---|---|---|"]
     for n in names:
         for t in tasks:
             pooled = result["pooled"][n][t]
             per_fold = " / ".join(f"{fold_gauc(f['runs'][n], t):.4f}" for f in result["folds"])
-            lines.append(f"| {n} | {t} | {np.mean(pooled):.4f} | {per_fold} |")
+            ece = np.mean([r["tasks"][t]["metrics"]["ece"]["value"] for f in result["folds"]
+                           for r in f["runs"][n]["by_seed"]])
+            lines.append(f"| {n} | {t} | {np.mean(pooled):.4f} | {per_fold} | {ece:.4f} |")
     lines += ["", "## Paired GAUC differences on the pooled test impressions (unit: a user in one fold's test window; "
               "unit-bootstrap 95% CI; sign-flip permutation p, two-sided)", "",
               "| comparison | task | GAUC A | GAUC B | B - A [95% CI] | p | units better / worse |",
