@@ -55,7 +55,8 @@ def make_log(seed: int = 0, n_users: int = 6, n_items: int = 9, max_rows: int = 
         item_features={"tag": np.r_[0, rng.integers(0, 4, size=n_items)]}, item_feature_sizes={"tag": 4},
         user_features={"age": np.r_[0, rng.integers(1, 3, size=n_users)]}, user_feature_sizes={"age": 3},
         titles=["", *(f"item {i}" for i in range(n_items))],
-        source_split=rng.integers(0, 3, size=n).astype(np.int8) if splits else None)
+        source_split=rng.integers(0, 3, size=n).astype(np.int8) if splits else None,
+        row_features={"tab": rng.integers(0, 3, size=n)}, row_feature_sizes={"tab": 3})
 
 
 # --- the log ----------------------------------------------------------------------------------------------
@@ -66,9 +67,11 @@ def test_build_sorts_user_major_and_stable():
     log = ImpressionLog.build(
         name="t", users=Vocab(pa.array([7, 8])), items=Vocab(pa.array([1, 2, 3, 4, 5])), user=user,
         item=np.array([1, 2, 3, 4, 5]), time=time, day=np.zeros(5, np.int32), labels={"y": np.arange(5)},
-        binary_tasks=("y",), regression_tasks=(), actions=np.ones((5, 1), np.int64), action_sizes={"a": 2})
+        binary_tasks=("y",), regression_tasks=(), actions=np.ones((5, 1), np.int64), action_sizes={"a": 2},
+        row_features={"tab": np.array([1, 2, 3, 4, 5])}, row_feature_sizes={"tab": 6})
     assert log.user.tolist() == [1, 1, 2, 2, 2]
     assert log.item.tolist() == [4, 2, 5, 1, 3]  # equal (user, time): original row order (1 before 3)
+    assert log.row_features["tab"].tolist() == [4, 2, 5, 1, 3]  # row features move with their rows
     assert log.labels["y"].tolist() == [3, 1, 4, 0, 2] and log.labels["y"].dtype == np.float32
     assert log.user_offsets.tolist() == [0, 2, 5]
 
@@ -92,6 +95,12 @@ def test_validation_names_the_problem():
         dataclasses.replace(log, time=log.time[::-1].copy())
     with pytest.raises(DataError, match="labels"):
         dataclasses.replace(log, labels={"click": log.labels["click"]})
+    with pytest.raises(DataError, match="row feature 'tab'"):
+        dataclasses.replace(log, row_features={"tab": np.full(log.n_rows, 3)})
+    with pytest.raises(DataError, match="row feature 'tab'"):
+        dataclasses.replace(log, row_features={"tab": np.zeros(log.n_rows - 1, np.int64)})
+    with pytest.raises(DataError, match="row feature columns and sizes"):
+        dataclasses.replace(log, row_feature_sizes={})
 
 
 def test_spec_fields_are_rankspec_arguments():
@@ -156,7 +165,7 @@ def write_kuairand(root: Path, official: bool = False) -> None:
                 time_ms=[3000, 1000, 2000, 90_000_000, 90_000_001, 180_000_000, 180_000_000, 180_000_000],
                 is_click=[1, 0, 1, 1, 0, 1, 1, 1], is_like=[1, 0, 0, 0, 0, 0, 0, 0], is_hate=[0, 1, 0, 0, 0, 0, 0, 0],
                 long_view=[1, 0, 0, 0, 0, 1, 1, 1], play_time_ms=[4000, 0, 300, 10, 0, 99, 99, 99],
-                duration_ms=[5000, 7000, 5000, 3000, 7000, 5000, 5000, 5000])
+                duration_ms=[5000, 7000, 5000, 3000, 7000, 5000, 5000, 5000], tab=[1, 0, 4, 4, 1, 6, 6, 6])
     table = pa.table(rows)  # the last two rows are identical duplicates of the one before
     videos = ("video_id,author_id,video_type,upload_dt,upload_type,visible_status,video_duration,server_width,"
               "server_height,music_id,music_type,tag\n"
@@ -214,9 +223,12 @@ def test_kuairand_reader(tmp_path, monkeypatch, official):
     assert log.user_features["onehot_feat4"].tolist() == [0, 1, 1]
     assert log.user_features["is_live_streamer"].tolist() == [0, 1, 1]
     assert set(log.user_features) == set(imp._KR_USER_FEATURES)
+    # tabs 0 / 1 / 4 / 6 -> codes 1..4 (0 = unknown); user 3's rows first
+    assert log.row_features["tab"].tolist() == [3, 2, 1, 2, 3, 4, 4, 4] and log.row_feature_sizes == {"tab": 5}
     assert len(list((tmp_path / "cache/impressions").iterdir())) == 1
     again = load_impressions("kuairand-pure", tmp_path / "data")  # from the cache
     assert np.array_equal(again.actions, log.actions) and again.meta == log.meta
+    assert np.array_equal(again.row_features["tab"], log.row_features["tab"])
 
 
 def test_movielens_reader(tmp_path, monkeypatch):
@@ -342,7 +354,7 @@ def check_requests(log: ImpressionLog, cand: np.ndarray, max_len: int, stride: i
     idx = np.arange(len(req))[::-1]
     batch = collate(log, req, idx)
     assert set(batch) == {"user", "hist_items", "hist_actions", "hist_time", "hist_len", "cand_items", "cand_time",
-                          "visible", "labels"}
+                          "visible", "labels", "hist_context", "cand_context"}
     b = len(idx)
     lengths, counts = req.hist_end[idx] - req.hist_start[idx], req.candidates.lengths[idx]
     assert batch["hist_items"].shape == (b, lengths.max(initial=0))
@@ -355,9 +367,12 @@ def check_requests(log: ImpressionLog, cand: np.ndarray, max_len: int, stride: i
         assert np.array_equal(batch["hist_items"][k, :n], log.item[hist]) and (batch["hist_items"][k, n:] == 0).all()
         assert np.array_equal(batch["hist_actions"][k, :n], log.actions[hist])
         assert (batch["hist_actions"][k, n:] == 0).all() and np.array_equal(batch["hist_time"][k, :n], log.time[hist])
+        assert np.array_equal(batch["hist_context"][k, :n, 0], log.row_features["tab"][hist])
+        assert (batch["hist_context"][k, n:] == 0).all()
         m = len(c)
         assert np.array_equal(batch["cand_items"][k, :m], log.item[c]) and (batch["cand_items"][k, m:] == 0).all()
         assert np.array_equal(batch["cand_time"][k, :m], log.time[c])
+        assert np.array_equal(batch["cand_context"][k, :m, 0], log.row_features["tab"][c])
         assert np.array_equal(batch["visible"][k, :m], req.visible.row(r)) and (batch["visible"][k, m:] == 0).all()
         for t in log.tasks:
             assert batch["labels"][t].dtype == np.float32

@@ -644,3 +644,52 @@ def test_mf_cross_keeps_kv_reuse_exact_and_adds_only_the_user_item_product() -> 
     cross = model.mf["out"](model.mf["user"](batch.user)[:, None] * model.mf["item"](batch.cand_items))
     torch.testing.assert_close(with_mf, stacked(plain(batch)) + cross, **TIGHT)
     assert cross.abs().min() > 0
+
+
+def with_row_context(batch: RankBatch, seed: int) -> RankBatch:
+    """``batch`` plus random codes of two row features (0 on padding): tab (4 codes) and slot (3 codes)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def codes(items: torch.Tensor) -> torch.Tensor:
+        tab, slot = (torch.randint(1, n, items.shape, generator=g) for n in (4, 3))
+        return torch.stack([tab, slot], -1) * (items > 0)[..., None]
+
+    hist, cand = codes(batch.hist_items), codes(batch.cand_items)
+    return dataclasses.replace(batch, hist_context=hist, cand_context=cand)
+
+
+def test_row_context_keeps_kv_reuse_exact_and_reads_each_candidates_own_code() -> None:
+    spec = dataclasses.replace(SPEC, row_feature_sizes={"tab": 4, "slot": 3})
+    torch.manual_seed(0)
+    model = GenerativeRanker(RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3, row_context=("slot",)),
+                             spec, {"cat": ITEM_CAT}, {"age": USER_AGE}).double().eval()
+    batch = with_row_context(make_batch(9, length=8), 1)  # max_len 6 < 8: the cap crops the history's codes too
+    out = stacked(model(batch))
+    torch.testing.assert_close(out, stacked(model.score_one_by_one(batch)), **TIGHT)
+    one = model.score_candidates(model.encode_history(batch), batch.cand_items, batch.cand_time, batch.visible,
+                                 micro_batch=1, cand_context=batch.cand_context)
+    torch.testing.assert_close(stacked(one), out, **TIGHT)
+
+    def edited(**changes) -> torch.Tensor:
+        fields = {k: getattr(batch, k).clone() for k in ("hist_context", "cand_context")}
+        for key, (index, value) in changes.items():
+            fields[key][index] = value
+        return stacked(model(dataclasses.replace(batch, **fields)))
+
+    moved = edited(cand_context=((slice(None), 0, 1), 3 - batch.cand_context[:, 0, 1]))  # candidate 0's slot only
+    assert not torch.allclose(moved[0, 0], out[0, 0])
+    torch.testing.assert_close(moved[:, 1:], out[:, 1:], **TIGHT)
+    torch.testing.assert_close(edited(cand_context=((..., 0), 1)), out, **TIGHT)  # tab: not a row_context column
+    short = dataclasses.replace(batch, visible=batch.visible.clamp(max=5))
+    base = stacked(model(short))[0]
+    for j, changes in ((5, False), (4, True)):  # row 0's candidates read history tokens < 5 only
+        codes = short.hist_context.clone()
+        codes[0, j, 1] = 3 - codes[0, j, 1]
+        assert torch.allclose(stacked(model(dataclasses.replace(short, hist_context=codes)))[0], base) is not changes
+    unknown = dataclasses.replace(batch, hist_context=None, cand_context=None)
+    zeros = dataclasses.replace(batch, hist_context=torch.zeros_like(batch.hist_context),
+                                cand_context=torch.zeros_like(batch.cand_context))
+    torch.testing.assert_close(stacked(model(unknown)), stacked(model(zeros)), **TIGHT)  # None = code 0
+    with pytest.raises(ValueError, match="row_context names"):
+        GenerativeRanker(RankerConfig(dim=16, heads=2, row_context=("page",)), spec, {"cat": ITEM_CAT},
+                         {"age": USER_AGE})

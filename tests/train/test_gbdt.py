@@ -49,7 +49,8 @@ def tiny_log(seed: int = 0, n_users: int = 40, n_items: int = 24, rows: int = 30
         actions=np.ones((len(user), 1), dtype=np.int64), action_sizes={"signals": 2},
         item_features={"author": author, "duration": np.r_[0, 1 + np.arange(n_items) % 3]},
         item_feature_sizes={"author": 5, "duration": 4},
-        user_features={"taste": np.r_[0, taste[1:]]}, user_feature_sizes={"taste": 5})
+        user_features={"taste": np.r_[0, taste[1:]]}, user_feature_sizes={"taste": 5},
+        row_features={"tab": 1 + np.arange(len(user)) % 3}, row_feature_sizes={"tab": 4})
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +133,13 @@ def test_frozen_features_read_nothing_from_their_request(history, log_and_split)
 @pytest.mark.parametrize("history", ["day", "impression"])
 def test_features_read_only_strictly_earlier_labels(history):
     log = tiny_log()
-    cfg = GBDTConfig(user_history=history)
+    cfg = GBDTConfig(user_history=history, features=("categorical", "context", "user", "item", "match", "row"))
     before = build_features(log, cfg)
-    assert {"item_author", "item_duration", "hour", "user_n", "item_click", "match_author_click"} <= set(before.names)
-    assert "item_duration" not in before.categorical and "item_author" in before.categorical
+    assert {"item_author", "item_duration", "hour", "user_n", "item_click", "match_author_click", "row_tab",
+            "match_row_tab_click"} <= set(before.names)
+    assert "item_duration" not in before.categorical and {"item_author", "row_tab"} <= set(before.categorical)
+    np.testing.assert_array_equal(before.values[:, before.names.index("row_tab")], log.row_features["tab"])
+    assert not [n for n in build_features(log, GBDTConfig()).names if "row_" in n]  # off by default
     rng = np.random.default_rng(2)
     for row in rng.choice(log.n_rows, 5, replace=False):
         # flip every label of one impression: nothing at its time or earlier (itself included) may change
@@ -151,7 +155,8 @@ def test_features_read_only_strictly_earlier_labels(history):
 
 def _fields(log: ImpressionLog) -> dict:
     keep = ("name", "users", "items", "user", "item", "time", "day", "labels", "binary_tasks", "regression_tasks",
-            "actions", "action_sizes", "item_features", "item_feature_sizes", "user_features", "user_feature_sizes")
+            "actions", "action_sizes", "item_features", "item_feature_sizes", "user_features", "user_feature_sizes",
+            "row_features", "row_feature_sizes")
     return {k: getattr(log, k) for k in keep}
 
 

@@ -4,7 +4,9 @@ An :class:`ImpressionLog` holds N impressions sorted user-major, by (user, time,
 dense user ``u`` are ``user_offsets[u - 1]:user_offsets[u]``. Each row carries one label per task (binary tasks
 and regression tasks), one code per action field (what the user did, as a history token sees it; 0 = padding,
 real rows >= 1) and a day (the dataset's own calendar). Items and users carry categorical feature tables
-(codes 0 = unknown / padding) indexed by dense id; users and items are those seen in the log. A row is a
+(codes 0 = unknown / padding) indexed by dense id; users and items are those seen in the log. Row features are
+per-impression context codes known when the impression is served (KuaiRand-Pure: ``tab``, the app surface;
+no model reads them yet). A row is a
 *context* row (the default) when it was a real interaction that a later request may read as history; rows that
 are only candidates (sampled negatives, :func:`with_sampled_negatives`) have ``context`` False and never
 appear in any history.
@@ -19,8 +21,8 @@ Built-in readers: ``kuairand-pure`` (the official KuaiRand-Pure layout, else the
 ``movielens-1m-ratings`` and ``movielens-1m-ratings-neg`` (the same ratings plus 4 popularity-sampled unrated
 items per rating, with a task ``rate``: 1 for the real rating, 0 for a sampled item). A prepared log is cached
 as Parquet + JSON under ``$GENREC_CACHE_DIR/impressions`` (else ``~/.cache/genrec/impressions``), keyed by the
-name, the format version and the size and mtime of every source file, so a re-run loads in well under a second
-and a changed source file is re-read.
+name, the format and reader versions and the size and mtime of every source file, so a re-run loads in well
+under a second and a changed source file is re-read.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from genrec.errors import ConfigError, DataError, UnknownDatasetError
 from genrec.io import read_prepared_info, write_json, write_parquet
 
 FORMAT_VERSION = 1
+READER_VERSION = 2  # part of the cache key: bumped when a reader's output changes (2: KuaiRand's row feature tab)
 SPLIT_NAMES = ("train", "valid", "test")  # codes 0, 1, 2 of ImpressionLog.source_split
 
 
@@ -75,6 +78,10 @@ class ImpressionLog:
     source_split: np.ndarray | None = None  # int8 [N] index into SPLIT_NAMES, where the source has a split
     meta: dict[str, Any] = field(default_factory=dict)
     context: np.ndarray | None = None  # bool [N]: the row may be a history token (None: every row may)
+    # Per-impression context known when the impression is served (KuaiRand: the app tab), name -> int64 [N]
+    # codes in [0, size), 0 = unknown.
+    row_features: dict[str, np.ndarray] = field(default_factory=dict)
+    row_feature_sizes: dict[str, int] = field(default_factory=dict)
     user_offsets: np.ndarray = field(init=False)  # int64 [n_users + 1]
     context_rows: np.ndarray | None = field(init=False)  # int64 row index of each context row (None: all rows)
     context_before: np.ndarray = field(init=False, repr=False)  # int64 [N + 1]: context rows among rows [0, i)
@@ -108,6 +115,12 @@ class ImpressionLog:
                 if t.shape != (count + 1,) or t.min() < 0 or t.max() >= sizes_[key] or t[0] != 0:
                     raise DataError(f"impression log '{self.name}': {what} feature '{key}' must have shape "
                                     f"({count + 1},), codes in [0, {sizes_[key]}) and 0 at index 0")
+        if set(self.row_features) != set(self.row_feature_sizes):
+            raise DataError(f"impression log '{self.name}': row feature columns and sizes differ")
+        for key, col in self.row_features.items():
+            if col.shape != (n,) or (n and (col.min() < 0 or col.max() >= self.row_feature_sizes[key])):
+                raise DataError(f"impression log '{self.name}': row feature '{key}' must have {n} rows with codes "
+                                f"in [0, {self.row_feature_sizes[key]})")
         order_ok = (np.diff(self.user) >= 0) & ((np.diff(self.user) > 0) | (np.diff(self.time) >= 0))
         if not order_ok.all():
             raise DataError(f"impression log '{self.name}': rows are not sorted by (user, time)")
@@ -123,13 +136,15 @@ class ImpressionLog:
     def build(cls, *, user: np.ndarray, item: np.ndarray, time: np.ndarray,
               tiebreak: tuple[np.ndarray, ...] = (), **fields_: Any) -> ImpressionLog:
         """A log from rows in any order: sorts them by (user, time, *tiebreak, original row) and takes every
-        per-row field (``day``, ``labels``, ``actions``, ``source_split``) along. Other keyword arguments are
-        the dataclass fields (``context`` is per row too)."""
+        per-row field (``day``, ``labels``, ``actions``, ``source_split``, ``row_features``) along. Other keyword
+        arguments are the dataclass fields (``context`` is per row too)."""
         n = len(user)
         order = np.lexsort((np.arange(n), *reversed(tiebreak), time, user))
         per_row = {k: np.asarray(fields_.pop(k))[order] for k in ("day", "actions", "source_split", "context")
                    if fields_.get(k) is not None}
         per_row["labels"] = {k: np.asarray(v, dtype=np.float32)[order] for k, v in fields_.pop("labels").items()}
+        per_row["row_features"] = {k: np.asarray(v, dtype=np.int64)[order]
+                                   for k, v in (fields_.pop("row_features", None) or {}).items()}
         return cls(user=np.asarray(user, dtype=np.int64)[order], item=np.asarray(item, dtype=np.int64)[order],
                    time=np.asarray(time, dtype=np.int64)[order], **per_row, **fields_)
 
@@ -154,6 +169,7 @@ class ImpressionLog:
         return {"n_items": self.n_items, "n_users": self.n_users, "binary_tasks": self.binary_tasks,
                 "regression_tasks": self.regression_tasks, "item_feature_sizes": dict(self.item_feature_sizes),
                 "user_feature_sizes": dict(self.user_feature_sizes), "action_sizes": dict(self.action_sizes),
+                "row_feature_sizes": dict(self.row_feature_sizes),
                 "action_bits": action_bits(schema_for(self.name, self.action_sizes))}
 
     def stats(self) -> dict[str, Any]:
@@ -170,7 +186,8 @@ class ImpressionLog:
         folder = Path(folder)
         rows = {"user": self.user, "item": self.item, "time": self.time, "day": self.day,
                 **{f"label:{k}": v for k, v in self.labels.items()},
-                **{f"action:{k}": np.ascontiguousarray(self.actions[:, a]) for a, k in enumerate(self.action_sizes)}}
+                **{f"action:{k}": np.ascontiguousarray(self.actions[:, a]) for a, k in enumerate(self.action_sizes)},
+                **{f"row:{k}": v for k, v in self.row_features.items()}}
         if self.source_split is not None:
             rows["source_split"] = self.source_split
         if not self.context.all():  # absent: every row is a context row (logs saved before the column existed)
@@ -186,7 +203,7 @@ class ImpressionLog:
             "format_version": FORMAT_VERSION, "name": self.name, "binary_tasks": list(self.binary_tasks),
             "regression_tasks": list(self.regression_tasks), "action_sizes": self.action_sizes,
             "item_feature_sizes": self.item_feature_sizes, "user_feature_sizes": self.user_feature_sizes,
-            "stats": self.stats(), "meta": self.meta})
+            "row_feature_sizes": self.row_feature_sizes, "stats": self.stats(), "meta": self.meta})
         return folder
 
     @classmethod
@@ -217,7 +234,9 @@ class ImpressionLog:
             titles=["", *items.column("title").to_pylist()] if "title" in items.column_names else None,
             source_split=col(rows, "source_split", np.int8) if "source_split" in rows.column_names else None,
             meta=info.get("meta", {}),
-            context=col(rows, "context", np.bool_) if "context" in rows.column_names else None)
+            context=col(rows, "context", np.bool_) if "context" in rows.column_names else None,
+            row_features={k: col(rows, f"row:{k}") for k in info.get("row_feature_sizes", {})},
+            row_feature_sizes=info.get("row_feature_sizes", {}))
 
 
 def _label_stats(log: ImpressionLog, mask: np.ndarray) -> dict[str, Any]:
@@ -358,6 +377,9 @@ def _read_kuairand(root: Path) -> ImpressionLog:
     item_features["duration"] = np.where(duration > 0, 1 + log_bucket(duration, 1000.0, DURATION_BUCKETS, 2), 0)
     item_sizes["duration"] = DURATION_BUCKETS + 1
 
+    # The app tab an impression was shown on: known when the request is served, and click rates differ by tab
+    # from 4% to 60% (benchmarks/kuairand_tab.py).
+    tab, n_tabs = categorical(log.column("tab").combine_chunks())
     people = _align(users, *_csv_keyed(user_path, "user_id", {c: pa.string() for c in _KR_USER_FEATURES}))
     user_features, user_sizes = {}, {}
     for name in _KR_USER_FEATURES:
@@ -372,6 +394,7 @@ def _read_kuairand(root: Path) -> ImpressionLog:
         action_sizes={"signals": 1 + 2 ** len(_KR_SIGNAL_BITS), "watch": 1 + WATCH_BUCKETS},
         item_features={k: _with_padding(v) for k, v in item_features.items()}, item_feature_sizes=item_sizes,
         user_features={k: _with_padding(v) for k, v in user_features.items()}, user_feature_sizes=user_sizes,
+        row_features={"tab": tab}, row_feature_sizes={"tab": n_tabs},
         meta={"source": str(base), "layout": "official" if base.name == "data" else "window",
               "files": [str(p) for p in log_paths], "duplicate_rows": duplicates,
               "signal_bits": list(_KR_SIGNAL_BITS), "rare_author_min": RARE_AUTHOR_MIN})
@@ -472,14 +495,13 @@ def with_sampled_negatives(log: ImpressionLog, n_negatives: int = ML_NEGATIVES, 
     """``log`` plus ``n_negatives`` sampled impressions per context row, for a log that holds only what users
     chose (ratings): an engagement task for a ranker that reorders retrieved candidates.
 
-    Each sampled row copies its real row's user, time, day and source split; its item is drawn with probability
-    proportional to its popularity in ``popularity_rows`` (a boolean row mask; default: the source's training
-    part, else every row; context rows only) among items the user never interacted with in the whole log
+    Each sampled row copies its real row's user, time, day, source split and row features; its item is drawn with
+    probability proportional to its popularity in ``popularity_rows`` (a boolean row mask; default: the source's
+    training part, else every row; context rows only) among items the user never interacted with in the whole log
     (rejection sampling with ``numpy.random.default_rng(seed)``). A new binary task ``task`` is 1 on the real
     (context) rows and 0 on the sampled ones (and on rows of ``log`` that were not context rows already); every
-    other binary task is 0 and every regression task missing (NaN) on the sampled rows. Sampled rows are not
-    context rows: they are candidates only, never history tokens (their action codes are the lowest valid ones,
-    never read).
+    other binary task is 0 and every regression task missing (NaN) on the sampled rows. Sampled rows are not context
+    rows: they are candidates only, never history tokens (their action codes are the lowest valid ones, never read).
 
     ``pools`` (int64 [n_users + 1, K], the log's item indices, 0 = empty slot) draws each negative uniformly from
     its user's pool instead (e.g. what a retrieval model proposes to that user: hard negatives for a ranker that
@@ -552,6 +574,8 @@ def with_sampled_negatives(log: ImpressionLog, n_negatives: int = ML_NEGATIVES, 
         source_split=np.concatenate([log.source_split, log.source_split[src]]) if log.source_split is not None
         else None,
         context=np.concatenate([log.context, np.zeros(k, dtype=bool)]),
+        row_features={n: np.concatenate([v, v[src]]) for n, v in log.row_features.items()},
+        row_feature_sizes=log.row_feature_sizes,
         meta={**log.meta, "negatives": {
             "per_real_row": n_negatives, "seed": seed, "task": task, "rows": k,
             "distribution": ("uniform over the user's pool (popularity where it is empty or used up)"
@@ -596,7 +620,7 @@ def load_impressions(name: str, data_dir: str | Path | None = None, cache: bool 
     sources = [p for p in _sources(name, root) if p.is_file()]
     if not cache or not sources:
         return READERS[name](root)  # raises a DataError naming what is missing
-    h = hashlib.sha256(f"{name}:{FORMAT_VERSION}".encode())
+    h = hashlib.sha256(f"{name}:{FORMAT_VERSION}:{READER_VERSION}".encode())
     if name == "movielens-1m-ratings-neg":
         h.update(f":{ML_NEGATIVES}:{NEGATIVE_SEED}".encode())
     for p in sources:
@@ -864,10 +888,18 @@ def history_fields(log: ImpressionLog, hist_start: np.ndarray, hist_end: np.ndar
     hrows = _ranges(hs, hl)
     if log.context_rows is not None:
         hrows = log.context_rows[hrows]
-    return {"hist_items": _pad(log.item[hrows], hb, hp, b, width),
-            "hist_actions": _pad(log.actions[hrows], hb, hp, b, width),
-            "hist_time": _pad(log.time[hrows], hb, hp, b, width),
-            "hist_len": hl.astype(np.int64)}
+    out = {"hist_items": _pad(log.item[hrows], hb, hp, b, width),
+           "hist_actions": _pad(log.actions[hrows], hb, hp, b, width),
+           "hist_time": _pad(log.time[hrows], hb, hp, b, width),
+           "hist_len": hl.astype(np.int64)}
+    if log.row_features:
+        out["hist_context"] = _pad(row_context(log, hrows), hb, hp, b, width)
+    return out
+
+
+def row_context(log: ImpressionLog, rows: np.ndarray) -> np.ndarray:
+    """The row features of ``rows`` as one int64 matrix [len(rows), C], columns in ``row_feature_sizes`` order."""
+    return np.stack([log.row_features[k][rows] for k in log.row_feature_sizes], axis=-1)
 
 
 def histories_before(log: ImpressionLog, users: np.ndarray, times: np.ndarray,
@@ -911,7 +943,7 @@ def collate(log: ImpressionLog, requests: Requests, idx: np.ndarray) -> dict[str
     cand_items, cand_time = pad(log.item[crows], cb, cp, width_m), pad(log.time[crows], cb, cp, width_m)
     if requests.frozen:  # the request's time: its first candidate's
         cand_time = np.where(cand_items > 0, cand_time[:, :1], 0)
-    return {
+    out = {
         "user": requests.user[idx],
         **history_fields(log, requests.hist_start[idx], requests.hist_end[idx]),
         "cand_items": cand_items,
@@ -919,3 +951,6 @@ def collate(log: ImpressionLog, requests: Requests, idx: np.ndarray) -> dict[str
         "visible": pad(vis.values, cb, cp, width_m),
         "labels": {t: pad(log.labels[t][crows], cb, cp, width_m, np.float32) for t in log.tasks},
     }
+    if log.row_features:  # each candidate's own context: where that impression is shown
+        out["cand_context"] = pad(row_context(log, crows), cb, cp, width_m)
+    return out

@@ -15,6 +15,9 @@ are scored but never counted. Feature groups (``GBDTConfig.features``):
 - ``match`` (target-aware history): for each item table in ``match`` (author, tag), how many of the user's
   earlier impressions share the candidate's code, their share of the user's history, and the user's earlier
   rate of every signal on that code, smoothed toward the user's own earlier rate.
+- ``row`` (not in the default): the impression's own row features (per-impression context known when it is
+  served, e.g. KuaiRand's ``tab``) as categorical features, plus the ``match`` statistics of each (the user's
+  earlier impressions with the same code), as the generative ranker's ``row_context`` reads them.
 
 The user and match statistics read, by default (``user_history: day``), only the user's impressions of earlier
 UTC days. Within the evaluated days a user's running rate moves only with that user's own labels, so a clicked
@@ -45,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genrec.data.impressions import ImpressionLog
 from genrec.errors import GenrecError
 
-FeatureGroup = Literal["categorical", "context", "user", "item", "match"]
+FeatureGroup = Literal["categorical", "context", "user", "item", "match", "row"]
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 
@@ -67,7 +70,8 @@ class GBDTConfig(BaseModel):
     num_threads: int | None = Field(None, ge=1, description="LightGBM threads (default: train.threads, else 1).")
     features: tuple[FeatureGroup, ...] = Field(
         ("categorical", "context", "user", "item", "match"), min_length=1,
-        description="Feature groups to build (see genrec.models.gbdt).")
+        description="Feature groups to build (see genrec.models.gbdt; 'row', off by default, adds the log's "
+        "per-impression context).")
     ordinal: tuple[str, ...] = Field(("duration", "decade"), description="Item or user feature tables whose codes "
                                      "are ordered buckets: numbers to the trees, not categories (0 = missing).")
     match: tuple[str, ...] = Field(("author", "tag", "genre"), description="Item feature tables for the "
@@ -173,15 +177,20 @@ def build_features(log: ImpressionLog, cfg: GBDTConfig, query_time: np.ndarray |
         cols["item_n"] = i_n
         cols |= {f"item_{s}": (i_sum[:, k] + p * prior[:, k]) / (i_n + p) for k, s in enumerate(signals)}
         cols["item_age_s"] = np.where(i_first >= 0, (q - i_first) / 1000.0, np.nan)
-    if "match" in groups:
-        for name in (m for m in cfg.match if m in log.item_features):
-            code = log.item_features[name][log.item]
-            m_n, m_sum, _ = earlier_sums([log.user, code], u_time, values, ctx, u_q)
-            known = code > 0  # 0 = unknown: sharing it says nothing
-            cols[f"match_{name}_n"] = np.where(known, m_n, np.nan)
-            cols[f"match_{name}_share"] = np.where(known, m_n / np.maximum(u_n, 1), np.nan)
-            for k, s in enumerate(signals):  # smoothed toward the user's own rate: a new author starts there
-                cols[f"match_{name}_{s}"] = np.where(known, (m_sum[:, k] + p * u_rate[:, k]) / (m_n + p), np.nan)
+    if "row" in groups:  # the impression's own context: not an earlier outcome, so no time rule applies
+        for name, codes in log.row_features.items():
+            cols[f"row_{name}"] = codes
+            categorical.append(f"row_{name}")
+    matched = [(m, log.item_features[m][log.item]) for m in cfg.match if m in log.item_features] \
+        if "match" in groups else []
+    matched += [(f"row_{m}", codes) for m, codes in log.row_features.items()] if "row" in groups else []
+    for name, code in matched:
+        m_n, m_sum, _ = earlier_sums([log.user, code], u_time, values, ctx, u_q)
+        known = code > 0  # 0 = unknown: sharing it says nothing
+        cols[f"match_{name}_n"] = np.where(known, m_n, np.nan)
+        cols[f"match_{name}_share"] = np.where(known, m_n / np.maximum(u_n, 1), np.nan)
+        for k, s in enumerate(signals):  # smoothed toward the user's own rate: a new author starts there
+            cols[f"match_{name}_{s}"] = np.where(known, (m_sum[:, k] + p * u_rate[:, k]) / (m_n + p), np.nan)
     names = list(cols)
     matrix = np.column_stack([np.asarray(cols[k], dtype=np.float32) for k in names]) if names else \
         np.zeros((log.n_rows, 0), np.float32)

@@ -114,6 +114,11 @@ class RankerConfig(RankingOptions):
         (), description="Request-context embeddings added to every candidate token: 'hour' (UTC hour of day of the "
         "candidate's time) and 'gap' (log2 buckets of the seconds since the last history impression the candidate "
         "may read). Both are known when a request is served. Default none.")
+    row_context: tuple[str, ...] = Field(
+        (), description="Per-impression context (the log's row features, e.g. KuaiRand's 'tab', the app surface) "
+        "embedded and added to tokens: a candidate's own code to its token, a history impression's code to that "
+        "token (where the user saw it). Known when a request is served; a request without it reads code 0 "
+        "(unknown). Default none.")
     mf_dim: int = Field(0, ge=0, description="Width of a matrix-factorisation cross (0 = none): separate user and "
                         "item id embeddings whose elementwise product (with dropout) feeds one linear output per task, "
                         "added to the heads' outputs. A user x item affinity wider than dim, outside the HSTU.")
@@ -178,6 +183,15 @@ class GenerativeRanker(nn.Module):
         self.context = nn.ModuleDict({name: nn.Embedding(CONTEXT_SIZES[name], d) for name in config.context})
         for emb in self.context.values():
             nn.init.normal_(emb.weight, std=config.init_std)
+        known = list(spec.row_feature_sizes or {})
+        if unknown := set(config.row_context) - set(known):
+            raise ValueError(f"row_context names row features the data does not have: {sorted(unknown)} "
+                             f"(known: {', '.join(known) or 'none'})")
+        self.row_columns = [known.index(name) for name in config.row_context]  # columns of hist/cand_context
+        self.row_emb = nn.ModuleList(nn.Embedding(spec.row_feature_sizes[name], d, padding_idx=0)
+                                     for name in config.row_context)
+        for emb in self.row_emb:
+            nn.init.normal_(emb.weight[1:], std=config.init_std)
         self.drop = nn.Dropout(config.dropout)
         block_cfg = HSTUConfig(dim=d, blocks=config.blocks, heads=config.heads, max_len=config.max_len,
                                dropout=config.dropout, init_std=config.init_std, time_buckets=config.time_buckets,
@@ -213,11 +227,18 @@ class GenerativeRanker(nn.Module):
         # embeddings start at init_std; sqrt(D) brings them to the scale of the blocks' residual updates
         return self.drop(x * math.sqrt(self.config.dim))
 
+    def _row_context(self, codes: torch.Tensor | None) -> torch.Tensor | float:
+        """[..., D]: the sum of the row_context embeddings of ``codes`` [..., C]; None (unknown) adds nothing."""
+        if not self.row_emb or codes is None:
+            return 0.0
+        return sum(emb(codes[..., c]) for emb, c in zip(self.row_emb, self.row_columns, strict=True))
+
     def _history_tokens(self, batch: RankBatch) -> tuple[torch.Tensor, ...]:
         """Cap the history to its most recent max_len tokens; return [user, history] tokens [B, 1 + L, D],
         the kept times [B, L], lengths [B], the number of dropped impressions per row [B], the kept
         history's unscaled item + action embeddings [B, L, D], and its items [B, L] and actions [B, L, A]."""
         items, actions, times, length = batch.hist_items, batch.hist_actions, batch.hist_time, batch.hist_len
+        ctx = batch.hist_context
         shift = (length - self.config.max_len).clamp(min=0)
         if items.shape[1] > self.config.max_len:
             cols = torch.arange(self.config.max_len, device=items.device)
@@ -227,15 +248,17 @@ class GenerativeRanker(nn.Module):
             items = items.gather(1, idx) * real
             times = times.gather(1, idx) * real
             actions = actions.gather(1, idx[..., None].expand(-1, -1, actions.shape[-1])) * real[..., None]
-        hist = self.item_emb(items) + self.action_emb(actions)
+            if ctx is not None:
+                ctx = ctx.gather(1, idx[..., None].expand(-1, -1, ctx.shape[-1])) * real[..., None]
+        hist = self.item_emb(items) + self.action_emb(actions) + self._row_context(ctx)
         x = torch.cat([self.user_emb(batch.user)[:, None], hist], dim=1)
         return self._scale(x), times, length, shift, hist, items, actions
 
     def _candidate_tokens(self, items: torch.Tensor, times: torch.Tensor, vis: torch.Tensor,
-                          hist_time: torch.Tensor) -> torch.Tensor:
+                          hist_time: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
         """Candidate tokens [B, M, D]: item + candidate type + context; ``vis`` [B, M]: the kept history tokens
-        each candidate reads, ``hist_time`` [B, L] their times."""
-        x = self.item_emb(items) + self.cand_type
+        each candidate reads, ``hist_time`` [B, L] their times, ``ctx`` [B, M, C] their row context codes."""
+        x = self.item_emb(items) + self.cand_type + self._row_context(ctx)
         if "hour" in self.context:
             x = x + self.context["hour"](torch.div(times, HOUR_MS, rounding_mode="floor") % 24)
         if "gap" in self.context:
@@ -354,15 +377,18 @@ class GenerativeRanker(nn.Module):
                             self._mf_user(batch.user))
 
     def score_candidates(self, cache: HistoryCache, cand_items: torch.Tensor, cand_time: torch.Tensor,
-                         visible: torch.Tensor, micro_batch: int | None = None) -> dict[str, torch.Tensor]:
+                         visible: torch.Tensor, micro_batch: int | None = None,
+                         cand_context: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Outputs {task: [B, M]} for candidates [B, M], reading ``cache``; ``micro_batch`` (default
-        config.micro_batch) candidates per chunk bounds the attention's memory."""
+        config.micro_batch) candidates per chunk bounds the attention's memory; ``cand_context`` [B, M, C]:
+        their row context codes (None: unknown)."""
         chunk = micro_batch or self.config.micro_batch
         vis_all = self._visible(visible, cache.shift, cache.hist_len)
         parts: list[dict[str, torch.Tensor]] = []
         for start in range(0, cand_items.shape[1], chunk):
             sl = slice(start, start + chunk)
-            x = self._candidate_tokens(cand_items[:, sl], cand_time[:, sl], vis_all[:, sl], cache.hist_time)
+            x = self._candidate_tokens(cand_items[:, sl], cand_time[:, sl], vis_all[:, sl], cache.hist_time,
+                                       None if cand_context is None else cand_context[:, sl])
             rel, gap, mask = self._candidate_geometry(vis_all[:, sl], cand_time[:, sl], cache.hist_time)
             bias_idx = self.blocks[0].rab.index(rel, gap)
             zero = torch.zeros((), dtype=torch.long, device=x.device)
@@ -383,7 +409,8 @@ class GenerativeRanker(nn.Module):
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
         """{task: [B, M]}: logits for binary tasks, values for regression tasks (padded candidates: garbage)."""
-        return self.score_candidates(self.encode_history(batch), batch.cand_items, batch.cand_time, batch.visible)
+        return self.score_candidates(self.encode_history(batch), batch.cand_items, batch.cand_time, batch.visible,
+                                     cand_context=batch.cand_context)
 
     # --- the naive baseline -----------------------------------------------------------------------------------
 
@@ -398,8 +425,9 @@ class GenerativeRanker(nn.Module):
         outs: list[dict[str, torch.Tensor]] = []
         for c in range(batch.cand_items.shape[1]):
             vis = vis_all[:, c]
+            ctx = None if batch.cand_context is None else batch.cand_context[:, c:c + 1]
             cand = self._candidate_tokens(batch.cand_items[:, c:c + 1], batch.cand_time[:, c:c + 1], vis[:, None],
-                                          times)
+                                          times, ctx)
             x = torch.cat([x_h, cand], dim=1)
             pos = torch.cat([cols[None, :-1].expand(len(vis), -1), (vis + 1)[:, None]], dim=1)  # [B, N]
             t = torch.cat([times[:, :1], times, batch.cand_time[:, c:c + 1]], dim=1)  # user slot: any value

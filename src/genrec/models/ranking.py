@@ -33,6 +33,7 @@ class RankSpec:
     user_feature_sizes: dict[str, int] | None = None
     action_sizes: dict[str, int] | None = None  # action field of a history token -> number of codes (0 = pad)
     action_bits: dict[str, int] | None = None  # action fields whose code - 1 is a bit set of that many signals
+    row_feature_sizes: dict[str, int] | None = None  # per-impression context code -> number of codes (0 = unknown)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -62,6 +63,9 @@ class RankBatch:
     cand_time: torch.Tensor  # [B, M] int64 unix ms (the request time at serving)
     visible: torch.Tensor  # [B, M] history tokens candidate c may read (a prefix of the history)
     labels: dict[str, torch.Tensor] | None = None  # task -> [B, M] float (training / evaluation only)
+    # Per-impression context codes (spec.row_feature_sizes order, 0 = unknown); None: unknown everywhere.
+    hist_context: torch.Tensor | None = None  # [B, L, C] where each history impression was shown
+    cand_context: torch.Tensor | None = None  # [B, M, C] where each candidate is to be shown
 
     def to(self, device: torch.device | str) -> RankBatch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
