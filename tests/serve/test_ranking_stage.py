@@ -4,6 +4,7 @@ ranking model called directly), actions from events, bad input, and the fusion w
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 
 import numpy as np
@@ -19,6 +20,7 @@ from tests.train.test_ranking_trainer import config, learnable_log
 from genrec.data.actions import SCHEMAS, encode_events, schema_for
 from genrec.data.impressions import log_bucket, temporal_split
 from genrec.errors import GenrecError
+from genrec.io import read_json, write_json
 from genrec.models.ranking import RankBatch
 from genrec.serve import Recommender, export_bundle, load_manifest
 from genrec.serve.app import Settings, create_app
@@ -148,6 +150,13 @@ def test_export_refuses_what_cannot_be_a_ranking_stage(runs, capsys):
     with pytest.raises(GenrecError, match="task_blend names"):
         export_bundle(retrieval, root / "x2", ranker=ranker, ranker_options={"blend": {"rate": 1.0}})
     assert not (root / "x1").exists() and not (root / "x2").exists()
+    with_context = root / "ranker-with-context"
+    shutil.copytree(ranker, with_context)
+    info = read_json(with_context / "model.json")
+    write_json(with_context / "model.json", {**info, "config": {**info["config"], "row_context": ["tab"]}})
+    with pytest.raises(GenrecError, match="row_context: tab"):  # serving cannot pass the context yet
+        export_bundle(retrieval, root / "x5", ranker=with_context)
+    assert not (root / "x5").exists()
     code, out, _ = run(["export", str(retrieval), "--out", str(root / "x3"), "--ranker", str(ranker),
                         "--ranker-weight", "none", "--ranker-blend", "click=1,forward=0.5"], capsys)
     assert code == 0 and "ranking stage: ranker" in out

@@ -125,6 +125,10 @@ def _copy_ranker(run: Path, bundle: Path, raw_ids: list[str], options: dict[str,
     model, config = read_json(run / "model.json"), read_json(run / "config.json")
     if model.get("name") not in RANKING:
         raise GenrecError(f"ranker {run}: model {model.get('name')!r} is not a ranking model ({', '.join(RANKING)})")
+    if (model.get("config") or {}).get("row_context"):
+        raise GenrecError(f"ranker {run}: it reads per-impression context (row_context: "
+                          f"{', '.join(model['config']['row_context'])}), which the serving API does not pass yet; "
+                          "export a ranker trained without row_context")
     spec = RankSpec.from_json(model["spec"])
     if (run / "ranker_items.parquet").is_file() and (run / "ranker_users.parquet").is_file():
         items, users = read_vocab(run / "ranker_items.parquet"), read_vocab(run / "ranker_users.parquet")
