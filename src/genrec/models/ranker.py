@@ -4,7 +4,8 @@ M-FALCON.
 **Tokens.** A request is read as one sequence: a user token (user id + user features) first, then the history
 of impressions, each token the item (id + item features) plus the actions the user took on it (what was
 clicked, liked, how long it was watched), then the candidates, each the item plus a learned candidate-type
-vector and no actions: the actions are what is predicted.
+vector and no actions: the actions are what is predicted. With ``row_context`` every history token and every
+candidate also adds the embedding of its own impression context (e.g. the app tab it was shown on).
 
 **Attention.** HSTU blocks: one fused projection gives U, V, Q, K through SiLU; attention is pointwise
 SiLU(Q K^T + rab) / n with the constant n = max_len (so a token's output does not depend on how many tokens
