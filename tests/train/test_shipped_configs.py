@@ -35,7 +35,8 @@ def test_config_validates_and_builds(path):
         cls, _ = RANKING[cfg.model.name]
         binary = tuple(dict.fromkeys(("click", "like", *cfg.model.listwise)))  # the tasks the config names
         spec = RankSpec(n_items=10, n_users=5, binary_tasks=binary, regression_tasks=("watch_time",),
-                        item_feature_sizes={"tag": 3, "author": 3}, action_sizes={"signals": 4})
+                        item_feature_sizes={"tag": 3, "author": 3}, action_sizes={"signals": 4},
+                        row_feature_sizes={"tab": 4})
         codes = torch.tensor([0, *([1, 2] * 5)])
         model = cls(cfg.model, spec, {"tag": codes, "author": codes}, {})
     else:
