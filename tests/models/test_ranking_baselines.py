@@ -3,6 +3,8 @@ configs, and learning a tiny generated multi-task problem."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -294,3 +296,41 @@ def test_item_prior_adds_the_counted_offsets_and_loads_with_the_weights(kind: st
     restored = make(kind, seed=5, item_prior=True)
     restored.load_state_dict(model.state_dict())
     torch.testing.assert_close(run(restored, batch)["like"], out["like"], **TIGHT)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_row_context_reads_each_candidates_own_code_and_only_visible_history(kind: str) -> None:
+    spec = dataclasses.replace(SPEC, row_feature_sizes={"tab": 4, "slot": 3})
+    torch.manual_seed(0)
+    model = make(kind)
+    cfg = model.config.model_copy(update={"row_context": ("slot",)})
+    model = type(model)(cfg, spec, {"cat": ITEM_CAT}, {"age": USER_AGE}).double().eval()
+    batch = make_batch(3, b=4, length=8, m=6)
+    g = torch.Generator().manual_seed(4)
+
+    def codes(items: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.randint(1, n, items.shape, generator=g) for n in (4, 3)], -1) * (items > 0)[..., None]
+
+    batch = replace(batch, hist_context=codes(batch.hist_items), cand_context=codes(batch.cand_items))
+    out = run(model, batch)
+    flipped = batch.cand_context.clone()
+    flipped[:, 0, 1] = 3 - flipped[:, 0, 1]  # candidate 0's slot only
+    moved = run(model, replace(batch, cand_context=flipped))
+    assert not torch.allclose(moved["click"][0, 0], out["click"][0, 0])
+    for task in SPEC.tasks:
+        torch.testing.assert_close(moved[task][:, 1:], out[task][:, 1:], **TIGHT)
+    other = batch.cand_context.clone()
+    other[..., 0] = 1  # tab: not a row_context column
+    torch.testing.assert_close(run(model, replace(batch, cand_context=other))["click"], out["click"], **TIGHT)
+    v = int(batch.visible[0, 0])
+    later = batch.hist_context.clone()
+    later[0, v:, 1] = 3 - later[0, v:, 1]  # history codes past what candidate 0 reads
+    torch.testing.assert_close(run(model, replace(batch, hist_context=later))["click"][0, 0], out["click"][0, 0],
+                               **TIGHT)
+    unknown = run(model, replace(batch, hist_context=None, cand_context=None))
+    zeros = run(model, replace(batch, hist_context=torch.zeros_like(batch.hist_context),
+                               cand_context=torch.zeros_like(batch.cand_context)))
+    torch.testing.assert_close(unknown["click"], zeros["click"], **TIGHT)  # no context = code 0
+    with pytest.raises(ValueError, match="row_context names"):
+        type(model)(model.config.model_copy(update={"row_context": ("page",)}), spec, {"cat": ITEM_CAT},
+                    {"age": USER_AGE})

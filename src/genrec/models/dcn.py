@@ -28,6 +28,7 @@ from genrec.models.ranking import (
     RankBatch,
     RankingOptions,
     RankSpec,
+    RowContext,
     TaskHeads,
     check_task_weights,
     make_item_prior,
@@ -81,7 +82,8 @@ class DCN(nn.Module):
         self.item = FeatureEmbedding(spec.n_items, d, spec.item_feature_sizes, item_tables, config.init_std)
         self.user = FeatureEmbedding(spec.n_users, d, spec.user_feature_sizes, user_tables, config.init_std)
         self.action = ActionEmbedding(spec.action_sizes, d, config.init_std)
-        width = d * (len(self.user.names) + len(self.item.names) + 3)  # + user id, item id, history summary
+        # + user id, item id, history summary, and the candidate's row context (with row_context)
+        width = d * (len(self.user.names) + len(self.item.names) + 3 + bool(config.row_context))
         self.cross = nn.ModuleList(CrossLayer(width, config.cross_rank) for _ in range(config.cross_layers))
         layers: list[nn.Module] = []
         deep_in = width
@@ -92,16 +94,21 @@ class DCN(nn.Module):
         out = deep_in + (width if config.structure == "parallel" else 0)
         self.prior = make_item_prior(config, spec)
         self.heads = TaskHeads(out, spec.tasks, config.head_hidden)
+        self.row = RowContext(spec, config.row_context, d, config.init_std)
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
         """Logits (binary tasks) or values (regression tasks), each [B, M]."""
-        items, actions, mask = visible_history(batch, self.config.max_len)
-        tokens = self.item(items) + self.action(actions)  # [B, W, D]
+        items, actions, mask, context = visible_history(batch, self.config.max_len)
+        tokens = self.item(items) + self.action(actions) + self.row(context)  # [B, W, D]
         w = mask.to(tokens.dtype)
         summary = torch.bmm(w, tokens) / w.sum(-1, keepdim=True).clamp_min(1)  # [B, M, D]
         b, m = batch.cand_items.shape
         user = [f[:, None, :].expand(b, m, -1) for f in field_embeddings(self.user, batch.user)]
-        x0 = torch.cat(user + field_embeddings(self.item, batch.cand_items) + [summary], dim=-1)
+        fields = user + field_embeddings(self.item, batch.cand_items) + [summary]
+        if len(self.row):  # the candidate's own context as one more field
+            codes = batch.cand_context
+            fields.append(self.row(codes) if codes is not None else torch.zeros_like(summary))
+        x0 = torch.cat(fields, dim=-1)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)

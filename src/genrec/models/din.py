@@ -32,6 +32,7 @@ from genrec.models.ranking import (
     RankBatch,
     RankingOptions,
     RankSpec,
+    RowContext,
     TaskHeads,
     check_task_weights,
     make_item_prior,
@@ -159,13 +160,14 @@ class DIN(nn.Module):
         self.mlp = MLP(4 * d, config.hidden, config.activation, config.dropout)
         self.prior = make_item_prior(config, spec)
         self.heads = TaskHeads(self.mlp.d_out, spec.tasks, config.head_hidden)
+        self.row = RowContext(spec, config.row_context, d, config.init_std)
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
         """Logits (binary tasks) or values (regression tasks), each [B, M]."""
-        items, actions, mask = visible_history(batch, self.config.max_len)
+        items, actions, mask, context = visible_history(batch, self.config.max_len)
         mask = mask & batch.cand_mask[..., None]  # padded candidates attend to nothing (and skew no Dice stats)
-        tokens = self.item(items) + self.action(actions)  # [B, W, D]
-        e = self.item(batch.cand_items)  # [B, M, D]
+        tokens = self.item(items) + self.action(actions) + self.row(context)  # [B, W, D]
+        e = self.item(batch.cand_items) + self.row(batch.cand_context)  # [B, M, D]
         weights = self.attention(tokens, e, mask, self.reference)  # [B, M, W], not normalised
         interest = torch.bmm(weights, tokens)  # [B, M, D]
         u = self.user(batch.user)[:, None, :].expand_as(e)

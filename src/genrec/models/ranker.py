@@ -54,6 +54,7 @@ from genrec.models.ranking import (
     RankBatch,
     RankingOptions,
     RankSpec,
+    RowContext,
     TaskHeads,
     add_offsets,
     make_item_prior,
@@ -115,11 +116,6 @@ class RankerConfig(RankingOptions):
         (), description="Request-context embeddings added to every candidate token: 'hour' (UTC hour of day of the "
         "candidate's time) and 'gap' (log2 buckets of the seconds since the last history impression the candidate "
         "may read). Both are known when a request is served. Default none.")
-    row_context: tuple[str, ...] = Field(
-        (), description="Per-impression context (the log's row features, e.g. KuaiRand's 'tab', the app surface) "
-        "embedded and added to tokens: a candidate's own code to its token, a history impression's code to that "
-        "token (where the user saw it). Known when a request is served; a request without it reads code 0 "
-        "(unknown). Default none.")
     mf_dim: int = Field(0, ge=0, description="Width of a matrix-factorisation cross (0 = none): separate user and "
                         "item id embeddings whose elementwise product (with dropout) feeds one linear output per task, "
                         "added to the heads' outputs. A user x item affinity wider than dim, outside the HSTU.")
@@ -184,15 +180,7 @@ class GenerativeRanker(nn.Module):
         self.context = nn.ModuleDict({name: nn.Embedding(CONTEXT_SIZES[name], d) for name in config.context})
         for emb in self.context.values():
             nn.init.normal_(emb.weight, std=config.init_std)
-        known = list(spec.row_feature_sizes or {})
-        if unknown := set(config.row_context) - set(known):
-            raise ValueError(f"row_context names row features the data does not have: {sorted(unknown)} "
-                             f"(known: {', '.join(known) or 'none'})")
-        self.row_columns = [known.index(name) for name in config.row_context]  # columns of hist/cand_context
-        self.row_emb = nn.ModuleList(nn.Embedding(spec.row_feature_sizes[name], d, padding_idx=0)
-                                     for name in config.row_context)
-        for emb in self.row_emb:
-            nn.init.normal_(emb.weight[1:], std=config.init_std)
+        self.row_emb = RowContext(spec, config.row_context, d, config.init_std)
         self.drop = nn.Dropout(config.dropout)
         block_cfg = HSTUConfig(dim=d, blocks=config.blocks, heads=config.heads, max_len=config.max_len,
                                dropout=config.dropout, init_std=config.init_std, time_buckets=config.time_buckets,
@@ -228,12 +216,6 @@ class GenerativeRanker(nn.Module):
         # embeddings start at init_std; sqrt(D) brings them to the scale of the blocks' residual updates
         return self.drop(x * math.sqrt(self.config.dim))
 
-    def _row_context(self, codes: torch.Tensor | None) -> torch.Tensor | float:
-        """[..., D]: the sum of the row_context embeddings of ``codes`` [..., C]; None (unknown) adds nothing."""
-        if not self.row_emb or codes is None:
-            return 0.0
-        return sum(emb(codes[..., c]) for emb, c in zip(self.row_emb, self.row_columns, strict=True))
-
     def _history_tokens(self, batch: RankBatch) -> tuple[torch.Tensor, ...]:
         """Cap the history to its most recent max_len tokens; return [user, history] tokens [B, 1 + L, D],
         the kept times [B, L], lengths [B], the number of dropped impressions per row [B], the kept
@@ -251,7 +233,7 @@ class GenerativeRanker(nn.Module):
             actions = actions.gather(1, idx[..., None].expand(-1, -1, actions.shape[-1])) * real[..., None]
             if ctx is not None:
                 ctx = ctx.gather(1, idx[..., None].expand(-1, -1, ctx.shape[-1])) * real[..., None]
-        hist = self.item_emb(items) + self.action_emb(actions) + self._row_context(ctx)
+        hist = self.item_emb(items) + self.action_emb(actions) + self.row_emb(ctx)
         x = torch.cat([self.user_emb(batch.user)[:, None], hist], dim=1)
         return self._scale(x), times, length, shift, hist, items, actions
 
@@ -259,7 +241,7 @@ class GenerativeRanker(nn.Module):
                           hist_time: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
         """Candidate tokens [B, M, D]: item + candidate type + context; ``vis`` [B, M]: the kept history tokens
         each candidate reads, ``hist_time`` [B, L] their times, ``ctx`` [B, M, C] their row context codes."""
-        x = self.item_emb(items) + self.cand_type + self._row_context(ctx)
+        x = self.item_emb(items) + self.cand_type + self.row_emb(ctx)
         if "hour" in self.context:
             x = x + self.context["hour"](torch.div(times, HOUR_MS, rounding_mode="floor") % 24)
         if "gap" in self.context:

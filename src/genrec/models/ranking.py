@@ -223,10 +223,12 @@ def prefix_mask(visible: torch.Tensor, length: int) -> torch.Tensor:
     return torch.arange(length, device=visible.device)[None, None, :] < visible[..., None]
 
 
-def visible_history(batch: RankBatch, max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The history window the batch's real candidates read: items [B, W], actions [B, W, A] and mask [B, M, W],
-    where candidate c reads tokens j with visible[b, c] - max_len <= j < visible[b, c] (and j < hist_len[b]).
-    W is trimmed to the tokens some real candidate reads; the mask is exact per candidate."""
+def visible_history(batch: RankBatch, max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                             torch.Tensor | None]:
+    """The history window the batch's real candidates read: items [B, W], actions [B, W, A], mask [B, M, W]
+    and row context codes [B, W, C] (None without), where candidate c reads tokens j with
+    visible[b, c] - max_len <= j < visible[b, c] (and j < hist_len[b]). W is trimmed to the tokens some real
+    candidate reads; the mask is exact per candidate."""
     length = batch.hist_items.shape[1]
     vis = torch.minimum(batch.visible, batch.hist_len[:, None]).clamp(0, length)
     lo = (vis - max_len).clamp_min(0)
@@ -234,7 +236,8 @@ def visible_history(batch: RankBatch, max_len: int) -> tuple[torch.Tensor, torch
     start, end = (int(lo[real].min()), int(vis[real].max())) if bool(real.any()) else (0, 0)
     end = max(start, end)
     mask = prefix_mask(vis - start, end - start) & ~prefix_mask(lo - start, end - start)
-    return batch.hist_items[:, start:end], batch.hist_actions[:, start:end], mask
+    context = None if batch.hist_context is None else batch.hist_context[:, start:end]
+    return batch.hist_items[:, start:end], batch.hist_actions[:, start:end], mask, context
 
 
 def check_task_weights(spec: RankSpec, weights: dict[str, float]) -> None:
@@ -348,6 +351,27 @@ class ItemPrior(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+class RowContext(nn.ModuleList):
+    """Per-impression context (``RankSpec.row_feature_sizes``; RankBatch.hist_context / cand_context): one
+    embedding table per named row feature, summed; code 0 (unknown, or no context at all) adds nothing."""
+
+    def __init__(self, spec: RankSpec, names: tuple[str, ...], dim: int, init_std: float):
+        known = list(spec.row_feature_sizes or {})
+        if unknown := set(names) - set(known):
+            raise ValueError(f"row_context names row features the data does not have: {sorted(unknown)} "
+                             f"(known: {', '.join(known) or 'none'})")
+        super().__init__(nn.Embedding(spec.row_feature_sizes[name], dim, padding_idx=0) for name in names)
+        self.columns = [known.index(name) for name in names]  # columns of hist_context / cand_context
+        for emb in self:
+            nn.init.normal_(emb.weight[1:], std=init_std)
+
+    def forward(self, codes: torch.Tensor | None) -> torch.Tensor | float:
+        """[..., D]: the sum of the embeddings of ``codes`` [..., C]; None or no names: 0."""
+        if codes is None or not len(self):
+            return 0.0
+        return sum(emb(codes[..., c]) for emb, c in zip(self, self.columns, strict=True))
+
+
 class RankingOptions(BaseModel):
     """Options every ranking model's config shares: the item prior (:class:`ItemPrior`) and listwise losses."""
 
@@ -364,6 +388,11 @@ class RankingOptions(BaseModel):
     listwise: dict[str, float] = Field(default_factory=dict, description="Binary task -> weight of an extra "
                                        "listwise loss over each request's candidates (listwise_loss): it trains "
                                        "the order within a user, which GAUC measures, not who engages.")
+    row_context: tuple[str, ...] = Field(
+        (), description="Per-impression context (the log's row features, e.g. KuaiRand's 'tab', the app surface) "
+        "embedded (RowContext): a candidate's own code joins its representation, a history impression's code its "
+        "token (where the user saw it). Known when a request is served; a request without it reads code 0 "
+        "(unknown). Default none.")
 
 
 def make_item_prior(config: RankingOptions, spec: RankSpec) -> ItemPrior | None:
