@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from genrec.models.dcn import DCN, DCNConfig
 from genrec.models.din import DIN, DINConfig
+from genrec.models.ranker import GenerativeRanker, RankerConfig
 from genrec.models.ranking import RankBatch, RankSpec, multitask_loss
 
 N_ITEMS, N_USERS = 30, 12
@@ -334,3 +335,38 @@ def test_row_context_reads_each_candidates_own_code_and_only_visible_history(kin
     with pytest.raises(ValueError, match="row_context names"):
         type(model)(model.config.model_copy(update={"row_context": ("page",)}), spec, {"cat": ITEM_CAT},
                     {"age": USER_AGE})
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "ranker"])
+def test_row_bias_adds_one_learned_offset_per_task_and_code(kind: str) -> None:
+    spec = dataclasses.replace(SPEC, row_feature_sizes={"tab": 4, "slot": 3})
+    tables = ({"cat": ITEM_CAT}, {"age": USER_AGE})
+    if kind == "ranker":
+        base = RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3, row_context=("slot",))
+        cls = GenerativeRanker
+    else:
+        base = make(kind).config.model_copy(update={"row_context": ("slot",)})
+        cls = type(make(kind))
+    torch.manual_seed(0)
+    plain = cls(base, spec, *tables).double().eval()
+    biased = cls(base.model_copy(update={"row_bias": True}), spec, *tables).double().eval()
+    biased.load_state_dict(plain.state_dict(), strict=False)  # the same model plus the (zero) offsets
+    batch = make_batch(3, b=4, length=8, m=6)
+    g = torch.Generator().manual_seed(4)
+    codes = torch.randint(0, 3, batch.cand_items.shape + (1,), generator=g)
+    batch = replace(batch, hist_context=torch.zeros(batch.hist_items.shape + (2,), dtype=torch.long),
+                    cand_context=torch.cat([torch.ones_like(codes), codes], -1))
+    ref = run(plain, batch)
+    for task in SPEC.tasks:  # starts at zero: the same outputs
+        torch.testing.assert_close(run(biased, batch)[task], ref[task], **TIGHT)
+    with torch.no_grad():
+        biased.row_bias[0].weight[1:] = torch.randn(2, len(SPEC.tasks), generator=g, dtype=torch.float64)
+    out = run(biased, batch)
+    for k, task in enumerate(SPEC.tasks):  # code 0 (unknown) adds nothing
+        torch.testing.assert_close(out[task], ref[task] + biased.row_bias[0].weight[codes[..., 0], k], **TIGHT)
+    assert (codes > 0).any() and not torch.allclose(out["click"], ref["click"])
+    none = run(biased, replace(batch, hist_context=None, cand_context=None))
+    torch.testing.assert_close(none["click"], run(plain, replace(batch, hist_context=None, cand_context=None))["click"],
+                               **TIGHT)
+    with pytest.raises(ValueError, match="row_bias needs row_context"):
+        type(base)(**(base.model_dump() | {"row_context": (), "row_bias": True}))

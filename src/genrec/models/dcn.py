@@ -32,6 +32,7 @@ from genrec.models.ranking import (
     TaskHeads,
     check_task_weights,
     make_item_prior,
+    make_row_bias,
     multitask_loss,
     visible_history,
     with_item_prior,
@@ -93,6 +94,7 @@ class DCN(nn.Module):
         self.deep = nn.Sequential(*layers)
         out = deep_in + (width if config.structure == "parallel" else 0)
         self.prior = make_item_prior(config, spec)
+        self.row_bias = make_row_bias(config, spec)
         self.heads = TaskHeads(out, spec.tasks, config.head_hidden)
         self.row = RowContext(spec, config.row_context, d, config.init_std)
 
@@ -113,7 +115,8 @@ class DCN(nn.Module):
         for layer in self.cross:
             x = layer(x0, x)
         z = self.deep(x) if self.config.structure == "stacked" else torch.cat([x, self.deep(x0)], dim=-1)
-        return with_item_prior(self.prior, self.heads(z), batch.cand_items, batch.cand_time)
+        outputs = with_item_prior(self.prior, self.heads(z), batch.cand_items, batch.cand_time)
+        return self.row_bias(outputs, batch.cand_context)
 
     def loss(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
              mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

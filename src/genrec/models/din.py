@@ -36,6 +36,7 @@ from genrec.models.ranking import (
     TaskHeads,
     check_task_weights,
     make_item_prior,
+    make_row_bias,
     multitask_loss,
     visible_history,
     with_item_prior,
@@ -159,6 +160,7 @@ class DIN(nn.Module):
         self.attention = ActivationUnit(d, config.attention_hidden, config.activation)
         self.mlp = MLP(4 * d, config.hidden, config.activation, config.dropout)
         self.prior = make_item_prior(config, spec)
+        self.row_bias = make_row_bias(config, spec)
         self.heads = TaskHeads(self.mlp.d_out, spec.tasks, config.head_hidden)
         self.row = RowContext(spec, config.row_context, d, config.init_std)
 
@@ -172,7 +174,8 @@ class DIN(nn.Module):
         interest = torch.bmm(weights, tokens)  # [B, M, D]
         u = self.user(batch.user)[:, None, :].expand_as(e)
         z = self.mlp(torch.cat([u, e, interest, e * interest], dim=-1), batch.cand_mask)
-        return with_item_prior(self.prior, self.heads(z), batch.cand_items, batch.cand_time)
+        outputs = with_item_prior(self.prior, self.heads(z), batch.cand_items, batch.cand_time)
+        return self.row_bias(outputs, batch.cand_context)
 
     def loss(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
              mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

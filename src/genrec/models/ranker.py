@@ -58,6 +58,7 @@ from genrec.models.ranking import (
     TaskHeads,
     add_offsets,
     make_item_prior,
+    make_row_bias,
     multitask_loss,
     with_item_prior,
 )
@@ -209,6 +210,7 @@ class GenerativeRanker(nn.Module):
             for name in ("user", "item"):
                 nn.init.normal_(self.mf[name].weight, std=config.init_std)
         self.prior = make_item_prior(config, spec)
+        self.row_bias = make_row_bias(config, spec)
 
     # --- tokens -------------------------------------------------------------------------------------------
 
@@ -386,8 +388,9 @@ class GenerativeRanker(nn.Module):
                 x = self._finish(block, x, a, u)
             interest = self._interest(cache.tokens, cand_items[:, sl], mask[..., 1:])
             stats = self._stats(cache.items, cache.signals, cand_items[:, sl], mask[..., 1:])
-            parts.append(self._task_outputs(x, cand_items[:, sl], cand_time[:, sl], cache.user, interest, stats,
-                                            cache.mf_user))
+            out = self._task_outputs(x, cand_items[:, sl], cand_time[:, sl], cache.user, interest, stats,
+                                     cache.mf_user)
+            parts.append(self.row_bias(out, None if cand_context is None else cand_context[:, sl]))
         return {t: torch.cat([p[t] for p in parts], dim=1) for t in self.spec.tasks}
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
@@ -428,8 +431,9 @@ class GenerativeRanker(nn.Module):
                 x = self._finish(block, x, a, u)
             interest = self._interest(hist, batch.cand_items[:, c:c + 1], mask[:, -1:, 1:-1])
             stats = self._stats(items, signals, batch.cand_items[:, c:c + 1], mask[:, -1:, 1:-1])
-            outs.append(self._task_outputs(x[:, -1:], batch.cand_items[:, c:c + 1], batch.cand_time[:, c:c + 1],
-                                           self.user_emb(batch.user), interest, stats, self._mf_user(batch.user)))
+            out = self._task_outputs(x[:, -1:], batch.cand_items[:, c:c + 1], batch.cand_time[:, c:c + 1],
+                                     self.user_emb(batch.user), interest, stats, self._mf_user(batch.user))
+            outs.append(self.row_bias(out, ctx))
         return {t: torch.cat([o[t] for o in outs], dim=1) for t in self.spec.tasks}
 
     # --- training ------------------------------------------------------------------------------------------

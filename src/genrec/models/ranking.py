@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 
@@ -372,6 +372,28 @@ class RowContext(nn.ModuleList):
         return sum(emb(codes[..., c]) for emb, c in zip(self, self.columns, strict=True))
 
 
+class RowBias(nn.ModuleList):
+    """A learned logit offset per task for each code of the named row features (``RankSpec.row_feature_sizes``),
+    added to the task outputs: the part of a surface's effect that is the same for every user and item, which the
+    heads otherwise have to recover through the candidate token. Starts at zero; code 0 (unknown) adds nothing."""
+
+    def __init__(self, spec: RankSpec, names: tuple[str, ...]):
+        known = list(spec.row_feature_sizes or {})
+        super().__init__(nn.Embedding(spec.row_feature_sizes[name], len(spec.tasks), padding_idx=0)
+                         for name in names)
+        self.columns = [known.index(name) for name in names]
+        self.tasks = spec.tasks
+        for emb in self:
+            nn.init.zeros_(emb.weight)
+
+    def forward(self, outputs: dict[str, torch.Tensor], codes: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``outputs`` {task: [B, M]} plus the offsets of ``codes`` [B, M, C] (unchanged when None)."""
+        if codes is None or not len(self):
+            return outputs
+        offset = sum(emb(codes[..., c]) for emb, c in zip(self, self.columns, strict=True))  # [B, M, T]
+        return add_offsets(outputs, {t: offset[..., k] for k, t in enumerate(self.tasks)})
+
+
 class RankingOptions(BaseModel):
     """Options every ranking model's config shares: the item prior (:class:`ItemPrior`) and listwise losses."""
 
@@ -393,6 +415,20 @@ class RankingOptions(BaseModel):
         "embedded (RowContext): a candidate's own code joins its representation, a history impression's code its "
         "token (where the user saw it). Known when a request is served; a request without it reads code 0 "
         "(unknown). Default none.")
+    row_bias: bool = Field(False, description="Also learn a logit offset per task for each row_context code "
+                           "(RowBias), added to the outputs: a surface's effect shared by all users and items. "
+                           "Needs row_context.")
+
+    @model_validator(mode="after")
+    def _row_bias_needs_context(self) -> RankingOptions:
+        if self.row_bias and not self.row_context:
+            raise ValueError("row_bias needs row_context: name the row features whose codes get an offset")
+        return self
+
+
+def make_row_bias(config: RankingOptions, spec: RankSpec) -> RowBias:
+    """The config's row bias over its row_context features (empty, adding nothing, without row_bias)."""
+    return RowBias(spec, config.row_context if config.row_bias else ())
 
 
 def make_item_prior(config: RankingOptions, spec: RankSpec) -> ItemPrior | None:
