@@ -101,6 +101,8 @@ def test_validation_names_the_problem():
         dataclasses.replace(log, row_features={"tab": np.zeros(log.n_rows - 1, np.int64)})
     with pytest.raises(DataError, match="row feature columns and sizes"):
         dataclasses.replace(log, row_feature_sizes={})
+    with pytest.raises(DataError, match="row feature values of 'tab' must name codes 1..2"):
+        dataclasses.replace(log, row_feature_values={"tab": ["a", "b", "c"]})
 
 
 def test_spec_fields_are_rankspec_arguments():
@@ -225,10 +227,12 @@ def test_kuairand_reader(tmp_path, monkeypatch, official):
     assert set(log.user_features) == set(imp._KR_USER_FEATURES)
     # tabs 0 / 1 / 4 / 6 -> codes 1..4 (0 = unknown); user 3's rows first
     assert log.row_features["tab"].tolist() == [3, 2, 1, 2, 3, 4, 4, 4] and log.row_feature_sizes == {"tab": 5}
+    assert log.row_feature_values == {"tab": ["0", "1", "4", "6"]}  # what a served request's {"tab": 4} maps to
     assert len(list((tmp_path / "cache/impressions").iterdir())) == 1
     again = load_impressions("kuairand-pure", tmp_path / "data")  # from the cache
     assert np.array_equal(again.actions, log.actions) and again.meta == log.meta
     assert np.array_equal(again.row_features["tab"], log.row_features["tab"])
+    assert again.row_feature_values == log.row_feature_values
 
 
 def test_movielens_reader(tmp_path, monkeypatch):

@@ -103,8 +103,10 @@ def test_context_defaults_to_every_row_and_roundtrips(tmp_path):
 
 def test_sampled_negatives():
     log = ratings_log(1, n_users=10)
-    log = dataclasses.replace(log, row_features={"tab": 1 + log.time // 1000 % 3}, row_feature_sizes={"tab": 4})
+    log = dataclasses.replace(log, row_features={"tab": 1 + log.time // 1000 % 3}, row_feature_sizes={"tab": 4},
+                              row_feature_values={"tab": ["a", "b", "c"]})
     neg = with_sampled_negatives(log, 4, seed=3)
+    assert neg.row_feature_values == log.row_feature_values
     assert neg.n_rows == 5 * log.n_rows and neg.name == f"{log.name}-neg"
     assert np.array_equal(neg.row_features["tab"], 1 + neg.time // 1000 % 3)  # a negative copies its row's
     assert neg.binary_tasks == ("like", "rate") and neg.context.sum() == log.n_rows

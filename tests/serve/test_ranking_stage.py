@@ -3,9 +3,11 @@ ranking model called directly), actions from events, bad input, and the fusion w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sqlite3
+import types
 
 import numpy as np
 import pytest
@@ -97,7 +99,8 @@ def test_requests_batched_together_score_as_alone(bundle):
     stage = Recommender.load(bundle).ranker
     rng = np.random.default_rng(0)
     requests = [{"user": u, "items": rng.integers(1, 31, n), "actions": rng.integers(1, 5, (n, 1)),
-                 "time": np.sort(rng.integers(0, 10**9, n)), "cand": rng.integers(0, 31, m)}
+                 "time": np.sort(rng.integers(0, 10**9, n)), "cand": rng.integers(0, 31, m),
+                 "context": np.zeros((n, 0), np.int64), "cand_context": np.zeros(0, np.int64)}
                 for u, n, m in ((3, 5, 7), (0, 0, 4), (9, 12, 9))]
     together = stage._forward(requests)
     for request, batched in zip(requests, together, strict=True):
@@ -153,8 +156,10 @@ def test_export_refuses_what_cannot_be_a_ranking_stage(runs, capsys):
     with_context = root / "ranker-with-context"
     shutil.copytree(ranker, with_context)
     info = read_json(with_context / "model.json")
-    write_json(with_context / "model.json", {**info, "config": {**info["config"], "row_context": ["tab"]}})
-    with pytest.raises(GenrecError, match="row_context: tab"):  # serving cannot pass the context yet
+    spec = {**info["spec"], "row_feature_sizes": {"tab": 3}}
+    write_json(with_context / "model.json", {**info, "spec": spec, "config": {**info["config"], "row_context": ["tab"]},
+                                             "row_values": {}})
+    with pytest.raises(GenrecError, match="raw values of its 2 codes are unknown"):  # requests could not be mapped
         export_bundle(retrieval, root / "x5", ranker=with_context)
     assert not (root / "x5").exists()
     code, out, _ = run(["export", str(retrieval), "--out", str(root / "x3"), "--ranker", str(ranker),
@@ -191,8 +196,8 @@ def test_sqlite_store_keeps_actions_and_upgrades_old_files(tmp_path):
     db.commit()
     db.close()
     store = SQLiteStore(path)
-    store.append("u", [Event("b", 2, {"like": 1, "play_time_ms": 5300.5})])
-    assert store.history("u") == [Event("a", 1), Event("b", 2, {"like": 1, "play_time_ms": 5300.5})]
+    store.append("u", [Event("b", 2, {"like": 1, "play_time_ms": 5300.5}, {"tab": 3})])
+    assert store.history("u") == [Event("a", 1), Event("b", 2, {"like": 1, "play_time_ms": 5300.5}, {"tab": "3"})]
     with pytest.raises(ValueError, match="actions.like"):
         Event("c", None, {"like": -1})
     store.close()
@@ -212,3 +217,95 @@ def test_page_shows_the_rankers_predictions(bundle, tmp_path):
         first = page.locator("#recs li .predictions").first
         sync_api.expect(first).to_contain_text("click 0.")
         sync_api.expect(first).to_contain_text("watch_time")
+
+
+@pytest.fixture(scope="module")
+def context_bundle(runs):
+    """A bundle whose ranker reads a context ``tab`` ('home' / 'feed' / 'search'), with a per-tab offset."""
+    retrieval, _, root = runs
+    log = learnable_log()
+    rng = np.random.default_rng(1)
+    log = dataclasses.replace(log, row_features={"tab": rng.integers(1, 4, log.n_rows)},
+                              row_feature_sizes={"tab": 4}, row_feature_values={"tab": ["feed", "home", "search"]})
+    days = np.unique(log.day)
+    cfg = config("ranker", epochs=1)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"row_context": ("tab",), "row_bias": True})})
+    RankingTrainer(cfg, root / "ranker-tab", log=log, split=temporal_split(log, valid_day=int(days[7]),
+                                                                           test_day=int(days[8])),
+                   show_progress=False).fit()
+    return export_bundle(retrieval, root / "bundle-tab", ranker=root / "ranker-tab",
+                         ranker_options={"weight": 0.5, "candidates": 8})
+
+
+def test_context_reaches_the_ranker_as_the_codes_it_was_trained_on(context_bundle):
+    assert load_manifest(context_bundle)["ranker"]["context"] == ["tab"]
+    rec = Recommender.load(context_bundle)
+    with torch.no_grad():  # a visible offset per tab, so every code changes the answer
+        rec.ranker.model.row_bias[0].weight[1:, 0] = torch.tensor([-1.0, 0.0, 1.0])
+    history, times = ["3", "4", "5"], [1_650_000_000_000 + i * 60_000 for i in range(3)]
+    seen = [{"tab": "search"}, None, {"tab": "home"}]
+
+    def clicks(context, history_context=seen) -> dict[str, float]:
+        out = rec.recommend(history, k=8, timestamps=times, history_context=history_context, context=context)
+        assert out.mode == "model+ranker"
+        return {r["item_id"]: r["predictions"]["click"] for r in out.items}
+
+    feed, home = clicks({"tab": "feed"}), clicks({"tab": "home"})
+    assert feed.keys() == home.keys() and all(home[i] != feed[i] for i in feed)
+    assert clicks(None) == clicks({"tab": "a tab it never saw"})  # unknown: code 0, as in training
+    assert clicks(None, None) != clicks(None)  # the history's contexts are read too
+
+    stage = rec.ranker  # the model called directly with the codes mapped by hand (feed 1, home 2, search 3)
+    item = {str(i): i + 1 for i in range(30)}
+    ids = list(feed)
+    batch = RankBatch(user=torch.tensor([0]), hist_items=torch.tensor([[item[h] for h in history]]),
+                      hist_actions=torch.ones((1, 3, 1), dtype=torch.int64), hist_time=torch.tensor([times]),
+                      hist_len=torch.tensor([3]), cand_items=torch.tensor([[item[i] for i in ids]]),
+                      cand_time=torch.full((1, len(ids)), times[-1]), visible=torch.full((1, len(ids)), 3),
+                      hist_context=torch.tensor([[[3], [0], [2]]]), cand_context=torch.full((1, len(ids), 1), 1))
+    with torch.no_grad():
+        direct = stage.model(batch)["click"][0].double()
+    a, b = stage.calibration["click"]
+    np.testing.assert_allclose([feed[i] for i in ids], torch.sigmoid(a * direct + b).numpy(), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"history_context\[0\]: 'page' is not a context this ranker reads"):
+        rec.recommend(history, history_context=[{"page": 1}, None, None])
+    with pytest.raises(ValueError, match=r"context.tab: must be text or an integer"):
+        rec.recommend(history, context={"tab": 1.5})
+
+
+def test_events_and_requests_carry_context_over_http(context_bundle, tmp_path):
+    c = TestClient(create_app(Settings(bundle=context_bundle, store=str(tmp_path / "h.sqlite"))))
+    # a user the ranker never saw: the same (unknown) user as an explicit history
+    body = {"user_id": "visitor", "items": ["3", "4"], "timestamps": [1, 2], "context": [{"tab": "search"}, None]}
+    assert c.post("/v1/events", json=body).status_code == 200
+    stored = c.post("/v1/recommend", json={"user_id": "visitor", "k": 4, "context": {"tab": "home"}}).json()
+    explicit = c.post("/v1/recommend", json={"history": ["3", "4"], "timestamps": [1, 2], "k": 4,
+                                             "history_context": [{"tab": "search"}, None],
+                                             "context": {"tab": "home"}}).json()
+    assert [r["predictions"] for r in stored["items"]] == [r["predictions"] for r in explicit["items"]]
+    other = c.post("/v1/recommend", json={"user_id": "visitor", "k": 4, "context": {"tab": "feed"}}).json()
+    assert [r["predictions"] for r in other["items"]] != [r["predictions"] for r in stored["items"]]
+
+    for bad, field in (({"context": [{"page": 1}, None]}, "'page'"), ({"context": [{"tab": 1.5}, None]}, "tab"),
+                       ({"context": [{"tab": "home"}]}, "one entry per item")):
+        r = c.post("/v1/events", json={**body, "user_id": "9", **bad})
+        assert r.status_code == 422 and field in r.text
+    assert c.post("/v1/recommend", json={"user_id": "9", "k": 2}).json()["fallback"]  # nothing was stored
+    for bad, field in (({"context": {"page": 1}}, "'page'"), ({"history_context": [None]}, "history_context")):
+        r = c.post("/v1/recommend", json={"history": ["3", "4"], **bad})
+        assert r.status_code == 422 and field in r.text
+
+
+def test_export_takes_row_values_from_the_log_for_runs_without_them(runs, context_bundle, monkeypatch):
+    import genrec.data.impressions as impressions
+
+    retrieval, _, root = runs
+    old = root / "ranker-tab-old"  # a run from before model.json kept the raw values
+    shutil.copytree(root / "ranker-tab", old)
+    info = read_json(old / "model.json")
+    del info["row_values"]
+    write_json(old / "model.json", info)
+    monkeypatch.setattr(impressions, "load_impressions",
+                        lambda name: types.SimpleNamespace(row_feature_values={"tab": ["feed", "home", "search"]}))
+    bundle = export_bundle(retrieval, root / "bundle-old", ranker=old)
+    assert read_json(bundle / "ranker.json")["row_values"] == {"tab": ["feed", "home", "search"]}

@@ -133,7 +133,18 @@ def test_invalid_input_names_the_field_and_writes_nothing(make_store):
     assert ids(store.history("u")) == ["a"]  # neither the half-valid batch nor the half-valid seed landed
 
 
+def test_actions_and_context_round_trip(make_store):
+    store = make_store()
+    events = [Event("a", 1, {"like": 1}, {"tab": 2}), Event("b", 2, None, {"tab": "feed"}), Event("c", 3, {"like": 0}),
+              Event("d")]
+    store.append("u", events)
+    assert store.history("u") == events
+    assert store.history("u")[0].context == {"tab": "2"}  # values are kept as text: 2 and "2" are one surface
+
+
 @pytest.mark.parametrize("kwargs, field", [
+    ({"item_id": "a", "context": {"tab": 1.5}}, "context.tab"), ({"item_id": "a", "context": {"tab": True}}, "context"),
+    ({"item_id": "a", "context": ["tab"]}, "context"), ({"item_id": "a", "context": {"": 1}}, "context"),
     ({"item_id": ""}, "item_id"), ({"item_id": 7}, "item_id"),
     ({"item_id": "a", "timestamp": 1.5}, "timestamp"), ({"item_id": "a", "timestamp": "12"}, "timestamp"),
     ({"item_id": "a", "timestamp": True}, "timestamp"), ({"item_id": "a", "timestamp": 2**63}, "timestamp"),

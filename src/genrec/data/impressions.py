@@ -50,7 +50,8 @@ from genrec.errors import ConfigError, DataError, UnknownDatasetError
 from genrec.io import read_prepared_info, write_json, write_parquet
 
 FORMAT_VERSION = 1
-READER_VERSION = 2  # part of the cache key: bumped when a reader's output changes (2: KuaiRand's row feature tab)
+READER_VERSION = 3  # part of the cache key: bumped when a reader's output changes (2: KuaiRand's row feature tab;
+# 3: the raw values of row feature codes)
 SPLIT_NAMES = ("train", "valid", "test")  # codes 0, 1, 2 of ImpressionLog.source_split
 
 
@@ -82,6 +83,9 @@ class ImpressionLog:
     # codes in [0, size), 0 = unknown.
     row_features: dict[str, np.ndarray] = field(default_factory=dict)
     row_feature_sizes: dict[str, int] = field(default_factory=dict)
+    # The raw value (as text) of each row feature's codes 1..size-1, where the reader knows them: what a served
+    # request's context ({"tab": 1}) is mapped through.
+    row_feature_values: dict[str, list[str]] = field(default_factory=dict)
     user_offsets: np.ndarray = field(init=False)  # int64 [n_users + 1]
     context_rows: np.ndarray | None = field(init=False)  # int64 row index of each context row (None: all rows)
     context_before: np.ndarray = field(init=False, repr=False)  # int64 [N + 1]: context rows among rows [0, i)
@@ -121,6 +125,10 @@ class ImpressionLog:
             if col.shape != (n,) or (n and (col.min() < 0 or col.max() >= self.row_feature_sizes[key])):
                 raise DataError(f"impression log '{self.name}': row feature '{key}' must have {n} rows with codes "
                                 f"in [0, {self.row_feature_sizes[key]})")
+        for key, values in self.row_feature_values.items():
+            if key not in self.row_feature_sizes or len(values) != self.row_feature_sizes[key] - 1:
+                raise DataError(f"impression log '{self.name}': row feature values of '{key}' must name codes "
+                                f"1..{self.row_feature_sizes.get(key, 1) - 1} of a row feature")
         order_ok = (np.diff(self.user) >= 0) & ((np.diff(self.user) > 0) | (np.diff(self.time) >= 0))
         if not order_ok.all():
             raise DataError(f"impression log '{self.name}': rows are not sorted by (user, time)")
@@ -203,7 +211,8 @@ class ImpressionLog:
             "format_version": FORMAT_VERSION, "name": self.name, "binary_tasks": list(self.binary_tasks),
             "regression_tasks": list(self.regression_tasks), "action_sizes": self.action_sizes,
             "item_feature_sizes": self.item_feature_sizes, "user_feature_sizes": self.user_feature_sizes,
-            "row_feature_sizes": self.row_feature_sizes, "stats": self.stats(), "meta": self.meta})
+            "row_feature_sizes": self.row_feature_sizes, "row_feature_values": self.row_feature_values,
+            "stats": self.stats(), "meta": self.meta})
         return folder
 
     @classmethod
@@ -236,7 +245,8 @@ class ImpressionLog:
             meta=info.get("meta", {}),
             context=col(rows, "context", np.bool_) if "context" in rows.column_names else None,
             row_features={k: col(rows, f"row:{k}") for k in info.get("row_feature_sizes", {})},
-            row_feature_sizes=info.get("row_feature_sizes", {}))
+            row_feature_sizes=info.get("row_feature_sizes", {}),
+            row_feature_values=info.get("row_feature_values", {}))
 
 
 def _label_stats(log: ImpressionLog, mask: np.ndarray) -> dict[str, Any]:
@@ -249,11 +259,18 @@ def _label_stats(log: ImpressionLog, mask: np.ndarray) -> dict[str, Any]:
 
 def categorical(values: pa.Array | np.ndarray) -> tuple[np.ndarray, int]:
     """Codes 1..K over the sorted distinct non-null values, 0 for null; returns (codes, K + 1)."""
+    codes, values_ = categorical_values(values)
+    return codes, len(values_) + 1
+
+
+def categorical_values(values: pa.Array | np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """:func:`categorical`'s codes and the K distinct values they stand for, as text (code k: values[k - 1])."""
     arr = pa.array(values) if isinstance(values, np.ndarray) else values
     uniq = pc.unique(pc.drop_null(arr))
     uniq = uniq.take(pc.sort_indices(uniq))
     idx = pc.index_in(arr, value_set=uniq)
-    return pc.fill_null(pc.add(idx, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64), len(uniq) + 1
+    codes = pc.fill_null(pc.add(idx, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, [str(v) for v in uniq.to_pylist()]
 
 
 def log_bucket(x: np.ndarray, unit: float, n: int, per_octave: int = 1) -> np.ndarray:
@@ -379,7 +396,7 @@ def _read_kuairand(root: Path) -> ImpressionLog:
 
     # The app tab an impression was shown on: known when the request is served, and click rates differ by tab
     # from 4% to 60% (benchmarks/kuairand_tab.py).
-    tab, n_tabs = categorical(log.column("tab").combine_chunks())
+    tab, tabs = categorical_values(pc.cast(log.column("tab").combine_chunks(), pa.int64()))  # "1", not "1.0"
     people = _align(users, *_csv_keyed(user_path, "user_id", {c: pa.string() for c in _KR_USER_FEATURES}))
     user_features, user_sizes = {}, {}
     for name in _KR_USER_FEATURES:
@@ -394,7 +411,7 @@ def _read_kuairand(root: Path) -> ImpressionLog:
         action_sizes={"signals": 1 + 2 ** len(_KR_SIGNAL_BITS), "watch": 1 + WATCH_BUCKETS},
         item_features={k: _with_padding(v) for k, v in item_features.items()}, item_feature_sizes=item_sizes,
         user_features={k: _with_padding(v) for k, v in user_features.items()}, user_feature_sizes=user_sizes,
-        row_features={"tab": tab}, row_feature_sizes={"tab": n_tabs},
+        row_features={"tab": tab}, row_feature_sizes={"tab": len(tabs) + 1}, row_feature_values={"tab": tabs},
         meta={"source": str(base), "layout": "official" if base.name == "data" else "window",
               "files": [str(p) for p in log_paths], "duplicate_rows": duplicates,
               "signal_bits": list(_KR_SIGNAL_BITS), "rare_author_min": RARE_AUTHOR_MIN})
@@ -575,7 +592,7 @@ def with_sampled_negatives(log: ImpressionLog, n_negatives: int = ML_NEGATIVES, 
         else None,
         context=np.concatenate([log.context, np.zeros(k, dtype=bool)]),
         row_features={n: np.concatenate([v, v[src]]) for n, v in log.row_features.items()},
-        row_feature_sizes=log.row_feature_sizes,
+        row_feature_sizes=log.row_feature_sizes, row_feature_values=log.row_feature_values,
         meta={**log.meta, "negatives": {
             "per_real_row": n_negatives, "seed": seed, "task": task, "rows": k,
             "distribution": ("uniform over the user's pool (popularity where it is empty or used up)"

@@ -30,7 +30,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 from starlette.datastructures import Headers
 
 from genrec.serve.recommender import Recommender
@@ -52,6 +52,13 @@ ACTIONS_DOC = ("What the user did with each item (signal -> number >= 0, e.g. {\
                "null: the default interaction), read by a bundle's ranking stage.")
 
 
+ContextName = Annotated[str, Field(min_length=1, max_length=50)]
+Context = Annotated[dict[ContextName, Annotated[StrictStr, Field(max_length=200)] | StrictInt], Field(max_length=16)]
+CONTEXT_DOC = ("Where an impression is shown (name -> text or integer, e.g. {\"tab\": 1}: the app surface), read by a "
+               "bundle's ranking stage when its ranker was trained with that context (model.row_context); a value it "
+               "never saw counts as unknown.")
+
+
 # Event times: integers a float64 holds exactly (the models and the store compute with them); larger is an error.
 Timestamp = Annotated[int, Field(ge=-(2**53), le=2**53)]
 
@@ -62,6 +69,8 @@ class RecommendRequest(_Body):
         None, max_length=10_000, description="Explicit history: raw item ids, oldest first.")
     timestamps: list[Timestamp] | None = Field(None, description="Unix seconds, one per history item.")
     actions: list[Actions | None] | None = Field(None, description=ACTIONS_DOC + " One per history item.")
+    history_context: list[Context | None] | None = Field(None, description=CONTEXT_DOC + " One per history item.")
+    context: Context | None = Field(None, description=CONTEXT_DOC + " This request's: where the answer is shown.")
     k: int = Field(10, ge=1, le=1000)
     exclude_seen: bool = True
     allow: list[str] | None = Field(None, max_length=100_000, description="Only these items may be returned.")
@@ -76,6 +85,9 @@ class RecommendRequest(_Body):
             raise ValueError("timestamps needs a history of the same length")
         if self.actions is not None and (self.history is None or len(self.actions) != len(self.history)):
             raise ValueError("actions needs a history of the same length")
+        if self.history_context is not None and (self.history is None or
+                                                 len(self.history_context) != len(self.history)):
+            raise ValueError("history_context needs a history of the same length")
         return self
 
 
@@ -84,6 +96,7 @@ class EventsRequest(_Body):
     items: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1, max_length=1000)
     timestamps: list[Timestamp] | None = Field(None, description="Unix seconds, one per item.")
     actions: list[Actions | None] | None = Field(None, description=ACTIONS_DOC + " One per item.")
+    context: list[Context | None] | None = Field(None, description=CONTEXT_DOC + " One per item.")
 
     @model_validator(mode="after")
     def _aligned(self) -> EventsRequest:
@@ -91,6 +104,8 @@ class EventsRequest(_Body):
             raise ValueError("timestamps must have one entry per item")
         if self.actions is not None and len(self.actions) != len(self.items):
             raise ValueError("actions must have one entry per item")
+        if self.context is not None and len(self.context) != len(self.items):
+            raise ValueError("context must have one entry per item")
         return self
 
 
@@ -196,7 +211,7 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
         # (Recommender.recommend_async), which saves a thread hand-over per request under load
         rec = s.current()
         warnings: list[str] = []
-        history, timestamps, actions = body.history or [], body.timestamps, body.actions
+        history, timestamps, actions, contexts = body.history or [], body.timestamps, body.actions, body.history_context
         if body.user_id is not None:  # the store may wait on a write's fsync: not on the event loop
             events = await run_in_threadpool(s.store.history, body.user_id, limit=rec.history_needed)
             if not events:
@@ -205,11 +220,13 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
             timestamps = [e.timestamp for e in events] if events and all(e.timestamp is not None
                                                                           for e in events) else None
             actions = [e.actions for e in events]
+            contexts = [e.context for e in events]
         try:
             result = await rec.recommend_async(
                 history, k=body.k, timestamps=timestamps, exclude_seen=body.exclude_seen, allow=body.allow,
                 deny=body.deny, query=body.query, deadline_ms=s.settings.deadline_ms, actions=actions,
-                user_id=body.user_id, strict_actions=body.user_id is None)
+                user_id=body.user_id, strict_actions=body.user_id is None, history_context=contexts,
+                context=body.context)
         except ValueError as e:  # e.g. a signal the bundle's ranker does not read
             raise HTTPException(422, str(e)) from None
         if result.fallback:
@@ -226,13 +243,14 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
                     if not rec.knows(i)]
         ts = body.timestamps or [None] * len(body.items)
         actions = body.actions or [None] * len(body.items)
+        contexts = body.context or [None] * len(body.items)
         if rec.ranker is not None:
-            try:  # before anything is stored: a signal the ranker cannot read is an error now, not later
+            try:  # before anything is stored: a signal or context the ranker cannot read is an error now, not later
                 rec.ranker.encode_actions(actions)
+                rec.ranker.encode_context(contexts)
             except ValueError as e:
                 raise HTTPException(422, str(e)) from None
-        length = s.store.append(body.user_id, [Event(i, t, a) for i, t, a in zip(body.items, ts, actions,
-                                                                                   strict=True)])
+        length = s.store.append(body.user_id, [Event(*e) for e in zip(body.items, ts, actions, contexts, strict=True)])
         return {"user_id": body.user_id, "stored": len(body.items), "known": len(known),
                 "history_length": length, "warnings": warnings}
 

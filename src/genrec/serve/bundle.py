@@ -125,11 +125,8 @@ def _copy_ranker(run: Path, bundle: Path, raw_ids: list[str], options: dict[str,
     model, config = read_json(run / "model.json"), read_json(run / "config.json")
     if model.get("name") not in RANKING:
         raise GenrecError(f"ranker {run}: model {model.get('name')!r} is not a ranking model ({', '.join(RANKING)})")
-    if (model.get("config") or {}).get("row_context"):
-        raise GenrecError(f"ranker {run}: it reads per-impression context (row_context: "
-                          f"{', '.join(model['config']['row_context'])}), which the serving API does not pass yet; "
-                          "export a ranker trained without row_context")
     spec = RankSpec.from_json(model["spec"])
+    row_values = _row_values(run, model, config, spec)
     if (run / "ranker_items.parquet").is_file() and (run / "ranker_users.parquet").is_file():
         items, users = read_vocab(run / "ranker_items.parquet"), read_vocab(run / "ranker_users.parquet")
     else:  # runs from before the trainer wrote its vocabularies: the impression log it trained on has them
@@ -155,14 +152,33 @@ def _copy_ranker(run: Path, bundle: Path, raw_ids: list[str], options: dict[str,
         raise GenrecError("ranker: candidates must be >= 1, time_scale > 0 and weight a finite number or None")
     info = {**model, "actions": model.get("actions") or schema_for(str(config["dataset"]), spec.action_sizes or {}),
             "blend": blend, "weight": weight, "candidates": candidates, "time_scale": time_scale,
-            "dataset": str(config["dataset"]), "source_run": str(run)}
+            "dataset": str(config["dataset"]), "source_run": str(run), "row_values": row_values}
     shutil.copy2(run / "model.safetensors", bundle / "ranker.safetensors")
     write_json(bundle / "ranker.json", info)
     write_vocab(bundle / "ranker_items.parquet", items)
     write_vocab(bundle / "ranker_users.parquet", users)
     return {"model": model["name"], "dataset": info["dataset"], "tasks": list(spec.tasks), "blend": blend,
             "weight": weight, "candidates": candidates, "time_scale": time_scale,
+            "context": list((model.get("config") or {}).get("row_context") or []),
             "retrieval_items_known": known, "source_run": str(run)}
+
+
+def _row_values(run: Path, model: dict[str, Any], config: dict[str, Any], spec: Any) -> dict[str, list[str]]:
+    """The raw values of the ranker's row features' codes (what a request's ``context`` is mapped through):
+    from model.json, or, for runs from before it stored them, from the impression log the run trained on. A
+    ranker that reads a row feature whose values are unknown cannot be served."""
+    values = model.get("row_values")
+    if values is None and spec.row_feature_sizes:
+        from genrec.data.impressions import load_impressions
+
+        values = load_impressions(str(config["dataset"])).row_feature_values
+    values = values or {}
+    for name in (model.get("config") or {}).get("row_context") or []:
+        if len(values.get(name, [])) != spec.row_feature_sizes[name] - 1:
+            raise GenrecError(f"ranker {run}: it reads the row feature {name!r}, but the raw values of its "
+                              f"{spec.row_feature_sizes[name] - 1} codes are unknown, so a request's context "
+                              "cannot be mapped to them")
+    return values
 
 
 def _write_ann(bundle: Path, raw_ids: list[str], target: float, n_queries: int = 256, seed: int = 0) -> dict:

@@ -13,8 +13,11 @@ For one request (:meth:`RankingStage.rerank`):
 1. the retrieval stage's top ``candidates`` items (after every filter) are the candidate list;
 2. the ranker reads one request: the user (features and id embedding; unknown users and explicit histories get
    the unknown user), the history's items the ranker knows with their actions (an event without actions counts
-   as the schema's ``default``, e.g. a click) and times (``time_scale`` x the event timestamps, in ms; none
-   given: all 0), and every candidate at the request time (the latest history time), reading the whole history;
+   as the schema's ``default``, e.g. a click), their context and times (``time_scale`` x the event timestamps, in
+   ms; none given: all 0), and every candidate at the request time (the latest history time) in the request's
+   context, reading the whole history. A context (``{"tab": 1}``: where an impression is shown, the log's row
+   features) is mapped through the raw values the ranker was trained on (``row_values`` in ranker.json); a value
+   it never saw, or no context, is code 0 (unknown), as in training;
 3. per task it predicts: a calibrated probability for binary tasks (sigmoid, then the task's Platt map), the
    model's value for regression tasks (KuaiRand ``watch_time``: log(1 + seconds));
 4. the final order, as in the two-stage evaluation (``genrec.eval.two_stage``): ranker score r = sum over
@@ -45,6 +48,17 @@ DEFAULT_CANDIDATES = 200
 
 
 @dataclass
+class RankerInputs:
+    """What the ranker reads of a request besides items and times: per history event its action codes [n, A]
+    and context codes [n, C], and the request's own context codes [C] (every candidate's); C = the ranker's row
+    features, in its spec's order."""
+
+    actions: np.ndarray
+    hist_context: np.ndarray
+    context: np.ndarray
+
+
+@dataclass
 class Ranked:
     """The reordered candidate list: positions into the given candidates, best first, with per-task
     predictions [M] and the final and ranker scores [M] (aligned with the given candidates)."""
@@ -70,6 +84,10 @@ class RankingStage:
         self.candidates = int(info.get("candidates", DEFAULT_CANDIDATES))
         self.time_scale = float(info.get("time_scale", 1.0))
         self.max_len = int(info["config"].get("max_len", 200))
+        self.row_names = list(spec.row_feature_sizes or {})
+        values = info.get("row_values") or {}
+        self.row_codes = {name: {v: code for code, v in enumerate(values.get(name, []), start=1)}
+                          for name in self.row_names}
         self.batcher = Batcher(self._forward, max_batch=8)
 
     @classmethod
@@ -104,18 +122,47 @@ class RankingStage:
         bad input (unknown signals are ignored with ``strict=False``)."""
         return encode_events(self.schema, self.spec.action_sizes or {}, actions, strict=strict)
 
-    def rerank(self, user_id: str | None, history: list[str], timestamps: list[int] | None, codes: np.ndarray,
+    def encode_context(self, contexts: list[dict[str, Any] | None], strict: bool = True,
+                       what: str = "context") -> np.ndarray:
+        """Context codes [n, C], one row per context (None: unknown); ValueError naming ``what[i]`` on a name that
+        is not one of the ranker's row features (ignored with ``strict=False``) or a value that is not text or an
+        integer. A value the ranker never saw is code 0 (unknown)."""
+        rows = [self._context_codes(ctx, f"{what}[{i}]", strict) for i, ctx in enumerate(contexts)]
+        return np.stack(rows) if rows else np.zeros((0, len(self.row_names)), dtype=np.int64)
+
+    def _context_codes(self, ctx: dict[str, Any] | None, where: str, strict: bool) -> np.ndarray:
+        out = np.zeros(len(self.row_names), dtype=np.int64)
+        for name, value in (ctx or {}).items():
+            if name not in self.row_codes:
+                if strict:
+                    raise ValueError(f"{where}: {name!r} is not a context this ranker reads (it reads: "
+                                     f"{', '.join(self.row_names) or 'none'})")
+                continue
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                raise ValueError(f"{where}.{name}: must be text or an integer, got {value!r}")
+            out[self.row_names.index(name)] = self.row_codes[name].get(str(value), 0)
+        return out
+
+    def encode(self, actions: list[dict[str, Any] | None], history_context: list[dict[str, Any] | None],
+               context: dict[str, Any] | None, strict: bool = True) -> RankerInputs:
+        """:class:`RankerInputs` of a history's actions and contexts (aligned with it) and the request's context."""
+        return RankerInputs(self.encode_actions(actions, strict),
+                            self.encode_context(history_context, strict, "history_context"),
+                            self._context_codes(context, "context", strict))
+
+    def rerank(self, user_id: str | None, history: list[str], timestamps: list[int] | None, inputs: RankerInputs,
                candidates: np.ndarray, retrieval_scores: np.ndarray) -> Ranked:
         """Reorder ``candidates`` (retrieval dense ids [M], with their retrieval scores) for a history of raw
-        item ids (oldest first; timestamps and action codes (:meth:`encode_actions`) aligned with it).
+        item ids (oldest first; timestamps and ``inputs`` (:meth:`encode`) aligned with it).
         Concurrent calls share one padded forward pass (:class:`genrec.serve.batching.Batcher`)."""
         keep = [j for j, h in enumerate(history) if h in self.items][-self.max_len:]
         times = (np.array([timestamps[j] for j in keep], dtype=np.float64) * self.time_scale).astype(np.int64) \
             if timestamps is not None else np.zeros(len(keep), dtype=np.int64)
         request = {"user": self.users.get(user_id, 0) if user_id is not None else 0,
                    "items": np.array([self.items[history[j]] for j in keep], dtype=np.int64),
-                   "actions": codes[keep].reshape(len(keep), codes.shape[1]), "time": times,
-                   "cand": self.item_map[np.asarray(candidates, dtype=np.int64)]}
+                   "actions": inputs.actions[keep].reshape(len(keep), inputs.actions.shape[1]), "time": times,
+                   "context": inputs.hist_context[keep].reshape(len(keep), len(self.row_names)),
+                   "cand_context": inputs.context, "cand": self.item_map[np.asarray(candidates, dtype=np.int64)]}
         out = self.batcher.submit(request)
         known = request["cand"] > 0
         score = np.where(known, sum(w * out[t] for t, w in self.blend.items()), np.nan)
@@ -134,16 +181,20 @@ class RankingStage:
         width, m, n_actions = max(int(hist_len.max()), 1), int(n_cand.max()), requests[0]["actions"].shape[1]
         items, times = np.zeros((b, width), np.int64), np.zeros((b, width), np.int64)
         actions, cand = np.zeros((b, width, n_actions), np.int64), np.zeros((b, m), np.int64)
+        c = len(self.row_names)
+        hist_ctx, cand_ctx = np.zeros((b, width, c), np.int64), np.zeros((b, m, c), np.int64)
         for i, r in enumerate(requests):
             n = hist_len[i]
             items[i, :n], times[i, :n], actions[i, :n] = r["items"], r["time"], r["actions"]
+            hist_ctx[i, :n], cand_ctx[i, :n_cand[i]] = r["context"], r["cand_context"]
             cand[i, :n_cand[i]] = r["cand"]
+        context = {"hist_context": torch.from_numpy(hist_ctx), "cand_context": torch.from_numpy(cand_ctx)} if c else {}
         now = times.max(axis=1, initial=0)
         batch = RankBatch(user=torch.tensor([r["user"] for r in requests]), hist_items=torch.from_numpy(items),
                           hist_actions=torch.from_numpy(actions), hist_time=torch.from_numpy(times),
                           hist_len=torch.from_numpy(hist_len), cand_items=torch.from_numpy(cand),
                           cand_time=torch.from_numpy(np.repeat(now[:, None], m, axis=1)),
-                          visible=torch.from_numpy(np.repeat(hist_len[:, None], m, axis=1)))
+                          visible=torch.from_numpy(np.repeat(hist_len[:, None], m, axis=1)), **context)
         out = {t: v.double().numpy() for t, v in self.model(batch).items()}
         return [{t: v[i, :n_cand[i]] for t, v in out.items()} for i in range(b)]
 

@@ -49,7 +49,7 @@ from genrec.serve.ann import ANN_FILE, AnnIndex
 from genrec.serve.batching import Batcher
 from genrec.serve.bundle import CONTENT_FILES, POPULARITY_FILE, PROJECTION_FILE, RANKER_FILES, load_manifest
 from genrec.serve.model_io import load_model
-from genrec.serve.ranking import RankingStage
+from genrec.serve.ranking import RankerInputs, RankingStage
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +276,11 @@ class Recommender:
 
         With a ranking stage in the bundle (:mod:`genrec.serve.ranking`) the filtered top ``ranker.candidates``
         are reordered by the ranker and every item carries ``retrieval_score`` and ``predictions`` (per task);
-        ``actions`` (one dict of signals per history item, or None for the default interaction) and ``user_id``
-        (the ranker's user features) feed it. A bad action raises ValueError; with ``strict_actions=False``
-        (stored events, which may predate this ranker) unknown signals are ignored. A ranker failure keeps the
+        ``actions`` (one dict of signals per history item, or None for the default interaction), ``user_id``
+        (the ranker's user features), ``history_context`` (one dict per history item: where it was shown, e.g.
+        ``{"tab": 1}``) and ``context`` (the request's, every candidate's) feed it. A bad action or context raises
+        ValueError; with ``strict_actions=False`` (stored events, which may predate this ranker) unknown signals
+        and context names are ignored. A ranker failure keeps the
         retrieval order (warning, no fallback).
         """
         t0 = time.perf_counter()
@@ -321,7 +323,8 @@ class Recommender:
                exclude_seen: bool = True, allow: Iterable[Any] | None = None, deny: Iterable[Any] | None = None,
                query: str | None = None, query_weight: float = 0.5, deadline_ms: float | None = None,
                actions: Iterable[dict[str, Any] | None] | None = None, user_id: str | None = None,
-               strict_actions: bool = True) -> Generator[Callable[[], tuple], tuple, Recommendation]:
+               strict_actions: bool = True, history_context: Iterable[dict[str, Any] | None] | None = None,
+               context: dict[str, Any] | None = None) -> Generator[Callable[[], tuple], tuple, Recommendation]:
         """One recommendation as a generator shared by the sync and async drivers: check the arguments (bad ones
         raise ValueError at once), then either return an answer that needs no model, or yield the model's work
         (a callable returning (items, mode, warnings)) and receive its outcome (:func:`_run`: ("ok", value),
@@ -341,7 +344,7 @@ class Recommender:
                 ts = [int(t) for t in ts]
             except (TypeError, ValueError):
                 raise ValueError("timestamps must be integers (seconds)") from None
-        codes = self._action_codes(history, actions, strict_actions)
+        inputs = self._ranker_inputs(history, actions, history_context, context, strict_actions)
         if query is not None:
             if not isinstance(query, str):
                 raise ValueError(f"query must be a string, got {type(query).__name__}")
@@ -377,7 +380,7 @@ class Recommender:
 
         def compute() -> tuple[list[dict[str, Any]], str, list[str]]:
             scores, mode, more = self._rank(known, known_ts, query, float(query_weight), width, allowed)
-            return self._select(scores, mode, more, mask, k, width, user_id, history, ts, codes)
+            return self._select(scores, mode, more, mask, k, width, user_id, history, ts, inputs)
 
         status, value = yield compute
         if status == "deadline":
@@ -393,7 +396,7 @@ class Recommender:
 
     def _select(self, scores: Any, mode: str, warnings: list[str], mask: torch.Tensor, k: int, width: int,
                 user_id: str | None, history: list[Any], ts: list[int] | None,
-                codes: np.ndarray | None) -> tuple[list[dict[str, Any]], str, list[str]]:
+                inputs: RankerInputs | None) -> tuple[list[dict[str, Any]], str, list[str]]:
         """The filters and top-k over the scores (dense, or a partial scorer's (ids, scores)); with a ranking
         stage, its reordering of the top ``ranker.candidates``. Returns (items, mode, warnings)."""
         pool = k if self.ranker is None else max(k, self.ranker.candidates)  # what the ranker reorders
@@ -419,28 +422,28 @@ class Recommender:
             top_scores = scores[top]
         if self.ranker is None:
             return self._items(top.numpy(), top_scores.tolist()), mode, warnings
-        items, ranked = self._rerank(user_id, history, ts, codes, top.numpy(), top_scores.double().numpy(), k,
+        items, ranked = self._rerank(user_id, history, ts, inputs, top.numpy(), top_scores.double().numpy(), k,
                                      warnings)
         return items, mode + "+ranker" if ranked else mode, warnings
 
-    def _action_codes(self, history: list[Any], actions: Iterable[Any] | None, strict: bool) -> np.ndarray | None:
-        """The ranker's action codes of the history (None without a ranking stage); ValueError on bad input."""
-        if actions is not None:
-            actions = _id_list(actions, "actions")
-            if len(actions) != len(history):
-                raise ValueError(f"actions has {len(actions)} entries for a history of {len(history)} items")
-            if any(a is not None and not isinstance(a, dict) for a in actions):
-                raise ValueError("actions must hold one object (signal -> number) or null per history item")
+    def _ranker_inputs(self, history: list[Any], actions: Iterable[Any] | None, history_context: Iterable[Any] | None,
+                       context: Any, strict: bool) -> RankerInputs | None:
+        """What the ranker reads of the history's actions and contexts and the request's context (None without a
+        ranking stage); ValueError on bad input."""
+        actions = _per_event(actions, history, "actions", "(signal -> number)")
+        history_context = _per_event(history_context, history, "history_context", "(name -> value)")
+        if context is not None and not isinstance(context, dict):
+            raise ValueError(f"context must be an object (name -> value) or null, got {type(context).__name__}")
         if self.ranker is None:
             return None
-        return self.ranker.encode_actions(actions if actions is not None else [None] * len(history), strict=strict)
+        return self.ranker.encode(actions, history_context, context, strict=strict)
 
-    def _rerank(self, user_id: str | None, history: list[Any], ts: list[int] | None, codes: np.ndarray | None,
+    def _rerank(self, user_id: str | None, history: list[Any], ts: list[int] | None, inputs: RankerInputs | None,
                 top: np.ndarray, scores: np.ndarray, k: int, warnings: list[str]) -> tuple[list[dict], bool]:
         """The ranking stage over the retrieval pool: (the top-k items with predictions, whether it ran)."""
-        assert self.ranker is not None and codes is not None
+        assert self.ranker is not None and inputs is not None
         try:
-            ranked = self.ranker.rerank(user_id, [str(h) for h in history], ts, codes, top, scores)
+            ranked = self.ranker.rerank(user_id, [str(h) for h in history], ts, inputs, top, scores)
         except Exception as e:  # noqa: BLE001 - the retrieval order still answers
             log.exception("ranking stage failed; answering in retrieval order")
             warnings.append(f"the ranker failed ({type(e).__name__}); answered in retrieval order")
@@ -639,6 +642,18 @@ def _id_list(values: Iterable[Any], what: str) -> list[Any]:
         return list(values)
     except TypeError:
         raise ValueError(f"{what} must be a list, got {type(values).__name__}") from None
+
+
+def _per_event(values: Iterable[Any] | None, history: list[Any], what: str, kind: str) -> list[dict | None]:
+    """One object or None per history item (all None when ``values`` is None); ValueError otherwise."""
+    if values is None:
+        return [None] * len(history)
+    values = _id_list(values, what)
+    if len(values) != len(history):
+        raise ValueError(f"{what} has {len(values)} entries for a history of {len(history)} items")
+    if any(v is not None and not isinstance(v, dict) for v in values):
+        raise ValueError(f"{what} must hold one object {kind} or null per history item")
+    return values
 
 
 def _unknown(warnings: list[str], ids: list[Any], where: str) -> None:

@@ -30,19 +30,22 @@ DEFAULT_MAX_EVENTS = 200
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One interaction: the raw item id, an optional integer timestamp (in the dataset's unit) and optional
-    actions (signal name -> number >= 0, e.g. ``{"like": 1, "play_time_ms": 5300}``), which a bundle's ranking
-    stage reads (see genrec.data.actions)."""
+    """One interaction: the raw item id, an optional integer timestamp (in the dataset's unit), optional
+    actions (signal name -> number >= 0, e.g. ``{"like": 1, "play_time_ms": 5300}``) and an optional context
+    (where it was shown, name -> value kept as text, e.g. ``{"tab": "1"}``), which a bundle's ranking stage reads
+    (see genrec.data.actions, genrec.serve.ranking)."""
 
     item_id: str
     timestamp: int | None = None
     actions: dict[str, float] | None = None
+    context: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.item_id, str) or not self.item_id:
             raise ValueError(f"item_id must be a non-empty string, got {self.item_id!r}")
         object.__setattr__(self, "timestamp", _as_timestamp(self.timestamp))
         object.__setattr__(self, "actions", _as_actions(self.actions))
+        object.__setattr__(self, "context", _as_context(self.context))
 
 
 def _as_actions(value: object) -> dict[str, float] | None:
@@ -58,6 +61,17 @@ def _as_actions(value: object) -> dict[str, float] | None:
             raise ValueError(f"actions.{key}: must be a finite number >= 0, got {v!r}")
         out[key] = v
     return out
+
+
+def _as_context(value: object) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise ValueError(f"context must be an object of name -> value, got {value!r}")
+    for key, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, str | int):
+            raise ValueError(f"context.{key}: must be text or an integer, got {v!r}")
+    return {key: str(v) for key, v in value.items()}
 
 
 def _as_timestamp(value: object) -> int | None:
@@ -144,7 +158,9 @@ class SQLiteStore:
         " user_id TEXT NOT NULL, seq INTEGER PRIMARY KEY, item_id TEXT NOT NULL, ts INTEGER)",
         "CREATE INDEX IF NOT EXISTS history_user_seq ON history (user_id, seq)",
     )
-    _ACTIONS_COLUMN = "ALTER TABLE history ADD COLUMN actions TEXT"  # JSON; files from before actions lack it
+    # JSON columns added after the first release: files from before them lack them
+    _ADDED_COLUMNS = {"actions": "ALTER TABLE history ADD COLUMN actions TEXT",
+                      "context": "ALTER TABLE history ADD COLUMN context TEXT"}
 
     def __init__(self, path: str | Path, max_events: int = DEFAULT_MAX_EVENTS):
         self.max_events = _check_max_events(max_events)
@@ -159,8 +175,10 @@ class SQLiteStore:
         with self._tx() as db:
             for sql in self._SCHEMA:
                 db.execute(sql)
-            if "actions" not in {row[1] for row in db.execute("PRAGMA table_info(history)")}:
-                db.execute(self._ACTIONS_COLUMN)
+            have = {row[1] for row in db.execute("PRAGMA table_info(history)")}
+            for column, sql in self._ADDED_COLUMNS.items():
+                if column not in have:
+                    db.execute(sql)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -176,8 +194,8 @@ class SQLiteStore:
                 raise
 
     def _insert(self, db: sqlite3.Connection, user_id: str, events: list[Event]) -> None:
-        db.executemany("INSERT INTO history (user_id, item_id, ts, actions) VALUES (?, ?, ?, ?)",
-                       [(user_id, ev.item_id, ev.timestamp, None if ev.actions is None else json.dumps(ev.actions))
+        db.executemany("INSERT INTO history (user_id, item_id, ts, actions, context) VALUES (?, ?, ?, ?, ?)",
+                       [(user_id, ev.item_id, ev.timestamp, _json_or_null(ev.actions), _json_or_null(ev.context))
                         for ev in events])
 
     def append(self, user_id: str, events: Sequence[Event]) -> int:
@@ -195,9 +213,10 @@ class SQLiteStore:
         _check_limit(limit)
         with self._lock:
             rows = self._db.execute(
-                "SELECT item_id, ts, actions FROM (SELECT seq, item_id, ts, actions FROM history WHERE user_id = ?"
-                " ORDER BY seq DESC LIMIT ?) ORDER BY seq", (user_id, -1 if limit is None else limit)).fetchall()
-        return [Event(item, ts, None if actions is None else json.loads(actions)) for item, ts, actions in rows]
+                "SELECT item_id, ts, actions, context FROM (SELECT seq, item_id, ts, actions, context FROM history"
+                " WHERE user_id = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+                (user_id, -1 if limit is None else limit)).fetchall()
+        return [Event(item, ts, *(None if v is None else json.loads(v) for v in extra)) for item, ts, *extra in rows]
 
     def has_user(self, user_id: str) -> bool:
         with self._lock:
@@ -218,8 +237,9 @@ class SQLiteStore:
 
 
 class RedisStore:
-    """Histories in Redis: one list per user (``{prefix}h:{user_id}``) of JSON ``[item_id, timestamp]`` pairs, or
-    ``[item_id, timestamp, actions]`` for events with actions.
+    """Histories in Redis: one list per user (``{prefix}h:{user_id}``) of JSON ``[item_id, timestamp]`` pairs,
+    ``[item_id, timestamp, actions]`` for events with actions, ``[item_id, timestamp, actions, context]`` for events
+    with a context (actions may be null).
 
     Appends are RPUSH + LTRIM inside MULTI/EXEC, so other clients never see an uncapped or half-appended list.
     The redis-py client is thread-safe (connection pool), so no lock is needed here.
@@ -243,8 +263,13 @@ class RedisStore:
 
     @staticmethod
     def _encode(events: list[Event]) -> list[str]:
-        return [json.dumps([ev.item_id, ev.timestamp] + ([ev.actions] if ev.actions is not None else []))
-                for ev in events]
+        def fields(ev: Event) -> list[Any]:
+            tail = [ev.actions, ev.context]
+            while tail and tail[-1] is None:  # events without them keep the shorter forms
+                tail.pop()
+            return [ev.item_id, ev.timestamp, *tail]
+
+        return [json.dumps(fields(ev)) for ev in events]
 
     def append(self, user_id: str, events: Sequence[Event]) -> int:
         _check_user(user_id)
@@ -280,6 +305,10 @@ class RedisStore:
 
     def close(self) -> None:
         self._r.close()
+
+
+def _json_or_null(value: dict | None) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def open_store(spec: str | Path | None, default_path: Path, max_events: int = DEFAULT_MAX_EVENTS) -> HistoryStore:

@@ -447,7 +447,8 @@ class RankingTrainer:
         write_json(self.run_dir / "model.json", {"name": cfg.model.name, "config": cfg.model.model_dump(mode="json"),
                                                  "spec": spec.to_json(),
                                                  "calibration": {t: list(ab) for t, ab in calibration.items()},
-                                                 "actions": schema_for(log.name, log.action_sizes)})
+                                                 "actions": schema_for(log.name, log.action_sizes),
+                                                 "row_values": log.row_feature_values})
         write_vocabularies(self.run_dir, log)
         run = {"commit_at_start": self.commit_at_start, "allocator": self.allocator,
                "best_epoch": state["best_epoch"], "best_valid": state["best"], "epochs_run": state["epoch"],
