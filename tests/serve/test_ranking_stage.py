@@ -278,6 +278,7 @@ def test_events_and_requests_carry_context_over_http(context_bundle, tmp_path):
     # a user the ranker never saw: the same (unknown) user as an explicit history
     body = {"user_id": "visitor", "items": ["3", "4"], "timestamps": [1, 2], "context": [{"tab": "search"}, None]}
     assert c.post("/v1/events", json=body).status_code == 200
+    assert [e["context"] for e in c.get("/v1/users/visitor/history").json()["items"]] == [{"tab": "search"}, None]
     stored = c.post("/v1/recommend", json={"user_id": "visitor", "k": 4, "context": {"tab": "home"}}).json()
     explicit = c.post("/v1/recommend", json={"history": ["3", "4"], "timestamps": [1, 2], "k": 4,
                                              "history_context": [{"tab": "search"}, None],

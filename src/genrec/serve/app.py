@@ -330,7 +330,8 @@ def add_page_routes(app: FastAPI, serving: Serving) -> None:
         for e in serving.store.history(user_id):
             i = rec.index.get(e.item_id)
             row = _item_row(rec, i) if i is not None else {"item_id": e.item_id}
-            items.append({**row, "timestamp": e.timestamp, "known": i is not None})
+            items.append({**row, "timestamp": e.timestamp, "actions": e.actions, "context": e.context,
+                          "known": i is not None})
         return {"user_id": user_id, "items": items, "model_reads": rec.max_history, "model_version": rec.version}
 
     @app.get("/v1/items/{item_id}/image")
