@@ -693,3 +693,35 @@ def test_row_context_keeps_kv_reuse_exact_and_reads_each_candidates_own_code() -
     with pytest.raises(ValueError, match="row_context names"):
         GenerativeRanker(RankerConfig(dim=16, heads=2, row_context=("page",)), spec, {"cat": ITEM_CAT},
                          {"age": USER_AGE})
+
+
+def test_row_head_keeps_kv_reuse_exact_and_each_candidate_reads_its_own_code() -> None:
+    spec = dataclasses.replace(SPEC, row_feature_sizes={"tab": 4, "slot": 3})
+    torch.manual_seed(0)
+    cfg = RankerConfig(dim=16, heads=2, max_len=6, dropout=0.0, init_std=0.3, row_context=("slot",), row_head=True,
+                       head_input="output+embeddings+product", head_hidden=8)
+    model = GenerativeRanker(cfg, spec, {"cat": ITEM_CAT}, {"age": USER_AGE}).double().eval()
+    batch = with_row_context(make_batch(9, length=8), 1)
+    out = stacked(model(batch))
+    torch.testing.assert_close(out, stacked(model.score_one_by_one(batch)), **TIGHT)
+    one = model.score_candidates(model.encode_history(batch), batch.cand_items, batch.cand_time, batch.visible,
+                                 micro_batch=1, cand_context=batch.cand_context)
+    torch.testing.assert_close(stacked(one), out, **TIGHT)
+    codes = batch.cand_context.clone()
+    codes[:, 0, 1] = 3 - codes[:, 0, 1]  # candidate 0's slot only
+    moved = stacked(model(dataclasses.replace(batch, cand_context=codes)))
+    assert not torch.allclose(moved[0, 0], out[0, 0])
+    torch.testing.assert_close(moved[:, 1:], out[:, 1:], **TIGHT)
+    plain = GenerativeRanker(cfg.model_copy(update={"row_head": False}), spec, {"cat": ITEM_CAT},
+                             {"age": USER_AGE}).double().eval()
+    with torch.no_grad():  # the heads' extra inputs at zero weight: the model without row_head
+        state = model.state_dict()
+        for name, w in plain.state_dict().items():
+            if w.shape != state[name].shape:  # a head's first layer: the 2 x dim row columns come last
+                state[name][:, w.shape[1]:] = 0
+                plain.state_dict()[name].copy_(state[name][:, :w.shape[1]])
+            else:
+                plain.state_dict()[name].copy_(state[name])
+    torch.testing.assert_close(stacked(model(batch)), stacked(plain(batch)), **TIGHT)
+    with pytest.raises(ValueError, match="row_head needs row_context"):
+        RankerConfig(dim=16, heads=2, row_head=True)

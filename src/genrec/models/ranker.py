@@ -131,12 +131,18 @@ class RankerConfig(RankingOptions):
         "feature such as 'author'), the count, share and signal rates of the history tokens sharing the "
         "candidate's key. [] counts the user's rates only. Off by default.")
 
+    row_head: bool = Field(False, description="With row_context: the task heads also read the candidate's context "
+                           "embedding and its product with the user's embedding (a user x surface cross), besides "
+                           "the candidate token that already carries it. Off by default.")
+
     @model_validator(mode="after")
     def _dim_splits_into_heads(self) -> RankerConfig:
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
         if self.task_weights and any(w < 0 for w in self.task_weights.values()):
             raise ValueError("task_weights must be >= 0")
+        if self.row_head and not self.row_context:
+            raise ValueError("row_head needs row_context")
         return self
 
 
@@ -189,6 +195,7 @@ class GenerativeRanker(nn.Module):
         self.blocks = nn.ModuleList(HSTUBlock(block_cfg, use_timestamps=True) for _ in range(config.blocks))
         self.final_norm = nn.LayerNorm(d)
         width = {"output": d, "output+embeddings": 3 * d, "output+embeddings+product": 4 * d}[config.head_input]
+        width += 2 * d if config.row_head else 0
         self.target_attention = None
         if config.target_attention:
             self.target_attention = ActivationUnit(d, config.target_attention, "prelu")
@@ -252,13 +259,18 @@ class GenerativeRanker(nn.Module):
         return self._scale(x)
 
     def _head_input(self, out: torch.Tensor, items: torch.Tensor, user: torch.Tensor | None,
-                    interest: torch.Tensor | None, stats: torch.Tensor | None) -> torch.Tensor:
-        """[B, M, D] candidate states -> the heads' input (see head_input, target_attention, history_stats)."""
+                    interest: torch.Tensor | None, stats: torch.Tensor | None,
+                    ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, M, D] candidate states -> the heads' input (see head_input, target_attention, history_stats,
+        row_head; ``ctx`` [B, M, C]: the candidates' row context codes)."""
         parts = [out]
         item = self.item_emb(items)
+        user = user[:, None].expand(-1, out.shape[1], -1) if user is not None else None
         if self.config.head_input != "output":
-            user = user[:, None].expand(-1, out.shape[1], -1)
             parts += [item, user] + ([item * user] if self.config.head_input.endswith("product") else [])
+        if self.config.row_head:
+            row = self.row_emb(ctx) if ctx is not None else torch.zeros_like(out)
+            parts += [row, row * user]
         if interest is not None:
             parts += [interest, item * interest]
         if stats is not None:
@@ -287,11 +299,11 @@ class GenerativeRanker(nn.Module):
 
     def _task_outputs(self, out: torch.Tensor, items: torch.Tensor, times: torch.Tensor,
                       user: torch.Tensor | None, interest: torch.Tensor | None = None,
-                      stats: torch.Tensor | None = None, mf_user: torch.Tensor | None = None
-                      ) -> dict[str, torch.Tensor]:
+                      stats: torch.Tensor | None = None, mf_user: torch.Tensor | None = None,
+                      ctx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{task: [B, M]} from the candidates' final states [B, M, D]: the heads, plus the MF cross (``mf_user``
         [B, mf_dim]) and the item prior."""
-        outputs = self.heads(self._head_input(self.final_norm(out), items, user, interest, stats))
+        outputs = self.heads(self._head_input(self.final_norm(out), items, user, interest, stats, ctx))
         if self.mf is not None:
             cross = self.mf["out"](self.drop(mf_user[:, None] * self.mf["item"](items)))
             outputs = add_offsets(outputs, {t: cross[..., k] for k, t in enumerate(self.spec.tasks)})
@@ -372,8 +384,8 @@ class GenerativeRanker(nn.Module):
         parts: list[dict[str, torch.Tensor]] = []
         for start in range(0, cand_items.shape[1], chunk):
             sl = slice(start, start + chunk)
-            x = self._candidate_tokens(cand_items[:, sl], cand_time[:, sl], vis_all[:, sl], cache.hist_time,
-                                       None if cand_context is None else cand_context[:, sl])
+            ctx = None if cand_context is None else cand_context[:, sl]
+            x = self._candidate_tokens(cand_items[:, sl], cand_time[:, sl], vis_all[:, sl], cache.hist_time, ctx)
             rel, gap, mask = self._candidate_geometry(vis_all[:, sl], cand_time[:, sl], cache.hist_time)
             bias_idx = self.blocks[0].rab.index(rel, gap)
             zero = torch.zeros((), dtype=torch.long, device=x.device)
@@ -389,8 +401,8 @@ class GenerativeRanker(nn.Module):
             interest = self._interest(cache.tokens, cand_items[:, sl], mask[..., 1:])
             stats = self._stats(cache.items, cache.signals, cand_items[:, sl], mask[..., 1:])
             out = self._task_outputs(x, cand_items[:, sl], cand_time[:, sl], cache.user, interest, stats,
-                                     cache.mf_user)
-            parts.append(self.row_bias(out, None if cand_context is None else cand_context[:, sl]))
+                                     cache.mf_user, ctx)
+            parts.append(self.row_bias(out, ctx))
         return {t: torch.cat([p[t] for p in parts], dim=1) for t in self.spec.tasks}
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
@@ -432,7 +444,7 @@ class GenerativeRanker(nn.Module):
             interest = self._interest(hist, batch.cand_items[:, c:c + 1], mask[:, -1:, 1:-1])
             stats = self._stats(items, signals, batch.cand_items[:, c:c + 1], mask[:, -1:, 1:-1])
             out = self._task_outputs(x[:, -1:], batch.cand_items[:, c:c + 1], batch.cand_time[:, c:c + 1],
-                                     self.user_emb(batch.user), interest, stats, self._mf_user(batch.user))
+                                     self.user_emb(batch.user), interest, stats, self._mf_user(batch.user), ctx)
             outs.append(self.row_bias(out, ctx))
         return {t: torch.cat([o[t] for o in outs], dim=1) for t in self.spec.tasks}
 
