@@ -295,6 +295,8 @@ def test_events_and_requests_carry_context_over_http(context_bundle, tmp_path):
     for bad, field in (({"context": {"page": 1}}, "'page'"), ({"history_context": [None]}, "history_context")):
         r = c.post("/v1/recommend", json={"history": ["3", "4"], **bad})
         assert r.status_code == 422 and field in r.text
+    r = c.post("/v1/recommend", json={"user_id": "visitor", "context": {"page": 1}})  # stored history: still checked
+    assert r.status_code == 422 and "'page'" in r.text
 
 
 def test_export_takes_row_values_from_the_log_for_runs_without_them(runs, context_bundle, monkeypatch):

@@ -145,10 +145,11 @@ class RankingStage:
 
     def encode(self, actions: list[dict[str, Any] | None], history_context: list[dict[str, Any] | None],
                context: dict[str, Any] | None, strict: bool = True) -> RankerInputs:
-        """:class:`RankerInputs` of a history's actions and contexts (aligned with it) and the request's context."""
+        """:class:`RankerInputs` of a history's actions and contexts (aligned with it) and the request's context.
+        ``strict=False`` (stored events) relaxes the history only: the request's own context is always checked."""
         return RankerInputs(self.encode_actions(actions, strict),
                             self.encode_context(history_context, strict, "history_context"),
-                            self._context_codes(context, "context", strict))
+                            self._context_codes(context, "context", True))
 
     def rerank(self, user_id: str | None, history: list[str], timestamps: list[int] | None, inputs: RankerInputs,
                candidates: np.ndarray, retrieval_scores: np.ndarray) -> Ranked:

@@ -279,9 +279,9 @@ class Recommender:
         ``actions`` (one dict of signals per history item, or None for the default interaction), ``user_id``
         (the ranker's user features), ``history_context`` (one dict per history item: where it was shown, e.g.
         ``{"tab": 1}``) and ``context`` (the request's, every candidate's) feed it. A bad action or context raises
-        ValueError; with ``strict_actions=False`` (stored events, which may predate this ranker) unknown signals
-        and context names are ignored. A ranker failure keeps the
-        retrieval order (warning, no fallback).
+        ValueError; with ``strict_actions=False`` (stored events, which may predate this ranker) the history's
+        unknown signals and context names are ignored (the request's own ``context`` is always checked). A ranker
+        failure keeps the retrieval order (warning, no fallback).
         """
         t0 = time.perf_counter()
         steps = self._steps(history, k, deadline_ms=deadline_ms, **options)
