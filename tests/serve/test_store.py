@@ -6,6 +6,7 @@ Behaviour tests run on SQLite and, when ``redis`` is installed and $GENREC_TEST_
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -264,3 +265,12 @@ def test_matches_a_list_model(cap, ops):
             assert store.history(user) == model.get(user, [])
             assert store.history(user, limit=2) == model.get(user, [])[-2:]
             assert store.has_user(user) == bool(model.get(user))
+
+
+def test_redis_entries_keep_actions_and_context_without_a_server():
+    events = [Event("a", 1, {"like": 1}, {"tab": 2}), Event("b", None, None, {"tab": "feed"}),
+              Event("c", 3, {"like": 0}), Event("d")]
+    entries = RedisStore._encode(events)
+    assert [json.loads(e) for e in entries][1:] == [["b", None, None, {"tab": "feed"}], ["c", 3, {"like": 0}],
+                                                   ["d", None]]
+    assert [Event(*json.loads(e)) for e in entries] == events  # what RedisStore.history decodes
