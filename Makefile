@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,content,serve,ann,gbdt]" "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev,content,serve,ann,gbdt,scale,bench]" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
 # Baselines + HSTU on MovieLens-1M under a 12-minute training budget, a bundle, sample recommendations.
