@@ -113,3 +113,23 @@ def test_softmax_attention_first_position_is_its_own_value() -> None:
     q, k, v, lengths, _ = random_batch(4, dv=6)
     out = softmax_attention(q, k, v)
     torch.testing.assert_close(out[:, :, 0], v[:, :, 0], **TIGHT)
+
+
+@pytest.mark.parametrize("bias_shape", [(1, 1, 12, 12), (7, 1, 12, 12), (7, 2, 12, 12), (12, 12), None])
+def test_pointwise_attention_gradients_are_exact(bias_shape) -> None:
+    """The chunked kernel recomputes scores in its backward pass: its gradients must be the true ones (float64
+    finite differences), for every bias layout, with more sequences than one chunk holds."""
+    import genrec.nn.attention as attention
+
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(7, 2, 12, 4, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(3))
+    bias = None if bias_shape is None else torch.randn(*bias_shape, dtype=torch.float64, generator=gen,
+                                                       requires_grad=True)
+    old = attention._chunk_rows
+    attention._chunk_rows = lambda q: 3  # several chunks, the last one short
+    try:
+        inputs = (q, k, v) if bias is None else (q, k, v, bias)
+        assert torch.autograd.gradcheck(lambda *t: pointwise_attention(*t[:3], t[3] if len(t) > 3 else None, 12),
+                                        inputs)
+    finally:
+        attention._chunk_rows = old

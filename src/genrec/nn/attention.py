@@ -28,13 +28,70 @@ def pointwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias:
 
     ``n`` is the model's maximum length (as in the reference implementation), a constant, so a position's
     output never depends on how many items follow it. q, k: [B, H, L, Da]; v: [B, H, L, Dv];
-    bias: broadcastable to [B, H, L, L] or None.
+    bias: broadcastable to [B, H, L, L] or None. Runs :class:`PointwiseAttention` (chunked, recomputing the
+    scores in the backward pass).
     """
-    scores = q @ k.transpose(-1, -2)
-    if bias is not None:
-        scores = scores + bias
-    weights = F.silu(scores) * causal_mask(q.shape[-2], q.device)
-    return (weights @ v) / n
+    if bias is None:
+        bias = q.new_zeros(1, 1, 1, 1)
+    return PointwiseAttention.apply(q, k, v, bias, n)
+
+
+def _chunk_rows(q: torch.Tensor) -> int:
+    """Sequences per chunk: a chunk's [rows, H, L, L] scores stay within a few MB (cache-resident, and below
+    the allocator's mmap threshold, so no page faults per step)."""
+    b, h, length, _ = q.shape
+    return max(1, min(b, (1 << 19) // max(1, h * length * length)))
+
+
+class PointwiseAttention(torch.autograd.Function):
+    """:func:`pointwise_attention` computed a few sequences at a time. The [B, H, L, L] score tensor is never
+    held whole: the forward pass keeps only q, k, v and the bias, and the backward pass recomputes each chunk's
+    scores (one extra Q K^T) and differentiates SiLU in place."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, n):
+        mask = causal_mask(q.shape[-2], q.device).to(q.dtype)
+        out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+        step = _chunk_rows(q)
+        for start in range(0, q.shape[0], step):
+            rows = slice(start, start + step)
+            s = q[rows] @ k[rows].transpose(-1, -2)
+            s += _rows(bias, rows)
+            F.silu(s, inplace=True)
+            s *= mask
+            out[rows] = s @ v[rows]
+        ctx.save_for_backward(q, k, v, bias)
+        ctx.n = n
+        return out / n
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, bias = ctx.saved_tensors
+        mask = causal_mask(q.shape[-2], q.device).to(q.dtype)
+        grad = grad / ctx.n
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dbias = torch.zeros_like(bias) if ctx.needs_input_grad[3] else None
+        step = _chunk_rows(q)
+        for start in range(0, q.shape[0], step):
+            rows = slice(start, start + step)
+            s = q[rows] @ k[rows].transpose(-1, -2)
+            s += _rows(bias, rows)
+            sig = torch.sigmoid(s)
+            dv[rows] = (s * sig * mask).transpose(-1, -2) @ grad[rows]
+            ds = grad[rows] @ v[rows].transpose(-1, -2)
+            ds *= s.mul_(1 - sig).add_(1).mul_(sig)  # SiLU'(s) = sig (1 + s (1 - sig))
+            ds *= mask
+            dq[rows] = ds @ k[rows]
+            dk[rows] = ds.transpose(-1, -2) @ q[rows]
+            if dbias is not None:
+                part = _rows(dbias, rows)
+                part += ds.sum_to_size(part.shape)
+        return dq, dk, dv, dbias, None
+
+
+def _rows(bias: torch.Tensor, rows: slice) -> torch.Tensor:
+    """The bias of a chunk of sequences (a bias shared by the batch is used whole)."""
+    return bias[rows] if bias.dim() == 4 and bias.shape[0] > 1 else bias
 
 
 def masked_pointwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
