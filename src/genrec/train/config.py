@@ -18,6 +18,21 @@ from genrec.models.tiger import TigerConfig
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
+class StreamConfig(BaseModel):
+    """``train.stream``: how a streamed epoch reads a prepared dataset's shards (genrec.data.stream)."""
+
+    model_config = _STRICT
+
+    lanes: int = Field(4, ge=1, le=64, description="Lanes of the data order: lane j reads shards j, j + lanes, ... "
+                       "and gives batch_size / lanes windows to every step. Fixed by the run, not by the number of "
+                       "processes (at most lanes), so 1, 2 or 4 processes train on the same batches.")
+    shards: int = Field(8, ge=1, description="Shards of a dataset that is not a prepared folder (an in-memory one "
+                        "streamed through the prepared layout's user hash); a prepared folder has its own.")
+    prefetch: bool = Field(True, description="Read each lane's next shard in a background thread.")
+    auto_events: int = Field(20_000_000, ge=1, description="train.data: auto streams a prepared folder (format 2) "
+                             "with more interactions than this; smaller datasets train in memory.")
+
+
 class OptimConfig(BaseModel):
     model_config = _STRICT
 
@@ -73,6 +88,14 @@ class OptimConfig(BaseModel):
     tf32: bool = Field(True, description="On CUDA, float32 matmuls use TF32 tensor cores (about 10 bits of "
                        "mantissa in the products, several times faster on Ampere and later); false keeps full "
                        "float32. No effect on the CPU.")
+    data: Literal["memory", "stream", "auto"] = Field(
+        "auto", description="memory: the whole split in memory (sasrec, hstu); stream: training windows streamed "
+        "shard by shard (genrec.data.stream; split loo or temporal); auto: stream a large prepared folder (see "
+        "stream.auto_events), memory otherwise.")
+    checkpoint_every: int | None = Field(None, ge=1, description="Also checkpoint every this many steps within "
+                                         "an epoch, with the data position, so --resume continues mid-epoch at "
+                                         "the exact batch (None: at epoch ends only).")
+    stream: StreamConfig = StreamConfig()
 
     @model_validator(mode="after")
     def _time_schedule_needs_budget(self) -> OptimConfig:
@@ -91,6 +114,11 @@ class EvalSettings(BaseModel):
     exclude_seen: bool = Field(True, description="Exclude items already in the history.")
     n_boot: int = Field(1000, ge=10, description="Bootstrap resamples for the test intervals.")
     select_metric: str = Field("ndcg@10", description="Validation metric for early stopping and selection.")
+    valid_users: int | None = Field(None, ge=1, description="Sequence models: validate on a fixed, seeded sample "
+                                    "of this many validation users, the same every epoch (stated with the "
+                                    "metric's 95% interval in every epoch line, metrics.jsonl and the report); "
+                                    "None: every validation user. Test always ranks every test user.")
+    valid_seed: int = Field(0, description="Seed of the validation sample (independent of train.seed).")
     calibrate: Literal["platt", "temperature", "none"] = Field(
         "platt", description="Ranking models: after selection, fit a monotone map of each binary task's logit on the "
         "validation impressions and apply it to the test predictions. platt: sigmoid(a * logit + b); temperature: "
@@ -224,6 +252,15 @@ class RunConfig(BaseModel):
         if self.train.refit_epochs is not None and (not self.train.refit or self.model.name != "tiger"):
             raise ValueError("train.refit_epochs needs train.refit: true and model tiger (it skips the generator's "
                              "selection run)")
+        return self
+
+    @model_validator(mode="after")
+    def _stream_runs(self) -> RunConfig:
+        if self.train.data == "stream":
+            if self.model.name not in ("sasrec", "hstu"):
+                raise ValueError("train.data: stream applies to sasrec and hstu")
+            if self.split == "cold" or self.train.refit:
+                raise ValueError("train.data: stream supports split loo and temporal, without train.refit")
         return self
 
     @model_validator(mode="after")
