@@ -39,9 +39,20 @@ class OptimConfig(BaseModel):
     loss: Literal["full_ce", "sampled_softmax"] = Field(
         "full_ce", description="Full-catalog cross-entropy (fastest to quality when the catalog fits) or "
         "sampled softmax (large catalogs).")
-    negatives: int = Field(128, ge=1, description="Uniform negatives per step (sampled softmax).")
+    negatives: int = Field(128, ge=0, description="Drawn negatives per step (sampled softmax; 0 = in-batch "
+                           "negatives only).")
     shared_negatives: bool = Field(True, description="One set of negatives for the whole batch.")
-    in_batch_negatives: bool = Field(False, description="Also use other positions' targets as negatives.")
+    in_batch_negatives: bool = Field(False, description="Also use other positions' targets as negatives (drawn, in "
+                                     "effect, from the training frequency of items).")
+    negative_sampler: Literal["uniform", "popularity"] = Field(
+        "uniform", description="Sampled softmax: draw negatives uniformly from the catalog or by training "
+        "popularity, count ** popularity_alpha (harder negatives; pair with logq).")
+    popularity_alpha: float = Field(1.0, ge=0, le=1, description="negative_sampler popularity: exponent on the "
+                                    "training counts (1 = the training distribution, 0 = uniform over trained "
+                                    "items; word2vec uses 0.75).")
+    logq: bool = Field(False, description="Sampled softmax: subtract from every logit, the target's included, the log "
+                       "of how often its item is expected among the negatives (Yi et al., 2019), so sampling by "
+                       "popularity or in-batch does not push popular items down. A no-op for uniform draws alone.")
     temperature: float = Field(1.0, gt=0, description="Logit temperature (0.05 with l2_normalize).")
     mask_unseen: bool | None = Field(None, description="Keep items that never occur in the training sequences "
                                      "out of the loss (not even as negatives), as items added after training "
@@ -101,6 +112,14 @@ class OptimConfig(BaseModel):
     def _time_schedule_needs_budget(self) -> OptimConfig:
         if self.schedule_by == "time" and not self.max_minutes:
             raise ValueError("schedule_by: time needs max_minutes (the budget the decay runs over)")
+        return self
+
+    @model_validator(mode="after")
+    def _sampled_softmax_options(self) -> OptimConfig:
+        if self.loss != "sampled_softmax" and (self.negative_sampler != "uniform" or self.logq):
+            raise ValueError("negative_sampler and logq apply to loss: sampled_softmax")
+        if self.loss == "sampled_softmax" and self.negatives == 0 and not self.in_batch_negatives:
+            raise ValueError("negatives: 0 leaves sampled softmax without negatives; set in_batch_negatives: true")
         return self
 
 
@@ -261,6 +280,14 @@ class RunConfig(BaseModel):
                 raise ValueError("train.data: stream applies to sasrec and hstu")
             if self.split == "cold" or self.train.refit:
                 raise ValueError("train.data: stream supports split loo and temporal, without train.refit")
+        return self
+
+    @model_validator(mode="after")
+    def _item_repr_needs_codes(self) -> RunConfig:
+        repr_ = getattr(self.model, "item_repr", "id")
+        if repr_ != "id" and self.features.semantic_ids is None:
+            raise ValueError(f"model.item_repr: {repr_} represents items by their semantic IDs: set "
+                             "features.semantic_ids (a folder written by 'genrec tokenize')")
         return self
 
     @model_validator(mode="after")
