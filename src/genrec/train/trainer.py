@@ -21,12 +21,12 @@ import torch.distributed as dist
 
 from genrec.data import Jagged, SequenceDataset, Split, load_dataset
 from genrec.data.splits import ColdStartSplit, with_validation_in_train
-from genrec.errors import ConfigError
+from genrec.errors import ConfigError, GenrecError
 from genrec.eval import Evaluation, evaluate, rank_cases, write_run
 from genrec.eval.report import git_commit, subset_summary
 from genrec.io import write_json, write_parquet
 from genrec.models import SEQUENTIAL, SequentialModel
-from genrec.nn.losses import full_cross_entropy, sampled_softmax
+from genrec.nn.losses import NegativeSampler, full_cross_entropy, sampled_softmax
 from genrec.progress import progress_bar
 from genrec.train.allocator import tune_glibc_malloc
 from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
@@ -311,13 +311,26 @@ class Trainer:
         return env.sum(total_loss) / max(tokens, 1), tokens, time.perf_counter() - t0, out_of_time
 
     def _loss(self, h: torch.Tensor, targets: torch.Tensor, model: SequentialModel) -> torch.Tensor:
+        """The summed loss of one step. Sampled softmax reads ``self.item_counts`` ([n_items + 1] training
+        interactions per item, on the training device) when it draws by popularity or corrects in-batch
+        negatives; its sampler is rebuilt whenever those counts change (a refit adds the validation items)."""
         tcfg = self.config.train
-        table = model.item_table()
         known = getattr(self, "known", None)
         if tcfg.loss == "full_ce":
-            return full_cross_entropy(h, targets, table, temperature=tcfg.temperature, known=known)
-        return sampled_softmax(h, targets, table, tcfg.negatives, temperature=tcfg.temperature,
-                               shared=tcfg.shared_negatives, in_batch=tcfg.in_batch_negatives, known=known)
+            return full_cross_entropy(h, targets, model.item_table(), temperature=tcfg.temperature, known=known)
+        counts = getattr(self, "item_counts", None)
+        if counts is None and (tcfg.negative_sampler == "popularity" or (tcfg.logq and tcfg.in_batch_negatives)):
+            raise GenrecError("train.negative_sampler: popularity and train.logq with in-batch negatives need the "
+                              "training item counts, which this trainer did not provide")
+        sampler = getattr(self, "_sampler", None)
+        if sampler is None or sampler.counts is not counts:
+            sampler = self._sampler = NegativeSampler(model.n_items, counts, tcfg.negative_sampler,
+                                                      tcfg.popularity_alpha)
+        # An id table is used whole, as it is; code-built items are computed for the step's ids only.
+        items = model.item_table() if model.config.item_repr == "id" else model.item_table
+        return sampled_softmax(h, targets, items, tcfg.negatives, temperature=tcfg.temperature,
+                               shared=tcfg.shared_negatives, in_batch=tcfg.in_batch_negatives, known=known,
+                               sampler=sampler, logq=tcfg.logq)
 
     def _test(self, model: SequentialModel, split: Split, ds: SequenceDataset, state: dict,
               refit: dict[str, Any] | None = None) -> Evaluation:
