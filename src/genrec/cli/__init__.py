@@ -414,3 +414,6 @@ def version() -> None:
     from genrec import __version__
 
     out.print(__version__)
+
+
+from genrec.cli import data_gen as _data_gen  # noqa: E402,F401  registers data synth / data expand
