@@ -20,15 +20,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from genrec.data.dataset import SequenceDataset, Vocab
 from genrec.data.jagged import Jagged
 from genrec.data.splits import EvalCases, Split, leave_one_out, temporal_split
 from genrec.errors import ConfigError, GenrecError
+from genrec.io import read_json
 
 HASH_MULTIPLIER = 2654435761  # the prepared layout's user -> shard hash (Knuth's multiplicative hash)
 
@@ -108,6 +112,57 @@ class MemoryShards:
         rows = np.flatnonzero(self._shard == k)
         ts = self.ds.timestamps.take(rows) if self.ds.timestamps is not None else None
         return Shard(rows + 1, self.ds.sequences.take(rows), ts)
+
+
+def prepared_manifest(path: str | Path) -> dict[str, Any] | None:
+    """The manifest of a prepared dataset folder in the sharded layout (format_version 2), else None."""
+    manifest = Path(path) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    info = read_json(manifest)
+    ok = isinstance(info, dict) and info.get("format") == "genrec-prepared" and info.get("format_version") == 2
+    return info if ok else None
+
+
+class PreparedHeader:
+    """A prepared folder's vocabularies, catalog and statistics without its events: what a streamed run's
+    evaluation, model files and reports read of the dataset. Each part loads on first use."""
+
+    def __init__(self, folder: str | Path, manifest: dict[str, Any]):
+        self.folder, self.manifest = Path(folder), manifest
+        self.name: str = manifest.get("name", self.folder.name)
+        self.n_users, self.n_items = int(manifest["users"]), int(manifest["items"])
+        self.meta = manifest.get("meta", {})
+
+    @property
+    def has_timestamps(self) -> bool:
+        return "timestamp" in self.manifest.get("columns", [])
+
+    def _vocab(self, name: str, key: str) -> Vocab:
+        table = pq.read_table(self.folder / name, columns=[key, "raw_id"])
+        order = np.argsort(table.column(key).to_numpy(), kind="stable")
+        return Vocab(table.column("raw_id").combine_chunks().take(pa.array(order)))
+
+    @cached_property
+    def users(self) -> Vocab:
+        return self._vocab("users.parquet", "user_idx")
+
+    @cached_property
+    def items(self) -> Vocab:
+        return self._vocab("items.parquet", "item_idx")
+
+    @cached_property
+    def item_table(self) -> pa.Table | None:
+        catalog = self.folder / "catalog.parquet"
+        return pq.read_table(catalog) if catalog.is_file() else None
+
+    def stats(self) -> dict[str, Any]:
+        m = self.manifest
+        n = self.n_users * self.n_items
+        return {"name": self.name, "users": self.n_users, "items": self.n_items, "interactions": m["interactions"],
+                "density": m["interactions"] / n if n else 0.0, "has_timestamps": self.has_timestamps,
+                "has_item_table": (self.folder / "catalog.parquet").is_file(), "shards": m["shards"],
+                "format_version": m["format_version"]}
 
 
 def split_shard(shard: Any, kind: str = "loo", cuts: dict[str, float] | None = None) -> Split:

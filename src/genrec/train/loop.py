@@ -60,8 +60,17 @@ def log_epoch(run_dir: Path, board: Any, record: dict[str, Any]) -> None:
 
 
 def print_epoch(record: dict[str, Any]) -> None:
-    """One line per epoch on stderr: loss, throughput, time and the validation metrics."""
-    valid = "  ".join(f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("valid_"))
+    """One line per epoch on stderr: loss, throughput, time and the validation metrics; on a sample of users,
+    each metric's 95% interval and the sample's size and seed."""
+    def shown(key: str) -> str:
+        ci = f" [{record[key + '_lo']:.4f}, {record[key + '_hi']:.4f}]" if key + "_lo" in record else ""
+        return f"{key[6:]} {record[key]:.4f}{ci}"
+
+    metrics = [k for k in record if k.startswith("valid_") and not k.endswith(("_lo", "_hi"))
+               and k not in ("valid_users", "valid_seed")]
+    valid = "  ".join(shown(k) for k in metrics)
+    if "valid_users" in record:
+        valid += f"  (valid sample {record['valid_users']:,} users, seed {record['valid_seed']})"
     print(f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  {record['tokens_per_s']:,.0f} tok/s  "
           f"{record['epoch_seconds']:.1f} s  {valid}", file=sys.stderr, flush=True)
 

@@ -1,7 +1,10 @@
 """Training a sequential model: AdamW with warmup and decay, clipping, validation-based early stopping,
-atomic safetensors checkpoints with exact resume, and data-parallel training under torchrun.
+atomic safetensors checkpoints with exact resume (also mid-epoch), and data-parallel training under torchrun.
 
-The test split is evaluated once, at the end, with the weights that scored best on validation.
+The training windows come from memory (the whole split) or stream shard by shard from a prepared dataset
+(``train.data``, genrec.data.stream). Validation reads every validation user or a fixed seeded sample of them
+(``eval.valid_users``); the test split is evaluated once, at the end, with the weights that scored best on
+validation.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +23,24 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
-from genrec.data import Jagged, SequenceDataset, Split, load_dataset
+from genrec.data import EvalCases, Jagged, SequenceDataset, Split, load_dataset
 from genrec.data.splits import ColdStartSplit, with_validation_in_train
+from genrec.data.stream import (  # noqa: F401  (epoch_batches: re-exported, long imported from here)
+    CaseCollector,
+    MemoryShards,
+    PreparedHeader,
+    WindowStream,
+    epoch_batches,
+    prepared_manifest,
+    sample_cases,
+    split_shard,
+    training_windows,
+)
 from genrec.errors import ConfigError, GenrecError
 from genrec.eval import Evaluation, evaluate, rank_cases, write_run
 from genrec.eval.report import git_commit, subset_summary
-from genrec.io import write_json, write_parquet
+from genrec.eval.stats import bootstrap_ci
+from genrec.io import write_json, write_parquet, write_text
 from genrec.models import SEQUENTIAL, SequentialModel
 from genrec.nn.losses import NegativeSampler, full_cross_entropy, sampled_softmax
 from genrec.progress import progress_bar
@@ -90,41 +106,6 @@ def attach_features(model: SequentialModel, config: RunConfig, ds: SequenceDatas
         model.attach_item_features(torch.from_numpy(emb.vectors))
 
 
-def training_windows(split: Split, max_len: int, windows: str = "last") -> tuple[Jagged, Jagged | None]:
-    """Training windows of ``max_len + 1`` items (inputs plus the shifted targets).
-
-    ``last``: each user's most recent window only (SASRec's and the reference HSTU's recipe). ``all``: long
-    sequences are cut, from the end, into windows that overlap by one item, so every training target is
-    predicted exactly once per epoch.
-    """
-    keep = np.flatnonzero(split.train.lengths >= 2)
-    seq = split.train.take(keep)
-    ts = split.train_timestamps.take(keep) if split.train_timestamps is not None else None
-    if windows == "last":
-        return seq.tail(max_len + 1), ts.tail(max_len + 1) if ts is not None else None
-    n = seq.lengths
-    count = np.ceil((n - 1) / max_len).astype(np.int64)
-    row = np.repeat(np.arange(len(seq)), count)
-    j = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)  # 0 = most recent window
-    stop = n[row] - j * max_len
-    start = np.maximum(0, stop - max_len - 1)
-    cut = seq.take(row).slice_rows(start, stop)
-    return cut, ts.take(row).slice_rows(start, stop) if ts is not None else None
-
-
-def epoch_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled batches of rows; rows of similar length share a batch so little is padded."""
-    perm = rng.permutation(len(lengths))
-    pool = batch_size * 50
-    batches = []
-    for start in range(0, len(perm), pool):
-        chunk = perm[start:start + pool]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    order = rng.permutation(len(batches))
-    return [batches[i] for i in order]
-
-
 def _wrap(model: SequentialModel, env: _Dist, device: torch.device) -> torch.nn.Module:
     """The model DDP runs (itself on one process)."""
     if not env.on:
@@ -168,6 +149,75 @@ class _Dist:
         dist.broadcast(t, 0)
         return t.tolist()
 
+    def broadcast_array(self, values: np.ndarray) -> np.ndarray:
+        """Rank 0's array on every rank (the others pass one of the same shape); float64 carries integers
+        exactly up to 2^53."""
+        if not self.on:
+            return values
+        t = torch.from_numpy(np.asarray(values, dtype=np.float64)).to(self.device)
+        dist.broadcast(t, 0)
+        return t.cpu().numpy().astype(values.dtype)
+
+
+Batch = tuple[Jagged, Jagged | None, float]  # this process's windows of one step, their timestamps, loss weight
+
+
+class _MemoryWindows:
+    """Every training window in memory: each global batch's rows are dealt to the processes in turn."""
+
+    def __init__(self, split: Split, config: RunConfig, env: _Dist):
+        tcfg = config.train
+        self.windows, self.timestamps = training_windows(split, config.model.max_len, tcfg.windows)
+        self.batch_size, self.seed, self.env = tcfg.batch_size, tcfg.seed, env
+        self.steps = math.ceil(len(self.windows) / tcfg.batch_size)
+
+    def position(self, epoch: int, step: int) -> dict[str, Any]:
+        return {"epoch": epoch, "step": step}
+
+    def epoch(self, epoch: int, start: dict[str, Any] | None = None) -> Iterator[Batch]:
+        batches = epoch_batches(self.windows.lengths, self.batch_size, np.random.default_rng([self.seed, epoch]))
+        for rows in batches[int(start["step"]) if start else 0:]:
+            local, weight = rows[self.env.rank::self.env.world], 1.0
+            if len(local) == 0:  # fewer rows than processes: join the gradient all-reduce with zero weight
+                local, weight = rows[:1], 0.0
+            yield (self.windows.take(local), self.timestamps.take(local) if self.timestamps is not None else None,
+                   weight)
+
+
+class _StreamedWindows:
+    """Training windows streamed shard by shard (genrec.data.stream); ``counts``: every shard's windows."""
+
+    def __init__(self, stream: WindowStream, counts: np.ndarray, timestamps: bool):
+        self.stream, self.counts, self.has_timestamps = stream, counts, timestamps
+        self.steps = stream.steps_per_epoch(counts)
+
+    def position(self, epoch: int, step: int) -> dict[str, Any]:
+        return self.stream.position(epoch, step, self.counts)
+
+    def epoch(self, epoch: int, start: dict[str, Any] | None = None) -> Iterator[Batch]:
+        for windows, ts in self.stream.epoch(epoch, self.counts, start):
+            if len(windows):
+                yield windows, ts, 1.0
+                continue
+            # this process's lanes are done: join the gradient all-reduce with zero weight
+            two = np.array([2], dtype=np.int64)
+            yield (Jagged.from_lengths(np.ones(2, dtype=np.int64), two),
+                   Jagged.from_lengths(np.zeros(2, dtype=np.int64), two) if self.has_timestamps else None, 0.0)
+
+
+@dataclass
+class _RunData:
+    """What a run trains and evaluates on, held in memory or streamed."""
+
+    header: Any  # the dataset, or a prepared folder's PreparedHeader (name, n_items, users, items, item_table, stats)
+    train: _MemoryWindows | _StreamedWindows
+    valid: EvalCases | None  # the validation cases or their fixed sample (rank 0 only when streamed)
+    counts: np.ndarray  # training interactions per item [n_items + 1]
+    use_timestamps: bool
+    split: Split | None = None  # the whole split, in memory only
+    test: Callable[[], EvalCases] | None = None  # streamed: builds the test cases shard by shard
+    info: dict[str, Any] = field(default_factory=dict)  # how the data was read, for the run's metrics.json
+
 
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: str | Path, dataset: SequenceDataset | None = None,
@@ -177,7 +227,8 @@ class Trainer:
         self.show_progress = show_progress
 
     def fit(self, resume: bool = False, on_epoch_end=None) -> TrainResult:
-        """Train (or continue with ``resume``), then evaluate the best validation weights on test once.
+        """Train (or continue with ``resume``, mid-epoch when the last checkpoint was), then evaluate the best
+        validation weights on test once.
 
         ``on_epoch_end(record)`` is called after each epoch's checkpoint is safely written.
         """
@@ -189,27 +240,26 @@ class Trainer:
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
         seed_everything(tcfg.seed)
-        ds = self.dataset or load_dataset(cfg.dataset)
-        split = run_split(cfg, ds)
-        windows, window_ts = training_windows(split, cfg.model.max_len, tcfg.windows)
-        model = build_model(cfg, ds.n_items, use_timestamps=ds.timestamps is not None)
+        data = self._data(env)
+        ds = data.header
+        model = build_model(cfg, ds.n_items, use_timestamps=data.use_timestamps)
         attach_features(model, cfg, ds)
         model.to(device)
-        self.known = _known_items(split, ds.n_items).to(device) if _mask_unseen(cfg) else None
+        self.known = _known_items(data.counts).to(device) if _mask_unseen(cfg) else None
+        self.item_counts = torch.from_numpy(data.counts).to(device)  # read by the sampled-softmax loss
         ddp = _wrap(model, env, device)
-        steps_per_epoch = math.ceil(len(windows) / tcfg.batch_size)
-        opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume,
+        opt, sched, state, board, start_clock = start_run(cfg, model, data.train.steps, self.run_dir, resume,
                                                           writer=env.rank == 0)
         ckpt = self.run_dir / "checkpoint"
         k_sel = _select_k(cfg.eval.select_metric)
         while state["stopped"] is None and state["epoch"] < tcfg.epochs:
             epoch = state["epoch"] + 1
             model.train()
-            loss, tokens, seconds, out_of_time = self._epoch(ddp, model, opt, sched, windows, window_ts, epoch, env,
-                                                             start_clock)
-            record = _close_epoch(state, epoch, steps_per_epoch, loss, tokens, seconds, sched, start_clock)
+            loss, tokens, seconds, out_of_time = self._epoch(ddp, model, opt, sched, data.train, epoch, env,
+                                                             start_clock, state, ckpt)
+            record = _close_epoch(state, epoch, data.train.steps, loss, tokens, seconds, sched, start_clock)
             if epoch % tcfg.eval_every == 0 or out_of_time or epoch == tcfg.epochs:
-                record.update(self._validate(model, split, ds, env, k_sel))
+                record.update(self._validate(model, data.valid, ds.n_items, env, k_sel))
                 select(state, epoch, record[f"valid_{cfg.eval.select_metric}"], tcfg.patience,
                        lambda: save_tensors(ckpt / "best.safetensors", model.state_dict()) if env.rank == 0 else None)
             finish_epoch(self.run_dir, board, state, record, out_of_time, tcfg.max_minutes,
@@ -223,92 +273,189 @@ class Trainer:
         model.load_state_dict(load_tensors(ckpt / "best.safetensors"))
         refit = None
         if tcfg.refit:
-            model, split, refit = self._refit(split, ds, env, device, max(state["best_epoch"], 1), resume)
+            model, data, refit = self._refit(data, env, device, max(state["best_epoch"], 1), resume)
         model.eval()
         test = None
         if env.rank == 0:
-            test = self._test(model, split, ds, state, refit)
+            test = self._test(model, data, state, refit)
         return TrainResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
 
-    def _refit(self, split: Split, ds: SequenceDataset, env: _Dist, device: torch.device, epochs: int,
-               resume: bool) -> tuple[SequentialModel, Split, dict[str, Any]]:
+    def _data(self, env: _Dist) -> _RunData:
+        """The run's data: streamed when ``train.data`` says so (or, for auto, when the dataset is a large
+        prepared folder), else the whole split in memory."""
+        if _streams(self.config, self.dataset):
+            return self._streamed(env)
+        ds = self.dataset or load_dataset(self.config.dataset)
+        return self._in_memory(ds, run_split(self.config, ds), env)
+
+    def _in_memory(self, ds: SequenceDataset, split: Split, env: _Dist) -> _RunData:
+        ecfg = self.config.eval
+        counts = np.bincount(split.train.values, minlength=ds.n_items + 1)
+        return _RunData(ds, _MemoryWindows(split, self.config, env),
+                        sample_cases(split.valid, ecfg.valid_users, ecfg.valid_seed), counts,
+                        ds.timestamps is not None, split)
+
+    def _streamed(self, env: _Dist) -> _RunData:
+        """One pass over the shards on rank 0 counts every shard's windows and the training item counts and
+        gathers the validation cases (capped at max_len, or their sample); the other ranks receive the counts."""
+        cfg, tcfg = self.config, self.config.train
+        source, header, use_ts = self._shard_source()
+        cuts = _temporal_cuts(cfg, source, header) if cfg.split == "temporal" else None
+        stream = WindowStream(source, lanes=tcfg.stream.lanes, batch_size=tcfg.batch_size, seed=tcfg.seed,
+                              max_len=cfg.model.max_len, windows=tcfg.windows, split=cfg.split, cuts=cuts,
+                              rank=env.rank, world=env.world, prefetch=tcfg.stream.prefetch)
+        windows = np.zeros(stream.n_shards, dtype=np.int64)
+        counts = np.zeros(header.n_items + 1, dtype=np.int64)
+        valid = CaseCollector(cfg.eval.valid_users, cfg.eval.valid_seed, cap=cfg.model.max_len)
+        if env.rank == 0:
+            with progress_bar(stream.n_shards, "reading shards", enabled=self.show_progress) as advance:
+                def visit(k: int, shard: Any) -> None:
+                    counts[:] += np.bincount(shard.split.train.values, minlength=header.n_items + 1)
+                    valid.add(shard.split.valid)
+                    advance(1)
+
+                windows = stream.survey(visit)
+        windows, counts = env.broadcast_array(windows), env.broadcast_array(counts)
+
+        def test_cases() -> EvalCases:
+            every = CaseCollector(cap=cfg.model.max_len)
+            for k in range(stream.n_shards):
+                every.add(split_shard(source.read_shard(k), cfg.split, cuts).test)
+            return every.cases()
+
+        info = {"mode": "stream", "shards": stream.n_shards, "lanes": stream.lanes,
+                "windows_per_lane_batch": stream.lane_batch, "history_cap": cfg.model.max_len,
+                **({"temporal_cuts": cuts} if cuts else {})}
+        return _RunData(header, _StreamedWindows(stream, windows, use_ts), valid.cases() if env.rank == 0 else None,
+                        counts, use_ts, test=test_cases, info=info)
+
+    def _shard_source(self) -> tuple[Any, Any, bool]:
+        """(shards to stream, the dataset's header, whether it has timestamps): a prepared folder's own shards,
+        or an in-memory dataset seen through train.stream.shards hash shards."""
+        cfg = self.config
+        if self.dataset is None and prepared_manifest(cfg.dataset) is not None:
+            from genrec.data.prepared import PreparedDataset
+
+            prepared = PreparedDataset.open(cfg.dataset)
+            header = PreparedHeader(cfg.dataset, prepared_manifest(cfg.dataset))
+            return prepared, header, header.has_timestamps
+        ds = self.dataset or load_dataset(cfg.dataset)
+        return MemoryShards(ds, cfg.train.stream.shards), ds, ds.timestamps is not None
+
+    def _refit(self, data: _RunData, env: _Dist, device: torch.device, epochs: int,
+               resume: bool) -> tuple[SequentialModel, _RunData, dict[str, Any]]:
         """``train.refit``: a fresh model (same seed, schedule and batches) trained on the training sequences
         plus every user's validation item for the selected number of epochs, in ``<run>/refit``. No selection
         happens here: the validation items are training targets now."""
         cfg, tcfg = self.config, self.config.train
         seed_everything(tcfg.seed)
-        split = with_validation_in_train(split)
-        windows, window_ts = training_windows(split, cfg.model.max_len, tcfg.windows)
-        model = build_model(cfg, ds.n_items, use_timestamps=ds.timestamps is not None)
+        data = self._in_memory(data.header, with_validation_in_train(data.split), env)
+        self.item_counts = torch.from_numpy(data.counts).to(device)
+        ds = data.header
+        model = build_model(cfg, ds.n_items, use_timestamps=data.use_timestamps)
         attach_features(model, cfg, ds)
         model.to(device)
         ddp = _wrap(model, env, device)
-        steps = math.ceil(len(windows) / tcfg.batch_size)
         folder = self.run_dir / "refit"
         again = resume and (folder / "checkpoint" / "trainer.json").is_file()
-        opt, sched, state, board, start_clock = start_run(cfg, model, steps, folder, again, writer=env.rank == 0)
+        opt, sched, state, board, start_clock = start_run(cfg, model, data.train.steps, folder, again,
+                                                          writer=env.rank == 0)
         while state["stopped"] is None and state["epoch"] < epochs:
             epoch = state["epoch"] + 1
             model.train()
-            loss, tokens, seconds, out_of_time = self._epoch(ddp, model, opt, sched, windows, window_ts, epoch, env,
-                                                             start_clock)
-            record = _close_epoch(state, epoch, steps, loss, tokens, seconds, sched, start_clock)
+            loss, tokens, seconds, out_of_time = self._epoch(ddp, model, opt, sched, data.train, epoch, env,
+                                                             start_clock, state, folder / "checkpoint")
+            record = _close_epoch(state, epoch, data.train.steps, loss, tokens, seconds, sched, start_clock)
             finish_epoch(folder, board, state, record, out_of_time, tcfg.max_minutes,
                          lambda: save_checkpoint(folder / "checkpoint", model, opt, sched, state),
                          writer=env.rank == 0)
             if env.rank == 0:
                 self._say({**record, "refit": True})
         info = {"epochs": state["epoch"], "selected_epoch": epochs, "train_seconds": state["train_seconds"],
-                "stopped": state["stopped"] or "the selected epoch", "targets": int((windows.lengths - 1).sum())}
-        return model, split, info
+                "stopped": state["stopped"] or "the selected epoch",
+                "targets": int((data.train.windows.lengths - 1).sum())}
+        return model, data, info
 
-    def _validate(self, model: SequentialModel, split: Split, ds: SequenceDataset, env: _Dist,
+    def _validate(self, model: SequentialModel, cases: EvalCases | None, n_items: int, env: _Dist,
                   k_sel: int) -> dict[str, float]:
-        """Validation HR@10, NDCG@10 and the selection metric, computed on rank 0 and shared with all ranks."""
-        shown = sorted({self.config.eval.select_metric, "hr@10", "ndcg@10"})
-        values = [0.0] * len(shown)
+        """Validation HR@10, NDCG@10 and the selection metric, computed on rank 0 and shared with all ranks;
+        on a sample of users (``eval.valid_users``) also each metric's 95% bootstrap interval, the sample's
+        size and seed."""
+        ecfg = self.config.eval
+        shown = sorted({ecfg.select_metric, "hr@10", "ndcg@10"})
+        sampled = ecfg.valid_users is not None
+        values = [0.0] * (3 * len(shown) + 1 if sampled else len(shown))
         if env.rank == 0:
             model.eval()
-            r = rank_cases(model, split.valid, ds.n_items, ks=sorted({k_sel, 10}),
-                           exclude_seen=self.config.eval.exclude_seen, show_progress=False)
+            r = rank_cases(model, cases, n_items, ks=sorted({k_sel, 10}), exclude_seen=ecfg.exclude_seen,
+                           show_progress=False)
             values = [float(r.per_case[m].mean()) for m in shown]
-        return {f"valid_{m}": v for m, v in zip(shown, env.broadcast(values), strict=True)}
+            if sampled:
+                ci = bootstrap_ci({m: r.per_case[m] for m in shown}, n_boot=ecfg.n_boot, seed=ecfg.valid_seed)
+                values += [ci[m][b] for b in ("ci_low", "ci_high") for m in shown] + [float(len(cases))]
+        values = env.broadcast(values)
+        out = {f"valid_{m}": v for m, v in zip(shown, values, strict=False)}
+        if sampled:
+            n = len(shown)
+            out.update({f"valid_{m}_lo": values[n + i] for i, m in enumerate(shown)})
+            out.update({f"valid_{m}_hi": values[2 * n + i] for i, m in enumerate(shown)})
+            out.update(valid_users=int(values[-1]), valid_seed=ecfg.valid_seed)
+        return out
 
-    def _epoch(self, ddp, model, opt, sched, windows, window_ts, epoch, env, start_clock):
+    def _epoch(self, ddp, model, opt, sched, train, epoch: int, env: _Dist, start_clock: float, state: dict,
+               ckpt: Path) -> tuple[float, float, float, bool]:
+        """One epoch, or its rest when ``state`` holds a mid-epoch position; every ``train.checkpoint_every``
+        steps a checkpoint with the data position and the epoch's running loss lets a resumed run continue at
+        the exact batch."""
         tcfg = self.config.train
-        batches = epoch_batches(windows.lengths, tcfg.batch_size, np.random.default_rng([tcfg.seed, epoch]))
-        total_loss, total_tokens, t0 = 0.0, 0, time.perf_counter()
+        start = state.pop("position", None)
+        done = int(start["step"]) if start else 0
+        total_loss = float(start["loss"]) if start and env.rank == 0 else 0.0
+        total_tokens = start["tokens"] if start and env.rank == 0 else 0
+        t0 = time.perf_counter() - (float(start["seconds"]) if start else 0.0)
         out_of_time = False
-        with progress_bar(len(batches), f"epoch {epoch}", enabled=self.show_progress and env.rank == 0) as advance:
-            for rows in batches:
-                local = rows[env.rank::env.world]
-                weight = 1.0
-                if len(local) == 0:  # fewer rows than processes: join the gradient all-reduce with zero weight
-                    local, weight = rows[:1], 0.0
-                items = windows.take(local).to_padded(left=False)
-                lengths = torch.from_numpy(windows.lengths[local])
-                ts = window_ts.take(local).to_padded(left=False)[:, :-1] if window_ts is not None else None
-                inputs, targets = items[:, :-1], items[:, 1:].clone()
-                targets[torch.arange(targets.shape[1])[None, :] >= (lengths - 1)[:, None]] = 0
-                inputs, targets, lengths = inputs.to(env.device), targets.to(env.device), lengths.to(env.device)
-                ts = ts.to(env.device) if ts is not None else None
-                n_local = int((targets > 0).sum()) if weight else 0
-                n_global = env.sum(float(n_local))
-                h = ddp(inputs, (lengths - 1).clamp(min=1), ts)
-                mask = targets > 0
-                loss_sum = self._loss(h[mask], targets[mask], model)
-                loss = loss_sum * (weight * env.world / max(n_global, 1.0))
-                optimizer_step(loss, model, opt, sched, tcfg.clip_norm)
-                total_loss += float(loss_sum.detach()) * weight
+        with progress_bar(train.steps, f"epoch {epoch}", enabled=self.show_progress and env.rank == 0) as advance:
+            advance(done)
+            for step, (windows, ts, weight) in enumerate(train.epoch(epoch, start), done + 1):
+                loss_sum, n_local = self._step(ddp, model, opt, sched, windows, ts, weight, env)
+                total_loss += loss_sum
                 total_tokens += n_local
                 elapsed = time.perf_counter() - t0
                 advance(1, f"epoch {epoch} loss {total_loss / max(total_tokens, 1):.4f} "
                            f"{total_tokens * env.world / max(elapsed, 1e-9):,.0f} tok/s")
+                every = tcfg.checkpoint_every
+                if every and (state["step"] + step) % every == 0 and step < train.steps:
+                    position = {**train.position(epoch, step), "loss": env.sum(total_loss),
+                                "tokens": env.sum(total_tokens), "seconds": elapsed}
+                    if env.rank == 0:
+                        save_checkpoint(ckpt, model, opt, sched, {**state, "position": position,
+                                                                  "train_seconds": time.perf_counter() - start_clock})
                 if tcfg.max_minutes and time.perf_counter() - start_clock > tcfg.max_minutes * 60:
                     out_of_time = True
                     break
         tokens = env.sum(float(total_tokens))
         return env.sum(total_loss) / max(tokens, 1), tokens, time.perf_counter() - t0, out_of_time
+
+    def _step(self, ddp, model: SequentialModel, opt, sched, windows: Jagged, window_ts: Jagged | None,
+              weight: float, env: _Dist) -> tuple[float, int]:
+        """One optimizer step on this process's windows of a global batch. The loss is divided by the global
+        token count (DDP averages gradients over processes, hence the world factor), so any number of processes
+        makes the same update. Returns (this process's summed loss times ``weight``, its target count)."""
+        items = windows.to_padded(left=False)
+        lengths = torch.from_numpy(windows.lengths)
+        ts = window_ts.to_padded(left=False)[:, :-1] if window_ts is not None else None
+        inputs, targets = items[:, :-1], items[:, 1:].clone()
+        targets[torch.arange(targets.shape[1])[None, :] >= (lengths - 1)[:, None]] = 0
+        inputs, targets, lengths = inputs.to(env.device), targets.to(env.device), lengths.to(env.device)
+        ts = ts.to(env.device) if ts is not None else None
+        n_local = int((targets > 0).sum()) if weight else 0
+        n_global = env.sum(float(n_local))
+        h = ddp(inputs, (lengths - 1).clamp(min=1), ts)
+        mask = targets > 0
+        loss_sum = self._loss(h[mask], targets[mask], model)
+        loss = loss_sum * (weight * env.world / max(n_global, 1.0))
+        optimizer_step(loss, model, opt, sched, self.config.train.clip_norm)
+        return float(loss_sum.detach()) * weight, n_local
 
     def _loss(self, h: torch.Tensor, targets: torch.Tensor, model: SequentialModel) -> torch.Tensor:
         """The summed loss of one step. Sampled softmax reads ``self.item_counts`` ([n_items + 1] training
@@ -332,21 +479,30 @@ class Trainer:
                                shared=tcfg.shared_negatives, in_batch=tcfg.in_batch_negatives, known=known,
                                sampler=sampler, logq=tcfg.logq)
 
-    def _test(self, model: SequentialModel, split: Split, ds: SequenceDataset, state: dict,
+    def _test(self, model: SequentialModel, data: _RunData, state: dict,
               refit: dict[str, Any] | None = None) -> Evaluation:
         cfg = self.config
-        counts = np.bincount(split.train.values, minlength=ds.n_items + 1)
-        ev = evaluate(model, split.test, ds, part="test", ks=cfg.eval.ks, exclude_seen=cfg.eval.exclude_seen,
-                      item_counts=counts, n_boot=cfg.eval.n_boot, seed=cfg.train.seed,
+        ds = data.header
+        cases = data.split.test if data.split is not None else data.test()
+        ev = evaluate(model, cases, ds, part="test", ks=cfg.eval.ks, exclude_seen=cfg.eval.exclude_seen,
+                      item_counts=data.counts, n_boot=cfg.eval.n_boot, seed=cfg.train.seed,
                       show_progress=self.show_progress)
         ev.info.update(best_epoch=state["best_epoch"], best_valid=state["best"], epochs_run=state["epoch"],
                        stopped=state["stopped"] or "max epochs", train_seconds=state["train_seconds"],
                        **({"refit": refit} if refit else {}),
                        commit_at_start=self.commit_at_start, allocator=self.allocator,
-                       device=str(next(model.parameters()).device), **cold_start_info(split, ev, cfg))
+                       device=str(next(model.parameters()).device),
+                       **(cold_start_info(data.split, ev, cfg) if data.split is not None else {}),
+                       **({"data": data.info} if data.info else {}))
+        sample = _validation_sample(cfg, state)
+        if sample:
+            ev.info["validation"] = sample
         run_config = {"model": cfg.model.name, "split": cfg.split, **cfg.model_dump(mode="json")}
         write_run(self.run_dir, run_config, ev, ds, state["train_seconds"])
-        save_model_files(self.run_dir, model, ds, counts)
+        if sample:
+            report = self.run_dir / "report.md"
+            write_text(report, report.read_text(encoding="utf-8") + _validation_line(sample))
+        save_model_files(self.run_dir, model, ds, data.counts)
         return ev
 
     def _say(self, record: dict) -> None:
@@ -380,12 +536,74 @@ def _mask_unseen(config: RunConfig) -> bool:
     return config.split == "cold" if flag is None else flag
 
 
-def _known_items(split: Split, n_items: int) -> torch.Tensor:
+def _known_items(counts: np.ndarray) -> torch.Tensor:
     """[n_items + 1] bool: the items that occur in the training sequences (padding excluded)."""
-    known = np.zeros(n_items + 1, dtype=bool)
-    known[split.train.values] = True
+    known = np.asarray(counts) > 0
     known[0] = False
     return torch.from_numpy(known)
+
+
+def _streams(config: RunConfig, dataset: SequenceDataset | None) -> bool:
+    """Whether the run streams its training windows: ``train.data: stream``, or ``auto`` on a prepared folder
+    (format 2) with more than ``train.stream.auto_events`` interactions and a split that streams."""
+    tcfg = config.train
+    if tcfg.data != "auto":
+        return tcfg.data == "stream"
+    if dataset is not None or config.split == "cold" or tcfg.refit:
+        return False
+    manifest = prepared_manifest(config.dataset)
+    return manifest is not None and int(manifest.get("interactions", 0)) > tcfg.stream.auto_events
+
+
+def _temporal_cuts(config: RunConfig, source: Any, header: Any) -> dict[str, float]:
+    """The global cut times of a streamed temporal split: the config's, else as the in-memory split computes
+    them (an in-memory dataset), else the prepared folder's manifest (for the default fractions)."""
+    t = config.temporal
+    given = {"valid_start": t.valid_start, "test_start": t.test_start}
+    if isinstance(source, MemoryShards):
+        if source.ds.timestamps is None:
+            raise ConfigError(f"dataset '{source.ds.name}' has no timestamps; the temporal split needs them "
+                              "(use 'loo')")
+        ts = source.ds.timestamps.values
+        test = t.test_start if t.test_start is not None else float(np.quantile(ts, 1 - t.test_fraction))
+        valid = (t.valid_start if t.valid_start is not None
+                 else float(np.quantile(ts, 1 - t.test_fraction - t.valid_fraction)))
+        return {"valid_start": valid, "test_start": test}
+    saved = header.manifest.get("temporal") or {}
+    defaults = t.valid_fraction == 0.1 and t.test_fraction == 0.1
+    cuts = {k: v if v is not None else (saved.get(k) if defaults else None) for k, v in given.items()}
+    if any(v is None for v in cuts.values()):
+        raise ConfigError(f"{config.dataset}: a streamed temporal split needs global cut times: set "
+                          "temporal.valid_start and temporal.test_start, or keep the default fractions and use a "
+                          "prepared folder whose manifest holds its temporal cuts")
+    if cuts["valid_start"] > cuts["test_start"]:
+        raise ConfigError(f"temporal.valid_start ({cuts['valid_start']}) must not be after test_start "
+                          f"({cuts['test_start']})")
+    return {k: float(v) for k, v in cuts.items()}
+
+
+def _validation_sample(config: RunConfig, state: dict[str, Any]) -> dict[str, Any] | None:
+    """The validation sample and the selected epoch's metric with its 95% interval (None without a sample)."""
+    if config.eval.valid_users is None:
+        return None
+    metric = config.eval.select_metric
+    best = next((r for r in state["history"] if r["epoch"] == state["best_epoch"] and f"valid_{metric}_lo" in r),
+                None)
+    out: dict[str, Any] = {"users": config.eval.valid_users, "seed": config.eval.valid_seed, "metric": metric,
+                           "ci": "95% percentile bootstrap over the sampled users"}
+    if best is not None:
+        out.update(users=best["valid_users"], epoch=best["epoch"], mean=best[f"valid_{metric}"],
+                   ci_low=best[f"valid_{metric}_lo"], ci_high=best[f"valid_{metric}_hi"])
+    return out
+
+
+def _validation_line(sample: dict[str, Any]) -> str:
+    line = (f"- validation: a fixed sample of {sample['users']:,} users (seed {sample['seed']}, the same every "
+            "epoch)")
+    if "mean" in sample:
+        line += (f"; selected epoch {sample['epoch']}: {sample['metric']} {sample['mean']:.4f} "
+                 f"[{sample['ci_low']:.4f}, {sample['ci_high']:.4f}] ({sample['ci']})")
+    return line + "\n"
 
 
 def cold_start_info(split: Split, ev: Evaluation, config: RunConfig) -> dict[str, Any]:
