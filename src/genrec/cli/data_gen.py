@@ -48,7 +48,7 @@ def data_synth(
     if as_json:
         return _print_json(meta)
     out.print(f"synth: {meta['users']:,} users, {meta['items']:,} items, {meta['events']:,} events in "
-              f"{meta['shards']} shards, {meta['seconds']:.1f} s -> {folder}", highlight=False)
+              f"{meta['shards']} shard(s), {meta['seconds']:.1f} s -> {folder}", highlight=False)
 
 
 @data_app.command("expand")
