@@ -1,7 +1,8 @@
 """The prepared dataset: dense id vocabularies and one chronological jagged sequence per user.
 
 Raw ids are mapped to dense ints once, here; index 0 is padding, so dense id ``i`` is ``raw[i - 1]``.
-A prepared dataset is saved as Parquet + JSON and travels with every run.
+A dataset is saved as Parquet + JSON and travels with every run; ``genrec data prepare`` writes the sharded
+layout of :mod:`genrec.data.prepared`, which :meth:`SequenceDataset.load` reads as well.
 """
 
 from __future__ import annotations
@@ -127,7 +128,12 @@ class SequenceDataset:
 
     @classmethod
     def load(cls, folder: str | Path) -> SequenceDataset:
+        """A folder written by :meth:`save` (format version 1) or a prepared dataset (version 2, read whole)."""
         folder = Path(folder)
+        if not (folder / "dataset.json").is_file() and (folder / "manifest.json").is_file():
+            from genrec.data.prepared import PreparedDataset  # it builds on this module
+
+            return PreparedDataset.open(folder).to_memory()
         info = read_prepared_info(folder, "dataset.json", FORMAT_VERSION, "genrec dataset")
         inter = pq.read_table(folder / "interactions.parquet")
         users = pq.read_table(folder / "users.parquet").column("raw_id").combine_chunks()
@@ -221,3 +227,19 @@ def _join_catalog(items: pa.Table, vocab: Vocab) -> pa.Table:
     table = items.filter(pa.array(keep)).append_column("item_idx", pa.array(dense[keep]))
     _, first = np.unique(table.column("item_idx").to_numpy(), return_index=True)  # one row per item
     return table.take(pa.array(np.sort(first)))
+
+
+def reprepare(ds: SequenceDataset, dedup: bool, kcore: int | None) -> SequenceDataset:
+    """``ds`` prepared again from its raw rows with ``dedup`` / ``kcore``."""
+    cols = {"user": ds.users.raw.take(pa.array(ds.sequences.row_ids())),
+            "item": ds.items.raw.take(pa.array(ds.sequences.values - 1))}
+    if ds.timestamps is not None:
+        cols["timestamp"] = ds.timestamps.values
+    if ds.values is not None:
+        cols["value"] = ds.values
+    if ds.events is not None:
+        cols["event"] = ds.events
+    catalog = None
+    if ds.item_table is not None:
+        catalog = ds.item_table.drop_columns(["item_idx"])
+    return prepare(pa.table(cols), name=ds.name, items=catalog, dedup=dedup, kcore=kcore, meta=ds.meta)

@@ -140,11 +140,15 @@ def _select_roles(raw: pa.Table, path: Path, roles: dict[str, str | None]) -> pa
     return pa.table(cols, names=names)
 
 
-def validate_interactions(table: pa.Table, path: object = "<table>", header: bool = False) -> pa.Table:
-    """Check types and nulls of the canonical columns; coerce ids to int64 or string."""
+def validate_interactions(table: pa.Table, path: object = "<table>", header: bool = False,
+                          line_offset: int = 0) -> pa.Table:
+    """Check types and nulls of the canonical columns; coerce ids to int64 or string.
+
+    ``line_offset`` counts the file's rows before this table, so a batch of a streamed file names true lines.
+    """
     if table.num_rows == 0:
         raise DataError("the interaction table is empty", path=path)
-    first_line = 2 if header else 1
+    first_line = (2 if header else 1) + line_offset
     out = {}
     for role in ("user", "item"):
         col = table.column(role).combine_chunks()

@@ -1,0 +1,420 @@
+"""The preparation as SQL, written once and run by DuckDB (one machine) or Spark (a cluster).
+
+The statements read the staged Parquet of :mod:`genrec.data.ingest` (a view ``staged`` with ``row_id, u_raw,
+i_raw[, ts][, val][, event]``) and produce exactly what the in-memory :func:`genrec.data.dataset.prepare` does:
+
+- dedup keeps each (user, item)'s first occurrence in (timestamp, row_id) order;
+- k-core drops users and items with fewer than k interactions until nothing drops (the loop is Python's);
+- dense ids 1.. follow first appearance (smallest row_id) among the kept rows;
+- ``pos`` is the 0-based chronological position in the user's sequence, ties in input row order.
+
+Both engines accept the same text; the one dialect difference is how output columns named like keywords are
+quoted (:meth:`Engine.quote`). Engine libraries are imported only when an engine is built.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import shutil
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from genrec.data.ingest import BATCH_ROWS, Staged
+from genrec.data.prepared import (
+    EVENTS,
+    HASH_MULTIPLIER,
+    build_manifest,
+    default_cut_quantiles,
+    default_shards,
+)
+from genrec.errors import ConfigError, DataError, GenrecError
+
+INSTALL_HINT = "pip install 'genrec[scale]'"
+
+
+class Engine(ABC):
+    """What the statements need from an SQL engine: views, materialised tables, results and Parquet writes."""
+
+    name: str
+
+    @abstractmethod
+    def quote(self, column: str) -> str: ...
+
+    @abstractmethod
+    def source(self, view: str, folder: Path) -> None:
+        """A view over every Parquet file in ``folder``."""
+
+    @abstractmethod
+    def view(self, name: str, sql: str) -> None: ...
+
+    @abstractmethod
+    def create(self, name: str, sql: str) -> None:
+        """Materialise ``sql`` as table ``name`` (spilling to disk as needed)."""
+
+    @abstractmethod
+    def drop(self, name: str) -> None: ...
+
+    @abstractmethod
+    def rows(self, sql: str) -> list[tuple]: ...
+
+    @abstractmethod
+    def copy(self, sql: str, path: Path, schema: pa.Schema) -> None:
+        """Write the result to one Parquet file, in the query's order, with exactly ``schema`` (names, types
+        and nullability the same on every engine)."""
+
+    @abstractmethod
+    def copy_partitioned(self, sql: str, folder: Path, column: str) -> None:
+        """Write the result as hive partitions ``folder/<column>=<value>/*.parquet`` (without ``column``)."""
+
+    def close(self) -> None:
+        return None
+
+
+def _sql_path(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+class DuckDBEngine(Engine):
+    """DuckDB with a memory limit, spilling to ``temp_dir``; tables live in a database file under ``work``."""
+
+    name = "duckdb"
+
+    def __init__(self, work: Path, memory_limit: int, threads: int | None = None, temp_dir: Path | None = None):
+        try:
+            import duckdb
+        except ImportError:
+            raise ConfigError(f"the duckdb engine needs DuckDB: {INSTALL_HINT}") from None
+        self._duckdb = duckdb
+        self.con = duckdb.connect(str(work / "work.duckdb"))
+        spill = temp_dir or work / "spill"
+        self.con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
+        self.con.execute(f"SET temp_directory = {_sql_path(spill)}")
+        self.con.execute(f"SET threads = {int(threads or os.cpu_count() or 1)}")
+        self.con.execute("SET preserve_insertion_order = false")  # order comes from ORDER BY or not at all
+
+    def quote(self, column: str) -> str:
+        return f'"{column}"'
+
+    def _run(self, sql: str) -> Any:
+        try:
+            return self.con.execute(sql)
+        except self._duckdb.OutOfMemoryException as e:
+            raise GenrecError(f"DuckDB ran out of memory ({str(e).splitlines()[0]}); raise --memory-limit or "
+                              "give --temp-dir on a disk with more room") from None
+
+    def source(self, view: str, folder: Path) -> None:
+        self._run(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet({_sql_path(folder / '*.parquet')})")
+
+    def view(self, name: str, sql: str) -> None:
+        self._run(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+
+    def create(self, name: str, sql: str) -> None:
+        self._run(f"CREATE OR REPLACE TABLE {name} AS {sql}")
+
+    def drop(self, name: str) -> None:
+        self._run(f"DROP TABLE IF EXISTS {name}")
+
+    def rows(self, sql: str) -> list[tuple]:
+        return self._run(sql).fetchall()
+
+    def copy(self, sql: str, path: Path, schema: pa.Schema) -> None:
+        result = self._run(sql)
+        batches = getattr(result, "to_arrow_reader", None) or result.fetch_record_batch  # DuckDB >= 1.4 / older
+        reader = batches(BATCH_ROWS)
+        with pq.ParquetWriter(path, schema) as writer:
+            for batch in reader:
+                writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+
+    def copy_partitioned(self, sql: str, folder: Path, column: str) -> None:
+        self._run(f"COPY ({sql}) TO {_sql_path(folder)} (FORMAT PARQUET, PARTITION_BY ({column}))")
+
+    def close(self) -> None:
+        self.con.close()
+
+
+class SparkEngine(Engine):
+    """Spark SQL; uses the active SparkSession when there is one, else starts ``master`` (``local[N]``)."""
+
+    name = "spark"
+
+    def __init__(self, work: Path, master: str | None = None, memory_limit: int | None = None,
+                 threads: int | None = None, temp_dir: Path | None = None):
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError:
+            raise ConfigError(f"the spark engine needs pyspark: {INSTALL_HINT}") from None
+        self.work = work
+        self.spark = SparkSession.getActiveSession()
+        self.owned = self.spark is None
+        if self.spark is None:
+            if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
+                raise ConfigError("the spark engine needs a Java runtime (no 'java' on PATH and no JAVA_HOME)")
+            n = int(threads or os.cpu_count() or 1)
+            builder = (SparkSession.builder.master(master or f"local[{n}]").appName("genrec-prepare")
+                       .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+                       .config("spark.sql.shuffle.partitions", str(max(4, 4 * n)))
+                       .config("spark.local.dir", str(temp_dir or work / "spill")))
+            if memory_limit:
+                builder = builder.config("spark.driver.memory", f"{max(1, memory_limit >> 20)}m")
+            self.spark = builder.getOrCreate()
+            self.spark.sparkContext.setLogLevel("ERROR")
+
+    def quote(self, column: str) -> str:
+        return f"`{column}`"
+
+    def source(self, view: str, folder: Path) -> None:
+        self.spark.read.parquet(str(folder)).createOrReplaceTempView(view)
+
+    def view(self, name: str, sql: str) -> None:
+        self.spark.sql(sql).createOrReplaceTempView(name)
+
+    def create(self, name: str, sql: str) -> None:
+        path = self.work / "tables" / name
+        self.spark.sql(sql).write.mode("overwrite").parquet(str(path))
+        self.spark.read.parquet(str(path)).createOrReplaceTempView(name)
+
+    def drop(self, name: str) -> None:
+        self.spark.catalog.dropTempView(name)
+        shutil.rmtree(self.work / "tables" / name, ignore_errors=True)
+
+    def rows(self, sql: str) -> list[tuple]:
+        return [tuple(r) for r in self.spark.sql(sql).collect()]
+
+    def copy(self, sql: str, path: Path, schema: pa.Schema) -> None:
+        """Spark writes a folder of parts; they are joined, in part order (the query's order), into one file."""
+        parts_dir = self.work / "copy" / path.name
+        self.spark.sql(sql).write.mode("overwrite").parquet(str(parts_dir))
+        with pq.ParquetWriter(path, schema) as writer:
+            for part in sorted(parts_dir.glob("part-*.parquet")):
+                for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS):
+                    writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+        shutil.rmtree(parts_dir, ignore_errors=True)
+
+    def copy_partitioned(self, sql: str, folder: Path, column: str) -> None:
+        self.spark.sql(sql).write.mode("overwrite").partitionBy(column).parquet(str(folder))
+        for extra in [*folder.rglob(".*.crc"), *folder.rglob("_SUCCESS")]:  # Hadoop's bookkeeping files
+            extra.unlink()
+
+    def close(self) -> None:
+        if self.owned:
+            self.spark.stop()
+
+
+# --- statistics from order statistics, exactly as numpy computes them ---------------------------------
+
+def linear_quantile(n: int, q: float, value_at: Callable[[int], Any], dtype: type = np.float64) -> float:
+    """``np.quantile(x, q)`` (method 'linear') of ``n`` values, reading only order statistics ``value_at(k)``
+    (the k-th smallest, 0-based), with numpy's own arithmetic so the result is bit-identical."""
+    virtual = (n - 1) * q
+    if virtual >= n - 1:
+        return float(np.asarray(value_at(n - 1), dtype=dtype))
+    if virtual < 0:
+        return float(np.asarray(value_at(0), dtype=dtype))
+    prev = math.floor(virtual)
+    a, b = np.asarray(value_at(prev), dtype=dtype), np.asarray(value_at(prev + 1), dtype=dtype)
+    t = np.float64(virtual - prev)
+    diff = b - a
+    return float(b - diff * (1 - t) if t >= 0.5 else a + diff * t)
+
+
+def length_stats(histogram: list[tuple[int, int]]) -> dict[str, float | int]:
+    """``SequenceDataset.stats()['sequence_length']`` from a histogram of (length, users)."""
+    hist = sorted((int(length), int(count)) for length, count in histogram)
+    lengths = np.array([h[0] for h in hist], dtype=np.int64)
+    cum = np.cumsum([h[1] for h in hist])
+    n = int(cum[-1])
+
+    def at(k: int) -> int:
+        return int(lengths[np.searchsorted(cum, k, side="right")])
+
+    median = float(at((n - 1) // 2)) if n % 2 else (float(at(n // 2 - 1)) + float(at(n // 2))) / 2
+    total = int(sum(length * count for length, count in hist))
+    return {"min": int(lengths[0]), "mean": total / n, "median": median,
+            "p90": linear_quantile(n, 90 / 100, at, np.int64), "p99": linear_quantile(n, 99 / 100, at, np.int64),
+            "max": int(lengths[-1])}
+
+
+# --- the statements ----------------------------------------------------------------------------------------
+
+class Pipeline:
+    """The preparation's statements over one engine and one staged input."""
+
+    def __init__(self, engine: Engine, staged: Staged, progress: Callable[[str], None] = lambda m: None):
+        self.e, self.staged, self.progress = engine, staged, progress
+        self.has_ts = staged.has("ts")
+        self.order = "ts, row_id" if self.has_ts else "row_id"
+        self.extra = "".join(f", {c}" for c in ("ts", "val", "event") if staged.has(c))
+        self.int_ids = {role: staged.types[col] == pa.int64() for role, col in (("u", "u_raw"), ("i", "i_raw"))}
+
+    @contextmanager
+    def _stage(self, what: str) -> Iterator[Callable[[str], None]]:
+        """Times a stage and reports ``what: <detail> (<seconds> s)`` when it ends."""
+        start, detail = time.perf_counter(), [""]
+        yield lambda text: detail.__setitem__(0, text)
+        self.progress(f"{what}: {detail[0]} ({time.perf_counter() - start:.1f} s)")
+
+    def count(self, table: str) -> int:
+        return int(self.e.rows(f"SELECT count(*) FROM {table}")[0][0])
+
+    def base(self) -> str:
+        """Rows with integer ids: integer raw ids as they are, strings coded by their first row_id."""
+        self.e.source("staged", self.staged.folder)
+        if all(self.int_ids.values()):
+            self.e.view("base", f"SELECT row_id, u_raw AS u, i_raw AS i{self.extra} FROM staged")
+            return "base"
+        joins, cols = [], []
+        for role, raw in (("u", "u_raw"), ("i", "i_raw")):
+            if self.int_ids[role]:
+                cols.append(f"s.{raw} AS {role}")
+            else:
+                self.e.create(f"{role}_codes", f"SELECT {raw} AS raw, min(row_id) AS code FROM staged GROUP BY {raw}")
+                joins.append(f"JOIN {role}_codes {role}c ON s.{raw} = {role}c.raw")
+                cols.append(f"{role}c.code AS {role}")
+        extra = "".join(f", s.{c}" for c in ("ts", "val", "event") if self.staged.has(c))
+        self.e.create("base", f"SELECT s.row_id, {', '.join(cols)}{extra} FROM staged s {' '.join(joins)}")
+        return "base"
+
+    def dedup(self, table: str) -> str:
+        self.e.create("dedup", f"SELECT row_id, u, i{self.extra} FROM (SELECT *, row_number() OVER "
+                               f"(PARTITION BY u, i ORDER BY {self.order}) AS rn FROM {table}) AS d WHERE rn = 1")
+        return "dedup"
+
+    def kcore(self, table: str, k: int, n: int) -> tuple[str, int]:
+        """Drop users and items with fewer than ``k`` rows, counted together, until no row drops."""
+        for step in itertools.count(1):
+            name = f"kcore{step}"
+            self.e.create(name, f"SELECT * FROM {table} WHERE u IN (SELECT u FROM {table} GROUP BY u HAVING "
+                                f"count(*) >= {k}) AND i IN (SELECT i FROM {table} GROUP BY i HAVING count(*) >= {k})")
+            kept = self.count(name)
+            self.progress(f"  kcore pass {step}: {kept:,} rows")
+            if table.startswith("kcore"):
+                self.e.drop(table)
+            table, done, n = name, kept == n, kept
+            if done or kept == 0:
+                return table, n
+        raise AssertionError("unreachable")  # itertools.count never ends
+
+    def vocabularies(self, table: str) -> None:
+        self.e.create("users", "SELECT u, CAST(row_number() OVER (ORDER BY first_row) AS BIGINT) AS user_idx FROM "
+                               f"(SELECT u, min(row_id) AS first_row FROM {table} GROUP BY u) AS f")
+        self.e.create("items", "SELECT i, CAST(row_number() OVER (ORDER BY first_row) AS BIGINT) AS item_idx, n FROM "
+                               f"(SELECT i, min(row_id) AS first_row, count(*) AS n FROM {table} GROUP BY i) AS f")
+
+    def _raw(self, role: str, alias: str) -> tuple[str, str]:
+        """The raw-id expression of vocabulary ``alias`` and the join it needs."""
+        if self.int_ids[role]:
+            return f"{alias}.{role}", ""
+        return f"{role}c.raw", f"JOIN {role}_codes {role}c ON {alias}.{role} = {role}c.code"
+
+    def write_vocabularies(self, out: Path) -> None:
+        raw, join = self._raw("u", "uv")
+        self.e.copy(f"SELECT uv.user_idx, {raw} AS raw_id FROM users uv {join} ORDER BY uv.user_idx",
+                    out / "users.parquet",
+                    pa.schema([("user_idx", pa.int64()), ("raw_id", self.staged.types["u_raw"])]))
+        raw, join = self._raw("i", "iv")
+        self.e.copy(f"SELECT iv.item_idx, {raw} AS raw_id, iv.n AS {self.e.quote('count')} FROM items iv {join} "
+                    "ORDER BY iv.item_idx", out / "items.parquet",
+                    pa.schema([("item_idx", pa.int64()), ("raw_id", self.staged.types["i_raw"]),
+                               ("count", pa.int64())]))
+
+    def events_sql(self, table: str, shards: int) -> str:
+        q = self.e.quote
+        side = "".join(f", c.{c} AS {q(name)}" for c, name in (("ts", "timestamp"), ("val", "value"),
+                                                               ("event", "event")) if self.staged.has(c))
+        order = "c.ts, c.row_id" if self.has_ts else "c.row_id"
+        # nullif keeps pos a nullable column on every engine (Spark would mark a window result NOT NULL).
+        pos = f"nullif(CAST(row_number() OVER (PARTITION BY uv.user_idx ORDER BY {order}) - 1 AS INT), -1)"
+        shard = f"CAST(((uv.user_idx * {HASH_MULTIPLIER}) % 4294967296) % {shards} AS INT)"
+        return (f"SELECT uv.user_idx, {pos} AS pos, iv.item_idx{side}, {shard} AS shard "
+                f"FROM {table} c JOIN users uv ON c.u = uv.u JOIN items iv ON c.i = iv.i")
+
+    def write_catalog(self, catalog: Path, out: Path) -> None:
+        """Catalog rows of kept items with their item_idx: the first row of each item, in catalog order."""
+        self.e.source("catalog", catalog)
+        raw, join = self._raw("i", "iv")
+        id_type = "BIGINT" if self.int_ids["i"] else "STRING"
+        staged = pq.read_schema(next(catalog.glob("*.parquet")))
+        cols = [c for c in staged.names if c != "crow"]
+        schema = pa.schema([staged.field(c).with_nullable(True) for c in cols] + [("item_idx", pa.int64())])
+        select = ", ".join(f"c.{self.e.quote(c)}" for c in cols)
+        self.e.copy(f"SELECT {', '.join(self.e.quote(c) for c in cols)}, item_idx FROM (SELECT {select}, iv.item_idx, "
+                    "c.crow, row_number() OVER (PARTITION BY iv.item_idx ORDER BY c.crow) AS rn FROM catalog c "
+                    f"JOIN (SELECT iv.item_idx, {raw} AS raw_id FROM items iv {join}) AS iv "
+                    f"ON try_cast(c.item AS {id_type}) = iv.raw_id) AS k WHERE rn = 1 ORDER BY crow",
+                    out / "catalog.parquet", schema)
+
+    def temporal(self, table: str, n: int) -> dict[str, float]:
+        """The default temporal cut times: quantiles of all kept timestamps, from their histogram's order
+        statistics (exact and engine-independent)."""
+        q_valid, q_test = default_cut_quantiles()
+        ranks = sorted({r for q in (q_valid, q_test) for r in _ranks(n, q)})
+        picks = ", ".join(f"min(CASE WHEN cum > {r} THEN ts END)" for r in ranks)
+        row = self.e.rows(f"SELECT {picks} FROM (SELECT ts, SUM(n) OVER (ORDER BY ts ROWS BETWEEN UNBOUNDED "
+                          f"PRECEDING AND CURRENT ROW) AS cum FROM (SELECT ts, count(*) AS n FROM {table} GROUP BY ts) "
+                          "AS h) AS c")[0]
+        value = dict(zip(ranks, row, strict=True))
+        dtype = np.int64 if self.staged.types["ts"] == pa.int64() else np.float64
+        return {"valid_start": linear_quantile(n, q_valid, value.__getitem__, dtype),
+                "test_start": linear_quantile(n, q_test, value.__getitem__, dtype)}
+
+    def run(self, out: Path, *, name: str, dedup: bool, kcore: int | None, shards: int | None, source: str,
+            catalog: Path | None = None, meta: dict | None = None) -> dict[str, Any]:
+        """Every statement, in order; writes the layout's files under ``out`` and returns the manifest."""
+        table, n = self.base(), self.staged.rows
+        if dedup:
+            with self._stage("dedup") as note:
+                table = self.dedup(table)
+                n = self.count(table)
+                note(f"{n:,} of {self.staged.rows:,} rows kept")
+        if kcore:
+            with self._stage(f"kcore {kcore}") as note:
+                table, n = self.kcore(table, kcore, n)
+                note(f"{n:,} rows kept")
+        if n == 0:
+            raise DataError(f"no interactions left after preprocessing (kcore={kcore}, dedup={dedup})")
+        with self._stage("vocabularies") as note:
+            self.vocabularies(table)
+            users, items = self.count("users"), self.count("items")
+            self.write_vocabularies(out)
+            note(f"{users:,} users, {items:,} items")
+        n_shards = shards or default_shards(n)
+        with self._stage("events") as note:
+            self.e.copy_partitioned(self.events_sql(table, n_shards), out / EVENTS, "shard")
+            note(f"{n:,} in {n_shards} shards")
+        if catalog is not None:
+            with self._stage("catalog") as note:
+                self.write_catalog(catalog, out)
+                note("catalog.parquet")
+        with self._stage("statistics") as note:
+            hist = self.e.rows(f"SELECT n, count(*) FROM (SELECT u, count(*) AS n FROM {table} GROUP BY u) AS l "
+                               "GROUP BY n")
+            temporal = self.temporal(table, n) if self.has_ts else None
+            note("sequence lengths" + (", temporal cut times" if self.has_ts else ""))
+        columns = ["user_idx", "pos", "item_idx"] + [name for col, name in (("ts", "timestamp"), ("val", "value"),
+                                                                           ("event", "event")) if self.staged.has(col)]
+        stats = {"name": name, "users": users, "items": items, "interactions": n, "density": n / (users * items),
+                 "has_timestamps": self.has_ts, "has_item_table": catalog is not None,
+                 "sequence_length": length_stats(hist)}
+        return build_manifest(name=name, engine=self.e.name, shards=n_shards, users=users, items=items,
+                              interactions=n, columns=columns, dedup=dedup, kcore=kcore, temporal=temporal,
+                              source=source, stats=stats, meta=meta)
+
+
+def _ranks(n: int, q: float) -> list[int]:
+    """The 0-based order statistics :func:`linear_quantile` reads for ``n`` values at ``q``."""
+    virtual = (n - 1) * q
+    if virtual >= n - 1:
+        return [n - 1]
+    if virtual < 0:
+        return [0]
+    return [math.floor(virtual), math.floor(virtual) + 1]
