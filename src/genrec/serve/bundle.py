@@ -3,12 +3,17 @@
 - ``model.safetensors``: weights (never pickle);
 - ``model.json``: model name, typed config, catalog size, whether it reads timestamps;
 - ``items.parquet``: dense id -> raw id, display fields (title, ...) and training popularity;
+- ``catalog.arrow`` + ``catalog_index.arrow``: the same items as memory-mappable Arrow with a raw id lookup, so
+  a catalog of millions of items loads without a Python object per item (see :mod:`genrec.serve.catalog`);
 - ``popularity.json``: the most popular raw ids by training count (the cold-start / fallback list);
 - ``semantic_ids.safetensors`` + ``semantic_ids.json``: the semantic-ID table, when the model has one;
 - ``embeddings.safetensors`` + ``embeddings.json`` (+ ``projection.safetensors`` when the table was projected
   with pca): the catalog's content embeddings, optional (``content=``), so a text query can steer results;
-- ``ann.faiss``: a FAISS index over the output item embeddings, for large catalogs (``ann=``), with its
-  ``nprobe`` and measured recall against exact search under ``ann`` in the manifest;
+- ``ann.faiss``: a FAISS index over the output item embeddings, for large catalogs (``ann=``, see
+  :mod:`genrec.serve.ann`: IVF-flat or IVF-PQ), with its kind, search parameters and measured recall against
+  exact search under ``ann`` in the manifest; ``item_table.npy`` with it when the model computes its item table
+  (content or semantic-ID features, L2 normalisation), so that workers memory-map the table instead of each
+  computing a private copy;
 - ``ranker.safetensors``, ``ranker.json``, ``ranker_items.parquet``, ``ranker_users.parquet``: a multi-task ranking
   model as the second stage (``ranker=``), see :mod:`genrec.serve.ranking`;
 - ``manifest.json``: genrec version, model, dataset, test metrics, commit, and the sha256 of every file.
@@ -29,7 +34,8 @@ import pyarrow.parquet as pq
 
 from genrec import __version__
 from genrec.errors import GenrecError
-from genrec.io import read_json, read_vocab, sha256_file, write_json, write_vocab
+from genrec.io import atomic_write, read_json, read_vocab, sha256_file, write_json, write_vocab
+from genrec.serve.catalog import Catalog
 
 FORMAT = "genrec-bundle"
 FORMAT_VERSION = 1
@@ -40,21 +46,25 @@ SEMANTIC_ID_FILES = ("semantic_ids.safetensors", "semantic_ids.json")
 CONTENT_FILES = ("embeddings.safetensors", "embeddings.json")
 PROJECTION_FILE = "projection.safetensors"  # only with a pca-projected content table
 ANN_FILE = "ann.faiss"  # only with an approximate index (large catalogs)
+ITEM_TABLE_FILE = "item_table.npy"  # with an index, when the model's item table is computed, not stored
 RANKER_FILES = ("ranker.safetensors", "ranker.json", "ranker_items.parquet", "ranker_users.parquet")
 
 
-def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | None = None, ann: str = "auto",
+def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | None = None, ann: Any = "auto",
                   ann_threshold: int = 100_000, ann_recall: float = 0.95, ranker: str | Path | None = None,
-                  ranker_options: dict[str, Any] | None = None) -> Path:
+                  ranker_options: dict[str, Any] | None = None, ann_memory_mb: float = 1024.0) -> Path:
     """Copy a finished training run's servable files into ``out`` and seal them with a manifest.
 
     Also written: the popularity list, the semantic-ID table when the model has one, and, with ``content`` (an
     ItemEmbeddings folder, see :mod:`genrec.content.store`), the catalog's content embeddings, which must hold
     exactly the run's items in dense-id order.
 
-    ``ann``: ``auto`` builds a FAISS index (``ann.faiss``, see :mod:`genrec.serve.ann`) for an ID model whose
-    catalog has more than ``ann_threshold`` items, ``on`` always, ``off`` never; its ``nprobe`` is the smallest
-    that reaches ``ann_recall`` (recall@10 against exact top-10 on sample queries), reported in the manifest.
+    ``ann``: the approximate index of an ID model (``ann.faiss``, see :mod:`genrec.serve.ann`): ``auto`` scores
+    catalogs of up to ``ann_threshold`` items exactly and indexes larger ones, IVF-flat while that index fits
+    ``ann_memory_mb``, else IVF-PQ; ``flat`` (or ``off``) never builds one, ``ivf`` (or ``on``) and ``ivfpq``
+    always do; an :class:`~genrec.serve.ann.AnnConfig` (or its dict) sets every parameter. The search parameters
+    are the smallest that reach ``ann_recall`` (recall@10 against exact top-10 on sample queries), reported in
+    the manifest.
 
     ``ranker``: a finished ranking run (``genrec.models.RANKING``) to add as the second stage
     (:mod:`genrec.serve.ranking`); ``ranker_options``: ``weight`` (fusion weight, default 1.0; None = the ranker
@@ -64,9 +74,10 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
     ``out`` must not exist yet (bundles are immutable); the bundle is assembled in a temporary folder and
     renamed into place, so a failure never leaves half a bundle.
     """
+    from genrec.serve.ann import AnnConfig
+
     run_dir, out = Path(run_dir), Path(out)
-    if ann not in ("auto", "on", "off"):
-        raise GenrecError(f"ann must be auto, on or off, got {ann!r}")
+    ann_config = AnnConfig.of(ann, threshold=ann_threshold, recall=ann_recall, memory_mb=ann_memory_mb)
     missing = [f for f in RUN_FILES + ("metrics.json",) if not (run_dir / f).is_file()]
     if missing:
         raise GenrecError(f"{run_dir}: not a finished training run (missing {', '.join(missing)})")
@@ -81,19 +92,20 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
             shutil.copy2(run_dir / name, tmp / name)
         metrics = read_json(run_dir / "metrics.json")
         model = read_json(run_dir / "model.json")
-        raw_ids = _write_popularity(tmp)
-        files = [*RUN_FILES, POPULARITY_FILE]
+        catalog = Catalog.from_items(pq.read_table(tmp / "items.parquet"))
+        files = [*RUN_FILES, POPULARITY_FILE, *catalog.save(tmp)]
+        _write_popularity(tmp, catalog)
         files += _write_semantic_ids(run_dir, tmp, model)
         if content is not None:
-            files += _copy_content(Path(content), tmp, raw_ids)
+            files += _copy_content(Path(content), tmp, list(catalog.raw_ids))
         ranker_report = None
         if ranker is not None:
-            ranker_report = _copy_ranker(Path(ranker), tmp, raw_ids, ranker_options or {})
+            ranker_report = _copy_ranker(Path(ranker), tmp, list(catalog.raw_ids), ranker_options or {})
             files += list(RANKER_FILES)
         ann_report = None
-        if ann == "on" or (ann == "auto" and len(raw_ids) > ann_threshold and model["name"] != "tiger"):
-            ann_report = _write_ann(tmp, raw_ids, ann_recall)
-            files.append(ANN_FILE)
+        if model["name"] != "tiger" or ann_config.kind not in ("auto", "flat"):
+            ann_report, ann_files = _write_ann(tmp, catalog, ann_config)
+            files += ann_files
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "genrec": __version__,
             "version": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"),
@@ -181,42 +193,52 @@ def _row_values(run: Path, model: dict[str, Any], config: dict[str, Any], spec: 
     return values
 
 
-def _write_ann(bundle: Path, raw_ids: list[str], target: float, n_queries: int = 256, seed: int = 0) -> dict:
-    """Build and tune the FAISS index over the model's output item embeddings. The sample queries are the
-    model's states after histories of 20 items drawn by training popularity (what users look like)."""
+def _write_ann(bundle: Path, catalog: Catalog, config: Any) -> tuple[dict[str, Any] | None, list[str]]:
+    """Choose, build and tune the FAISS index over the model's output item embeddings (none when the catalog is
+    scored exactly). The sample queries are the model's states after histories of 20 items drawn by training
+    popularity (what users look like). Returns (the manifest's ``ann`` entry or None, the files written)."""
     import torch
 
     from genrec.data.jagged import Jagged
     from genrec.models import SequentialModel
-    from genrec.serve.ann import AnnIndex
+    from genrec.serve.ann import build_tuned, choose
     from genrec.serve.model_io import load_model
 
-    model = load_model(bundle)
+    spec = read_json(bundle / "model.json")
+    if spec["name"] != "tiger" and choose(config, catalog.n_items, int(spec["config"]["dim"]))[0] == "flat":
+        return None, []
+    model = load_model(bundle, mmap=True)  # the item table stays in the page cache, not in private memory
     if not isinstance(model, SequentialModel):
         raise GenrecError(f"an approximate index needs an ID model (sasrec, hstu), not {type(model).__name__}")
-    counts = pq.read_table(bundle / "items.parquet", columns=["item_idx", "train_count"]).sort_by("item_idx")
-    p = counts.column("train_count").to_numpy().astype(np.float64) + 1.0
-    rng = np.random.default_rng(seed)
-    histories = rng.choice(np.arange(1, len(raw_ids) + 1), size=(n_queries, 20), p=p / p.sum())
+    p = catalog.train_count.astype(np.float64) + 1.0
+    rng = np.random.default_rng(config.seed)
+    histories = rng.choice(np.arange(1, catalog.n_items + 1), size=(config.queries, 20), p=p / p.sum())
     with torch.no_grad():
-        items = model.item_table().float().numpy()[1:]
+        table = model.item_table().detach().float()
         queries = model.last_hidden(Jagged.from_lists(histories.tolist())).float().numpy()
-    index = AnnIndex.build(items, seed=seed)
-    report = index.tune(items, queries, k=10, target=target)
+    stored = any(t.data_ptr() == table.data_ptr() for t in model.state_dict().values())
+    index, report = build_tuned(table.numpy()[1:], queries, config)
+    if index is None:
+        return None, []
     index.save(bundle / ANN_FILE)
-    return report
+    if stored:
+        return report, [ANN_FILE]
+    atomic_write(bundle / ITEM_TABLE_FILE, lambda tmp: _save_npy(tmp, table.numpy()))
+    return report, [ANN_FILE, ITEM_TABLE_FILE]
 
 
-def _write_popularity(bundle: Path) -> list[str]:
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would add ".npy" to a temporary name
+        np.save(f, array)
+
+
+def _write_popularity(bundle: Path, catalog: Catalog) -> None:
     """``popularity.json``: up to POPULARITY_TOP raw ids with a training count, most trained first (ties in
-    dense-id order). Returns the catalog's raw ids in dense order."""
-    table = pq.read_table(bundle / "items.parquet", columns=["item_idx", "raw_id", "train_count"]).sort_by("item_idx")
-    raw = [str(x) for x in table.column("raw_id").to_pylist()]
-    counts = table.column("train_count").to_numpy()
-    order = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0][:POPULARITY_TOP]
-    write_json(bundle / POPULARITY_FILE, {"by": "train_count", "items": [raw[i] for i in order],
-                                          "counts": [int(counts[i]) for i in order]})
-    return raw
+    dense-id order)."""
+    top = catalog.by_count[:POPULARITY_TOP]
+    top = top[catalog.train_count[top - 1] > 0]
+    write_json(bundle / POPULARITY_FILE, {"by": "train_count", "items": [catalog.raw_ids[i - 1] for i in top],
+                                          "counts": [int(c) for c in catalog.train_count[top - 1]]})
 
 
 def _write_semantic_ids(run_dir: Path, bundle: Path, spec: dict[str, Any]) -> list[str]:

@@ -1,10 +1,19 @@
-"""Rebuild a bundle's model from ``model.json`` + ``model.safetensors`` (never pickle)."""
+"""Rebuild a bundle's model from ``model.json`` + ``model.safetensors`` (never pickle).
+
+With ``mmap=True`` the large tensors (an item embedding table of a big catalog) are not read into private memory:
+they are memory-mapped copy-on-write from ``model.safetensors``, so every process serving the same bundle shares
+one copy in the page cache, and loading does not touch the pages until a request reads them.
+"""
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from genrec.errors import GenrecError
@@ -12,24 +21,70 @@ from genrec.io import read_json
 from genrec.models import SEQUENTIAL, SequentialModel
 from genrec.models.tiger import TIGER, TigerConfig
 
+MMAP_MIN_BYTES = 1 << 20  # smaller tensors are read normally: a mapping per tiny tensor gains nothing
+# safetensors dtype -> (numpy dtype of the raw bytes, torch dtype the bytes are viewed as)
+_DTYPES = {"F64": (np.float64, torch.float64), "F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16),
+           "BF16": (np.uint16, torch.bfloat16), "I64": (np.int64, torch.int64), "I32": (np.int32, torch.int32),
+           "I16": (np.int16, torch.int16), "I8": (np.int8, torch.int8), "U8": (np.uint8, torch.uint8),
+           "BOOL": (np.bool_, torch.bool)}
 
-def load_model(folder: str | Path) -> SequentialModel | TIGER:
+
+def load_model(folder: str | Path, mmap: bool = False) -> SequentialModel | TIGER:
     """An ID model (sasrec, hstu) or the semantic-ID generator (tiger, rebuilt like
-    :func:`genrec.train.generator.load_generator`: its codes travel in the weights), in eval mode."""
+    :func:`genrec.train.generator.load_generator`: its codes travel in the weights), in eval mode.
+
+    ``mmap``: map tensors of at least MMAP_MIN_BYTES from the file instead of reading them (an ID model is then
+    built on the meta device, so its random initial item table is never allocated either)."""
     folder = Path(folder)
     spec = read_json(folder / "model.json")
-    state = load_file(folder / "model.safetensors")
+    path = folder / "model.safetensors"
     model: SequentialModel | TIGER
     if spec["name"] == "tiger":
+        state = load_file(path)
         sizes = [int(s) for s in spec["sizes"]]
         placeholder = np.zeros((int(spec["n_items"]) + 1, len(sizes)), dtype=np.int64)
         model = TIGER(TigerConfig.model_validate(spec["config"]), placeholder, sizes)
         model.load_state_dict(state)
     elif spec["name"] in SEQUENTIAL:
         model_cls, config_cls = SEQUENTIAL[spec["name"]]
-        model = model_cls(config_cls.model_validate(spec["config"]), spec["n_items"], spec["use_timestamps"])
-        model.attach_from_state(state)  # content / semantic-ID features travel in the weights
-        model.load_state_dict(state)
+        config = config_cls.model_validate(spec["config"])
+        if not mmap:
+            state = load_file(path)
+            model = model_cls(config, spec["n_items"], spec["use_timestamps"])
+            model.attach_from_state(state)  # content / semantic-ID features travel in the weights
+            model.load_state_dict(state)
+        else:
+            state = mapped_state(path)
+            with torch.device("meta"):
+                model = model_cls(config, spec["n_items"], spec["use_timestamps"])
+            model.attach_from_state(state)  # outside: it checks the features' values
+            model.load_state_dict(state, assign=True)  # the parameters become the mapped tensors, no copy
+            left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+            if left:
+                raise GenrecError(f"{folder}: model.safetensors does not hold {', '.join(left)}")
     else:
         raise GenrecError(f"{folder}: unknown model {spec['name']!r}")
     return model.eval()
+
+
+def mapped_state(path: str | Path, min_bytes: int = MMAP_MIN_BYTES) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors: those of at least ``min_bytes`` memory-mapped copy-on-write (pages shared
+    with every other process that maps the file, until written), the rest read into memory."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    state: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for name, info in header.items():
+            start, end = info["data_offsets"]
+            if end - start < min_bytes or info["dtype"] not in _DTYPES:
+                state[name] = f.get_tensor(name)
+                continue
+            np_dtype, torch_dtype = _DTYPES[info["dtype"]]
+            shape = tuple(int(s) for s in info["shape"])
+            raw = np.memmap(path, dtype=np_dtype, mode="c", offset=8 + size + start, shape=shape)
+            tensor = torch.from_numpy(raw)
+            state[name] = tensor.view(torch_dtype) if torch_dtype == torch.bfloat16 else tensor
+    return state

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -47,7 +46,15 @@ from genrec.models import SequentialModel
 from genrec.models.tiger import TIGER
 from genrec.serve.ann import ANN_FILE, AnnIndex
 from genrec.serve.batching import Batcher
-from genrec.serve.bundle import CONTENT_FILES, POPULARITY_FILE, PROJECTION_FILE, RANKER_FILES, load_manifest
+from genrec.serve.bundle import (
+    CONTENT_FILES,
+    ITEM_TABLE_FILE,
+    POPULARITY_FILE,
+    PROJECTION_FILE,
+    RANKER_FILES,
+    load_manifest,
+)
+from genrec.serve.catalog import CATALOG_FILES, Catalog
 from genrec.serve.model_io import load_model
 from genrec.serve.ranking import RankerInputs, RankingStage
 
@@ -62,6 +69,7 @@ MAX_ID_WARNINGS = 10  # per list (history, allow, deny); the rest are counted in
 DEADLINE_WORKERS = 4
 MAX_BEAM = 256  # the most beams the generator runs for one request, however many items are excluded
 ANN_MARGIN = 100  # extra candidates the approximate index proposes beyond what the filters need
+FALLBACK_BLOCK = 4096  # popularity-ordered items checked against the filters per step
 
 
 @dataclass
@@ -102,14 +110,18 @@ def _hidden_states(model: SequentialModel, jobs: list[tuple[list[int], list[int]
 
 
 class _IdScorer:
-    """An ID model (sasrec, hstu): scores over the whole catalog."""
+    """An ID model (sasrec, hstu): scores over the whole catalog. ``table``: the item table when the bundle stores
+    it (memory-mapped); else the model's, computed once here, not per request."""
 
     mode = "model"
 
-    def __init__(self, model: SequentialModel):
+    def __init__(self, model: SequentialModel, table: torch.Tensor | None = None):
         self.model = model
         self.batcher = Batcher(lambda jobs: _hidden_states(model, jobs))
-        self.items = model.item_table().detach().float().cpu()  # computed once, not per request
+        if table is None:
+            with torch.no_grad():
+                table = model.item_table().detach().float().cpu()
+        self.items = table
 
     def item_table(self) -> torch.Tensor:
         return self.items
@@ -126,8 +138,8 @@ class _AnnScorer(_IdScorer):
 
     mode = "model+ann"
 
-    def __init__(self, model: SequentialModel, ann: AnnIndex):
-        super().__init__(model)
+    def __init__(self, model: SequentialModel, ann: AnnIndex, table: torch.Tensor | None = None):
+        super().__init__(model, table)
         self.ann = ann
 
     def score(self, known: list[int], known_ts: list[int] | None, width: int,
@@ -171,50 +183,56 @@ class _GeneratorScorer:
 
 
 class Recommender:
-    def __init__(self, model: SequentialModel | TIGER, items: dict[str, Any], manifest: dict[str, Any],
+    def __init__(self, model: SequentialModel | TIGER, catalog: Catalog, manifest: dict[str, Any],
                  popular: list[str] | None = None, content: _Content | None = None, ann: AnnIndex | None = None,
-                 ranker: RankingStage | None = None):
+                 ranker: RankingStage | None = None, table: torch.Tensor | None = None):
         self.model, self.manifest, self.ranker = model.eval(), manifest, ranker
         if isinstance(model, TIGER):
             self._scorer: _IdScorer | _GeneratorScorer = _GeneratorScorer(model)
         else:
-            self._scorer = _IdScorer(model) if ann is None else _AnnScorer(model, ann)
-        self.raw_ids: list[str] = [str(x) for x in items["raw_id"]]
-        self.n_items = len(self.raw_ids)
-        self.display = {k: v for k, v in items.items() if k not in ("raw_id", "item_idx", "train_count")}
-        self.index = {raw: i + 1 for i, raw in enumerate(self.raw_ids)}
-        by_count = np.argsort(-np.asarray(items["train_count"]), kind="stable") + 1
-        if popular:  # the bundle's precomputed list first, then everything else by training count
-            head = [self.index[r] for r in popular if r in self.index]
-            seen = set(head)
-            by_count = np.asarray(head + [int(i) for i in by_count if int(i) not in seen], dtype=np.int64)
-        self.popular = by_count
+            self._scorer = _IdScorer(model, table) if ann is None else _AnnScorer(model, ann, table)
+        self.catalog = catalog  # Arrow columns: only the rows an answer returns are decoded
+        self.raw_ids = catalog.raw_ids
+        self.n_items = catalog.n_items
+        self.display = dict(catalog.display)
+        self.index = catalog.index
+        self.popular = _popularity_order(catalog, popular)
         self.content = content
         if content is not None and content.vectors.shape[0] != self.n_items + 1:
             raise GenrecError(f"content embeddings have {content.vectors.shape[0]} rows; the catalog needs "
                               f"{self.n_items + 1}")
-        with torch.no_grad():
-            self._item_table = F.normalize(self._scorer.item_table(), dim=-1)
-        self._encoder_lock, self._pool_lock = threading.Lock(), threading.Lock()
+        self._encoder_lock, self._pool_lock, self._table_lock = threading.Lock(), threading.Lock(), threading.Lock()
         self._encoder: Any = None
         self._encoder_error: str | None = None
         self._query_dim: int | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._similarity: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def load(cls, bundle: str | Path) -> Recommender:
-        """Load a bundle; every checksum is verified first, and only safetensors / JSON / Parquet are read.
+        """Load a bundle; every checksum is verified first, and only safetensors / JSON / Arrow / Parquet / npy
+        (and a FAISS index) are read.
 
         An ID model (sasrec, hstu) or the semantic-ID generator (tiger, rebuilt like
-        :func:`genrec.train.generator.load_generator`: its codes travel in the weights)."""
+        :func:`genrec.train.generator.load_generator`: its codes travel in the weights). The large parts (the
+        item table, the index's lists, the catalog) are memory-mapped: processes serving the same bundle share
+        them through the page cache."""
         bundle = Path(bundle)
         manifest = load_manifest(bundle)
         files = manifest["files"]
-        model = load_model(bundle)
+        model = load_model(bundle, mmap=True)
+        table = None
+        if ITEM_TABLE_FILE in files:
+            table = torch.from_numpy(np.load(bundle / ITEM_TABLE_FILE, mmap_mode="c"))
         ann = None
         if ANN_FILE in files:
-            ann = AnnIndex.load(bundle / ANN_FILE, nprobe=int(manifest["ann"]["nprobe"]))
-        table = pq.read_table(bundle / "items.parquet").sort_by("item_idx")
+            if table is None:
+                with torch.no_grad():
+                    table = model.item_table().detach().float().cpu()
+            info = manifest["ann"]
+            ann = AnnIndex.load(bundle / ANN_FILE, nprobe=int(info["nprobe"]), refine=int(info.get("refine") or 0),
+                                table=table.numpy()[1:])
+        catalog = Catalog.load(bundle, [name for name in files if name in CATALOG_FILES])
         popular = None
         if POPULARITY_FILE in files:  # only files the manifest lists (and so were verified) are read
             popular = [str(x) for x in read_json(bundle / POPULARITY_FILE)["items"]]
@@ -225,11 +243,10 @@ class Recommender:
             projection = load_file(bundle / PROJECTION_FILE) if PROJECTION_FILE in files else None
             norms = vectors.norm(dim=1)
             content = _Content(F.normalize(vectors, dim=1), norms > 0, meta, projection)
-        items = table.to_pydict()
         ranker = None
         if all(name in files for name in RANKER_FILES):
-            ranker = RankingStage.load(bundle, [str(x) for x in items["raw_id"]])
-        return cls(model, items, manifest, popular, content, ann, ranker)
+            ranker = RankingStage.load(bundle, list(catalog.raw_ids))
+        return cls(model, catalog, manifest, popular, content, ann, ranker, table)
 
     # --- small accessors (the HTTP layer uses them) ------------------------------------------------------
 
@@ -351,7 +368,7 @@ class Recommender:
             query = query.strip() or None
 
         warnings: list[str] = []
-        dense = [self.index.get(str(h)) for h in history]
+        dense = [int(i) or None for i in self.catalog.lookup(history)]
         positions = [j for j, i in enumerate(dense) if i is not None]
         _unknown(warnings, [h for h, i in zip(history, dense, strict=True) if i is None], "")
         known = [dense[j] for j in positions]
@@ -361,7 +378,7 @@ class Recommender:
         mask = self._mask(allow, deny, warnings)
         blocked = set(known) if exclude_seen else set()
         if deny is not None:
-            blocked |= {self.index[str(d)] for d in deny if str(d) in self.index}
+            blocked |= {int(i) for i in self.catalog.lookup(deny) if i}
         width = k + len(blocked)  # candidates the model must propose so that k survive the filters
         if exclude_seen and known:
             mask[torch.tensor(known)] = False
@@ -560,17 +577,18 @@ class Recommender:
         generator (tiger) the mean of the embeddings of the item's code tokens (``tok_emb`` of
         ``code_tokens(codes[item])``). Unknown id: KeyError."""
         k = _check_k(k)
-        i = self.index.get(str(item_id))
-        if i is None:
+        i = int(self.catalog.lookup([item_id])[0])
+        if not i:
             raise KeyError(f"unknown item id {item_id!r}: not in this bundle's catalog")
         mask = torch.ones(self.n_items + 1, dtype=torch.bool)
         mask[0] = mask[i] = False
         if self.content is not None and bool(self.content.has[i]):
             table = self.content.vectors
             mask &= self.content.has
+            scores = table @ table[i]
         else:
-            table = self._item_table
-        scores = table @ table[i]
+            table, inv_norm = self._similarity_table()
+            scores = (table @ table[i]) * inv_norm * inv_norm[i]  # cosine, without a normalised copy of the table
         scores[~mask] = -torch.inf
         n = int(mask.sum())
         top = torch.topk(scores, min(k, n)).indices if n else torch.zeros(0, dtype=torch.int64)
@@ -585,21 +603,37 @@ class Recommender:
         else:
             allow = _id_list(allow, "allow")
             mask = torch.zeros(self.n_items + 1, dtype=torch.bool)
-            mask[[self.index[str(a)] for a in allow if str(a) in self.index]] = True
-            _unknown(warnings, [a for a in allow if str(a) not in self.index], " in allow")
+            dense = self.catalog.lookup(allow)
+            mask[torch.from_numpy(dense[dense > 0])] = True
+            _unknown(warnings, [a for a, i in zip(allow, dense.tolist(), strict=True) if not i], " in allow")
         if deny is not None:
             deny = _id_list(deny, "deny")
-            mask[[self.index[str(d)] for d in deny if str(d) in self.index]] = False
-            _unknown(warnings, [d for d in deny if str(d) not in self.index], " in deny")
+            dense = self.catalog.lookup(deny)
+            mask[torch.from_numpy(dense[dense > 0])] = False
+            _unknown(warnings, [d for d, i in zip(deny, dense.tolist(), strict=True) if not i], " in deny")
         mask[0] = False
         return mask
 
     def _fallback(self, k: int, mask: torch.Tensor, warnings: list[str], reason: str,
                   truncated: bool) -> Recommendation:
-        allowed = mask.numpy()[self.popular]
-        top = self.popular[allowed][:k]
+        allowed, top = mask.numpy(), np.zeros(0, np.int64)
+        for lo in range(0, len(self.popular), FALLBACK_BLOCK):  # most answers are found in the first block
+            block = np.asarray(self.popular[lo:lo + FALLBACK_BLOCK])
+            top = np.concatenate([top, block[allowed[block]][:k - len(top)]])
+            if len(top) >= k:
+                break
         return Recommendation(self._items(top, None), warnings, fallback=True, reason=reason,
                               model_version=self.version, truncated=truncated, mode="popularity")
+
+    def _similarity_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's item representation and each row's inverse norm (row 0, the padding, 0), built on the
+        first similar-items request."""
+        with self._table_lock:
+            if self._similarity is None:
+                with torch.no_grad():
+                    table = self._scorer.item_table()
+                    self._similarity = table, 1.0 / table.norm(dim=1).clamp(min=1e-12)
+            return self._similarity
 
     def _items(self, ids: np.ndarray, scores: list[float] | None) -> list[dict[str, Any]]:
         out = []
@@ -608,6 +642,22 @@ class Recommender:
             row.update({k: v[i - 1] for k, v in self.display.items()})
             out.append(row)
         return out
+
+
+def _popularity_order(catalog: Catalog, popular: list[str] | None) -> np.ndarray:
+    """Dense ids for the popularity fallback: the bundle's precomputed list first, then everything else by
+    training count (the catalog's own order, shared and not copied, when the list is its head)."""
+    order = catalog.by_count
+    if not popular:
+        return order
+    head = catalog.lookup(popular)
+    head = head[head > 0]
+    head = head[np.sort(np.unique(head, return_index=True)[1])]  # first occurrence of each, in list order
+    if np.array_equal(head, order[:len(head)]):
+        return order
+    rest = np.ones(catalog.n_items + 1, dtype=bool)
+    rest[head] = False
+    return np.concatenate([head, order[rest[order]]])
 
 
 DEADLINE_OUTCOME = ("deadline", None)
