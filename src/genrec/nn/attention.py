@@ -50,6 +50,7 @@ class PointwiseAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, bias, n):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # else every chunk's matmul copies its slice
         mask = causal_mask(q.shape[-2], q.device).to(q.dtype)
         out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
         step = _chunk_rows(q)
@@ -59,7 +60,7 @@ class PointwiseAttention(torch.autograd.Function):
             s += _rows(bias, rows)
             F.silu(s, inplace=True)
             s *= mask
-            out[rows] = s @ v[rows]
+            torch.matmul(s, v[rows], out=out[rows])
         ctx.save_for_backward(q, k, v, bias)
         ctx.n = n
         return out / n
@@ -68,7 +69,7 @@ class PointwiseAttention(torch.autograd.Function):
     def backward(ctx, grad):
         q, k, v, bias = ctx.saved_tensors
         mask = causal_mask(q.shape[-2], q.device).to(q.dtype)
-        grad = grad / ctx.n
+        grad = (grad / ctx.n).contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dbias = torch.zeros_like(bias) if ctx.needs_input_grad[3] else None
         step = _chunk_rows(q)
@@ -77,12 +78,12 @@ class PointwiseAttention(torch.autograd.Function):
             s = q[rows] @ k[rows].transpose(-1, -2)
             s += _rows(bias, rows)
             sig = torch.sigmoid(s)
-            dv[rows] = (s * sig * mask).transpose(-1, -2) @ grad[rows]
+            torch.matmul((s * sig * mask).transpose(-1, -2), grad[rows], out=dv[rows])
             ds = grad[rows] @ v[rows].transpose(-1, -2)
             ds *= s.mul_(1 - sig).add_(1).mul_(sig)  # SiLU'(s) = sig (1 + s (1 - sig))
             ds *= mask
-            dq[rows] = ds @ k[rows]
-            dk[rows] = ds.transpose(-1, -2) @ q[rows]
+            torch.matmul(ds, k[rows], out=dq[rows])
+            torch.matmul(ds.transpose(-1, -2), q[rows], out=dk[rows])
             if dbias is not None:
                 part = _rows(dbias, rows)
                 part += ds.sum_to_size(part.shape)
