@@ -129,7 +129,12 @@ def test_computed_item_table_is_shipped_and_mapped(tmp_path):
     assert isinstance(rec._scorer.ann.table, np.ndarray) and rec.recommend(["it-5"], k=5).mode == "model+ann"
 
 
-def test_mapped_weights_give_the_same_model(tmp_path):
+@pytest.mark.parametrize("meta", [False, True])
+def test_mapped_weights_give_the_same_model(tmp_path, monkeypatch, meta):
+    import genrec.serve.model_io as model_io
+
+    if meta:  # as for a large catalog: built on the meta device, no random initial table
+        monkeypatch.setattr(model_io, "META_MIN_BYTES", 1 << 20)
     run = synthetic_run(tmp_path, n=20_000)  # the item table (1.3 MB) is mapped, the rest read
     plain, mapped = load_model(run), load_model(run, mmap=True)
     assert not mapped.item_emb.weight.is_meta and isinstance(mapped.item_emb.weight, torch.nn.Parameter)

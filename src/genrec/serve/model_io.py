@@ -7,6 +7,7 @@ one copy in the page cache, and loading does not touch the pages until a request
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from pathlib import Path
@@ -22,6 +23,7 @@ from genrec.models import SEQUENTIAL, SequentialModel
 from genrec.models.tiger import TIGER, TigerConfig
 
 MMAP_MIN_BYTES = 1 << 20  # smaller tensors are read normally: a mapping per tiny tensor gains nothing
+META_MIN_BYTES = 1 << 26  # a model with a tensor this large is built without initialising it (on the meta device)
 # safetensors dtype -> (numpy dtype of the raw bytes, torch dtype the bytes are viewed as)
 _DTYPES = {"F64": (np.float64, torch.float64), "F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16),
            "BF16": (np.uint16, torch.bfloat16), "I64": (np.int64, torch.int64), "I32": (np.int32, torch.int32),
@@ -33,8 +35,9 @@ def load_model(folder: str | Path, mmap: bool = False) -> SequentialModel | TIGE
     """An ID model (sasrec, hstu) or the semantic-ID generator (tiger, rebuilt like
     :func:`genrec.train.generator.load_generator`: its codes travel in the weights), in eval mode.
 
-    ``mmap``: map tensors of at least MMAP_MIN_BYTES from the file instead of reading them (an ID model is then
-    built on the meta device, so its random initial item table is never allocated either)."""
+    ``mmap``: map tensors of at least MMAP_MIN_BYTES from the file instead of reading them, and assign them to
+    the model without a copy; an ID model with a tensor of META_MIN_BYTES or more is built on the meta device, so
+    its random initial item table is never allocated either."""
     folder = Path(folder)
     spec = read_json(folder / "model.json")
     path = folder / "model.safetensors"
@@ -55,7 +58,8 @@ def load_model(folder: str | Path, mmap: bool = False) -> SequentialModel | TIGE
             model.load_state_dict(state)
         else:
             state = mapped_state(path)
-            with torch.device("meta"):
+            big = max(t.numel() * t.element_size() for t in state.values()) >= META_MIN_BYTES
+            with torch.device("meta") if big else contextlib.nullcontext():  # meta: costs a one-off import
                 model = model_cls(config, spec["n_items"], spec["use_timestamps"])
             model.attach_from_state(state)  # outside: it checks the features' values
             model.load_state_dict(state, assign=True)  # the parameters become the mapped tensors, no copy
