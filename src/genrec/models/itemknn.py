@@ -60,12 +60,19 @@ class ItemKNN(Recommender):
         return (co + co.T - sp.diags(co.diagonal())).tocsr()
 
     def score(self, history: Jagged, users: np.ndarray, timestamps: Jagged | None = None) -> torch.Tensor:
+        return torch.from_numpy(self.sparse_scores(history, users, timestamps).toarray())
+
+    def sparse_scores(self, history: Jagged, users: np.ndarray, timestamps: Jagged | None = None) -> sp.csr_matrix:
+        """Scores [batch, n_items + 1] (float32) where only items similar to the history have an entry; every
+        other item scores 0. Evaluation ranks these rows without making them dense."""
         n = self._check_fitted() + 1
         hist = history.tail(self.config.max_history)
         steps_back = np.repeat(hist.offsets[1:], hist.lengths) - 1 - np.arange(len(hist.values))
         weights = self.config.history_decay ** steps_back.astype(np.float64)
         h = sp.csr_matrix((weights, (hist.row_ids(), hist.values)), shape=(len(hist), n))
-        return torch.from_numpy((h @ self.similarity_).toarray().astype(np.float32))
+        scores = (h @ self.similarity_).tocsr()
+        scores.sum_duplicates()  # summed in float64, then rounded once, as a dense copy would be
+        return scores.astype(np.float32)
 
 
 def _keep_top(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:

@@ -31,5 +31,9 @@ class Popularity(Recommender):
         return self
 
     def score(self, history: Jagged, users: np.ndarray, timestamps: Jagged | None = None) -> torch.Tensor:
+        return self.global_scores().expand(len(history), -1)
+
+    def global_scores(self) -> torch.Tensor:
+        """The scores [n_items + 1] every history gets; evaluation ranks them in one global order."""
         self._check_fitted()
-        return self.counts_.expand(len(history), -1)
+        return self.counts_
