@@ -20,6 +20,7 @@ from genrec.data.stream import (
     CaseCollector,
     MemoryShards,
     WindowStream,
+    concat_jagged,
     sample_cases,
     shard_of,
     split_shard,
@@ -79,6 +80,15 @@ def rows_of(windows, ts) -> Counter:
     return Counter((tuple(windows.row(i).tolist()), tuple(ts.row(i).tolist())) for i in range(len(windows)))
 
 
+def joined(parts) -> tuple:
+    """One step's lane batches as one (windows, timestamps) pair."""
+    return concat_jagged([w for w, _ in parts]), concat_jagged([t for _, t in parts])
+
+
+def epoch_steps(s: WindowStream, epoch: int, counts, start=None) -> list[tuple]:
+    return [joined(parts) for parts in s.epoch(epoch, counts, start)]
+
+
 def stream(ds, shards: int = 5, lanes: int = 3, batch: int = 6, **kw) -> WindowStream:
     args = {"lanes": lanes, "batch_size": batch, "seed": 7, "max_len": 5, "windows": "all", "split": "loo", **kw}
     return WindowStream(MemoryShards(ds, shards), **args)
@@ -94,15 +104,17 @@ def test_streamed_epoch_yields_every_in_memory_window_once(split, windows):
     s = stream(ds, split=split, windows=windows, cuts=cuts)
     counts = s.survey()
     assert counts.sum() == sum(expected.values())
-    steps = list(s.epoch(2, counts))
+    lane_batches = list(s.epoch(2, counts))
+    assert all(len(w) <= 2 for parts in lane_batches for w, _ in parts)  # batch_size / lanes each
+    steps = [joined(parts) for parts in lane_batches]
     assert len(steps) == s.steps_per_epoch(counts) and all(len(w) <= 6 for w, _ in steps)
     got = Counter()
     for w, t in steps:
         got += rows_of(w, t)
     assert got == expected
-    again = list(s.epoch(2, counts))
+    again = epoch_steps(s, 2, counts)
     assert all(np.array_equal(a[0].values, b[0].values) for a, b in zip(steps, again, strict=True))
-    other = list(s.epoch(3, counts))
+    other = epoch_steps(s, 3, counts)
     assert any(not np.array_equal(a[0].values, b[0].values) for a, b in zip(steps, other, strict=False))
 
 
@@ -148,15 +160,15 @@ def test_processes_partition_every_global_step():
     ds = timed_dataset()
     one = stream(ds, shards=6, lanes=4, batch=8)
     counts = one.survey()
-    steps = list(one.epoch(1, counts))
+    steps = epoch_steps(one, 1, counts)
     for world in (2, 4):
-        parts = [list(stream(ds, shards=6, lanes=4, batch=8, rank=r, world=world).epoch(1, counts))
+        ranks = [list(stream(ds, shards=6, lanes=4, batch=8, rank=r, world=world).epoch(1, counts))
                  for r in range(world)]
-        assert all(len(p) == len(steps) for p in parts)
+        assert all(len(r) == len(steps) for r in ranks)
         for s, (w, t) in enumerate(steps):
             union = Counter()
-            for p in parts:
-                union += rows_of(*p[s]) if len(p[s][0]) else Counter()
+            for r in ranks:
+                union += sum((rows_of(*part) for part in r[s]), Counter())
             assert union == rows_of(w, t)
 
 
@@ -164,10 +176,10 @@ def test_a_saved_position_resumes_the_exact_batches():
     ds = timed_dataset()
     s = stream(ds, shards=5, lanes=2, batch=4)
     counts = s.survey()
-    steps = list(s.epoch(1, counts))
+    steps = epoch_steps(s, 1, counts)
     for k in (0, 3, len(steps) // 2, len(steps) - 1):
         position = json.loads(json.dumps(s.position(1, k, counts)))  # as stored in trainer.json
-        rest = list(s.epoch(1, counts, position))
+        rest = epoch_steps(s, 1, counts, position)
         assert len(rest) == len(steps) - k
         assert all(np.array_equal(a[0].values, b[0].values) and np.array_equal(a[0].offsets, b[0].offsets)
                    for a, b in zip(rest, steps[k:], strict=True))
@@ -259,7 +271,7 @@ def test_resume_mid_epoch_is_exact(tmp_path, monkeypatch, data):
     kill = per_epoch + 5  # the optimizer step that never happens
     last = (kill - 1) // 3 * 3  # the last checkpoint before it
     assert per_epoch < last < kill - 1 and last % per_epoch  # mid-epoch 2, and steps were lost after it
-    original, calls = trainer.optimizer_step, {"n": 0}
+    original, calls = trainer.apply_gradients, {"n": 0}
 
     def killed(*args, **kwargs):
         calls["n"] += 1
@@ -267,10 +279,10 @@ def test_resume_mid_epoch_is_exact(tmp_path, monkeypatch, data):
             raise KeyboardInterrupt
         original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "optimizer_step", killed)
+    monkeypatch.setattr(trainer, "apply_gradients", killed)
     with pytest.raises(KeyboardInterrupt):
         Trainer(cfg, tmp_path / "cut", dataset=ds, show_progress=False).fit()
-    monkeypatch.setattr(trainer, "optimizer_step", original)
+    monkeypatch.setattr(trainer, "apply_gradients", original)
     saved = json.loads((tmp_path / "cut" / "checkpoint" / "trainer.json").read_text())
     assert saved["epoch"] == 1 and saved["position"]["epoch"] == 2 and saved["position"]["step"] == last - per_epoch
     resumed = Trainer(cfg, tmp_path / "cut", dataset=ds, show_progress=False).fit(resume=True)
@@ -302,3 +314,20 @@ def test_validation_sample_is_stated_in_every_output(tmp_path, capsys):
     sample = sample_cases(make_split(ds, "loo").valid, 12, 5)
     ndcg = rank_cases(model.eval(), sample, ds.n_items, ks=[10], show_progress=False).per_case["ndcg@10"].mean()
     assert len(sample) == 12 and ndcg == pytest.approx(res.best_valid, abs=1e-12)
+
+
+def test_a_pass_per_lane_makes_the_update_of_one_pass_over_the_step(tmp_path):
+    """Summing the lanes' gradients before the step is the gradient of the step's whole batch: the two ways
+    agree up to float rounding (no dropout, so the passes draw no random numbers)."""
+    ds = timed_dataset()
+    runs = {}
+    for lane_passes in (True, False):
+        cfg = config(data="stream", epochs=2, stream={"lanes": 4, "shards": 6, "lane_passes": lane_passes})
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dropout": 0.0})})
+        runs[lane_passes] = Trainer(cfg, tmp_path / str(lane_passes), dataset=ds, show_progress=False).fit()
+    assert [r["loss"] for r in runs[True].history] == pytest.approx([r["loss"] for r in runs[False].history],
+                                                                    rel=1e-6)
+    a, b = weights(tmp_path / "True"), weights(tmp_path / "False")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert not same_weights(tmp_path / "True", tmp_path / "False")  # really two different computations

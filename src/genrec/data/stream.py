@@ -159,10 +159,10 @@ class PreparedHeader:
     def stats(self) -> dict[str, Any]:
         m = self.manifest
         n = self.n_users * self.n_items
-        return {"name": self.name, "users": self.n_users, "items": self.n_items, "interactions": m["interactions"],
-                "density": m["interactions"] / n if n else 0.0, "has_timestamps": self.has_timestamps,
-                "has_item_table": (self.folder / "catalog.parquet").is_file(), "shards": m["shards"],
-                "format_version": m["format_version"]}
+        return {**m.get("stats", {}), "name": self.name, "users": self.n_users, "items": self.n_items,
+                "interactions": m["interactions"], "density": m["interactions"] / n if n else 0.0,
+                "has_timestamps": self.has_timestamps, "has_item_table": (self.folder / "catalog.parquet").is_file(),
+                "shards": m["shards"], "format_version": m["format_version"]}
 
 
 def split_shard(shard: Any, kind: str = "loo", cuts: dict[str, float] | None = None) -> Split:
@@ -257,7 +257,7 @@ class ShardData:
 
     windows: Jagged
     timestamps: Jagged | None
-    split: Split
+    split: Split | None
 
 
 class WindowStream:
@@ -326,9 +326,10 @@ class WindowStream:
         return {"epoch": epoch, "step": step, "lanes": lanes}
 
     def epoch(self, epoch: int, window_counts: np.ndarray, start: dict[str, Any] | None = None
-              ) -> Iterator[tuple[Jagged, Jagged | None]]:
-        """This process's part of every global step of ``epoch`` from ``start`` (a :meth:`position`): its lanes'
-        batches concatenated in lane order, jagged (empty once its lanes are done)."""
+              ) -> Iterator[list[tuple[Jagged, Jagged | None]]]:
+        """This process's part of every global step of ``epoch`` from ``start`` (a :meth:`position`): the batch
+        (windows, their timestamps; jagged) of each of its lanes that still has one, in lane order (an empty
+        list once all its lanes are done)."""
         step = 0 if start is None else int(start["step"])
         expected = self.position(epoch, step, window_counts)
         if start is not None and (start.get("epoch") != epoch or start.get("lanes") != expected["lanes"]):
@@ -337,10 +338,7 @@ class WindowStream:
         with ThreadPoolExecutor(max_workers=1) as pool:
             readers = [self._lane(j, epoch, *expected["lanes"][j], pool) for j in self.own]
             for _ in range(step, self.steps_per_epoch(window_counts)):
-                parts = [p for p in (next(r, None) for r in readers) if p is not None]
-                windows = concat_jagged([p[0] for p in parts])
-                ts = concat_jagged([p[1] for p in parts]) if parts and parts[0][1] is not None else None
-                yield windows, ts
+                yield [p for p in (next(r, None) for r in readers) if p is not None]
 
     def _lane(self, lane: int, epoch: int, shard_index: int, batch_index: int,
               pool: ThreadPoolExecutor) -> Iterator[tuple[Jagged, Jagged | None]]:
@@ -356,5 +354,6 @@ class WindowStream:
 
     def _load(self, k: int, epoch: int) -> tuple[ShardData, list[np.ndarray]]:
         data = self.shard(int(k))
+        data.split = None  # training reads the windows only
         rng = np.random.default_rng([self.seed, epoch, int(k)])
         return data, epoch_batches(data.windows.lengths, self.lane_batch, rng)

@@ -150,6 +150,11 @@ def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.
     """Backward, clip the global gradient norm, step the optimizer and the schedule."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    apply_gradients(model, opt, sched, clip_norm)
+
+
+def apply_gradients(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, clip_norm: float | None) -> None:
+    """Clip the global gradient norm, step the optimizer and the schedule (after the backward passes)."""
     if clip_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
     opt.step()

@@ -9,6 +9,7 @@ validation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -30,6 +31,7 @@ from genrec.data.stream import (  # noqa: F401  (epoch_batches: re-exported, lon
     MemoryShards,
     PreparedHeader,
     WindowStream,
+    concat_jagged,
     epoch_batches,
     prepared_manifest,
     sample_cases,
@@ -48,8 +50,8 @@ from genrec.train.allocator import tune_glibc_malloc
 from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
 from genrec.train.config import RunConfig
 from genrec.train.loop import (
+    apply_gradients,
     finish_epoch,
-    optimizer_step,
     print_epoch,
     resolve_device,
     run_split,
@@ -159,7 +161,8 @@ class _Dist:
         return t.cpu().numpy().astype(values.dtype)
 
 
-Batch = tuple[Jagged, Jagged | None, float]  # this process's windows of one step, their timestamps, loss weight
+Part = tuple[Jagged, Jagged | None]  # training windows and their timestamps, passed through the model together
+Batch = tuple[list[Part], float]  # this process's parts of one global step, and its loss weight (0: padding only)
 
 
 class _MemoryWindows:
@@ -180,29 +183,33 @@ class _MemoryWindows:
             local, weight = rows[self.env.rank::self.env.world], 1.0
             if len(local) == 0:  # fewer rows than processes: join the gradient all-reduce with zero weight
                 local, weight = rows[:1], 0.0
-            yield (self.windows.take(local), self.timestamps.take(local) if self.timestamps is not None else None,
-                   weight)
+            yield [(self.windows.take(local),
+                    self.timestamps.take(local) if self.timestamps is not None else None)], weight
 
 
 class _StreamedWindows:
-    """Training windows streamed shard by shard (genrec.data.stream); ``counts``: every shard's windows."""
+    """Training windows streamed shard by shard (genrec.data.stream); ``counts``: every shard's windows. With
+    ``lane_passes`` each lane's batch is its own part of a step, else the lanes' batches are one part."""
 
-    def __init__(self, stream: WindowStream, counts: np.ndarray, timestamps: bool):
+    def __init__(self, stream: WindowStream, counts: np.ndarray, timestamps: bool, lane_passes: bool = True):
         self.stream, self.counts, self.has_timestamps = stream, counts, timestamps
+        self.lane_passes = lane_passes
         self.steps = stream.steps_per_epoch(counts)
 
     def position(self, epoch: int, step: int) -> dict[str, Any]:
         return self.stream.position(epoch, step, self.counts)
 
     def epoch(self, epoch: int, start: dict[str, Any] | None = None) -> Iterator[Batch]:
-        for windows, ts in self.stream.epoch(epoch, self.counts, start):
-            if len(windows):
-                yield windows, ts, 1.0
-                continue
-            # this process's lanes are done: join the gradient all-reduce with zero weight
-            two = np.array([2], dtype=np.int64)
-            yield (Jagged.from_lengths(np.ones(2, dtype=np.int64), two),
-                   Jagged.from_lengths(np.zeros(2, dtype=np.int64), two) if self.has_timestamps else None, 0.0)
+        for parts in self.stream.epoch(epoch, self.counts, start):
+            if not parts:  # this process's lanes are done: join the gradient all-reduce with zero weight
+                two = np.array([2], dtype=np.int64)
+                yield [(Jagged.from_lengths(np.ones(2, dtype=np.int64), two),
+                        Jagged.from_lengths(np.zeros(2, dtype=np.int64), two) if self.has_timestamps else None)], 0.0
+            elif self.lane_passes or len(parts) == 1:
+                yield parts, 1.0
+            else:
+                ts = [t for _, t in parts]
+                yield [(concat_jagged([w for w, _ in parts]), concat_jagged(ts) if ts[0] is not None else None)], 1.0
 
 
 @dataclass
@@ -326,8 +333,9 @@ class Trainer:
         info = {"mode": "stream", "shards": stream.n_shards, "lanes": stream.lanes,
                 "windows_per_lane_batch": stream.lane_batch, "history_cap": cfg.model.max_len,
                 **({"temporal_cuts": cuts} if cuts else {})}
-        return _RunData(header, _StreamedWindows(stream, windows, use_ts), valid.cases() if env.rank == 0 else None,
-                        counts, use_ts, test=test_cases, info=info)
+        train = _StreamedWindows(stream, windows, use_ts, tcfg.stream.lane_passes)
+        return _RunData(header, train, valid.cases() if env.rank == 0 else None, counts, use_ts, test=test_cases,
+                        info=info)
 
     def _shard_source(self) -> tuple[Any, Any, bool]:
         """(shards to stream, the dataset's header, whether it has timestamps): a prepared folder's own shards,
@@ -416,8 +424,8 @@ class Trainer:
         out_of_time = False
         with progress_bar(train.steps, f"epoch {epoch}", enabled=self.show_progress and env.rank == 0) as advance:
             advance(done)
-            for step, (windows, ts, weight) in enumerate(train.epoch(epoch, start), done + 1):
-                loss_sum, n_local = self._step(ddp, model, opt, sched, windows, ts, weight, env)
+            for step, (parts, weight) in enumerate(train.epoch(epoch, start), done + 1):
+                loss_sum, n_local = self._step(ddp, model, opt, sched, parts, weight, env)
                 total_loss += loss_sum
                 total_tokens += n_local
                 elapsed = time.perf_counter() - t0
@@ -436,26 +444,28 @@ class Trainer:
         tokens = env.sum(float(total_tokens))
         return env.sum(total_loss) / max(tokens, 1), tokens, time.perf_counter() - t0, out_of_time
 
-    def _step(self, ddp, model: SequentialModel, opt, sched, windows: Jagged, window_ts: Jagged | None,
-              weight: float, env: _Dist) -> tuple[float, int]:
-        """One optimizer step on this process's windows of a global batch. The loss is divided by the global
-        token count (DDP averages gradients over processes, hence the world factor), so any number of processes
-        makes the same update. Returns (this process's summed loss times ``weight``, its target count)."""
-        items = windows.to_padded(left=False)
-        lengths = torch.from_numpy(windows.lengths)
-        ts = window_ts.to_padded(left=False)[:, :-1] if window_ts is not None else None
-        inputs, targets = items[:, :-1], items[:, 1:].clone()
-        targets[torch.arange(targets.shape[1])[None, :] >= (lengths - 1)[:, None]] = 0
-        inputs, targets, lengths = inputs.to(env.device), targets.to(env.device), lengths.to(env.device)
-        ts = ts.to(env.device) if ts is not None else None
-        n_local = int((targets > 0).sum()) if weight else 0
+    def _step(self, ddp, model: SequentialModel, opt, sched, parts: list[Part], weight: float,
+              env: _Dist) -> tuple[float, int]:
+        """One optimizer step on this process's parts of a global batch: a forward and backward pass per part,
+        gradients summed (DDP all-reduces them with the last part's backward), then one update. The loss is
+        divided by the global token count (DDP averages gradients over processes, hence the world factor), so
+        any number of processes makes the same update. Returns (this process's summed loss times ``weight``, its
+        target count)."""
+        batches = [_next_item_batch(windows, ts, env.device) for windows, ts in parts]
+        n_local = sum(int((targets > 0).sum()) for _, targets, _, _ in batches) if weight else 0
         n_global = env.sum(float(n_local))
-        h = ddp(inputs, (lengths - 1).clamp(min=1), ts)
-        mask = targets > 0
-        loss_sum = self._loss(h[mask], targets[mask], model)
-        loss = loss_sum * (weight * env.world / max(n_global, 1.0))
-        optimizer_step(loss, model, opt, sched, self.config.train.clip_norm)
-        return float(loss_sum.detach()) * weight, n_local
+        scale = weight * env.world / max(n_global, 1.0)
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for j, (inputs, targets, lengths, ts) in enumerate(batches):
+            with ddp.no_sync() if env.on and j < len(batches) - 1 else contextlib.nullcontext():
+                h = ddp(inputs, (lengths - 1).clamp(min=1), ts)
+                mask = targets > 0
+                loss_sum = self._loss(h[mask], targets[mask], model)
+                (loss_sum * scale).backward()
+            total += float(loss_sum.detach())
+        apply_gradients(model, opt, sched, self.config.train.clip_norm)
+        return total * weight, n_local
 
     def _loss(self, h: torch.Tensor, targets: torch.Tensor, model: SequentialModel) -> torch.Tensor:
         """The summed loss of one step. Sampled softmax reads ``self.item_counts`` ([n_items + 1] training
@@ -534,6 +544,18 @@ def save_model_files(folder: Path, model: SequentialModel, ds: SequenceDataset, 
 def _mask_unseen(config: RunConfig) -> bool:
     flag = config.train.mask_unseen
     return config.split == "cold" if flag is None else flag
+
+
+def _next_item_batch(windows: Jagged, window_ts: Jagged | None, device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Right-padded inputs, shifted targets (0 where a window has none), lengths and input timestamps."""
+    items = windows.to_padded(left=False)
+    lengths = torch.from_numpy(windows.lengths)
+    ts = window_ts.to_padded(left=False)[:, :-1] if window_ts is not None else None
+    inputs, targets = items[:, :-1], items[:, 1:].clone()
+    targets[torch.arange(targets.shape[1])[None, :] >= (lengths - 1)[:, None]] = 0
+    return (inputs.to(device), targets.to(device), lengths.to(device),
+            ts.to(device) if ts is not None else None)
 
 
 def _known_items(counts: np.ndarray) -> torch.Tensor:
