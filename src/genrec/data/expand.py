@@ -99,7 +99,7 @@ def interaction_matrix(ds: SequenceDataset) -> sp.csr_matrix:
 def top_singular(r: sp.csr_matrix, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-``k`` singular triplets ``(u [U, k], s [k], v [I, k])``, largest first (``k`` capped by the shape)."""
     k = min(k, *r.shape)
-    if k >= min(r.shape) - 1 or r.shape[0] * r.shape[1] <= 4_000_000:
+    if k >= min(r.shape) - 1:  # ARPACK needs k < min(shape); such a matrix is tiny
         u, s, vt = np.linalg.svd(r.toarray(), full_matrices=False)
         return u[:, :k], s[:k], vt[:k].T
     v0 = np.random.default_rng([seed, 7]).standard_normal(min(r.shape))
@@ -151,7 +151,7 @@ def block_probabilities(r: sp.csr_matrix, cfg: ExpandConfig) -> tuple[np.ndarray
     svd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     while True:
         if svd is None or len(svd[1]) < min(m, n, *r.shape):
-            svd = top_singular(r, max(min(m, n), 2 * (len(svd[1]) if svd else 0)), cfg.seed)
+            svd = top_singular(r, max(min(m, n), 8, 2 * (len(svd[1]) if svd else 0)), cfg.seed)
         base = rescale(reduced_matrix(*svd, m, n))
         if base.sum() * (1 - 1e-12) >= cfg.factor:
             return base * (cfg.factor / base.sum()), svd[1][: min(m, n)]
