@@ -146,6 +146,19 @@ def test_saved_weights_round_trip(item_repr, tmp_path):
     assert torch.equal(again.eval().score(hist), model.score(hist))
 
 
+def test_state_attaches_to_a_model_built_on_the_meta_device():
+    """A server maps the weights and builds the model on the meta device (nothing allocated), then assigns them."""
+    model = make("hstu", 60, "sid_hash", hash_buckets=20).eval()
+    state = model.state_dict()
+    with torch.device("meta"):
+        empty = make("hstu", 60, "sid_hash", attach=False, hash_buckets=20)
+        empty.attach_from_state(state)
+    empty.load_state_dict(state, assign=True)
+    assert not any(t.is_meta for t in [*empty.parameters(), *empty.buffers()])
+    hist = Jagged.from_lists([[1, 2, 3], [60, 4]])
+    assert torch.equal(empty.eval().score(hist), model.score(hist))
+
+
 def test_sid_model_without_codes_says_what_is_missing():
     model = make("sasrec", 10, "sid", attach=False)
     with pytest.raises(RuntimeError, match="attach_semantic_ids"):

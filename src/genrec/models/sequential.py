@@ -99,12 +99,13 @@ class SequentialModel(nn.Module):
         ``genrec tokenize``; column j lies in [0, sizes[j]). Items that share codes share parameters, so an item
         never seen in training still gets a learned representation from its codes. The codes are stored with
         the weights, as int16 (int32 for codebooks above 32767 codes)."""
-        codes = torch.as_tensor(codes).detach()
+        codes = (codes if isinstance(codes, torch.Tensor) else torch.as_tensor(codes)).detach()
         if codes.ndim != 2 or codes.shape[0] != self.n_items + 1 or codes.shape[1] != len(sizes):
             raise ValueError(f"semantic IDs have shape {tuple(codes.shape)}, expected [n_items + 1 = "
                              f"{self.n_items + 1}, {len(sizes)}]")
         body = codes[1:]  # checked column-wise, without an int64 copy of a large catalog's codes
-        if body.numel() and (body.amin() < 0 or (body.amax(0) >= torch.tensor(sizes)).any()):
+        if body.numel() and (int(body.amin()) < 0
+                             or any(m >= s for m, s in zip(body.amax(0).tolist(), sizes, strict=True))):
             raise ValueError("a semantic-ID code lies outside its column's size")
         small = max(sizes, default=0) <= torch.iinfo(torch.int16).max
         codes = codes.to(torch.int16 if small else torch.int32, copy=True)
