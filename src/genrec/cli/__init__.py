@@ -100,7 +100,12 @@ def data_stats(
     item_col: ItemCol = "item_id", time_col: TimeCol = None, sep: SepOpt = None, schema: SchemaOpt = None,
 ) -> None:
     """Users, items, interactions and the sequence length distribution."""
-    stats = _load(name_or_path, fmt, user_col, item_col, time_col, sep, schema).stats()
+    from genrec.data.prepared import PreparedDataset, is_prepared_folder
+
+    if is_prepared_folder(name_or_path):  # the manifest holds them: no need to read the events
+        stats = PreparedDataset.open(name_or_path).stats()
+    else:
+        stats = _load(name_or_path, fmt, user_col, item_col, time_col, sep, schema).stats()
     if as_json:
         return _print_json(stats)
     table = Table(title=f"{stats['name']}", show_header=False)
@@ -143,19 +148,48 @@ def data_verify(name: Annotated[str, typer.Argument(help="Built-in dataset name.
 
 @data_app.command("prepare")
 def data_prepare(
-    name_or_path: Annotated[str, typer.Argument(help="Built-in dataset name or file.")],
+    inputs: Annotated[list[str], typer.Argument(help="Built-in dataset name, or Parquet / CSV files, folders or "
+                                                "globs (quote a glob; files are read in sorted path order).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the prepared dataset to.")],
     dedup: Annotated[bool, typer.Option(help="Keep only the first (user, item) occurrence.")] = False,
     kcore: Annotated[int | None, typer.Option(help="Drop users and items with fewer interactions.", min=1)] = None,
     fmt: FormatOpt = "auto", user_col: UserCol = "user_id", item_col: ItemCol = "item_id", time_col: TimeCol = None,
     sep: SepOpt = None, schema: SchemaOpt = None,
+    engine: Annotated[str, typer.Option(help="auto (memory for small inputs, duckdb for large), memory, duckdb "
+                                        "or spark.")] = "auto",
+    memory_limit: Annotated[str, typer.Option("--memory-limit", help="Memory the engine may use (4GB, 512MB, "
+                                              "8GiB); it spills to disk beyond.")] = "4GB",
+    shards: Annotated[int | None, typer.Option(help="Event shards (default: about 2-4 million events each).",
+                                               min=1)] = None,
+    threads: Annotated[int | None, typer.Option(help="Engine threads (default: every core).", min=1)] = None,
+    temp_dir: Annotated[Path | None, typer.Option("--temp-dir", help="Folder for staged input and spill files "
+                                                  "(default: next to the output).")] = None,
+    spark_master: Annotated[str | None, typer.Option("--spark-master", help="Spark master URL (default "
+                                                     "local[threads]); with --engine spark.")] = None,
 ) -> None:
-    """Validate, map ids, order chronologically, and save as Parquet + JSON (loadable by every verb)."""
-    ds = _load(name_or_path, fmt, user_col, item_col, time_col, sep, schema, dedup, kcore)
-    ds.save(out_dir)
-    s = ds.stats()
-    out.print(f"{s['name']}: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions "
-              f"-> {out_dir}")
+    """Validate, map ids, order chronologically and write the sharded prepared layout (docs/data-layout.md),
+    in memory or out of core; every verb loads the folder."""
+    from genrec.data import InteractionSchema, PrepareConfig, load_schema, prepare_to_folder
+
+    items_path, item_schema = None, None
+    if schema is not None:
+        ds_schema = load_schema(schema)
+        inter, items_path, item_schema = ds_schema.interactions, ds_schema.items_path, ds_schema.items
+        if ds_schema.interactions_path and inputs in (["-"], [""]):
+            inputs = [ds_schema.interactions_path]
+    else:
+        try:
+            inter = InteractionSchema(format=fmt, user=user_col, item=item_col, timestamp=time_col, delimiter=sep)
+        except Exception as e:  # pydantic's message names the field
+            raise ConfigError(f"bad column options: {e}") from None
+    config = PrepareConfig.from_options(engine=engine, dedup=dedup, kcore=kcore, shards=shards,
+                                        memory_limit=memory_limit, threads=threads, temp_dir=temp_dir,
+                                        spark_master=spark_master)
+    prepared = prepare_to_folder(inputs, out_dir, schema=inter, items_path=items_path, item_schema=item_schema,
+                                 config=config, progress=lambda m: err.print(m, highlight=False))
+    m = prepared.manifest
+    out.print(f"{m['name']}: {m['users']:,} users, {m['items']:,} items, {m['interactions']:,} interactions in "
+              f"{m['shards']} shards ({m['engine']}) -> {out_dir}", highlight=False)
 
 
 # --- eval / compare ------------------------------------------------------------------------------------

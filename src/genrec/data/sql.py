@@ -105,9 +105,9 @@ class DuckDBEngine(Engine):
     def quote(self, column: str) -> str:
         return f'"{column}"'
 
-    def _run(self, sql: str) -> Any:
+    def _run(self, sql: str, relation: bool = False) -> Any:
         try:
-            return self.con.execute(sql)
+            return self.con.sql(sql) if relation else self.con.execute(sql)
         except self._duckdb.OutOfMemoryException as e:
             raise GenrecError(f"DuckDB ran out of memory ({str(e).splitlines()[0]}); raise --memory-limit or "
                               "give --temp-dir on a disk with more room") from None
@@ -128,12 +128,14 @@ class DuckDBEngine(Engine):
         return self._run(sql).fetchall()
 
     def copy(self, sql: str, path: Path, schema: pa.Schema) -> None:
-        result = self._run(sql)
-        batches = getattr(result, "to_arrow_reader", None) or result.fetch_record_batch  # DuckDB >= 1.4 / older
-        reader = batches(BATCH_ROWS)
-        with pq.ParquetWriter(path, schema) as writer:
-            for batch in reader:
-                writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+        rel = self._run(sql, relation=True)
+        batches = getattr(rel, "to_arrow_reader", None) or rel.fetch_arrow_reader  # newer / older DuckDB
+        try:
+            with pq.ParquetWriter(path, schema) as writer:
+                for batch in batches(BATCH_ROWS):
+                    writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+        except self._duckdb.OutOfMemoryException as e:
+            raise GenrecError(f"DuckDB ran out of memory ({str(e).splitlines()[0]}); raise --memory-limit") from None
 
     def copy_partitioned(self, sql: str, folder: Path, column: str) -> None:
         self._run(f"COPY ({sql}) TO {_sql_path(folder)} (FORMAT PARQUET, PARTITION_BY ({column}))")
