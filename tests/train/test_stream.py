@@ -331,3 +331,30 @@ def test_a_pass_per_lane_makes_the_update_of_one_pass_over_the_step(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     assert not same_weights(tmp_path / "True", tmp_path / "False")  # really two different computations
+
+
+def test_each_process_resumes_its_own_generator_state(tmp_path):
+    """Data-parallel processes draw different dropout masks and negatives: a checkpoint keeps every rank's torch
+    generator state and each rank restores its own."""
+    from genrec.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    states = []
+    for seed in (11, 12, 13):
+        torch.manual_seed(seed)
+        states.append(torch.get_rng_state())
+    torch.set_rng_state(states[0])
+    save_checkpoint(tmp_path, model, opt, sched, {"epoch": 1}, rank_rngs=states)
+    for rank in (0, 1, 2):
+        torch.manual_seed(99)
+        load_checkpoint(tmp_path, model, opt, sched, rank)
+        assert torch.equal(torch.get_rng_state(), states[rank])
+    save_checkpoint(tmp_path / "one", model, opt, sched, {"epoch": 1})  # one process: its own state only
+    torch.manual_seed(99)
+    expected = torch.get_rng_state()
+    save_checkpoint(tmp_path / "one", model, opt, sched, {"epoch": 1})
+    torch.manual_seed(5)
+    load_checkpoint(tmp_path / "one", model, opt, sched, 1)
+    assert torch.equal(torch.get_rng_state(), expected)

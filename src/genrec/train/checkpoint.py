@@ -53,14 +53,18 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def rng_state(ranks: list[torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's generator states; ``ranks``: every data-parallel process's torch CPU generator state
+    (rank order), kept so each process resumes its own (dropout masks and sampled negatives differ by rank)."""
     np_state = np.random.get_state()
-    return ({"torch": torch.get_rng_state()},
-            {"python": _listify(random.getstate()), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]})
+    tensors = {"torch": torch.get_rng_state()}
+    tensors.update({f"torch.rank{r}": t for r, t in enumerate(ranks or []) if r > 0})
+    return tensors, {"python": _listify(random.getstate()), "numpy": [np_state[0], np_state[1].tolist(),
+                                                                      *np_state[2:]]}
 
 
-def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["torch"])
+def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any], rank: int = 0) -> None:
+    torch.set_rng_state(tensors.get(f"torch.rank{rank}", tensors["torch"]))
     random.setstate(_tuplify(meta["python"]))
     kind, keys, *rest = meta["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
@@ -75,24 +79,27 @@ def _tuplify(x: Any) -> Any:
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any]) -> None:
+                    sched: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any],
+                    rank_rngs: list[torch.Tensor] | None = None) -> None:
+    """Weights, optimizer, generators (``rank_rngs``: every process's torch state, see :func:`rng_state`) and the
+    JSON ``state``, written last."""
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors(folder / "model.safetensors", model.state_dict())
     opt_t, opt_meta = optimizer_tensors(opt)
     save_tensors(folder / "optimizer.safetensors", opt_t)
-    rng_t, rng_meta = rng_state()
+    rng_t, rng_meta = rng_state(rank_rngs)
     save_tensors(folder / "rng.safetensors", rng_t)
     write_json(folder / "trainer.json", {**state, "optimizer": opt_meta, "scheduler": sched.state_dict(),
                                          "rng": rng_meta})
 
 
 def load_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+                    sched: torch.optim.lr_scheduler.LRScheduler, rank: int = 0) -> dict[str, Any]:
     if not (folder / "trainer.json").is_file():
         raise GenrecError(f"{folder}: no checkpoint to resume from (trainer.json missing)")
     state = read_json(folder / "trainer.json")
     model.load_state_dict(load_tensors(folder / "model.safetensors"))
     restore_optimizer(opt, load_tensors(folder / "optimizer.safetensors"), state.pop("optimizer"))
     sched.load_state_dict(state.pop("scheduler"))
-    restore_rng(load_tensors(folder / "rng.safetensors"), state.pop("rng"))
+    restore_rng(load_tensors(folder / "rng.safetensors"), state.pop("rng"), rank)
     return state

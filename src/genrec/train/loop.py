@@ -21,11 +21,12 @@ from genrec.train.checkpoint import load_checkpoint
 
 
 def open_run(run_dir: Path, config_json: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
-             sched: Any, resume: bool, writer: bool = True) -> dict[str, Any]:
-    """The loop state: restored from ``run_dir/checkpoint`` on resume, else fresh (never over an existing run)."""
+             sched: Any, resume: bool, writer: bool = True, rank: int = 0) -> dict[str, Any]:
+    """The loop state: restored from ``run_dir/checkpoint`` on resume (with process ``rank``'s generator state),
+    else fresh (never over an existing run)."""
     ckpt = run_dir / "checkpoint"
     if resume:
-        return load_checkpoint(ckpt, model, opt, sched)
+        return load_checkpoint(ckpt, model, opt, sched, rank)
     if (ckpt / "trainer.json").is_file():
         raise GenrecError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another "
                           "--out")
@@ -130,7 +131,7 @@ def _tensorboard(folder: Path):
 
 
 def start_run(config: Any, model: torch.nn.Module, steps_per_epoch: int, run_dir: Path, resume: bool,
-              writer: bool = True) -> tuple[torch.optim.Optimizer, Any, dict[str, Any], Any, float]:
+              writer: bool = True, rank: int = 0) -> tuple[torch.optim.Optimizer, Any, dict[str, Any], Any, float]:
     """What every trainer starts with: AdamW, the warmup/decay schedule (over ``epochs`` of steps or the
     wall-time budget), the loop state (restored on resume) and the TensorBoard writer (on the writing process).
     Returns (optimizer, scheduler, state, board, start clock: perf_counter minus the seconds already trained)."""
@@ -139,7 +140,7 @@ def start_run(config: Any, model: torch.nn.Module, steps_per_epoch: int, run_dir
     clock = {"start": time.perf_counter()}
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config, tcfg.epochs * steps_per_epoch,
                                                              lambda: time.perf_counter() - clock["start"]))
-    state = open_run(run_dir, config.model_dump(mode="json"), model, opt, sched, resume, writer)
+    state = open_run(run_dir, config.model_dump(mode="json"), model, opt, sched, resume, writer, rank)
     board = _tensorboard(run_dir / "tensorboard") if writer else None
     clock["start"] = time.perf_counter() - state["train_seconds"]
     return opt, sched, state, board, clock["start"]

@@ -151,6 +151,15 @@ class _Dist:
         dist.broadcast(t, 0)
         return t.tolist()
 
+    def gather_rng(self) -> list[torch.Tensor] | None:
+        """Every process's torch CPU generator state, in rank order (None on one process)."""
+        if not self.on:
+            return None
+        state = torch.get_rng_state().to(self.device)  # where the backend gathers (nccl: the GPU)
+        states = [torch.empty_like(state) for _ in range(self.world)]
+        dist.all_gather(states, state)
+        return [t.cpu() for t in states]
+
     def broadcast_array(self, values: np.ndarray) -> np.ndarray:
         """Rank 0's array on every rank (the others pass one of the same shape); float64 carries integers
         exactly up to 2^53."""
@@ -256,7 +265,7 @@ class Trainer:
         self.item_counts = torch.from_numpy(data.counts).to(device)  # read by the sampled-softmax loss
         ddp = _wrap(model, env, device)
         opt, sched, state, board, start_clock = start_run(cfg, model, data.train.steps, self.run_dir, resume,
-                                                          writer=env.rank == 0)
+                                                          writer=env.rank == 0, rank=env.rank)
         ckpt = self.run_dir / "checkpoint"
         k_sel = _select_k(cfg.eval.select_metric)
         while state["stopped"] is None and state["epoch"] < tcfg.epochs:
@@ -269,8 +278,9 @@ class Trainer:
                 record.update(self._validate(model, data.valid, ds.n_items, env, k_sel))
                 select(state, epoch, record[f"valid_{cfg.eval.select_metric}"], tcfg.patience,
                        lambda: save_tensors(ckpt / "best.safetensors", model.state_dict()) if env.rank == 0 else None)
+            rngs = env.gather_rng()
             finish_epoch(self.run_dir, board, state, record, out_of_time, tcfg.max_minutes,
-                         lambda: save_checkpoint(ckpt, model, opt, sched, state), writer=env.rank == 0)
+                         lambda rngs=rngs: save_checkpoint(ckpt, model, opt, sched, state, rngs), writer=env.rank == 0)
             if env.rank == 0:
                 self._say(record)
             if on_epoch_end is not None:
@@ -367,15 +377,16 @@ class Trainer:
         folder = self.run_dir / "refit"
         again = resume and (folder / "checkpoint" / "trainer.json").is_file()
         opt, sched, state, board, start_clock = start_run(cfg, model, data.train.steps, folder, again,
-                                                          writer=env.rank == 0)
+                                                          writer=env.rank == 0, rank=env.rank)
         while state["stopped"] is None and state["epoch"] < epochs:
             epoch = state["epoch"] + 1
             model.train()
             loss, tokens, seconds, out_of_time = self._epoch(ddp, model, opt, sched, data.train, epoch, env,
                                                              start_clock, state, folder / "checkpoint")
             record = _close_epoch(state, epoch, data.train.steps, loss, tokens, seconds, sched, start_clock)
+            rngs = env.gather_rng()
             finish_epoch(folder, board, state, record, out_of_time, tcfg.max_minutes,
-                         lambda: save_checkpoint(folder / "checkpoint", model, opt, sched, state),
+                         lambda rngs=rngs: save_checkpoint(folder / "checkpoint", model, opt, sched, state, rngs),
                          writer=env.rank == 0)
             if env.rank == 0:
                 self._say({**record, "refit": True})
@@ -435,9 +446,10 @@ class Trainer:
                 if every and (state["step"] + step) % every == 0 and step < train.steps:
                     position = {**train.position(epoch, step), "loss": env.sum(total_loss),
                                 "tokens": env.sum(total_tokens), "seconds": elapsed}
+                    rngs = env.gather_rng()
                     if env.rank == 0:
                         save_checkpoint(ckpt, model, opt, sched, {**state, "position": position,
-                                                                  "train_seconds": time.perf_counter() - start_clock})
+                                        "train_seconds": time.perf_counter() - start_clock}, rngs)
                 if tcfg.max_minutes and time.perf_counter() - start_clock > tcfg.max_minutes * 60:
                     out_of_time = True
                     break
