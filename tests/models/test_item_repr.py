@@ -191,14 +191,15 @@ def run_config(tmp_path, item_repr: str, **train):
         "features": {"semantic_ids": str(tmp_path / "sid")}})
 
 
-@pytest.mark.parametrize("item_repr", ["sid", "sid_hash"])
-def test_a_run_trains_saves_and_serves_without_an_id_table(item_repr, tmp_path):
+@pytest.mark.parametrize(("item_repr", "sampling"), [
+    ("sid", {}), ("sid_hash", {"negative_sampler": "popularity", "logq": True, "in_batch_negatives": True})])
+def test_a_run_trains_saves_and_serves_without_an_id_table(item_repr, sampling, tmp_path):
     from genrec.serve import Recommender, export_bundle
     from genrec.train.trainer import Trainer
 
     torch.set_num_threads(1)
     ds = tiny(tmp_path)
-    cfg = run_config(tmp_path, item_repr, loss="sampled_softmax", negatives=5)
+    cfg = run_config(tmp_path, item_repr, loss="sampled_softmax", negatives=5, **sampling)
     res = Trainer(cfg, tmp_path / "run", dataset=ds, show_progress=False).fit()
     state = load_tensors(tmp_path / "run" / "model.safetensors")
     assert "item_emb.weight" not in state and "sid_codes" in state
