@@ -149,6 +149,7 @@ def load_expanded(folder: Path) -> SequenceDataset:
 
 
 def evaluate_models(folder: Path, runs: Path, minutes: float, valid_users: int, n_boot: int) -> dict:
+    """Popularity and item-kNN, then SASRec for ``minutes`` (0: baselines only) on the expanded folder."""
     from genrec.eval import compare_runs
     from genrec.train import run_baseline
     from genrec.train.config import load_config
@@ -163,6 +164,8 @@ def evaluate_models(folder: Path, runs: Path, minutes: float, valid_users: int, 
         out["models"][name] = {"params": run.config["params"], "seconds": time.perf_counter() - t,
                                "metrics": {k: run.evaluation.summary[k] for k in SHOWN}}
         print(name, {k: round(run.evaluation.mean(k), 4) for k in SHOWN[:2]}, flush=True)
+    if minutes <= 0:
+        return out
     config = ROOT / "configs/movielens-1m/sasrec.yaml"
     cfg = load_config(config, {"dataset": str(folder), "train.max_minutes": minutes, "train.epochs": 1000,
                                "eval.valid_users": valid_users, "eval.n_boot": n_boot})
@@ -218,22 +221,25 @@ def render(r: dict) -> str:
                      f"mixing={e['config']['mixing']}, `{e['command']}`")
     mr = r.get("models")
     if mr is None:
-        lines += ["", "Models: not run (`--train-minutes 0`)."]
+        lines += ["", "Models: not run (`--train-minutes 0`; the model part needs `--train-minutes M`, or "
+                  "`--baselines-only`)."]
     else:
-        d = mr["dataset"]
+        d, sas = mr["dataset"], mr["models"].get("sasrec")
+        sas_text = (f" SASRec: {sas['config']} stopped after {sas['max_minutes']} min ({sas['epochs']} epochs, "
+                    f"best {sas['best_epoch']}), validated on {sas['valid_users']} sampled users." if sas else "")
         lines += ["", f"## Models on {r['train_label']} ({d['users']:,} users, {d['items']:,} items, "
                   f"{d['interactions']:,} interactions)", "",
                   "Leave-one-out, full catalog, seen items excluded, test read once; means with 95% bootstrap "
                   f"intervals ({r['n_boot']} resamples). Item-kNN uses MovieLens-1M's validated settings "
-                  f"{KNN}; SASRec: {mr['models']['sasrec']['config']} stopped after "
-                  f"{mr['models']['sasrec']['max_minutes']} min ({mr['models']['sasrec']['epochs']} epochs, best "
-                  f"{mr['models']['sasrec']['best_epoch']}), validated on {mr['models']['sasrec']['valid_users']} "
-                  "sampled users.", "", "| model | " + " | ".join(SHOWN) + " | s |", "|---" * (len(SHOWN) + 2) + "|"]
+                  f"{KNN}.{sas_text}", "", "| model | " + " | ".join(SHOWN) + " | s |",
+                  "|---" * (len(SHOWN) + 2) + "|"]
         for name, mm in mr["models"].items():
             cells = [f"{mm['metrics'][k]['mean']:.4f} [{mm['metrics'][k]['ci_low']:.4f}, "
                      f"{mm['metrics'][k]['ci_high']:.4f}]" for k in SHOWN]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {mm['seconds']:.0f} |")
-        for name, cmp in mr["paired_sasrec_minus"].items():
+        if "sasrec" not in mr["models"]:
+            lines.append("\nSASRec: not run (`--baselines-only`).")
+        for name, cmp in mr.get("paired_sasrec_minus", {}).items():
             if "error" in cmp:
                 lines.append(f"\nPaired test SASRec minus {name}: not available ({cmp['error']})")
                 continue
@@ -252,6 +258,7 @@ def main() -> None:
     p.add_argument("--no-uniform", action="store_true", help="skip the reference run with uniform shuffles")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-minutes", type=float, default=0.0, help="SASRec budget; 0 skips the model part")
+    p.add_argument("--baselines-only", action="store_true", help="model part without SASRec")
     p.add_argument("--train-factor", type=float, default=4.0)
     p.add_argument("--valid-users", type=int, default=1000)
     p.add_argument("--bootstrap", type=int, default=500)
@@ -289,16 +296,17 @@ def main() -> None:
         result["shapes"][label] = shape(*curves[label])
         print(label, result["shapes"][label]["popularity"], result["shapes"][label]["history"]["tail_slope"],
               flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     result["plot"] = str(args.out / "expand_quality.png")
     plot(curves, args.out / "expand_quality.png")
-    if args.train_minutes > 0:
+    if args.train_minutes > 0 or args.baselines_only:
         folder = args.work / f"x{args.train_factor:g}"
         if not (folder / "_expand.json").is_file():
             expand(ds, expand_config(factor=args.train_factor, mixing=args.mixing, strata=args.strata,
                                      seed=args.seed), folder, overwrite=True, show_progress=False)
         result["train_label"] = f"{ds.name} x{args.train_factor:g}"
-        result["models"] = evaluate_models(folder, args.work / "runs", args.train_minutes, args.valid_users,
-                                           args.bootstrap)
+        minutes = 0.0 if args.baselines_only else args.train_minutes
+        result["models"] = evaluate_models(folder, args.work / "runs", minutes, args.valid_users, args.bootstrap)
     result["wall_seconds"] = time.perf_counter() - start
     write_json(args.out / "expand_quality.json", result)
     write_text(args.out / "expand_quality.md", render(result))
