@@ -24,6 +24,9 @@ recall at the same settings may differ). Queries (tuning at export and held out 
     python benchmarks/serve_scale.py --items 100000,1000000 [--seconds 15] [--allow-dirty]
     python benchmarks/serve_scale.py --items 10000000      # rows merge into serve_scale.json by catalog size
 
+Every step runs in its own process with OMP_WAIT_POLICY=PASSIVE unless set (FAISS's OpenMP threads sleep
+instead of spinning while they wait, which matters on a machine shared with other work).
+
 Writes benchmarks/results/serve_scale.{json,md} with command, commit, machine, load average and wall time.
 """
 
@@ -254,8 +257,7 @@ def http_runs(folder: Path, workers: int, concurrency: list[int], seconds: float
                "--store", str(Path(tmp) / "history.sqlite"), "--deadline-ms", "0", "--no-access-log"]
         t0 = time.perf_counter()
         with open(log, "wb") as f:
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                    env={k: v for k, v in os.environ.items() if k != "GENREC_API_KEY"})
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env())
         try:
             ready = wait_ready(port, proc, log, timeout=900)
             out: dict[str, Any] = {"workers": workers, "ready_seconds": time.perf_counter() - t0, "ready": ready}
@@ -323,11 +325,19 @@ def wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float) -> 
 
 # --- driver -------------------------------------------------------------------------------------------------
 
+def child_env() -> dict[str, str]:
+    """The environment of every process started here: no API key; OpenMP threads that sleep rather than spin
+    while they wait (on a machine shared with other work, spinning threads slow FAISS down several times)."""
+    env = {k: v for k, v in os.environ.items() if k != "GENREC_API_KEY"}
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
 def child(step: str, **kw: Any) -> dict[str, Any]:
     """Run one step in a fresh interpreter; its JSON answer plus wall time and peak RSS."""
     cmd = [sys.executable, __file__, "--step", step, "--step-args", json.dumps(kw, default=str)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     wall = time.perf_counter() - t0
     if proc.returncode:
         sys.exit(f"step {step} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -421,7 +431,8 @@ def render(result: dict[str, Any]) -> str:
              "Synthetic catalogs (see the script's docstring): an untrained HSTU with a mixture-of-Gaussians item "
              "table, D 64; exported through `export_bundle(ann='auto', ann_memory_mb=1024)`; queries are the model's "
              "states after 20-item histories drawn by training popularity (held out: another seed). Latency: explicit "
-             "history of 20 items, k 10, no deadline; client threads on the same 2 cores as the server.", "",
+             "history of 20 items, k 10, no deadline; client threads on the same 2 cores as the server; "
+             f"OMP_WAIT_POLICY={result.get('omp_wait_policy')}.", "",
              "| items | index | parameters | build s | build peak GB | bundle GB | load s | recall@10 held-out (tuned) "
              "| HTTP p50 / p99 ms, c1 | c8 | RSS / PSS MB per worker, 1 worker | 2 workers (private) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -531,7 +542,8 @@ def main() -> None:
 
     load = os.getloadavg()
     result = {"benchmark": "serve_scale", "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-              "commit": commit, "dirty": dirty, "dirty_files": dirty_files, "machine": machine(),
+              "omp_wait_policy": child_env()["OMP_WAIT_POLICY"], "commit": commit, "dirty": dirty,
+              "dirty_files": dirty_files, "machine": machine(),
               "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "wall_seconds": time.perf_counter() - start,
               "contention": (f"the machine is shared with other work: load average {load[0]:.1f} (1 min) at the end "

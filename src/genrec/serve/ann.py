@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 100_000  # catalogs larger than this get an index with ``ann="auto"``
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 REFINES = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)  # IVF-PQ shortlist sizes tried, up to max_refine
-MAX_NLIST = 4096  # more lists make k-means and assignment at export cost more than they save per query
+MAX_NLIST = 2048  # more lists make k-means and list assignment at export cost more than they save per query
 ADD_CHUNK = 1 << 20  # items encoded per step when filling an index (bounded scratch memory)
 ALIASES = {"on": "ivf", "off": "flat"}  # the names of earlier releases
 Kind = Literal["auto", "flat", "ivf", "ivfpq"]
@@ -57,7 +57,7 @@ class AnnConfig(BaseModel):
                                                        "would exceed it, and PQ codes are sized to fit it.")
     recall: float = Field(0.95, gt=0, le=1, description="Recall@k against exact top-k that tuning must reach.")
     k: int = Field(10, ge=1, le=100, description="The k of the tuned recall@k.")
-    nlist: int | None = Field(None, ge=1, description="Inverted lists; default min(4 sqrt(n), n / 39, 4096).")
+    nlist: int | None = Field(None, ge=1, description="Inverted lists; default min(4 sqrt(n), n / 39, 2048).")
     m: int | None = Field(None, ge=1, description="IVF-PQ bytes per code (sub-quantizers; must divide the "
                                                   "embedding size); default: the smallest of D/4, D/2, D that "
                                                   "fits memory_mb and reaches the recall.")
@@ -177,8 +177,8 @@ class AnnIndex:
             assigned = assign(quantizer, x)
         index = faiss.IndexIVFPQ(faiss.clone_index(quantizer), d, quantizer.ntotal, m, nbits,
                                  faiss.METRIC_INNER_PRODUCT)
-        index.pq.cp.seed = seed
-        index.train(_sample(x, 64 * (1 << nbits), seed))  # trains the codebooks only
+        index.pq.cp.seed, index.pq.cp.niter = seed, 10
+        index.train(_sample(x, 40 * (1 << nbits), seed))  # the codebooks only; FAISS asks >= 39 points a centroid
         fill(index, x, assigned)
         return cls(index, nprobe=1, refine=1, table=x)
 
