@@ -22,7 +22,6 @@ from genrec.data.stream import (
     WindowStream,
     concat_jagged,
     sample_cases,
-    shard_of,
     split_shard,
     training_windows,
 )
@@ -56,7 +55,7 @@ def write_prepared(ds, folder: Path, shards: int) -> Path:
     events = pa.table({"user_idx": user_idx, "pos": pos.astype(np.int32), "item_idx": ds.sequences.values,
                        "timestamp": ds.timestamps.values})
     rng = np.random.default_rng(1)
-    shard = shard_of(user_idx, shards)
+    shard = (user_idx.astype(np.uint64) * np.uint64(2654435761) % np.uint64(2**32) % np.uint64(shards)).astype(int)
     for k in range(shards):
         rows = rng.permutation(np.flatnonzero(shard == k))
         (folder / "events" / f"shard={k}").mkdir(parents=True)

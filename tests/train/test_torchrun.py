@@ -67,6 +67,6 @@ def test_two_nodes_train_like_one_process(tmp_path, data):
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["info"].get("data", {}).get("mode", "memory") == data
     for name, value in metrics["metrics"].items():
-        assert value["mean"] == pytest.approx(one.test.summary[name]["mean"], abs=1e-6), name
+        assert value["mean"] == pytest.approx(one.test.summary[name]["mean"], abs=1e-6), (name, value, one.test.summary)
     losses = [json.loads(x)["loss"] for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert losses == pytest.approx([r["loss"] for r in one.history], rel=1e-6)

@@ -26,15 +26,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from genrec.data.dataset import SequenceDataset, Vocab
 from genrec.data.jagged import Jagged
+from genrec.data.prepared import PreparedDataset, shard_of
 from genrec.data.splits import EvalCases, Split, leave_one_out, temporal_split
 from genrec.errors import ConfigError, GenrecError
 from genrec.io import read_json
-
-HASH_MULTIPLIER = 2654435761  # the prepared layout's user -> shard hash (Knuth's multiplicative hash)
 
 
 def training_windows(split: Split, max_len: int, windows: str = "last") -> tuple[Jagged, Jagged | None]:
@@ -70,12 +68,6 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     order = rng.permutation(len(batches))
     return [batches[i] for i in order]
-
-
-def shard_of(user_ids: np.ndarray, n_shards: int) -> np.ndarray:
-    """The shard of each dense user id: ((user_idx * 2654435761) mod 2^32) mod shards."""
-    u = np.asarray(user_ids, dtype=np.uint64)
-    return ((u * np.uint64(HASH_MULTIPLIER)) % np.uint64(2**32) % np.uint64(n_shards)).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -128,41 +120,31 @@ class PreparedHeader:
     """A prepared folder's vocabularies, catalog and statistics without its events: what a streamed run's
     evaluation, model files and reports read of the dataset. Each part loads on first use."""
 
-    def __init__(self, folder: str | Path, manifest: dict[str, Any]):
-        self.folder, self.manifest = Path(folder), manifest
-        self.name: str = manifest.get("name", self.folder.name)
-        self.n_users, self.n_items = int(manifest["users"]), int(manifest["items"])
-        self.meta = manifest.get("meta", {})
+    def __init__(self, prepared: PreparedDataset):
+        self.prepared, self.manifest = prepared, prepared.manifest
+        self.name, self.n_users, self.n_items = prepared.name, prepared.n_users, prepared.n_items
+        self.meta = self.manifest.get("meta", {})
 
     @property
     def has_timestamps(self) -> bool:
         return "timestamp" in self.manifest.get("columns", [])
 
-    def _vocab(self, name: str, key: str) -> Vocab:
-        table = pq.read_table(self.folder / name, columns=[key, "raw_id"])
-        order = np.argsort(table.column(key).to_numpy(), kind="stable")
-        return Vocab(table.column("raw_id").combine_chunks().take(pa.array(order)))
-
     @cached_property
     def users(self) -> Vocab:
-        return self._vocab("users.parquet", "user_idx")
+        return self.prepared.users()
 
     @cached_property
     def items(self) -> Vocab:
-        return self._vocab("items.parquet", "item_idx")
+        return self.prepared.items()
 
     @cached_property
     def item_table(self) -> pa.Table | None:
-        catalog = self.folder / "catalog.parquet"
-        return pq.read_table(catalog) if catalog.is_file() else None
+        return self.prepared.catalog()
 
     def stats(self) -> dict[str, Any]:
         m = self.manifest
-        n = self.n_users * self.n_items
         return {**m.get("stats", {}), "name": self.name, "users": self.n_users, "items": self.n_items,
-                "interactions": m["interactions"], "density": m["interactions"] / n if n else 0.0,
-                "has_timestamps": self.has_timestamps, "has_item_table": (self.folder / "catalog.parquet").is_file(),
-                "shards": m["shards"], "format_version": m["format_version"]}
+                "interactions": m["interactions"], "shards": m["shards"], "format_version": m["format_version"]}
 
 
 def split_shard(shard: Any, kind: str = "loo", cuts: dict[str, float] | None = None) -> Split:

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from genrec.data import EvalCases, Jagged, SequenceDataset, Split, load_dataset
+from genrec.data.prepared import PreparedDataset
 from genrec.data.splits import ColdStartSplit, with_validation_in_train
 from genrec.data.stream import (  # noqa: F401  (epoch_batches: re-exported, long imported from here)
     CaseCollector,
@@ -352,11 +353,8 @@ class Trainer:
         or an in-memory dataset seen through train.stream.shards hash shards."""
         cfg = self.config
         if self.dataset is None and prepared_manifest(cfg.dataset) is not None:
-            from genrec.data.prepared import PreparedDataset
-
-            prepared = PreparedDataset.open(cfg.dataset)
-            header = PreparedHeader(cfg.dataset, prepared_manifest(cfg.dataset))
-            return prepared, header, header.has_timestamps
+            header = PreparedHeader(PreparedDataset.open(cfg.dataset))
+            return header.prepared, header, header.has_timestamps
         ds = self.dataset or load_dataset(cfg.dataset)
         return MemoryShards(ds, cfg.train.stream.shards), ds, ds.timestamps is not None
 
