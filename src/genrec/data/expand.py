@@ -32,8 +32,8 @@ timestamps (or, when the source has none, its positions) and order. The price is
 one source event can appear in several item blocks at the same time.
 
 Output is produced one unit at a time (a row block ``i`` times a fixed number of source users), so memory
-holds the source plus one unit, whatever the factor. Every random draw is keyed by (seed, i, j, unit), so the
-files do not depend on how they are sharded.
+holds the source plus one unit, whatever the factor. Every random draw is keyed by the seed, the block and the
+unit, so the files do not depend on how they are sharded.
 """
 
 from __future__ import annotations
@@ -234,18 +234,21 @@ def _unit(src: _Source, p: np.ndarray, i: int, rows: np.ndarray, unit: int, cfg:
     """Events of expanded users ``rows * m + i``: (user, item, time), sorted by user then time."""
     m, n = p.shape
     rng = np.random.default_rng([cfg.seed, 1, i, unit])
+
+    def gather(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # source events, their expanded row
+        starts, lengths = src.offsets[users], src.offsets[users + 1] - src.offsets[users]
+        return _ranges(starts, lengths), np.repeat(rows, lengths)
+
+    own = gather(rows) if cfg.mixing == "user" else None
     parts = []
     for j in range(n):
         if float(p[i, j]) <= 0.0:
             continue
-        users = rows if cfg.mixing == "user" else src.perm("user", i, j)[rows]
-        starts, lengths = src.offsets[users], src.offsets[users + 1] - src.offsets[users]
-        events = _ranges(starts, lengths)
+        events, owners = own or gather(src.perm("user", i, j)[rows])
         kept = _bernoulli(rng, len(events), float(p[i, j]))
         if len(kept) == 0:
             continue
-        ev = events[kept]
-        owner = np.repeat(rows, lengths)[kept]
+        ev, owner = events[kept], owners[kept]
         item = src.perm("item", i, j)[src.items[ev]] * n + j
         parts.append((owner * m + i, item, src.time[ev], src.pos[ev], np.full(len(ev), j, dtype=np.int64)))
     if not parts:
