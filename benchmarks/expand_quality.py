@@ -197,7 +197,7 @@ def render(r: dict) -> str:
              f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; wall time {r['wall_seconds']:.0f} s",
              f"- source: {r['source']} ({r['shapes']['source']['users']:,} users, "
              f"{r['shapes']['source']['items']:,} items, {r['shapes']['source']['events']:,} events); "
-             f"expansion: mixing={r['mixing']}, strata={r['strata']}, seed {r['seed']}",
+             f"expansion: mode={r['mode']}, strata={r['strata']}, seed {r['seed']}",
              "- popularity slope: log-log slope of interactions/mean against rank/items over ranks 1%-50% "
              "(head: 0.1%-10%); history tail: log-log slope of the length CCDF between the median and p99", "",
              "| data | users | items | events | x users / items / events | pop. slope | head slope | pop. Gini "
@@ -218,7 +218,7 @@ def render(r: dict) -> str:
     for label, e in r["expansions"].items():
         lines.append(f"- {label}: {e['blocks']['users']} x {e['blocks']['items']} blocks, expected event factor "
                      f"{e['expected_event_factor']:.3f}, strata={e['config']['strata']}, "
-                     f"mixing={e['config']['mixing']}, `{e['command']}`")
+                     f"mode={e['config']['mode']}, `{e['command']}`")
     mr = r.get("models")
     if mr is None:
         lines += ["", "Models: not run (`--train-minutes 0`; the model part needs `--train-minutes M`, or "
@@ -253,7 +253,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="movielens-1m", help="built-in dataset or prepared folder to expand")
     p.add_argument("--factors", nargs="+", type=float, default=[4.0, 16.0])
-    p.add_argument("--mixing", default="user", choices=["user", "block"])
+    p.add_argument("--mode", default="timeline", choices=["timeline", "kronecker", "shuffled"])
     p.add_argument("--strata", type=int, default=4)
     p.add_argument("--no-uniform", action="store_true", help="skip the reference run with uniform shuffles")
     p.add_argument("--seed", type=int, default=0)
@@ -276,7 +276,7 @@ def main() -> None:
     ds = load_dataset(args.dataset)
     curves = {"source": (np.bincount(ds.sequences.values)[1:], ds.sequences.lengths)}
     result = {"command": shlex.join(["python", *sys.argv]), "checkout": co, "created": dt.datetime.now(dt.UTC)
-              .isoformat(), "machine": machine(), "source": ds.name, "mixing": args.mixing, "strata": args.strata,
+              .isoformat(), "machine": machine(), "source": ds.name, "mode": args.mode, "strata": args.strata,
               "seed": args.seed, "n_boot": args.bootstrap, "shapes": {"source": shape(*curves["source"])},
               "expansions": {}}
     runs = [(f"x{f:g}", f, args.strata) for f in args.factors]
@@ -285,9 +285,9 @@ def main() -> None:
     for label, factor, strata in runs:
         folder = args.work / (f"x{factor:g}" + ("-uniform" if strata == 0 else ""))
         t = time.perf_counter()
-        meta = expand(ds, expand_config(factor=factor, mixing=args.mixing, strata=strata, seed=args.seed), folder,
+        meta = expand(ds, expand_config(factor=factor, mode=args.mode, strata=strata, seed=args.seed), folder,
                       overwrite=True, show_progress=False)
-        cmd = f"genrec data expand {args.dataset} --factor {factor:g} --mixing {args.mixing} --strata {strata} " \
+        cmd = f"genrec data expand {args.dataset} --factor {factor:g} --mode {args.mode} --strata {strata} " \
               f"--seed {args.seed} --out {folder}"
         result["expansions"][label] = {**{k: meta[k] for k in ("blocks", "expected_event_factor", "factors",
                                                                  "config", "users", "items", "events")},
@@ -302,7 +302,7 @@ def main() -> None:
     if args.train_minutes > 0 or args.baselines_only:
         folder = args.work / f"x{args.train_factor:g}"
         if not (folder / "_expand.json").is_file():
-            expand(ds, expand_config(factor=args.train_factor, mixing=args.mixing, strata=args.strata,
+            expand(ds, expand_config(factor=args.train_factor, mode=args.mode, strata=args.strata,
                                      seed=args.seed), folder, overwrite=True, show_progress=False)
         result["train_label"] = f"{ds.name} x{args.train_factor:g}"
         minutes = 0.0 if args.baselines_only else args.train_minutes

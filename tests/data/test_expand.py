@@ -97,11 +97,16 @@ def test_block_probabilities(source):
     r = interaction_matrix(source)
     for factor in (1.0, 2.5, 9.0):
         p, _ = block_probabilities(r, expand_config(factor=factor))
-        assert p.sum() == pytest.approx(factor) and p.min() >= 0 and p.max() <= 1
-    p, _ = block_probabilities(r, expand_config(factor=3, user_blocks=2))
+        assert p.sum() == pytest.approx(factor) and p.min() >= 0 and p.sum(axis=1).max() <= 1 + 1e-9
+        assert p.shape[0] >= factor and p.shape[1] == np.ceil(np.sqrt(factor))
+        p, _ = block_probabilities(r, expand_config(factor=factor, mode="kronecker"))
+        assert p.sum() == pytest.approx(factor) and p.max() <= 1 + 1e-9 and p.size < 4 * factor + 4
+    p, _ = block_probabilities(r, expand_config(factor=3, user_blocks=2, mode="kronecker"))
     assert p.shape[0] == 2 and p.shape[1] >= 2
     with pytest.raises(ConfigError, match="out of reach"):
-        block_probabilities(r, expand_config(factor=3, user_blocks=1, item_blocks=2))
+        block_probabilities(r, expand_config(factor=3, user_blocks=1, item_blocks=2, mode="kronecker"))
+    with pytest.raises(ConfigError, match="out of reach"):
+        block_probabilities(r, expand_config(factor=3, user_blocks=2))  # timeline: a row's mass is at most 1
 
 
 def test_stratified_permutation_stays_in_strata():
@@ -132,8 +137,9 @@ def test_events_factor_and_metadata(source, tmp_path):
     assert json.loads((tmp_path / "x" / "_expand.json").read_text())["events"] == meta["events"]
 
 
-def test_every_event_comes_from_its_source_user(source, tmp_path):
-    cfg = expand_config(factor=3, seed=2)
+@pytest.mark.parametrize("mode", ["timeline", "kronecker"])
+def test_every_event_comes_from_its_source_user(source, tmp_path, mode):
+    cfg = expand_config(factor=3, seed=2, mode=mode)
     meta = expand(source, cfg, tmp_path / "x", show_progress=False)
     d = _read(tmp_path / "x")
     m, n = meta["blocks"]["users"], meta["blocks"]["items"]
@@ -157,7 +163,8 @@ def test_every_event_comes_from_its_source_user(source, tmp_path):
     same = d["user_id"][1:] == d["user_id"][:-1]
     assert (np.diff(d["timestamp"])[same] >= 0).all()
     assert np.count_nonzero(~same) + 1 == meta["users"]
-    assert len(np.unique(np.stack([d["user_id"], d["timestamp"], j]), axis=1)[0]) == len(j)
+    copies = [d["user_id"], d["timestamp"]] + ([j] if mode == "kronecker" else [])  # timeline: no copies at all
+    assert np.unique(np.stack(copies), axis=1).shape[1] == len(j)
     assert np.bincount(np.unique(d["user_id"], return_inverse=True)[1]).min() >= cfg.min_length
 
 
@@ -195,10 +202,10 @@ def _shapes(ds: SequenceDataset, d: dict[str, np.ndarray]) -> dict[str, tuple[fl
             "len_q": (np.quantile(src_len / src_len.mean(), q), np.quantile(exp_len / exp_len.mean(), q))}
 
 
-@pytest.mark.parametrize("mixing", ["user", "block"])
-def test_shape_is_kept(source, tmp_path, mixing):
+@pytest.mark.parametrize("mode", ["timeline", "kronecker", "shuffled"])
+def test_shape_is_kept(source, tmp_path, mode):
     """The paper's claim: the expansion keeps the popularity and engagement power laws (normalised)."""
-    expand(source, expand_config(factor=6, mixing=mixing, seed=6), tmp_path / "x", show_progress=False)
+    expand(source, expand_config(factor=6, mode=mode, seed=6), tmp_path / "x", show_progress=False)
     s = _shapes(source, _read(tmp_path / "x"))
     assert s["pop_slope"][1] == pytest.approx(s["pop_slope"][0], abs=0.1)
     assert s["len_slope"][1] == pytest.approx(s["len_slope"][0], abs=0.1)
@@ -236,7 +243,7 @@ def test_cli_expand_prepared_folder(source, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--factor", "0.5"], "--factor"),
     (["--factor", "3", "--user-blocks", "1", "--item-blocks", "1"], "out of reach"),
-    (["--factor", "2", "--mixing", "rows"], "--mixing"),
+    (["--factor", "2", "--mode", "rows"], "--mode"),
 ])
 def test_cli_expand_errors(source, tmp_path, capsys, args, message):
     source.save(tmp_path / "prepared")

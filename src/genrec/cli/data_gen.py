@@ -59,8 +59,10 @@ def data_expand(
     out_dir: OutOpt = None, seed: SeedOpt = 0, shard_events: ShardOpt = 1_000_000,
     user_blocks: Annotated[int | None, typer.Option(help="Rows of the reduced matrix (user growth).")] = None,
     item_blocks: Annotated[int | None, typer.Option(help="Columns of the reduced matrix (item growth).")] = None,
-    mixing: Annotated[str, typer.Option(help="'user': an expanded user is one source user's timeline; 'block': "
-                                             "rows shuffled per block as in the paper.")] = "user",
+    mode: Annotated[str, typer.Option(
+        help="timeline: each expanded user is a sub-sample of one real timeline; kronecker: the same, blocks "
+             "independent (events copied across item blocks); shuffled: rows permuted per block, as in the paper.",
+    )] = "timeline",
     strata: Annotated[int, typer.Option(help="Shuffles exchange only items of similar popularity: strata per "
                                              "doubling of rank (0 = uniform, as in the paper).")] = 4,
     min_length: Annotated[int, typer.Option(help="Drop expanded users with fewer events.")] = 3,
@@ -70,7 +72,7 @@ def data_expand(
     from genrec.data import load_dataset
     from genrec.data.expand import expand, expand_config
 
-    cfg = expand_config(factor=factor, user_blocks=user_blocks, item_blocks=item_blocks, mixing=mixing,
+    cfg = expand_config(factor=factor, user_blocks=user_blocks, item_blocks=item_blocks, mode=mode,
                         strata=strata, min_length=min_length, seed=seed, shard_events=shard_events)
     ds = load_dataset(name_or_path)
     folder = out_dir or Path(f"{Path(ds.name).name}-x{factor:g}")

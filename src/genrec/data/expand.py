@@ -9,28 +9,33 @@ Kronecker product with a small ``m x n`` matrix ``P`` of probabilities derived f
    orthonormal columns (polar factor); ``R' = U' diag(s) V'^T`` then has ``R``'s top singular values.
 2. **Probabilities.** ``R'`` is min-max rescaled to ``[0, 1]`` and multiplied so its sum is the requested event
    factor: block ``(i, j)`` keeps each source event with probability ``P[i, j]``, so the expected number of
-   events is ``factor x`` the source's. Without an explicit shape, ``m`` and ``n`` start at ``ceil(sqrt(factor))``
-   and grow (items first) until no probability exceeds 1.
+   events is ``factor x`` the source's and the expected expanded matrix is ``P (x) R``.
 3. **Randomised Kronecker product** (the paper's Algorithm 1, ``F(P[i, j], R, w_ij)``): block ``(i, j)`` is
-   ``R`` with its columns (items) permuted at random and each event kept with probability ``P[i, j]``. Expanded
-   item ``x * n + j`` is slot ``x`` of item block ``j``; in row block ``i`` it holds source item
-   ``perm_ij^-1(x)``.
+   ``R`` with its rows and columns permuted at random and each event kept with probability ``P[i, j]``.
+   Expanded item ``x * n + j`` is slot ``x`` of item block ``j``; in row block ``i`` it holds source item
+   ``perm_ij^-1(x)``; expanded user ``k * m + i`` is row ``k`` of row block ``i``.
 
 Shuffles within strata. The paper permutes uniformly, so an expanded item's count becomes the sum of ``m``
 unrelated source items' counts, which flattens the popularity curve (benchmarks/expand_quality.py measures
-it); without any shuffle the item blocks are exact clones of the catalog. Here a permutation
-only exchanges items of similar popularity: ``strata`` strata per doubling of popularity rank (0 restores the
-uniform shuffle, a large value the plain Kronecker product), so counts add up like the deterministic
-product's, whose power laws the paper proves preserved, while no item block repeats another.
+it); without any shuffle the item blocks are exact clones of the catalog. Here a permutation only exchanges
+items (users) of similar popularity (history length): ``strata`` strata per doubling of rank (0 restores the
+uniform shuffle), so counts add up like the deterministic product's, whose power laws the paper proves
+preserved, while no item block repeats another.
 
-Users. The paper (and the MLPerf / generative-recommenders scripts that built MovieLens-1B/3B/13B/18B) also
-permutes the rows of every block, so an expanded "user" joins the sub-histories of ``n`` source users.
-``mixing="block"`` does that (within strata of history length), merging the parts by time. The default
-``mixing="user"`` keeps each row block's rows in source order, so expanded user ``u * m + i`` is source user
-``u``'s own timeline, sub-sampled and fanned out over the ``n`` item blocks: its events keep the source's
-timestamps (or, when the source has none, its positions) and order. The price is the Kronecker product's own:
-one source event can appear in several item blocks at the same time.
+Users, three modes with the same expected matrix ``P (x) R``:
 
+- ``shuffled``: the paper (and the MLPerf / generative-recommenders scripts that built MovieLens-1B/3B/13B/18B):
+  rows are permuted per block, so an expanded user joins the sub-histories of ``n`` source users, merged
+  here by time (by position when the source has no timestamps), an order with little meaning.
+- ``kronecker``: rows are not permuted, so expanded user ``u * m + i`` is source user ``u``'s timeline and
+  each block keeps an event independently; one source event then shows up in several item blocks at the same
+  time, copies that make the next item easy to guess.
+- ``timeline`` (default): as ``kronecker``, but each source event goes to at most one item block of the row
+  block, block ``j`` with probability ``P[i, j]`` (a row of ``P`` sums to at most 1), so an expanded user is
+  a sub-sampled copy of one real timeline with each item replaced by one of its ``n`` variants. No event is
+  copied; users grow by at least ``factor`` (``m >= factor``), items by ``n = ceil(sqrt(factor))``.
+
+Events keep the source's timestamps (or, when it has none, their positions in the source user's sequence).
 Output is produced one unit at a time (a row block ``i`` times a fixed number of source users), so memory
 holds the source plus one unit, whatever the factor. Every random draw is keyed by the seed, the block and the
 unit, so the files do not depend on how they are sharded.
@@ -67,9 +72,10 @@ class ExpandConfig(BaseModel):
     factor: float = Field(..., ge=1.0, description="Expected growth in events (the exact factors are reported).")
     user_blocks: int | None = Field(None, ge=1, description="Rows m of the reduced matrix (user growth); auto.")
     item_blocks: int | None = Field(None, ge=1, description="Columns n of the reduced matrix (item growth); auto.")
-    mixing: Literal["user", "block"] = Field(
-        "user", description="'user': an expanded user is one source user's timeline; 'block': rows permuted per "
-                            "block as in the paper (an expanded user joins n source users).")
+    mode: Literal["timeline", "kronecker", "shuffled"] = Field(
+        "timeline", description="timeline: an expanded user is a sub-sample of one source user's timeline, each "
+        "event in at most one item block; kronecker: the same rows, blocks drawn independently (events copied "
+        "across item blocks); shuffled: rows permuted per block as in the paper (users join n source users).")
     strata: int = Field(4, ge=0, description="Shuffles exchange only items (users) of similar popularity (history "
                                              "length): strata per doubling of rank; 0 = uniform, as in the paper.")
     min_length: int = Field(3, ge=1, description="Drop expanded users with fewer events (the paper drops empty ones).")
@@ -145,23 +151,28 @@ def rescale(reduced: np.ndarray) -> np.ndarray:
 
 
 def block_probabilities(r: sp.csr_matrix, cfg: ExpandConfig) -> tuple[np.ndarray, np.ndarray]:
-    """``(P, singular values)``: keep-probabilities of the ``m x n`` blocks, summing to ``cfg.factor``."""
+    """``(P, singular values)``: keep-probabilities of the ``m x n`` blocks, summing to ``cfg.factor``; each
+    probability (``timeline``: each row's sum) is at most 1. Free dimensions grow until that holds."""
+    timeline = cfg.mode == "timeline"
     start = math.ceil(math.sqrt(cfg.factor))
-    m, n = cfg.user_blocks or start, cfg.item_blocks or start
+    m = cfg.user_blocks or (math.ceil(cfg.factor) if timeline else start)
+    n = cfg.item_blocks or start
     svd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     while True:
         if svd is None or len(svd[1]) < min(m, n, *r.shape):
             svd = top_singular(r, max(min(m, n), 8, 2 * (len(svd[1]) if svd else 0)), cfg.seed)
         base = rescale(reduced_matrix(*svd, m, n))
-        if base.sum() * (1 - 1e-12) >= cfg.factor:
+        largest = base.sum(axis=1).max() if timeline else base.max()
+        if base.sum() * (1 + 1e-12) >= cfg.factor * largest:
             return base * (cfg.factor / base.sum()), svd[1][: min(m, n)]
-        if cfg.user_blocks and cfg.item_blocks:
-            raise ConfigError(f"--factor {cfg.factor:g} is out of reach with {m} x {n} blocks (at most "
-                              f"{base.sum():.3g}); give more --user-blocks / --item-blocks or leave them out")
-        if cfg.item_blocks is None and (n <= m or cfg.user_blocks is not None):
-            n += 1
-        else:
+        if cfg.user_blocks and (cfg.item_blocks or timeline):
+            reach = base.sum() / largest
+            raise ConfigError(f"--factor {cfg.factor:g} is out of reach with {m} x {n} blocks in mode {cfg.mode} "
+                              f"(at most {reach:.3g}); give more --user-blocks / --item-blocks or leave them out")
+        if timeline or cfg.item_blocks or (cfg.user_blocks is None and m < n):
             m += 1
+        else:
+            n += 1
 
 
 # --- the randomised Kronecker product, one unit at a time -------------------------------------------------
@@ -211,7 +222,7 @@ class _Source:
         self.has_time = ds.timestamps is not None
         self.time = ds.timestamps.values if ds.timestamps is not None else self.pos
         self.n_users, self.n_items = ds.n_users, ds.n_items
-        self.seed, self.mixing = cfg.seed, cfg.mixing
+        self.seed = cfg.seed
         self.item_strata = rank_strata(np.bincount(self.items, minlength=self.n_items), cfg.strata)
         self.user_strata = rank_strata(lengths, cfg.strata)
         self.cache_ok = n_blocks * max(self.n_items, self.n_users) <= self.CACHE
@@ -239,13 +250,18 @@ def _unit(src: _Source, p: np.ndarray, i: int, rows: np.ndarray, unit: int, cfg:
         starts, lengths = src.offsets[users], src.offsets[users + 1] - src.offsets[users]
         return _ranges(starts, lengths), np.repeat(rows, lengths)
 
-    own = gather(rows) if cfg.mixing == "user" else None
+    own = gather(rows) if cfg.mode != "shuffled" else None
+    if cfg.mode == "timeline":  # one categorical draw per event: item block j, or none
+        block_of = np.searchsorted(np.cumsum(p[i]), rng.random(len(own[0])), side="right")
     parts = []
     for j in range(n):
         if float(p[i, j]) <= 0.0:
             continue
         events, owners = own or gather(src.perm("user", i, j)[rows])
-        kept = _bernoulli(rng, len(events), float(p[i, j]))
+        if cfg.mode == "timeline":
+            kept = np.flatnonzero(block_of == j)
+        else:
+            kept = _bernoulli(rng, len(events), float(p[i, j]))
         if len(kept) == 0:
             continue
         ev, owner = events[kept], owners[kept]
@@ -299,7 +315,8 @@ def expand(ds: SequenceDataset, cfg: ExpandConfig, out: str | Path, *, overwrite
         "format": "genrec-expanded", "format_version": 1, "generator": "genrec data expand",
         "method": "fractal expansion (Belletti et al. 2019, arXiv:1901.08910): randomised Kronecker product with "
                   "a reduced matrix from the source's SVD",
-        "columns": {"user_id": "int64 (source user u (0-based dense) in row block i: u * user_blocks + i)",
+        "columns": {"user_id": "int64 (row k of row block i: k * user_blocks + i; row k is source user k, 0-based "
+                               "dense, unless mode is shuffled)",
                     "item_id": "int64 (label in item block j: label * item_blocks + j)",
                     "timestamp": "source event's timestamp" if src.has_time else
                                  "source event's 0-based position in its user's sequence (the source has no "
