@@ -163,17 +163,30 @@ def test_embedding_path_equals_dense(exclude_seen, special, seed):
 
 
 @pytest.mark.parametrize("exclude_seen", [True, False])
-def test_embedding_long_catalog_uses_the_chunk_filter(exclude_seen):
-    # Many blocks after the first: candidates come from the 64-column chunk maxima; distinct scores and ties.
-    n_items = 3000
+def test_embedding_long_catalog_uses_the_group_filter(exclude_seen):
+    # Many blocks after the first: candidates come from the maxima of column groups of every size; distinct
+    # scores (a wide range) and ties (the small-integer base) both occur.
+    n_items = 20000
     cases = random_cases(5, n_items, 40, max_hist=200)
     scorer = EmbeddingStub(n_items, 6, 5, special=False)
-    scorer.items *= torch.arange(1, 7, dtype=torch.float32) ** 3  # a wide range of scores: few ties
+    scorer.items *= torch.arange(1, 7, dtype=torch.float32) ** 3
     ks = (1, 5, 20)
     ref = reference_rank_cases(scorer, cases, n_items, ks, exclude_seen)
-    r = rank_cases(scorer, cases, n_items, ks=ks, exclude_seen=exclude_seen, item_block=128, batch_size=13,
+    r = rank_cases(scorer, cases, n_items, ks=ks, exclude_seen=exclude_seen, item_block=256, batch_size=13,
                    show_progress=False)
     assert_same(r, ref)
+
+
+def test_embedding_scores_rising_with_id():
+    # Every block beats the running top-K: each block's own best K is merged instead of its candidates.
+    n_items = 2000
+    cases = random_cases(6, n_items, 30)
+    scorer = EmbeddingStub(n_items, 2, 6, special=False)
+    scorer.items[:, 0] = torch.arange(n_items + 1, dtype=torch.float32) // 3  # ties in threes
+    scorer.queries[:, 0] = 1.0
+    scorer.queries[:, 1] = 0.0
+    ref = reference_rank_cases(scorer, cases, n_items, (1, 10), True)
+    assert_same(rank_cases(scorer, cases, n_items, ks=(1, 10), item_block=512, show_progress=False), ref)
 
 
 def test_embedding_never_scores_the_whole_catalog_at_once():

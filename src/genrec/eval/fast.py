@@ -34,7 +34,6 @@ EMBEDDING_BATCH = 512
 ITEM_BLOCK = 2048
 GLOBAL_BATCH = 8192
 SPARSE_BATCH = 512
-_CHUNK = 64  # columns summarised by one maximum when looking for new top-K candidates
 
 
 @runtime_checkable
@@ -257,7 +256,8 @@ def _embedding_batches(scorer: object, cases: EvalCases, n_items: int, max_k: in
     if table.ndim != 2 or table.shape[0] != n_items + 1:
         raise ValueError(f"item_table has shape {tuple(table.shape)}, expected [n_items + 1 = {n_items + 1}, dim]")
     if max_batch_elements:
-        item_block = max(_CHUNK, min(item_block, max_batch_elements // max(batch_size, 1)) // _CHUNK * _CHUNK)
+        item_block = min(item_block, max_batch_elements // max(batch_size, 1))
+    item_block = max(_GROUP_MAX, item_block // _GROUP_MAX * _GROUP_MAX)
     table_max = _abs_max(table)
     for rows in _batches(len(cases), batch_size):
         rows = rows[np.argsort(cases.targets[rows], kind="stable")]  # blocks then split rows by target position
@@ -274,7 +274,18 @@ def _abs_max(x: torch.Tensor) -> float:
     """Largest magnitude, inf when anything is not finite."""
     if x.numel() == 0:
         return 0.0
-    return float(x.detach().abs().max()) if bool(torch.isfinite(x).all()) else float("inf")
+    low, high = torch.aminmax(x.detach())
+    m = max(-float(low), float(high))
+    return m if np.isfinite(m) else float("inf")
+
+
+def _blocks(n_cols: int, first: int, width: int) -> Iterator[tuple[int, int]]:
+    """Item blocks [a, e): ``first`` wide, then each as wide as all before it up to ``width``, so that each
+    block holds about as many new top-K candidates as the top-K itself."""
+    a, e = 0, min(first, n_cols)
+    while a < n_cols:
+        yield a, e
+        a, e = e, min(e + min(width, e), n_cols)
 
 
 def _rank_embedding_batch(q: torch.Tensor, table: torch.Tensor, table_max: float, rows: np.ndarray, hist: Jagged,
@@ -289,9 +300,9 @@ def _rank_embedding_batch(q: torch.Tensor, table: torch.Tensor, table_max: float
     tg = torch.from_numpy(targets).to(device)
     # The target's own score, from a matmul like the blocks' (a dot product may round differently).
     t = torch.mm(q, table[tg].T).diagonal().float().nan_to_num(nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)
-    seen = _seen_targets(hist, targets)
     excluded = np.zeros(b, dtype=bool)
     if exclude_seen:
+        seen = _seen_targets(hist, targets)
         excluded = seen & np.isfinite(t.cpu().numpy())
         t[torch.from_numpy(seen).to(device)] = -torch.inf
         ok = hist.values > 0
@@ -301,9 +312,9 @@ def _rank_embedding_batch(q: torch.Tensor, table: torch.Tensor, table_max: float
         seen_cols = torch.from_numpy(seen_items).to(device)
     counts = torch.zeros(b, dtype=torch.int64, device=device)
     top = _RunningTopK(b, max_k, device)
-    n_cols = n_items + 1
-    for a in range(0, n_cols, item_block):
-        e = min(a + item_block, n_cols)
+    first = -(-max_k // _GROUP_MAX) * _GROUP_MAX
+    work = torch.empty(b * item_block, device=device)  # differences, reused by every block
+    for a, e in _blocks(n_items + 1, first, item_block):
         s = torch.mm(q, table[a:e].T)
         s = s.float() if s.dtype != torch.float32 else s
         if not safe:
@@ -313,18 +324,18 @@ def _rank_embedding_batch(q: torch.Tensor, table: torch.Tensor, table_max: float
         if exclude_seen:
             i0, i1 = np.searchsorted(seen_items, [a, e])
             if i1 > i0:
-                s[seen_rows[i0:i1], seen_cols[i0:i1] - a] = -torch.inf
+                s.view(-1).index_fill_(0, seen_rows[i0:i1] * (e - a) + seen_cols[i0:i1] - a, -torch.inf)
         lo, hi = np.searchsorted(targets, [a, e])
         if lo > 0:
-            counts[:lo] += _count(s[:lo], t[:lo], strict=True)
+            counts[:lo] += _count(s[:lo], t[:lo], True, work)
         if hi < b:
-            counts[hi:] += _count(s[hi:], t[hi:], strict=False)
+            counts[hi:] += _count(s[hi:], t[hi:], False, work)
             if a == 0:
                 counts[hi:] -= (t[hi:] == -torch.inf).long()  # the -inf padding column tied a -inf target
         if hi > lo:
             sub, tt, gg = s[lo:hi], t[lo:hi, None], tg[lo:hi, None]
             cols = torch.arange(a, e, device=device)[None, :]
-            before = ((sub > tt) | ((sub == tt) & (cols <= gg))) & (cols != gg) & (cols > 0)
+            before = ((sub > tt) | ((sub == tt) & (cols < gg))) & (cols != gg) & (cols > 0)
             counts[lo:hi] += before.sum(1)
         top.add(s, a)
     ranks = counts.cpu().numpy()
@@ -332,83 +343,117 @@ def _rank_embedding_batch(q: torch.Tensor, table: torch.Tensor, table_max: float
     return BatchRanks(rows, ranks, excluded, top.result().cpu().numpy())
 
 
-def _count(s: torch.Tensor, t: torch.Tensor, strict: bool) -> torch.Tensor:
-    """Per row, how many entries are > t (strict) or >= t."""
-    hit = torch.gt(s, t[:, None]) if strict else torch.ge(s, t[:, None])
-    return hit.view(torch.uint8).sum(1, dtype=torch.int32)
+_TINY = 2.0 ** -126  # the smallest normal float32
+
+
+def _count(s: torch.Tensor, t: torch.Tensor, strict: bool, work: torch.Tensor) -> torch.Tensor:
+    """Per row, how many entries are > t (strict) or >= t.
+
+    Counted through differences, three vectorised passes (a comparison into booleans is not vectorised): with
+    |t| >= 1e-30 and t finite, two floats differ by at least the smallest normal float, so clamping each difference
+    to [0, _TINY] marks exactly the entries above t, and their sum is exact. Other rows are compared directly.
+    """
+    d = work.view(-1)[:s.numel()].view(s.shape)
+    torch.sub(s, t[:, None], out=d) if strict else torch.sub(t[:, None], s, out=d)
+    d.clamp_(0.0, _TINY)
+    n = (d.sum(1) * 2.0**126).round().long()  # entries above t (strict), or below t
+    n = n if strict else s.shape[1] - n
+    odd = ~(torch.isfinite(t) & (t.abs() >= 1e-30))
+    if bool(odd.any()):
+        rows, sub, tt = odd.nonzero()[:, 0], s[odd], t[odd, None]
+        n[rows] = ((sub > tt) if strict else (sub >= tt)).sum(1)
+    return n
+
+
+# A (score, id) pair as one int64 whose ascending order is score descending, then id ascending.
+_EMPTY = torch.iinfo(torch.int64).max
+_ID_BITS = 31
+
+
+def _pack(score: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    bits = (score + 0.0).view(torch.int32)  # + 0.0 makes -0.0 the same key as 0.0
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order as signed 32-bit order
+    return (~ordered).to(torch.int64) << _ID_BITS | ids
+
+
+def _unpack_score(keys: torch.Tensor) -> torch.Tensor:
+    ordered = ~(keys >> _ID_BITS).to(torch.int32)
+    bits = ordered ^ ((ordered >> 31) & 0x7FFFFFFF)
+    return torch.where(keys == _EMPTY, -torch.inf, bits.view(torch.float32))
+
+
+_GROUP_MIN, _GROUP_MAX = 8, 64
 
 
 class _RunningTopK:
     """The best k columns per row (score desc, id asc) of blocks fed in increasing column order.
 
-    Candidates are appended after the current best and merged by a stable sort when the buffer fills: a later
-    column only enters by a strictly higher score than the current k-th (on a tie the earlier, smaller id stays),
-    and a block's candidates are found from the maxima of its 64-column chunks, so most blocks cost one pass.
+    A later column only enters by a strictly higher score than the current k-th (on a tie the earlier, smaller id
+    stays). Candidates are found through the maxima of column groups (strided, so each is one vectorised pass),
+    sized from the last block's share of candidates; they are appended as packed keys and cut back to the best k
+    by a partition when the buffer fills.
     """
 
     def __init__(self, rows: int, k: int, device: torch.device) -> None:
-        self.k, self.cap, self.rows = k, max(k, 256), rows
-        self.vals = torch.full((rows, k + self.cap), -torch.inf, device=device)
-        self.ids = torch.zeros((rows, k + self.cap), dtype=torch.int64, device=device)
+        self.k, self.cap = k, 4 * k + 256
+        self.keys = torch.full((rows, k + self.cap), _EMPTY, dtype=torch.int64, device=device)
         self.fill = torch.zeros(rows, dtype=torch.int64, device=device)
         self.kth = torch.full((rows,), -torch.inf, device=device)
-        self.started = False
+        self.share = 1.0  # of the last block's entries that were candidates
 
     def add(self, s: torch.Tensor, start: int) -> None:
         b, w = s.shape
-        if not self.started:
-            self.started = True
-            return self._add_best(s, start)
-        r = None
-        if w % _CHUNK == 0:
-            chunks = s.view(b, w // _CHUNK, _CHUNK)
-            r, c = (chunks.amax(2) > self.kth[:, None]).nonzero(as_tuple=True)
-            if 2 * len(r) <= b * (w // _CHUNK):
-                vals = chunks[r, c]
-                p, j = (vals > self.kth[r, None]).nonzero(as_tuple=True)
-                rows, cols, v = r[p], start + c[p] * _CHUNK + j, vals[p, j]
-            else:
-                r = None
-        if r is None:
+        group = self._group_size()
+        if group and w % group == 0:
+            stride = w // group
+            groups = s.view(b, group, stride)  # group c of a row: columns c, c + stride, c + 2 stride, ...
+            r, c = (groups.amax(1) > self.kth[:, None]).nonzero(as_tuple=True)
+            vals = groups[r, :, c]
+            p, j = (vals > self.kth[r, None]).nonzero(as_tuple=True)
+            rows, cols, v = r[p], start + j * stride + c[p], vals[p, j]
+        else:
             rows, j = (s > self.kth[:, None]).nonzero(as_tuple=True)
             cols, v = start + j, s[rows, j]
+        self.share = len(rows) / max(b * w, 1)
         if len(rows) == 0:
-            return None
+            return
         counts = torch.bincount(rows, minlength=b)
-        if int(counts.max()) > self.cap:
-            return self._add_best(s, start)
+        if int(counts.max()) > self.cap:  # many new leaders (scores rising with ids): the block's own best k
+            ids, vals = topk_deterministic(s, self.k)
+            rows = torch.arange(b, device=s.device).repeat_interleave(ids.shape[1])
+            cols, v = ids.reshape(-1) + start, vals.reshape(-1)
+            counts = torch.full((b,), ids.shape[1], dtype=torch.int64, device=s.device)
         if int((self.fill + counts).max()) > self.k + self.cap:
-            self._flush()
+            self._cut()
         first = torch.cumsum(counts, 0) - counts
         pos = self.fill[rows] + torch.arange(len(rows), device=s.device) - first[rows]
-        self.vals[rows, pos] = v
-        self.ids[rows, pos] = cols
+        self.keys.view(-1)[rows * self.keys.shape[1] + pos] = _pack(v, cols)
         self.fill += counts
-        return None
+        if int(self.fill.max()) >= 2 * self.k or bool(((self.fill >= self.k) & (self.kth == -torch.inf)).any()):
+            self._cut()  # a fresh k-th score keeps the next blocks' candidates few
 
-    def _add_best(self, s: torch.Tensor, start: int) -> None:
-        """Append the block's own best k (ids ascending among equal scores, as the merge needs)."""
-        ids, vals = topk_deterministic(s, self.k)
-        kk = ids.shape[1]
-        if int(self.fill.max()) + kk > self.k + self.cap:
-            self._flush()
-        pos = self.fill[:, None] + torch.arange(kk, device=s.device)[None, :]
-        self.vals.scatter_(1, pos, vals)
-        self.ids.scatter_(1, pos, ids + start)
-        self.fill += kk
-        self._flush()
+    def _group_size(self) -> int:
+        """Columns per group: larger when candidates are rarer (fewer groups to scan, few groups to open);
+        0 when they are so common that comparing every entry is cheaper."""
+        if self.share >= 1 / 32:
+            return 0
+        best = float(np.sqrt(1.0 / (3.0 * max(self.share, 1e-12))))
+        return int(min(_GROUP_MAX, max(_GROUP_MIN, 2 ** round(np.log2(best)))))
 
-    def _flush(self) -> None:
-        # Equal scores keep buffer order, which is id order: the kept best come first, then later columns.
-        order = torch.sort(self.vals, dim=1, descending=True, stable=True).indices
-        self.vals = self.vals.gather(1, order)
-        self.ids = self.ids.gather(1, order)
-        self.vals[:, self.k:] = -torch.inf
-        self.ids[:, self.k:] = 0
-        self.fill.clamp_(max=self.k)
-        self.kth = self.vals[:, self.k - 1].clone()
+    def _cut(self) -> None:
+        """Keep the best k keys of each row (in any order) in the first k slots."""
+        k, used = self.k, max(int(self.fill.max()), self.k)
+        if used > k and self.keys.device.type == "cpu":
+            part = self.keys.numpy()[:, :used]
+            part[:] = np.partition(part, k - 1, axis=1)
+        elif used > k:
+            self.keys[:, :k] = self.keys[:, :used].topk(k, dim=1, largest=False, sorted=False).values
+        self.keys[:, k:] = _EMPTY
+        self.fill.clamp_(max=k)
+        self.kth = _unpack_score(self.keys[:, :k].max(dim=1).values)
 
     def result(self) -> torch.Tensor:
         """[rows, k] ids, best first; 0 where only -inf items were left."""
-        self._flush()
-        return torch.where(self.vals[:, :self.k] > -torch.inf, self.ids[:, :self.k], 0)
+        self._cut()
+        keys = self.keys[:, :self.k].sort(dim=1).values
+        return torch.where(_unpack_score(keys) > -torch.inf, keys & ((1 << _ID_BITS) - 1), 0)
