@@ -367,3 +367,31 @@ def test_spark_equals_duckdb_int_users_string_items(tmp_path, spark):
     duck = prep(src, tmp_path / "duck", "duckdb", schema=schema, shards=2)
     sp = prep(src, tmp_path / "spark", "spark", schema=schema, shards=2)
     assert_same_layout(duck.path, sp.path)
+
+
+# --- order statistics by narrowing histograms --------------------------------------------------------------
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.lists(st.integers(-10**15, 10**15), min_size=1, max_size=200),
+                 st.lists(st.integers(0, 3), min_size=1, max_size=200),
+                 st.lists(st.floats(-1e12, 1e12, allow_nan=False), min_size=1, max_size=200)),
+       st.data())
+def test_order_statistic_is_exact(tmp_path_factory, monkeypatch, values, data):
+    """Few buckets and a tiny fetch size force several narrowing passes."""
+    from genrec.data.ingest import Staged
+    from genrec.data.sql import DuckDBEngine, Pipeline
+
+    monkeypatch.setattr("genrec.data.sql.BUCKETS", 3)
+    monkeypatch.setattr("genrec.data.sql.FETCH_ROWS", 2)
+    tmp = tmp_path_factory.mktemp("os")
+    pq.write_table(pa.table({"row_id": np.arange(len(values)), "ts": values}), tmp / "part-0.parquet")
+    engine = DuckDBEngine(tmp, 256 << 20, threads=1)
+    try:
+        types = {"row_id": pa.int64(), "u_raw": pa.int64(), "i_raw": pa.int64(), "ts": pa.int64()}
+        pipe = Pipeline(engine, Staged(tmp, rows=len(values), types=types))
+        engine.source("t", tmp)
+        k = data.draw(st.integers(0, len(values) - 1))
+        assert pipe.order_statistic("t", "ts", k) == sorted(values)[k]
+    finally:
+        engine.close()
+        shutil.rmtree(tmp)

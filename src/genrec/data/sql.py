@@ -40,6 +40,9 @@ from genrec.data.prepared import (
 from genrec.errors import ConfigError, DataError, GenrecError
 
 INSTALL_HINT = "pip install 'genrec[scale]'"
+BUCKETS = 4096  # histogram buckets per pass when looking for an order statistic
+FETCH_ROWS = 200_000  # a bucket this small is finished in Python
+DUCKDB_SHARE = 0.8  # of --memory-limit for DuckDB's buffers; the rest for the process around it
 
 
 class Engine(ABC):
@@ -93,11 +96,13 @@ class DuckDBEngine(Engine):
         try:
             import duckdb
         except ImportError:
-            raise ConfigError(f"the duckdb engine needs DuckDB: {INSTALL_HINT}") from None
+            raise ConfigError(f"the duckdb engine needs DuckDB: {INSTALL_HINT} (or --engine memory for a log that "
+                              "fits in memory)") from None
         self._duckdb = duckdb
         self.con = duckdb.connect(str(work / "work.duckdb"))
         spill = temp_dir or work / "spill"
-        self.con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
+        # DuckDB's limit covers its buffers, not this process's Python and Arrow memory: leave those a share.
+        self.con.execute(f"SET memory_limit = '{int(memory_limit * DUCKDB_SHARE)}B'")
         self.con.execute(f"SET temp_directory = {_sql_path(spill)}")
         self.con.execute(f"SET threads = {int(threads or os.cpu_count() or 1)}")
         self.con.execute("SET preserve_insertion_order = false")  # order comes from ORDER BY or not at all
@@ -257,6 +262,7 @@ class Pipeline:
         self.order = "ts, row_id" if self.has_ts else "row_id"
         self.extra = "".join(f", {c}" for c in ("ts", "val", "event") if staged.has(c))
         self.int_ids = {role: staged.types[col] == pa.int64() for role, col in (("u", "u_raw"), ("i", "i_raw"))}
+        self._results: dict[str, list[tuple]] = {}
 
     @contextmanager
     def _stage(self, what: str) -> Iterator[Callable[[str], None]]:
@@ -292,19 +298,29 @@ class Pipeline:
         return "dedup"
 
     def kcore(self, table: str, k: int, n: int) -> tuple[str, int]:
-        """Drop users and items with fewer than ``k`` rows, counted together, until no row drops."""
+        """Drop users and items with fewer than ``k`` rows, counted together, until no row drops.
+
+        The rows are never rewritten: each pass counts users and items among the rows that survive so far
+        (two small tables) and the next pass filters by them; the surviving rows are written once at the end.
+        """
+        where, rows = "", n
         for step in itertools.count(1):
-            name = f"kcore{step}"
-            self.e.create(name, f"SELECT * FROM {table} WHERE u IN (SELECT u FROM {table} GROUP BY u HAVING "
-                                f"count(*) >= {k}) AND i IN (SELECT i FROM {table} GROUP BY i HAVING count(*) >= {k})")
-            kept = self.count(name)
-            self.progress(f"  kcore pass {step}: {kept:,} rows")
-            if table.startswith("kcore"):
-                self.e.drop(table)
-            table, done, n = name, kept == n, kept
-            if done or kept == 0:
-                return table, n
-        raise AssertionError("unreachable")  # itertools.count never ends
+            self.e.create(f"kcore_u{step}", f"SELECT u, count(*) AS n FROM {table}{where} GROUP BY u")
+            self.e.create(f"kcore_i{step}", f"SELECT i, count(*) AS n FROM {table}{where} GROUP BY i")
+            if step > 1:
+                kept = int(self.e.rows(f"SELECT sum(n) FROM kcore_u{step}")[0][0] or 0)
+                self.progress(f"  kcore pass {step - 1}: {kept:,} rows")
+                for t in (f"kcore_u{step - 2}", f"kcore_i{step - 2}"):
+                    self.e.drop(t)
+                if kept in (rows, 0):
+                    break
+                rows = kept
+            where = (f" WHERE u IN (SELECT u FROM kcore_u{step} WHERE n >= {k}) AND i IN (SELECT i FROM "
+                     f"kcore_i{step} WHERE n >= {k})")
+        self.e.create("kcore", f"SELECT * FROM {table}{where}")
+        for t in (f"kcore_u{step - 1}", f"kcore_i{step - 1}", f"kcore_u{step}", f"kcore_i{step}"):
+            self.e.drop(t)
+        return "kcore", kept
 
     def vocabularies(self, table: str) -> None:
         self.e.create("users", "SELECT u, CAST(row_number() OVER (ORDER BY first_row) AS BIGINT) AS user_idx FROM "
@@ -356,18 +372,56 @@ class Pipeline:
                     out / "catalog.parquet", schema)
 
     def temporal(self, table: str, n: int) -> dict[str, float]:
-        """The default temporal cut times: quantiles of all kept timestamps, from their histogram's order
-        statistics (exact and engine-independent)."""
+        """The default temporal cut times: numpy's quantiles of all kept timestamps, from order statistics."""
         q_valid, q_test = default_cut_quantiles()
-        ranks = sorted({r for q in (q_valid, q_test) for r in _ranks(n, q)})
-        picks = ", ".join(f"min(CASE WHEN cum > {r} THEN ts END)" for r in ranks)
-        row = self.e.rows(f"SELECT {picks} FROM (SELECT ts, SUM(n) OVER (ORDER BY ts ROWS BETWEEN UNBOUNDED "
-                          f"PRECEDING AND CURRENT ROW) AS cum FROM (SELECT ts, count(*) AS n FROM {table} GROUP BY ts) "
-                          "AS h) AS c")[0]
-        value = dict(zip(ranks, row, strict=True))
         dtype = np.int64 if self.staged.types["ts"] == pa.int64() else np.float64
-        return {"valid_start": linear_quantile(n, q_valid, value.__getitem__, dtype),
-                "test_start": linear_quantile(n, q_test, value.__getitem__, dtype)}
+        found: dict[int, Any] = {}
+
+        def value_at(k: int) -> Any:
+            if k not in found:
+                found[k] = self.order_statistic(table, "ts", k)
+            return found[k]
+
+        return {"valid_start": linear_quantile(n, q_valid, value_at, dtype),
+                "test_start": linear_quantile(n, q_test, value_at, dtype)}
+
+    def order_statistic(self, table: str, column: str, k: int) -> Any:
+        """The k-th smallest value (0-based) of ``column`` by narrowing histograms.
+
+        Each pass counts the rows of the current value range in ``BUCKETS`` equal-width buckets (a parallel
+        aggregation on any engine, no global sort, bounded memory) and keeps only the bucket holding rank k;
+        a bucket of at most ``FETCH_ROWS`` rows is finished here. Buckets are monotone in the value, so the
+        answer is exact however an engine rounds the bucket arithmetic.
+        """
+        lo, hi = self._cached(f"SELECT min({column}), max({column}) FROM {table}")[0]
+        while lo != hi:
+            where = f"{column} >= ({_literal(lo)}) AND {column} <= ({_literal(hi)})"
+            width = (float(hi) - float(lo)) / BUCKETS
+            if not 0 < width < math.inf:  # no finer buckets possible: count the values themselves
+                return self._kth_of_values(table, column, where, k)
+            bucket = (f"least(CAST(floor(({column} - ({_literal(lo)})) / ({_literal(width)})) AS BIGINT), "
+                      f"{BUCKETS - 1})")
+            counts = sorted((int(b), int(c)) for b, c in self._cached(
+                f"SELECT {bucket}, count(*) FROM {table} WHERE {where} GROUP BY {bucket}"))
+            cum = np.cumsum([c for _, c in counts])
+            at = int(np.searchsorted(cum, k, side="right"))
+            k -= int(cum[at - 1]) if at else 0
+            where = f"{where} AND {bucket} = {counts[at][0]}"
+            if counts[at][1] <= FETCH_ROWS or counts[at][1] == cum[-1]:
+                return self._kth_of_values(table, column, where, k)
+            lo, hi = self.e.rows(f"SELECT min({column}), max({column}) FROM {table} WHERE {where}")[0]
+        return lo
+
+    def _kth_of_values(self, table: str, column: str, where: str, k: int) -> Any:
+        values = sorted(self.e.rows(f"SELECT {column}, count(*) FROM {table} WHERE {where} GROUP BY {column}"))
+        cum = np.cumsum([c for _, c in values])
+        return values[int(np.searchsorted(cum, k, side="right"))][0]
+
+    def _cached(self, sql: str) -> list[tuple]:
+        """Results of statements that several order statistics share."""
+        if sql not in self._results:
+            self._results[sql] = self.e.rows(sql)
+        return self._results[sql]
 
     def run(self, out: Path, *, name: str, dedup: bool, kcore: int | None, shards: int | None, source: str,
             catalog: Path | None = None, meta: dict | None = None) -> dict[str, Any]:
@@ -412,11 +466,6 @@ class Pipeline:
                               source=source, stats=stats, meta=meta)
 
 
-def _ranks(n: int, q: float) -> list[int]:
-    """The 0-based order statistics :func:`linear_quantile` reads for ``n`` values at ``q``."""
-    virtual = (n - 1) * q
-    if virtual >= n - 1:
-        return [n - 1]
-    if virtual < 0:
-        return [0]
-    return [math.floor(virtual), math.floor(virtual) + 1]
+def _literal(value: Any) -> str:
+    """A number as SQL text that every engine reads as BIGINT or DOUBLE (never DECIMAL)."""
+    return str(int(value)) if isinstance(value, (int, np.integer)) else f"{float(value):.17e}"
