@@ -170,9 +170,9 @@ def block_probabilities(r: sp.csr_matrix, cfg: ExpandConfig) -> tuple[np.ndarray
             raise ConfigError(f"--factor {cfg.factor:g} is out of reach with {m} x {n} blocks in mode {cfg.mode} "
                               f"(at most {reach:.3g}); give more --user-blocks / --item-blocks or leave them out")
         if timeline or cfg.item_blocks or (cfg.user_blocks is None and m < n):
-            m += 1
+            m += max(1, m // 64)  # steps of about 1.5%: large factors need hundreds of rows
         else:
-            n += 1
+            n += max(1, n // 64)
 
 
 # --- the randomised Kronecker product, one unit at a time -------------------------------------------------
