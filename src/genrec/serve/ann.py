@@ -12,7 +12,8 @@ answers by scanning only the ``nprobe`` lists whose centroids are nearest to the
 ``ann="auto"`` picks ``flat`` up to ``threshold`` items, then ``ivf`` while that index fits ``memory_mb``, else
 ``ivfpq`` with the smallest ``m`` (of D/4, D/2, D) that fits the budget and reaches the target recall. The search
 parameters are tuned at export on sample queries: the smallest ``nprobe`` (and, for IVF-PQ, the smallest
-``refine`` with it) whose recall@k against the exact top-k reaches the target; the recall reached is written into
+``refine`` with it) whose recall@k against the exact top-k reaches the target with a margin of ``margin_se``
+standard errors (so that queries not in the sample reach it too); the recall reached is written into
 the bundle's manifest. The index is stored with ``faiss.write_index`` (FAISS's own binary format, not pickle),
 verified by its checksum like every other bundle file, and loaded memory-mapped, so the inverted lists are shared
 by every worker process that serves the bundle.
@@ -63,7 +64,10 @@ class AnnConfig(BaseModel):
                                                   "fits memory_mb and reaches the recall.")
     nbits: int = Field(8, ge=4, le=12, description="IVF-PQ bits per sub-quantizer code.")
     max_refine: int = Field(2000, ge=10, description="The most IVF-PQ candidates re-ranked exactly per query.")
-    queries: int = Field(256, ge=16, description="Sample queries the recall is measured on.")
+    queries: int = Field(512, ge=16, description="Sample queries the recall is measured on.")
+    margin_se: float = Field(2.0, ge=0, description="The tuned recall@k must exceed the target by this many "
+                                                    "standard errors of its estimate over the sample queries (so "
+                                                    "that unseen queries reach it too; 0: the sample mean alone).")
     seed: int = Field(0, description="Seed of k-means, the training sample and the sample queries.")
 
     @classmethod
@@ -219,15 +223,16 @@ class AnnIndex:
         return np.take_along_axis(exact, order, 1), np.take_along_axis(rows, order, 1)
 
     def tune(self, items: np.ndarray, queries: np.ndarray, k: int = 10, target: float = 0.95,
-             max_refine: int = 2000, exact: np.ndarray | None = None) -> dict[str, Any]:
-        """Set ``nprobe`` (and for IVF-PQ ``refine``) to the smallest values whose recall@k against exact search
-        reaches ``target`` (or the best tried) and report the recall at @k and @100 for them."""
+             max_refine: int = 2000, exact: np.ndarray | None = None, margin_se: float = 0.0) -> dict[str, Any]:
+        """Set ``nprobe`` (and for IVF-PQ ``refine``) to the smallest values whose recall@k against exact search,
+        less ``margin_se`` standard errors, reaches ``target`` (or the best tried) and report the recall at @k
+        (with its standard error) and @100 for them."""
         q = np.ascontiguousarray(queries, np.float32)
         exact = exact_top(items, q, max(k, 100)) if exact is None else exact
         pq = self.kind == "ivfpq"
         refines = ([r for r in REFINES if k <= r <= max_refine] or [max(k, max_refine)]) if pq else [0]
         tried: dict[str, float] = {}
-        best = (-1.0, 1, refines[-1])
+        best = (-1.0, 1, refines[-1], 0.0)
         for nprobe in [p for p in NPROBES if p <= self.nlist] or [self.nlist]:
             if pq:  # one search and one exact re-scoring for the longest shortlist; shorter ones are its prefixes
                 _, rows = self.index.search(q, refines[-1], params=_faiss().SearchParametersIVF(nprobe=nprobe))
@@ -239,18 +244,19 @@ class AnnIndex:
                     found = np.where(cand >= 0, cand + 1, 0)
                 else:
                     found = self.search(q, k, nprobe, refine=0)[0]
-                r = recall(found, exact[:, :k])
+                per_query = recalls(found, exact[:, :k])
+                r, se = float(per_query.mean()), float(per_query.std() / np.sqrt(len(per_query)))
                 tried[f"{nprobe}/{refine}" if pq else f"{nprobe}"] = r
-                if r > best[0]:
-                    best = (r, nprobe, refine)
-                if r >= target:
+                if r - margin_se * se > best[0] - margin_se * best[3]:
+                    best = (r, nprobe, refine, se)
+                if r - margin_se * se >= target:
                     break
-            if best[0] >= target:
+            if best[0] - margin_se * best[3] >= target:
                 break
-        _, self.nprobe, self.refine = best
+        r, self.nprobe, self.refine, se = best
         return {"kind": "ivf_pq_ip" if pq else "ivf_flat_ip", "nlist": self.nlist, "nprobe": self.nprobe,
-                "refine": self.refine, "target_recall": target, "k": k, f"recall@{k}": best[0],
-                "target_met": best[0] >= target,
+                "refine": self.refine, "target_recall": target, "k": k, f"recall@{k}": r, f"recall@{k}_se": se,
+                "margin_se": margin_se, "target_met": r - margin_se * se >= target,
                 "recall@100": recall(self.search(q, min(100, exact.shape[1]))[0], exact[:, :100]),
                 "queries": int(len(q)), "tried": tried}
 
@@ -337,13 +343,14 @@ def build_tuned(items: np.ndarray, queries: np.ndarray, config: AnnConfig,
         faiss = _faiss()
         index = AnnIndex(faiss.IndexIVFFlat(quantizer, d, quantizer.ntotal, faiss.METRIC_INNER_PRODUCT), nprobe=1)
         fill(index.index, items, assigned)
-        report = index.tune(items, queries, config.k, config.recall, exact=exact)
+        report = index.tune(items, queries, config.k, config.recall, exact=exact, margin_se=config.margin_se)
     else:
         for m in sizes:
             say(f"ivfpq: m={m}, nbits={config.nbits} ...")
             index = AnnIndex.build_pq(items, m, config.nbits, seed=config.seed, quantizer=quantizer,
                                       assigned=assigned)
-            report = index.tune(items, queries, config.k, config.recall, config.max_refine, exact=exact)
+            report = index.tune(items, queries, config.k, config.recall, config.max_refine, exact=exact,
+                                margin_se=config.margin_se)
             report.update(m=m, nbits=config.nbits)
             if report["target_met"]:
                 break
@@ -358,22 +365,31 @@ def build_tuned(items: np.ndarray, queries: np.ndarray, config: AnnConfig,
 def exact_top(items: np.ndarray, queries: np.ndarray, n: int, chunk: int = 65536) -> np.ndarray:
     """Exact top-``n`` dense ids (1..) by inner product, in blocks of ``chunk`` items (bounded memory); ties in
     dense-id order."""
-    q = np.ascontiguousarray(queries, np.float32)
-    best_s = np.full((len(q), 0), -np.inf, np.float32)
-    best_i = np.zeros((len(q), 0), np.int64)
+    import torch
+
+    q = torch.from_numpy(np.ascontiguousarray(queries, np.float32))
+    best_s = torch.full((len(q), 0), -torch.inf)
+    best_i = torch.zeros((len(q), 0), dtype=torch.int64)
     for start in range(0, len(items), chunk):
-        s = q @ np.asarray(items[start:start + chunk], np.float32).T
-        i = np.broadcast_to(np.arange(start + 1, start + 1 + s.shape[1]), s.shape)
-        s, i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i], 1)
+        block = torch.from_numpy(np.ascontiguousarray(items[start:start + chunk], np.float32))
+        s = q @ block.T
+        s, i = torch.topk(s, min(n, s.shape[1]), dim=1)  # the block's best, then merged with the best so far
+        s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i + (start + 1)], 1)
         if s.shape[1] > n:
-            keep = np.argpartition(-s, n - 1, axis=1)[:, :n]
-            s, i = np.take_along_axis(s, keep, 1), np.take_along_axis(i, keep, 1)
+            s, keep = torch.topk(s, n, dim=1)
+            i = torch.gather(i, 1, keep)
         best_s, best_i = s, i
-    order = np.lexsort((best_i, -best_s), axis=-1)
-    return np.take_along_axis(best_i, order, 1)
+    order = np.lexsort((best_i.numpy(), -best_s.numpy()), axis=-1)
+    return np.take_along_axis(best_i.numpy(), order, 1)
 
 
 def recall(found: np.ndarray, exact: np.ndarray) -> float:
     """Mean share of each row's exact ids that ``found`` contains."""
-    hits = [len(set(f.tolist()) & set(e.tolist())) / max(len(e), 1) for f, e in zip(found, exact, strict=True)]
-    return float(np.mean(hits)) if hits else float("nan")
+    hits = recalls(found, exact)
+    return float(hits.mean()) if len(hits) else float("nan")
+
+
+def recalls(found: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """Each row's share of its exact ids that ``found`` contains [rows]."""
+    return np.array([len(set(f.tolist()) & set(e.tolist())) / max(len(e), 1)
+                     for f, e in zip(found, exact, strict=True)], dtype=np.float64)
