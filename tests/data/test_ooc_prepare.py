@@ -207,6 +207,15 @@ def test_auto_engine(tmp_path, monkeypatch):
     assert prep(src, tmp_path / "b", "auto").manifest["engine"] == "duckdb"
 
 
+def test_text_sequences_are_prepared_in_memory(tmp_path):
+    src = tmp_path / "seqs.txt"
+    src.write_text("u1 a b c\nu2 b c\nu1 d\n")
+    p = prepare_to_folder(src, tmp_path / "out")
+    assert p.manifest["engine"] == "memory" and p.to_memory().sequences.to_lists() == [[1, 2, 3, 4], [2, 3]]
+    with pytest.raises(DataError, match="in memory only"):
+        prepare_to_folder(src, tmp_path / "out2", config=PrepareConfig(engine="duckdb"))
+
+
 def test_replaces_a_prepared_folder(tmp_path):
     src = write_parts(make_log(), tmp_path / "in")
     prep(src, tmp_path / "out", "duckdb", kcore=3)
@@ -364,9 +373,16 @@ def test_spark_equals_duckdb_int_users_string_items(tmp_path, spark):
     log = make_log(n=300, seed=8, string_users=False, string_items=True).select(["uid", "iid", "ts"])
     src = write_parts(log, tmp_path / "in", parts=2)
     schema = InteractionSchema(user="uid", item="iid", timestamp="ts")
-    duck = prep(src, tmp_path / "duck", "duckdb", schema=schema, shards=2)
-    sp = prep(src, tmp_path / "spark", "spark", schema=schema, shards=2)
+    catalog = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item_id": [f"i{i}" for i in range(50)] + ["i7"], "title": [f"t{k}" for k in range(51)]}),
+                   catalog)
+    from genrec.data import ItemSchema
+
+    duck, sp = (prepare_to_folder(src, tmp_path / e, schema=schema, items_path=catalog,
+                                  item_schema=ItemSchema(text=["title"]), config=PrepareConfig(engine=e, shards=2))
+                for e in ("duckdb", "spark"))
     assert_same_layout(duck.path, sp.path)
+    assert sp.catalog().num_rows == sp.n_items
 
 
 # --- order statistics by narrowing histograms --------------------------------------------------------------

@@ -248,13 +248,12 @@ def _rewrite(path: Path, types: dict[str, pa.DataType]) -> None:
     tmp.replace(path)
 
 
-def read_validated(files: Sequence[Path], schema: InteractionSchema | None = None) -> pa.Table:
-    """Every file's validated rows in memory, as one canonical table with unified types (the memory engine)."""
-    tables = [t for f in files for t in iter_validated(f, schema)]
-    if not tables:
-        raise DataError("the interaction table is empty", path=files[0] if files else None)
+def concat_unified(tables: Sequence[pa.Table]) -> pa.Table:
+    """Canonical tables of several files as one, with the types :func:`unify_types` gives (the memory engine)."""
     cols = {}
     for role in tables[0].column_names:
+        if any(role not in t.column_names for t in tables):
+            raise DataError(f"the {role} column is in some input files only")
         target = unify_types([t.column(role).type for t in tables], role)
-        cols[role] = pa.chunked_array([t.column(role).cast(target) for t in tables], target)
+        cols[role] = pa.chunked_array([c for t in tables for c in t.column(role).cast(target).chunks], target)
     return pa.table(cols)

@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genrec.data.builtin import REGISTRY, get_builtin
 from genrec.data.dataset import SequenceDataset, prepare, reprepare
-from genrec.data.ingest import estimate_rows, ingest, read_validated, resolve_inputs
+from genrec.data.ingest import concat_unified, estimate_rows, ingest, resolve_inputs
 from genrec.data.prepared import MANIFEST, PreparedDataset, write_sequence_dataset
-from genrec.data.readers import read_interactions, read_items
+from genrec.data.readers import detect_format, read_interactions, read_items
 from genrec.data.schema import InteractionSchema, ItemSchema, format_validation_error
 from genrec.errors import ConfigError
 from genrec.io import write_json, write_parquet
@@ -122,13 +122,16 @@ def prepare_to_folder(
         return PreparedDataset.open(out)
     files = resolve_inputs(specs)
     rows = estimate_rows(files, schema)
-    engine = config.engine if config.engine != "auto" else ("memory" if rows < AUTO_MEMORY_ROWS else "duckdb")
+    engine = config.engine
+    if engine == "auto":
+        text_form = any(detect_format(f, (schema or InteractionSchema()).format) == "sequences" for f in files)
+        engine = "memory" if rows < AUTO_MEMORY_ROWS or text_form else "duckdb"
     progress(f"input: {len(files):,} file{'s' if len(files) != 1 else ''}, about {rows:,} rows; engine {engine}")
     name = input_name(specs[0])
     with _output_folder(Path(out)) as tmp:
         if engine == "memory":
             start = time.perf_counter()
-            table = read_interactions(files[0], schema) if len(files) == 1 else read_validated(files, schema)
+            table = concat_unified([read_interactions(f, schema) for f in files])
             items = read_items(items_path, item_schema) if items_path is not None else None
             ds = prepare(table, name=name, items=items, dedup=config.dedup, kcore=config.kcore,
                          meta={"source": source})
