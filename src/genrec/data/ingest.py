@@ -200,25 +200,28 @@ def ingest(files: Sequence[Path], folder: Path, schema: InteractionSchema | None
     file_types: list[dict[str, pa.DataType]] = []
     writer: pq.ParquetWriter | None = None
     in_file = 0
-    for path in files:
-        for table in iter_validated(path, schema, batch_rows):
-            out = _staged_table(table, staged.rows)
-            if writer is not None and (writer.schema != out.schema or in_file >= STAGED_FILE_ROWS):
-                writer.close()
-                writer = None
-            if writer is None:
-                staged.files.append(folder / f"part-{len(staged.files):05d}.parquet")
-                file_types.append({name: out.schema.field(name).type for name in out.column_names})
-                writer = pq.ParquetWriter(staged.files[-1], out.schema)
-                in_file = 0
-            writer.write_table(out)
-            staged.rows += out.num_rows
-            in_file += out.num_rows
-            advance(out.num_rows)
-    if writer is not None:
-        writer.close()
+    try:
+        for path in files:
+            for table in iter_validated(path, schema, batch_rows):
+                out = _staged_table(table, staged.rows)
+                if writer is not None and (writer.schema != out.schema or in_file >= STAGED_FILE_ROWS):
+                    writer.close()
+                    writer = None
+                if writer is None:
+                    staged.files.append(folder / f"part-{len(staged.files):05d}.parquet")
+                    file_types.append({name: out.schema.field(name).type for name in out.column_names})
+                    writer = pq.ParquetWriter(staged.files[-1], out.schema)
+                    in_file = 0
+                writer.write_table(out)
+                staged.rows += out.num_rows
+                in_file += out.num_rows
+                advance(out.num_rows)
+    finally:
+        if writer is not None:
+            writer.close()
     if staged.rows == 0:
-        raise DataError("the interaction table is empty", path=files[0] if len(files) == 1 else folder)
+        where = files[0] if len(files) == 1 else f"{len(files)} input files"
+        raise DataError("the interaction table is empty", path=where)
     role_of = {v: k for k, v in STAGED_NAMES.items()}
     for name in file_types[0]:
         staged.types[name] = (pa.int64() if name == "row_id"
