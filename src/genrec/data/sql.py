@@ -116,6 +116,8 @@ class DuckDBEngine(Engine):
         except self._duckdb.OutOfMemoryException as e:
             raise GenrecError(f"DuckDB ran out of memory ({str(e).splitlines()[0]}); raise --memory-limit or "
                               "give --temp-dir on a disk with more room") from None
+        except self._duckdb.IOException as e:
+            raise GenrecError(f"DuckDB could not read or write a file ({str(e).splitlines()[0]})") from None
 
     def source(self, view: str, folder: Path) -> None:
         self._run(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet({_sql_path(folder / '*.parquet')})")
