@@ -11,6 +11,7 @@ import torch
 
 from genrec.data.jagged import Jagged
 from genrec.data.splits import EvalCases
+from genrec.eval import fast
 from genrec.eval.fast import EmbeddingScorer, GlobalScorer, SparseScorer, fast_kind
 from genrec.eval.metrics import metrics_from_ranks, popularity_percentiles
 from genrec.eval.ranking import mask_seen, rank_cases, target_ranks, topk_deterministic
@@ -146,10 +147,18 @@ def random_sparse(seed: int, n_users: int, n_items: int) -> sp.csr_matrix:
 KS = (1, 3, 10, 50, 400)
 
 
+@pytest.fixture(params=["cpu", "any device"])
+def top_k_kind(request, monkeypatch):
+    """The CPU's sparse running top-K, or the block-by-block top-K that other devices use."""
+    if request.param == "any device":
+        monkeypatch.setattr(fast, "_SPARSE_TOP_K_DEVICES", ())
+    return request.param
+
+
 @pytest.mark.parametrize("exclude_seen", [True, False])
 @pytest.mark.parametrize("special", [False, True])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_embedding_path_equals_dense(exclude_seen, special, seed):
+def test_embedding_path_equals_dense(exclude_seen, special, seed, top_k_kind):
     n_items = 150 + seed * 37  # blocks of 64 and a shorter last block
     cases = random_cases(seed, n_items, 60)
     scorer = EmbeddingStub(n_items, 3, seed, special)
@@ -163,7 +172,7 @@ def test_embedding_path_equals_dense(exclude_seen, special, seed):
 
 
 @pytest.mark.parametrize("exclude_seen", [True, False])
-def test_embedding_long_catalog_uses_the_group_filter(exclude_seen):
+def test_embedding_long_catalog_uses_the_group_filter(exclude_seen, top_k_kind):
     # Many blocks after the first: candidates come from the maxima of column groups of every size; distinct
     # scores (a wide range) and ties (the small-integer base) both occur.
     n_items = 20000
@@ -177,7 +186,7 @@ def test_embedding_long_catalog_uses_the_group_filter(exclude_seen):
     assert_same(r, ref)
 
 
-def test_embedding_scores_rising_with_id():
+def test_embedding_scores_rising_with_id(top_k_kind):
     # Every block beats the running top-K: each block's own best K is merged instead of its candidates.
     n_items = 2000
     cases = random_cases(6, n_items, 30)

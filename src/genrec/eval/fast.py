@@ -311,7 +311,7 @@ def _rank_embedding_batch(q: torch.Tensor, table: torch.Tensor, table_max: float
         seen_rows = torch.from_numpy(hist.row_ids()[ok][order]).to(device)
         seen_cols = torch.from_numpy(seen_items).to(device)
     counts = torch.zeros(b, dtype=torch.int64, device=device)
-    top = _RunningTopK(b, max_k, device)
+    top = _running_top_k(b, max_k, device)
     first = -(-max_k // _GROUP_MAX) * _GROUP_MAX
     work = torch.empty(b * item_block, device=device)  # differences, reused by every block
     for a, e in _blocks(n_items + 1, first, item_block):
@@ -366,8 +366,9 @@ def _count(s: torch.Tensor, t: torch.Tensor, strict: bool, work: torch.Tensor) -
 
 
 # A (score, id) pair as one int64 whose ascending order is score descending, then id ascending.
-_EMPTY = torch.iinfo(torch.int64).max
+_EMPTY = np.iinfo(np.int64).max
 _ID_BITS = 31
+_ID_MASK = (1 << _ID_BITS) - 1
 
 
 def _pack(score: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -376,64 +377,85 @@ def _pack(score: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return (~ordered).to(torch.int64) << _ID_BITS | ids
 
 
-def _unpack_score(keys: torch.Tensor) -> torch.Tensor:
-    ordered = ~(keys >> _ID_BITS).to(torch.int32)
-    bits = ordered ^ ((ordered >> 31) & 0x7FFFFFFF)
-    return torch.where(keys == _EMPTY, -torch.inf, bits.view(torch.float32))
+def _pack_np(score: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    bits = (score + np.float32(0.0)).view(np.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return (~ordered).astype(np.int64) << _ID_BITS | ids
 
 
+def _unpack_np(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(score, id) of packed keys; an empty slot reads as (-inf, 0)."""
+    ordered = ~(keys >> _ID_BITS).astype(np.int32)
+    score = (ordered ^ ((ordered >> 31) & 0x7FFFFFFF)).view(np.float32)
+    empty = keys == _EMPTY
+    return np.where(empty, np.float32(-np.inf), score), np.where(empty, 0, keys & _ID_MASK)
+
+
+def _top_ids(keys: np.ndarray) -> np.ndarray:
+    """Ids of each row's keys sorted best first; 0 for empty slots and -inf scores."""
+    score, ids = _unpack_np(np.sort(keys, axis=1))
+    return np.where(score > -np.inf, ids, 0)
+
+
+def _running_top_k(rows: int, k: int, device: torch.device) -> _RunningTopK | _BlockTopK:
+    return _RunningTopK(rows, k) if device.type in _SPARSE_TOP_K_DEVICES else _BlockTopK(rows, k, device)
+
+
+_SPARSE_TOP_K_DEVICES = ("cpu",)
 _GROUP_MIN, _GROUP_MAX = 8, 64
 
 
 class _RunningTopK:
-    """The best k columns per row (score desc, id asc) of blocks fed in increasing column order.
+    """The best k columns per row (score desc, id asc) of blocks fed in increasing column order, on the CPU.
 
     A later column only enters by a strictly higher score than the current k-th (on a tie the earlier, smaller id
-    stays). Candidates are found through the maxima of column groups (strided, so each is one vectorised pass),
-    sized from the last block's share of candidates; they are appended as packed keys and cut back to the best k
-    by a partition when the buffer fills.
+    stays), so a block adds few candidates once the k-th is high. They are found through the maxima of column
+    groups (strided, so the maxima take one vectorised pass), sized from the last block's share of candidates,
+    appended as packed keys and cut back to the best k by a partition.
     """
 
-    def __init__(self, rows: int, k: int, device: torch.device) -> None:
-        self.k, self.cap = k, 4 * k + 256
-        self.keys = torch.full((rows, k + self.cap), _EMPTY, dtype=torch.int64, device=device)
-        self.fill = torch.zeros(rows, dtype=torch.int64, device=device)
-        self.kth = torch.full((rows,), -torch.inf, device=device)
+    def __init__(self, rows: int, k: int) -> None:
+        self.k, self.width = k, 5 * k + 256
+        self.keys = np.full((rows, self.width), _EMPTY, dtype=np.int64)
+        self.fill = np.zeros(rows, dtype=np.int64)
+        self.kth = np.full(rows, -np.inf, dtype=np.float32)
         self.share = 1.0  # of the last block's entries that were candidates
 
     def add(self, s: torch.Tensor, start: int) -> None:
         b, w = s.shape
+        x = s.numpy()
         group = self._group_size()
         if group and w % group == 0:
-            stride = w // group
-            groups = s.view(b, group, stride)  # group c of a row: columns c, c + stride, c + 2 stride, ...
-            r, c = (groups.amax(1) > self.kth[:, None]).nonzero(as_tuple=True)
-            vals = groups[r, :, c]
-            p, j = (vals > self.kth[r, None]).nonzero(as_tuple=True)
-            rows, cols, v = r[p], start + j * stride + c[p], vals[p, j]
+            stride = w // group  # group c of a row: columns c, c + stride, c + 2 stride, ...
+            hit = np.flatnonzero(s.view(b, group, stride).amax(1).numpy() > self.kth[:, None])
+            r, c = np.divmod(hit, stride)
+            vals = x.ravel().take((r * w + c)[:, None] + np.arange(group) * stride)
+            got = np.flatnonzero(vals > self.kth[r][:, None])
+            p, j = np.divmod(got, group)
+            rows, cols, v = r[p], start + j * stride + c[p], vals.ravel()[got]
         else:
-            rows, j = (s > self.kth[:, None]).nonzero(as_tuple=True)
-            cols, v = start + j, s[rows, j]
+            got = np.flatnonzero(x > self.kth[:, None])
+            rows, j = np.divmod(got, w)
+            cols, v = start + j, x.ravel()[got]
         self.share = len(rows) / max(b * w, 1)
         if len(rows) == 0:
             return
-        counts = torch.bincount(rows, minlength=b)
-        if int(counts.max()) > self.cap:  # many new leaders (scores rising with ids): the block's own best k
-            ids, vals = topk_deterministic(s, self.k)
-            rows = torch.arange(b, device=s.device).repeat_interleave(ids.shape[1])
-            cols, v = ids.reshape(-1) + start, vals.reshape(-1)
-            counts = torch.full((b,), ids.shape[1], dtype=torch.int64, device=s.device)
-        if int((self.fill + counts).max()) > self.k + self.cap:
+        counts = np.bincount(rows, minlength=b)
+        if counts.max() > self.width - self.k:  # many new leaders (scores rising with ids): the block's best k
+            ids, vals_t = topk_deterministic(s, self.k)
+            kk = ids.shape[1]
+            rows, cols, v = np.repeat(np.arange(b), kk), ids.numpy().ravel() + start, vals_t.numpy().ravel()
+            counts = np.full(b, kk)
+        if (self.fill + counts).max() > self.width:
             self._cut()
-        first = torch.cumsum(counts, 0) - counts
-        pos = self.fill[rows] + torch.arange(len(rows), device=s.device) - first[rows]
-        self.keys.view(-1)[rows * self.keys.shape[1] + pos] = _pack(v, cols)
+        pos = self.fill[rows] + np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]
+        self.keys.ravel()[rows * self.width + pos] = _pack_np(v, cols)
         self.fill += counts
-        if int(self.fill.max()) >= 2 * self.k or bool(((self.fill >= self.k) & (self.kth == -torch.inf)).any()):
+        if self.fill.max() >= 2 * self.k or ((self.fill >= self.k) & (self.kth == -np.inf)).any():
             self._cut()  # a fresh k-th score keeps the next blocks' candidates few
 
     def _group_size(self) -> int:
-        """Columns per group: larger when candidates are rarer (fewer groups to scan, few groups to open);
+        """Columns per group: larger when candidates are rarer (fewer maxima to scan, few groups to open);
         0 when they are so common that comparing every entry is cheaper."""
         if self.share >= 1 / 32:
             return 0
@@ -443,17 +465,28 @@ class _RunningTopK:
     def _cut(self) -> None:
         """Keep the best k keys of each row (in any order) in the first k slots."""
         k, used = self.k, max(int(self.fill.max()), self.k)
-        if used > k and self.keys.device.type == "cpu":
-            part = self.keys.numpy()[:, :used]
-            part[:] = np.partition(part, k - 1, axis=1)
-        elif used > k:
-            self.keys[:, :k] = self.keys[:, :used].topk(k, dim=1, largest=False, sorted=False).values
-        self.keys[:, k:] = _EMPTY
-        self.fill.clamp_(max=k)
-        self.kth = _unpack_score(self.keys[:, :k].max(dim=1).values)
+        part = self.keys[:, :used]
+        part[:] = np.partition(part, k - 1, axis=1)
+        part[:, k:] = _EMPTY
+        np.minimum(self.fill, k, out=self.fill)
+        self.kth = _unpack_np(part[:, :k].max(axis=1))[0]
 
     def result(self) -> torch.Tensor:
         """[rows, k] ids, best first; 0 where only -inf items were left."""
         self._cut()
-        keys = self.keys[:, :self.k].sort(dim=1).values
-        return torch.where(_unpack_score(keys) > -torch.inf, keys & ((1 << _ID_BITS) - 1), 0)
+        return torch.from_numpy(_top_ids(self.keys[:, :self.k]))
+
+
+class _BlockTopK:
+    """The same on any device: each block's packed keys and the best k so far, cut back to k by one topk."""
+
+    def __init__(self, rows: int, k: int, device: torch.device) -> None:
+        self.k = k
+        self.best = torch.full((rows, k), _EMPTY, dtype=torch.int64, device=device)
+
+    def add(self, s: torch.Tensor, start: int) -> None:
+        keys = _pack(s, torch.arange(start, start + s.shape[1], device=s.device))
+        self.best = torch.cat([self.best, keys], 1).topk(self.k, dim=1, largest=False, sorted=False).values
+
+    def result(self) -> torch.Tensor:
+        return torch.from_numpy(_top_ids(self.best.cpu().numpy()))
