@@ -317,3 +317,20 @@ def test_sequential_model_blocks_equal_its_dense_scores(name):
                           show_progress=False)
         assert_same(fast, (dense.ranks, dense.per_case, dense.aggregate,
                            dense.info["targets_in_history_excluded"], None))
+
+
+def test_bootstrap_by_weights_equals_resampling_gather():
+    # bootstrap_ci counts how often each user is drawn instead of gathering every draw; same resamples, same
+    # intervals up to the rounding of the sums.
+    from genrec.eval.stats import _bootstrap_indices, bootstrap_ci
+
+    ranks = np.random.default_rng(0).integers(0, 500, 3000)
+    values = metrics_from_ranks(ranks, (1, 10))
+    got = bootstrap_ci(values, n_boot=250, seed=3)
+    mat = np.stack(list(values.values()))
+    means = np.concatenate([mat[:, idx].mean(axis=2) for idx in _bootstrap_indices(mat.shape[1], 250, 3)], axis=1)
+    low, high = np.quantile(means, [0.025, 0.975], axis=1)
+    for i, name in enumerate(values):
+        assert got[name]["ci_low"] == pytest.approx(low[i], abs=1e-12)
+        assert got[name]["ci_high"] == pytest.approx(high[i], abs=1e-12)
+        assert got[name]["mean"] == values[name].mean()

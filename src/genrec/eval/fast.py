@@ -187,26 +187,23 @@ def _rank_against(bg: _Background, rows: np.ndarray, hist: Jagged, targets: np.n
     key_t = np.arange(b, dtype=np.int64) * width + t
     parts = [key_t]
     if explicit is not None:
-        key_e = explicit[0] * width + explicit[1]
-        parts.append(key_e)
+        parts.append(explicit[0] * width + explicit[1])
     if exclude_seen:
         ok = hist.values > 0
-        key_h = hist.row_ids()[ok] * width + hist.values[ok].astype(np.int64)
-        parts.append(key_h)
-    keys = np.unique(np.concatenate(parts))
+        parts.append(hist.row_ids()[ok] * width + hist.values[ok].astype(np.int64))
+    keys, where = _unique(parts)  # where[i]: the place of parts[i]'s keys among the unique keys
     row, col = keys // width, keys % width
     g = bg.g[col]
     m = g.copy()  # each entry's score in this batch
     if explicit is not None:
-        m[np.searchsorted(keys, key_e)] = explicit[2]
-    at_t = np.searchsorted(keys, key_t)
+        m[where[1]] = explicit[2]
+    at_t = where[0]
     excluded = np.zeros(b, dtype=bool)
     if exclude_seen:
-        at_h = np.searchsorted(keys, key_h)
         seen = np.zeros(len(keys), dtype=bool)
-        seen[at_h] = True
+        seen[where[-1]] = True
         excluded = seen[at_t] & np.isfinite(m[at_t])
-        m[at_h] = -np.inf
+        m[where[-1]] = -np.inf
     mt, tr = m[at_t][row], t[row]
     was_before = (g > mt) | ((g == mt) & (col < tr))
     is_before = ((m > mt) | ((m == mt) & (col < tr))) & (col != tr)
@@ -215,6 +212,18 @@ def _rank_against(bg: _Background, rows: np.ndarray, hist: Jagged, targets: np.n
     ranks[excluded] = n
     changed = m != g
     return BatchRanks(rows, ranks, excluded, _top_against(bg, b, row[changed], col[changed], m[changed], max_k))
+
+
+def _unique(parts: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The sorted distinct values of all ``parts``, and where each part's values are among them."""
+    joined = np.concatenate(parts)
+    order = np.argsort(joined)
+    ordered = joined[order]
+    first = np.concatenate(([True], ordered[1:] != ordered[:-1])) if len(ordered) else np.zeros(0, dtype=bool)
+    place = np.empty(len(joined), dtype=np.int64)
+    place[order] = np.cumsum(first) - 1
+    bounds = np.cumsum([0] + [len(p) for p in parts])
+    return ordered[first], [place[bounds[i]:bounds[i + 1]] for i in range(len(parts))]
 
 
 def _top_against(bg: _Background, b: int, row: np.ndarray, col: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:

@@ -53,11 +53,16 @@ def evaluate(
     sampled_negatives: int | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    distributed: bool = False,
     show_progress: bool = True,
 ) -> Evaluation:
-    """Rank every case, compute per-user metrics and their bootstrap 95% intervals."""
+    """Rank every case, compute per-user metrics and their bootstrap 95% intervals.
+
+    ``distributed``: every rank of an initialised torch.distributed group calls this, ranks its share of the cases
+    and gets the whole evaluation (see :func:`genrec.eval.ranking.rank_cases`)."""
     result = rank_cases(scorer, cases, dataset.n_items, ks=ks, exclude_seen=exclude_seen, item_counts=item_counts,
-                        sampled_negatives=sampled_negatives, seed=seed, show_progress=show_progress)
+                        sampled_negatives=sampled_negatives, seed=seed, distributed=distributed,
+                        show_progress=show_progress)
     columns = {"user": _as_str(dataset.users.decode(cases.users)),
                "target": _as_str(dataset.items.decode(cases.targets)), "rank": result.ranks}
     columns.update(result.per_case)

@@ -14,6 +14,14 @@ def _bootstrap_indices(n: int, n_boot: int, seed: int, chunk: int = 100) -> Iter
         yield rng.integers(0, n, size=(min(chunk, n_boot - start), n))
 
 
+def _resample_means(mat: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Means [metrics, resamples] of ``mat`` [metrics, users] over each row of ``idx`` [resamples, users]: how often
+    each user was drawn, times the values (one matrix product, not a gather of every draw)."""
+    n = idx.shape[1]
+    weights = np.stack([np.bincount(draw, minlength=n) for draw in idx]).astype(np.float64)
+    return (weights @ mat.T).T / n
+
+
 def bootstrap_ci(
     values: Mapping[str, np.ndarray], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
 ) -> dict[str, dict[str, float]]:
@@ -23,7 +31,7 @@ def bootstrap_ci(
     n = mat.shape[1]
     if n == 0:
         return {k: {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")} for k in names}
-    means = np.concatenate([mat[:, idx].mean(axis=2) for idx in _bootstrap_indices(n, n_boot, seed)], axis=1)
+    means = np.concatenate([_resample_means(mat, idx) for idx in _bootstrap_indices(n, n_boot, seed)], axis=1)
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=1)
     return {k: {"mean": float(mat[i].mean()), "ci_low": float(lo[i]), "ci_high": float(hi[i])}
             for i, k in enumerate(names)}
