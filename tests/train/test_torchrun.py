@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.train.test_stream import timed_dataset, write_prepared
+from test_stream import timed_dataset, write_prepared  # tests/train is on sys.path (no __init__.py)
 
 from genrec.train.config import load_config
 from genrec.train.trainer import Trainer
