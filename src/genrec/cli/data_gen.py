@@ -63,8 +63,9 @@ def data_expand(
         help="timeline: each expanded user is a sub-sample of one real timeline; kronecker: the same, blocks "
              "independent (events copied across item blocks); shuffled: rows permuted per block, as in the paper.",
     )] = "timeline",
-    strata: Annotated[int, typer.Option(help="Shuffles exchange only items of similar popularity: strata per "
-                                             "doubling of rank (0 = uniform, as in the paper).")] = 4,
+    strata: Annotated[int, typer.Option(help="Modes kronecker / shuffled: shuffles exchange only items of similar "
+                                             "popularity, strata per doubling of rank (0 = uniform, as in the "
+                                             "paper).")] = 4,
     min_length: Annotated[int, typer.Option(help="Drop expanded users with fewer events.")] = 3,
     overwrite: OverwriteOpt = False, quiet: QuietOpt = False, as_json: JsonOpt = False,
 ) -> None:

@@ -13,7 +13,7 @@ Kronecker product with a small ``m x n`` matrix ``P`` of probabilities derived f
 3. **Randomised Kronecker product** (the paper's Algorithm 1, ``F(P[i, j], R, w_ij)``): block ``(i, j)`` is
    ``R`` with its rows and columns permuted at random and each event kept with probability ``P[i, j]``.
    Expanded item ``x * n + j`` is slot ``x`` of item block ``j``; in row block ``i`` it holds source item
-   ``perm_ij^-1(x)``; expanded user ``k * m + i`` is row ``k`` of row block ``i``.
+   ``perm_ij^-1(x)``; expanded user ``k * m + i`` is row ``k`` of row block ``i`` (modes below).
 
 Shuffles within strata. The paper permutes uniformly, so an expanded item's count becomes the sum of ``m``
 unrelated source items' counts, which flattens the popularity curve (benchmarks/expand_quality.py measures
@@ -30,10 +30,12 @@ Users, three modes with the same expected matrix ``P (x) R``:
 - ``kronecker``: rows are not permuted, so expanded user ``u * m + i`` is source user ``u``'s timeline and
   each block keeps an event independently; one source event then shows up in several item blocks at the same
   time, copies that make the next item easy to guess.
-- ``timeline`` (default): as ``kronecker``, but each source event goes to at most one item block of the row
-  block, block ``j`` with probability ``P[i, j]`` (a row of ``P`` sums to at most 1), so an expanded user is
-  a sub-sampled copy of one real timeline with each item replaced by one of its ``n`` variants. No event is
-  copied; users grow by at least ``factor`` (``m >= factor``), items by ``n = ceil(sqrt(factor))``.
+- ``timeline`` (default): rows are not permuted and each source event is kept at most once: with probability
+  ``r_i = sum_j P[i, j]`` (at most 1), in the item block ``j = V_i(c)`` that row block ``i`` assigns to its item
+  ``c`` (drawn once per row block and item, with probability ``P[i, j] / r_i``). An expanded user is thus a
+  sub-sampled copy of one real timeline, and expanded item ``c * n + j`` is variant ``j`` of source item ``c``,
+  the same item for every user who sees it; this randomisation replaces the column shuffles. Users grow by at
+  least ``factor`` (``m >= factor``), items by ``n = ceil(sqrt(factor))``.
 
 Events keep the source's timestamps (or, when it has none, their positions in the source user's sequence).
 Output is produced one unit at a time (a row block ``i`` times a fixed number of source users), so memory
@@ -76,8 +78,9 @@ class ExpandConfig(BaseModel):
         "timeline", description="timeline: an expanded user is a sub-sample of one source user's timeline, each "
         "event in at most one item block; kronecker: the same rows, blocks drawn independently (events copied "
         "across item blocks); shuffled: rows permuted per block as in the paper (users join n source users).")
-    strata: int = Field(4, ge=0, description="Shuffles exchange only items (users) of similar popularity (history "
-                                             "length): strata per doubling of rank; 0 = uniform, as in the paper.")
+    strata: int = Field(4, ge=0, description="Modes kronecker and shuffled: shuffles exchange only items (users) of "
+                        "similar popularity (history length), strata per doubling of rank; 0 = uniform, as in the "
+                        "paper.")
     min_length: int = Field(3, ge=1, description="Drop expanded users with fewer events (the paper drops empty ones).")
     seed: int = Field(0, ge=0, description="Seed of every random draw.")
     shard_events: int = Field(1_000_000, ge=1, description="Target events per Parquet shard (cut at user boundaries).")
@@ -228,6 +231,17 @@ class _Source:
         self.cache_ok = n_blocks * max(self.n_items, self.n_users) <= self.CACHE
         self.cache: dict[tuple[str, int, int], np.ndarray] = {}
 
+    def variants(self, i: int, p: np.ndarray) -> np.ndarray:
+        """``V_i``: the item block of each source item for row block ``i`` (timeline mode)."""
+        key = ("variant", i, -1)
+        if key not in self.cache:
+            if self.cache and next(iter(self.cache))[1] != i:
+                self.cache.clear()
+            cum = np.cumsum(p[i]) / max(float(p[i].sum()), 1e-300)
+            draw = np.random.default_rng([self.seed, 12, i]).random(self.n_items)
+            self.cache[key] = np.minimum(np.searchsorted(cum, draw, side="right"), len(cum) - 1)
+        return self.cache[key]
+
     def perm(self, what: str, i: int, j: int) -> np.ndarray:
         """The permutation of items (``what='item'``) or users of block (i, j)."""
         key = (what, i, j)
@@ -251,17 +265,17 @@ def _unit(src: _Source, p: np.ndarray, i: int, rows: np.ndarray, unit: int, cfg:
         return _ranges(starts, lengths), np.repeat(rows, lengths)
 
     own = gather(rows) if cfg.mode != "shuffled" else None
-    if cfg.mode == "timeline":  # one categorical draw per event: item block j, or none
-        block_of = np.searchsorted(np.cumsum(p[i]), rng.random(len(own[0])), side="right")
+    if cfg.mode == "timeline":
+        kept = _bernoulli(rng, len(own[0]), min(1.0, float(p[i].sum())))
+        ev, owner = own[0][kept], own[1][kept]
+        item = src.items[ev] * n + src.variants(i, p)[src.items[ev]]
+        return _finish(owner * m + i, item, src.time[ev], src.pos[ev], np.zeros(len(ev), dtype=np.int64), cfg)
     parts = []
     for j in range(n):
         if float(p[i, j]) <= 0.0:
             continue
         events, owners = own or gather(src.perm("user", i, j)[rows])
-        if cfg.mode == "timeline":
-            kept = np.flatnonzero(block_of == j)
-        else:
-            kept = _bernoulli(rng, len(events), float(p[i, j]))
+        kept = _bernoulli(rng, len(events), float(p[i, j]))
         if len(kept) == 0:
             continue
         ev, owner = events[kept], owners[kept]
@@ -269,7 +283,12 @@ def _unit(src: _Source, p: np.ndarray, i: int, rows: np.ndarray, unit: int, cfg:
         parts.append((owner * m + i, item, src.time[ev], src.pos[ev], np.full(len(ev), j, dtype=np.int64)))
     if not parts:
         return tuple(np.zeros(0, dtype=np.int64) for _ in range(3))
-    user, item, t, pos, block = (np.concatenate(c) for c in zip(*parts, strict=True))
+    return _finish(*(np.concatenate(c) for c in zip(*parts, strict=True)), cfg)
+
+
+def _finish(user: np.ndarray, item: np.ndarray, t: np.ndarray, pos: np.ndarray, block: np.ndarray,
+            cfg: ExpandConfig) -> tuple[np.ndarray, ...]:
+    """Sort by (user, time, source position, block) and drop users shorter than ``cfg.min_length``."""
     order = np.lexsort((block, pos, t, user))
     user, item, t = user[order], item[order], t[order]
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
