@@ -255,6 +255,8 @@ def test_auto_streams_a_large_prepared_folder(tmp_path):
     with pytest.raises(ValueError, match="stream supports split loo and temporal"):
         RunConfig.model_validate({"dataset": "x", "split": "cold", "model": {"name": "hstu"},
                                   "train": {"data": "stream"}})
+    with pytest.raises(ValueError, match="valid_users applies to sasrec and hstu"):
+        RunConfig.model_validate({"dataset": "x", "model": {"name": "tiger"}, "eval": {"valid_users": 5}})
 
 
 @pytest.mark.parametrize("data", ["memory", "stream"])

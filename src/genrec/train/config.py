@@ -136,7 +136,7 @@ class EvalSettings(BaseModel):
     exclude_seen: bool = Field(True, description="Exclude items already in the history.")
     n_boot: int = Field(1000, ge=10, description="Bootstrap resamples for the test intervals.")
     select_metric: str = Field("ndcg@10", description="Validation metric for early stopping and selection.")
-    valid_users: int | None = Field(None, ge=1, description="Sequence models: validate on a fixed, seeded sample "
+    valid_users: int | None = Field(None, ge=1, description="SASRec / HSTU: validate on a fixed, seeded sample "
                                     "of this many validation users, the same every epoch (stated with the "
                                     "metric's 95% interval in every epoch line, metrics.jsonl and the report); "
                                     "None: every validation user. Test always ranks every test user.")
@@ -283,6 +283,8 @@ class RunConfig(BaseModel):
                 raise ValueError("train.data: stream applies to sasrec and hstu")
             if self.split == "cold" or self.train.refit:
                 raise ValueError("train.data: stream supports split loo and temporal, without train.refit")
+        if self.eval.valid_users is not None and self.model.name not in ("sasrec", "hstu"):
+            raise ValueError("eval.valid_users applies to sasrec and hstu")
         return self
 
     @model_validator(mode="after")
