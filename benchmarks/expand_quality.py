@@ -148,6 +148,21 @@ def load_expanded(folder: Path) -> SequenceDataset:
                              "timestamp": t.column("timestamp")}), name=folder.name)
 
 
+def _earlier_run(folder: Path, ds: SequenceDataset, params: dict, n_boot: int) -> dict | None:
+    """The metric summary of a baseline run already in ``folder`` on the same data (same counts), settings and
+    resamples, else None: item-kNN on an expansion takes minutes and the expansion is deterministic."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same_data = all(metrics["dataset"][k] == ds.stats()[k] for k in ("users", "items", "interactions"))
+    same_run = config["n_boot"] == n_boot and all(config["params"].get(k) == v for k, v in params.items())
+    return metrics["metrics"] if same_data and same_run and config["part"] == "test" else None
+
+
 def evaluate_models(folder: Path, runs: Path, minutes: float, valid_users: int, n_boot: int) -> dict:
     """Popularity and item-kNN, then SASRec for ``minutes`` (0: baselines only) on the expanded folder."""
     from genrec.eval import compare_runs
@@ -159,11 +174,16 @@ def evaluate_models(folder: Path, runs: Path, minutes: float, valid_users: int, 
     out: dict = {"dataset": ds.stats(), "models": {}}
     for name, params in (("popularity", {}), ("itemknn", KNN)):
         t = time.perf_counter()
-        run = run_baseline(name, ds, params=params, part="test", n_boot=n_boot, out=runs / name,
-                           show_progress=False)
-        out["models"][name] = {"params": run.config["params"], "seconds": time.perf_counter() - t,
-                               "metrics": {k: run.evaluation.summary[k] for k in SHOWN}}
-        print(name, {k: round(run.evaluation.mean(k), 4) for k in SHOWN[:2]}, flush=True)
+        summary = _earlier_run(runs / name, ds, params, n_boot)
+        if summary is None:
+            run = run_baseline(name, ds, params=params, part="test", n_boot=n_boot, out=runs / name,
+                               show_progress=False)
+            summary = run.evaluation.summary
+        else:
+            print(f"reusing {runs / name} (same data, settings and resamples)", flush=True)
+        out["models"][name] = {"params": params, "seconds": time.perf_counter() - t,
+                               "metrics": {k: summary[k] for k in SHOWN}}
+        print(name, {k: round(summary[k]["mean"], 4) for k in SHOWN[:2]}, flush=True)
     if minutes <= 0:
         return out
     config = ROOT / "configs/movielens-1m/sasrec.yaml"
