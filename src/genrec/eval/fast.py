@@ -113,7 +113,8 @@ def topk_deterministic(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
 
 
 def _batches(n: int, size: int) -> Iterator[np.ndarray]:
-    for start in range(0, n, max(1, size)):
+    size = max(1, size)
+    for start in range(0, n, size):
         yield np.arange(start, min(start + size, n))
 
 

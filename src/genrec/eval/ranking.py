@@ -81,7 +81,8 @@ def rank_cases(
     Memory stays bounded: at most ``max_batch_elements`` scores are held at once. ``batch_size`` (cases per
     batch) and ``item_block`` (items per score block) default to what suits the path taken; ``fast=False`` forces
     the dense path. With ``distributed`` (every rank must call), each rank of an initialised process group ranks
-    a contiguous share of the cases and all ranks return the gathered result.
+    a contiguous share of the cases and all ranks return the gathered result, the same as one process gives
+    (sampled negatives come from one random stream, so that protocol is not split).
     """
     ks = sorted(set(int(k) for k in ks))
     max_k = min(max(ks), n_items)
@@ -126,7 +127,7 @@ class _Tally:
     """Per-case ranks, exclusions and popularity@K, and the items recommended at each K, filled batch by batch."""
 
     def __init__(self, n_cases: int, ks: list[int], max_k: int, n_items: int, pct: np.ndarray | None) -> None:
-        self.ks, self.max_k, self.pct = ks, max_k, pct
+        self.ks, self.max_k, self.n_items, self.pct = ks, max_k, n_items, pct
         self.ranks = np.empty(n_cases, dtype=np.int64)
         self.unranked = np.zeros(n_cases, dtype=bool)
         self.popularity = {k: np.zeros(n_cases) for k in ks} if pct is not None else {}
@@ -143,7 +144,7 @@ class _Tally:
 
     def gathered(self) -> _Tally:
         """Every rank's cases, in rank order (the order of one process)."""
-        out = _Tally(0, self.ks, self.max_k, len(next(iter(self.covered.values()))) - 1, self.pct)
+        out = _Tally(0, self.ks, self.max_k, self.n_items, self.pct)
         out.ranks = _all_gather(self.ranks)
         out.unranked = _all_gather(self.unranked)
         out.popularity = {k: _all_gather(v) for k, v in self.popularity.items()}
