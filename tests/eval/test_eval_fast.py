@@ -240,7 +240,9 @@ def test_global_path_equals_dense(exclude_seen, seed):
 
 @pytest.mark.parametrize("exclude_seen", [True, False])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_sparse_path_equals_dense(exclude_seen, seed):
+@pytest.mark.parametrize("merge_elements", [1 << 22, 64])
+def test_sparse_path_equals_dense(exclude_seen, seed, merge_elements, monkeypatch):
+    monkeypatch.setattr(fast, "_MERGE_ELEMENTS", merge_elements)  # 64: the top-K merge takes a few rows at a time
     n_items, n_cases = 80, 70
     cases = random_cases(seed, n_items, n_cases)
     scorer = SparseStub(random_sparse(seed, n_cases, n_items))

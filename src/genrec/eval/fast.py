@@ -34,6 +34,7 @@ EMBEDDING_BATCH = 512
 ITEM_BLOCK = 2048
 GLOBAL_BATCH = 8192
 SPARSE_BATCH = 512
+_MERGE_ELEMENTS = 1 << 22  # keys held at once when merging sparse entries into a top-K
 
 
 @runtime_checkable
@@ -229,9 +230,10 @@ def _unique(parts: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
 
 def _top_against(bg: _Background, b: int, row: np.ndarray, col: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
     """Top-k per row: the first k background items that no changed entry moved, merged with the changed entries
-    that still have a finite score."""
+    that still have a finite score (``row`` non-decreasing)."""
     pos = bg.pos[col]
-    o = np.argsort(row * bg.n + pos)
+    where = row * bg.n + pos
+    o = np.arange(len(where)) if np.all(where[1:] > where[:-1]) else np.argsort(where)
     row_o, pos_o = row[o], pos[o]
     rank_in_row = np.arange(len(o)) - np.searchsorted(row_o, row_o)
     gap = pos_o - rank_in_row  # background items left free before this one
@@ -244,16 +246,24 @@ def _top_against(bg: _Background, b: int, row: np.ndarray, col: np.ndarray, scor
     live = score > -np.inf
     if not live.any():
         return np.where(vals > -np.inf, ids, 0)
-    cand_row = np.concatenate([row[live], np.repeat(np.arange(b), k)[valid.ravel()]])
-    cand_val = np.concatenate([score[live], vals[valid]])
-    cand_id = np.concatenate([col[live], ids[valid]])
-    o = np.lexsort((cand_id, -cand_val.astype(np.float64), cand_row))
-    cand_row, cand_val, cand_id = cand_row[o], cand_val[o], cand_id[o]
-    place = np.arange(len(o)) - np.searchsorted(cand_row, cand_row)
-    keep = (place < k) & (cand_val > -np.inf)
-    top = np.zeros((b, k), dtype=np.int64)
-    top[cand_row[keep], place[keep]] = cand_id[keep]
-    return top
+    free_keys = np.where(valid, _pack_np(vals, ids), _EMPTY)
+    live_keys = _pack_np(score[live], col[live])
+    live_row = row[live]
+    keep = live_keys < free_keys[live_row, k - 1]  # else the k free items all come first
+    live_keys, live_row = live_keys[keep], live_row[keep]
+    n_live = np.bincount(live_row, minlength=b)
+    place = np.arange(len(live_row)) - (np.cumsum(n_live) - n_live)[live_row]
+    width = int(n_live.max()) + k
+    best = np.empty((b, k), dtype=np.int64)
+    step = max(1, _MERGE_ELEMENTS // width)  # rows per padded [rows, width] matrix of keys
+    for r0 in range(0, b, step):
+        r1 = min(b, r0 + step)
+        m = np.full((r1 - r0, width), _EMPTY, dtype=np.int64)
+        sel = (live_row >= r0) & (live_row < r1)
+        m[live_row[sel] - r0, place[sel]] = live_keys[sel]
+        m[np.arange(r1 - r0)[:, None], n_live[r0:r1, None] + np.arange(k)[None, :]] = free_keys[r0:r1]
+        best[r0:r1] = np.partition(m, k - 1, axis=1)[:, :k]
+    return _top_ids(best)
 
 
 # ------------------------------------------------------------------------------------------------------------------
