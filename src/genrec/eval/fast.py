@@ -30,8 +30,9 @@ from genrec.data.jagged import Jagged
 from genrec.data.splits import EvalCases
 
 # Defaults chosen with benchmarks/eval_speed.py: a [batch, block] float32 block stays in the last-level cache.
-EMBEDDING_BATCH = 512
-ITEM_BLOCK = 2048
+# An accelerator gets wider blocks: fewer, larger kernels.
+EMBEDDING_BATCH = {"cpu": 512, "other": 1024}
+ITEM_BLOCK = {"cpu": 2048, "other": 32768}
 GLOBAL_BATCH = 8192
 SPARSE_BATCH = 512
 _MERGE_ELEMENTS = 1 << 22  # keys held at once when merging sparse entries into a top-K
@@ -93,8 +94,8 @@ def rank_batches(scorer: object, kind: str, cases: EvalCases, n_items: int, max_
             yield _rank_against(background, rows, hist, cases.targets[rows], _explicit(x, len(rows), n_items),
                                 exclude_seen, max_k)
     elif kind == "embedding":
-        yield from _embedding_batches(scorer, cases, n_items, max_k, exclude_seen, batch_size or EMBEDDING_BATCH,
-                                      item_block or ITEM_BLOCK, max_batch_elements)
+        yield from _embedding_batches(scorer, cases, n_items, max_k, exclude_seen, batch_size, item_block,
+                                      max_batch_elements)
     else:
         raise ValueError(f"unknown fast ranking path {kind!r}")
 
@@ -270,11 +271,14 @@ def _top_against(bg: _Background, b: int, row: np.ndarray, col: np.ndarray, scor
 # Embedding scorers: item blocks, one matmul each
 # ------------------------------------------------------------------------------------------------------------------
 def _embedding_batches(scorer: object, cases: EvalCases, n_items: int, max_k: int, exclude_seen: bool,
-                       batch_size: int, item_block: int, max_batch_elements: int | None) -> Iterator[BatchRanks]:
+                       batch_size: int | None, item_block: int | None,
+                       max_batch_elements: int | None) -> Iterator[BatchRanks]:
     with torch.no_grad():
         table = scorer.item_table().detach()  # type: ignore[attr-defined]
     if table.ndim != 2 or table.shape[0] != n_items + 1:
         raise ValueError(f"item_table has shape {tuple(table.shape)}, expected [n_items + 1 = {n_items + 1}, dim]")
+    where = "cpu" if table.device.type == "cpu" else "other"
+    batch_size, item_block = batch_size or EMBEDDING_BATCH[where], item_block or ITEM_BLOCK[where]
     if max_batch_elements:
         item_block = min(item_block, max_batch_elements // max(batch_size, 1))
     item_block = max(_GROUP_MAX, item_block // _GROUP_MAX * _GROUP_MAX)
