@@ -269,7 +269,7 @@ def _unit(src: _Source, p: np.ndarray, i: int, rows: np.ndarray, unit: int, cfg:
         kept = _bernoulli(rng, len(own[0]), min(1.0, float(p[i].sum())))
         ev, owner = own[0][kept], own[1][kept]
         item = src.items[ev] * n + src.variants(i, p)[src.items[ev]]
-        return _finish(owner * m + i, item, src.time[ev], src.pos[ev], np.zeros(len(ev), dtype=np.int64), cfg)
+        return _finish(owner * m + i, item, src.time[ev], src.pos[ev], None, cfg)  # in source order already
     parts = []
     for j in range(n):
         if float(p[i, j]) <= 0.0:
@@ -286,11 +286,13 @@ def _unit(src: _Source, p: np.ndarray, i: int, rows: np.ndarray, unit: int, cfg:
     return _finish(*(np.concatenate(c) for c in zip(*parts, strict=True)), cfg)
 
 
-def _finish(user: np.ndarray, item: np.ndarray, t: np.ndarray, pos: np.ndarray, block: np.ndarray,
+def _finish(user: np.ndarray, item: np.ndarray, t: np.ndarray, pos: np.ndarray, block: np.ndarray | None,
             cfg: ExpandConfig) -> tuple[np.ndarray, ...]:
-    """Sort by (user, time, source position, block) and drop users shorter than ``cfg.min_length``."""
-    order = np.lexsort((block, pos, t, user))
-    user, item, t = user[order], item[order], t[order]
+    """Sort by (user, time, source position, block) unless ``block`` is None (rows already in that order), and
+    drop users shorter than ``cfg.min_length``."""
+    if block is not None:
+        order = np.lexsort((block, pos, t, user))
+        user, item, t = user[order], item[order], t[order]
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
     counts = np.diff(np.r_[starts, len(user)])
     keep = np.repeat(counts >= cfg.min_length, counts)
