@@ -1,0 +1,339 @@
+"""Scaling curves: preparation, training, evaluation and serving from 10^6 to 10^9 events on one machine.
+
+Each stage runs the real command lines (``genrec data synth`` / ``genrec data expand`` / ``genrec data prepare``
+/ the streaming trainer / full-catalog evaluation) as child processes, samples the resident memory of the whole
+process tree every 50 ms, and merges its rows into ``benchmarks/results/scale.json``; ``--render`` (always run
+at the end) writes ``scale.md`` with the table, each quantity's growth exponent (log-log slope) and the targets
+met or missed, and ``scale.png`` with the curves. Stages can be run separately, so the large sizes can run when
+the machine is free::
+
+    python benchmarks/scale.py --stage data --sizes 1e6 1e7 1e8 --sources synth ml1m
+    python benchmarks/scale.py --stage train --sizes 1e7 1e8
+    python benchmarks/scale.py --stage eval --sizes 1e6 1e7
+    python benchmarks/scale.py --stage serve        # reads benchmarks/results/serve_scale.json
+    python benchmarks/scale.py --render
+
+Generated data and prepared folders go to ``--work`` (default ``runs/scale``), never into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genrec.eval.report import git_commit, machine
+from genrec.io import write_json, write_text
+
+RESULTS = Path("benchmarks/results")
+GENREC = [sys.executable, "-m", "genrec"]
+# Targets of the scale work, checked by render(): name -> (quantity, comparison, bound, where).
+TARGETS = {
+    "prepare 1e8 events <= 10 min": ("prepare_seconds", "<=", 600.0, {"events": 1e8}),
+    "prepare 1e8 events peak <= 4 GB": ("prepare_peak_gb", "<=", 4.0, {"events": 1e8}),
+    "prepare 1e9 events peak <= 4 GB": ("prepare_peak_gb", "<=", 4.0, {"events": 1e9}),
+    "popularity eval of 1e7 events < 60 s": ("popularity_eval_seconds", "<", 60.0, {"events": 1e7}),
+}
+
+
+class PeakMemory:
+    """Peak resident memory of a process and all its descendants, sampled from /proc every ``interval`` s."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+        out, todo = [], [self.pid]
+        while todo:
+            p = todo.pop()
+            out.append(p)
+            todo.extend(children.get(p, []))
+        return out
+
+    def _rss(self) -> int:
+        total = 0
+        for p in self._tree():
+            try:
+                with open(f"/proc/{p}/statm") as f:
+                    total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            self._stop.wait(self.interval)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 2**30
+
+
+def measure(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``cmd``, return wall seconds and the peak memory (GiB) of its process tree; fail loudly."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("$", shlex.join(cmd), flush=True)
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        mem = PeakMemory(proc.pid)
+        rc = proc.wait()
+    peak = mem.stop()
+    seconds = time.perf_counter() - start
+    if rc != 0:
+        raise SystemExit(f"command failed ({rc}), see {log}: {shlex.join(cmd)}")
+    return {"seconds": seconds, "peak_gb": peak, "command": shlex.join(cmd)}
+
+
+def size_label(n: float) -> str:
+    return f"1e{round(math.log10(n))}"
+
+
+def synth_shape(events: float) -> dict[str, int]:
+    """Users and items of a synthetic log of ``events`` events: the proportions of the 10M-event log of the
+    scale issue (166k users, 1M items)."""
+    return {"events": int(events), "users": max(1000, int(events / 60)), "items": max(1000, int(events / 10))}
+
+
+def stage_data(args: argparse.Namespace, rows: list[dict]) -> None:
+    for source in args.sources:
+        for n in args.sizes:
+            label = f"{source}-{size_label(n)}"
+            raw, prepared = args.work / "raw" / label, args.work / "prepared" / label
+            if not (raw / "_SUCCESS").exists():
+                if source == "synth":
+                    s = synth_shape(n)
+                    cmd = [*GENREC, "data", "synth", "--events", str(s["events"]), "--items", str(s["items"]),
+                           "--users", str(s["users"]), "--out", str(raw), "--overwrite"]
+                else:
+                    cmd = [*GENREC, "data", "expand", "movielens-1m", "--factor", str(n / 1e6), "--out", str(raw),
+                           "--overwrite"]
+                gen = measure(cmd, args.work / "logs" / f"generate-{label}.log")
+                (raw / "_SUCCESS").write_text(json.dumps(gen))
+            gen = json.loads((raw / "_SUCCESS").read_text())
+            if prepared.exists():
+                subprocess.run(["rm", "-rf", str(prepared)], check=True)
+            cmd = [*GENREC, "data", "prepare", str(raw), "--out", str(prepared), "--engine", args.engine,
+                   "--memory-limit", args.memory_limit, "--temp-dir", str(args.work / "tmp"), "--time-col", "timestamp"]
+            prep = measure(cmd, args.work / "logs" / f"prepare-{label}.log")
+            manifest = json.loads((prepared / "manifest.json").read_text())
+            rows.append({"stage": "data", "source": source, "events": manifest["interactions"],
+                         "nominal_events": n, "users": manifest["users"], "items": manifest["items"],
+                         "generate_seconds": gen["seconds"], "generate_command": gen["command"],
+                         "prepare_seconds": prep["seconds"], "prepare_peak_gb": prep["peak_gb"],
+                         "prepare_command": prep["command"], "engine": args.engine,
+                         "memory_limit": args.memory_limit, "raw_bytes": _bytes(raw),
+                         "prepared_bytes": _bytes(prepared)})
+            print(json.dumps(rows[-1]), flush=True)
+
+
+def _bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def stage_eval(args: argparse.Namespace, rows: list[dict]) -> None:
+    """Popularity, full catalog, leave-one-out test, through the `genrec eval` command on prepared data."""
+    for n in args.sizes:
+        label = f"synth-{size_label(n)}"
+        prepared = args.work / "prepared" / label
+        if not (prepared / "manifest.json").exists():
+            raise SystemExit(f"{prepared} is missing: run --stage data --sizes {size_label(n)} --sources synth")
+        out = args.work / "eval" / label
+        cmd = [*GENREC, "eval", "--model", "popularity", "--dataset", str(prepared), "--out", str(out),
+               "--json", "--bootstrap", "200"]
+        res = measure(cmd, args.work / "logs" / f"eval-popularity-{label}.log")
+        manifest = json.loads((prepared / "manifest.json").read_text())
+        report = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
+        cases = report.get("info", {}).get("cases")
+        pairs = cases * manifest["items"] if cases else None
+        rows.append({"stage": "eval", "model": "popularity", "events": manifest["interactions"], "nominal_events": n,
+                     "users": manifest["users"], "items": manifest["items"], "cases": cases,
+                     "popularity_eval_seconds": res["seconds"], "eval_peak_gb": res["peak_gb"],
+                     "seconds_per_1e9_pairs": res["seconds"] / pairs * 1e9 if pairs else None,
+                     "command": res["command"]})
+        print(json.dumps(rows[-1]), flush=True)
+
+
+def stage_serve(args: argparse.Namespace, rows: list[dict]) -> None:
+    """Serving rows come from benchmarks/serve_scale.py's results (its own command, commit and machine)."""
+    src = RESULTS / "serve_scale.json"
+    if not src.exists():
+        raise SystemExit(f"{src} is missing: run python benchmarks/serve_scale.py first")
+    data = json.loads(src.read_text())
+    for r in data.get("rows", []):
+        rows.append({"stage": "serve", "from": str(src), "from_commit": data.get("commit"), **r})
+
+
+def slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of log y against log x (the growth exponent); None with fewer than two points."""
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys, strict=True) if x and y and x > 0 and y > 0]
+    if len(pts) < 2:
+        return None
+    a = np.array(pts)
+    return float(np.polyfit(a[:, 0], a[:, 1], 1)[0])
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"rows": []}
+
+
+def merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """New rows replace old rows of the same stage, source/model and nominal size."""
+    def key(r: dict) -> tuple:
+        return (r.get("stage"), r.get("source"), r.get("model"), r.get("processes"), r.get("nominal_events"),
+                r.get("items") if r.get("stage") == "serve" else None, r.get("index"))
+
+    fresh = {key(r) for r in new}
+    return [r for r in old if key(r) not in fresh] + new
+
+
+def render(result: dict) -> str:
+    # Filled in once every stage has rows; see render_tables.
+    return render_tables(result)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def render_tables(result: dict) -> str:
+    rows = result["rows"]
+    lines = ["# Scaling curves", "",
+             f"Commit `{result.get('commit')}`, machine: {result.get('machine', {}).get('processor')} "
+             f"({result.get('machine', {}).get('cpus')} cores), updated {result.get('created')}.", "",
+             "Produced by `benchmarks/scale.py` (each row's command is in `scale.json`).", ""]
+    data = [r for r in rows if r["stage"] == "data"]
+    if data:
+        lines += ["## Preparation (`genrec data prepare`, out of core)", "",
+                  "| source | events | users | items | prepare s | peak GiB | generate s | engine, memory limit |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in sorted(data, key=lambda r: (r["source"], r["events"])):
+            lines.append(f"| {r['source']} | {r['events']:,} | {r['users']:,} | {r['items']:,} | "
+                         f"{_fmt(r['prepare_seconds'])} | {_fmt(r['prepare_peak_gb'])} | {_fmt(r['generate_seconds'])}"
+                         f" | {r['engine']}, {r['memory_limit']} |")
+        lines.append("")
+        for source in sorted({r["source"] for r in data}):
+            sub = [r for r in data if r["source"] == source]
+            ev = [r["events"] for r in sub]
+            t_exp = slope(ev, [r["prepare_seconds"] for r in sub])
+            m_exp = slope(ev, [r["prepare_peak_gb"] for r in sub])
+            lines.append(f"- {source}: prepare time grows as events^{_fmt(t_exp)}, peak memory as events^{_fmt(m_exp)}")
+        lines.append("")
+    for title, stage in (("Training (streaming)", "train"), ("Evaluation (full catalog)", "eval"),
+                         ("Serving", "serve")):
+        sub = [r for r in rows if r["stage"] == stage]
+        if not sub:
+            continue
+        keys = [k for k in sub[0] if k not in ("stage", "command", "from")]
+        lines += [f"## {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in sub]
+        lines.append("")
+    lines += ["## Targets", "", "| target | measured | status |", "|---|---|---|"]
+    for name, (q, op, bound, where) in TARGETS.items():
+        hit = [r for r in rows if q in r and all(abs(r.get("nominal_events", -1) - v) < 1e-6 * v
+                                                 for v in where.values())]
+        if not hit:
+            lines.append(f"| {name} | not measured | - |")
+            continue
+        v = hit[0][q]
+        ok = v <= bound if op == "<=" else v < bound
+        lines.append(f"| {name} | {_fmt(v)} | {'met' if ok else f'missed by {_fmt(v - bound)}'} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    data = [r for r in result["rows"] if r["stage"] == "data"]
+    if not data:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for source in sorted({r["source"] for r in data}):
+        sub = sorted((r for r in data if r["source"] == source), key=lambda r: r["events"])
+        x = [r["events"] for r in sub]
+        axes[0].loglog(x, [r["prepare_seconds"] for r in sub], "o-", label=source)
+        axes[1].loglog(x, [r["prepare_peak_gb"] for r in sub], "o-", label=source)
+    axes[0].set(xlabel="events", ylabel="prepare wall time (s)", title="preparation time")
+    axes[1].set(xlabel="events", ylabel="peak memory (GiB)", title="preparation peak memory")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=["data", "train", "eval", "serve"], action="append", default=[])
+    p.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7])
+    p.add_argument("--sources", nargs="+", choices=["synth", "ml1m"], default=["synth"])
+    p.add_argument("--engine", default="duckdb", choices=["duckdb", "spark", "memory"])
+    p.add_argument("--memory-limit", default="4GB")
+    p.add_argument("--work", type=Path, default=Path("runs/scale"))
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--render", action="store_true", help="only rewrite scale.md / scale.png from scale.json")
+    p.add_argument("--allow-dirty", action="store_true", help="record results from a modified checkout (marked)")
+    args = p.parse_args()
+    commit = git_commit()
+    if commit and commit.endswith("-dirty") and not args.allow_dirty and not args.render:
+        raise SystemExit("the checkout has uncommitted changes; commit first (or pass --allow-dirty)")
+    path = args.out / "scale.json"
+    result = load(path)
+    rows: list[dict] = []
+    start = time.perf_counter()
+    for stage in args.stage:
+        {"data": stage_data, "eval": stage_eval, "serve": stage_serve}[stage](args, rows)
+    for r in rows:
+        r.update(commit=commit, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    if rows:
+        result.update(rows=merge(result.get("rows", []), rows), commit=commit, machine=machine(),
+                      created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                      last_command=shlex.join(["python", *sys.argv]),
+                      last_wall_seconds=time.perf_counter() - start)
+        write_json(path, result)
+    plot(result, args.out / "scale.png")
+    write_text(args.out / "scale.md", render(result))
+    print(f"wrote {path}, {args.out / 'scale.md'}")
+
+
+if __name__ == "__main__":
+    main()
