@@ -34,7 +34,7 @@ from genrec.data import make_split
 from genrec.data.dataset import SequenceDataset, Vocab
 from genrec.data.jagged import Jagged
 from genrec.data.splits import EvalCases
-from genrec.eval import DEFAULT_KS, rank_cases
+from genrec.eval import DEFAULT_KS, fast, rank_cases
 from genrec.eval.report import machine
 from genrec.io import write_json, write_text
 from genrec.models import Popularity
@@ -96,6 +96,20 @@ class MatmulRates:
         self.cpu[dim] = max(self.cpu.get(dim, 0.0), matmul_rate(dim, repeats, clock=time.process_time))
 
 
+def matmul_floor(table: torch.Tensor, users: int) -> float:
+    """Seconds of the matrix products alone that ranking ``users`` against ``table`` performs (the same
+    [batch, D] x [D, block] shapes, back to back): the evaluation's own floor, timed under the same load."""
+    batch, block = fast.EMBEDDING_BATCH["cpu"], fast.ITEM_BLOCK["cpu"]
+    out = torch.empty(batch, block)
+    start = time.perf_counter()
+    for first in range(0, users, batch):
+        q = torch.randn(min(batch, users - first), table.shape[1])
+        for a in range(0, table.shape[0], block):
+            w = table[a:a + block]
+            torch.mm(q, w.T, out=out[:len(q), :len(w)] if len(q) == batch and len(w) == block else None)
+    return time.perf_counter() - start
+
+
 def bench_embedding(n_items: int, dim: int, pairs: int, rates: MatmulRates) -> dict:
     scorer = RandomEmbeddings(n_items, dim)
     users = max(1, pairs // n_items)
@@ -105,12 +119,14 @@ def bench_embedding(n_items: int, dim: int, pairs: int, rates: MatmulRates) -> d
     rank_cases(scorer, cases, n_items, ks=DEFAULT_KS, show_progress=False)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     rates.measure(dim)
+    floor = matmul_floor(scorer.table, users)
     dense_users = max(1, min(users, 30_000_000 // n_items))  # about a second on the dense path
     start = time.perf_counter()
     rank_cases(scorer, cases.take(np.arange(dense_users)), n_items, ks=DEFAULT_KS, fast=False, show_progress=False)
     dense_seconds = time.perf_counter() - start
     return {"items": n_items, "dim": dim, "users": users, "seconds": seconds, "pairs_per_s": users * n_items / seconds,
             "cpu_seconds": cpu_seconds, "cpu_pairs_per_s": users * n_items / cpu_seconds,
+            "matmul_only_seconds": floor, "share_of_own_matmul": floor / seconds,
             "dense": {"users": dense_users, "seconds": dense_seconds,
                       "pairs_per_s": dense_users * n_items / dense_seconds}}
 
@@ -191,13 +207,15 @@ def render(r: dict) -> str:
              f"run): D=64 {r['matmul_gflops']['64']:.0f} GFLOP/s, D=50 {r['matmul_gflops']['50']:.0f} GFLOP/s "
              f"(CPU time: {r['matmul_cpu_gflops']['64']:.0f} and {r['matmul_cpu_gflops']['50']:.0f}). "
              "Share = pairs/s x 2D / the matmul rate at the same D; the CPU-time share divides CPU seconds by CPU "
-             "seconds (less sensitive to other work on the machine).", "",
+             "seconds (less sensitive to other work on the machine); the share of its own matmuls is the time of "
+             "the bare matrix products the evaluation performs (same shapes, back to back) over its whole time.", "",
              "| items | D | users | seconds | pairs/s | share of matmul | CPU s | share (CPU time) "
-             "| dense path pairs/s | speed-up |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| share of its own matmuls | dense path pairs/s | speed-up |", "|---" * 11 + "|"]
     for e in r["embedding"]:
         lines.append(f"| {e['items']:,} | {e['dim']} | {e['users']:,} | {e['seconds']:.1f} | {e['pairs_per_s']:.3g} "
                      f"| {e['share_of_matmul']:.0%} | {e['cpu_seconds']:.1f} | {e['cpu_share_of_matmul']:.0%} "
-                     f"| {e['dense']['pairs_per_s']:.3g} | {e['pairs_per_s'] / e['dense']['pairs_per_s']:.1f}x |")
+                     f"| {e['share_of_own_matmul']:.0%} | {e['dense']['pairs_per_s']:.3g} "
+                     f"| {e['pairs_per_s'] / e['dense']['pairs_per_s']:.1f}x |")
     p = r["popularity"]
     lines += ["", f"## Popularity, leave-one-out test split, synthetic log ({p['users']:,} users, {p['items']:,} "
               f"items, {p['events']:,} events)", "",
@@ -208,7 +226,8 @@ def render(r: dict) -> str:
               f"- the dense path, timed on {p['dense_measured_cases']} cases, would take about "
               f"{p['dense_estimate_seconds'] / 60:.0f} minutes for all of them", "", "## Targets", ""]
     for t in r["targets"]:
-        lines.append(f"- {t['name']}: {t['value']} (target {t['target']}): **{'met' if t['met'] else 'missed'}**")
+        lines.append(f"- {t['name']}: {t['value']} (target {t['target']}): **{'met' if t['met'] else 'missed'}**"
+                     + (f" ({t['note']})" if t.get("note") else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -246,7 +265,8 @@ def main() -> None:
     result["targets"] = [
         {"name": "embedding evaluation, lowest share of the matmul rate "
                  f"({worst['items']:,} items, D={worst['dim']})", "value": f"{worst['share_of_matmul']:.0%}",
-         "target": f">= {TARGET_SHARE:.0%}", "met": worst["share_of_matmul"] >= TARGET_SHARE},
+         "target": f">= {TARGET_SHARE:.0%}", "met": worst["share_of_matmul"] >= TARGET_SHARE,
+         "note": f"its share of its own matmuls: {worst['share_of_own_matmul']:.0%}"},
         {"name": "popularity evaluation of the 10M-event log", "target": f"< {TARGET_POPULARITY_SECONDS:.0f} s",
          "value": f"{result['popularity']['run_baseline_seconds']:.1f} s",
          "met": result["popularity"]["run_baseline_seconds"] < TARGET_POPULARITY_SECONDS},
