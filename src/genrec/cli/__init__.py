@@ -343,8 +343,11 @@ def export_cmd(
     content: Annotated[Path | None, typer.Option(help="Item embedding folder ('genrec content encode') to ship "
                                                  "with the bundle: lets a text query steer recommendations.")
                        ] = None,
-    ann: Annotated[str, typer.Option(help="FAISS index for approximate top-k: auto (catalogs over "
-                                     "--ann-threshold items), on, off. Needs the ann extra (faiss-cpu).")] = "auto",
+    ann: Annotated[str, typer.Option(help="Approximate top-k index: auto (exact up to --ann-threshold items, "
+                                     "then IVF-flat while it fits --ann-memory-mb, else IVF-PQ), flat (exact), "
+                                     "ivf, ivfpq. Needs the ann extra (faiss-cpu).")] = "auto",
+    ann_memory_mb: Annotated[float, typer.Option(min=1.0, help="Memory budget of the index (MB) that ann=auto "
+                                                 "chooses the index kind by.")] = 1024.0,
     ann_threshold: Annotated[int, typer.Option(min=1, help="Catalog size above which ann=auto builds an index.")
                              ] = 100_000,
     ann_recall: Annotated[float, typer.Option(min=0.01, max=1.0, help="Recall@10 against exact top-10 that the "
@@ -370,7 +373,7 @@ def export_cmd(
                    "weight": _optional_float(ranker_weight, "--ranker-weight"),
                    "blend": _weights(ranker_blend, "--ranker-blend") if ranker_blend else None}
     path = export_bundle(run_dir, bundle, content=content, ann=ann, ann_threshold=ann_threshold,
-                         ann_recall=ann_recall, ranker=ranker, ranker_options=options)
+                         ann_recall=ann_recall, ranker=ranker, ranker_options=options, ann_memory_mb=ann_memory_mb)
     m = load_manifest(path)
     out.print(f"bundle {m['version']} ({m['model']} on {m['dataset']}) -> {path}", highlight=False)
     if m.get("ranker"):
