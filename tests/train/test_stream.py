@@ -359,3 +359,20 @@ def test_each_process_resumes_its_own_generator_state(tmp_path):
     torch.manual_seed(5)
     load_checkpoint(tmp_path / "one", model, opt, sched, 1)
     assert torch.equal(torch.get_rng_state(), expected)
+
+
+@pytest.mark.parametrize("data", ["memory", "stream"])
+def test_test_sample_is_the_seeded_sample_and_is_stated(tmp_path, data):
+    """eval.test_users ranks exactly the seeded sample of test cases (in memory and streamed alike) and says so."""
+    ds = timed_dataset()
+    cfg = config(data=data, epochs=1, stream={"lanes": 2, "shards": 3})
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"test_users": 9, "test_seed": 4})})
+    res = Trainer(cfg, tmp_path, dataset=ds, show_progress=False).fit()
+    every = make_split(ds, "loo").test
+    assert res.test.info["test_sample"] == {"users": 9, "of": len(every), "seed": 4}
+    assert res.test.info["cases"] == 9
+    from genrec.eval import rank_cases
+
+    sample = sample_cases(every, 9, 4)
+    hr = rank_cases(res.model.eval(), sample, ds.n_items, ks=[10], show_progress=False).per_case["hr@10"].mean()
+    assert hr == pytest.approx(res.test.summary["hr@10"]["mean"], abs=1e-12)

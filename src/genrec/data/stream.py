@@ -216,6 +216,7 @@ class CaseCollector:
         self.size, self.seed, self.cap = size, seed, cap
         self._parts: list[EvalCases] = []
         self._held = 0
+        self.seen = 0  # cases added, sampled or not
 
     def add(self, cases: EvalCases) -> None:
         if self.cap is not None:
@@ -224,6 +225,7 @@ class CaseCollector:
                               ts.tail(self.cap) if ts is not None else None)
         self._parts.append(cases)
         self._held += len(cases)
+        self.seen += len(cases)
         if self.size is not None and self._held > 2 * self.size:  # prune now and then: at most 2 x size held
             self._parts = [sample_cases(concat_cases(self._parts), self.size, self.seed)]
             self._held = len(self._parts[0])

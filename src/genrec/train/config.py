@@ -141,6 +141,11 @@ class EvalSettings(BaseModel):
                                     "metric's 95% interval in every epoch line, metrics.jsonl and the report); "
                                     "None: every validation user. Test always ranks every test user.")
     valid_seed: int = Field(0, description="Seed of the validation sample (independent of train.seed).")
+    test_users: int | None = Field(None, ge=1, description="SASRec / HSTU: test on a fixed, seeded sample of this "
+                                   "many test users (seed test_seed; the sample's size is stated in the run's "
+                                   "metrics.json and report) instead of every test user, for logs whose full test "
+                                   "would take hours. None (the default): every test user.")
+    test_seed: int = Field(0, description="Seed of the test sample.")
     calibrate: Literal["platt", "temperature", "none"] = Field(
         "platt", description="Ranking models: after selection, fit a monotone map of each binary task's logit on the "
         "validation impressions and apply it to the test predictions. platt: sigmoid(a * logit + b); temperature: "
@@ -285,6 +290,8 @@ class RunConfig(BaseModel):
                 raise ValueError("train.data: stream supports split loo and temporal, without train.refit")
         if self.eval.valid_users is not None and self.model.name not in ("sasrec", "hstu"):
             raise ValueError("eval.valid_users applies to sasrec and hstu")
+        if self.eval.test_users is not None and self.model.name not in ("sasrec", "hstu"):
+            raise ValueError("eval.test_users applies to sasrec and hstu")
         return self
 
     @model_validator(mode="after")

@@ -336,9 +336,10 @@ class Trainer:
         windows, counts = env.broadcast_array(windows), env.broadcast_array(counts)
 
         def test_cases() -> EvalCases:
-            every = CaseCollector(cap=cfg.model.max_len)
+            every = CaseCollector(cfg.eval.test_users, cfg.eval.test_seed, cap=cfg.model.max_len)
             for k in range(stream.n_shards):
                 every.add(split_shard(source.read_shard(k), cfg.split, cuts).test)
+            info["test_cases"] = every.seen
             return every.cases()
 
         info = {"mode": "stream", "shards": stream.n_shards, "lanes": stream.lanes,
@@ -503,7 +504,10 @@ class Trainer:
               refit: dict[str, Any] | None = None) -> Evaluation:
         cfg = self.config
         ds = data.header
+        ecfg = cfg.eval
         cases = data.split.test if data.split is not None else data.test()
+        every = len(cases) if data.split is not None else data.info.get("test_cases")
+        cases = sample_cases(cases, ecfg.test_users, ecfg.test_seed)
         ev = evaluate(model, cases, ds, part="test", ks=cfg.eval.ks, exclude_seen=cfg.eval.exclude_seen,
                       item_counts=data.counts, n_boot=cfg.eval.n_boot, seed=cfg.train.seed,
                       show_progress=self.show_progress)
@@ -514,6 +518,8 @@ class Trainer:
                        device=str(next(model.parameters()).device),
                        **(cold_start_info(data.split, ev, cfg) if data.split is not None else {}),
                        **({"data": data.info} if data.info else {}))
+        if ecfg.test_users is not None:
+            ev.info["test_sample"] = {"users": len(cases), "of": every, "seed": ecfg.test_seed}
         sample = _validation_sample(cfg, state)
         if sample:
             ev.info["validation"] = sample
