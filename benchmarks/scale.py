@@ -115,10 +115,11 @@ def size_label(n: float) -> str:
     return f"1e{round(math.log10(n))}"
 
 
-def synth_shape(events: float) -> dict[str, int]:
-    """Users and items of a synthetic log of ``events`` events: the proportions of the 10M-event log of the
-    scale issue (166k users, 1M items)."""
-    return {"events": int(events), "users": max(1000, int(events / 60)), "items": max(1000, int(events / 10))}
+def synth_shape(events: float, fixed_items: int | None = None) -> dict[str, int]:
+    """Users and items of a synthetic log of ``events`` events: the proportions of a 10M-event log with 166k users
+    and 1M items, or (``fixed_items``) a catalog that does not grow with the log (training rows)."""
+    items = fixed_items or max(1000, int(events / 10))
+    return {"events": int(events), "users": max(1000, int(events / 60)), "items": items}
 
 
 def stage_data(args: argparse.Namespace, rows: list[dict]) -> None:
@@ -127,8 +128,8 @@ def stage_data(args: argparse.Namespace, rows: list[dict]) -> None:
             label = f"{source}-{size_label(n)}"
             raw, prepared = args.work / "raw" / label, args.work / "prepared" / label
             if not (raw / "_SUCCESS").exists():
-                if source == "synth":
-                    s = synth_shape(n)
+                if source in ("synth", "synth1m"):
+                    s = synth_shape(n, fixed_items=1_000_000 if source == "synth1m" else None)
                     cmd = [*GENREC, "data", "synth", "--events", str(s["events"]), "--items", str(s["items"]),
                            "--users", str(s["users"]), "--out", str(raw), "--overwrite"]
                 else:
@@ -155,6 +156,48 @@ def stage_data(args: argparse.Namespace, rows: list[dict]) -> None:
 
 def _bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _train_row(args: argparse.Namespace, label: str, config: str, sets: list[str], processes: int) -> dict:
+    """One training run (`genrec train`, under torchrun with 2 processes) with a wall-time budget; its throughput
+    comes from the run's metrics.jsonl, its memory from the process tree."""
+    out = args.work / "train" / f"{label}-p{processes}"
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    threads = max(1, (os.cpu_count() or 2) // processes)
+    tail = ["--config", config, *[x for kv in sets for x in ("--set", kv)], "--set", f"train.threads={threads}",
+            "--set", f"train.max_minutes={args.train_minutes}", "--out", str(out), "--quiet"]
+    if processes == 1:
+        cmd = [*GENREC, "train", *tail]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+               "-m", "genrec", "train", *tail]
+    res = measure(cmd, args.work / "logs" / f"train-{label}-p{processes}.log")
+    epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    first = epochs[0]
+    return {"stage": "train", "processes": processes, "tokens_per_s": first["tokens_per_s"],
+            "trained_seconds": first["epoch_seconds"], "steps": first["step"], "train_peak_gb": res["peak_gb"],
+            "run_seconds": res["seconds"], "command": res["command"]}
+
+
+def stage_train(args: argparse.Namespace, rows: list[dict]) -> None:
+    """Streamed HSTU on synthetic logs with a fixed 1M-item catalog (memory must not grow with events), 1 and 2
+    processes; and MovieLens-1M trained in memory and streamed, for the throughput of the two paths."""
+    for n in args.sizes:
+        label = f"synth1m-{size_label(n)}"
+        prepared = args.work / "prepared" / label
+        if not (prepared / "manifest.json").exists():
+            raise SystemExit(f"{prepared} is missing: run --stage data --sizes {size_label(n)} --sources synth1m")
+        manifest = json.loads((prepared / "manifest.json").read_text())
+        for processes in (1, 2):
+            row = _train_row(args, label, "configs/synthetic/hstu-stream.yaml", [f"dataset={prepared}"], processes)
+            rows.append({"source": "synth1m", "data": "stream", "events": manifest["interactions"],
+                         "nominal_events": n, "items": manifest["items"], **row})
+            print(json.dumps(rows[-1]), flush=True)
+    for mode in ("memory", "stream"):
+        sets = [f"train.data={mode}", "train.epochs=1", "train.stream.lanes=4", "train.batch_size=32"]
+        row = _train_row(args, f"ml1m-{mode}", "configs/movielens-1m/hstu.yaml", sets, 1)
+        rows.append({"source": "ml1m", "data": mode, "events": 1000209, "nominal_events": 1e6, **row})
+        print(json.dumps(rows[-1]), flush=True)
 
 
 def stage_eval(args: argparse.Namespace, rows: list[dict]) -> None:
@@ -206,7 +249,8 @@ def load(path: Path) -> dict:
 def merge(old: list[dict], new: list[dict]) -> list[dict]:
     """New rows replace old rows of the same stage, source/model and nominal size."""
     def key(r: dict) -> tuple:
-        return (r.get("stage"), r.get("source"), r.get("model"), r.get("processes"), r.get("nominal_events"),
+        return (r.get("stage"), r.get("source"), r.get("model"), r.get("processes"), r.get("data"),
+                r.get("nominal_events"),
                 r.get("items") if r.get("stage") == "serve" else None, r.get("index"))
 
     fresh = {key(r) for r in new}
@@ -305,7 +349,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["data", "train", "eval", "serve"], action="append", default=[])
     p.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7])
-    p.add_argument("--sources", nargs="+", choices=["synth", "ml1m"], default=["synth"])
+    p.add_argument("--sources", nargs="+", choices=["synth", "synth1m", "ml1m"], default=["synth"])
+    p.add_argument("--train-minutes", type=float, default=2.0, help="training budget of each train row")
     p.add_argument("--engine", default="duckdb", choices=["duckdb", "spark", "memory"])
     p.add_argument("--memory-limit", default="4GB")
     p.add_argument("--work", type=Path, default=Path("runs/scale"))
@@ -321,7 +366,7 @@ def main() -> None:
     rows: list[dict] = []
     start = time.perf_counter()
     for stage in args.stage:
-        {"data": stage_data, "eval": stage_eval, "serve": stage_serve}[stage](args, rows)
+        {"data": stage_data, "train": stage_train, "eval": stage_eval, "serve": stage_serve}[stage](args, rows)
     for r in rows:
         r.update(commit=commit, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     if rows:
