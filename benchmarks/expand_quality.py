@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import shlex
@@ -151,8 +152,6 @@ def load_expanded(folder: Path) -> SequenceDataset:
 def _earlier_run(folder: Path, ds: SequenceDataset, params: dict, n_boot: int) -> dict | None:
     """The metric summary of a baseline run already in ``folder`` on the same data (same counts), settings and
     resamples, else None: item-kNN on an expansion takes minutes and the expansion is deterministic."""
-    import json
-
     try:
         config = json.loads((folder / "config.json").read_text())
         metrics = json.loads((folder / "metrics.json").read_text())
@@ -174,14 +173,14 @@ def evaluate_models(folder: Path, runs: Path, minutes: float, valid_users: int, 
     out: dict = {"dataset": ds.stats(), "models": {}}
     for name, params in (("popularity", {}), ("itemknn", KNN)):
         t = time.perf_counter()
-        summary = _earlier_run(runs / name, ds, params, n_boot)
+        summary, run = _earlier_run(runs / name, ds, params, n_boot), None
         if summary is None:
             run = run_baseline(name, ds, params=params, part="test", n_boot=n_boot, out=runs / name,
                                show_progress=False)
             summary = run.evaluation.summary
         else:
             print(f"reusing {runs / name} (same data, settings and resamples)", flush=True)
-        out["models"][name] = {"params": params, "seconds": time.perf_counter() - t,
+        out["models"][name] = {"params": params, "seconds": time.perf_counter() - t, "reused": run is None,
                                "metrics": {k: summary[k] for k in SHOWN}}
         print(name, {k: round(summary[k]["mean"], 4) for k in SHOWN[:2]}, flush=True)
     if minutes <= 0:
@@ -256,7 +255,8 @@ def render(r: dict) -> str:
         for name, mm in mr["models"].items():
             cells = [f"{mm['metrics'][k]['mean']:.4f} [{mm['metrics'][k]['ci_low']:.4f}, "
                      f"{mm['metrics'][k]['ci_high']:.4f}]" for k in SHOWN]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {mm['seconds']:.0f} |")
+            took = "reused" if mm.get("reused") else f"{mm['seconds']:.0f}"
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {took} |")
         if "sasrec" not in mr["models"]:
             lines.append("\nSASRec: not run (`--baselines-only`).")
         for name, cmp in mr.get("paired_sasrec_minus", {}).items():
@@ -286,7 +286,12 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("runs/expand_quality"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--allow-dirty", action="store_true", help="record results from modified code (marked)")
+    p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     args = p.parse_args()
+    if args.render:
+        result = json.loads((args.out / "expand_quality.json").read_text())
+        write_text(args.out / "expand_quality.md", render(result))
+        return
     co = checkout()
     if co["dirty"] and not args.allow_dirty:
         raise SystemExit(f"uncommitted changes in {', '.join(co['modified_code'])}; commit first "
