@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 from starlette.datastructures import Headers
 
+from genrec.serve.catalog import Column
 from genrec.serve.recommender import Recommender
 from genrec.serve.store import Event, HistoryStore, open_store
 
@@ -309,12 +310,14 @@ def add_page_routes(app: FastAPI, serving: Serving) -> None:
         built = searchable.get("current")
         if built is None or built[0] is not rec:  # one tuple, swapped whole: a reload rebuilds it
             titles = rec.display.get("title") or rec.raw_ids
-            order = rec.popular.tolist()
-            built = rec, order, pa.array([None if titles[i - 1] is None else str(titles[i - 1]) for i in order])
+            order = np.asarray(rec.popular, dtype=np.int64)
+            values = titles.values if isinstance(titles, Column) else pa.array(list(titles))
+            # one Arrow take in popularity order: no Python object per catalog item
+            built = rec, order, pc.cast(values.take(pa.array(order - 1)), pa.large_string())
             searchable["current"] = built
         _, order, titles = built
         hits = pc.fill_null(pc.match_substring(titles, text, ignore_case=True), False).to_numpy(zero_copy_only=False)
-        dense = [order[j] for j in np.flatnonzero(hits)[:k].tolist()]
+        dense = order[np.flatnonzero(hits)[:k]].tolist()
         exact = rec.index.get(text)
         if exact is not None:
             dense = [exact] + [i for i in dense if i != exact][:k - 1]
