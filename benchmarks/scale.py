@@ -185,6 +185,8 @@ def stage_data(args: argparse.Namespace, rows: list[dict]) -> None:
                 subprocess.run(["rm", "-rf", str(prepared)], check=True)
             cmd = [*GENREC, "data", "prepare", str(raw), "--out", str(prepared), "--engine", args.engine,
                    "--memory-limit", args.memory_limit, "--temp-dir", str(args.work / "tmp"), "--time-col", "timestamp"]
+            if source == "synth1m":  # training rows: equal shard sizes, so only the log's length differs
+                cmd += ["--shards", str(math.ceil(n / args.shard_events))]
             prep = measure(cmd, args.work / "logs" / f"prepare-{label}.log")
             manifest = json.loads((prepared / "manifest.json").read_text())
             rows.append({"stage": "data", "source": source, "events": manifest["interactions"],
@@ -471,6 +473,7 @@ def main() -> None:
     p.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7])
     p.add_argument("--sources", nargs="+", choices=["synth", "synth1m", "ml1m"], default=["synth"])
     p.add_argument("--train-minutes", type=float, default=2.0, help="training budget of each train row")
+    p.add_argument("--shard-events", type=int, default=625_000, help="events per shard of the training datasets")
     p.add_argument("--engine", default="duckdb", choices=["duckdb", "spark", "memory"])
     p.add_argument("--memory-limit", default="4GB")
     p.add_argument("--work", type=Path, default=Path("runs/scale"))
