@@ -500,7 +500,8 @@ def main() -> None:
         write_json(path, result)
     plot(result, args.out / "scale.png")
     write_text(args.out / "scale.md", render(result))
-    render_docs(result)
+    if args.render:  # the docs are tracked: updating them from a stage run would dirty the checkout it measures
+        render_docs(result)
     print(f"wrote {path}, {args.out / 'scale.md'}")
 
 
