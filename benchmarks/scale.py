@@ -374,7 +374,9 @@ def render_tables(result: dict) -> str:
         lines += [f"## {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in sub]
         lines += ["", *exponent_lines(stage, sub), ""]
-    lines += ["## Targets", "", "| target | measured | status |", "|---|---|---|", *target_lines(rows)]
+    lines += ["## Targets", "", "| target | measured | status |", "|---|---|---|", *target_lines(rows), ""]
+    if result.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n['date']}: {n['text']}" for n in result["notes"]] + [""]
     lines.append("")
     return "\n".join(lines)
 
@@ -482,6 +484,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("runs/scale"))
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--render", action="store_true", help="only rewrite scale.md / scale.png from scale.json")
+    p.add_argument("--note", help="append a dated note to scale.json (a run that could not finish, and why)")
     p.add_argument("--allow-dirty", action="store_true", help="record results from a modified checkout (marked)")
     args = p.parse_args()
     commit = git_commit()
@@ -495,6 +498,9 @@ def main() -> None:
         {"data": stage_data, "train": stage_train, "eval": stage_eval, "serve": stage_serve}[stage](args, rows)
     for r in rows:
         r.update(commit=commit, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    if args.note:
+        result.setdefault("notes", []).append({"date": dt.date.today().isoformat(), "text": args.note})
+        write_json(path, result)
     if rows:
         result.update(rows=merge(result.get("rows", []), rows), commit=commit, machine=machine(),
                       created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
