@@ -393,8 +393,9 @@ def docs_block(result: dict) -> str:
              f"{str(result.get('created', ''))[:10]}) and the files named per row. Sources: `synth`, `genrec data "
              "synth` with a catalog growing with the log (events / 10 items); `synth1m`, the same with 1M items at "
              "every size (the training rows, prepared with equal shard sizes); `ml1m`, `genrec data expand "
-             "movielens-1m`. Training rows ran 90 s of HSTU (configs/synthetic/hstu-stream.yaml) plus the shard "
-             "survey, validation and test on 2,000-user samples; evaluating a baseline loads the log in memory.", "",
+             "movielens-1m`. The synth1m training rows ran 90 s of HSTU (configs/synthetic/hstu-stream.yaml) plus "
+             "the shard survey, validation and test on 2,000-user samples; the MovieLens-1M rows train one epoch of "
+             "configs/movielens-1m/hstu.yaml. Evaluating a baseline loads the log in memory.", "",
              "| stage | size | wall time | peak memory | detail |", "|---|---|---|---|---|"]
     for r in sorted((r for r in rows if r["stage"] == "data"), key=lambda r: (r["source"], r["events"])):
         lines.append(f"| prepare ({r['source']}, {r['engine']}, limit {r['memory_limit']}) | {r['events']:,} events | "
