@@ -18,11 +18,9 @@ from genrec.eval.ranking import rank_cases
 from genrec.eval.two_stage import (
     DEFAULT_WEIGHTS,
     first_positive_cases,
-    fuse,
     item_map,
     leave_one_out_cases,
     ranks_in_list,
-    resolve_blend,
     two_stage_eval,
 )
 
@@ -237,24 +235,9 @@ def test_candidates_are_mapped_to_the_ranker_vocabulary():
 
 # --- fusion ------------------------------------------------------------------------------------------------------
 
-def test_fuse_and_ranks():
-    r = np.array([[3.0, 2.0, 1.0, -np.inf]])
-    k = np.array([[0.0, np.nan, 5.0, np.nan]])
-    z_only = fuse(r, k, None)
-    # the unknown candidate (column 1) keeps its retrieval z-score; the empty slot is -inf
-    z_r = (r[0, :3] - r[0, :3].mean()) / r[0, :3].std()
-    assert z_only[0, 1] == pytest.approx(z_r[1]) and z_only[0, 3] == -np.inf
-    assert z_only[0, 2] > z_only[0, 0]
-    assert np.allclose(fuse(r, k, 0.0)[0, :3], z_r)
+def test_ranks_in_list_ties_keep_the_column_order():
     assert ranks_in_list(np.array([[1.0, 1.0, 2.0]]), np.array([1]), 99).tolist() == [2]  # tie: column order
     assert ranks_in_list(np.array([[1.0, 1.0, 2.0]]), np.array([-1]), 99).tolist() == [99]
-    assert resolve_blend(["like", "rate"], None) == {"rate": 1.0}
-    assert resolve_blend(["click", "like"], None) == {"click": 1.0}
-    assert resolve_blend(["click", "like"], {"like": 0.5}) == {"like": 0.5}
-    with pytest.raises(ConfigError):
-        resolve_blend(["like"], None)
-    with pytest.raises(ConfigError):
-        resolve_blend(["click"], {"nope": 1.0})
 
 
 def test_weight_zero_is_retrieval_alone():

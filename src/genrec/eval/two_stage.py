@@ -9,10 +9,11 @@ For every evaluation case (a user, the history retrieval reads, the target item 
    after t; sampled negatives are never history, see ``genrec.data.impressions``). Item ids are mapped between the
    two vocabularies by raw id (:func:`item_map`); a candidate the ranker's vocabulary does not hold keeps its
    retrieval standing (its ranker z-score is its retrieval z-score).
-3. **Fusion.** final = z(retrieval score) + w * z(ranker score), z-scores taken over the case's K candidates;
-   the ranker score is a blend of the ranker's outputs (default: the logit of the engagement task, ``rate`` when
-   the ranker has it, else ``click``). w = None means the ranker alone. Ties keep the retrieval order, so w = 0
-   is exactly retrieval alone. A target outside the top-K is a miss for both.
+3. **Fusion** (the score rule of ``genrec.models.two_stage``, which serving applies too): final =
+   z(retrieval score) + w * z(ranker score), z-scores taken over the case's K candidates; the ranker score is a
+   blend of the ranker's outputs (default: the logit of the engagement task, ``rate`` when the ranker has it,
+   else ``click``). w = None means the ranker alone. Ties keep the retrieval order, so w = 0 is exactly
+   retrieval alone. A target outside the top-K is a miss for both.
 
 w is chosen once, on VALIDATION cases (the grid value with the best mean ``select_metric``, the first on ties),
 then applied to the TEST cases. Per-case HR@K / NDCG@K of retrieval alone and of the two-stage list are compared
@@ -42,10 +43,10 @@ from genrec.errors import ConfigError, DataError
 from genrec.eval.metrics import metrics_from_ranks
 from genrec.eval.ranking import Scorer, mask_seen, topk_deterministic
 from genrec.eval.stats import paired_test
+from genrec.models.two_stage import blend_score, fuse, resolve_blend
 from genrec.progress import progress_bar
 
 DEFAULT_WEIGHTS: tuple[float | None, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, None)
-ENGAGEMENT_TASKS = ("rate", "click")  # the default ranker score: the first of these the ranker has
 CandidateRanker = Callable[[dict[str, torch.Tensor]], Mapping[str, torch.Tensor]]
 
 
@@ -207,20 +208,6 @@ def retrieve(scorer: Scorer, cases: TwoStageCases, n_items: int, k: int, *, excl
     return ids, vals
 
 
-def resolve_blend(tasks: Sequence[str], task_blend: Mapping[str, float] | None) -> dict[str, float]:
-    """The ranker score's weights per output: ``task_blend`` as given (every task must exist), else the logit of
-    the first engagement task (``rate``, then ``click``) the ranker has."""
-    if task_blend:
-        if unknown := set(task_blend) - set(tasks):
-            raise ConfigError(f"task_blend names {sorted(unknown)}, not outputs of the ranker ({', '.join(tasks)})")
-        return {t: float(w) for t, w in task_blend.items()}
-    for t in ENGAGEMENT_TASKS:
-        if t in tasks:
-            return {t: 1.0}
-    raise ConfigError(f"the ranker has none of the engagement tasks {ENGAGEMENT_TASKS}; pass task_blend "
-                      f"(its outputs: {', '.join(tasks)})")
-
-
 @torch.no_grad()
 def rank_candidates(ranker: CandidateRanker, log: ImpressionLog, cases: TwoStageCases, candidates: np.ndarray, *,
                     max_len: int, task_blend: Mapping[str, float] | None = None, batch_size: int = 32,
@@ -247,32 +234,10 @@ def rank_candidates(ranker: CandidateRanker, log: ImpressionLog, cases: TwoStage
             outputs = ranker(tensors)
             if blend is None:
                 blend = resolve_blend(list(outputs), task_blend)
-            score = sum(w * outputs[t].detach().double() for t, w in blend.items())
+            score = blend_score({t: outputs[t].detach().double() for t in blend}, blend)
             out[idx] = np.where(real, score.cpu().numpy(), np.nan)
             advance(len(idx))
     return out, blend if blend is not None else {t: float(w) for t, w in (task_blend or {}).items()}
-
-
-def _zscore(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per row, (x - mean) / std over the entries where ``mask``; 0 where the std is 0; 0 outside ``mask``."""
-    cnt = mask.sum(axis=1, keepdims=True)
-    xm = np.where(mask, x, 0.0)
-    mean = xm.sum(axis=1, keepdims=True) / np.maximum(cnt, 1)
-    var = (np.where(mask, x - mean, 0.0) ** 2).sum(axis=1, keepdims=True) / np.maximum(cnt, 1)
-    std = np.sqrt(var)
-    z = np.where(std > 0, (x - mean) / np.where(std > 0, std, 1.0), 0.0)
-    return np.where(mask, z, 0.0)
-
-
-def fuse(retrieval_scores: np.ndarray, ranker_scores: np.ndarray, weight: float | None) -> np.ndarray:
-    """final = z(retrieval) + w * z(ranker) per row (w None: z(ranker) alone); a candidate without a ranker score
-    (NaN) uses its retrieval z-score for both; empty slots (retrieval -inf) get -inf."""
-    slot = np.isfinite(retrieval_scores)
-    known = slot & np.isfinite(ranker_scores)
-    z_r = _zscore(np.where(slot, retrieval_scores, 0.0), slot)
-    z_k = np.where(known, _zscore(np.where(known, ranker_scores, 0.0), known), z_r)
-    final = z_k if weight is None else z_r + weight * z_k
-    return np.where(slot, final, -np.inf)
 
 
 def ranks_in_list(final: np.ndarray, target_col: np.ndarray, miss_rank: int) -> np.ndarray:

@@ -126,7 +126,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
 def _copy_ranker(run: Path, bundle: Path, raw_ids: list[str], options: dict[str, Any]) -> dict[str, Any]:
     """The ranking stage's files (see :mod:`genrec.serve.ranking`); returns the manifest's ``ranker`` entry."""
     from genrec.data.actions import schema_for
-    from genrec.eval.two_stage import resolve_blend
+    from genrec.models.two_stage import resolve_blend
     from genrec.models import RANKING
     from genrec.models.ranking import RankSpec
     from genrec.serve.ranking import DEFAULT_CANDIDATES

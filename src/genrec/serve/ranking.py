@@ -20,10 +20,10 @@ For one request (:meth:`RankingStage.rerank`):
    it never saw, or no context, is code 0 (unknown), as in training;
 3. per task it predicts: a calibrated probability for binary tasks (sigmoid, then the task's Platt map), the
    model's value for regression tasks (KuaiRand ``watch_time``: log(1 + seconds));
-4. the final order, as in the two-stage evaluation (``genrec.eval.two_stage``): ranker score r = sum over
-   ``blend`` of weight x the task's logit (regression: value); final = z(retrieval score) + ``weight`` x z(r),
-   z-scores over the candidate list (``weight`` null: z(r) alone); a candidate the ranker does not know keeps its
-   retrieval z-score as its r z-score; ties keep the retrieval order.
+4. the final order, by the score rule the two-stage evaluation applies too (``genrec.models.two_stage``):
+   ranker score r = sum over ``blend`` of weight x the task's logit (regression: value); final =
+   z(retrieval score) + ``weight`` x z(r), z-scores over the candidate list (``weight`` null: z(r) alone); a
+   candidate the ranker does not know keeps its retrieval z-score as its r z-score; ties keep the retrieval order.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from safetensors.torch import load_file
 
 from genrec.data.actions import encode_events
 from genrec.errors import GenrecError
-from genrec.eval.two_stage import fuse
 from genrec.io import read_json, read_vocab
 from genrec.models import RANKING
 from genrec.models.ranking import FeatureEmbedding, RankBatch, RankSpec
+from genrec.models.two_stage import blend_score, final_order, fuse
 from genrec.serve.batching import Batcher
 
 DEFAULT_CANDIDATES = 200
@@ -166,11 +166,10 @@ class RankingStage:
                    "cand_context": inputs.context, "cand": self.item_map[np.asarray(candidates, dtype=np.int64)]}
         out = self.batcher.submit(request)
         known = request["cand"] > 0
-        score = np.where(known, sum(w * out[t] for t, w in self.blend.items()), np.nan)
+        score = np.where(known, blend_score(out, self.blend), np.nan)
         preds = {t: np.where(known, self._predict(t, v), np.nan) for t, v in out.items()}
         final = fuse(np.asarray(retrieval_scores, dtype=np.float64)[None], score[None], self.weight)[0]
-        order = np.lexsort((np.arange(len(final)), -final))  # ties: the retrieval order
-        return Ranked(order, final, score, preds)
+        return Ranked(final_order(final), final, score, preds)
 
     @torch.no_grad()
     def _forward(self, requests: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
