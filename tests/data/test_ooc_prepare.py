@@ -411,3 +411,31 @@ def test_order_statistic_is_exact(tmp_path_factory, monkeypatch, values, data):
     finally:
         engine.close()
         shutil.rmtree(tmp)
+
+
+# --- the events stage in passes ------------------------------------------------------------------------------
+
+def test_event_passes_follow_the_memory_limit():
+    from genrec.data.sql import event_passes
+
+    assert event_passes(10**6, 4, None) == 1
+    assert event_passes(10**6, 4, 10**9) == 1
+    assert event_passes(10**9, 300, 4 * 2**30) == 19  # 64 GB of working set in 3.4 GB groups
+    assert event_passes(10**9, 5, 2**20) == 5  # never more passes than shards
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "spark"])
+def test_events_in_passes_equal_one_pass(tmp_path, monkeypatch, request, engine):
+    """A tiny budget per row forces one pass per shard; the folder equals the in-memory preparation's."""
+    if engine == "spark":
+        request.getfixturevalue("spark")
+    log = make_log(n=500, seed=5)
+    src = write_parts(log, tmp_path / "in")
+    mem = prep(src, tmp_path / "mem", "memory", dedup=True, shards=4)
+    monkeypatch.setattr("genrec.data.sql.EVENT_BYTES", 10**9)
+    messages: list[str] = []
+    out = prepare_to_folder(src, tmp_path / engine, schema=SCHEMA, progress=messages.append,
+                            config=PrepareConfig(engine=engine, dedup=True, shards=4, memory_limit="256MB"))
+    assert any("4 passes" in m for m in messages), messages
+    assert_same_layout(mem.path, out.path)
+    assert not [p for p in out.path.iterdir() if p.name.startswith(".")]

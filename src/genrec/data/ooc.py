@@ -179,7 +179,8 @@ def _prepare_out_of_core(files: list[Path], out: Path, engine_name: str, *, name
                               items.append_column("crow", pa.array(np.arange(items.num_rows, dtype=np.int64))))
             manifest = Pipeline(engine, staged, progress).run(
                 out, name=name, dedup=config.dedup, kcore=config.kcore, shards=config.shards, source=source,
-                catalog=catalog, meta={"input_files": len(files), "input_rows": staged.rows})
+                catalog=catalog, meta={"input_files": len(files), "input_rows": staged.rows},
+                memory_limit=memory_limit)
         finally:
             engine.close()
     write_json(out / MANIFEST, manifest)

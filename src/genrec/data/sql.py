@@ -43,6 +43,7 @@ INSTALL_HINT = "pip install 'genrec[scale]'"
 BUCKETS = 4096  # histogram buckets per pass when looking for an order statistic
 FETCH_ROWS = 200_000  # a bucket this small is finished in Python
 DUCKDB_SHARE = 0.8  # of --memory-limit for DuckDB's buffers; the rest for the process around it
+EVENT_BYTES = 64  # working memory per row when positions are numbered (join, window sort); sizes the passes
 
 
 class Engine(ABC):
@@ -347,16 +348,47 @@ class Pipeline:
                     pa.schema([("item_idx", pa.int64()), ("raw_id", self.staged.types["i_raw"]),
                                ("count", pa.int64())]))
 
-    def events_sql(self, table: str, shards: int) -> str:
-        q = self.e.quote
-        side = "".join(f", c.{c} AS {q(name)}" for c, name in (("ts", "timestamp"), ("val", "value"),
-                                                               ("event", "event")) if self.staged.has(c))
-        order = "c.ts, c.row_id" if self.has_ts else "c.row_id"
-        # nullif keeps pos a nullable column on every engine (Spark would mark a window result NOT NULL).
-        pos = f"nullif(CAST(row_number() OVER (PARTITION BY uv.user_idx ORDER BY {order}) - 1 AS INT), -1)"
+    def joined_sql(self, table: str, shards: int) -> str:
+        """Rows with their dense ids and their user's shard."""
         shard = f"CAST(((uv.user_idx * {HASH_MULTIPLIER}) % 4294967296) % {shards} AS INT)"
-        return (f"SELECT uv.user_idx, {pos} AS pos, iv.item_idx{side}, {shard} AS shard "
+        side = "".join(f", c.{c}" for c in ("ts", "val", "event") if self.staged.has(c))
+        return (f"SELECT c.row_id, uv.user_idx, iv.item_idx{side}, {shard} AS shard "
                 f"FROM {table} c JOIN users uv ON c.u = uv.u JOIN items iv ON c.i = iv.i")
+
+    def events_sql(self, rows: str) -> str:
+        """The event layout's columns from ``rows`` (a subquery or view of :meth:`joined_sql`'s columns)."""
+        q = self.e.quote
+        side = "".join(f", r.{c} AS {q(name)}" for c, name in (("ts", "timestamp"), ("val", "value"),
+                                                               ("event", "event")) if self.staged.has(c))
+        order = "r.ts, r.row_id" if self.has_ts else "r.row_id"
+        # nullif keeps pos a nullable column on every engine (Spark would mark a window result NOT NULL).
+        pos = f"nullif(CAST(row_number() OVER (PARTITION BY r.user_idx ORDER BY {order}) - 1 AS INT), -1)"
+        return f"SELECT r.user_idx, {pos} AS pos, r.item_idx{side}, r.shard FROM {rows} r"
+
+    def write_events(self, table: str, out: Path, shards: int, passes: int) -> None:
+        """The events, partitioned by shard. Numbering every user's positions at once sorts the whole log; in
+        ``passes`` > 1 the joined rows are first scattered by shard group (one scan, no sort), then each group
+        is numbered and written on its own, so spill space and memory are those of one group."""
+        folder = out / EVENTS
+        if passes == 1:
+            self.e.copy_partitioned(self.events_sql(f"({self.joined_sql(table, shards)})"), folder, "shard")
+            return
+        scatter = out / ".events-by-pass"
+        self.e.copy_partitioned(f"SELECT j.*, j.shard % {passes} AS grp FROM ({self.joined_sql(table, shards)}) j",
+                                scatter, "grp")
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in range(passes):
+            part = scatter / f"grp={p}"
+            if not part.is_dir():  # no user hashed into this group
+                continue
+            self.e.source("pass_rows", part)
+            self.e.copy_partitioned(self.events_sql("pass_rows"), out / ".events-pass", "shard")
+            for shard_dir in sorted((out / ".events-pass").iterdir()):
+                shard_dir.rename(folder / shard_dir.name)
+            shutil.rmtree(out / ".events-pass")
+            shutil.rmtree(part)
+            self.progress(f"  events pass {p + 1}/{passes}")
+        shutil.rmtree(scatter)
 
     def write_catalog(self, catalog: Path, out: Path) -> None:
         """Catalog rows of kept items with their item_idx: the first row of each item, in catalog order."""
@@ -426,7 +458,8 @@ class Pipeline:
         return self._results[sql]
 
     def run(self, out: Path, *, name: str, dedup: bool, kcore: int | None, shards: int | None, source: str,
-            catalog: Path | None = None, meta: dict | None = None) -> dict[str, Any]:
+            catalog: Path | None = None, meta: dict | None = None, memory_limit: int | None = None
+            ) -> dict[str, Any]:
         """Every statement, in order; writes the layout's files under ``out`` and returns the manifest."""
         table, n = self.base(), self.staged.rows
         if dedup:
@@ -446,9 +479,10 @@ class Pipeline:
             self.write_vocabularies(out)
             note(f"{users:,} users, {items:,} items")
         n_shards = shards or default_shards(n)
+        passes = event_passes(n, n_shards, memory_limit)
         with self._stage("events") as note:
-            self.e.copy_partitioned(self.events_sql(table, n_shards), out / EVENTS, "shard")
-            note(f"{n:,} in {n_shards} shards")
+            self.write_events(table, out, n_shards, passes)
+            note(f"{n:,} in {n_shards} shards" + (f", {passes} passes" if passes > 1 else ""))
         if catalog is not None:
             with self._stage("catalog") as note:
                 self.write_catalog(catalog, out)
@@ -466,6 +500,13 @@ class Pipeline:
         return build_manifest(name=name, engine=self.e.name, shards=n_shards, users=users, items=items,
                               interactions=n, columns=columns, dedup=dedup, kcore=kcore, temporal=temporal,
                               source=source, stats=stats, meta=meta)
+
+
+def event_passes(rows: int, shards: int, memory_limit: int | None) -> int:
+    """How many shard groups the events are numbered in, so that one group's working set fits the limit."""
+    if not memory_limit:
+        return 1
+    return max(1, min(shards, math.ceil(rows * EVENT_BYTES / (memory_limit * DUCKDB_SHARE))))
 
 
 def _literal(value: Any) -> str:
