@@ -41,36 +41,38 @@ class HSTUBlock(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.rab = RelativeBias(cfg.max_len, cfg.time_buckets if use_timestamps else 0)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor | None = None,
-                reference: bool = False) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The fused SiLU projection of ``x`` [B, N, D]: U [B, N, H*Dv] and per-head V, Q, K [B, H, N, Dv/Da]."""
         b, n, _ = x.shape
         u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).split(
             [self.h * self.dv, self.h * self.dv, self.h * self.da, self.h * self.da], dim=-1)
+        v, q, k = (t.view(b, n, self.h, -1).transpose(1, 2) for t in (v, q, k))
+        return u, v, q, k
 
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, n, self.h, -1).transpose(1, 2)
+    def finish(self, x: torch.Tensor, a: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The block output x + W2(dropout(LayerNorm(A) * U)) from the per-head attention output A [B, H, N, Dv]."""
+        a = a.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.h * self.dv)
+        return x + self.out(self.drop(self.norm_attn(a) * u))
 
-        q, k, v, bias = heads(q), heads(k), heads(v), self.rab(n, timestamps)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor | None = None,
+                reference: bool = False) -> torch.Tensor:
+        u, v, q, k = self.project(x)
+        bias = self.rab(x.shape[1], timestamps)
         if reference:
             a = pointwise_attention_reference(q, k, v, bias, lengths, self.max_len)
         else:
             a = pointwise_attention(q, k, v, bias, self.max_len)
-        a = a.transpose(1, 2).reshape(b, n, self.h * self.dv)
-        return x + self.out(self.drop(self.norm_attn(a) * u))
-
+        return self.finish(x, a, u)
 
     def forward_last(self, x: torch.Tensor, lengths: torch.Tensor,
                      timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """The block's output at each sequence's last position only [B, D]: keys and values for every position,
         one query row per sequence (serving and evaluation read nothing else from the last block)."""
         b, n, _ = x.shape
-        u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).split(
-            [self.h * self.dv, self.h * self.dv, self.h * self.da, self.h * self.da], dim=-1)
+        u, v, q, k = self.project(x)  # v, q, k: [B, H, N, *]
         rows, last = torch.arange(b, device=x.device), lengths - 1
         cols = torch.arange(n, device=x.device)
-        k = k.view(b, n, self.h, self.da).transpose(1, 2)  # [B, H, N, Da]
-        v = v.view(b, n, self.h, self.dv).transpose(1, 2)
-        q_last = q[rows, last].view(b, self.h, 1, self.da)
+        q_last = q[rows, :, last].unsqueeze(-2)  # [B, H, 1, Da]
         gap = None
         if timestamps is not None and self.rab.time is not None:
             gap = timestamps[rows, last][:, None] - timestamps

@@ -329,21 +329,6 @@ class GenerativeRanker(nn.Module):
         mask = rel > 0  # the user token and history tokens j < vis
         return rel, gap, mask
 
-    # --- HSTU layer pieces ----------------------------------------------------------------------------------
-
-    @staticmethod
-    def _project(block: HSTUBlock, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """U [B, N, H*Dv] and per-head V, Q, K [B, H, N, *] of the fused SiLU projection."""
-        b, n, _ = x.shape
-        u, v, q, k = F.silu(block.uvqk(block.norm_in(x))).split(
-            [block.h * block.dv, block.h * block.dv, block.h * block.da, block.h * block.da], dim=-1)
-        return (u,) + tuple(t.view(b, n, block.h, -1).transpose(1, 2) for t in (v, q, k))
-
-    @staticmethod
-    def _finish(block: HSTUBlock, x: torch.Tensor, a: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        a = a.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
-        return x + block.out(block.drop(block.norm_attn(a) * u))
-
     # --- M-FALCON: history once, candidates in micro-batches ----------------------------------------------
 
     def _norm(self, mask: torch.Tensor, extra: int = 0) -> torch.Tensor | int:
@@ -363,10 +348,10 @@ class GenerativeRanker(nn.Module):
         bias_idx = self.blocks[0].rab.index(rel, gap)  # every block's bias is built alike: index once
         ks, vs = [], []
         for block in self.blocks:
-            u, v, q, k = self._project(block, x)
+            u, v, q, k = block.project(x)
             a = masked_pointwise_attention(q, k, v, block.rab.lookup(bias_idx).unsqueeze(-3), mask,
                                            self._norm(mask))
-            x = self._finish(block, x, a, u)
+            x = block.finish(x, a, u)
             ks.append(k)
             vs.append(v)
         signals = None if self.history_stats is None else self.history_stats.signals(actions)
@@ -392,12 +377,12 @@ class GenerativeRanker(nn.Module):
             own_idx = self.blocks[0].rab.index(zero, zero)  # a candidate to itself: position 0, gap 0
             n = self._norm(mask[:, None], extra=1)  # the candidate also reads itself
             for block, k_h, v_h in zip(self.blocks, cache.k, cache.v, strict=True):
-                u, v, q, k = self._project(block, x)
+                u, v, q, k = block.project(x)
                 a = masked_pointwise_attention(q, k_h, v_h, block.rab.lookup(bias_idx).unsqueeze(-3),
                                                mask[:, None], n)
                 own = F.silu((q * k).sum(-1, keepdim=True) + block.rab.lookup(own_idx))
                 a = a + own * v / n
-                x = self._finish(block, x, a, u)
+                x = block.finish(x, a, u)
             interest = self._interest(cache.tokens, cand_items[:, sl], mask[..., 1:])
             stats = self._stats(cache.items, cache.signals, cand_items[:, sl], mask[..., 1:])
             out = self._task_outputs(x, cand_items[:, sl], cand_time[:, sl], cache.user, interest, stats,
@@ -437,10 +422,10 @@ class GenerativeRanker(nn.Module):
             mask = mask[None].expand(len(vis), -1, -1).clone()
             mask[:, -1, 1:-1] = cols[None, :-2] < vis[:, None]
             for block in self.blocks:
-                u, v, q, k = self._project(block, x)
+                u, v, q, k = block.project(x)
                 a = masked_pointwise_attention(q, k, v, block.rab.at(rel, gap).unsqueeze(-3), mask[:, None],
                                                self._norm(mask[:, None]))
-                x = self._finish(block, x, a, u)
+                x = block.finish(x, a, u)
             interest = self._interest(hist, batch.cand_items[:, c:c + 1], mask[:, -1:, 1:-1])
             stats = self._stats(items, signals, batch.cand_items[:, c:c + 1], mask[:, -1:, 1:-1])
             out = self._task_outputs(x[:, -1:], batch.cand_items[:, c:c + 1], batch.cand_time[:, c:c + 1],
