@@ -3,8 +3,6 @@ selects on validation GAUC, writes a complete run folder, resumes exactly, and l
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -321,26 +319,6 @@ def test_training_requests_can_differ_from_the_evaluated_ones(log_and_split):
         RunConfig.model_validate({**frozen.model_dump(), "train_stride": 33})  # above max_len 32
     with pytest.raises(Exception, match="apply to the torch ranking models"):
         RunConfig.model_validate({"dataset": "x", "model": {"name": "gbdt"}, "train_requests": "frozen"})
-
-
-def test_item_id_dropout_zeroes_unseen_items_and_drops_ids_only_in_training(log_and_split, tmp_path):
-    log, split = log_and_split
-    before = ~(split.valid | split.test)  # item 7 is first shown after training: 8 takes its earlier rows
-    log = dataclasses.replace(log, item=np.where(before & (log.item == 7), 8, log.item))
-    cfg = config("ranker")
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"item_id_dropout": 0.5})})
-    result = RankingTrainer(cfg, tmp_path / "drop", log=log, split=split, show_progress=False).fit()
-    ids = load_tensors(tmp_path / "drop" / "model.safetensors")["item_emb.id.weight"]
-    assert torch.equal(ids[7], torch.zeros_like(ids[7])) and ids[8].abs().sum() > 0
-    emb = result.model.item_emb
-    idx = torch.arange(1, 31).repeat(50)
-    with torch.no_grad():
-        full = emb.eval()(idx)
-        assert torch.equal(full, emb(idx))  # no dropout at evaluation
-        out = emb.train()(idx)  # each lookup keeps its id embedding or holds the feature embeddings alone
-        kept = (out - full).abs().amax(-1) < 1e-6
-        dropped = (out - (full - emb.id(idx))).abs().amax(-1) < 1e-6
-    assert (kept | dropped).all() and 0.35 < dropped[idx != 7].float().mean() < 0.65
 
 
 def test_refit_trains_a_fresh_model_on_training_and_validation_for_the_selected_epochs(log_and_split, tmp_path):

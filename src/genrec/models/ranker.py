@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,6 @@ from genrec.models.ranking import (
     RankSpec,
     RowContext,
     TaskHeads,
-    add_offsets,
     make_item_prior,
     make_row_bias,
     multitask_loss,
@@ -86,24 +85,15 @@ class RankerConfig(RankingOptions):
     heads: int = Field(2, ge=1, description="Attention heads.")
     attn_dim: int | None = Field(None, ge=1, description="Per-head Q/K size (default dim // heads): how finely a "
                                  "candidate's attention can tell history items apart, independent of D.")
-    linear_dim: int | None = Field(None, ge=1, description="Per-head U/V size (default dim // heads).")
     max_len: int = Field(200, ge=1, description="History cap: only the most recent max_len impressions are "
                          "read; also the attention normaliser n.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on token embeddings and block outputs.")
     init_std: float = Field(0.02, gt=0, description="Std of the embedding init.")
-    time_buckets: int = Field(64, ge=0, description="Log-scale time-gap buckets of the relative bias (0 = none).")
     task_weights: dict[str, float] | None = Field(None, description="Loss weight per task (default 1 each; "
                                                   "tasks not named weigh 1).")
     head_hidden: int | None = Field(None, ge=1, description="Hidden size of each task head (default: "
                                    "its input width, e.g. 4 x dim with head_input output+embeddings+product).")
     micro_batch: int = Field(256, ge=1, description="Candidates per scoring chunk of score_candidates.")
-    attn_norm: Literal["max_len", "count"] = Field(
-        "max_len", description="Divide each token's attention output by max_len (HSTU's constant n) or by the "
-        "number of tokens it reads (user token, visible history, itself). With histories much shorter than "
-        "max_len (a few impressions per user) the constant shrinks what the history contributes.")
-    user_id: bool = Field(True, description="Learn an embedding per user id (added to the user's feature "
-                          "embeddings). With a handful of training impressions per user it mostly memorises the "
-                          "user's own rates, which per-user metrics (GAUC) cannot use; false: user features only.")
     head_input: Literal["output", "output+embeddings", "output+embeddings+product"] = Field(
         "output", description="What the task heads read: the candidate's final state, or that concatenated with "
         "the candidate item's and the user's embeddings (as feature-crossing rankers feed their top MLP), "
@@ -117,23 +107,16 @@ class RankerConfig(RankingOptions):
         (), description="Request-context embeddings added to every candidate token: 'hour' (UTC hour of day of the "
         "candidate's time) and 'gap' (log2 buckets of the seconds since the last history impression the candidate "
         "may read). Both are known when a request is served. Default none.")
-    mf_dim: int = Field(0, ge=0, description="Width of a matrix-factorisation cross (0 = none): separate user and "
-                        "item id embeddings whose elementwise product (with dropout) feeds one linear output per task, "
-                        "added to the heads' outputs. A user x item affinity wider than dim, outside the HSTU.")
-    item_id_dropout: float = Field(
-        0.0, ge=0, lt=1, description="Cold items: training leaves an item's id embedding out (features only) with "
-        "this probability, and the ids of items without a training impression start at zero (they get no "
-        "gradient, so they stay there): an item first shown after training is then scored from its features, as "
-        "training taught, rather than from a random id vector. 0 (default): off.")
     history_stats: tuple[str, ...] | None = Field(
         None, description="When set, the heads also read exact counts over the history each candidate may read "
         "(HistoryStats): the user's rate of every action signal and, per key named here ('item', or an item "
         "feature such as 'author'), the count, share and signal rates of the history tokens sharing the "
         "candidate's key. [] counts the user's rates only. Off by default.")
 
-    row_head: bool = Field(False, description="With row_context: the task heads also read the candidate's context "
-                           "embedding and its product with the user's embedding (a user x surface cross), besides "
-                           "the candidate token that already carries it. Off by default.")
+    # Options that were measured and not adopted (docs/results-log.md), with the value every model had without them.
+    retired: ClassVar[dict[str, Any]] = {**RankingOptions.retired, "linear_dim": None, "time_buckets": 64,
+                                         "attn_norm": "max_len", "user_id": True, "mf_dim": 0,
+                                         "item_id_dropout": 0.0, "row_head": False}
 
     @model_validator(mode="after")
     def _dim_splits_into_heads(self) -> RankerConfig:
@@ -141,8 +124,6 @@ class RankerConfig(RankingOptions):
             raise ValueError(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
         if self.task_weights and any(w < 0 for w in self.task_weights.values()):
             raise ValueError("task_weights must be >= 0")
-        if self.row_head and not self.row_context:
-            raise ValueError("row_head needs row_context")
         return self
 
 
@@ -163,7 +144,6 @@ class HistoryCache:
     tokens: torch.Tensor | None = None  # [B, L, D] history item + action embeddings (for target_attention)
     items: torch.Tensor | None = None  # [B, L] the kept history's items (for history_stats)
     signals: torch.Tensor | None = None  # [B, L, S] their action signals (for history_stats)
-    mf_user: torch.Tensor | None = None  # [B, mf_dim] the user's factor (for mf_dim)
 
 
 class GenerativeRanker(nn.Module):
@@ -178,10 +158,8 @@ class GenerativeRanker(nn.Module):
             raise ValueError(f"task_weights names tasks the data does not have: {sorted(unknown)}")
         self.config, self.spec = config, spec
         d = config.dim
-        self.item_emb = FeatureEmbedding(spec.n_items, d, spec.item_feature_sizes, item_tables, config.init_std,
-                                         id_dropout=config.item_id_dropout)
-        self.user_emb = FeatureEmbedding(spec.n_users, d, spec.user_feature_sizes, user_tables, config.init_std,
-                                         use_id=config.user_id)
+        self.item_emb = FeatureEmbedding(spec.n_items, d, spec.item_feature_sizes, item_tables, config.init_std)
+        self.user_emb = FeatureEmbedding(spec.n_users, d, spec.user_feature_sizes, user_tables, config.init_std)
         self.action_emb = ActionEmbedding(spec.action_sizes, d, config.init_std)
         self.cand_type = nn.Parameter(torch.randn(d) * config.init_std)
         self.context = nn.ModuleDict({name: nn.Embedding(CONTEXT_SIZES[name], d) for name in config.context})
@@ -190,12 +168,10 @@ class GenerativeRanker(nn.Module):
         self.row_emb = RowContext(spec, config.row_context, d, config.init_std)
         self.drop = nn.Dropout(config.dropout)
         block_cfg = HSTUConfig(dim=d, blocks=config.blocks, heads=config.heads, max_len=config.max_len,
-                               dropout=config.dropout, init_std=config.init_std, time_buckets=config.time_buckets,
-                               attn_dim=config.attn_dim, linear_dim=config.linear_dim)
+                               dropout=config.dropout, init_std=config.init_std, attn_dim=config.attn_dim)
         self.blocks = nn.ModuleList(HSTUBlock(block_cfg, use_timestamps=True) for _ in range(config.blocks))
         self.final_norm = nn.LayerNorm(d)
         width = {"output": d, "output+embeddings": 3 * d, "output+embeddings+product": 4 * d}[config.head_input]
-        width += 2 * d if config.row_head else 0
         self.target_attention = None
         if config.target_attention:
             self.target_attention = ActivationUnit(d, config.target_attention, "prelu")
@@ -209,13 +185,6 @@ class GenerativeRanker(nn.Module):
             self.history_stats = HistoryStats(spec, config.history_stats)
             width += self.history_stats.width
         self.heads = TaskHeads(width, spec.tasks, config.head_hidden)
-        self.mf = None
-        if config.mf_dim:
-            self.mf = nn.ModuleDict({"user": nn.Embedding(spec.n_users + 1, config.mf_dim, padding_idx=0),
-                                     "item": nn.Embedding(spec.n_items + 1, config.mf_dim, padding_idx=0),
-                                     "out": nn.Linear(config.mf_dim, len(spec.tasks))})
-            for name in ("user", "item"):
-                nn.init.normal_(self.mf[name].weight, std=config.init_std)
         self.prior = make_item_prior(config, spec)
         self.row_bias = make_row_bias(config, spec)
 
@@ -259,18 +228,13 @@ class GenerativeRanker(nn.Module):
         return self._scale(x)
 
     def _head_input(self, out: torch.Tensor, items: torch.Tensor, user: torch.Tensor | None,
-                    interest: torch.Tensor | None, stats: torch.Tensor | None,
-                    ctx: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, M, D] candidate states -> the heads' input (see head_input, target_attention, history_stats,
-        row_head; ``ctx`` [B, M, C]: the candidates' row context codes)."""
+                    interest: torch.Tensor | None, stats: torch.Tensor | None) -> torch.Tensor:
+        """[B, M, D] candidate states -> the heads' input (see head_input, target_attention, history_stats)."""
         parts = [out]
         item = self.item_emb(items)
-        user = user[:, None].expand(-1, out.shape[1], -1) if user is not None else None
         if self.config.head_input != "output":
+            user = user[:, None].expand(-1, out.shape[1], -1)
             parts += [item, user] + ([item * user] if self.config.head_input.endswith("product") else [])
-        if self.config.row_head:
-            row = self.row_emb(ctx) if ctx is not None else torch.zeros_like(out)
-            parts += [row, row * user]
         if interest is not None:
             parts += [interest, item * interest]
         if stats is not None:
@@ -299,18 +263,10 @@ class GenerativeRanker(nn.Module):
 
     def _task_outputs(self, out: torch.Tensor, items: torch.Tensor, times: torch.Tensor,
                       user: torch.Tensor | None, interest: torch.Tensor | None = None,
-                      stats: torch.Tensor | None = None, mf_user: torch.Tensor | None = None,
-                      ctx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """{task: [B, M]} from the candidates' final states [B, M, D]: the heads, plus the MF cross (``mf_user``
-        [B, mf_dim]) and the item prior."""
-        outputs = self.heads(self._head_input(self.final_norm(out), items, user, interest, stats, ctx))
-        if self.mf is not None:
-            cross = self.mf["out"](self.drop(mf_user[:, None] * self.mf["item"](items)))
-            outputs = add_offsets(outputs, {t: cross[..., k] for k, t in enumerate(self.spec.tasks)})
+                      stats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """{task: [B, M]} from the candidates' final states [B, M, D]: the heads plus the item prior."""
+        outputs = self.heads(self._head_input(self.final_norm(out), items, user, interest, stats))
         return with_item_prior(self.prior, outputs, items, times)
-
-    def _mf_user(self, user: torch.Tensor) -> torch.Tensor | None:
-        return None if self.mf is None else self.mf["user"](user)
 
     @staticmethod
     def _visible(visible: torch.Tensor, shift: torch.Tensor, hist_len: torch.Tensor) -> torch.Tensor:
@@ -331,12 +287,6 @@ class GenerativeRanker(nn.Module):
 
     # --- M-FALCON: history once, candidates in micro-batches ----------------------------------------------
 
-    def _norm(self, mask: torch.Tensor, extra: int = 0) -> torch.Tensor | int:
-        """The attention normaliser for queries under ``mask`` (keys on the last axis): see attn_norm."""
-        if self.config.attn_norm == "max_len":
-            return self.config.max_len
-        return (mask.sum(-1, keepdim=True) + extra).clamp(min=1).to(torch.float32)
-
     def encode_history(self, batch: RankBatch) -> HistoryCache:
         x, times, length, shift, hist, items, actions = self._history_tokens(batch)
         n = x.shape[1]
@@ -350,13 +300,12 @@ class GenerativeRanker(nn.Module):
         for block in self.blocks:
             u, v, q, k = block.project(x)
             a = masked_pointwise_attention(q, k, v, block.rab.lookup(bias_idx).unsqueeze(-3), mask,
-                                           self._norm(mask))
+                                           self.config.max_len)
             x = block.finish(x, a, u)
             ks.append(k)
             vs.append(v)
         signals = None if self.history_stats is None else self.history_stats.signals(actions)
-        return HistoryCache(ks, vs, times, length, shift, self.user_emb(batch.user), hist, items, signals,
-                            self._mf_user(batch.user))
+        return HistoryCache(ks, vs, times, length, shift, self.user_emb(batch.user), hist, items, signals)
 
     def score_candidates(self, cache: HistoryCache, cand_items: torch.Tensor, cand_time: torch.Tensor,
                          visible: torch.Tensor, micro_batch: int | None = None,
@@ -375,7 +324,7 @@ class GenerativeRanker(nn.Module):
             bias_idx = self.blocks[0].rab.index(rel, gap)
             zero = torch.zeros((), dtype=torch.long, device=x.device)
             own_idx = self.blocks[0].rab.index(zero, zero)  # a candidate to itself: position 0, gap 0
-            n = self._norm(mask[:, None], extra=1)  # the candidate also reads itself
+            n = self.config.max_len
             for block, k_h, v_h in zip(self.blocks, cache.k, cache.v, strict=True):
                 u, v, q, k = block.project(x)
                 a = masked_pointwise_attention(q, k_h, v_h, block.rab.lookup(bias_idx).unsqueeze(-3),
@@ -385,8 +334,7 @@ class GenerativeRanker(nn.Module):
                 x = block.finish(x, a, u)
             interest = self._interest(cache.tokens, cand_items[:, sl], mask[..., 1:])
             stats = self._stats(cache.items, cache.signals, cand_items[:, sl], mask[..., 1:])
-            out = self._task_outputs(x, cand_items[:, sl], cand_time[:, sl], cache.user, interest, stats,
-                                     cache.mf_user, ctx)
+            out = self._task_outputs(x, cand_items[:, sl], cand_time[:, sl], cache.user, interest, stats)
             parts.append(self.row_bias(out, ctx))
         return {t: torch.cat([p[t] for p in parts], dim=1) for t in self.spec.tasks}
 
@@ -424,12 +372,12 @@ class GenerativeRanker(nn.Module):
             for block in self.blocks:
                 u, v, q, k = block.project(x)
                 a = masked_pointwise_attention(q, k, v, block.rab.at(rel, gap).unsqueeze(-3), mask[:, None],
-                                               self._norm(mask[:, None]))
+                                               self.config.max_len)
                 x = block.finish(x, a, u)
             interest = self._interest(hist, batch.cand_items[:, c:c + 1], mask[:, -1:, 1:-1])
             stats = self._stats(items, signals, batch.cand_items[:, c:c + 1], mask[:, -1:, 1:-1])
             out = self._task_outputs(x[:, -1:], batch.cand_items[:, c:c + 1], batch.cand_time[:, c:c + 1],
-                                     self.user_emb(batch.user), interest, stats, self._mf_user(batch.user), ctx)
+                                     self.user_emb(batch.user), interest, stats)
             outs.append(self.row_bias(out, ctx))
         return {t: torch.cat([o[t] for o in outs], dim=1) for t in self.spec.tasks}
 

@@ -13,7 +13,7 @@ regression tasks.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -88,15 +88,11 @@ class FeatureEmbedding(nn.Module):
     with the weights, so a model needs only indices at run time."""
 
     def __init__(self, n: int, dim: int, sizes: dict[str, int] | None, tables: dict[str, torch.Tensor] | None,
-                 init_std: float = 0.02, use_id: bool = True, id_dropout: float = 0.0):
+                 init_std: float = 0.02):
         super().__init__()
         self.n = n
-        self.id_dropout = id_dropout  # training: an index's id embedding is left out with this probability
-        # use_id=False: features only (an index with a handful of rows would only memorise its own base rate)
-        self.id = nn.Embedding(n + 1, dim, padding_idx=0) if use_id else None
-        if self.id is not None:
-            nn.init.normal_(self.id.weight, std=init_std)
-        self.dim = dim
+        self.id = nn.Embedding(n + 1, dim, padding_idx=0)
+        nn.init.normal_(self.id.weight, std=init_std)
         self._table: torch.Tensor | None = None  # see precompute (not saved with the weights)
         self.names = sorted(sizes or {})
         self.feats = nn.ModuleDict()
@@ -118,22 +114,10 @@ class FeatureEmbedding(nn.Module):
         with torch.no_grad():
             self._table = self.forward(torch.arange(self.n + 1, device=device))
 
-    def zero_ids(self, which: torch.Tensor) -> None:
-        """Set the id embeddings of the indices where ``which`` [n + 1] is true to zero (features only)."""
-        if self.id is not None:
-            with torch.no_grad():
-                self.id.weight[which.to(self.id.weight.device)] = 0.0
-
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if self._table is not None and not self.training:
             return self._table[idx]
-        if self.id is None:
-            out = torch.zeros(*idx.shape, self.dim, device=idx.device)
-        elif self.training and self.id_dropout > 0:
-            keep = torch.rand(idx.shape, device=idx.device) >= self.id_dropout
-            out = self.id(idx) * keep[..., None]
-        else:
-            out = self.id(idx)
+        out = self.id(idx)
         for name in self.names:
             out = out + self.feats[f"f_{name}"](getattr(self, f"table_{name}")[idx])
         return out
@@ -400,13 +384,6 @@ class RankingOptions(BaseModel):
     item_prior: bool = Field(False, description="Add each binary task's smoothed per-item rate, counted on the "
                              "training impressions strictly earlier than the candidate, to its logit (ItemPrior): "
                              "a rare signal such as likes is mostly an item property that counting gets exactly.")
-    item_prior_counts: Literal["train", "log"] = Field(
-        "train", description="What the item prior counts: the training part's impressions, or every impression of "
-        "the log strictly earlier than the candidate, whatever its part, as an online counter at serving time and "
-        "the gbdt baseline's item features do (test requests then read the earlier test-day impressions of other "
-        "users). The base rate is the training part's either way.")
-    item_prior_strength: float = Field(20.0, gt=0, description="Pseudo-impressions at the base rate that shrink a "
-                                       "rarely shown item's rate (ItemPrior.strength).")
     listwise: dict[str, float] = Field(default_factory=dict, description="Binary task -> weight of an extra "
                                        "listwise loss over each request's candidates (listwise_loss): it trains "
                                        "the order within a user, which GAUC measures, not who engages.")
@@ -418,6 +395,22 @@ class RankingOptions(BaseModel):
     row_bias: bool = Field(False, description="Also learn a logit offset per task for each row_context code "
                            "(RowBias), added to the outputs: a surface's effect shared by all users and items. "
                            "Needs row_context.")
+
+    # Options that were measured and not adopted (docs/results-log.md), with the value every model had without them.
+    retired: ClassVar[dict[str, Any]] = {"item_prior_counts": "train", "item_prior_strength": 20.0}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        """A saved config lists every field: a retired option at its old value is dropped; any other is refused."""
+        if not isinstance(data, dict):
+            return data
+        kept = {k: v for k, v in data.items() if k not in cls.retired}
+        for name in data.keys() & cls.retired.keys():
+            if data[name] != cls.retired[name]:
+                raise ValueError(f"{name} was removed (measured and not adopted, see docs/results-log.md); only "
+                                 f"its former default {cls.retired[name]!r} is still accepted, got {data[name]!r}")
+        return kept
 
     @model_validator(mode="after")
     def _row_bias_needs_context(self) -> RankingOptions:
@@ -437,7 +430,7 @@ def make_item_prior(config: RankingOptions, spec: RankSpec) -> ItemPrior | None:
     if wrong:
         raise ValueError(f"listwise names tasks that are not binary tasks of the data, or negative weights: "
                          f"{sorted(wrong)} (binary tasks: {', '.join(spec.binary_tasks)})")
-    return ItemPrior(spec.n_items, spec.binary_tasks, config.item_prior_strength) if config.item_prior else None
+    return ItemPrior(spec.n_items, spec.binary_tasks) if config.item_prior else None
 
 
 def with_item_prior(prior: ItemPrior | None, outputs: dict[str, torch.Tensor], items: torch.Tensor,

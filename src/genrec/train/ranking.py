@@ -144,24 +144,13 @@ def read_pools(path: Path, log: ImpressionLog) -> np.ndarray:
     return pools
 
 
-def fit_item_prior(model: torch.nn.Module, log: ImpressionLog, train: np.ndarray, counts: str = "train") -> None:
-    """Count impressions into the model's item prior, when it has one: the training rows (mask ``train``), or
-    with ``counts="log"`` every context row of the log (the base rate stays the training rows')."""
+def fit_item_prior(model: torch.nn.Module, log: ImpressionLog, train: np.ndarray) -> None:
+    """Count the training impressions (mask ``train``) into the model's item prior, when it has one."""
     prior = getattr(model, "prior", None)
     if prior is not None:
-        rows = train if counts == "train" else log.context
         device = prior.keys.device
-        prior.fit(torch.as_tensor(log.item[rows], device=device), torch.as_tensor(log.time[rows], device=device),
-                  {t: torch.as_tensor(log.labels[t][rows], device=device) for t in prior.tasks},
-                  base_rows=torch.as_tensor(train[rows], device=device))
-
-
-def zero_unseen_item_ids(model: torch.nn.Module, log: ImpressionLog, train: np.ndarray) -> None:
-    """``model.item_id_dropout``: the ids of items without a training impression (rows ``train``) are zeroed."""
-    if getattr(model.config, "item_id_dropout", 0.0) > 0:
-        seen = np.zeros(log.n_items + 1, dtype=bool)
-        seen[log.item[train]] = True
-        model.item_emb.zero_ids(torch.as_tensor(~seen))
+        prior.fit(torch.as_tensor(log.item[train], device=device), torch.as_tensor(log.time[train], device=device),
+                  {t: torch.as_tensor(log.labels[t][train], device=device) for t in prior.tasks})
 
 
 def _tables(features: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -319,8 +308,7 @@ class RankingTrainer:
         check_select_metric(metric, spec.binary_tasks)
         requests = make_requests(cfg, log, split)
         model = build_ranking_model(cfg.model, spec, log).to(device)
-        fit_item_prior(model, log, split.part("train"), getattr(cfg.model, "item_prior_counts", "train"))
-        zero_unseen_item_ids(model, log, split.part("train"))
+        fit_item_prior(model, log, split.part("train"))
         train = requests["train"]
         steps_per_epoch = math.ceil(len(train) / tcfg.batch_size)
         opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume)
@@ -380,8 +368,7 @@ class RankingTrainer:
         both = split.train | split.valid
         train = make_requests(cfg, log, dataclasses.replace(split, train=both))["train"]
         model = build_ranking_model(cfg.model, spec, log).to(device)
-        fit_item_prior(model, log, both, getattr(cfg.model, "item_prior_counts", "train"))
-        zero_unseen_item_ids(model, log, both)
+        fit_item_prior(model, log, both)
         steps = math.ceil(len(train) / tcfg.batch_size)
         folder = self.run_dir / "refit"
         ckpt = folder / "checkpoint"
