@@ -11,7 +11,7 @@ import torch
 
 from genrec.data.jagged import Jagged
 from genrec.data.splits import EvalCases
-from genrec.eval import fast
+from genrec.eval import fast, topk
 from genrec.eval.fast import EmbeddingScorer, GlobalScorer, SparseScorer, fast_kind
 from genrec.eval.metrics import metrics_from_ranks, popularity_percentiles
 from genrec.eval.ranking import mask_seen, rank_cases, target_ranks, topk_deterministic
@@ -151,7 +151,7 @@ KS = (1, 3, 10, 50, 400)
 def top_k_kind(request, monkeypatch):
     """The CPU's sparse running top-K, or the block-by-block top-K that other devices use."""
     if request.param == "any device":
-        monkeypatch.setattr(fast, "_SPARSE_TOP_K_DEVICES", ())
+        monkeypatch.setattr(topk, "SPARSE_TOP_K_DEVICES", ())
     return request.param
 
 

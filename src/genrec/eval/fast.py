@@ -28,6 +28,13 @@ import torch
 
 from genrec.data.jagged import Jagged
 from genrec.data.splits import EvalCases
+from genrec.eval.topk import (
+    EMPTY,
+    GROUP_MAX,
+    pack_np,
+    running_top_k,
+    top_ids,
+)
 
 # Defaults chosen with benchmarks/eval_speed.py: a [batch, block] float32 block stays in the last-level cache.
 # An accelerator gets wider blocks: fewer, larger kernels.
@@ -98,20 +105,6 @@ def rank_batches(scorer: object, kind: str, cases: EvalCases, n_items: int, max_
                                       max_batch_elements)
     else:
         raise ValueError(f"unknown fast ranking path {kind!r}")
-
-
-def topk_deterministic(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k item ids and scores per row; among equal scores the smaller id wins, so results never vary."""
-    k = min(k, scores.shape[1])
-    kth = scores.topk(k, dim=1).values[:, -1:]
-    above = scores > kth
-    tied = scores == kth
-    room = k - above.sum(dim=1, keepdim=True)
-    chosen = above | (tied & (tied.cumsum(dim=1) <= room))
-    idx = chosen.nonzero()[:, 1].view(scores.shape[0], k)  # row-major: ids ascending within each row
-    vals = scores.gather(1, idx)
-    order = torch.sort(vals, dim=1, descending=True, stable=True).indices
-    return idx.gather(1, order), vals.gather(1, order)
 
 
 def _batches(n: int, size: int) -> Iterator[np.ndarray]:
@@ -247,8 +240,8 @@ def _top_against(bg: _Background, b: int, row: np.ndarray, col: np.ndarray, scor
     live = score > -np.inf
     if not live.any():
         return np.where(vals > -np.inf, ids, 0)
-    free_keys = np.where(valid, _pack_np(vals, ids), _EMPTY)
-    live_keys = _pack_np(score[live], col[live])
+    free_keys = np.where(valid, pack_np(vals, ids), EMPTY)
+    live_keys = pack_np(score[live], col[live])
     live_row = row[live]
     keep = live_keys < free_keys[live_row, k - 1]  # else the k free items all come first
     live_keys, live_row = live_keys[keep], live_row[keep]
@@ -259,12 +252,12 @@ def _top_against(bg: _Background, b: int, row: np.ndarray, col: np.ndarray, scor
     step = max(1, _MERGE_ELEMENTS // width)  # rows per padded [rows, width] matrix of keys
     for r0 in range(0, b, step):
         r1 = min(b, r0 + step)
-        m = np.full((r1 - r0, width), _EMPTY, dtype=np.int64)
+        m = np.full((r1 - r0, width), EMPTY, dtype=np.int64)
         sel = (live_row >= r0) & (live_row < r1)
         m[live_row[sel] - r0, place[sel]] = live_keys[sel]
         m[np.arange(r1 - r0)[:, None], n_live[r0:r1, None] + np.arange(k)[None, :]] = free_keys[r0:r1]
         best[r0:r1] = np.partition(m, k - 1, axis=1)[:, :k]
-    return _top_ids(best)
+    return top_ids(best)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -281,7 +274,7 @@ def _embedding_batches(scorer: object, cases: EvalCases, n_items: int, max_k: in
     batch_size, item_block = batch_size or EMBEDDING_BATCH[where], item_block or ITEM_BLOCK[where]
     if max_batch_elements:
         item_block = min(item_block, max_batch_elements // max(batch_size, 1))
-    item_block = max(_GROUP_MAX, item_block // _GROUP_MAX * _GROUP_MAX)
+    item_block = max(GROUP_MAX, item_block // GROUP_MAX * GROUP_MAX)
     table_max = _abs_max(table)
     for rows in _batches(len(cases), batch_size):
         rows = rows[np.argsort(cases.targets[rows], kind="stable")]  # blocks then split rows by target position
@@ -335,8 +328,8 @@ def _rank_embedding_batch(q: torch.Tensor, table: torch.Tensor, table_max: float
         seen_rows = torch.from_numpy(hist.row_ids()[ok][order]).to(device)
         seen_cols = torch.from_numpy(seen_items).to(device)
     counts = torch.zeros(b, dtype=torch.int64, device=device)
-    top = _running_top_k(b, max_k, device)
-    first = -(-max_k // _GROUP_MAX) * _GROUP_MAX
+    top = running_top_k(b, max_k, device)
+    first = -(-max_k // GROUP_MAX) * GROUP_MAX
     work = torch.empty(b * item_block, device=device)  # differences, reused by every block
     for a, e in _blocks(n_items + 1, first, item_block):
         s = torch.mm(q, table[a:e].T)
@@ -387,130 +380,3 @@ def _count(s: torch.Tensor, t: torch.Tensor, strict: bool, work: torch.Tensor) -
         rows, sub, tt = odd.nonzero()[:, 0], s[odd], t[odd, None]
         n[rows] = ((sub > tt) if strict else (sub >= tt)).sum(1)
     return n
-
-
-# A (score, id) pair as one int64 whose ascending order is score descending, then id ascending.
-_EMPTY = np.iinfo(np.int64).max
-_ID_BITS = 31
-_ID_MASK = (1 << _ID_BITS) - 1
-
-
-def _pack(score: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    bits = (score + 0.0).view(torch.int32)  # + 0.0 makes -0.0 the same key as 0.0
-    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order as signed 32-bit order
-    return (~ordered).to(torch.int64) << _ID_BITS | ids
-
-
-def _pack_np(score: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    bits = (score + np.float32(0.0)).view(np.int32)
-    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    return (~ordered).astype(np.int64) << _ID_BITS | ids
-
-
-def _unpack_np(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(score, id) of packed keys; an empty slot reads as (-inf, 0)."""
-    ordered = ~(keys >> _ID_BITS).astype(np.int32)
-    score = (ordered ^ ((ordered >> 31) & 0x7FFFFFFF)).view(np.float32)
-    empty = keys == _EMPTY
-    return np.where(empty, np.float32(-np.inf), score), np.where(empty, 0, keys & _ID_MASK)
-
-
-def _top_ids(keys: np.ndarray) -> np.ndarray:
-    """Ids of each row's keys sorted best first; 0 for empty slots and -inf scores."""
-    score, ids = _unpack_np(np.sort(keys, axis=1))
-    return np.where(score > -np.inf, ids, 0)
-
-
-def _running_top_k(rows: int, k: int, device: torch.device) -> _RunningTopK | _BlockTopK:
-    return _RunningTopK(rows, k) if device.type in _SPARSE_TOP_K_DEVICES else _BlockTopK(rows, k, device)
-
-
-_SPARSE_TOP_K_DEVICES = ("cpu",)
-_GROUP_MIN, _GROUP_MAX = 8, 64
-
-
-class _RunningTopK:
-    """The best k columns per row (score desc, id asc) of blocks fed in increasing column order, on the CPU.
-
-    A later column only enters by a strictly higher score than the current k-th (on a tie the earlier, smaller id
-    stays), so a block adds few candidates once the k-th is high. They are found through the maxima of column
-    groups (strided, so the maxima take one vectorised pass), sized from the last block's share of candidates,
-    appended as packed keys and cut back to the best k by a partition.
-    """
-
-    def __init__(self, rows: int, k: int) -> None:
-        self.k, self.width = k, 5 * k + 256
-        self.keys = np.full((rows, self.width), _EMPTY, dtype=np.int64)
-        self.fill = np.zeros(rows, dtype=np.int64)
-        self.kth = np.full(rows, -np.inf, dtype=np.float32)
-        self.share = 1.0  # of the last block's entries that were candidates
-
-    def add(self, s: torch.Tensor, start: int) -> None:
-        b, w = s.shape
-        x = s.numpy()
-        group = self._group_size()
-        if group and w % group == 0:
-            stride = w // group  # group c of a row: columns c, c + stride, c + 2 stride, ...
-            hit = np.flatnonzero(s.view(b, group, stride).amax(1).numpy() > self.kth[:, None])
-            r, c = np.divmod(hit, stride)
-            vals = x.ravel().take((r * w + c)[:, None] + np.arange(group) * stride)
-            got = np.flatnonzero(vals > self.kth[r][:, None])
-            p, j = np.divmod(got, group)
-            rows, cols, v = r[p], start + j * stride + c[p], vals.ravel()[got]
-        else:
-            got = np.flatnonzero(x > self.kth[:, None])
-            rows, j = np.divmod(got, w)
-            cols, v = start + j, x.ravel()[got]
-        self.share = len(rows) / max(b * w, 1)
-        if len(rows) == 0:
-            return
-        counts = np.bincount(rows, minlength=b)
-        if counts.max() > self.width - self.k:  # many new leaders (scores rising with ids): the block's best k
-            ids, vals_t = topk_deterministic(s, self.k)
-            kk = ids.shape[1]
-            rows, cols, v = np.repeat(np.arange(b), kk), ids.numpy().ravel() + start, vals_t.numpy().ravel()
-            counts = np.full(b, kk)
-        if (self.fill + counts).max() > self.width:
-            self._cut()
-        pos = self.fill[rows] + np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]
-        self.keys.ravel()[rows * self.width + pos] = _pack_np(v, cols)
-        self.fill += counts
-        if self.fill.max() >= 2 * self.k or ((self.fill >= self.k) & (self.kth == -np.inf)).any():
-            self._cut()  # a fresh k-th score keeps the next blocks' candidates few
-
-    def _group_size(self) -> int:
-        """Columns per group: larger when candidates are rarer (fewer maxima to scan, few groups to open);
-        0 when they are so common that comparing every entry is cheaper."""
-        if self.share >= 1 / 32:
-            return 0
-        best = float(np.sqrt(1.0 / (3.0 * max(self.share, 1e-12))))
-        return int(min(_GROUP_MAX, max(_GROUP_MIN, 2 ** round(np.log2(best)))))
-
-    def _cut(self) -> None:
-        """Keep the best k keys of each row (in any order) in the first k slots."""
-        k, used = self.k, max(int(self.fill.max()), self.k)
-        part = self.keys[:, :used]
-        part[:] = np.partition(part, k - 1, axis=1)
-        part[:, k:] = _EMPTY
-        np.minimum(self.fill, k, out=self.fill)
-        self.kth = _unpack_np(part[:, :k].max(axis=1))[0]
-
-    def result(self) -> torch.Tensor:
-        """[rows, k] ids, best first; 0 where only -inf items were left."""
-        self._cut()
-        return torch.from_numpy(_top_ids(self.keys[:, :self.k]))
-
-
-class _BlockTopK:
-    """The same on any device: each block's packed keys and the best k so far, cut back to k by one topk."""
-
-    def __init__(self, rows: int, k: int, device: torch.device) -> None:
-        self.k = k
-        self.best = torch.full((rows, k), _EMPTY, dtype=torch.int64, device=device)
-
-    def add(self, s: torch.Tensor, start: int) -> None:
-        keys = _pack(s, torch.arange(start, start + s.shape[1], device=s.device))
-        self.best = torch.cat([self.best, keys], 1).topk(self.k, dim=1, largest=False, sorted=False).values
-
-    def result(self) -> torch.Tensor:
-        return torch.from_numpy(_top_ids(self.best.cpu().numpy()))

@@ -24,8 +24,9 @@ import torch.distributed as dist
 
 from genrec.data.jagged import Jagged
 from genrec.data.splits import EvalCases
-from genrec.eval.fast import BatchRanks, fast_kind, rank_batches, topk_deterministic
+from genrec.eval.fast import BatchRanks, fast_kind, rank_batches
 from genrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, popularity_percentiles
+from genrec.eval.topk import topk_deterministic
 from genrec.progress import progress_bar
 
 __all__ = ["RankingResult", "Scorer", "mask_seen", "rank_cases", "target_ranks", "topk_deterministic"]
