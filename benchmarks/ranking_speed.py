@@ -28,27 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from genrec.eval.report import git_commit, machine
-from genrec.io import read_json, write_json, write_text
+from genrec.io import write_json, write_text
 from genrec.models.ranker import GenerativeRanker, RankerConfig
 from genrec.models.ranking import RankBatch, RankSpec
+from genrec.serve.model_io import load_ranking_model
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def load_model(run: Path | None, config: Path) -> tuple[GenerativeRanker, str]:
     if run is not None and (run / "model.json").is_file():
-        meta = read_json(run / "model.json")
-        spec = RankSpec.from_json(meta["spec"])
-        state = load_file(run / "model.safetensors")
-        tables = {side: {k.split(".table_")[1]: v for k, v in state.items()
-                         if ".table_" in k and k.split(".table_")[0].split(".")[-1].startswith(side)}
-                  for side in ("item", "user")}
-        model = GenerativeRanker(RankerConfig.model_validate(meta["config"]), spec, tables["item"], tables["user"])
-        model.load_state_dict(state)
-        return model.eval(), f"trained weights of {run}"
+        return load_ranking_model(run), f"trained weights of {run}"
     cfg = RankerConfig.model_validate(yaml.safe_load(config.read_text())["model"])
     spec = RankSpec(n_items=7000, n_users=27000, binary_tasks=("click", "long_view", "like", "follow", "comment",
                                                                "forward"), regression_tasks=("watch_time",),

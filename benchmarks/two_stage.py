@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from safetensors.torch import load_file
 
 from genrec.data import load_dataset, make_split
 from genrec.data.impressions import _iso, load_impressions, ranking_split
+from genrec.errors import GenrecError
 from genrec.eval.report import git_commit, machine
 from genrec.eval.two_stage import (
     DEFAULT_WEIGHTS,
@@ -52,11 +52,9 @@ from genrec.eval.two_stage import (
     two_stage_eval,
 )
 from genrec.io import read_json, write_json, write_text
-from genrec.models import RANKING
-from genrec.models.ranking import RankBatch, RankSpec
-from genrec.serve.model_io import load_model
+from genrec.models.ranking import RankBatch
+from genrec.serve.model_io import load_model, load_ranking_model
 from genrec.train.loop import resolve_device
-from genrec.train.ranking import build_ranking_model
 
 RESULTS = Path(__file__).parent / "results"
 PRESETS: dict[str, dict[str, Any]] = {
@@ -83,22 +81,17 @@ def load_retrieval(folder: Path, dataset: str, device: torch.device):
 
 
 def load_ranker(folder: Path, log, device: torch.device):
-    for name in ("model.json", "model.safetensors"):
-        if not (folder / name).is_file():
-            sys.exit(f"{folder}: no {name} (a finished ranking run folder is needed)")
-    spec_json = read_json(folder / "model.json")
-    if spec_json["name"] not in RANKING:
-        sys.exit(f"{folder}: {spec_json['name']!r} is not a ranking model ({', '.join(RANKING)})")
-    spec = RankSpec.from_json(spec_json["spec"])
+    """The ranking run's model (checked against the impression log on this machine) and its model.json."""
+    try:
+        model = load_ranking_model(folder, device)
+    except GenrecError as e:
+        sys.exit(str(e))
+    spec = model.spec
     if (spec.n_items, spec.n_users, spec.tasks) != (log.n_items, log.n_users, log.tasks):
         sys.exit(f"{folder} was trained on another impression log than {log.name} on this machine "
                  f"(items/users/tasks {spec.n_items}/{spec.n_users}/{spec.tasks} vs {log.n_items}/{log.n_users}/"
                  f"{log.tasks})")
-    _, config_cls = RANKING[spec_json["name"]]
-    config = config_cls.model_validate(spec_json["config"])
-    model = build_ranking_model(config, spec, log)
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    return model.to(device).eval(), spec_json
+    return model, read_json(folder / "model.json")
 
 
 def fmt_weight(w: float | None) -> str:

@@ -66,6 +66,27 @@ def test_export_writes_the_stage_and_checksums_it(bundle, runs):
         Recommender.load(broken)
 
 
+def test_load_ranking_model_reads_a_run_or_a_bundle_alike(bundle, runs):
+    from genrec.serve.model_io import load_ranking_model
+    from genrec.train.checkpoint import load_tensors
+
+    retrieval, ranker, root = runs
+    from_run, from_bundle = load_ranking_model(ranker), load_ranking_model(bundle)
+    saved = load_tensors(ranker / "model.safetensors")
+    assert all(torch.equal(from_bundle.state_dict()[k], v) for k, v in saved.items())
+    assert not from_run.training and from_run.spec == from_bundle.spec
+    batch = RankBatch(user=torch.tensor([3, 0]), hist_items=torch.tensor([[4, 5], [0, 0]]),
+                      hist_actions=torch.tensor([[[2], [1]], [[0], [0]]]), hist_time=torch.tensor([[1, 2], [0, 0]]),
+                      hist_len=torch.tensor([2, 0]), cand_items=torch.tensor([[6, 7, 8], [9, 0, 0]]),
+                      cand_time=torch.full((2, 3), 3), visible=torch.tensor([[2, 2, 2], [0, 0, 0]]))
+    with torch.no_grad():
+        a, b = from_run(batch), from_bundle(batch)
+    assert all(torch.equal(a[t], b[t]) for t in a)
+    for folder, match in ((retrieval, "'sasrec' is not a ranking model"), (root, "not a ranking run or a bundle")):
+        with pytest.raises(GenrecError, match=match):
+            load_ranking_model(folder)
+
+
 def test_two_stage_answer_matches_the_ranking_model(bundle):
     rec = Recommender.load(bundle)
     history, times = ["3", "4", "5"], [1_650_000_000_000 + i * 60_000 for i in range(3)]

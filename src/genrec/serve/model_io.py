@@ -1,4 +1,8 @@
-"""Rebuild a bundle's model from ``model.json`` + ``model.safetensors`` (never pickle).
+"""Rebuild a bundle's or run's model from its JSON description and safetensors weights (never pickle).
+
+:func:`load_model` reads a retrieval model (``model.json`` + ``model.safetensors``); :func:`load_ranking_model` a
+ranking model, from a ranking run folder (``model.json`` + ``model.safetensors``) or a two-stage bundle
+(``ranker.json`` + ``ranker.safetensors``).
 
 With ``mmap=True`` the large tensors (an item embedding table of a big catalog) are not read into private memory:
 they are memory-mapped copy-on-write from ``model.safetensors``, so every process serving the same bundle shares
@@ -19,7 +23,8 @@ from safetensors.torch import load_file
 
 from genrec.errors import GenrecError
 from genrec.io import read_json
-from genrec.models import SEQUENTIAL, SequentialModel
+from genrec.models import RANKING, SEQUENTIAL, SequentialModel
+from genrec.models.ranking import FeatureEmbedding, RankSpec
 from genrec.models.tiger import TIGER, TigerConfig
 
 MMAP_MIN_BYTES = 1 << 20  # smaller tensors are read normally: a mapping per tiny tensor gains nothing
@@ -69,6 +74,32 @@ def load_model(folder: str | Path, mmap: bool = False) -> SequentialModel | TIGE
     else:
         raise GenrecError(f"{folder}: unknown model {spec['name']!r}")
     return model.eval()
+
+
+def load_ranking_model(run_or_bundle: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A ranking model (``genrec.models.RANKING``: ranker, dcn, din) in eval mode on ``device``, from a ranking run
+    folder or a bundle with a ranking stage (its ``ranker.*`` files are read, not the retrieval model's). Each
+    feature embedding's lookup table is precomputed, so an eval-mode lookup is one gather."""
+    folder = Path(run_or_bundle)
+    stem = "ranker" if (folder / "ranker.json").is_file() else "model"
+    missing = [f"{stem}.{ext}" for ext in ("json", "safetensors") if not (folder / f"{stem}.{ext}").is_file()]
+    if missing:
+        raise GenrecError(f"{folder}: not a ranking run or a bundle with a ranker (no {', '.join(missing)})")
+    info = read_json(folder / f"{stem}.json")
+    if info.get("name") not in RANKING:
+        raise GenrecError(f"{folder}: {info.get('name')!r} is not a ranking model (known: {', '.join(RANKING)})")
+    model_cls, config_cls = RANKING[info["name"]]
+    spec = RankSpec.from_json(info["spec"])
+    # the feature tables are buffers: build with placeholders, then the weights bring the real codes
+    items = {k: torch.zeros(spec.n_items + 1, dtype=torch.int64) for k in spec.item_feature_sizes or {}}
+    users = {k: torch.zeros(spec.n_users + 1, dtype=torch.int64) for k in spec.user_feature_sizes or {}}
+    model = model_cls(config_cls.model_validate(info["config"]), spec, items, users)
+    model.load_state_dict(load_file(folder / f"{stem}.safetensors"))
+    model = model.to(device).eval()
+    for module in model.modules():
+        if isinstance(module, FeatureEmbedding):
+            module.precompute()
+    return model
 
 
 def mapped_state(path: str | Path, min_bytes: int = MMAP_MIN_BYTES) -> dict[str, torch.Tensor]:

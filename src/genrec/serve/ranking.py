@@ -34,15 +34,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from genrec.data.actions import encode_events
 from genrec.errors import GenrecError
 from genrec.io import read_json, read_vocab
-from genrec.models import RANKING
-from genrec.models.ranking import FeatureEmbedding, RankBatch, RankSpec
+from genrec.models.ranking import RankBatch, RankSpec
 from genrec.models.two_stage import blend_score, final_order, fuse
 from genrec.serve.batching import Batcher
+from genrec.serve.model_io import load_ranking_model
 
 DEFAULT_CANDIDATES = 200
 
@@ -92,21 +91,8 @@ class RankingStage:
 
     @classmethod
     def load(cls, bundle: Path, retrieval_raw_ids: list[str]) -> RankingStage:
-        info = read_json(bundle / "ranker.json")
-        name = info.get("name")
-        if name not in RANKING:
-            raise GenrecError(f"{bundle}: unknown ranking model {name!r} (known: {', '.join(RANKING)})")
-        model_cls, config_cls = RANKING[name]
-        spec = RankSpec.from_json(info["spec"])
-        state = load_file(bundle / "ranker.safetensors")
-        # the feature tables are buffers: build with placeholders, then the weights bring the real codes
-        items_t = {k: torch.zeros(spec.n_items + 1, dtype=torch.int64) for k in spec.item_feature_sizes or {}}
-        users_t = {k: torch.zeros(spec.n_users + 1, dtype=torch.int64) for k in spec.user_feature_sizes or {}}
-        model = model_cls(config_cls.model_validate(info["config"]), spec, items_t, users_t)
-        model.load_state_dict(state)
-        for module in model.modules():
-            if isinstance(module, FeatureEmbedding):
-                module.precompute()  # one gather per lookup instead of one per feature
+        model = load_ranking_model(bundle)
+        info, spec = read_json(bundle / "ranker.json"), model.spec
         items, users = read_vocab(bundle / "ranker_items.parquet"), read_vocab(bundle / "ranker_users.parquet")
         if len(items) != spec.n_items or len(users) != spec.n_users:
             raise GenrecError(f"{bundle}: the ranker's vocabularies ({len(items)} items, {len(users)} users) do not "
