@@ -33,13 +33,13 @@ class ItemSchema(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Format = "auto"
+    format: Format = Field("auto", description="File format; 'auto' picks by suffix (.parquet, .csv, .tsv).")
     item: str = Field("item_id", description="Column holding the raw item id; must match the interactions.")
     text: list[str] = Field(default_factory=list, description="Text columns (title, description, ...).")
     tags: str | None = Field(None, description="Optional column of tags or categories.")
     image: str | None = Field(None, description="Optional column with an image path or URL.")
-    delimiter: str | None = None
-    header: bool = True
+    delimiter: str | None = Field(None, description="CSV delimiter; default ',' for csv and tab for tsv.")
+    header: bool = Field(True, description="Whether a CSV/TSV file starts with a header row.")
 
 
 class DataSchema(BaseModel):
@@ -47,10 +47,12 @@ class DataSchema(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    interactions: InteractionSchema = InteractionSchema()
-    items: ItemSchema | None = None
-    interactions_path: str | None = None
-    items_path: str | None = None
+    interactions: InteractionSchema = Field(InteractionSchema(), description="Column roles of the interaction "
+                                            "file.")
+    items: ItemSchema | None = Field(None, description="Column roles of the item catalog file (optional).")
+    interactions_path: str | None = Field(None, description="Interaction file, used when the command is given "
+                                          "'-' instead of a path.")
+    items_path: str | None = Field(None, description="Item catalog file (titles, text, tags, images).")
 
 
 def load_schema(path: str | Path) -> DataSchema:

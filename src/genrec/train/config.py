@@ -64,8 +64,8 @@ class OptimConfig(BaseModel):
                                             "items only, or on every window of a long sequence.")
     batch_size: int = Field(32, ge=1, description="Users (training windows) per step, across all processes.")
     lr: float = Field(3e-3, gt=0, description="Peak learning rate of AdamW.")
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (decoupled from the gradient).")
+    betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW's moment decay rates (beta1, beta2).")
     warmup_steps: int = Field(200, ge=0, description="Linear warmup steps.")
     schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup, to 0 "
                                                                "at the end of `epochs`.")
@@ -109,7 +109,7 @@ class OptimConfig(BaseModel):
     checkpoint_every: int | None = Field(None, ge=1, description="Also checkpoint every this many steps within "
                                          "an epoch, with the data position, so --resume continues mid-epoch at "
                                          "the exact batch (None: at epoch ends only).")
-    stream: StreamConfig = StreamConfig()
+    stream: StreamConfig = Field(StreamConfig(), description="How train.data: stream reads the shards.")
 
     @model_validator(mode="after")
     def _time_schedule_needs_budget(self) -> OptimConfig:
@@ -230,13 +230,14 @@ class RunConfig(BaseModel):
     dataset: str = Field(description="Built-in dataset name, prepared dataset folder, or interaction file.")
     split: Literal["loo", "temporal", "cold"] = Field("loo", description="Leave-one-out, temporal, or "
                                                       "leave-one-out with held-out cold items (see cold_start).")
-    cold_start: ColdStartConfig = ColdStartConfig()
-    temporal: TemporalConfig = TemporalConfig()
+    cold_start: ColdStartConfig = Field(ColdStartConfig(), description="Items held out with split: cold.")
+    temporal: TemporalConfig = Field(TemporalConfig(), description="Cut times of split: temporal.")
     model: Annotated[SASRecConfig | HSTUConfig | TigerConfig | RankerConfig | DCNConfig | DINConfig | GBDTConfig,
-                     Field(discriminator="name")]
-    train: OptimConfig = OptimConfig()
-    eval: EvalSettings = EvalSettings()
-    features: FeaturesConfig = FeaturesConfig()
+                     Field(discriminator="name", description="The model: `name` picks it, the other keys are its "
+                           "fields.")]
+    train: OptimConfig = Field(OptimConfig(), description="Loss, optimiser, schedule, budgets and devices.")
+    eval: EvalSettings = Field(EvalSettings(), description="Metrics, selection and calibration.")
+    features: FeaturesConfig = Field(FeaturesConfig(), description="Item features of the ID models.")
     negatives: NegativesConfig | None = Field(None, description="Ranking models on a ratings log: negatives "
                                               "from per-user pools (see NegativesConfig).")
     requests: Literal["streaming", "frozen"] = Field(
