@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tests.train.test_generator import config, follow_dataset, semantic_ids
 
-import genrec.serve.recommender as recommender_module
+import genrec.content.query as query_module
 from genrec.content import ItemEmbeddings
 from genrec.serve import MODEL_ERROR, Recommender, export_bundle
 from genrec.train.generator import GeneratorTrainer
@@ -42,7 +42,7 @@ def test_query_reorders_the_beam_items_only(bundle, tmp_path, monkeypatch):
         def encode(self, texts):
             return np.repeat(vectors[rec.index[target]][None], len(texts), axis=0)
 
-    monkeypatch.setattr(recommender_module, "text_encoder", lambda name, **kw: Fake())
+    monkeypatch.setattr(query_module, "text_encoder", lambda name, **kw: Fake())
     steered = with_content.recommend(history, k=10, query="x", query_weight=0.9)
     assert steered.mode == "generator+query" and ids(steered)[0] == target
     dense = [rec.index[h] for h in history]

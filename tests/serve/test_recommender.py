@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tests.serve.test_bundle import tiny
 
-import genrec.serve.recommender as recommender_module
+import genrec.content.query as query_module
 from genrec.content import ItemEmbeddings
 from genrec.errors import GenrecError
 from genrec.serve import DEADLINE, MODEL_ERROR, NO_HISTORY, Recommender, export_bundle, load_manifest
@@ -63,7 +63,7 @@ class FakeEncoder:
 def fake_text(monkeypatch, trained):
     FakeEncoder.made = 0
     target = trained["vectors"][trained["raw"].index(TARGET) + 1]
-    monkeypatch.setattr(recommender_module, "text_encoder", lambda name, **kw: FakeEncoder(target))
+    monkeypatch.setattr(query_module, "text_encoder", lambda name, **kw: FakeEncoder(target))
 
 
 def ids(rec) -> list[str]:
@@ -148,7 +148,7 @@ def test_query_without_content_or_with_a_broken_encoder(trained, monkeypatch):
     def broken(name, **kw):
         raise OSError("no such model")
 
-    monkeypatch.setattr(recommender_module, "text_encoder", broken)
+    monkeypatch.setattr(query_module, "text_encoder", broken)
     rec = Recommender.load(trained["root"] / "content")
     out = rec.recommend(["3", "4"], k=4, query="anything")
     assert not out.fallback and out.mode == "model" and "query ignored" in out.warnings[0]

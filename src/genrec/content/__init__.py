@@ -1,4 +1,5 @@
-"""genrec.content: text and image encoders that turn each item into an embedding (cached on disk).
+"""genrec.content: text and image encoders that turn each item into an embedding (cached on disk), and text
+queries mapped into the same space (:mod:`genrec.content.query`).
 
 Heavy libraries (sentence-transformers, efficientnet-lite-pytorch, pillow) are imported only when a model is
 used; install them with ``pip install 'genrec[content]'``.
@@ -14,6 +15,7 @@ from genrec.content.image import (
     TimmEncoder,
     image_encoder,
 )
+from genrec.content.query import ContentTable, QueryEncoder, blend_with_query, to_content_space
 from genrec.content.store import ItemEmbeddings
 from genrec.content.text import (
     DEFAULT_TEXT_MODEL,
@@ -28,15 +30,18 @@ __all__ = [
     "DEFAULT_IMAGE_MODEL",
     "DEFAULT_TEXT_MODEL",
     "Catalog",
+    "ContentTable",
     "EfficientNetLite0Encoder",
     "EmbeddingCache",
     "FusionConfig",
     "ImageEncoder",
     "ItemEmbeddings",
     "OpenClipEncoder",
+    "QueryEncoder",
     "SentenceTransformerEncoder",
     "TextEncoder",
     "TimmEncoder",
+    "blend_with_query",
     "build_texts",
     "cache_root",
     "default_text_fields",
@@ -46,4 +51,5 @@ __all__ = [
     "image_encoder",
     "load_catalog",
     "text_encoder",
+    "to_content_space",
 ]

@@ -126,9 +126,9 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
 def _copy_ranker(run: Path, bundle: Path, raw_ids: list[str], options: dict[str, Any]) -> dict[str, Any]:
     """The ranking stage's files (see :mod:`genrec.serve.ranking`); returns the manifest's ``ranker`` entry."""
     from genrec.data.actions import schema_for
-    from genrec.models.two_stage import resolve_blend
     from genrec.models import RANKING
     from genrec.models.ranking import RankSpec
+    from genrec.models.two_stage import resolve_blend
     from genrec.serve.ranking import DEFAULT_CANDIDATES
 
     missing = [f for f in ("model.safetensors", "model.json", "config.json") if not (run / f).is_file()]

@@ -28,6 +28,7 @@ For one request (:meth:`RankingStage.rerank`):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from genrec.io import read_json, read_vocab
 from genrec.models.ranking import RankBatch, RankSpec
 from genrec.models.two_stage import blend_score, final_order, fuse
 from genrec.serve.batching import Batcher
+from genrec.serve.filters import per_event
 from genrec.serve.model_io import load_ranking_model
 
 DEFAULT_CANDIDATES = 200
@@ -190,3 +192,16 @@ class RankingStage:
         a, b = self.calibration.get(task, (1.0, 0.0))
         return 1.0 / (1.0 + np.exp(-(a * value + b)))
 
+
+
+def ranker_inputs(stage: RankingStage | None, history: list[Any], actions: Iterable[Any] | None,
+                  history_context: Iterable[Any] | None, context: Any, strict: bool) -> RankerInputs | None:
+    """What the ranker reads of a request: its history's actions and contexts and its own context (None without a
+    ranking stage). Their shape is checked either way: ValueError on bad input."""
+    actions = per_event(actions, history, "actions", "(signal -> number)")
+    history_context = per_event(history_context, history, "history_context", "(name -> value)")
+    if context is not None and not isinstance(context, dict):
+        raise ValueError(f"context must be an object (name -> value) or null, got {type(context).__name__}")
+    if stage is None:
+        return None
+    return stage.encode(actions, history_context, context, strict=strict)

@@ -1,0 +1,111 @@
+"""Retrieval scorers: the model-specific part of :class:`genrec.serve.recommender.Recommender`.
+
+Each scorer turns a request's known history into scores, either over the whole catalog (a tensor [n_items + 1])
+or over its own candidates only (a tuple of their ids and scores):
+
+- :class:`IdScorer`: an ID model (``genrec.models.SEQUENTIAL``: sasrec, hstu) scores the whole catalog;
+- :class:`AnnScorer`: an ID model over a large catalog: a FAISS index proposes the candidates;
+- :class:`GeneratorScorer`: the semantic-ID generator (``tiger``) by constrained beam search: only beam items
+  are scored (by their sequence log-probability).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genrec.data.jagged import Jagged
+from genrec.models import SequentialModel
+from genrec.models.tiger import TIGER
+from genrec.serve.ann import AnnIndex
+from genrec.serve.batching import Batcher
+
+MAX_BEAM = 256  # the most beams the generator runs for one request, however many items are excluded
+ANN_MARGIN = 100  # extra candidates the approximate index proposes beyond what the filters need
+
+
+def _hidden_states(model: SequentialModel, jobs: list[tuple[list[int], list[int] | None]]) -> list[torch.Tensor]:
+    """The last hidden state [D] after each (dense history, timestamps or None); histories with and without
+    timestamps run as separate passes."""
+    out: list[torch.Tensor | None] = [None] * len(jobs)
+    for timed in (True, False):
+        idx = [i for i, (_, ts) in enumerate(jobs) if (ts is not None) == timed]
+        if not idx:
+            continue
+        ts = Jagged.from_lists([jobs[i][1] for i in idx]) if timed and model.use_timestamps else None
+        h = model.last_hidden(Jagged.from_lists([jobs[i][0] for i in idx]), timestamps=ts).float().cpu()
+        for row, i in enumerate(idx):
+            out[i] = h[row]
+    return out  # type: ignore[return-value]
+
+
+class IdScorer:
+    """An ID model (sasrec, hstu): scores over the whole catalog. ``table``: the item table when the bundle stores
+    it (memory-mapped); else the model's, computed once here, not per request."""
+
+    mode = "model"
+
+    def __init__(self, model: SequentialModel, table: torch.Tensor | None = None):
+        self.model = model
+        self.batcher = Batcher(lambda jobs: _hidden_states(model, jobs))
+        if table is None:
+            with torch.no_grad():
+                table = model.item_table().detach().float().cpu()
+        self.items = table
+
+    def item_table(self) -> torch.Tensor:
+        return self.items
+
+    def score(self, known: list[int], known_ts: list[int] | None, width: int,
+              allow: torch.Tensor | None = None) -> tuple[torch.Tensor, list[str]]:
+        return self.items @ self.batcher.submit((known, known_ts)), []
+
+
+class AnnScorer(IdScorer):
+    """An ID model over a large catalog: the FAISS index proposes candidates, each scored by its inner product;
+    every other item -inf. ``width`` (k plus the items the filters remove) + ANN_MARGIN are proposed, so the
+    filters leave k; an allow list is scored exactly instead (it may hold items the index did not propose)."""
+
+    mode = "model+ann"
+
+    def __init__(self, model: SequentialModel, ann: AnnIndex, table: torch.Tensor | None = None):
+        super().__init__(model, table)
+        self.ann = ann
+
+    def score(self, known: list[int], known_ts: list[int] | None, width: int,
+              allow: torch.Tensor | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor], list[str]]:
+        h = self.batcher.submit((known, known_ts))
+        if allow is not None:
+            return (allow, self.items[allow] @ h), []
+        ids, found = self.ann.search(h.numpy()[None], min(width + ANN_MARGIN, self.model.n_items))
+        keep = ids[0] > 0
+        return (torch.from_numpy(ids[0][keep]), torch.from_numpy(found[0][keep])), []
+
+
+class GeneratorScorer:
+    """The semantic-ID generator (tiger): beam items get their log-probability, every other item -inf."""
+
+    mode = "generator"
+
+    def __init__(self, model: TIGER):
+        self.model = model
+        model.trie()  # built once here, not lazily by concurrent requests
+
+    def beams(self, width: int) -> int:
+        """Beams for a request that needs ``width`` candidates (k plus the items it excludes)."""
+        return max(min(int(width), MAX_BEAM, self.model.n_items), int(self.model.config.beam_width))
+
+    def item_table(self) -> torch.Tensor:
+        """Each item's representation: the mean of its code tokens' embeddings (row 0, the padding, zero)."""
+        m = self.model
+        out = m.tok_emb(m.code_tokens(m.codes.clamp(min=0))).mean(dim=1).detach().float().cpu()
+        out[0] = 0
+        return out
+
+    def score(self, known: list[int], known_ts: list[int] | None, width: int,
+              allow: torch.Tensor | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor], list[str]]:
+        beam = self.beams(width)
+        history = torch.tensor([known], dtype=torch.int64, device=self.model.codes.device)
+        items, logp = self.model.recommend(history, k=beam, beam=beam)
+        items, logp = items[0].cpu(), logp[0].float().cpu()
+        keep = torch.isfinite(logp) & (items > 0)
+        return (items[keep], logp[keep]), []
