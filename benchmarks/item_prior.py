@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from genrec.data.impressions import default_split, load_impressions
+from genrec.data.impression_readers import load_impressions
+from genrec.data.impression_splits import default_split
 from genrec.eval import ctr
 from genrec.eval.report import git_commit, machine
 from genrec.io import read_json, write_json, write_text

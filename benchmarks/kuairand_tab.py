@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genrec.data.impressions import default_split, load_impressions
+from genrec.data.impression_readers import load_impressions
+from genrec.data.impression_splits import default_split
 from genrec.eval import ctr
 from genrec.io import read_json
 from item_prior import header, provenance, write_result

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from genrec.data.impressions import default_split, load_impressions
+from genrec.data.impression_readers import load_impressions
+from genrec.data.impression_splits import default_split
 from genrec.eval import ctr
 from item_prior import header, paired_lines, provenance, run_predictions, write_result
 

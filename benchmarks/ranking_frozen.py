@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genrec.data.impressions import Requests, collate, default_split, load_impressions, ranking_requests
+from genrec.data.impression_readers import load_impressions
+from genrec.data.impression_splits import default_split
+from genrec.data.requests import Requests, collate, ranking_requests
 from genrec.eval import ctr
 from genrec.eval.report import git_commit, machine
 from genrec.io import read_json, write_json, write_text

@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from genrec.data.impressions import default_split, load_impressions
+from genrec.data.impression_readers import load_impressions
+from genrec.data.impression_splits import default_split
 from genrec.data.jagged import Jagged
 from genrec.eval.two_stage import TwoStageCases, item_map, retrieve
 

@@ -40,7 +40,8 @@ import pyarrow.parquet as pq
 import torch
 
 from genrec.data import load_dataset, make_split
-from genrec.data.impressions import _iso, load_impressions, ranking_split
+from genrec.data.impression_readers import load_impressions
+from genrec.data.impression_splits import iso_time, ranking_split
 from genrec.errors import GenrecError
 from genrec.eval.report import git_commit, machine
 from genrec.eval.two_stage import (
@@ -192,8 +193,8 @@ def main() -> None:
             vs, ts = rsplit.info["valid_start"], rsplit.info["test_start"]
             test_t = cases["test"].time
             cuts = split.describe()
-            notes.append(f"retrieval split cuts (from its config): train < {_iso(int(vs))}, its own "
-                         f"validation to {_iso(int(ts))}; ranker cuts: valid from {cuts['valid']['first_time']}, "
+            notes.append(f"retrieval split cuts (from its config): train < {iso_time(int(vs))}, its own "
+                         f"validation to {iso_time(int(ts))}; ranker cuts: valid from {cuts['valid']['first_time']}, "
                          f"test from {cuts['test']['first_time']}.")
             notes.append(f"{int((cases['valid'].time < vs).sum() + (test_t < vs).sum())} two-stage validation/test "
                          f"targets precede the retrieval model's training cut (must be 0); {int((test_t < ts).sum())} "

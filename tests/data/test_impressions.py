@@ -17,18 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genrec.data import Vocab
-from genrec.data import impressions as imp
-from genrec.data.impressions import (
-    DEFAULT_CUTS,
-    ImpressionLog,
-    collate,
-    default_split,
-    load_impressions,
-    ranking_requests,
-    ranking_split,
-    source_split,
-    temporal_split,
-)
+from genrec.data import impression_readers as imp
+from genrec.data.impression_readers import load_impressions
+from genrec.data.impression_splits import DEFAULT_CUTS, default_split, ranking_split, source_split, temporal_split
+from genrec.data.impressions import ImpressionLog
+from genrec.data.requests import collate, ranking_requests
 from genrec.errors import ConfigError, DataError, UnknownDatasetError
 
 SETTINGS = settings(max_examples=40, deadline=None)

@@ -15,19 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genrec.data import Vocab, get_builtin, load_dataset
-from genrec.data import impressions as imp
-from genrec.data.impressions import (
-    ImpressionLog,
-    collate,
-    default_split,
-    histories_before,
-    history_fields,
-    leave_one_out_split,
-    load_impressions,
-    ranking_requests,
-    ranking_split,
-    with_sampled_negatives,
-)
+from genrec.data import impression_readers as imp
+from genrec.data.impression_readers import load_impressions, with_sampled_negatives
+from genrec.data.impression_splits import default_split, leave_one_out_split, ranking_split
+from genrec.data.impressions import ImpressionLog
+from genrec.data.requests import collate, histories_before, history_fields, ranking_requests
 from genrec.errors import ConfigError, DataError
 
 DAY_MS = 86_400_000

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from genrec.data import Vocab
-from genrec.data import impressions as imp
+from genrec.data import impression_readers as imp
 from genrec.data.dataset import prepare
-from genrec.data.impressions import ImpressionLog, temporal_split, with_sampled_negatives
+from genrec.data.impression_readers import with_sampled_negatives
+from genrec.data.impression_splits import temporal_split
+from genrec.data.impressions import ImpressionLog
 from genrec.data.jagged import Jagged
 from genrec.errors import ConfigError
 from genrec.eval.ranking import rank_cases

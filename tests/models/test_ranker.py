@@ -423,7 +423,9 @@ def test_item_prior_base_rate_from_chosen_rows_and_counts_the_training_rows() ->
     import pyarrow as pa
 
     from genrec.data.dataset import Vocab
-    from genrec.data.impressions import ImpressionLog, temporal_split, utc_day
+    from genrec.data.impression_readers import utc_day
+    from genrec.data.impression_splits import temporal_split
+    from genrec.data.impressions import ImpressionLog
     from genrec.models.ranking import ItemPrior
     from genrec.train.ranking import fit_item_prior
 

@@ -20,7 +20,8 @@ from tests.serve.test_web_page import chromium
 from tests.train.test_ranking_trainer import config, learnable_log
 
 from genrec.data.actions import SCHEMAS, encode_events, schema_for
-from genrec.data.impressions import log_bucket, temporal_split
+from genrec.data.impression_readers import log_bucket
+from genrec.data.impression_splits import temporal_split
 from genrec.errors import GenrecError
 from genrec.io import read_json, write_json
 from genrec.models.ranking import RankBatch
@@ -321,7 +322,7 @@ def test_events_and_requests_carry_context_over_http(context_bundle, tmp_path):
 
 
 def test_export_takes_row_values_from_the_log_for_runs_without_them(runs, context_bundle, monkeypatch):
-    import genrec.data.impressions as impressions
+    import genrec.data.impression_readers as impression_readers
 
     retrieval, _, root = runs
     old = root / "ranker-tab-old"  # a run from before model.json kept the raw values
@@ -329,7 +330,7 @@ def test_export_takes_row_values_from_the_log_for_runs_without_them(runs, contex
     info = read_json(old / "model.json")
     del info["row_values"]
     write_json(old / "model.json", info)
-    monkeypatch.setattr(impressions, "load_impressions",
+    monkeypatch.setattr(impression_readers, "load_impressions",
                         lambda name: types.SimpleNamespace(row_feature_values={"tab": ["feed", "home", "search"]}))
     bundle = export_bundle(retrieval, root / "bundle-old", ranker=old)
     assert read_json(bundle / "ranker.json")["row_values"] == {"tab": ["feed", "home", "search"]}

@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from genrec.data.dataset import Vocab
-from genrec.data.impressions import ImpressionLog, temporal_split, utc_day
+from genrec.data.impression_readers import utc_day
+from genrec.data.impression_splits import temporal_split
+from genrec.data.impressions import ImpressionLog
 from genrec.errors import GenrecError
 from genrec.io import read_json
 from genrec.models.gbdt import GBDTConfig, build_features, earlier_sums, import_lightgbm

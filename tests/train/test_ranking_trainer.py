@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from genrec.data.dataset import Vocab
-from genrec.data.impressions import ImpressionLog, leave_one_out_split, temporal_split, utc_day
+from genrec.data.impression_readers import utc_day
+from genrec.data.impression_splits import leave_one_out_split, temporal_split
+from genrec.data.impressions import ImpressionLog
 from genrec.errors import ConfigError, GenrecError
 from genrec.io import read_json
 from genrec.train import trainer_class

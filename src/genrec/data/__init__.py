@@ -6,17 +6,14 @@ from pathlib import Path
 
 from genrec.data.builtin import REGISTRY, BuiltinDataset, data_home, download, get_builtin, verify
 from genrec.data.dataset import SequenceDataset, Vocab, prepare, reprepare
-from genrec.data.impressions import (
-    ImpressionLog,
-    ImpressionSplit,
-    Requests,
-    load_impressions,
-    ranking_requests,
-)
+from genrec.data.impression_readers import load_impressions
+from genrec.data.impression_splits import ImpressionSplit
+from genrec.data.impressions import ImpressionLog
 from genrec.data.jagged import Jagged
 from genrec.data.ooc import PrepareConfig, prepare_to_folder
 from genrec.data.prepared import PreparedDataset, PreparedShard
 from genrec.data.readers import read_interactions, read_items, read_sequences
+from genrec.data.requests import Requests, ranking_requests
 from genrec.data.schema import DataSchema, InteractionSchema, ItemSchema, load_schema
 from genrec.data.splits import (
     ColdStartSplit,

@@ -4,7 +4,7 @@ An *action schema* names, per action field of an impression log (``ImpressionLog
 its code is computed from named signals, and which signals an interaction without any stated signal has:
 
 - ``bits``: code = 1 + sum over ``inputs`` of (signal > 0) << position (KuaiRand's click / like / ... bits);
-- ``log_bucket``: code = 1 + :func:`genrec.data.impressions.log_bucket` of ``input`` (``unit``, ``n``);
+- ``log_bucket``: code = 1 + :func:`genrec.data.impression_readers.log_bucket` of ``input`` (``unit``, ``n``);
 - ``flag``: code = 1 + (``input`` > 0);
 - ``code``: the code itself, read from the signal named like the field (a log without a named schema).
 
@@ -55,7 +55,7 @@ def action_bits(schema: Mapping[str, Any]) -> dict[str, int]:
 
 def encode_columns(schema: Mapping[str, Any], columns: Mapping[str, np.ndarray], n: int) -> np.ndarray:
     """int64 [n, A] codes from per-signal arrays of length n (a signal not given counts as 0)."""
-    from genrec.data.impressions import log_bucket
+    from genrec.data.impression_readers import log_bucket
 
     def col(name: str) -> np.ndarray:
         return np.asarray(columns.get(name, np.zeros(n)), dtype=np.float64)

@@ -190,7 +190,7 @@ def _read_kuairand_clicks(root: Path) -> tuple[pa.Table, pa.Table | None]:
     impression log (``genrec.data.impressions``, same files, same cache), so raw ids are the log's own:
     a model trained on this view maps onto the ranker's impression log by raw video id. Fully identical
     (user, video, time) click rows, duplicated in the published log, count once."""
-    from genrec.data.impressions import load_impressions  # imports this module: import it only when needed
+    from genrec.data.impression_readers import load_impressions  # imports this module: import it only when needed
 
     log = load_impressions("kuairand-pure", root)
     rows = np.flatnonzero(log.labels["click"] > 0)
@@ -210,13 +210,13 @@ def _read_kuairand_clicks(root: Path) -> tuple[pa.Table, pa.Table | None]:
 @dataclass(frozen=True)
 class _KuaiRandView(BuiltinDataset):
     """A sequence view of the KuaiRand-Pure impression log: its files sit in one of two layouts directly under
-    the data dir (see genrec.data.impressions), so availability is that of either layout."""
+    the data dir (see genrec.data.impression_readers), so availability is that of either layout."""
 
     def root(self) -> Path:
         return data_home()
 
     def available(self) -> bool:
-        from genrec.data.impressions import _kuairand_files
+        from genrec.data.impression_readers import _kuairand_files
 
         return _kuairand_files(data_home()) is not None
 

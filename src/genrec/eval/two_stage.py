@@ -36,8 +36,10 @@ import pyarrow as pa
 import torch
 
 from genrec.data.dataset import SequenceDataset, Vocab
-from genrec.data.impressions import ImpressionLog, ImpressionSplit, histories_before, history_fields
+from genrec.data.impression_splits import ImpressionSplit
+from genrec.data.impressions import ImpressionLog
 from genrec.data.jagged import Jagged
+from genrec.data.requests import histories_before, history_fields
 from genrec.data.splits import EvalCases, leave_one_out
 from genrec.errors import ConfigError, DataError
 from genrec.eval.metrics import metrics_from_ranks

@@ -142,7 +142,7 @@ def _copy_ranker(run: Path, bundle: Path, raw_ids: list[str], options: dict[str,
     if (run / "ranker_items.parquet").is_file() and (run / "ranker_users.parquet").is_file():
         items, users = read_vocab(run / "ranker_items.parquet"), read_vocab(run / "ranker_users.parquet")
     else:  # runs from before the trainer wrote its vocabularies: the impression log it trained on has them
-        from genrec.data.impressions import load_impressions
+        from genrec.data.impression_readers import load_impressions
 
         log = load_impressions(str(config["dataset"]))
         items, users = log.items.raw.to_pylist(), log.users.raw.to_pylist()
@@ -181,7 +181,7 @@ def _row_values(run: Path, model: dict[str, Any], config: dict[str, Any], spec: 
     ranker that reads a row feature whose values are unknown cannot be served."""
     values = model.get("row_values")
     if values is None and spec.row_feature_sizes:
-        from genrec.data.impressions import load_impressions
+        from genrec.data.impression_readers import load_impressions
 
         values = load_impressions(str(config["dataset"])).row_feature_values
     values = values or {}

@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from genrec.data.actions import schema_for
-from genrec.data.impressions import ImpressionLog, ImpressionSplit, load_impressions, ranking_split
+from genrec.data.impression_readers import load_impressions
+from genrec.data.impression_splits import ImpressionSplit, ranking_split
+from genrec.data.impressions import ImpressionLog
 from genrec.errors import ConfigError, GenrecError
 from genrec.eval import ctr
 from genrec.eval.report import git_commit

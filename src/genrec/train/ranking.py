@@ -1,6 +1,6 @@
 """Training a multi-task ranking model (the generative ranker or a baseline) on an impression log.
 
-The log is split by time (``split: temporal``, ``genrec.data.impressions.default_split``: KuaiRand trains on
+The log is split by time (``split: temporal``, ``genrec.data.impression_splits.default_split``: KuaiRand trains on
 04-25..05-05 and validates / tests on the following days; ML-1M ratings on the source's global time split), or per
 user by time (``split: loo``: each user's last two ratings, ``leave_one_out_split``). Every impression is
 a candidate of exactly one forward-pass request whose history holds only that user's strictly earlier
@@ -36,16 +36,10 @@ import torch
 
 from genrec.data.actions import schema_for
 from genrec.data.dataset import Vocab
-from genrec.data.impressions import (
-    ImpressionLog,
-    ImpressionSplit,
-    Requests,
-    collate,
-    load_impressions,
-    ranking_requests,
-    ranking_split,
-    with_sampled_negatives,
-)
+from genrec.data.impression_readers import load_impressions, with_sampled_negatives
+from genrec.data.impression_splits import ImpressionSplit, ranking_split
+from genrec.data.impressions import ImpressionLog
+from genrec.data.requests import Requests, collate, ranking_requests
 from genrec.errors import ConfigError, DataError
 from genrec.eval import ctr
 from genrec.eval.report import git_commit, machine
