@@ -14,7 +14,7 @@ from genrec.data.splits import EvalCases
 from genrec.eval import fast, topk
 from genrec.eval.fast import EmbeddingScorer, GlobalScorer, SparseScorer, fast_kind
 from genrec.eval.metrics import metrics_from_ranks, popularity_percentiles
-from genrec.eval.ranking import mask_seen, rank_cases, target_ranks, topk_deterministic
+from genrec.eval.retrieval import mask_seen, rank_cases, target_ranks, topk_deterministic
 
 torch.set_num_threads(1)
 

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).parent))
 from test_eval_fast import EmbeddingStub, GlobalStub, SparseStub, random_cases, random_sparse  # noqa: E402
 
-from genrec.eval.ranking import rank_cases  # noqa: E402
+from genrec.eval.retrieval import rank_cases  # noqa: E402
 
 KS = (1, 5, 20)
 

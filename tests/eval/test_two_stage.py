@@ -16,7 +16,7 @@ from genrec.data.impression_splits import temporal_split
 from genrec.data.impressions import ImpressionLog
 from genrec.data.jagged import Jagged
 from genrec.errors import ConfigError
-from genrec.eval.ranking import rank_cases
+from genrec.eval.retrieval import rank_cases
 from genrec.eval.two_stage import (
     DEFAULT_WEIGHTS,
     first_positive_cases,

@@ -18,12 +18,12 @@ from genrec.eval.ctr import (
     task_report,
 )
 from genrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, popularity_percentiles
-from genrec.eval.ranking import RankingResult, Scorer, rank_cases, target_ranks, topk_deterministic
 from genrec.eval.report import HEADLINE, Evaluation, compare_runs, evaluate, load_run, write_run
+from genrec.eval.retrieval import RetrievalResult, Scorer, rank_cases, target_ranks, topk_deterministic
 from genrec.eval.stats import bootstrap_ci, paired_test
 
 __all__ = [
-    "DEFAULT_KS", "HEADLINE", "Evaluation", "RankingResult", "Scorer", "bootstrap_ci", "compare_runs", "evaluate",
+    "DEFAULT_KS", "HEADLINE", "Evaluation", "RetrievalResult", "Scorer", "bootstrap_ci", "compare_runs", "evaluate",
     "load_run", "metrics_from_ranks", "paired_test", "popularity_percentiles", "rank_cases", "target_ranks",
     "topk_deterministic", "write_run",
     # pointwise (CTR / watch-time) metrics

@@ -1,5 +1,5 @@
 """Exact full-catalog ranking without a [cases, items] score matrix: the fast paths of
-:func:`genrec.eval.ranking.rank_cases`.
+:func:`genrec.eval.retrieval.rank_cases`.
 
 A scorer gets a fast path through the methods it exposes (eval imports no model; see the protocols below):
 

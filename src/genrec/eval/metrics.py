@@ -13,7 +13,7 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dic
     """Per-case HR@K (= Recall@K with one target), NDCG@K for every K, and MRR (not truncated).
 
     A rank >= K is a miss at K. A target that could not be ranked at all (excluded as already seen) is given
-    rank ``n_items`` by :func:`genrec.eval.ranking.rank_cases`, which also sets all its metrics, MRR included,
+    rank ``n_items`` by :func:`genrec.eval.retrieval.rank_cases`, which also sets all its metrics, MRR included,
     to 0.
     """
     ranks = np.asarray(ranks, dtype=np.int64)

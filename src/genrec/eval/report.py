@@ -22,7 +22,7 @@ from genrec.data.dataset import SequenceDataset
 from genrec.data.splits import EvalCases
 from genrec.errors import GenrecError
 from genrec.eval.metrics import DEFAULT_KS
-from genrec.eval.ranking import Scorer, rank_cases
+from genrec.eval.retrieval import Scorer, rank_cases
 from genrec.eval.stats import bootstrap_ci, paired_test
 from genrec.io import read_json, write_json, write_parquet, write_text
 
@@ -59,7 +59,7 @@ def evaluate(
     """Rank every case, compute per-user metrics and their bootstrap 95% intervals.
 
     ``distributed``: every rank of an initialised torch.distributed group calls this, ranks its share of the cases
-    and gets the whole evaluation (see :func:`genrec.eval.ranking.rank_cases`)."""
+    and gets the whole evaluation (see :func:`genrec.eval.retrieval.rank_cases`)."""
     result = rank_cases(scorer, cases, dataset.n_items, ks=ks, exclude_seen=exclude_seen, item_counts=item_counts,
                         sampled_negatives=sampled_negatives, seed=seed, distributed=distributed,
                         show_progress=show_progress)

@@ -20,7 +20,7 @@ then applied to the TEST cases. Per-case HR@K / NDCG@K of retrieval alone and of
 with ``genrec.eval.stats.paired_test`` (bootstrap interval of the difference, paired t and Wilcoxon p-values).
 
 Like the rest of ``genrec.eval`` this module knows no model class: retrieval is any
-:class:`genrec.eval.ranking.Scorer`, and the ranker any callable mapping the fields of a
+:class:`genrec.eval.retrieval.Scorer`, and the ranker any callable mapping the fields of a
 ``genrec.models.ranking.RankBatch`` (a dict of tensors, ``labels`` absent) to ``{task: [B, M]}`` (wrap a
 ranking model as ``lambda fields: model(RankBatch(**fields))``).
 """
@@ -43,7 +43,7 @@ from genrec.data.requests import histories_before, history_fields
 from genrec.data.splits import EvalCases, leave_one_out
 from genrec.errors import ConfigError, DataError
 from genrec.eval.metrics import metrics_from_ranks
-from genrec.eval.ranking import Scorer, mask_seen, topk_deterministic
+from genrec.eval.retrieval import Scorer, mask_seen, topk_deterministic
 from genrec.eval.stats import paired_test
 from genrec.models.two_stage import blend_score, fuse, resolve_blend
 from genrec.progress import progress_bar
@@ -78,7 +78,7 @@ class TwoStageCases:
                              self.rows[idx] if self.rows is not None else None, dict(self.info))
 
     def eval_cases(self) -> EvalCases:
-        """The retrieval side alone, for ``genrec.eval.ranking.rank_cases``."""
+        """The retrieval side alone, for ``genrec.eval.retrieval.rank_cases``."""
         return EvalCases(self.users, self.history, self.targets, self.history_timestamps)
 
 
@@ -185,7 +185,7 @@ def first_positive_cases(ds: SequenceDataset, log: ImpressionLog, split: Impress
 def retrieve(scorer: Scorer, cases: TwoStageCases, n_items: int, k: int, *, exclude_seen: bool = True,
              batch_size: int = 256, show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` retrieval items [N, k] (dense retrieval ids, 0 = empty slot) and their scores [N, k] (float64,
-    -inf in empty slots), in the deterministic order of ``genrec.eval.ranking`` (score desc, smaller id first)."""
+    -inf in empty slots), in the deterministic order of ``genrec.eval.retrieval`` (score desc, smaller id first)."""
     k = min(k, n_items)
     ids = np.zeros((len(cases), k), dtype=np.int64)
     vals = np.full((len(cases), k), -np.inf, dtype=np.float64)

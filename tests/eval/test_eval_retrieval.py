@@ -1,5 +1,5 @@
-"""Full-catalog ranking (genrec.eval.ranking): hand-checked ranks, the deterministic order, chunking,
-seen-item exclusion, coverage/popularity, and the sampled-negatives mode."""
+"""Retrieval evaluation, full-catalog ranking (genrec.eval.retrieval): hand-checked ranks, the deterministic
+order, chunking, seen-item exclusion, coverage/popularity, and the sampled-negatives mode."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 from genrec.data.jagged import Jagged
 from genrec.data.splits import EvalCases
-from genrec.eval.ranking import mask_seen, rank_cases, target_ranks, topk_deterministic
+from genrec.eval.retrieval import mask_seen, rank_cases, target_ranks, topk_deterministic
 
 
 class TableScorer:

@@ -1,4 +1,4 @@
-"""Full-catalog ranking of every evaluation case, in bounded-memory batches.
+"""Retrieval evaluation: full-catalog ranking of every evaluation case, in bounded-memory batches.
 
 Anything that maps a batch of histories to scores over the catalog can be evaluated: baselines, ID models
 and semantic-ID generators are judged by the same code. The order over items is total and deterministic:
@@ -29,7 +29,7 @@ from genrec.eval.metrics import DEFAULT_KS, metrics_from_ranks, popularity_perce
 from genrec.eval.topk import topk_deterministic
 from genrec.progress import progress_bar
 
-__all__ = ["RankingResult", "Scorer", "mask_seen", "rank_cases", "target_ranks", "topk_deterministic"]
+__all__ = ["RetrievalResult", "Scorer", "mask_seen", "rank_cases", "target_ranks", "topk_deterministic"]
 
 
 class Scorer(Protocol):
@@ -39,7 +39,7 @@ class Scorer(Protocol):
 
 
 @dataclass
-class RankingResult:
+class RetrievalResult:
     ranks: np.ndarray  # 0-based rank of each target; >= n_items means it could not be ranked
     per_case: dict[str, np.ndarray]  # metric -> value per case
     aggregate: dict[str, float]  # catalog coverage@K (not per user)
@@ -76,7 +76,7 @@ def rank_cases(
     fast: bool = True,
     distributed: bool = False,
     show_progress: bool = True,
-) -> RankingResult:
+) -> RetrievalResult:
     """Rank each case's target against the whole catalog (or, only when asked, against sampled negatives).
 
     Memory stays bounded: at most ``max_batch_elements`` scores are held at once. ``batch_size`` (cases per
@@ -121,7 +121,7 @@ def rank_cases(
     if sampled_negatives:
         warnings.warn(f"sampled metrics ({sampled_negatives} negatives) overstate quality; report full-catalog "
                       "numbers", stacklevel=2)
-    return RankingResult(tally.ranks, per_case, aggregate, info)
+    return RetrievalResult(tally.ranks, per_case, aggregate, info)
 
 
 class _Tally:
