@@ -39,8 +39,8 @@ class SequentialConfig(BaseModel):
     heads: int = Field(1, ge=1, description="Attention heads.")
     max_len: int = Field(200, ge=1, description="History cap: only the most recent items are read.")
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout on embeddings and block outputs.")
-    init_std: float = Field(0.02, gt=0, description="Std of the item/position embedding init (N(0, 1) barely "
-                            "trains with tied outputs, see ANCHORS.md).")
+    init_std: float = Field(0.02, gt=0, description="Std of the item/position embedding init (at N(0, 1) "
+                            "the tied output embeddings barely train; generative-recommenders uses 0.02).")
     l2_normalize: bool = Field(False, description="L2-normalise hidden states and item embeddings when scoring "
                                "(pair with a temperature in the loss).")
     item_repr: Literal["id", "sid", "sid_hash"] = Field(

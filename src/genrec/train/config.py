@@ -93,7 +93,7 @@ class OptimConfig(BaseModel):
     refit_epochs: int | None = Field(None, ge=1, description="With refit, the generator (tiger) only: skip the "
                                      "selection run and refit for this many epochs, the number an earlier "
                                      "selection run of the same config chose (state it in the config), so the "
-                                     "refit fits in one machine session. With schedule_by: time the refit also "
+                                     "selection is not repeated. With schedule_by: time the refit also "
                                      "stops at max_minutes.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice).")
     device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$", description="cpu, cuda, cuda:N, or auto "
