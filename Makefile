@@ -7,7 +7,7 @@ STAMP := $(VENV)/.genrec-installed
 SHARED_DATA := $(abspath ../shared/data)
 export GENREC_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 
-.PHONY: install quickstart test lint benchmark clean
+.PHONY: install quickstart test lint docs benchmark clean
 
 install: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,content,serve,ann,gbdt,scale,bench]" "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev,content,serve,ann,gbdt,scale,bench,docs]" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
 # Baselines + HSTU on MovieLens-1M under a 12-minute training budget, a bundle, sample recommendations.
@@ -30,8 +30,13 @@ lint: install
 test: install lint
 	$(BIN)/python -m pytest
 
+# The site: reference and results pages (and the README's results block) regenerated, then built with --strict.
+docs: install
+	$(BIN)/python -m genrec.docs_gen
+	$(BIN)/mkdocs build --strict --site-dir site
+
 benchmark: install
 	$(BIN)/python benchmarks/baselines.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs site .pytest_cache .ruff_cache
