@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from genrec.docs_gen.md import page, table
+from genrec.docs_gen.md import page, table, text
 
 METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -87,7 +87,7 @@ def _describe(schema: dict[str, Any]) -> str:
 
 def _operation(path: str, method: str, op: dict[str, Any]) -> str:
     title = op.get("summary") or op.get("operationId", "")
-    parts = [f"### `{method.upper()} {path}`\n\n{title}. {op.get('description', '')}".strip()]
+    parts = [f"### `{method.upper()} {path}`\n\n{title}. {text(op.get('description', ''))}".strip()]
     params = [[f"`{p['name']}`", p["in"], _type(p.get("schema", {})), "yes" if p.get("required") else "",
                _default(p.get("schema", {})), _describe({**p.get("schema", {}), **p})]
               for p in op.get("parameters", [])]
@@ -109,7 +109,7 @@ def _schema_section(name: str, schema: dict[str, Any]) -> str:
     required = set(schema.get("required", []))
     rows = [[f"`{field}`", _type(sub), "yes" if field in required else "", _default(sub), _describe(sub)]
             for field, sub in schema.get("properties", {}).items()]
-    head = f"### {name} {{#{name.lower()}}}\n\n{schema.get('description', '')}".strip()
+    head = f"### {name} {{#{name.lower()}}}\n\n{text(schema.get('description', ''))}".strip()
     body = table(["field", "type", "required", "default", "description"], rows) or f"Type: {_type(schema)}"
     return f"{head}\n\n{body}"
 

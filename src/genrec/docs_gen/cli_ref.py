@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from genrec.docs_gen.md import page, table
+from genrec.docs_gen.md import page, table, text
 
 _META = re.compile(r"\s+\[([^\[\]]*)\]$")  # click's trailing "[default: x; 1<=x<=9]" of a help record
 
@@ -65,7 +65,7 @@ def cli_reference() -> str:
     summary = []
     for path, command, ctx in _walk(root, _context(root, "genrec"), ["genrec"]):
         name = " ".join(path)
-        doc = (command.help or "").strip()
+        doc = text((command.help or "").strip())
         if len(path) > 1:
             summary.append([f"[`{name}`](#{'-'.join(path)})", doc.split("\n\n")[0].replace("\n", " ")])
         rows = [r for p in command.params if (r := _param_row(p, ctx)) is not None]

@@ -14,7 +14,7 @@ from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from genrec.docs_gen.md import page, table
+from genrec.docs_gen.md import page, table, text
 
 _BOUNDS = ((Ge, "ge", ">="), (Gt, "gt", ">"), (Le, "le", "<="), (Lt, "lt", "<"), (MinLen, "min_length", "length >="),
            (MaxLen, "max_length", "length <="))
@@ -153,7 +153,7 @@ def config_reference() -> str:
               "(pydantic models): unknown keys are errors. In a run config the sections nest as in the YAML "
               "(`train.lr`, `model.dim`); `genrec train --set train.lr=0.001` overrides one field."]
     for model, anchor, title in entries:
-        doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        doc = text((model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "))
         blocks.append(f"## {title} {{#{anchor}}}\n\n{doc}\n\n"
                       + table(["field", "type", "default", "description"], _rows(model, anchors)))
     return page("Configuration reference", *blocks)

@@ -41,6 +41,13 @@ PAGES: dict[str, tuple[str, Callable[[Results], str]]] = {
 }
 
 
+def _short(config: str) -> str:
+    """`configs/<dataset>/<stem>.yaml` as `<stem>` (the dataset is in its own column)."""
+    if not config.startswith("`configs/"):
+        return config
+    return f"`{config.strip('`').rsplit('/', 1)[-1].removesuffix('.yaml')}`"
+
+
 def _published(res: Results, dataset: str, key: str | None) -> str:
     fig = res.published().get(dataset, {}).get(key or "", {})
     return f"{num(fig['hr@10'])} / {num(fig['ndcg@10'])}" if fig else ""
@@ -52,13 +59,13 @@ def headline(res: Results, link: Callable[[str], str]) -> str:
     rows = []
     for dataset, model, key, published in RETRIEVAL_HEADLINE:
         row = quality[dataset][key]
-        rows.append([DATASETS[dataset], model, results_retrieval.config_name(res, dataset, key),
+        rows.append([DATASETS[dataset], model, _short(results_retrieval.config_name(res, dataset, key)),
                      quality_value(row, "hr@10"), quality_value(row, "ndcg@10"), _published(res, dataset, published),
                      f"[quality]({link('quality')})"])
     dataset, model, key, published = GENERATOR_HEADLINE
     run = res.load("semantic_ids")["datasets"][dataset][key][0]
     last = max(i for i, (d, *_) in enumerate(RETRIEVAL_HEADLINE) if d == dataset)
-    rows.insert(last + 1, [DATASETS[dataset], model, f"`configs/{dataset}/tiger-refit.yaml`",
+    rows.insert(last + 1, [DATASETS[dataset], model, "`tiger-refit`",
                            with_ci(run["metrics"]["hr@10"]), with_ci(run["metrics"]["ndcg@10"]),
                            _published(res, dataset, published), f"[semantic IDs]({link('semantic_ids')})"])
     retrieval = table(["dataset", "model", "config", "HR@10", "NDCG@10", "published HR@10 / NDCG@10", "full table"],
@@ -66,12 +73,12 @@ def headline(res: Results, link: Callable[[str], str]) -> str:
     stem, models = RANKING_HEADLINE
     data = res.load(stem)
     ranking = table(["model", "config", "seeds", "click GAUC", "long view GAUC", "like GAUC", "full table"],
-                    [[label, f"`{data['runs'][key]['config']}`", len(data["seeds"][key]),
+                    [[label, _short(f"`{data['runs'][key]['config']}`"), len(data["seeds"][key]),
                       *(num(mean(data["pooled"][key][t])) for t in results_ranking.TASKS),
                       f"[ranking]({link(stem)})"] for label, key in models])
     return ("Retrieval: full catalog, leave-one-out, seen items excluded, model chosen on validation, test read "
-            "once; mean [95% interval]. The published figures used protocols that differ from genrec's "
-            "(see the evaluation protocol).\n\n" + retrieval +
+            "once; mean [95% interval]; configs under `configs/DATASET/`. The published figures used protocols "
+            "that differ from genrec's (see the evaluation protocol).\n\n" + retrieval +
             "\nRanking (KuaiRand-Pure, frozen requests, three temporal folds pooled, mean over seeds):\n\n" + ranking)
 
 
