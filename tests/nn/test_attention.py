@@ -73,7 +73,9 @@ def _bias(kind: str, b: int, h: int, length: int, g: torch.Generator) -> torch.T
 
 @pytest.mark.parametrize("bias_kind", ["none", "shared", "per_row", "full"])
 @pytest.mark.parametrize("heads", [1, 2, 4])
-def test_pointwise_attention_matches_reference(bias_kind: str, heads: int) -> None:
+@pytest.mark.parametrize("tile", [64, 3])
+def test_pointwise_attention_matches_reference(bias_kind: str, heads: int, tile: int, monkeypatch) -> None:
+    monkeypatch.setattr("genrec.nn.attention.QUERY_TILE", tile)  # 3: several query tiles, the last one joined
     q, k, v, lengths, g = random_batch(10 + heads, h=heads)
     length, n = q.shape[2], 12
     bias = _bias(bias_kind, q.shape[0], heads, length, g)
@@ -116,10 +118,15 @@ def test_softmax_attention_first_position_is_its_own_value() -> None:
 
 
 @pytest.mark.parametrize("bias_shape", [(1, 1, 12, 12), (7, 1, 12, 12), (7, 2, 12, 12), (12, 12), None])
-def test_pointwise_attention_gradients_are_exact(bias_shape) -> None:
+@pytest.mark.parametrize("tile", [64, 5])
+def test_pointwise_attention_gradients_are_exact(bias_shape, tile, monkeypatch) -> None:
     """The chunked kernel recomputes scores in its backward pass: its gradients must be the true ones (float64
-    finite differences), for every bias layout, with more sequences than one chunk holds."""
+    finite differences), for every bias layout, with more sequences than one chunk holds and, with tile 5,
+    several query tiles."""
     import genrec.nn.attention as attention
+
+    monkeypatch.setattr(attention, "QUERY_TILE", tile)
+    assert len(attention._tiles(12)) == (3 if tile == 5 else 1)
 
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(7, 2, 12, 4, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(3))

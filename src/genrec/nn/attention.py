@@ -36,31 +36,45 @@ def pointwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias:
     return PointwiseAttention.apply(q, k, v, bias, n)
 
 
+QUERY_TILE = 64  # queries per tile: a tile reads keys only up to its last query (the causal triangle)
+
+
 def _chunk_rows(q: torch.Tensor) -> int:
-    """Sequences per chunk: a chunk's [rows, H, L, L] scores stay within a few MB (cache-resident, and below
+    """Sequences per chunk: a chunk's [rows, H, tile, L] scores stay within a few MB (cache-resident, and below
     the allocator's mmap threshold, so no page faults per step)."""
     b, h, length, _ = q.shape
-    return max(1, min(b, (1 << 19) // max(1, h * length * length)))
+    return max(1, min(b, (1 << 19) // max(1, h * min(length, QUERY_TILE) * length)))
+
+
+def _tiles(length: int) -> list[tuple[int, int]]:
+    """Query ranges [i0, i1); a last tile shorter than half a tile joins the one before."""
+    bounds = list(range(0, length, QUERY_TILE)) + [length]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < QUERY_TILE // 2:
+        bounds.pop(-2)
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 class PointwiseAttention(torch.autograd.Function):
-    """:func:`pointwise_attention` computed a few sequences at a time. The [B, H, L, L] score tensor is never
-    held whole: the forward pass keeps only q, k, v and the bias, and the backward pass recomputes each chunk's
-    scores (one extra Q K^T) and differentiates SiLU in place."""
+    """:func:`pointwise_attention` computed a few sequences and a tile of queries at a time. A tile of queries
+    [i0, i1) scores only keys [0, i1), so the causal triangle's upper half is mostly never computed, and the
+    [B, H, L, L] score tensor is never held whole: the forward pass keeps only q, k, v and the bias, and the
+    backward pass recomputes each tile's scores (one extra Q K^T). The causal mask is folded into the bias as a
+    large negative number, whose SiLU and SiLU derivative are exactly 0, so a tile needs one bias add and one
+    fused SiLU (or SiLU-backward) pass over its scores and no mask multiplications."""
 
     @staticmethod
     def forward(ctx, q, k, v, bias, n):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # else every chunk's matmul copies its slice
-        mask = causal_mask(q.shape[-2], q.device).to(q.dtype)
+        masked = _masked_bias(bias, q.shape[-2])
         out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
         step = _chunk_rows(q)
         for start in range(0, q.shape[0], step):
             rows = slice(start, start + step)
-            s = q[rows] @ k[rows].transpose(-1, -2)
-            s += _rows(bias, rows)
-            F.silu(s, inplace=True)
-            s *= mask
-            torch.matmul(s, v[rows], out=out[rows])
+            for i0, i1 in _tiles(q.shape[-2]):
+                s = q[rows, :, i0:i1] @ k[rows, :, :i1].transpose(-1, -2)
+                s += _rows(masked, rows)[..., i0:i1, :i1]
+                F.silu(s, inplace=True)
+                out[rows, :, i0:i1] = s @ v[rows, :, :i1]
         ctx.save_for_backward(q, k, v, bias)
         ctx.n = n
         return out / n
@@ -68,26 +82,32 @@ class PointwiseAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         q, k, v, bias = ctx.saved_tensors
-        mask = causal_mask(q.shape[-2], q.device).to(q.dtype)
+        masked = _masked_bias(bias, q.shape[-2])
         grad = (grad / ctx.n).contiguous()
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
         dbias = torch.zeros_like(bias) if ctx.needs_input_grad[3] else None
         step = _chunk_rows(q)
         for start in range(0, q.shape[0], step):
             rows = slice(start, start + step)
-            s = q[rows] @ k[rows].transpose(-1, -2)
-            s += _rows(bias, rows)
-            sig = torch.sigmoid(s)
-            torch.matmul((s * sig * mask).transpose(-1, -2), grad[rows], out=dv[rows])
-            ds = grad[rows] @ v[rows].transpose(-1, -2)
-            ds *= s.mul_(1 - sig).add_(1).mul_(sig)  # SiLU'(s) = sig (1 + s (1 - sig))
-            ds *= mask
-            torch.matmul(ds, k[rows], out=dq[rows])
-            torch.matmul(ds.transpose(-1, -2), q[rows], out=dk[rows])
-            if dbias is not None:
-                part = _rows(dbias, rows)
-                part += ds.sum_to_size(part.shape)
+            for i0, i1 in _tiles(q.shape[-2]):
+                qt, kt, g = q[rows, :, i0:i1], k[rows, :, :i1], grad[rows, :, i0:i1]
+                s = qt @ kt.transpose(-1, -2)
+                s += _rows(masked, rows)[..., i0:i1, :i1]
+                dv[rows, :, :i1] += F.silu(s).transpose(-1, -2) @ g
+                ds = torch.ops.aten.silu_backward(g @ v[rows, :, :i1].transpose(-1, -2), s)
+                dq[rows, :, i0:i1] = ds @ kt
+                dk[rows, :, :i1] += ds.transpose(-1, -2) @ qt
+                if dbias is not None:
+                    part = _rows(dbias, rows)[..., i0:i1, :i1]
+                    part += ds.sum_to_size(part.shape)
         return dq, dk, dv, dbias, None
+
+
+def _masked_bias(bias: torch.Tensor, length: int) -> torch.Tensor:
+    """``bias`` plus, above the diagonal, half the dtype's lowest value: SiLU there is -0 and its derivative 0
+    (sigmoid underflows to 0 while the sum stays finite, in every float type)."""
+    hidden = ~causal_mask(length, bias.device)
+    return bias + bias.new_zeros(length, length).masked_fill_(hidden, torch.finfo(bias.dtype).min / 2)
 
 
 def _rows(bias: torch.Tensor, rows: slice) -> torch.Tensor:
