@@ -25,93 +25,43 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genrec.serve.catalog import Column
 from genrec.serve.recommender import Recommender
+from genrec.serve.schemas import (
+    EventsRequest,
+    EventsResponse,
+    Health,
+    Readiness,
+    RecommendRequest,
+    RecommendResponse,
+    ReloadRequest,
+    ReloadResponse,
+    SearchResponse,
+    SimilarResponse,
+    UserHistoryResponse,
+    answers,
+)
 from genrec.serve.store import Event, HistoryStore, open_store
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/docs", "/openapi.json", "/redoc")
-
-
-# --- request and response bodies ------------------------------------------------------------------------
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-Signal = Annotated[str, Field(min_length=1, max_length=50)]
-Actions = Annotated[dict[Signal, Annotated[float, Field(ge=0, allow_inf_nan=False)]], Field(max_length=32)]
-ACTIONS_DOC = ("What the user did with each item (signal -> number >= 0, e.g. {\"like\": 1, \"play_time_ms\": 5300}; "
-               "null: the default interaction), read by a bundle's ranking stage.")
-
-
-ContextName = Annotated[str, Field(min_length=1, max_length=50)]
-Context = Annotated[dict[ContextName, Annotated[StrictStr, Field(max_length=200)] | StrictInt], Field(max_length=16)]
-CONTEXT_DOC = ("Where an impression is shown (name -> text or integer, e.g. {\"tab\": 1}: the app surface), read by a "
-               "bundle's ranking stage when its ranker was trained with that context (model.row_context); a value it "
-               "never saw counts as unknown.")
-
-
-# Event times: integers a float64 holds exactly (the models and the store compute with them); larger is an error.
-Timestamp = Annotated[int, Field(ge=-(2**53), le=2**53)]
-
-
-class RecommendRequest(_Body):
-    user_id: str | None = Field(None, min_length=1, max_length=200, description="Read the history from the store.")
-    history: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
-        None, max_length=10_000, description="Explicit history: raw item ids, oldest first.")
-    timestamps: list[Timestamp] | None = Field(None, description="Unix seconds, one per history item.")
-    actions: list[Actions | None] | None = Field(None, description=ACTIONS_DOC + " One per history item.")
-    history_context: list[Context | None] | None = Field(None, description=CONTEXT_DOC + " One per history item.")
-    context: Context | None = Field(None, description=CONTEXT_DOC + " This request's: where the answer is shown.")
-    k: int = Field(10, ge=1, le=1000)
-    exclude_seen: bool = True
-    allow: list[str] | None = Field(None, max_length=100_000, description="Only these items may be returned.")
-    deny: list[str] | None = Field(None, max_length=100_000, description="Never return these items.")
-    query: str | None = Field(None, min_length=1, max_length=1000, description="Steer results toward this text.")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> RecommendRequest:
-        if self.user_id is not None and self.history is not None:
-            raise ValueError("give user_id or history, not both")
-        if self.timestamps is not None and (self.history is None or len(self.timestamps) != len(self.history)):
-            raise ValueError("timestamps needs a history of the same length")
-        if self.actions is not None and (self.history is None or len(self.actions) != len(self.history)):
-            raise ValueError("actions needs a history of the same length")
-        if self.history_context is not None and (self.history is None or
-                                                 len(self.history_context) != len(self.history)):
-            raise ValueError("history_context needs a history of the same length")
-        return self
-
-
-class EventsRequest(_Body):
-    user_id: str = Field(min_length=1, max_length=200)
-    items: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1, max_length=1000)
-    timestamps: list[Timestamp] | None = Field(None, description="Unix seconds, one per item.")
-    actions: list[Actions | None] | None = Field(None, description=ACTIONS_DOC + " One per item.")
-    context: list[Context | None] | None = Field(None, description=CONTEXT_DOC + " One per item.")
-
-    @model_validator(mode="after")
-    def _aligned(self) -> EventsRequest:
-        if self.timestamps is not None and len(self.timestamps) != len(self.items):
-            raise ValueError("timestamps must have one entry per item")
-        if self.actions is not None and len(self.actions) != len(self.items):
-            raise ValueError("actions must have one entry per item")
-        if self.context is not None and len(self.context) != len(self.items):
-            raise ValueError("context must have one entry per item")
-        return self
-
-
-class ReloadRequest(_Body):
-    bundle: str = Field(min_length=1, description="Path of the bundle to serve from now on.")
+BODY_ERRORS = (400, 401, 413, 422)  # what an operation with a JSON body can answer besides its own errors
+ItemIdParam = Annotated[str, PathParam(max_length=200)]  # as long as an item id a body may hold
+DESCRIPTION = (
+    "Generative recommendation: recommendations, live events, similar items. Every 4xx answer is an `ErrorBody`. "
+    f"With an API key (`genrec serve --api-key`), every operation but {', '.join(OPEN_PATHS[:3])} needs "
+    "`Authorization: Bearer <key>` (else 401). Any request whose body is over the size limit "
+    "(`--max-body-bytes`; {limit} bytes here) gets 413.")
 
 
 # --- state ----------------------------------------------------------------------------------------------
@@ -177,36 +127,44 @@ class Serving:
 def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
     serving = Serving(settings)
     app = FastAPI(title="genrec", version=serving.current().version,
-                  description="Generative recommendation: recommendations, live events, similar items.")
+                  description=DESCRIPTION.format(limit=settings.max_body_bytes))
     app.state.serving = serving
 
     app.add_middleware(_Guard, settings=settings, serving=serving)
+    app.openapi = lambda: _openapi(app, bool(settings.api_key))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "message": e["msg"]}
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # loc starts with where (body, query, path): the field is what follows, or the whole body
+        errors = [{"field": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]), "message": e["msg"]}
                   for e in exc.errors()]
-        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return JSONResponse({"detail": summary, "errors": errors}, 422)
+        return _error(422, "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def failed(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
 
     async def state() -> Serving:  # async: a sync dependency would cost a thread hop per request
         return serving
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=None, responses=answers(Health))
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=None,
+             responses={**answers(Readiness), 503: {"model": Readiness, "description": "Still warming up."}})
     def readyz(s: Serving = Depends(state)) -> Response:
         if not s.ready:
             return JSONResponse({"status": "warming up"}, 503)
         return JSONResponse({"status": "ready", "model_version": s.current().version})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response,
+             responses=answers(None, 401, media={"text/plain": {"type": "string"}}))
     def metrics(s: Serving = Depends(state)) -> Response:
+        """Prometheus metrics, in its text exposition format."""
         return Response(generate_latest(s.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/recommend")
+    @app.post("/v1/recommend", response_model=None, responses=answers(RecommendResponse, *BODY_ERRORS))
     async def recommend(body: RecommendRequest, s: Serving = Depends(state)) -> Response:
         # async: the checks and the answer run on the event loop and only the model runs on a worker thread
         # (Recommender.recommend_async), which saves a thread hand-over per request under load
@@ -236,7 +194,7 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
                       "fallback": result.fallback, "reason": result.reason, "mode": result.mode,
                       "warnings": warnings + result.warnings})
 
-    @app.post("/v1/events")
+    @app.post("/v1/events", response_model=None, responses=answers(EventsResponse, *BODY_ERRORS))
     def events(body: EventsRequest, s: Serving = Depends(state)) -> dict[str, Any]:
         rec = s.current()
         known = [i for i in body.items if rec.knows(i)]
@@ -255,10 +213,9 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
         return {"user_id": body.user_id, "stored": len(body.items), "known": len(known),
                 "history_length": length, "warnings": warnings}
 
-    @app.get("/v1/items/{item_id}/similar")
-    def similar(item_id: str, k: int = 10, s: Serving = Depends(state)) -> dict[str, Any]:
-        if not 1 <= k <= 1000:
-            raise HTTPException(422, "k: must be between 1 and 1000")
+    @app.get("/v1/items/{item_id}/similar", response_model=None, responses=answers(SimilarResponse, 401, 404, 422))
+    def similar(item_id: ItemIdParam, k: Annotated[int, Query(ge=1, le=1000)] = 10,
+                s: Serving = Depends(state)) -> dict[str, Any]:
         rec = s.current()
         try:
             items = rec.similar(item_id, k=k)
@@ -266,7 +223,7 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
             raise HTTPException(404, f"unknown item id {item_id!r}") from None
         return {"item_id": item_id, "items": items, "model_version": rec.version}
 
-    @app.post("/admin/reload")
+    @app.post("/admin/reload", response_model=None, responses=answers(ReloadResponse, *BODY_ERRORS, 409))
     def reload(body: ReloadRequest, s: Serving = Depends(state)) -> dict[str, Any]:
         old = s.current().version
         try:
@@ -284,6 +241,7 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
 # --- the web page and the small API it uses ---------------------------------------------------------------
 
 STATIC = Path(__file__).parent / "static"
+BLANKS = " \t\n\r\f\v"  # what search strips from q (one explicit set: every regex engine reads it alike)
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
                ".webp": "image/webp", ".bmp": "image/bmp", ".avif": "image/avif"}  # no SVG: it can hold scripts
 
@@ -293,19 +251,17 @@ def add_page_routes(app: FastAPI, serving: Serving) -> None:
     what it reads beyond the API: title search, a user's stored history, and catalog images on local disk."""
     searchable: dict[str, Any] = {}  # (recommender, dense ids by popularity, their titles), built on first search
 
-    @app.get("/", include_in_schema=False)
+    @app.get("/", response_class=HTMLResponse)
     def page() -> HTMLResponse:
+        """The demo page (open without the key; it asks for the key and sends it)."""
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
 
-    @app.get("/v1/items/search")
-    def search(q: str = "", k: int = 10) -> dict[str, Any]:
-        """Items whose title holds ``q`` (case-insensitive; an item whose id is ``q`` comes first), most popular
-        first. Catalogs without titles are searched by item id."""
-        text = q.strip()
-        if not text or len(text) > 200:
-            raise HTTPException(422, "q: give 1 to 200 characters to search for")
-        if not 1 <= k <= 100:
-            raise HTTPException(422, "k: must be between 1 and 100")
+    @app.get("/v1/items/search", response_model=None, responses=answers(SearchResponse, 401, 422))
+    def search(q: Annotated[str, Query(min_length=1, max_length=200, pattern=f"[^{BLANKS}]")],
+               k: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
+        """Items whose title holds ``q`` (case-insensitive, without its leading and trailing blanks; an item whose
+        id is ``q`` comes first), most popular first. Catalogs without titles are searched by item id."""
+        text = q.strip(BLANKS)
         rec = serving.current()
         built = searchable.get("current")
         if built is None or built[0] is not rec:  # one tuple, swapped whole: a reload rebuilds it
@@ -323,11 +279,9 @@ def add_page_routes(app: FastAPI, serving: Serving) -> None:
             dense = [exact] + [i for i in dense if i != exact][:k - 1]
         return {"q": text, "items": [_item_row(rec, i) for i in dense], "model_version": rec.version}
 
-    @app.get("/v1/users/{user_id}/history")
-    def history(user_id: str) -> dict[str, Any]:
+    @app.get("/v1/users/{user_id}/history", response_model=None, responses=answers(UserHistoryResponse, 401, 422))
+    def history(user_id: Annotated[str, PathParam(max_length=200)]) -> dict[str, Any]:
         """The stored history, oldest first, with display fields; ``known: false`` for ids this model lacks."""
-        if len(user_id) > 200:
-            raise HTTPException(422, "user_id: at most 200 characters")
         rec = serving.current()
         items = []
         for e in serving.store.history(user_id):
@@ -337,8 +291,10 @@ def add_page_routes(app: FastAPI, serving: Serving) -> None:
                           "known": i is not None})
         return {"user_id": user_id, "items": items, "model_reads": rec.max_history, "model_version": rec.version}
 
-    @app.get("/v1/items/{item_id}/image")
-    def image(item_id: str) -> FileResponse:
+    @app.get("/v1/items/{item_id}/image", response_class=Response,
+             responses=answers(None, 401, 404, 422, media={t: {"type": "string", "format": "binary"}
+                                                      for t in sorted(set(IMAGE_TYPES.values()))}))
+    def image(item_id: ItemIdParam) -> FileResponse:
         """The item's cover image, when a catalog column holds a path to an image file on this machine
         (relative paths: under the bundle's folder). Only paths the catalog lists are served; else 404."""
         path = _local_image(serving.current(), item_id, serving.settings.bundle)
@@ -346,6 +302,32 @@ def add_page_routes(app: FastAPI, serving: Serving) -> None:
             raise HTTPException(404, f"no local image for item {item_id!r}")
         return FileResponse(path, media_type=IMAGE_TYPES[path.suffix.lower()],
                             headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})
+
+
+def _error(status: int, detail: str, errors: list[dict[str, str]] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    """Every 4xx answer: :class:`~genrec.serve.schemas.ErrorBody`."""
+    return JSONResponse({"detail": detail, "errors": errors or []}, status, headers=headers)
+
+
+def _openapi(app: FastAPI, key_required: bool) -> dict[str, Any]:
+    """FastAPI's schema with the bearer token (required by every operation but the open paths when the server
+    has a key, else optional: the server then ignores it), and without the 422 answer FastAPI adds to routes
+    that declare none (every route that can answer 422 declares it, with :class:`ErrorBody`)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for path, operations in schema["paths"].items():
+            for op in operations.values():
+                if "HTTPValidationError" in json.dumps(op["responses"].get("422", {})):
+                    del op["responses"]["422"]
+                if path not in OPEN_PATHS:
+                    op["security"] = [{"bearer": []}] if key_required else [{}, {"bearer": []}]
+        components = schema.setdefault("components", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.get("schemas", {}).pop(name, None)
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _json(content: dict[str, Any]) -> Response:
@@ -396,12 +378,11 @@ class _Guard:
         try:
             if size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
                 status = 413
-                await JSONResponse({"detail": f"request body over the {settings.max_body_bytes}-byte limit"},
-                                   413)(scope, receive, send)
+                await _error(413, f"request body over the {settings.max_body_bytes}-byte limit")(scope, receive, send)
             elif settings.api_key and scope["path"] not in OPEN_PATHS and not _authorised(headers, settings.api_key):
                 status = 401
-                await JSONResponse({"detail": "missing or wrong bearer token"}, 401,
-                                   headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                await _error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})(
+                    scope, receive, send)
             else:
                 received = 0
 
