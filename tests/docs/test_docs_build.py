@@ -80,3 +80,58 @@ def test_every_config_field_has_a_description():
 def test_markdown_helpers():
     assert num(0.30341) == ".3034" and num(-0.0123) == "-.0123" and num(1.5) == "1.5000"
     assert text("runs/<stem> and `<kept>`") == "runs/&lt;stem&gt; and `<kept>`"
+
+
+def _shell_commands(markdown: str) -> list[str]:
+    """Every `genrec ...` command of the fenced code blocks (continuation lines joined, comments dropped)."""
+    commands, block, joined = [], False, ""
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            block = not block
+            continue
+        if not block:
+            continue
+        joined += line.split(" #")[0].rstrip()
+        if joined.endswith("\\"):
+            joined = joined[:-1] + " "
+            continue
+        words = joined.split()
+        if "genrec" in words and words[0] in ("genrec", "torchrun"):
+            commands.append(" ".join(words[words.index("genrec"):]))
+        joined = ""
+    return commands
+
+
+def _options(command: str) -> tuple[str, set[str]]:
+    """The command path of a `genrec ...` line and the options that command accepts."""
+    import typer
+    from typer._click.core import Context
+
+    from genrec.cli import app
+
+    node, path = typer.main.get_command(app), ["genrec"]
+    ctx = Context(node, info_name="genrec")
+    for word in command.split()[1:]:
+        sub = node.get_command(ctx, word) if hasattr(node, "get_command") else None
+        if sub is None:
+            break
+        node, path, ctx = sub, [*path, word], Context(sub, info_name=word, parent=ctx)
+    return " ".join(path), {o for p in node.params for o in (*p.opts, *p.secondary_opts)}
+
+
+def test_documented_commands_and_configs_exist():
+    written = sorted((ROOT / "docs").rglob("*.md"))
+    pages = [ROOT / "README.md", *(p for p in written if not set(p.relative_to(ROOT).parts) & set(GENERATED))]
+    seen = 0
+    for page in pages:
+        markdown = page.read_text(encoding="utf-8")
+        for command in _shell_commands(markdown):
+            path, accepted = _options(command)
+            assert path != "genrec" or command.split()[1:2] == [], f"{page.name}: unknown command in {command!r}"
+            used = {w.strip("[]").split("=")[0] for w in command.split() if w.strip("[]").startswith("--")}
+            assert used <= accepted | {"--help"}, f"{page.name}: {command!r}: {sorted(used - accepted)}"
+            seen += 1
+        for config in {w.strip("`'\"(),:") for w in markdown.split() if w.strip("`'\"(),:").startswith("configs/")}:
+            if config.endswith(".yaml") and "{" not in config and "*" not in config:
+                assert (ROOT / config).is_file(), f"{page.name} names {config}, which does not exist"
+    assert seen > 20
