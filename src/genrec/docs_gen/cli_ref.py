@@ -38,9 +38,9 @@ def _param_row(param: Any, ctx: Any) -> list[str] | None:
     help_text, meta = record[1], ""
     if m := _META.search(help_text):
         help_text, meta = help_text[: m.start()], m.group(1)
-    parts = dict(p.split(": ", 1) if ": " in p else ("", p) for p in meta.split("; ") if p)
-    default = "required" if param.required else parts.get("default", "")
-    extra = [v for k, v in parts.items() if k == ""] + ([f"env {param.envvar}"] if param.envvar else [])
+    parts = [p.split(": ", 1) if ": " in p else ("", p) for p in meta.split("; ") if p]
+    default = "required" if param.required else dict(parts).get("default", "")
+    extra = [v for k, v in parts if k == "" and v != "required"] + ([f"env {param.envvar}"] if param.envvar else [])
     kind = param.display_type(ctx).strip("<>")
     kind = "flag" if param.secondary_opts or kind == "bool" else kind
     if extra:
