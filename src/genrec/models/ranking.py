@@ -291,10 +291,9 @@ class ItemPrior(nn.Module):
         self.weight = nn.Parameter(torch.ones(len(self.tasks)))
 
     @torch.no_grad()
-    def fit(self, items: torch.Tensor, times: torch.Tensor, labels: dict[str, torch.Tensor],
-            base_rows: torch.Tensor | None = None) -> None:
+    def fit(self, items: torch.Tensor, times: torch.Tensor, labels: dict[str, torch.Tensor]) -> None:
         """Count the impressions: ``items`` [N] item indices, ``times`` [N] int64, ``labels[task]`` [N] in {0, 1};
-        the base rate is the positive rate of ``base_rows`` (a boolean mask; default all)."""
+        the base rate is their positive rate."""
         t0 = int(times.min()) if len(times) else 0
         stride = (int(times.max()) - t0 + 2) if len(times) else 1
         keys = items.long() * stride + (times.long() - t0)
@@ -303,11 +302,7 @@ class ItemPrior(nn.Module):
         self.keys = keys[order]
         self.running = F.pad(pos.cumsum(0), (0, 0, 1, 0)).to(self.running.dtype)
         self.clock = torch.tensor([t0, stride], dtype=torch.int64, device=self.keys.device)
-        if base_rows is None:
-            base = pos.sum(0) / max(len(items), 1)
-        else:
-            chosen = base_rows[order].double()[:, None]
-            base = (pos * chosen).sum(0) / chosen.sum().clamp(min=1)
+        base = pos.sum(0) / max(len(items), 1)
         self.base = base.clamp(1e-6, 1 - 1e-6).to(self.base.dtype)
 
     def counts(self, items: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
