@@ -55,8 +55,24 @@ def serving_page(res: Results) -> str:
                    provenance(data, "serve_scale"),
                    table(["items", "index", "parameters", "recall@10", "load s", "p50 ms c1", "p99 ms c1", "p50 ms c8",
                           "p99 ms c8", "PSS MB per worker"], scale)]
+    blocks += _api_contract(res)
     return page("Serving", "Every request a recommendation from an explicit history unless the run says otherwise; "
                 "k 10. The server and the load generator share the machine's cores.", *blocks)
+
+
+def _api_contract(res: Results) -> list[str]:
+    if not res.has("api_contract"):
+        return []
+    data = res.load("api_contract")
+    statuses = sorted({s for r in data["runs"].values() for s in r.get("statuses", {})})
+    rows = [[name, count(r["cases"]), r.get("operations", ""), len(r.get("failures", [])), r.get("server_errors", ""),
+             *(count(r.get("statuses", {}).get(s)) for s in statuses)] for name, r in data["runs"].items()]
+    return ["## API contract",
+            f"`{data['command']}`: schemathesis {data.get('schemathesis', '')} with every check, generated requests "
+            f"against `genrec serve` over {data.get('bundle', 'a bundle')}, with and without an API key: every "
+            "answer must match the OpenAPI schema the server publishes ([HTTP API](../reference/http-api.md)).",
+            provenance(data, "api_contract"),
+            table(["server", "cases", "operations", "failures", "5xx", *(f"{s} answers" for s in statuses)], rows)]
 
 
 def _train_speed(res: Results) -> list[str]:
