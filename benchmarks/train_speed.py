@@ -6,14 +6,18 @@ length as the trainer does; a step is forward + backward + AdamW. Loss: sampled 
 negatives shared across the batch and batch 128 users (the generative-recommenders ML-1M recipe, whose
 reference timings ANCHORS.md lists), and full-catalog cross-entropy at batch 32 (genrec's quality recipe).
 The fast path of D 50 is also timed over one whole epoch; other rows extrapolate from timed steps.
+``--trainer`` also times one epoch of ``genrec train`` itself (configs/movielens-1m/<model>.yaml with the
+sampled recipe) with the training windows in memory and streamed (``train.data``), from the run's
+metrics.jsonl: what a user's epoch costs, loader included.
 
-    GENREC_DATA_DIR=../shared/data python benchmarks/train_speed.py [--steps 6] [--quick]
+    GENREC_DATA_DIR=../shared/data python benchmarks/train_speed.py [--steps 6] [--quick] [--trainer]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +30,9 @@ from genrec.eval.report import git_commit, machine
 from genrec.io import write_json, write_text
 from genrec.models import HSTU, HSTUConfig, SASRec, SASRecConfig
 from genrec.nn.losses import full_cross_entropy, sampled_softmax
+from genrec.train import trainer_class
 from genrec.train.allocator import tune_glibc_malloc
+from genrec.train.config import load_config
 from genrec.train.trainer import epoch_batches, training_windows
 
 MODELS = {
@@ -35,7 +41,10 @@ MODELS = {
     "HSTU-large": (HSTU, HSTUConfig, {"blocks": 8, "heads": 2}),
 }
 RECIPES = {"sampled-128/b128": ("sampled", 128), "full-ce/b32": ("full", 32)}
-# Meta's generative-recommenders on this kind of machine, s/epoch (ANCHORS.md): glibc malloc, jemalloc.
+CONFIGS = {"HSTU": "configs/movielens-1m/hstu.yaml", "HSTU-large": "configs/movielens-1m/hstu-large.yaml",
+           "SASRec": "configs/movielens-1m/sasrec.yaml"}
+# Meta's generative-recommenders (github.com/facebookresearch/generative-recommenders) on a 2-core CPU machine,
+# s/epoch, as reported for that repository's ML-1M recipe: glibc malloc, jemalloc.
 REFERENCE = {"SASRec": (90, 42), "HSTU": (97, 35), "HSTU-large": (205, 76)}
 
 
@@ -61,6 +70,21 @@ def step_fn(model, loss: str):
     return step
 
 
+def trainer_epoch(name: str, data: str, out: Path) -> dict:
+    """One epoch of the real trainer (sampled-128/b128, 2 threads) with ``train.data`` = memory or stream."""
+    sets = {"train.loss": "sampled_softmax", "train.batch_size": 128, "train.negatives": 128, "train.epochs": 1,
+            "train.data": data, "train.threads": torch.get_num_threads(), "train.max_minutes": None,
+            "eval.valid_users": 256, "eval.test_users": 256}
+    cfg = load_config(CONFIGS[name], sets)
+    folder = out / f"{name}-{data}"
+    trainer_class(cfg)(cfg, folder, show_progress=False).fit()
+    first = [x for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()][0]
+    record = json.loads(first)
+    return {"recipe": "sampled-128/b128", "model": name, "dim": cfg.model.dim, "heads": cfg.model.heads,
+            "path": f"trainer, {data}", "tokens_per_s": record["tokens_per_s"],
+            "s_per_epoch_measured": record["epoch_seconds"], "overrides": sets}
+
+
 def time_steps(step, batches, windows, n_steps: int, warmup: int = 2) -> tuple[float, int]:
     tokens, start = 0, None
     for i, rows in enumerate(batches[: n_steps + warmup]):
@@ -79,6 +103,9 @@ def main() -> None:
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     p.add_argument("--dims", nargs="+", type=int, default=[50, 256])
     p.add_argument("--no-reference", action="store_true", help="time only the fast path")
+    p.add_argument("--trainer", action="store_true", help="also time one epoch of the trainer, in memory and "
+                   "streamed (sampled recipe)")
+    p.add_argument("--work", type=Path, default=Path("runs/train_speed"), help="run folders of --trainer")
     p.add_argument("--tag", default="", help="suffix of the output files (e.g. the allocator)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
@@ -110,6 +137,11 @@ def main() -> None:
                 row["s_per_epoch_measured"] = time.perf_counter() - t0
             rows.append(row)
             print(row, flush=True)
+    for name in args.models if args.trainer else []:
+        for data in ("memory", "stream"):
+            rows.append(trainer_epoch(name, data, args.work))
+            rows[-1]["s_per_epoch_extrapolated"] = epoch_tokens / rows[-1]["tokens_per_s"]
+            print(rows[-1], flush=True)
     for r in rows:
         ref = next((x for x in rows if x["path"] == "reference" and all(
             x[k] == r[k] for k in ("recipe", "model", "dim"))), None)
@@ -143,11 +175,14 @@ def render(res: dict) -> str:
         ratio = f"{r['speedup_vs_reference_path']:.1f}x" if "speedup_vs_reference_path" in r else ""
         lines.append(f"| {r['recipe']} | {r['model']} | {r['dim']} | {r['path']} | {r['tokens_per_s']:,.0f} | "
                      f"{r['s_per_epoch_extrapolated']:.1f} | {measured} | {ratio} |")
-    lines += ["", "Meta's generative-recommenders on this kind of machine (ANCHORS.md; batch 128, 128 sampled "
-              "negatives, D 50), s/epoch:", "", "| model | glibc malloc | jemalloc, no decay | genrec fast path, "
-              "same recipe (measured) | ratio vs glibc | ratio vs jemalloc |", "|---|---|---|---|---|---|"]
+    lines += ["", "Meta's generative-recommenders (github.com/facebookresearch/generative-recommenders) on a "
+              "2-core CPU machine (batch 128, 128 sampled negatives, D 50), s/epoch:", "",
+              "| model | glibc malloc | jemalloc, no decay | genrec, same recipe (trainer streamed, else fast path) "
+              "| ratio vs glibc | ratio vs jemalloc |", "|---|---|---|---|---|---|"]
     for name, ref in res["meta_reference_s_per_epoch"].items():
-        ours = next((r for r in res["rows"] if r["model"] == name and r["dim"] == 50 and r["path"] == "fast"
+        ours = next((r for r in res["rows"] if r["model"] == name and r["dim"] == 50 and r["path"] == "trainer, stream"
+                     and r["recipe"].startswith("sampled")), None) or next(
+                    (r for r in res["rows"] if r["model"] == name and r["dim"] == 50 and r["path"] == "fast"
                      and r["recipe"].startswith("sampled")), None)
         if ours:
             s = ours.get("s_per_epoch_measured", ours["s_per_epoch_extrapolated"])
