@@ -22,8 +22,8 @@ from genrec.data import (
     temporal_split,
 )
 from genrec.data.jagged import Jagged
+from genrec.data.order_stats import length_stats, linear_quantile
 from genrec.data.prepared import shard_of, write_sequence_dataset
-from genrec.data.sql import length_stats, linear_quantile
 from genrec.errors import ConfigError, DataError
 
 
