@@ -21,7 +21,8 @@ Open Bandit Pipeline (``obp``) is not used: its maintained releases (0.5.x) pin 
 numpy 1.23.5 and scipy 1.9.3, so they do not install beside genrec's Python 3.11 / numpy 2 / torch 2 stack; the
 newest release that does install (0.4.1, 2021) pulls pandas, seaborn, matplotlib and scikit-learn for three
 formulas, gives bootstrap-only intervals, no effective sample size and no grouping of rows by request. The
-estimators below are its formulas; the tests check them on hand-computed cases and simulated bandit data.
+estimators below are its formulas (they return obp 0.4.1's values on the same logs); the tests check them on
+hand-computed cases and simulated bandit data.
 """
 
 from __future__ import annotations
