@@ -243,7 +243,7 @@ def test_prepared_folder_streams_like_the_same_dataset_in_memory(tmp_path, split
 
 
 def test_auto_streams_a_large_prepared_folder(tmp_path):
-    from genrec.train.trainer import _streams
+    from genrec.train.windows import streams as _streams
 
     ds = timed_dataset()
     folder = str(write_prepared(ds, tmp_path / "prepared", shards=3))

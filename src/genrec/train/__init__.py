@@ -8,7 +8,7 @@ from genrec.train.baselines import BaselineRun, parse_params, run_baseline
 
 
 def trainer_class(config: Any) -> type:
-    """The loop that trains ``config.model``: the generator has its own (beam-search validation)."""
+    """The trainer of ``config.model`` (the torch models' trainers plug their steps into genrec.train.loop.Loop)."""
     from genrec.models import RANKING
 
     if config.model.name == "gbdt":  # trees, not a torch module: not in RANKING, so serving never loads one

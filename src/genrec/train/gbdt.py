@@ -17,7 +17,6 @@ give the same models (``deterministic``), so ``--resume`` trains again from the 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from genrec.io import write_json, write_text
 from genrec.models.gbdt import Features, build_features, import_lightgbm
 from genrec.models.ranking import RankSpec
 from genrec.progress import progress_bar
+from genrec.train.loop import TrainResult
 from genrec.train.ranking import (
     carry_calibration,
     check_select_metric,
@@ -45,16 +45,6 @@ from genrec.train.ranking import (
 )
 
 PARTS = ("train", "valid", "test")
-
-
-@dataclass
-class GBDTResult:
-    boosters: dict[str, Any]  # task -> lightgbm.Booster
-    run_dir: Path
-    best_epoch: int  # the most boosting rounds any task kept
-    best_valid: float  # eval.select_metric on the validation impressions
-    test: dict[str, Any] | None
-    history: list[dict[str, Any]] = field(default_factory=list)  # one record per task
 
 
 def check_run(cfg: Any) -> None:
@@ -72,7 +62,7 @@ class GBDTTrainer:
         self.log, self.split = log, split
         self.show_progress = show_progress
 
-    def fit(self, resume: bool = False, on_epoch_end=None) -> GBDTResult:
+    def fit(self, resume: bool = False, on_epoch_end=None) -> TrainResult:
         cfg, mcfg = self.config, self.config.model
         check_run(cfg)
         lgb = import_lightgbm()
@@ -112,7 +102,7 @@ class GBDTTrainer:
         self._save(boosters, feats, spec, log, calibration, history)
         test = self._test(boosters, feats, log, split, rows["test"], spec, state, calibration)
         best = max(r["best_round"] for r in history)
-        return GBDTResult(boosters, self.run_dir, best, valid["select"], test, history)
+        return TrainResult(boosters, self.run_dir, best, valid["select"], test, history)
 
     def _open(self, resume: bool) -> None:
         if (self.run_dir / "metrics.json").is_file() and not resume:

@@ -20,7 +20,6 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,41 +31,24 @@ from genrec.data import Jagged, SequenceDataset, Split, load_dataset
 from genrec.data.splits import ColdStartSplit, EvalCases, with_validation_in_train
 from genrec.errors import ConfigError, DataError, GenrecError
 from genrec.eval import Evaluation, bootstrap_ci, metrics_from_ranks, rank_cases, write_run
-from genrec.eval.report import git_commit, subset_summary
+from genrec.eval.report import subset_summary
 from genrec.io import read_json, write_json
 from genrec.models.tiger import TIGER, TigerConfig
 from genrec.progress import progress_bar
 from genrec.semantic_ids import SemanticIds
-from genrec.train.allocator import tune_glibc_malloc
-from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
+from genrec.train.checkpoint import load_tensors
 from genrec.train.config import RunConfig
 from genrec.train.loop import (
-    finish_epoch,
+    Loop,
+    LoopTrainer,
+    Steps,
+    TrainResult,
     optimizer_step,
-    print_epoch,
     resolve_device,
     run_split,
-    select,
-    start_run,
-)
-from genrec.train.trainer import (
-    _select_k,
-    cold_start_info,
-    epoch_batches,
-    save_model_files,
     seed_everything,
 )
-
-
-@dataclass
-class GeneratorResult:
-    model: TIGER
-    run_dir: Path
-    best_epoch: int
-    best_valid: float
-    test: Evaluation | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-
+from genrec.train.trainer import _select_k, cold_start_info, epoch_batches, save_model_files
 
 # --- data -----------------------------------------------------------------------------------------------
 
@@ -214,7 +196,7 @@ def evaluate_generator(model: TIGER, cases: EvalCases, dataset: SequenceDataset,
 
 # --- training -------------------------------------------------------------------------------------------
 
-class GeneratorTrainer:
+class GeneratorTrainer(LoopTrainer):
     """``genrec train`` for ``model.name: tiger``: the Trainer's contract (fit, resume, early stopping,
     metrics.jsonl, checkpoint/, run folder with the test evaluation and model files) for the generator."""
 
@@ -236,18 +218,14 @@ class GeneratorTrainer:
         self.config, self.run_dir = config, Path(run_dir)
         self.dataset, self.semantic_ids, self.show_progress = dataset, semantic_ids, show_progress
 
-    def fit(self, resume: bool = False, on_epoch_end=None) -> GeneratorResult:
+    def fit(self, resume: bool = False, on_epoch_end=None) -> TrainResult:
         cfg, tcfg, mcfg = self.config, self.config.train, self.config.model
         k_sel = _select_k(cfg.eval.select_metric)
         if k_sel > mcfg.beam_width:
             raise ConfigError(f"eval.select_metric {cfg.eval.select_metric} needs K <= model.beam_width "
                               f"({mcfg.beam_width})")
-        self.commit_at_start = git_commit()
-        self.allocator = tune_glibc_malloc()
-        if tcfg.threads:
-            torch.set_num_threads(tcfg.threads)
         device = resolve_device(tcfg.device, tcfg.tf32)
-        seed_everything(tcfg.seed)
+        self._begin()
         ds = self.dataset or load_dataset(cfg.dataset)
         sids = semantic_ids_for(cfg, ds, self.semantic_ids)
         split = run_split(cfg, ds)
@@ -259,46 +237,39 @@ class GeneratorTrainer:
             rows = np.sort(np.random.default_rng([tcfg.seed, 1]).choice(len(valid), mcfg.valid_sample, replace=False))
             valid = valid.take(rows)
         model = TIGER(mcfg, sids.codes, sids.sizes).to(device)
-        steps_per_epoch = math.ceil(len(targets) / tcfg.batch_size)
-        ckpt = self.run_dir / "checkpoint"
+        steps = self._steps(model, history, targets)
         skip_selection = tcfg.refit_epochs is not None  # then only the refit has a checkpoint to resume from
-        opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume and (
-            not skip_selection or (ckpt / "trainer.json").is_file()))
+        again = resume and (not skip_selection or Loop.started(self.run_dir))
+        loop = Loop(cfg, model, steps.steps, self.run_dir, again, show_progress=self.show_progress)
         model.set_cold_items(unseen_items(split, ds.n_items))
-        while not skip_selection and state["stopped"] is None and state["epoch"] < tcfg.epochs:
-            epoch = state["epoch"] + 1
-            record = self._train_epoch(model, opt, sched, history, targets, state, epoch, start_clock)
-            out_of_time = record.pop("out_of_time")
-            if epoch % tcfg.eval_every == 0 or out_of_time or epoch == tcfg.epochs:
-                record.update(self._validate(model, valid, ds, k_sel))
-                select(state, epoch, record[f"valid_{cfg.eval.select_metric}"], tcfg.patience,
-                       lambda: save_tensors(ckpt / "best.safetensors", model.state_dict()))
-            finish_epoch(self.run_dir, board, state, record, out_of_time, tcfg.max_minutes,
-                         lambda: save_checkpoint(ckpt, model, opt, sched, state))
-            self._say(record)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
         if not skip_selection:
-            model.load_state_dict(load_tensors(ckpt / "best.safetensors"))
+            loop.run(steps, tcfg.epochs, validate=lambda m: self._validate(m, valid, ds, k_sel), say=self._say,
+                     on_epoch_end=on_epoch_end)
+            loop.restore_best()
         refit = None
         if tcfg.refit:
             model, split, refit = self._refit(split, ds, sids, device,
-                                              tcfg.refit_epochs or max(state["best_epoch"] or 1, 1), resume)
+                                              tcfg.refit_epochs or max(loop.state["best_epoch"] or 1, 1), resume)
         model.set_cold_items(unseen_items(split, ds.n_items))  # weights saved before the mark have none
         model.eval()
-        test = self._test(model, split, ds, sids, state, refit)
-        return GeneratorResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
+        return loop.result(model, self._test(model, split, ds, sids, loop, refit))
 
-    def _train_epoch(self, model, opt, sched, history, targets, state, epoch, start_clock) -> dict[str, Any]:
-        """One epoch, the run state advanced; its record (with ``out_of_time``, to pop)."""
-        loss, n_windows, seconds, out_of_time = self._epoch(model, opt, sched, history, targets, epoch, start_clock)
-        state["step"] += math.ceil(len(targets) / self.config.train.batch_size)
-        state["epoch"] = epoch
-        state["train_seconds"] = time.perf_counter() - start_clock
-        return {"epoch": epoch, "step": state["step"], "loss": loss,
-                "tokens_per_s": n_windows * model.n_levels / seconds, "windows_per_s": n_windows / seconds,
-                "epoch_seconds": seconds, "elapsed_s": state["train_seconds"], "lr": sched.get_last_lr()[0],
-                "out_of_time": out_of_time}
+    def _steps(self, model: TIGER, history: Jagged, targets: np.ndarray) -> Steps:
+        """Teacher forcing on the (history, target) windows, batches of similar history length."""
+        tcfg, device, levels = self.config.train, model.codes.device, model.n_levels
+
+        def batches(epoch: int, start: dict[str, Any] | None) -> list[np.ndarray]:
+            rows = epoch_batches(history.lengths, tcfg.batch_size, np.random.default_rng([tcfg.seed, epoch]))
+            return rows[int(start["step"]) if start else 0:]
+
+        def step(rows: np.ndarray, opt: torch.optim.Optimizer, sched: Any) -> tuple[float, float]:
+            loss_sum = model.loss(history.take(rows).to_padded(left=True).to(device),
+                                  torch.from_numpy(targets[rows]).to(device))
+            optimizer_step(loss_sum / (len(rows) * levels), model, opt, sched, tcfg.clip_norm)
+            return float(loss_sum.detach()), len(rows) * levels
+
+        return Steps(model, math.ceil(len(targets) / tcfg.batch_size), batches, step,
+                     rates=lambda tokens, seconds: {"windows_per_s": tokens / levels / seconds})
 
     def _refit(self, split: Split, ds: SequenceDataset, sids: SemanticIds, device: torch.device, epochs: int,
                resume: bool) -> tuple[TIGER, Split, dict[str, Any]]:
@@ -311,41 +282,12 @@ class GeneratorTrainer:
         history, targets = sliding_windows(split, cfg.model.max_len, tcfg.windows)
         model = TIGER(cfg.model, sids.codes, sids.sizes).to(device)
         model.set_cold_items(unseen_items(split, ds.n_items))
+        steps = self._steps(model, history, targets)
         folder = self.run_dir / "refit"
-        again = resume and (folder / "checkpoint" / "trainer.json").is_file()
-        opt, sched, state, board, start_clock = start_run(cfg, model, math.ceil(len(targets) / tcfg.batch_size),
-                                                          folder, again)
-        while state["stopped"] is None and state["epoch"] < epochs:
-            record = self._train_epoch(model, opt, sched, history, targets, state, state["epoch"] + 1, start_clock)
-            out_of_time = record.pop("out_of_time")
-            finish_epoch(folder, board, state, record, out_of_time, tcfg.max_minutes,
-                         lambda: save_checkpoint(folder / "checkpoint", model, opt, sched, state))
-            self._say({**record, "refit": True})
-        info = {"epochs": state["epoch"], "selected_epoch": epochs, "train_seconds": state["train_seconds"],
-                "stopped": state["stopped"] or "the selected epoch", "targets": len(targets),
-                "selection_skipped": tcfg.refit_epochs is not None}
-        return model, split, info
-
-    def _epoch(self, model, opt, sched, history, targets, epoch, start_clock):
-        tcfg = self.config.train
-        model.train()
-        batches = epoch_batches(history.lengths, tcfg.batch_size, np.random.default_rng([tcfg.seed, epoch]))
-        total_loss, total, t0, out_of_time = 0.0, 0, time.perf_counter(), False
-        with progress_bar(len(batches), f"epoch {epoch}", enabled=self.show_progress) as advance:
-            device = model.codes.device
-            for rows in batches:
-                loss_sum = model.loss(history.take(rows).to_padded(left=True).to(device),
-                                      torch.from_numpy(targets[rows]).to(device))
-                optimizer_step(loss_sum / (len(rows) * model.n_levels), model, opt, sched, tcfg.clip_norm)
-                total_loss += float(loss_sum.detach())
-                total += len(rows)
-                elapsed = time.perf_counter() - t0
-                advance(1, f"epoch {epoch} loss {total_loss / (total * model.n_levels):.4f} "
-                           f"{total * model.n_levels / max(elapsed, 1e-9):,.0f} tok/s")
-                if tcfg.max_minutes and time.perf_counter() - start_clock > tcfg.max_minutes * 60:
-                    out_of_time = True
-                    break
-        return total_loss / max(total * model.n_levels, 1), total, time.perf_counter() - t0, out_of_time
+        loop = Loop(cfg, model, steps.steps, folder, resume and Loop.started(folder), show_progress=self.show_progress)
+        loop.run(steps, epochs, say=self._say_refit)
+        return model, split, {**loop.refit_summary(epochs), "targets": len(targets),
+                              "selection_skipped": tcfg.refit_epochs is not None}
 
     def _validate(self, model: TIGER, valid: EvalCases, ds: SequenceDataset, k_sel: int) -> dict[str, float]:
         beam = self.config.model.beam_width
@@ -356,30 +298,24 @@ class GeneratorTrainer:
         out["valid_decode_ms_per_user"] = 1000 * seconds / max(len(valid), 1)
         return out
 
-    def _test(self, model: TIGER, split: Split, ds: SequenceDataset, sids: SemanticIds, state: dict,
+    def _test(self, model: TIGER, split: Split, ds: SequenceDataset, sids: SemanticIds, loop: Loop,
               refit: dict[str, Any] | None = None) -> Evaluation:
         cfg = self.config
         counts = np.bincount(split.train.values, minlength=ds.n_items + 1)
         ev = evaluate_generator(model, split.test, ds, part="test", beam=cfg.model.beam_width, ks=cfg.eval.ks,
                                 exclude_seen=cfg.eval.exclude_seen, item_counts=counts, n_boot=cfg.eval.n_boot,
                                 seed=cfg.train.seed, show_progress=self.show_progress)
-        ev.info.update(best_epoch=state["best_epoch"], best_valid=state["best"], epochs_run=state["epoch"],
-                       stopped=state["stopped"] or "max epochs", train_seconds=state["train_seconds"],
-                       **({"refit": refit} if refit else {}),
+        ev.info.update(**loop.summary(), **({"refit": refit} if refit else {}),
                        commit_at_start=self.commit_at_start, allocator=self.allocator,
                        device=str(model.codes.device), **cold_start_info(split, ev, cfg),
                        semantic_ids={k: v for k, v in sids.meta.items() if isinstance(v, str | int | float)})
         run_config = {"model": cfg.model.name, "split": cfg.split, **cfg.model_dump(mode="json")}
-        write_run(self.run_dir, run_config, ev, ds, state["train_seconds"])
+        write_run(self.run_dir, run_config, ev, ds, loop.state["train_seconds"])
         save_model_files(self.run_dir, model, ds, counts)
         write_json(self.run_dir / "model.json", {"name": "tiger", "config": cfg.model.model_dump(mode="json"),
                                                  "n_items": model.n_items, "sizes": model.sizes,
                                                  "use_timestamps": False})
         return ev
-
-    def _say(self, record: dict) -> None:
-        if self.show_progress:
-            print_epoch(record)
 
 
 def load_generator(run_dir: str | Path) -> TIGER:

@@ -1,23 +1,244 @@
-"""The bookkeeping every training loop shares: run-folder state, model selection on validation, epoch logs."""
+"""The training loop every epoch-based trainer shares, and its bookkeeping.
+
+A trainer plugs its model's :class:`Steps` (the batches of an epoch and one optimizer step) and its validation
+into a :class:`Loop`, which owns everything else: AdamW and its warmup/decay schedule, epochs up to a count or
+the wall-time budget (``train.max_minutes``), validation every ``train.eval_every`` epochs with the best weights
+kept and early stopping after ``train.patience`` evaluations without improvement, the weight average
+(``train.ema``), checkpoints at every epoch end and every ``train.checkpoint_every`` steps (with the data
+position) that ``--resume`` continues exactly, and one metrics.jsonl record per epoch. Every trainer's ``fit``
+returns a :class:`TrainResult`.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import random
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from genrec.data import SequenceDataset, Split, make_split
 from genrec.errors import ConfigError, GenrecError
+from genrec.eval.report import git_commit
 from genrec.io import write_json
-from genrec.train.checkpoint import load_checkpoint
+from genrec.progress import progress_bar
+from genrec.train.allocator import tune_glibc_malloc
+from genrec.train.average import WeightAverage
+from genrec.train.checkpoint import load_checkpoint, load_tensors, save_checkpoint, save_tensors
+from genrec.train.processes import Processes
+
+__all__ = ["Loop", "LoopTrainer", "Steps", "TrainResult", "WeightAverage"]
+
+
+@dataclass
+class TrainResult:
+    """What every trainer's ``fit`` returns."""
+
+    model: Any  # the tested model: a torch module, or (gbdt) each task's LightGBM booster by task name
+    run_dir: Path
+    best_epoch: int  # the selected epoch (gbdt: the most boosting rounds any task kept)
+    best_valid: float  # eval.select_metric on validation at that epoch
+    test: Any  # the test Evaluation (retrieval) or metrics.json's content (ranking); None on a non-zero rank
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch (gbdt: per task)
+
+
+def _position(epoch: int, step: int) -> dict[str, Any]:
+    return {"epoch": epoch, "step": step}
+
+
+@dataclass
+class Steps:
+    """What a model plugs into the :class:`Loop`."""
+
+    model: torch.nn.Module  # the weights optimised, checkpointed and selected
+    steps: int  # optimizer steps per epoch
+    batches: Callable[[int, dict[str, Any] | None], Iterable[Any]]  # an epoch's batches, from a position if given
+    step: Callable[[Any, torch.optim.Optimizer, Any], tuple[float, float]]  # one update: (summed loss, units)
+    position: Callable[[int, int], dict[str, Any]] = _position  # where the data is after `step` steps of `epoch`
+    unit: str = "tok"  # what the units are, for the progress bar (the record's rate is tokens_per_s)
+    rates: Callable[[float, float], dict[str, float]] = lambda units, seconds: {}  # more rates for the record
+
+
+class Loop:
+    """One training run in ``folder`` (see the module docstring). ``resume`` restores the last checkpoint;
+    without it the folder must not hold a run yet. ``procs``: the data-parallel processes (one by default);
+    only rank 0 writes."""
+
+    def __init__(self, config: Any, model: torch.nn.Module, steps_per_epoch: int, folder: Path, resume: bool, *,
+                 procs: Processes | None = None, show_progress: bool = True):
+        tcfg = config.train
+        self.config, self.model, self.folder = config, model, Path(folder)
+        self.procs = procs or Processes()
+        self.writer, self.show_progress = self.procs.rank == 0, show_progress
+        self.ckpt = self.folder / "checkpoint"
+        self.opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
+        clock = {"start": time.perf_counter()}
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(
+            config, tcfg.epochs * steps_per_epoch, lambda: time.perf_counter() - clock["start"]))
+        self.state = open_run(self.folder, config.model_dump(mode="json"), model, self.opt, self.sched, resume,
+                              self.writer, self.procs.rank)
+        self.board = _tensorboard(self.folder / "tensorboard") if self.writer else None
+        self.start_clock = clock["start"] = time.perf_counter() - self.state["train_seconds"]
+        self.average = WeightAverage(model, tcfg.ema) if tcfg.ema else None
+        if self.average is not None and resume:
+            self.average.load(load_tensors(self.ckpt / "ema.safetensors"))
+
+    @staticmethod
+    def started(folder: Path) -> bool:
+        """Whether ``folder`` holds a checkpoint to resume."""
+        return (Path(folder) / "checkpoint" / "trainer.json").is_file()
+
+    def run(self, steps: Steps, epochs: int, *, validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+            say: Callable[[dict[str, Any]], None] | None = None,
+            on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Train up to ``epochs`` epochs. ``validate(model)``: the validation record fields, among them
+        ``valid_<eval.select_metric>`` (None: no selection, e.g. a refit; the weight average, if any, then becomes
+        the model's weights at the end). ``say`` gets each record on rank 0, ``on_epoch_end`` on every rank after
+        the epoch's checkpoint is written. Returns the loop state."""
+        tcfg, state = self.config.train, self.state
+        while state["stopped"] is None and state["epoch"] < epochs:
+            epoch = state["epoch"] + 1
+            record, out_of_time = self._epoch(steps, epoch)
+            if validate is not None and (epoch % tcfg.eval_every == 0 or out_of_time or epoch == epochs):
+                self._select(validate, epoch, record)
+            if out_of_time and state["stopped"] is None:
+                state["stopped"] = f"wall-time budget ({tcfg.max_minutes} min)"
+            state["history"].append(record)
+            rngs = self.procs.gather_rng()
+            if self.writer:
+                log_epoch(self.folder, self.board, record)
+                self.save(state, rngs)
+                if say is not None:
+                    say(record)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+        if validate is None and self.average is not None:
+            with self.average.swapped(self.model) as averaged:
+                final = {k: v.clone() for k, v in averaged.state_dict().items()}
+            self.model.load_state_dict(final)
+        return state
+
+    def restore_best(self) -> None:
+        """Load the selected epoch's weights (once every process is done training)."""
+        self.procs.barrier()
+        self.model.load_state_dict(load_tensors(self.ckpt / "best.safetensors"))
+
+    def save(self, state: dict[str, Any], rngs: list[torch.Tensor] | None = None) -> None:
+        """Checkpoint: weights, optimizer, schedule, generators (``rngs``: every process's), the weight average
+        and, written last, the JSON ``state``."""
+        if self.average is not None:
+            save_tensors(self.ckpt / "ema.safetensors", self.average.state())
+        save_checkpoint(self.ckpt, self.model, self.opt, self.sched, state, rngs)
+
+    def summary(self) -> dict[str, Any]:
+        """How the run went, for its test report."""
+        s = self.state
+        return {"best_epoch": s["best_epoch"], "best_valid": s["best"], "epochs_run": s["epoch"],
+                "stopped": s["stopped"] or "max epochs", "train_seconds": s["train_seconds"]}
+
+    def refit_summary(self, selected: int) -> dict[str, Any]:
+        """How a refit run (trained for the ``selected`` number of epochs, no selection) went."""
+        s = self.state
+        return {"epochs": s["epoch"], "selected_epoch": selected, "train_seconds": s["train_seconds"],
+                "stopped": s["stopped"] or "the selected epoch"}
+
+    def result(self, model: Any, test: Any) -> TrainResult:
+        s = self.state
+        return TrainResult(model, self.folder, s["best_epoch"], s["best"], test, s["history"])
+
+    def _evaluated(self) -> AbstractContextManager[torch.nn.Module]:
+        """The weights validation reads and selection keeps: the model's, or their running average."""
+        return nullcontext(self.model) if self.average is None else self.average.swapped(self.model)
+
+    def _select(self, validate: Callable[[torch.nn.Module], dict[str, float]], epoch: int,
+                record: dict[str, Any]) -> None:
+        with self._evaluated() as model:
+            record.update(validate(model))
+            select(self.state, epoch, record[f"valid_{self.config.eval.select_metric}"], self.config.train.patience,
+                   lambda: save_tensors(self.ckpt / "best.safetensors", model.state_dict()) if self.writer else None)
+
+    def _epoch(self, steps: Steps, epoch: int) -> tuple[dict[str, Any], bool]:
+        """One epoch, or its rest when the state holds a mid-epoch position; the state advanced past it.
+        Returns its record and whether the wall-time budget ran out."""
+        tcfg, procs, state = self.config.train, self.procs, self.state
+        steps.model.train()
+        start = state.pop("position", None)
+        done = int(start["step"]) if start else 0
+        total_loss = float(start["loss"]) if start and procs.rank == 0 else 0.0
+        total_units = start["tokens"] if start and procs.rank == 0 else 0
+        t0 = time.perf_counter() - (float(start["seconds"]) if start else 0.0)
+        out_of_time = False
+        with progress_bar(steps.steps, f"epoch {epoch}", enabled=self.show_progress and self.writer) as advance:
+            advance(done)
+            for step, batch in enumerate(steps.batches(epoch, start), done + 1):
+                loss_sum, units = steps.step(batch, self.opt, self.sched)
+                if self.average is not None:
+                    self.average.update(steps.model)
+                total_loss += loss_sum
+                total_units += units
+                elapsed = time.perf_counter() - t0
+                advance(1, f"epoch {epoch} loss {total_loss / max(total_units, 1):.4f} "
+                           f"{total_units * procs.world / max(elapsed, 1e-9):,.0f} {steps.unit}/s")
+                every = tcfg.checkpoint_every
+                if every and (state["step"] + step) % every == 0 and step < steps.steps:
+                    self._save_position({**steps.position(epoch, step), "loss": procs.sum(total_loss),
+                                         "tokens": procs.sum(total_units), "seconds": elapsed})
+                if tcfg.max_minutes and time.perf_counter() - self.start_clock > tcfg.max_minutes * 60:
+                    out_of_time = True
+                    break
+        units = procs.sum(float(total_units))
+        loss, seconds = procs.sum(total_loss) / max(units, 1), time.perf_counter() - t0
+        state.update(step=state["step"] + steps.steps, epoch=epoch,
+                     train_seconds=time.perf_counter() - self.start_clock)
+        return {"epoch": epoch, "step": state["step"], "loss": loss, "tokens_per_s": units / seconds,
+                **steps.rates(units, seconds), "epoch_seconds": seconds, "elapsed_s": state["train_seconds"],
+                "lr": self.sched.get_last_lr()[0]}, out_of_time
+
+    def _save_position(self, position: dict[str, Any]) -> None:
+        """A mid-epoch checkpoint: the data position and the epoch's running totals let a resumed run continue
+        at the exact batch."""
+        rngs = self.procs.gather_rng()
+        if self.writer:
+            self.save({**self.state, "position": position,
+                       "train_seconds": time.perf_counter() - self.start_clock}, rngs)
+
+
+class LoopTrainer:
+    """What the epoch-based trainers share around their :class:`Loop`: the start of a run and its epoch line."""
+
+    config: Any
+    show_progress: bool
+
+    def _begin(self) -> None:
+        """Note the code and the allocator, set torch's threads and seed every generator (before any data)."""
+        tcfg = self.config.train
+        self.commit_at_start = git_commit()  # code that trained; the run's report records HEAD at the end too
+        self.allocator = tune_glibc_malloc()
+        if tcfg.threads:
+            torch.set_num_threads(tcfg.threads)
+        seed_everything(tcfg.seed)
+
+    def _say(self, record: dict[str, Any]) -> None:
+        if self.show_progress:
+            print_epoch(record)
+
+    def _say_refit(self, record: dict[str, Any]) -> None:
+        self._say({**record, "refit": True})
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def open_run(run_dir: Path, config_json: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -130,22 +351,6 @@ def _tensorboard(folder: Path):
     return SummaryWriter(str(folder))
 
 
-def start_run(config: Any, model: torch.nn.Module, steps_per_epoch: int, run_dir: Path, resume: bool,
-              writer: bool = True, rank: int = 0) -> tuple[torch.optim.Optimizer, Any, dict[str, Any], Any, float]:
-    """What every trainer starts with: AdamW, the warmup/decay schedule (over ``epochs`` of steps or the
-    wall-time budget), the loop state (restored on resume) and the TensorBoard writer (on the writing process).
-    Returns (optimizer, scheduler, state, board, start clock: perf_counter minus the seconds already trained)."""
-    tcfg = config.train
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
-    clock = {"start": time.perf_counter()}
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config, tcfg.epochs * steps_per_epoch,
-                                                             lambda: time.perf_counter() - clock["start"]))
-    state = open_run(run_dir, config.model_dump(mode="json"), model, opt, sched, resume, writer, rank)
-    board = _tensorboard(run_dir / "tensorboard") if writer else None
-    clock["start"] = time.perf_counter() - state["train_seconds"]
-    return opt, sched, state, board, clock["start"]
-
-
 def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
                    clip_norm: float | None) -> None:
     """Backward, clip the global gradient norm, step the optimizer and the schedule."""
@@ -162,58 +367,3 @@ def apply_gradients(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: A
     sched.step()
 
 
-def finish_epoch(run_dir: Path, board: Any, state: dict[str, Any], record: dict[str, Any], out_of_time: bool,
-                 max_minutes: float | None, save: Callable[[], None], writer: bool = True) -> None:
-    """Close an epoch: note a budget stop, keep the record, append it to metrics.jsonl and checkpoint
-    (``save``) on the writing process."""
-    if out_of_time and state["stopped"] is None:
-        state["stopped"] = f"wall-time budget ({max_minutes} min)"
-    state["history"].append(record)
-    if writer:
-        log_epoch(run_dir, board, record)
-        save()
-
-
-class WeightAverage:
-    """An exponential moving average of a model's float parameters (``train.ema``), updated after every optimizer
-    step: ``avg <- avg + (1 - d) (w - avg)`` with ``d = min(decay, (1 + t) / (10 + t))`` at step t, so the first
-    steps are not dominated by the initial weights. Evaluating the average instead of the last iterate smooths
-    the step-to-step noise of small-batch training; :meth:`swapped` puts it into the model for validation,
-    selection and test."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay, self.steps = decay, 0
-        self.avg = {k: p.detach().clone() for k, p in model.named_parameters() if p.dtype.is_floating_point}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.steps += 1
-        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        for k, p in model.named_parameters():
-            if k in self.avg:
-                self.avg[k].lerp_(p.detach(), 1.0 - d)
-
-    @contextmanager
-    def swapped(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-        """The model holding the averaged weights for the duration of the block, its own weights after it."""
-        params = dict(model.named_parameters())
-        own = {k: params[k].detach().clone() for k in self.avg}
-        with torch.no_grad():
-            for k, v in self.avg.items():
-                params[k].copy_(v)
-        try:
-            yield model
-        finally:
-            with torch.no_grad():
-                for k, v in own.items():
-                    params[k].copy_(v)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {**self.avg, "__steps__": torch.tensor(self.steps)}
-
-    def load(self, tensors: dict[str, torch.Tensor]) -> None:
-        if set(tensors) - {"__steps__"} != set(self.avg):
-            raise GenrecError("the checkpoint's weight average does not match the model")
-        self.steps = int(tensors["__steps__"])
-        for k, v in self.avg.items():
-            v.copy_(tensors[k])

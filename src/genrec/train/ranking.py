@@ -20,12 +20,9 @@ log loss and ECE are not); the uncalibrated ECE and log loss are reported too.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,30 +44,10 @@ from genrec.io import write_json, write_vocab
 from genrec.models import RANKING
 from genrec.models.ranking import RankBatch, RankSpec
 from genrec.progress import progress_bar
-from genrec.train.allocator import tune_glibc_malloc
-from genrec.train.checkpoint import load_tensors, save_checkpoint, save_tensors
-from genrec.train.loop import (
-    WeightAverage,
-    finish_epoch,
-    optimizer_step,
-    print_epoch,
-    resolve_device,
-    select,
-    start_run,
-)
-from genrec.train.trainer import seed_everything
+from genrec.train.checkpoint import save_tensors
+from genrec.train.loop import Loop, LoopTrainer, Steps, TrainResult, optimizer_step, resolve_device, seed_everything
 
 EVAL_BATCH = 256  # requests per forward pass when predicting
-
-
-@dataclass
-class RankingResult:
-    model: torch.nn.Module
-    run_dir: Path
-    best_epoch: int
-    best_valid: float
-    test: dict[str, Any] | None
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def make_requests(cfg: Any, log: ImpressionLog, split: Any) -> dict[str, Requests]:
@@ -280,148 +257,94 @@ def check_select_metric(metric: str, binary: tuple[str, ...]) -> None:
         raise ConfigError(f"eval.select_metric {metric!r} is not a ranking metric; use one of {sorted(allowed)}")
 
 
-class RankingTrainer:
+class RankingTrainer(LoopTrainer):
     def __init__(self, config: Any, run_dir: str | Path, log: ImpressionLog | None = None,
                  split: ImpressionSplit | None = None, show_progress: bool = True):
         self.config, self.run_dir = config, Path(run_dir)
         self.log, self.split = log, split
         self.show_progress = show_progress
 
-    def fit(self, resume: bool = False, on_epoch_end=None) -> RankingResult:
+    def fit(self, resume: bool = False, on_epoch_end=None) -> TrainResult:
         cfg, tcfg = self.config, self.config.train
         device = resolve_device(tcfg.device, tcfg.tf32)
-        self.commit_at_start = git_commit()
-        self.allocator = tune_glibc_malloc()
-        if tcfg.threads:
-            torch.set_num_threads(tcfg.threads)
-        seed_everything(tcfg.seed)
+        self._begin()
         log = self.log or load_ranking_log(cfg)
         split = self.split or ranking_split(log, cfg.split, cfg.temporal.days())
         spec = RankSpec(**log.spec_fields())
-        metric = cfg.eval.select_metric
-        check_select_metric(metric, spec.binary_tasks)
+        check_select_metric(cfg.eval.select_metric, spec.binary_tasks)
         requests = make_requests(cfg, log, split)
         model = build_ranking_model(cfg.model, spec, log).to(device)
         fit_item_prior(model, log, split.part("train"))
-        train = requests["train"]
-        steps_per_epoch = math.ceil(len(train) / tcfg.batch_size)
-        opt, sched, state, board, start_clock = start_run(cfg, model, steps_per_epoch, self.run_dir, resume)
-        ckpt = self.run_dir / "checkpoint"
-        self.average = WeightAverage(model, tcfg.ema) if tcfg.ema else None
-        if self.average is not None and resume:
-            self.average.load(load_tensors(ckpt / "ema.safetensors"))
-        while state["stopped"] is None and state["epoch"] < tcfg.epochs:
-            epoch = state["epoch"] + 1
-            loss, rows, seconds, out_of_time = self._epoch(model, opt, sched, log, train, epoch, device, start_clock)
-            state["step"] += steps_per_epoch
-            state["epoch"] = epoch
-            state["train_seconds"] = time.perf_counter() - start_clock
-            record = {"epoch": epoch, "step": state["step"], "loss": loss, "tokens_per_s": rows / seconds,
-                      "epoch_seconds": seconds, "elapsed_s": state["train_seconds"], "lr": sched.get_last_lr()[0]}
-            if epoch % tcfg.eval_every == 0 or out_of_time or epoch == tcfg.epochs:
-                with self._evaluated(model) as evaluated:
-                    vrows, vpreds = predict(evaluated, log, requests["valid"], spec, device)
-                    valid = selection_value(metric, log, vrows, vpreds, spec.binary_tasks)
-                    if not math.isfinite(valid["select"]):
-                        raise ConfigError(f"eval.select_metric {metric} is undefined on the validation part (GAUC "
-                                          "needs users with both outcomes there; under split: loo a user holds one "
-                                          "validation rating and its sampled candidates): select on auc:<task> or "
-                                          "another task")
-                    record.update({f"valid_{k}": v for k, v in valid.items() if k != "select"})
-                    record[f"valid_{metric}"] = valid["select"]
-                    select(state, epoch, valid["select"], tcfg.patience,
-                           lambda: save_tensors(ckpt / "best.safetensors", evaluated.state_dict()))
-            finish_epoch(self.run_dir, board, state, record, out_of_time, tcfg.max_minutes,
-                         lambda: self._save_checkpoint(ckpt, model, opt, sched, state))
-            if self.show_progress:
-                print_epoch({**record, **{k: v for k, v in record.items() if k.startswith("valid_gauc")}})
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-        model.load_state_dict(load_tensors(ckpt / "best.safetensors"))
+        steps = self._steps(model, log, requests["train"], device)
+        loop = Loop(cfg, model, steps.steps, self.run_dir, resume, show_progress=self.show_progress)
+        self.average = loop.average  # the running weight average (train.ema), or None
+        loop.run(steps, tcfg.epochs, validate=lambda m: self._validate(m, log, requests["valid"], spec, device),
+                 say=self._say, on_epoch_end=on_epoch_end)
+        loop.restore_best()
         calibration = {}
         if cfg.eval.calibrate != "none":
             vrows, vpreds = predict(model, log, requests["valid"], spec, device)
             calibration = fit_calibration(cfg.eval, log, split, vrows, vpreds, spec.binary_tasks)
         refit = None
         if tcfg.refit:
-            model, refit = self._refit(log, split, spec, device, max(state["best_epoch"], 1), resume)
+            model, refit = self._refit(log, split, spec, device, max(loop.state["best_epoch"], 1), resume)
             if calibration:
                 calibration = carry_calibration(calibration, vpreds, predict(model, log, requests["valid"], spec,
                                                                              device)[1])
-        test = self._test(model, log, split, requests["test"], spec, {**state, "refit": refit}, device, calibration)
-        return RankingResult(model, self.run_dir, state["best_epoch"], state["best"], test, state["history"])
+        run = {**loop.summary(), **({"refit": refit} if refit else {})}
+        return loop.result(model, self._test(model, log, split, requests["test"], spec, run, device, calibration))
+
+    def _steps(self, model: torch.nn.Module, log: ImpressionLog, train: Requests, device: torch.device) -> Steps:
+        """Shuffled batches of training requests; a step's loss is the mean over its candidate rows."""
+        tcfg = self.config.train
+
+        def batches(epoch: int, start: dict[str, Any] | None) -> list[np.ndarray]:
+            order = np.random.default_rng([tcfg.seed, epoch]).permutation(len(train))
+            first = int(start["step"]) * tcfg.batch_size if start else 0
+            return [order[i:i + tcfg.batch_size] for i in range(first, len(order), tcfg.batch_size)]
+
+        def step(idx: np.ndarray, opt: torch.optim.Optimizer, sched: Any) -> tuple[float, float]:
+            batch = to_batch(collate(log, train, idx), device)
+            loss, _ = model.loss(model(batch), batch.labels, batch.cand_mask)
+            optimizer_step(loss, model, opt, sched, tcfg.clip_norm)
+            n = int(batch.cand_mask.sum())
+            return float(loss.detach()) * n, n
+
+        return Steps(model, math.ceil(len(train) / tcfg.batch_size), batches, step, unit="rows")
+
+    def _validate(self, model: torch.nn.Module, log: ImpressionLog, requests: Requests, spec: RankSpec,
+                  device: torch.device) -> dict[str, float]:
+        """Validation AUC and GAUC per binary task and the selection metric."""
+        metric = self.config.eval.select_metric
+        rows, preds = predict(model, log, requests, spec, device)
+        valid = selection_value(metric, log, rows, preds, spec.binary_tasks)
+        if not math.isfinite(valid["select"]):
+            raise ConfigError(f"eval.select_metric {metric} is undefined on the validation part (GAUC needs users "
+                              "with both outcomes there; under split: loo a user holds one validation rating and its "
+                              "sampled candidates): select on auc:<task> or another task")
+        return {**{f"valid_{k}": v for k, v in valid.items() if k != "select"}, f"valid_{metric}": valid["select"]}
 
     def _refit(self, log: ImpressionLog, split: ImpressionSplit, spec: RankSpec, device: torch.device, epochs: int,
                resume: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
         """``train.refit``: a fresh model (same seed and schedule) trained on the training and validation
-        impressions for the selected number of epochs, in ``<run>/refit``; the test reads it. Nothing is selected
-        here (validation is training data now); the calibration is carried over from the selected model
-        (:func:`carry_calibration`)."""
-        cfg, tcfg = self.config, self.config.train
-        seed_everything(tcfg.seed)
+        impressions for the selected number of epochs, in ``<run>/refit``; the test reads it (its weight average
+        with ``train.ema``). Nothing is selected here (validation is training data now); the calibration is
+        carried over from the selected model (:func:`carry_calibration`)."""
+        cfg = self.config
+        seed_everything(cfg.train.seed)
         both = split.train | split.valid
         train = make_requests(cfg, log, dataclasses.replace(split, train=both))["train"]
         model = build_ranking_model(cfg.model, spec, log).to(device)
         fit_item_prior(model, log, both)
-        steps = math.ceil(len(train) / tcfg.batch_size)
         folder = self.run_dir / "refit"
-        ckpt = folder / "checkpoint"
-        again = resume and (ckpt / "trainer.json").is_file()
-        opt, sched, state, board, start_clock = start_run(cfg, model, steps, folder, again)
-        self.average = WeightAverage(model, tcfg.ema) if tcfg.ema else None
-        if self.average is not None and again:
-            self.average.load(load_tensors(ckpt / "ema.safetensors"))
-        while state["stopped"] is None and state["epoch"] < epochs:
-            epoch = state["epoch"] + 1
-            loss, rows, seconds, out_of_time = self._epoch(model, opt, sched, log, train, epoch, device, start_clock)
-            state.update(step=state["step"] + steps, epoch=epoch, train_seconds=time.perf_counter() - start_clock)
-            record = {"epoch": epoch, "step": state["step"], "loss": loss, "tokens_per_s": rows / seconds,
-                      "epoch_seconds": seconds, "elapsed_s": state["train_seconds"], "lr": sched.get_last_lr()[0]}
-            finish_epoch(folder, board, state, record, out_of_time, tcfg.max_minutes,
-                         lambda: self._save_checkpoint(ckpt, model, opt, sched, state))
-            if self.show_progress:
-                print_epoch({**record, "refit": True})
-        if self.average is not None:
-            with self.average.swapped(model) as averaged:
-                final = {k: v.clone() for k, v in averaged.state_dict().items()}
-            model.load_state_dict(final)
-        return model, {"epochs": state["epoch"], "selected_epoch": epochs, "train_seconds": state["train_seconds"],
-                       "stopped": state["stopped"] or "the selected epoch", "train_rows": int(both.sum())}
-
-    def _evaluated(self, model: torch.nn.Module):
-        """The weights validation reads and selection keeps: the model's, or their running average (train.ema)."""
-        return contextlib.nullcontext(model) if self.average is None else self.average.swapped(model)
-
-    def _save_checkpoint(self, ckpt: Path, model, opt, sched, state: dict) -> None:
-        if self.average is not None:  # before the JSON state, which save_checkpoint writes last
-            save_tensors(ckpt / "ema.safetensors", self.average.state())
-        save_checkpoint(ckpt, model, opt, sched, state)
-
-    def _epoch(self, model, opt, sched, log, train: Requests, epoch: int, device, start_clock):
-        tcfg = self.config.train
-        model.train()
-        order = np.random.default_rng([tcfg.seed, epoch]).permutation(len(train))
-        batches = [order[i:i + tcfg.batch_size] for i in range(0, len(order), tcfg.batch_size)]
-        total, n_rows, t0, out_of_time = 0.0, 0, time.perf_counter(), False
-        with progress_bar(len(batches), f"epoch {epoch}", enabled=self.show_progress) as advance:
-            for idx in batches:
-                batch = to_batch(collate(log, train, idx), device)
-                mask = batch.cand_mask
-                loss, _ = model.loss(model(batch), batch.labels, mask)
-                optimizer_step(loss, model, opt, sched, tcfg.clip_norm)
-                if self.average is not None:
-                    self.average.update(model)
-                n = int(mask.sum())
-                total, n_rows = total + float(loss.detach()) * n, n_rows + n
-                elapsed = time.perf_counter() - t0
-                advance(1, f"epoch {epoch} loss {total / max(n_rows, 1):.4f} {n_rows / max(elapsed, 1e-9):,.0f} rows/s")
-                if tcfg.max_minutes and time.perf_counter() - start_clock > tcfg.max_minutes * 60:
-                    out_of_time = True
-                    break
-        return total / max(n_rows, 1), n_rows, time.perf_counter() - t0, out_of_time
+        steps = self._steps(model, log, train, device)
+        loop = Loop(cfg, model, steps.steps, folder, resume and Loop.started(folder), show_progress=self.show_progress)
+        self.average = loop.average
+        loop.run(steps, epochs, say=self._say_refit)
+        return model, {**loop.refit_summary(epochs), "train_rows": int(both.sum())}
 
     def _test(self, model, log: ImpressionLog, split: ImpressionSplit, requests: Requests, spec: RankSpec,
-              state: dict, device, calibration: dict[str, tuple[float, float]]) -> dict[str, Any]:
+              run: dict[str, Any], device, calibration: dict[str, tuple[float, float]]) -> dict[str, Any]:
         cfg = self.config
         rows, raw = predict(model, log, requests, spec, device, show_progress=self.show_progress)
         save_tensors(self.run_dir / "model.safetensors", model.state_dict())
@@ -431,10 +354,7 @@ class RankingTrainer:
                                                  "actions": schema_for(log.name, log.action_sizes),
                                                  "row_values": log.row_feature_values})
         write_vocabularies(self.run_dir, log)
-        run = {"commit_at_start": self.commit_at_start, "allocator": self.allocator,
-               "best_epoch": state["best_epoch"], "best_valid": state["best"], "epochs_run": state["epoch"],
-               "stopped": state["stopped"] or "max epochs", "train_seconds": state["train_seconds"],
-               "device": str(device), **({"refit": state["refit"]} if state.get("refit") else {})}
+        run = {"commit_at_start": self.commit_at_start, "allocator": self.allocator, **run, "device": str(device)}
         return write_test_report(self.run_dir, cfg, log, split, spec, rows, raw, calibration, run,
                                  self.show_progress)
 
