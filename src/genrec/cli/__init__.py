@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from genrec.cli.app import app, data_app, err, out
+from genrec.cli.app import print_json as _print_json
 from genrec.cli.content import content_app
 from genrec.cli.serve import serve_cmd
 from genrec.cli.tokenize import tokenize_cmd, tokenize_new_cmd
 from genrec.errors import ConfigError, GenrecError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="genrec: generative recommendation, end to end.")
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: list, inspect, download, prepare.")
-app.add_typer(data_app, name="data")
 app.add_typer(content_app, name="content")
 app.command("tokenize")(tokenize_cmd)
 app.command("tokenize-new")(tokenize_new_cmd)
 app.command("serve")(serve_cmd)
-# Rich falls back to 80 columns when output is not a terminal; tables of metrics need more.
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
 
 
 def main() -> None:
@@ -68,10 +61,6 @@ def _load(name_or_path: str, fmt: str = "auto", user_col: str = "user_id", item_
             raise ConfigError(f"bad column options: {e}") from None
     return load_dataset(name_or_path, inter, items_path=items_path, item_schema=item_schema, dedup=dedup,
                         kcore=kcore)
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 # --- data ----------------------------------------------------------------------------------------------
@@ -453,4 +442,4 @@ def version() -> None:
     out.print(__version__)
 
 
-from genrec.cli import data_gen as _data_gen  # noqa: E402,F401  registers data synth / data expand
+from genrec.cli import data_gen as _data_gen  # noqa: E402,F401  registers data synth / data expand after the rest

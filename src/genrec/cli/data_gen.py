@@ -1,6 +1,6 @@
 """``genrec data synth`` and ``genrec data expand``: interaction logs of any size, written as Parquet shards.
 
-Imported at the end of :mod:`genrec.cli`, which registers these commands on its ``data`` app.
+Imported at the end of :mod:`genrec.cli`, so these commands follow the other ``data`` commands.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from genrec.cli import _print_json, data_app, out
+from genrec.cli.app import data_app, out
+from genrec.cli.app import print_json as _print_json
 
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Folder for the Parquet shards and the metadata file.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the shards of an existing output folder.")]
