@@ -57,7 +57,9 @@ def test_kind_follows_size_and_memory_budget():
     assert kind == "ivf" and sizes == [] and "fits" in why  # ~260 MB <= 1024 MB
     kind, sizes, why = choose(AnnConfig(), 10_000_000, 64)
     assert kind == "ivfpq" and sizes == [16, 32, 64] and "exceeds" in why  # IVF-flat ~2.6 GB > 1 GB
-    assert choose(AnnConfig(memory_mb=300), 10_000_000, 64)[1] == [16]  # 10M x 24 B fits 300 MB, 10M x 40 B not
+    # 4-bit codes (the default): 10M x (16 + 8) B fits 300 MB, 10M x (32 + 8) B not; 8-bit codes are twice as long
+    assert choose(AnnConfig(memory_mb=300), 10_000_000, 64)[1] == [16, 32]
+    assert choose(AnnConfig(memory_mb=300, nbits=8), 10_000_000, 64)[1] == [16]
     assert choose(AnnConfig(memory_mb=4000), 10_000_000, 64)[0] == "ivf"
     assert choose(AnnConfig(threshold=10), 1000, 64)[0] == "ivf"
     assert choose(AnnConfig.of("ivfpq", m=8), 50, 64)[:2] == ("ivfpq", [8])  # an explicit kind is obeyed
@@ -66,11 +68,12 @@ def test_kind_follows_size_and_memory_budget():
 
 def test_size_estimate_matches_the_saved_index(tmp_path):
     items = clustered(6000)
-    for index, kind, m in ((AnnIndex.build(items, nlist=32), "ivf", 0),
-                           (AnnIndex.build_pq(items, m=8, nbits=8, nlist=32), "ivfpq", 8)):
-        index.save(tmp_path / f"{kind}.faiss")
-        size = (tmp_path / f"{kind}.faiss").stat().st_size
-        assert index_bytes(kind, 6000, 16, 32, m) == pytest.approx(size, rel=0.1)
+    for index, kind, m, nbits in ((AnnIndex.build(items, nlist=32), "ivf", 0, 8),
+                                  (AnnIndex.build_pq(items, m=8, nbits=8, nlist=32), "ivfpq", 8, 8),
+                                  (AnnIndex.build_pq(items, m=8, nbits=4, nlist=32), "ivfpq", 8, 4)):
+        index.save(tmp_path / "index.faiss")
+        size = (tmp_path / "index.faiss").stat().st_size
+        assert index_bytes(kind, 6000, 16, 32, m, nbits) == pytest.approx(size, rel=0.1), (kind, nbits)
 
 
 def test_ivfpq_tuning_reaches_the_recall_it_reports():
