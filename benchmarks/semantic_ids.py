@@ -45,7 +45,7 @@ REFERENCE = Path("runs/bench")  # ID-only SASRec/HSTU rows of the quality table
 WARM = ["hr@5", "ndcg@5", "hr@10", "ndcg@10"]
 PUBLISHED = {"amazon-beauty": {"TIGER (published)": {"hr@5": .0454, "ndcg@5": .0321, "hr@10": .0648,
                                                      "ndcg@10": .0384},
-                               "best published semantic-ID result (ANCHORS.md)": {"hr@10": .0815}}}
+                               "MaskGR, best published semantic-ID result": {"hr@10": .0815}}}
 COLD_FRACTION, COLD_SEED = 0.05, 0
 
 

@@ -17,7 +17,7 @@ from genrec.train.config import RunConfig
 from genrec.train.trainer import Trainer
 
 # Embedded defaults (override with `genrec quickstart --config FILE`). Full-catalog cross-entropy was the
-# fastest route to quality on this hardware (ANCHORS.md); the schedule is sized to the time budget.
+# fastest route to quality on 2 CPU cores; the schedule is sized to the time budget.
 DEFAULT_CONFIG: dict[str, Any] = {
     "dataset": "movielens-1m",
     "split": "loo",
@@ -27,7 +27,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "eval": {"select_metric": "ndcg@10"},
 }
 
-# meta-recsys/generative-recommenders README (ANCHORS.md): 3,706 items, no validation split, test read
+# meta-recsys/generative-recommenders README: 3,706 items, no validation split, test read
 # every epoch. genrec's protocol is stricter: 3,416 items (SASRec form), validation-based model selection.
 PUBLISHED = {
     "SASRec (published)": {"hr@10": .2853, "ndcg@10": .1603, "hr@50": .5474, "ndcg@50": .2185,
