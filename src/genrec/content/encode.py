@@ -1,8 +1,10 @@
-"""Encode a whole catalog: item text and/or images -> one fused, cached embedding per item (an ItemEmbeddings table).
+"""Encode a whole catalog: item text, images and/or videos -> one fused, cached embedding per item (an ItemEmbeddings
+table).
 
 Fusion (:class:`FusionConfig`): each modality's vectors are L2-normalised and multiplied by the modality's weight,
-then concatenated ``[text | image]``; optionally projected to ``dim`` dimensions; finally each row is L2-normalised.
-An item without one modality (no text, no readable image) gets zeros in that block; an item without any content
+then concatenated ``[text | image | video]`` (the modalities encoded); optionally projected to ``dim`` dimensions;
+finally each row is L2-normalised. Captions of covers or frames, when asked for, are part of the text block.
+An item without one modality (no text, no readable image or video) gets zeros in that block; an item without any content
 gets a zero row and is listed in ``ItemEmbeddings.missing``.
 
 Projections: ``random`` is a fixed random orthogonal map (seeded, data-independent); ``pca`` is *learned* from
@@ -13,9 +15,7 @@ so new items can be projected the same way.
 
 from __future__ import annotations
 
-import string
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,13 +26,12 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from genrec.content.cache import EmbeddingCache, digest
-from genrec.content.image import DEFAULT_IMAGE_MODEL, ImageEncoder, decode_image, image_encoder, read_image
+from genrec.content.image import DEFAULT_IMAGE_MODEL, ImageEncoder, image_encoder
+from genrec.content.modality import encode_files, encode_modality, examples, image_digest, load_image, media_paths
 from genrec.content.store import ItemEmbeddings
-from genrec.content.text import DEFAULT_TEXT_MODEL, N_EXAMPLES, TextEncoder, build_texts, text_encoder
+from genrec.content.text import DEFAULT_TEXT_MODEL, TextEncoder, build_texts, text_encoder
+from genrec.content.video import VideoConfig, VideoEncoder, file_digest, load_video
 from genrec.errors import ConfigError, DataError
-from genrec.progress import progress_bar
-
-FLUSH_EVERY = 2048  # encoded inputs between cache writes (what an interrupted run keeps)
 
 
 class FusionConfig(BaseModel):
@@ -40,7 +39,7 @@ class FusionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    weights: dict[Literal["text", "image"], float] = Field(
+    weights: dict[Literal["text", "image", "video"], float] = Field(
         default_factory=dict, description="Weight of each L2-normalised modality block (default 1.0 each).")
     projection: Literal["none", "random", "pca"] = Field(
         "none", description="none; random (seeded orthogonal); pca (learned on this catalog).")
@@ -231,118 +230,6 @@ def load_catalog(source: Any = None, catalog: str | Path | pa.Table | None = Non
     return Catalog(source.name, item_ids, aligned, np.flatnonzero(pos < 0) + 1, folder, col)
 
 
-# --- encoding one modality with the cache --------------------------------------------------------------
-
-
-@dataclass
-class _Result:
-    vectors: np.ndarray  # [n_items, dim], zeros where there is no input
-    present: np.ndarray  # [n_items] bool
-    encoded: int
-    from_cache: int
-    failed: dict[int, str]  # item position -> reason (inputs that could not be decoded)
-
-
-def _encode_modality(label: str, encoder: Any, digests: list[bytes | None],
-                     load: Callable[[int], tuple[Any, str | None]], cache: EmbeddingCache, chunk: int,
-                     show_progress: bool, size: Callable[[int], int] | None = None) -> _Result:
-    """Encode the inputs whose digest is not cached (each distinct input once), in chunks; ``size(i)`` orders the
-    misses (e.g. by text length, so batches pad little)."""
-    n = len(digests)
-    first: dict[bytes, int] = {}
-    for i, d in enumerate(digests):
-        if d is not None and d not in first:
-            first[d] = i
-    unique = list(first)
-    _, hit = cache.lookup(unique)
-    misses = [d for d, h in zip(unique, hit, strict=True) if not h]
-    if size is not None:
-        misses.sort(key=lambda d: size(first[d]))  # stable: ties keep catalog order
-    failed: dict[int, str] = {}
-    bad_digests: set[bytes] = set()
-    if misses:
-        with progress_bar(len(misses), f"{label}: {encoder.key}", enabled=show_progress) as advance:
-            pend_d: list[bytes] = []
-            pend_v: list[np.ndarray] = []
-            for start in range(0, len(misses), chunk):
-                batch = misses[start:start + chunk]
-                inputs, ok = [], []
-                for d in batch:
-                    x, reason = load(first[d])
-                    if x is None:
-                        failed[first[d]] = reason or "unreadable"
-                        bad_digests.add(d)
-                    else:
-                        inputs.append(x)
-                        ok.append(d)
-                if inputs:
-                    vecs = np.asarray(encoder.encode(inputs), dtype=np.float32)
-                    if vecs.shape[0] != len(inputs):
-                        raise DataError(f"{label} encoder {encoder.key} returned {vecs.shape[0]} vectors for "
-                                        f"{len(inputs)} inputs")
-                    pend_d += ok
-                    pend_v.append(vecs)
-                if sum(len(v) for v in pend_v) >= FLUSH_EVERY:
-                    cache.put(pend_d, np.concatenate(pend_v))
-                    pend_d, pend_v = [], []
-                advance(len(batch))
-            if pend_v:
-                cache.put(pend_d, np.concatenate(pend_v))
-    dim = cache.dim if cache.dim is not None else int(encoder.dim)
-    rows, hit = cache.lookup([d if d is not None and d not in bad_digests else b"" for d in digests])
-    out = np.zeros((n, dim), np.float32)
-    if hit.any():
-        out[hit] = cache.vectors(rows[hit])
-    for i, d in enumerate(digests):  # items sharing the digest of a failed input fail the same way
-        if d in bad_digests and i not in failed:
-            failed[i] = failed[first[d]]
-    return _Result(out, hit, len(misses) - len(bad_digests), len(unique) - len(misses), failed)
-
-
-def _examples(positions: np.ndarray | list[int], ids: list[str]) -> list[str]:
-    return [ids[int(i)] for i in list(positions)[:N_EXAMPLES]]
-
-
-def _image_paths(cat: Catalog, image_col: str | None, image_pattern: str | None,
-                 image_root: Path | None) -> list[Path | None]:
-    rows = cat.table
-    if image_col is not None:
-        if image_col not in rows.column_names:
-            raise ConfigError(f"image column '{image_col}' not in the catalog; its columns are "
-                              f"{', '.join(rows.column_names)}")
-        values = rows.column(image_col).to_pylist()
-    else:
-        assert image_pattern is not None
-        try:
-            names = [f for _, f, _, _ in string.Formatter().parse(image_pattern) if f is not None]
-        except ValueError as e:
-            raise ConfigError(f"image pattern {image_pattern!r} is not a valid format string ({e})") from None
-        unknown = [f for f in names if f != "item" and f not in rows.column_names]
-        if not names or unknown:
-            raise ConfigError(f"image pattern {image_pattern!r} must name catalog columns in braces, e.g. "
-                              f"'{{item}}.jpg' (columns: {', '.join(['item', *rows.column_names])})")
-        values = []
-        for item, rec in zip(cat.item_ids, rows.to_pylist(), strict=True):
-            fields = {k: v for k, v in rec.items() if v is not None}
-            fields.setdefault("item", item)
-            try:
-                values.append(image_pattern.format_map(fields))
-            except KeyError:  # a named column is empty for this item
-                values.append(None)
-            except (ValueError, IndexError) as e:
-                raise ConfigError(f"image pattern {image_pattern!r} is not a valid format string ({e})") from None
-    base = image_root if image_root is not None else cat.folder
-    out: list[Path | None] = []
-    for v in values:
-        s = None if v is None else str(v).strip()
-        if not s:
-            out.append(None)
-            continue
-        p = Path(s).expanduser()
-        out.append(p if p.is_absolute() or base is None else base / p)
-    return out
-
-
 # --- the public entry point ----------------------------------------------------------------------------
 
 
@@ -358,6 +245,11 @@ def encode_catalog(
     image_col: str | None = None,
     image_pattern: str | None = None,
     image_root: str | Path | None = None,
+    video_col: str | None = None,
+    video_pattern: str | None = None,
+    video_root: str | Path | None = None,
+    video: VideoConfig | None = None,
+    caption_model: Any = None,
     fusion: FusionConfig | None = None,
     batch_size: int = 64,
     device: str = "cpu",
@@ -372,33 +264,41 @@ def encode_catalog(
     custom ``template``; ``text_model=None`` turns text off. Images come from the path column ``image_col``, or
     from ``image_pattern`` (e.g. ``"{item}.jpg"``, formatted with the catalog row), relative to ``image_root``
     (default: the catalog file's folder); naming either turns images on with ``image_model`` (default
-    EfficientNet-Lite0). Inputs are encoded in batches of ``batch_size``, only when their sha256 is not in the
-    cache of that model (``cache_dir``, default ``$GENREC_CACHE_DIR/embeddings``). Missing fields, missing or
-    unreadable images are counted in ``result.meta["report"]`` with examples, never fatal.
+    EfficientNet-Lite0). Videos come from ``video_col`` / ``video_pattern`` / ``video_root`` alike; their frames,
+    sampled by ``video`` (:mod:`genrec.content.video`), go through the same image model and are mean-pooled.
+    ``caption_model`` (:mod:`genrec.content.caption`) captions each item's cover (else a frame of its video) and
+    the caption joins the item's text. Inputs are encoded in batches of ``batch_size``, only when their sha256 is
+    not in the cache of that model (``cache_dir``, default ``$GENREC_CACHE_DIR/embeddings``). Missing fields,
+    missing or unreadable files are counted in ``result.meta["report"]`` with examples, never fatal.
     """
     t0 = time.perf_counter()
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     fusion = fusion or FusionConfig()
-    want_images = image_col is not None or image_pattern is not None
-    if image_col is not None and image_pattern is not None:
-        raise ConfigError("give either an image column or an image pattern, not both")
-    if image_model is not None and not want_images:
+    want = {kind: col is not None or pattern is not None for kind, col, pattern in
+            (("image", image_col, image_pattern), ("video", video_col, video_pattern))}
+    for kind, col, pattern, root in (("image", image_col, image_pattern, image_root),
+                                     ("video", video_col, video_pattern, video_root)):
+        if col is not None and pattern is not None:
+            raise ConfigError(f"give either {'an' if kind == 'image' else 'a'} {kind} column or a {kind} pattern, "
+                              "not both")
+        if root is not None and not Path(root).is_dir():
+            raise DataError(f"{kind} folder not found", path=root)
+    if image_model is not None and not any(want.values()):
         raise ConfigError(f"image model {image_model if isinstance(image_model, str) else image_model.key!r} given "
                           "but no images: name the image path column (--image-col) or a pattern (--image-pattern)")
-    if text_model is None and not want_images:
-        raise ConfigError("nothing to encode: text is off (text model 'none') and no images are named")
-    if image_root is not None and not Path(image_root).is_dir():
-        raise DataError("image folder not found", path=image_root)
+    if text_model is None and not any(want.values()):
+        raise ConfigError("nothing to encode: text is off (text model 'none') and no images or videos are named")
+    if caption_model is not None and (text_model is None or not any(want.values())):
+        raise ConfigError("captions join the item text: they need a text model and images or videos to caption")
     spec = image_model if image_model is not None else DEFAULT_IMAGE_MODEL
-    enc_i = image_encoder(spec, device=device, batch_size=max(1, min(batch_size, 32))) if want_images else None
+    enc_i = image_encoder(spec, device=device, batch_size=max(1, min(batch_size, 32))) if any(want.values()) else None
     cat = load_catalog(source, catalog, item_col)
-    if image_col is not None and image_col not in cat.table.column_names:
-        raise ConfigError(f"image column '{image_col}' not in the catalog; its columns are "
-                          f"{', '.join(cat.table.column_names)}")
     n = len(cat.item_ids)
-    if enc_i is not None:  # resolve image paths first: a bad pattern fails before any encoding
-        paths = _image_paths(cat, image_col, image_pattern, Path(image_root) if image_root is not None else None)
+    # resolve paths first: a bad pattern fails before any encoding
+    paths = {kind: media_paths(cat, col, pattern, Path(root) if root is not None else None, kind)
+             for kind, col, pattern, root in (("image", image_col, image_pattern, image_root),
+                                              ("video", video_col, video_pattern, video_root)) if want[kind]}
     report: dict[str, Any] = {"items": n, "items_without_catalog_row": int(len(cat.no_row)),
                               "items_without_catalog_row_examples": [cat.item_ids[i - 1] for i in cat.no_row[:5]]}
     if isinstance(source, str | Path):
@@ -418,10 +318,17 @@ def encode_catalog(
 
     if text_model is not None:
         texts, text_report = build_texts(cat.table, text_fields, template, ids=cat.item_ids,
-                                         exclude=(cat.id_col, *((image_col,) if image_col else ())))
+                                         exclude=(cat.id_col, *(c for c in (image_col, video_col) if c)))
+        if caption_model is not None:
+            from genrec.content.caption import caption_items, join_captions
+
+            captions, report["captions"] = caption_items(
+                caption_model, paths.get("image"), paths.get("video"), video=video, device=device,
+                cache_dir=cache_dir, cache=cache, show_progress=show_progress, ids=cat.item_ids)
+            texts = join_captions(texts, captions)
         enc = text_encoder(text_model, device=device, batch_size=batch_size)
         digests = [None if t is None else digest(t) for t in texts]
-        res = _encode_modality("text", enc, digests, lambda i: (texts[i], None), make_cache(enc.key),
+        res = encode_modality("text", enc, digests, lambda i: (texts[i], None), make_cache(enc.key),
                                batch_size * 4, show_progress, size=lambda i: len(texts[i] or ""))
         blocks["text"] = res.vectors
         present |= res.present
@@ -432,49 +339,30 @@ def encode_catalog(
         if res.present.any():
             meta["text_example"] = texts[int(np.flatnonzero(res.present)[0])]
     if enc_i is not None:
-        no_path = [i for i, p in enumerate(paths) if p is None]
-        unreadable: dict[int, str] = {}
-        digests_i: list[bytes | None] = []
-        for i, p in enumerate(paths):
-            if p is None:
-                digests_i.append(None)
-                continue
-            data, reason = read_image(p)
-            if data is None:
-                unreadable[i] = reason or "unreadable"
-                digests_i.append(None)
-            else:
-                digests_i.append(digest(data))
-
-        def load_image(i: int) -> tuple[Any, str | None]:
-            data, reason = read_image(paths[i])  # type: ignore[arg-type]
-            return (None, reason) if data is None else decode_image(data)
-
-        res_i = _encode_modality("image", enc_i, digests_i, load_image, make_cache(enc_i.key),
-                                 max(1, min(batch_size, 32)) * 4, show_progress)
-        unreadable.update(res_i.failed)
+        meta.update(image_model=spec if isinstance(spec, str) else enc_i.key, image_key=enc_i.key)
+    chunk = max(1, min(batch_size, 32)) * 4
+    if want["image"]:
+        res_i, report["image"] = encode_files("image", enc_i, paths["image"], image_digest, load_image,
+                                               make_cache(enc_i.key), chunk, show_progress, cat.item_ids)
         blocks["image"] = res_i.vectors
         present |= res_i.present
-        not_found = sorted(i for i, r in unreadable.items() if r == "file not found")
-        bad = sorted(i for i, r in unreadable.items() if r != "file not found")
-
-        def described(rows: list[int]) -> list[dict[str, str]]:
-            return [{"item": cat.item_ids[i], "path": str(paths[i]), "reason": unreadable[i]}
-                    for i in rows[:N_EXAMPLES]]
-
-        report["image"] = {
-            "images": int(res_i.present.sum()), "missing_path": len(no_path),
-            "missing_path_examples": _examples(no_path, cat.item_ids), "missing_file": len(not_found),
-            "missing_file_examples": described(not_found), "unreadable": len(bad),
-            "unreadable_examples": described(bad), "encoded": res_i.encoded, "from_cache": res_i.from_cache}
-        meta.update(image_model=spec if isinstance(spec, str) else enc_i.key, image_key=enc_i.key,
-                    image_dim=int(res_i.vectors.shape[1]), image_source=image_col or image_pattern,
+        meta.update(image_dim=int(res_i.vectors.shape[1]), image_source=image_col or image_pattern,
                     image_root=str(image_root) if image_root is not None else None)
+    if want["video"]:
+        enc_v = VideoEncoder(enc_i, video or VideoConfig())
+        res_v, report["video"] = encode_files("video", enc_v, paths["video"], file_digest,
+                                               lambda p: load_video(p, enc_v.config), make_cache(enc_v.key),
+                                               max(1, chunk // enc_v.config.frames), show_progress, cat.item_ids)
+        blocks["video"] = res_v.vectors
+        present |= res_v.present
+        meta.update(video_key=enc_v.key, video_dim=int(res_v.vectors.shape[1]), video=enc_v.config.model_dump(),
+                    video_source=video_col or video_pattern,
+                    video_root=str(video_root) if video_root is not None else None)
     fused, proj = fuse(blocks, fusion, present)
     fused[~present] = 0.0
     none = np.flatnonzero(~present)
     report["items_without_content"] = int(len(none))
-    report["items_without_content_examples"] = _examples(none, cat.item_ids)
+    report["items_without_content_examples"] = examples(none, cat.item_ids)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     meta["modalities"] = list(blocks)
     meta["fusion"] = fusion.model_dump()
