@@ -100,6 +100,7 @@ class DCN(nn.Module):
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
         """Logits (binary tasks) or values (regression tasks), each [B, M]."""
+        batch.check(self.spec)
         items, actions, mask, context = visible_history(batch, self.config.max_len)
         tokens = self.item(items) + self.action(actions) + self.row(context)  # [B, W, D]
         w = mask.to(tokens.dtype)

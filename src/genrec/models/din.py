@@ -166,6 +166,7 @@ class DIN(nn.Module):
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
         """Logits (binary tasks) or values (regression tasks), each [B, M]."""
+        batch.check(self.spec)
         items, actions, mask, context = visible_history(batch, self.config.max_len)
         mask = mask & batch.cand_mask[..., None]  # padded candidates attend to nothing (and skew no Dice stats)
         tokens = self.item(items) + self.action(actions) + self.row(context)  # [B, W, D]

@@ -30,6 +30,7 @@ class ItemKNN(Recommender):
         self.config = config or ItemKNNConfig()
 
     def fit(self, train: Jagged, n_items: int) -> ItemKNN:
+        self._check_train(train, n_items)
         n = n_items + 1
         co = self._cooccurrence(train, n)
         counts = np.asarray(co.diagonal()).astype(np.float64)
@@ -65,7 +66,7 @@ class ItemKNN(Recommender):
     def sparse_scores(self, history: Jagged, users: np.ndarray, timestamps: Jagged | None = None) -> sp.csr_matrix:
         """Scores [batch, n_items + 1] (float32) where only items similar to the history have an entry; every
         other item scores 0. Evaluation ranks these rows without making them dense."""
-        n = self._check_fitted() + 1
+        n = self._check_history(history) + 1
         hist = history.tail(self.config.max_history)
         steps_back = np.repeat(hist.offsets[1:], hist.lengths) - 1 - np.arange(len(hist.values))
         weights = self.config.history_decay ** steps_back.astype(np.float64)
@@ -73,6 +74,17 @@ class ItemKNN(Recommender):
         scores = (h @ self.similarity_).tocsr()
         scores.sum_duplicates()  # summed in float64, then rounded once, as a dense copy would be
         return scores.astype(np.float32)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        sim = self.similarity_
+        return {name: torch.from_numpy(np.ascontiguousarray(getattr(sim, name)))
+                for name in ("data", "indices", "indptr")}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], n_items: int) -> None:
+        n = n_items + 1
+        self.similarity_ = sp.csr_matrix(tuple(tensors[k].numpy() for k in ("data", "indices", "indptr")),
+                                         shape=(n, n))
+        self.n_items = n_items
 
 
 def _keep_top(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:

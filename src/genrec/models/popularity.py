@@ -22,6 +22,7 @@ class Popularity(Recommender):
         self.config = config or PopularityConfig()
 
     def fit(self, train: Jagged, n_items: int) -> Popularity:
+        self._check_train(train, n_items)
         src = train
         if self.config.recent_fraction < 1.0:
             keep = np.ceil(train.lengths * self.config.recent_fraction).astype(np.int64)
@@ -31,9 +32,16 @@ class Popularity(Recommender):
         return self
 
     def score(self, history: Jagged, users: np.ndarray, timestamps: Jagged | None = None) -> torch.Tensor:
+        self._check_history(history)
         return self.global_scores().expand(len(history), -1)
 
     def global_scores(self) -> torch.Tensor:
         """The scores [n_items + 1] every history gets; evaluation ranks them in one global order."""
         self._check_fitted()
         return self.counts_
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"counts": self.counts_}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], n_items: int) -> None:
+        self.counts_, self.n_items = tensors["counts"], n_items

@@ -340,6 +340,7 @@ class GenerativeRanker(nn.Module):
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:
         """{task: [B, M]}: logits for binary tasks, values for regression tasks (padded candidates: garbage)."""
+        batch.check(self.spec)
         return self.score_candidates(self.encode_history(batch), batch.cand_items, batch.cand_time, batch.visible,
                                      cand_context=batch.cand_context)
 

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
+from genrec.models.base import ModelInputError, check_ids
+
 
 @dataclass
 class RankSpec:
@@ -79,6 +81,53 @@ class RankBatch:
     @property
     def cand_mask(self) -> torch.Tensor:
         return self.cand_items > 0
+
+    def check(self, spec: RankSpec) -> None:
+        """Raise :class:`ModelInputError` naming the field unless the batch fits ``spec``: the shapes above,
+        integer ids within the spec's users, items and action / context codes."""
+        for name in ("user", "hist_len", "hist_items", "cand_items"):
+            want = 1 if name in ("user", "hist_len") else 2
+            if getattr(self, name).ndim != want:
+                raise ModelInputError(f"{name} must have {want} dimension(s), got shape "
+                                      f"{list(getattr(self, name).shape)}")
+        (b, length), m = self.hist_items.shape, self.cand_items.shape[1]
+        shapes = {"user": (b,), "hist_len": (b,), "hist_time": (b, length),
+                  "hist_actions": (b, length, len(spec.action_sizes or {})), "cand_items": (b, m),
+                  "cand_time": (b, m), "visible": (b, m)}
+        contexts = len(spec.row_feature_sizes or {})
+        shapes |= {k: (b, n, contexts) for k, n in (("hist_context", length), ("cand_context", m))
+                   if getattr(self, k) is not None}
+        shared = {"cand_time", "visible", "cand_context"}  # may hold one column for every candidate of a row
+        for name, shape in shapes.items():
+            got = tuple(getattr(self, name).shape)
+            if got != shape and not (name in shared and got == (shape[0], 1, *shape[2:])):
+                raise ModelInputError(f"{name} must have shape {list(shape)} (B requests, L history tokens, "
+                                      f"M candidates), got {list(got)}")
+        check_ids(self.user, 0, spec.n_users, "user")
+        check_ids(self.hist_items, 0, spec.n_items, "hist_items")
+        check_ids(self.cand_items, 0, spec.n_items, "cand_items")
+        check_ids(self.hist_len, 0, length, "hist_len")
+        check_ids(self.visible, 0, 2**63 - 1, "visible")
+        for name in ("hist_time", "cand_time"):
+            if getattr(self, name).dtype.is_floating_point:
+                raise ModelInputError(f"{name} must be integer unix milliseconds, got {getattr(self, name).dtype}")
+        _check_codes(self.hist_actions, spec.action_sizes, "hist_actions")
+        for key in ("hist_context", "cand_context"):
+            if getattr(self, key) is not None:
+                _check_codes(getattr(self, key), spec.row_feature_sizes, key)
+
+
+def _check_codes(codes: torch.Tensor, sizes: dict[str, int] | None, what: str) -> None:
+    """``codes`` [..., F] holds field f's codes in 0..size_f - 1 (one reduction for all the fields)."""
+    if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+        raise ModelInputError(f"{what} must be integer codes, got dtype {codes.dtype}")
+    if not codes.numel():
+        return
+    low, high = (v.tolist() for v in torch.aminmax(codes.reshape(-1, codes.shape[-1]), dim=0))
+    for f, (name, size) in enumerate((sizes or {}).items()):
+        if low[f] < 0 or high[f] >= size:
+            raise ModelInputError(f"{what}[..., {f}] ({name}) must lie in 0..{size - 1}; got "
+                                  f"{low[f] if low[f] < 0 else high[f]}")
 
 
 class FeatureEmbedding(nn.Module):

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from genrec.data.jagged import Jagged
+from genrec.models.base import ModelInputError, check_ids
 
 # Universal hashing ((a * id + b) mod P) mod buckets with P = 2^31 - 1; fixed constants, so the hashed rows
 # travel with the weights and need no state of their own.
@@ -214,7 +215,13 @@ class SequentialModel(nn.Module):
     @torch.no_grad()
     def last_hidden(self, history: Jagged, timestamps: Jagged | None = None) -> torch.Tensor:
         """Each history's hidden state at its last position [B, D]: the query that :meth:`item_table` rows are
-        scored against (an approximate index searches with it)."""
+        scored against (an approximate index searches with it). Item ids must lie in 1..n_items; an empty
+        history gets the query of the padding item alone."""
+        check_ids(history.values, 1, self.n_items, "history item ids")
+        if timestamps is not None and not np.array_equal(timestamps.lengths, history.lengths):
+            raise ModelInputError("timestamps must hold one value per history item")
+        if len(history) == 0:
+            return self.pos_emb.weight.new_zeros((0, self.config.dim))
         hist = history.tail(self.config.max_len)
         items = hist.to_padded(left=False)
         lengths = torch.from_numpy(hist.lengths).clamp(min=1)

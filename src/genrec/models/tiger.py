@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from genrec.errors import ConfigError
+from genrec.models.base import ModelInputError, check_ids
 from genrec.nn.beam import ColdMixer, PrefixTrie, beam_search
 
 PAD, BOS, N_SPECIAL = 0, 1, 2
@@ -233,7 +234,10 @@ class TIGER(nn.Module):
             x = (x + self.enc_pos(pos)[None, :, None]).view(b, length * self.n_levels, -1)
         x = self.drop(x)
         mask = (tokens != PAD).view(b, 1, 1, -1)
-        mask = mask | ~mask.any(dim=-1, keepdim=True)  # an empty history reads its padding, not NaN
+        # An empty history reads the padding of its most recent slot (not NaN), the same at any batch width.
+        last = torch.zeros_like(mask)
+        last[..., -(1 if self.config.encoder_tokens == "items" else self.n_levels):] = True
+        mask = mask | (last & ~mask.any(dim=-1, keepdim=True))
         for block in self.encoder:
             x = block(x, mask)
         return self.enc_norm(x), mask
@@ -287,9 +291,17 @@ class TIGER(nn.Module):
 
     def loss(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy over the C codes of every target (divide by B*C for the mean)."""
+        self._check_history(history)
+        check_ids(targets, 1, self.n_items, "target item ids")
         codes = self.codes[targets]
         logits = self.forward(history, targets)
         return sum(F.cross_entropy(lg, codes[:, j], reduction="sum") for j, lg in enumerate(logits))
+
+    def _check_history(self, history: torch.Tensor) -> None:
+        if history.ndim != 2:
+            raise ModelInputError(f"history must be [batch, length] left-padded item ids, got shape "
+                                  f"{tuple(history.shape)}")
+        check_ids(history, 0, self.n_items, "history item ids (0: padding)")
 
     # --- inference -------------------------------------------------------------------------------------
 
@@ -302,6 +314,9 @@ class TIGER(nn.Module):
         With cold mixing on (``epsilon``, default ``config.cold_mixing.epsilon``, > 0 and some item marked
         cold), cold items sharing a beam's ID prefix are mixed in (:meth:`mix_cold`): their score is the
         beam's log-probability, lowered just enough to rank right below the item before them."""
+        self._check_history(history)
+        if k < 1:
+            raise ModelInputError(f"k must be at least 1, got {k}")
         beam = beam or max(k, self.config.beam_width)
         eps = self.config.cold_mixing.epsilon if epsilon is None else float(epsilon)
         if eps == 0 or not bool(self.cold.any()):

@@ -311,11 +311,16 @@ class GeneratorTrainer(LoopTrainer):
                        semantic_ids={k: v for k, v in sids.meta.items() if isinstance(v, str | int | float)})
         run_config = {"model": cfg.model.name, "split": cfg.split, **cfg.model_dump(mode="json")}
         write_run(self.run_dir, run_config, ev, ds, loop.state["train_seconds"])
-        save_model_files(self.run_dir, model, ds, counts)
-        write_json(self.run_dir / "model.json", {"name": "tiger", "config": cfg.model.model_dump(mode="json"),
-                                                 "n_items": model.n_items, "sizes": model.sizes,
-                                                 "use_timestamps": False})
+        save_generator(self.run_dir, model, ds, counts)
         return ev
+
+
+def save_generator(folder: Path, model: TIGER, ds: SequenceDataset, counts: np.ndarray) -> None:
+    """What a bundle needs of a generator: an ID model's files (:func:`save_model_files`), with a model.json
+    naming tiger and its codebook sizes (the codes travel in the weights); :func:`load_generator` reads them."""
+    save_model_files(folder, model, ds, counts)
+    write_json(folder / "model.json", {"name": "tiger", "config": model.config.model_dump(mode="json"),
+                                       "n_items": model.n_items, "sizes": model.sizes, "use_timestamps": False})
 
 
 def load_generator(run_dir: str | Path) -> TIGER:

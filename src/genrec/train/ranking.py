@@ -347,16 +347,20 @@ class RankingTrainer(LoopTrainer):
               run: dict[str, Any], device, calibration: dict[str, tuple[float, float]]) -> dict[str, Any]:
         cfg = self.config
         rows, raw = predict(model, log, requests, spec, device, show_progress=self.show_progress)
-        save_tensors(self.run_dir / "model.safetensors", model.state_dict())
-        write_json(self.run_dir / "model.json", {"name": cfg.model.name, "config": cfg.model.model_dump(mode="json"),
-                                                 "spec": spec.to_json(),
-                                                 "calibration": {t: list(ab) for t, ab in calibration.items()},
-                                                 "actions": schema_for(log.name, log.action_sizes),
-                                                 "row_values": log.row_feature_values})
+        save_ranking_model(self.run_dir, model, spec, calibration={t: list(ab) for t, ab in calibration.items()},
+                           actions=schema_for(log.name, log.action_sizes), row_values=log.row_feature_values)
         write_vocabularies(self.run_dir, log)
         run = {"commit_at_start": self.commit_at_start, "allocator": self.allocator, **run, "device": str(device)}
         return write_test_report(self.run_dir, cfg, log, split, spec, rows, raw, calibration, run,
                                  self.show_progress)
+
+
+def save_ranking_model(folder: Path, model: torch.nn.Module, spec: RankSpec, **info: Any) -> None:
+    """The weights (model.safetensors) and model.json (name, config, data spec and any ``info``) that
+    :func:`genrec.serve.model_io.load_ranking_model` rebuilds the model from."""
+    save_tensors(folder / "model.safetensors", model.state_dict())
+    write_json(folder / "model.json", {"name": model.config.name, "config": model.config.model_dump(mode="json"),
+                                       "spec": spec.to_json(), **info})
 
 
 def write_vocabularies(run_dir: Path, log: ImpressionLog) -> None:
