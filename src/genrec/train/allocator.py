@@ -1,9 +1,9 @@
 """Memory-allocator settings for CPU training.
 
 With glibc's defaults, large temporaries are handed back to the OS and faulted in again every step; on the
-reference HSTU code (meta-recsys/generative-recommenders) this cost a large factor in throughput. Raising glibc's mmap and trim
-thresholds keeps freed memory in the process for reuse. Other allocators (jemalloc via LD_PRELOAD) are left
-alone.
+reference HSTU code (meta-recsys/generative-recommenders) this cost a large factor in throughput. Raising
+glibc's mmap and trim thresholds keeps freed memory in the process for reuse. Other allocators (jemalloc via
+LD_PRELOAD) are left alone.
 """
 
 from __future__ import annotations
