@@ -197,8 +197,8 @@ def evaluate_generator(model: TIGER, cases: EvalCases, dataset: SequenceDataset,
 # --- training -------------------------------------------------------------------------------------------
 
 class GeneratorTrainer(LoopTrainer):
-    """``genrec train`` for ``model.name: tiger``: the Trainer's contract (fit, resume, early stopping,
-    metrics.jsonl, checkpoint/, run folder with the test evaluation and model files) for the generator."""
+    """``genrec train`` for ``model.name: tiger``: teacher-forcing steps and beam-search validation in the shared
+    loop (genrec.train.loop), then the test evaluation and model files in the run folder."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path, dataset: SequenceDataset | None = None,
                  semantic_ids: SemanticIds | None = None, show_progress: bool = True):

@@ -1,5 +1,5 @@
-"""Training a sequential model: AdamW with warmup and decay, clipping, validation-based early stopping,
-atomic safetensors checkpoints with exact resume (also mid-epoch), and data-parallel training under torchrun.
+"""Training a sequential model (SASRec, HSTU) in the shared loop (genrec.train.loop: schedule, early stopping,
+budgets, exact resume, also mid-epoch): next-item steps with full or sampled softmax, data-parallel under torchrun.
 
 The training windows come from memory (the whole split) or stream shard by shard from a prepared dataset
 (``train.data``, genrec.data.stream). Validation reads every validation user or a fixed seeded sample of them
