@@ -125,6 +125,35 @@ def test_resume_gives_the_same_result(ema, log_and_split, tmp_path):
     assert a["auc:click"]["value"] == pytest.approx(b["auc:click"]["value"], abs=1e-6)
 
 
+def test_a_mid_epoch_checkpoint_resumes_exactly(log_and_split, tmp_path, monkeypatch):
+    """The shared loop's train.checkpoint_every: a kill between two mid-epoch checkpoints resumes from the last
+    one (data position, weight average and generators) to the weights of an uninterrupted run."""
+    import genrec.train.ranking as ranking
+
+    log, split = log_and_split
+    cfg = config("dcn", epochs=2, ema=0.9, checkpoint_every=4)
+    full = RankingTrainer(cfg, tmp_path / "full", log=log, split=split, show_progress=False).fit()
+    per_epoch = full.history[0]["step"]
+    original, calls = ranking.optimizer_step, {"n": 0}
+
+    def killed(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == per_epoch + 7:
+            raise KeyboardInterrupt
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(ranking, "optimizer_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        RankingTrainer(cfg, tmp_path / "cut", log=log, split=split, show_progress=False).fit()
+    monkeypatch.setattr(ranking, "optimizer_step", original)
+    saved = read_json(tmp_path / "cut" / "checkpoint" / "trainer.json")
+    assert saved["epoch"] == 1 and saved["position"]["epoch"] == 2 and saved["position"]["step"] > 0
+    resumed = RankingTrainer(cfg, tmp_path / "cut", log=log, split=split, show_progress=False).fit(resume=True)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
+    a, b = load_tensors(tmp_path / "full" / "model.safetensors"), load_tensors(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+
+
 def test_weight_average_is_what_validation_reads_and_the_run_keeps(log_and_split, tmp_path):
     log, split = log_and_split
     plain = RankingTrainer(config("ranker"), tmp_path / "plain", log=log, split=split, show_progress=False).fit()
