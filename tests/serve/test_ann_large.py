@@ -152,7 +152,11 @@ def test_mapped_weights_give_the_same_model(tmp_path, monkeypatch, meta):
         assert torch.equal(plain.item_table(), mapped.item_table())
 
 
-def test_catalog_lookup_and_rows_against_a_dict():
+@pytest.mark.parametrize("dict_max", [0, 1 << 17])  # the hash search, and the small catalog's dict
+def test_catalog_lookup_and_rows_against_a_dict(monkeypatch, dict_max):
+    import genrec.serve.catalog as catalog_mod
+
+    monkeypatch.setattr(catalog_mod, "DICT_MAX_ITEMS", dict_max)
     raw = [f"id{i}" for i in range(500)] + [str(i) for i in range(300)] + ["", "ü", "a" * 300]
     items = pa.table({"item_idx": np.arange(1, len(raw) + 1), "raw_id": raw, "train_count": np.arange(len(raw)),
                       "title": [f"t{i}" for i in range(len(raw))]})
@@ -169,6 +173,7 @@ def test_catalog_lookup_survives_hash_collisions(monkeypatch, tmp_path):
     import genrec.serve.catalog as catalog_mod
 
     monkeypatch.setattr(catalog_mod, "hash_ids", lambda values: np.zeros(len(values), np.uint64))  # all collide
+    monkeypatch.setattr(catalog_mod, "DICT_MAX_ITEMS", 0)  # the hash search, not the small catalog's dict
     raw = ["b", "a", "c", "d"]
     cat = Catalog.from_items(pa.table({"item_idx": [1, 2, 3, 4], "raw_id": raw, "train_count": [0, 0, 0, 0]}))
     cat.save(tmp_path)

@@ -7,7 +7,9 @@ import dataclasses
 import json
 import shutil
 import sqlite3
+import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -129,6 +131,31 @@ def test_requests_batched_together_score_as_alone(bundle):
         alone = stage._forward([request])[0]
         for task in stage.tasks:
             np.testing.assert_allclose(batched[task], alone[task], rtol=1e-5, atol=1e-6)
+
+
+def test_concurrent_requests_share_ranker_passes_and_answer_as_alone(bundle, monkeypatch):
+    """Requests queued together run one retrieval and one ranker pass (the model thread takes the queue), and each
+    gets the answer it gets alone: the same items, scores and predictions."""
+    rec = Recommender.load(bundle)
+    cases = [(["3", "4", "5"], None), (["1"], "7"), (["2", "6", "9", "11"], None), (["7", "8"], "2")]
+    alone = [rec.recommend(h, k=5, user_id=u) for h, u in cases]
+    sizes, forward = [], rec.ranker._forward
+
+    def counting(requests):
+        sizes.append(len(requests))
+        time.sleep(0.05)  # hold the model thread so that the other requests queue up
+        return forward(requests)
+
+    monkeypatch.setattr(rec.ranker, "_forward", counting)
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda case: rec.recommend(case[0], k=5, user_id=case[1]), cases * 3))
+    assert max(sizes) > 1 and sum(sizes) == len(together)
+    for got, want in zip(together, alone * 3, strict=True):
+        assert got.mode == "model+ranker" and [r["item_id"] for r in got.items] == [r["item_id"] for r in want.items]
+        for a, b in zip(got.items, want.items, strict=True):
+            assert a["score"] == pytest.approx(b["score"], rel=1e-5, abs=1e-6)  # float32 passes of other widths
+            assert a["predictions"] == pytest.approx(b["predictions"], rel=1e-5, abs=1e-6)
+    rec.close()
 
 
 def test_fusion_weight_extremes(runs):

@@ -146,6 +146,11 @@ class HistoryCache:
     signals: torch.Tensor | None = None  # [B, L, S] their action signals (for history_stats)
 
 
+def _cols(t: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
+    """Columns ``sl`` of a [B, M, ...] tensor; a candidate dimension of 1 (shared by every candidate) as is."""
+    return t if t is None or t.shape[1] == 1 else t[:, sl]
+
+
 class GenerativeRanker(nn.Module):
     """Maps a :class:`RankBatch` to {task: [B, M]}; see the module docstring. ``item_tables`` /
     ``user_tables`` hold the categorical feature codes per item / user named in ``spec`` (stored as buffers)."""
@@ -312,15 +317,18 @@ class GenerativeRanker(nn.Module):
                          cand_context: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Outputs {task: [B, M]} for candidates [B, M], reading ``cache``; ``micro_batch`` (default
         config.micro_batch) candidates per chunk bounds the attention's memory; ``cand_context`` [B, M, C]:
-        their row context codes (None: unknown)."""
+        their row context codes (None: unknown). ``cand_time``, ``visible`` and ``cand_context`` may have a
+        candidate dimension of 1, shared by every candidate of the row (a served request: every candidate reads
+        the whole history at the request time); the relative bias and the mask are then built once per row."""
         chunk = micro_batch or self.config.micro_batch
         vis_all = self._visible(visible, cache.shift, cache.hist_len)
         parts: list[dict[str, torch.Tensor]] = []
         for start in range(0, cand_items.shape[1], chunk):
             sl = slice(start, start + chunk)
-            ctx = None if cand_context is None else cand_context[:, sl]
-            x = self._candidate_tokens(cand_items[:, sl], cand_time[:, sl], vis_all[:, sl], cache.hist_time, ctx)
-            rel, gap, mask = self._candidate_geometry(vis_all[:, sl], cand_time[:, sl], cache.hist_time)
+            items, times, vis = cand_items[:, sl], _cols(cand_time, sl), _cols(vis_all, sl)
+            ctx = _cols(cand_context, sl)
+            x = self._candidate_tokens(items, times, vis, cache.hist_time, ctx)
+            rel, gap, mask = self._candidate_geometry(vis, times, cache.hist_time)
             bias_idx = self.blocks[0].rab.index(rel, gap)
             zero = torch.zeros((), dtype=torch.long, device=x.device)
             own_idx = self.blocks[0].rab.index(zero, zero)  # a candidate to itself: position 0, gap 0
@@ -332,9 +340,10 @@ class GenerativeRanker(nn.Module):
                 own = F.silu((q * k).sum(-1, keepdim=True) + block.rab.lookup(own_idx))
                 a = a + own * v / n
                 x = block.finish(x, a, u)
-            interest = self._interest(cache.tokens, cand_items[:, sl], mask[..., 1:])
-            stats = self._stats(cache.items, cache.signals, cand_items[:, sl], mask[..., 1:])
-            out = self._task_outputs(x, cand_items[:, sl], cand_time[:, sl], cache.user, interest, stats)
+            reads = mask[..., 1:].expand(-1, items.shape[1], -1)  # [B, M, L]: the history each candidate reads
+            interest = self._interest(cache.tokens, items, reads)
+            stats = self._stats(cache.items, cache.signals, items, reads)
+            out = self._task_outputs(x, items, times.expand_as(items), cache.user, interest, stats)
             parts.append(self.row_bias(out, ctx))
         return {t: torch.cat([p[t] for p in parts], dim=1) for t in self.spec.tasks}
 

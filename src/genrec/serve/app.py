@@ -35,6 +35,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+try:
+    import orjson
+except ImportError:  # pragma: no cover - the serve extra installs it
+    orjson = None
+
 from genrec.serve.catalog import Column
 from genrec.serve.recommender import Recommender
 from genrec.serve.schemas import (
@@ -331,7 +336,10 @@ def _openapi(app: FastAPI, key_required: bool) -> dict[str, Any]:
 
 
 def _json(content: dict[str, Any]) -> Response:
-    """A JSON answer of plain Python values, encoded once (FastAPI would walk it with jsonable_encoder first)."""
+    """A JSON answer of plain Python values, encoded once (FastAPI would walk it with jsonable_encoder first), by
+    orjson when it is installed (the serve extra), an order of magnitude faster than the json module."""
+    if orjson is not None:
+        return Response(orjson.dumps(content), media_type="application/json")
     return Response(json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(),
                     media_type="application/json")
 

@@ -1,59 +1,92 @@
-"""Dynamic batching of model calls across concurrent request threads (the ID models' forward pass, the
-ranker's)."""
+"""Request coalescing: concurrent recommendations share one pass through the models (micro-batching).
+
+A :class:`BatchWorker` owns one thread that takes whatever requests have queued (up to ``max_batch``) and runs
+them through ``run`` together: one retrieval forward pass and one ranker forward pass for the batch instead of one
+each per request. On a CPU the per-call overhead of small models dominates, so a batch of B costs far less than B
+passes, and one thread in the models keeps request threads from contending for the interpreter. A lone request
+runs at once (no waiting for company); under load the batch is whatever arrived while the last one ran.
+"""
 
 from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+IDLE_EXIT_S = 5.0  # a worker thread with nothing to do for this long exits (a new request starts another)
+_STOP = object()  # queued by close()
 
-class Batcher:
-    """Dynamic batching of a model's forward pass: concurrent requests queue their inputs and one of them (the
-    leader, whoever holds the lock) runs everything queued through ``run`` as one batch (up to ``max_batch`` at a
-    time), handing each request its own result.
 
-    Under concurrent load one forward pass for B requests costs less than B passes (the per-call overhead of a
-    small model dominates on CPU), and one thread at a time in the model keeps request threads from contending
-    for the interpreter. A lone request runs its own pass at once, on its own thread: no hand-over, no wait.
-    ``run`` maps a list of inputs to a list of results (an exception fails every request of the batch)."""
+class BatchWorker:
+    """Runs ``run`` (a list of payloads -> a list of results, one each) over batches of submitted payloads on a
+    thread of its own, and hands each caller its own result through a Future.
 
-    def __init__(self, run: Callable[[list[Any]], list[Any]], max_batch: int = 32, poll_s: float = 0.001):
-        self.run, self.max_batch, self.poll_s = run, max_batch, poll_s
+    A payload whose Future was cancelled before its batch started (its caller's deadline passed) is skipped. When
+    ``run`` raises for a batch of several, each payload is run alone, so one bad request fails only itself.
+    ``run`` is held weakly when it is a bound method: an idle worker keeps no model alive (a reloaded one can go)."""
+
+    def __init__(self, run: Callable[[list[Any]], list[Any]], max_batch: int = 32, name: str = "genrec-batch"):
+        self._run = weakref.WeakMethod(run) if hasattr(run, "__self__") else (lambda: run)
+        self.max_batch, self.name = max_batch, name
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
-    def submit(self, payload: Any) -> Any:
-        """``run``'s result for ``payload``, computed in a batch with concurrent calls."""
+    def submit(self, payload: Any) -> Future:
+        """A Future of ``run``'s result for ``payload``, computed in a batch with whatever else is queued."""
         done: Future = Future()
         self._queue.put((payload, done))
-        while True:
-            if self._lock.acquire(blocking=False):
-                try:
-                    while not done.done() and not self._queue.empty():  # lead until ours is answered
-                        self._run_batch()
-                finally:
-                    self._lock.release()
-            try:  # a leader runs our job; poll in case it released the lock just before we queued
-                return done.result(timeout=self.poll_s)
-            except FutureTimeout:
-                continue
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+                self._thread.start()
+        return done
 
-    def _run_batch(self) -> None:
-        jobs = []
-        while len(jobs) < self.max_batch:
+    def close(self) -> None:
+        """Let the thread exit once what is queued now is answered (a later submit starts another)."""
+        self._queue.put(_STOP)
+
+    def _loop(self) -> None:
+        while True:
             try:
-                jobs.append(self._queue.get_nowait())
+                first = self._queue.get(timeout=IDLE_EXIT_S)
             except queue.Empty:
-                break
-        try:
-            results = self.run([payload for payload, _ in jobs])
-        except Exception as e:  # noqa: BLE001 - every request of the batch gets the error
+                first = _STOP
+            if first is _STOP:
+                with self._lock:  # submit queues before it checks the thread: nothing is left behind
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            jobs = [first]
+            while len(jobs) < self.max_batch:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not _STOP:
+                    jobs.append(job)
+            self._run_batch([(p, done) for p, done in jobs if done.set_running_or_notify_cancel()])
+
+    def _run_batch(self, jobs: list[tuple[Any, Future]]) -> None:
+        run = self._run()
+        if not jobs:
+            return
+        if run is None:  # the owner is gone
             for _, done in jobs:
-                done.set_exception(e)
+                done.set_exception(RuntimeError("the batch worker's owner was closed"))
+            return
+        try:
+            results = run([payload for payload, _ in jobs])
+        except Exception as e:  # noqa: BLE001 - retried one by one below, or the request's own error
+            if len(jobs) == 1:
+                jobs[0][1].set_exception(e)
+                return
+            for job in jobs:
+                self._run_batch([job])
             return
         for (_, done), result in zip(jobs, results, strict=True):
             done.set_result(result)

@@ -12,7 +12,8 @@ An export writes, besides ``items.parquet``:
 
 Loading memory-maps both files read-only: every process serving the bundle shares their pages, and only the rows a
 request returns are decoded. A bundle without them (an older export) reads ``items.parquet`` into memory and builds
-the same lookup there.
+the same lookup there. A catalog of at most DICT_MAX_ITEMS items also keeps a dict of its raw ids (a few MB), which
+answers a request's lookups without the Arrow round trips of the hash search.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ CATALOG_INDEX_FILE = "catalog_index.arrow"
 CATALOG_FILES = (CATALOG_FILE, CATALOG_INDEX_FILE)
 HIDDEN = ("raw_id", "item_idx", "train_count")  # columns that are not display fields
 HASH_CHUNK = 1 << 20  # raw ids hashed per step: bounded scratch memory at any catalog size
+DICT_MAX_ITEMS = 1 << 17  # catalogs up to this size also look raw ids up in a dict
 _FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 
 
@@ -115,6 +117,9 @@ class Catalog:
         self.train_count = _one_chunk(table.column("train_count")).to_numpy()
         self.hashes, self.hash_items, self.by_count = hashes, hash_items, by_count
         self.index = IdIndex(self)
+        self._ids: dict[str, int] | None = None
+        if self.n_items <= DICT_MAX_ITEMS:  # reversed: a repeated raw id maps to its first dense id, as in the hash
+            self._ids = dict(zip(reversed(self.raw.to_pylist()), range(self.n_items, 0, -1), strict=True))
 
     @classmethod
     def from_items(cls, items: pa.Table) -> Catalog:
@@ -144,6 +149,9 @@ class Catalog:
         """Dense ids [len(raw)] int64 of raw ids (compared as text); 0 for ids not in the catalog."""
         if not len(raw) or not self.n_items:
             return np.zeros(len(raw), np.int64)
+        if self._ids is not None:
+            ids = self._ids
+            return np.fromiter((ids.get(str(r), 0) for r in raw), np.int64, len(raw))
         keys = pa.array([str(r) for r in raw], pa.large_string())
         h = hash_ids(keys)
         pos = np.minimum(np.searchsorted(self.hashes, h), self.n_items - 1)

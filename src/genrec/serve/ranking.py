@@ -39,9 +39,9 @@ import torch
 from genrec.data.actions import encode_events
 from genrec.errors import GenrecError
 from genrec.io import read_json, read_vocab
+from genrec.models.ranker import GenerativeRanker
 from genrec.models.ranking import RankBatch, RankSpec
 from genrec.models.two_stage import blend_score, final_order, fuse
-from genrec.serve.batching import Batcher
 from genrec.serve.filters import per_event
 from genrec.serve.model_io import load_ranking_model
 
@@ -57,6 +57,20 @@ class RankerInputs:
     actions: np.ndarray
     hist_context: np.ndarray
     context: np.ndarray
+
+
+@dataclass
+class RankRequest:
+    """One request's ranking inputs: the user (raw id or None), the history's raw item ids (oldest first) with
+    their timestamps (or None) and :class:`RankerInputs`, and the candidates (retrieval dense ids [M]) with their
+    retrieval scores [M]."""
+
+    user_id: str | None
+    history: list[str]
+    timestamps: list[int] | None
+    inputs: RankerInputs
+    candidates: np.ndarray
+    retrieval_scores: np.ndarray
 
 
 @dataclass
@@ -89,7 +103,7 @@ class RankingStage:
         values = info.get("row_values") or {}
         self.row_codes = {name: {v: code for code, v in enumerate(values.get(name, []), start=1)}
                           for name in self.row_names}
-        self.batcher = Batcher(self._forward, max_batch=8)
+        self._default_actions = self.encode_actions([None])  # [1, A]: an event without actions
 
     @classmethod
     def load(cls, bundle: Path, retrieval_raw_ids: list[str]) -> RankingStage:
@@ -108,6 +122,8 @@ class RankingStage:
     def encode_actions(self, actions: list[dict[str, Any] | None], strict: bool = True) -> np.ndarray:
         """Action codes [n, A] (None: the default interaction); ValueError naming the event and the signal on
         bad input (unknown signals are ignored with ``strict=False``)."""
+        if all(a is None for a in actions) and hasattr(self, "_default_actions"):  # the common case, encoded once
+            return np.repeat(self._default_actions, len(actions), axis=0)
         return encode_events(self.schema, self.spec.action_sizes or {}, actions, strict=strict)
 
     def encode_context(self, contexts: list[dict[str, Any] | None], strict: bool = True,
@@ -115,6 +131,8 @@ class RankingStage:
         """Context codes [n, C], one row per context (None: unknown); ValueError naming ``what[i]`` on a name that
         is not one of the ranker's row features (ignored with ``strict=False``) or a value that is not text or an
         integer. A value the ranker never saw is code 0 (unknown)."""
+        if all(ctx is None for ctx in contexts):
+            return np.zeros((len(contexts), len(self.row_names)), dtype=np.int64)
         rows = [self._context_codes(ctx, f"{what}[{i}]", strict) for i, ctx in enumerate(contexts)]
         return np.stack(rows) if rows else np.zeros((0, len(self.row_names)), dtype=np.int64)
 
@@ -142,27 +160,52 @@ class RankingStage:
     def rerank(self, user_id: str | None, history: list[str], timestamps: list[int] | None, inputs: RankerInputs,
                candidates: np.ndarray, retrieval_scores: np.ndarray) -> Ranked:
         """Reorder ``candidates`` (retrieval dense ids [M], with their retrieval scores) for a history of raw
-        item ids (oldest first; timestamps and ``inputs`` (:meth:`encode`) aligned with it).
-        Concurrent calls share one padded forward pass (:class:`genrec.serve.batching.Batcher`)."""
-        keep = [j for j, h in enumerate(history) if h in self.items][-self.max_len:]
-        times = (np.array([timestamps[j] for j in keep], dtype=np.float64) * self.time_scale).astype(np.int64) \
-            if timestamps is not None else np.zeros(len(keep), dtype=np.int64)
-        request = {"user": self.users.get(user_id, 0) if user_id is not None else 0,
-                   "items": np.array([self.items[history[j]] for j in keep], dtype=np.int64),
-                   "actions": inputs.actions[keep].reshape(len(keep), inputs.actions.shape[1]), "time": times,
-                   "context": inputs.hist_context[keep].reshape(len(keep), len(self.row_names)),
-                   "cand_context": inputs.context, "cand": self.item_map[np.asarray(candidates, dtype=np.int64)]}
-        out = self.batcher.submit(request)
-        known = request["cand"] > 0
-        score = np.where(known, blend_score(out, self.blend), np.nan)
-        preds = {t: np.where(known, self._predict(t, v), np.nan) for t, v in out.items()}
-        final = fuse(np.asarray(retrieval_scores, dtype=np.float64)[None], score[None], self.weight)[0]
-        return Ranked(final_order(final), final, score, preds)
+        item ids (oldest first; timestamps and ``inputs`` (:meth:`encode`) aligned with it)."""
+        return self.rerank_many([RankRequest(user_id, history, timestamps, inputs, candidates, retrieval_scores)])[0]
 
-    @torch.no_grad()
+    def rerank_many(self, requests: list[RankRequest]) -> list[Ranked]:
+        """:meth:`rerank` for several requests at once: one padded forward pass of the ranker for all of them
+        (each request scored as it would be alone), and the score rule applied to all their lists together."""
+        rows = [self._request(r) for r in requests]
+        out = self._forward(rows)
+        m = max(len(r.candidates) for r in requests)
+        retrieval, score = np.full((len(rows), m), -np.inf), np.full((len(rows), m), np.nan)
+        preds = {t: np.full((len(rows), m), np.nan) for t in self.tasks}
+        for i, (r, row, o) in enumerate(zip(requests, rows, out, strict=True)):
+            n, known = len(r.candidates), row["cand"] > 0
+            retrieval[i, :n] = r.retrieval_scores
+            score[i, :n] = np.where(known, blend_score(o, self.blend), np.nan)
+            for t, v in o.items():
+                preds[t][i, :n] = np.where(known, v, np.nan)
+        preds = {t: self._predict(t, v) for t, v in preds.items()}
+        final = fuse(retrieval, score, self.weight)
+        ranked = []
+        for i, r in enumerate(requests):
+            n = len(r.candidates)
+            ranked.append(Ranked(final_order(final[i, :n]), final[i, :n], score[i, :n],
+                                 {t: v[i, :n] for t, v in preds.items()}))
+        return ranked
+
+    def _request(self, r: RankRequest) -> dict[str, Any]:
+        """What :meth:`_forward` reads of a request, in the ranker's vocabularies (history items it does not know
+        are dropped; only the most recent ``max_len`` are kept)."""
+        keep = [j for j, h in enumerate(r.history) if h in self.items][-self.max_len:]
+        times = (np.array([r.timestamps[j] for j in keep], dtype=np.float64) * self.time_scale).astype(np.int64) \
+            if r.timestamps is not None else np.zeros(len(keep), dtype=np.int64)
+        inputs = r.inputs
+        return {"user": self.users.get(r.user_id, 0) if r.user_id is not None else 0,
+                "items": np.array([self.items[r.history[j]] for j in keep], dtype=np.int64),
+                "actions": inputs.actions[keep].reshape(len(keep), inputs.actions.shape[1]), "time": times,
+                "context": inputs.hist_context[keep].reshape(len(keep), len(self.row_names)),
+                "cand_context": inputs.context, "cand": self.item_map[np.asarray(r.candidates, dtype=np.int64)]}
+
+    @torch.inference_mode()
     def _forward(self, requests: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
-        """One padded RankBatch for the requests; each candidate reads its request's whole history at the
-        request time (the latest history time). Returns {task: [M_b]} per request."""
+        """One padded RankBatch for the requests; every candidate of a request reads its whole history at the
+        request time (the latest history time) in the request's context. The generative ranker reads these as one
+        column per request, shared by its candidates (M-FALCON: the history encoded once, the relative bias and
+        mask built once per request); the other models get them repeated per candidate. Returns {task: [M_b]}
+        per request."""
         b = len(requests)
         hist_len = np.array([len(r["items"]) for r in requests], dtype=np.int64)
         n_cand = np.array([len(r["cand"]) for r in requests], dtype=np.int64)
@@ -170,20 +213,27 @@ class RankingStage:
         items, times = np.zeros((b, width), np.int64), np.zeros((b, width), np.int64)
         actions, cand = np.zeros((b, width, n_actions), np.int64), np.zeros((b, m), np.int64)
         c = len(self.row_names)
-        hist_ctx, cand_ctx = np.zeros((b, width, c), np.int64), np.zeros((b, m, c), np.int64)
+        hist_ctx, cand_ctx = np.zeros((b, width, c), np.int64), np.zeros((b, 1, c), np.int64)
         for i, r in enumerate(requests):
             n = hist_len[i]
             items[i, :n], times[i, :n], actions[i, :n] = r["items"], r["time"], r["actions"]
-            hist_ctx[i, :n], cand_ctx[i, :n_cand[i]] = r["context"], r["cand_context"]
+            hist_ctx[i, :n], cand_ctx[i, 0] = r["context"], r["cand_context"]
             cand[i, :n_cand[i]] = r["cand"]
-        context = {"hist_context": torch.from_numpy(hist_ctx), "cand_context": torch.from_numpy(cand_ctx)} if c else {}
-        now = times.max(axis=1, initial=0)
+        now, seen = torch.from_numpy(times.max(axis=1, initial=0)[:, None]), torch.from_numpy(hist_len[:, None])
+        shared = {"cand_time": now, "visible": seen, "cand_context": torch.from_numpy(cand_ctx) if c else None}
         batch = RankBatch(user=torch.tensor([r["user"] for r in requests]), hist_items=torch.from_numpy(items),
                           hist_actions=torch.from_numpy(actions), hist_time=torch.from_numpy(times),
                           hist_len=torch.from_numpy(hist_len), cand_items=torch.from_numpy(cand),
-                          cand_time=torch.from_numpy(np.repeat(now[:, None], m, axis=1)),
-                          visible=torch.from_numpy(np.repeat(hist_len[:, None], m, axis=1)), **context)
-        out = {t: v.double().numpy() for t, v in self.model(batch).items()}
+                          hist_context=torch.from_numpy(hist_ctx) if c else None,
+                          **{k: None if v is None else v.expand(b, m, *v.shape[2:]).contiguous()
+                             for k, v in shared.items()})
+        if isinstance(self.model, GenerativeRanker):
+            model = self.model
+            scores = model.score_candidates(model.encode_history(batch), batch.cand_items, shared["cand_time"],
+                                            shared["visible"], cand_context=shared["cand_context"])
+        else:
+            scores = self.model(batch)
+        out = {t: v.double().numpy() for t, v in scores.items()}
         return [{t: v[i, :n_cand[i]] for t, v in out.items()} for i in range(b)]
 
     def _predict(self, task: str, value: np.ndarray) -> np.ndarray:

@@ -6,7 +6,9 @@ set of strings, fit for a metric label); details go to ``warnings`` and the log.
 ``query_weight`` outside [0, 1], timestamps that do not line up with the history) raise ``ValueError``.
 
 A recommender is safe to share between threads: everything read while answering is built at load time and never
-mutated; the lazily created parts (the query text encoder, the deadline worker pool) are created under a lock.
+mutated; the lazily created parts (the query text encoder, the model thread) are created under a lock. The models
+run on one thread per recommender, which answers concurrent requests together (:mod:`genrec.serve.batching`):
+one retrieval and one ranker forward pass for everything queued, each request scored as it would be alone.
 
 Two kinds of model serve through the same :class:`Recommender` (filters, warnings, fallbacks, deadline and query
 blending are shared); a scorer (:mod:`genrec.serve.scorers`) holds the model-specific part:
@@ -26,8 +28,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Generator, Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +38,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from genrec.content.query import ContentTable, QueryEncoder, blend_with_query
+from genrec.content.query import ContentTable, QueryEncoder
 from genrec.errors import GenrecError
 from genrec.io import read_json
 from genrec.models import SequentialModel
 from genrec.models.tiger import TIGER
 from genrec.serve.ann import ANN_FILE, AnnIndex
+from genrec.serve.batching import BatchWorker
 from genrec.serve.bundle import (
     CONTENT_FILES,
     ITEM_TABLE_FILE,
@@ -54,7 +56,8 @@ from genrec.serve.bundle import (
 from genrec.serve.catalog import CATALOG_FILES, Catalog
 from genrec.serve.filters import allowed_mask, check_k, id_list, note_unknown, popular_top, popularity_order
 from genrec.serve.model_io import load_model
-from genrec.serve.ranking import RankerInputs, RankingStage, ranker_inputs
+from genrec.serve.pipeline import Job, Pipeline
+from genrec.serve.ranking import RankingStage, ranker_inputs
 from genrec.serve.scorers import AnnScorer, GeneratorScorer, IdScorer
 
 log = logging.getLogger(__name__)
@@ -64,7 +67,7 @@ NO_HISTORY = "no usable history"
 MODEL_ERROR = "model error"
 DEADLINE = "deadline exceeded"
 NO_QUERY_CONTENT = "query ignored: bundle has no content embeddings"
-DEADLINE_WORKERS = 4
+MAX_BATCH = 32  # the most queued requests that share one pass through the models
 
 
 @dataclass
@@ -99,9 +102,10 @@ class Recommender:
             raise GenrecError(f"content embeddings have {content.vectors.shape[0]} rows; the catalog needs "
                               f"{self.n_items + 1}")
         self._query = QueryEncoder(content) if content is not None else None
-        self._pool_lock, self._table_lock = threading.Lock(), threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._table_lock = threading.Lock()
         self._similarity: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pipeline = Pipeline(self._scorer, ranker, self._query, self._items)
+        self._worker = BatchWorker(self._pipeline.run, MAX_BATCH, "genrec-recommend")
 
     @classmethod
     def load(cls, bundle: str | Path) -> Recommender:
@@ -164,11 +168,9 @@ class Recommender:
         return [self.raw_ids[i - 1] for i in self.popular[:max(int(n), 0)].tolist()]
 
     def close(self) -> None:
-        """Stop the deadline worker threads (a recommender is still usable afterwards: they restart on demand)."""
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the model thread once the requests queued so far are answered (a recommender is still usable
+        afterwards: the thread restarts on demand)."""
+        self._worker.close()
 
     # --- recommend ----------------------------------------------------------------------------------------
 
@@ -196,37 +198,37 @@ class Recommender:
         t0 = time.perf_counter()
         steps = self._steps(history, k, deadline_ms=deadline_ms, **options)
         try:
-            compute = next(steps)
+            job = next(steps)
         except StopIteration as done:  # answered without the model (no usable history)
             return done.value
-        if deadline_ms is None:
-            outcome = _run(compute)
-        else:
-            future = self._executor().submit(_run, compute)
-            try:
-                outcome = future.result(timeout=max(float(deadline_ms) / 1000 - (time.perf_counter() - t0), 0.0))
-            except FutureTimeout:
-                future.cancel()  # not started yet: never runs; running: finishes in the background, ignored
-                outcome = DEADLINE_OUTCOME
+        future = self._worker.submit(job)
+        try:
+            outcome: tuple[str, Any] = ("ok", future.result(timeout=_left(deadline_ms, t0)))
+        except FutureTimeout:
+            future.cancel()  # not started yet: never runs; running: finishes in the background, ignored
+            outcome = DEADLINE_OUTCOME
+        except Exception as e:  # noqa: BLE001 - a model failure is answered from the fallback
+            outcome = ("error", e)
         return _finish(steps, outcome)
 
     async def recommend_async(self, history: Iterable[Any], k: int = 10, *, deadline_ms: float | None = None,
                               **options: Any) -> Recommendation:
-        """:meth:`recommend` for an event loop: the checks and the answer run on the loop, the model on a worker
-        thread, awaited with the deadline (no thread is held while it waits)."""
+        """:meth:`recommend` for an event loop: the checks and the answer run on the loop, the model on the model
+        thread (shared with concurrent requests), awaited with the deadline (no thread is held while it waits)."""
         t0 = time.perf_counter()
         steps = self._steps(history, k, deadline_ms=deadline_ms, **options)
         try:
-            compute = next(steps)
+            job = next(steps)
         except StopIteration as done:
             return done.value
-        future = asyncio.wrap_future(self._executor().submit(_run, compute))
+        future = self._worker.submit(job)
         try:
-            timeout = None if deadline_ms is None else max(float(deadline_ms) / 1000 - (time.perf_counter() - t0), 0)
-            outcome = await asyncio.wait_for(asyncio.shield(future), timeout)
+            outcome = ("ok", await asyncio.wait_for(asyncio.wrap_future(future), _left(deadline_ms, t0)))
         except TimeoutError:
             future.cancel()
             outcome = DEADLINE_OUTCOME
+        except Exception as e:  # noqa: BLE001 - a model failure is answered from the fallback
+            outcome = ("error", e)
         return _finish(steps, outcome)
 
     def _steps(self, history: Iterable[Any], k: int = 10, *, timestamps: Iterable[Any] | None = None,
@@ -234,11 +236,11 @@ class Recommender:
                query: str | None = None, query_weight: float = 0.5, deadline_ms: float | None = None,
                actions: Iterable[dict[str, Any] | None] | None = None, user_id: str | None = None,
                strict_actions: bool = True, history_context: Iterable[dict[str, Any] | None] | None = None,
-               context: dict[str, Any] | None = None) -> Generator[Callable[[], tuple], tuple, Recommendation]:
+               context: dict[str, Any] | None = None) -> Generator[Job, tuple, Recommendation]:
         """One recommendation as a generator shared by the sync and async drivers: check the arguments (bad ones
-        raise ValueError at once), then either return an answer that needs no model, or yield the model's work
-        (a callable returning (items, mode, warnings)) and receive its outcome (:func:`_run`: ("ok", value),
-        ("error", exception) or DEADLINE_OUTCOME) to build the answer."""
+        raise ValueError at once), then either return an answer that needs no model, or yield the model's work (a
+        :class:`~genrec.serve.pipeline.Job`, run with concurrent requests' on the model thread) and receive its
+        outcome (("ok", (items, mode, warnings)), ("error", exception) or DEADLINE_OUTCOME) to build the answer."""
         k = check_k(k)
         if not 0.0 <= float(query_weight) <= 1.0:
             raise ValueError(f"query_weight must be in [0, 1], got {query_weight}")
@@ -287,12 +289,8 @@ class Recommender:
             warnings.append("the model reads timestamps but none were given; time gaps are ignored")
 
         allowed = mask.nonzero().squeeze(1) if allow is not None else None
-
-        def compute() -> tuple[list[dict[str, Any]], str, list[str]]:
-            scores, mode, more = self._rank(known, known_ts, query, float(query_weight), width, allowed)
-            return self._select(scores, mode, more, mask, k, width, user_id, history, ts, inputs)
-
-        status, value = yield compute
+        job = Job(known, known_ts, query, float(query_weight), width, allowed, mask, k, user_id, history, ts, inputs)
+        status, value = yield job
         if status == "deadline":
             warnings.append(f"no answer within the {deadline_ms:g} ms deadline; answered from popularity")
             return self._fallback(k, mask, warnings, DEADLINE, truncated)
@@ -303,90 +301,6 @@ class Recommender:
         items, mode, more = value
         return Recommendation(items, warnings + more, fallback=False, model_version=self.version,
                               truncated=truncated, mode=mode)
-
-    def _select(self, scores: Any, mode: str, warnings: list[str], mask: torch.Tensor, k: int, width: int,
-                user_id: str | None, history: list[Any], ts: list[int] | None,
-                inputs: RankerInputs | None) -> tuple[list[dict[str, Any]], str, list[str]]:
-        """The filters and top-k over the scores (dense, or a partial scorer's (ids, scores)); with a ranking
-        stage, its reordering of the top ``ranker.candidates``. Returns (items, mode, warnings)."""
-        pool = k if self.ranker is None else max(k, self.ranker.candidates)  # what the ranker reorders
-        if isinstance(scores, tuple):  # a partial scorer: its candidates' ids and scores only
-            ids, values = scores
-            keep = mask[ids]
-            ids, values = ids[keep], values[keep]
-            n = len(ids)
-            if n < k and n < (n_allowed := int(mask.sum())):
-                if isinstance(self._scorer, GeneratorScorer):
-                    source = f"the generator's {self._scorer.beams(width)} beams"
-                else:
-                    source = "the approximate index's candidates"
-                warnings.append(f"only {n} of the {n_allowed} allowed items are among {source}; "
-                                f"returning {n} instead of {k}")
-            order = torch.topk(values, min(pool, n)).indices if n else torch.zeros(0, dtype=torch.int64)
-            top, top_scores = ids[order], values[order]
-        else:
-            scores = scores.clone()
-            scores[~mask] = -torch.inf
-            n = int(mask.sum())
-            top = torch.topk(scores, min(pool, n)).indices if n else torch.zeros(0, dtype=torch.int64)
-            top_scores = scores[top]
-        if self.ranker is None:
-            return self._items(top.numpy(), top_scores.tolist()), mode, warnings
-        items, ranked = self._rerank(user_id, history, ts, inputs, top.numpy(), top_scores.double().numpy(), k,
-                                     warnings)
-        return items, mode + "+ranker" if ranked else mode, warnings
-
-    def _rerank(self, user_id: str | None, history: list[Any], ts: list[int] | None, inputs: RankerInputs | None,
-                top: np.ndarray, scores: np.ndarray, k: int, warnings: list[str]) -> tuple[list[dict], bool]:
-        """The ranking stage over the retrieval pool: (the top-k items with predictions, whether it ran)."""
-        assert self.ranker is not None and inputs is not None
-        try:
-            ranked = self.ranker.rerank(user_id, [str(h) for h in history], ts, inputs, top, scores)
-        except Exception as e:  # noqa: BLE001 - the retrieval order still answers
-            log.exception("ranking stage failed; answering in retrieval order")
-            warnings.append(f"the ranker failed ({type(e).__name__}); answered in retrieval order")
-            return self._items(top[:k], scores[:k].tolist()), False
-        pick = ranked.order[:k]
-        items = self._items(top[pick], ranked.final[pick].tolist())
-        for row, j in zip(items, pick.tolist(), strict=True):
-            row["retrieval_score"] = float(scores[j])
-            row["predictions"] = {t: None if np.isnan(v[j]) else float(v[j]) for t, v in ranked.predictions.items()}
-        return items, True
-
-    def _rank(self, known: list[int], known_ts: list[int] | None, query: str | None,
-              weight: float, width: int, allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, str, list[str]]:
-        """Scores over the catalog [n_items + 1] (row 0 unused) or, from a partial scorer (the generator, an
-        approximate index), (candidate ids, their scores); the mode; and warnings. ``width``: how many
-        candidates the request needs (the generator's beam count follows it); ``allowed``: the only items that
-        may be returned, when the request has an allow list."""
-        warnings: list[str] = []
-        q = None
-        if query is not None:
-            try:
-                q = self._query.similarity(query)
-            except Exception as e:
-                if not known:
-                    raise
-                log.warning("query encoding failed: %s", e)
-                warnings.append(f"query ignored: it could not be encoded ({type(e).__name__}: {e})")
-        if not known:
-            assert q is not None
-            return q, "content", warnings
-        scores, more = self._scorer.score(known, known_ts, width, allowed)
-        warnings += more
-        mode = self._scorer.mode
-        if q is None:
-            return scores, mode, warnings
-        if isinstance(scores, tuple):  # blend over the candidates only
-            ids, values = scores
-            return (ids, blend_with_query(values, q, weight, ids)), mode + "+query", warnings
-        return blend_with_query(scores, q, weight), mode + "+query", warnings
-
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(DEADLINE_WORKERS, thread_name_prefix="genrec-recommend")
-            return self._pool
 
     # --- similar ------------------------------------------------------------------------------------------
 
@@ -443,12 +357,9 @@ class Recommender:
 DEADLINE_OUTCOME = ("deadline", None)
 
 
-def _run(compute: Callable[[], Any]) -> tuple[str, Any]:
-    """("ok", compute()) or ("error", the exception): a model failure is an outcome, not a raise."""
-    try:
-        return "ok", compute()
-    except Exception as e:  # noqa: BLE001 - answered from the fallback by the caller
-        return "error", e
+def _left(deadline_ms: float | None, t0: float) -> float | None:
+    """Seconds left of a deadline that started at ``t0`` (None: no deadline)."""
+    return None if deadline_ms is None else max(float(deadline_ms) / 1000 - (time.perf_counter() - t0), 0.0)
 
 
 def _finish(steps: Generator, outcome: tuple[str, Any]) -> Recommendation:

@@ -1,7 +1,8 @@
 """Retrieval scorers: the model-specific part of :class:`genrec.serve.recommender.Recommender`.
 
 Each scorer turns a request's known history into scores, either over the whole catalog (a tensor [n_items + 1])
-or over its own candidates only (a tuple of their ids and scores):
+or over its own candidates only (a tuple of their ids and scores). :meth:`score_many` scores a batch of requests
+(:class:`ScoreRequest`) at once: the ID models run one forward pass for all their histories.
 
 - :class:`IdScorer`: an ID model (``genrec.models.SEQUENTIAL``: sasrec, hstu) scores the whole catalog;
 - :class:`AnnScorer`: an ID model over a large catalog: a FAISS index proposes the candidates;
@@ -11,16 +12,30 @@ or over its own candidates only (a tuple of their ids and scores):
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 
 from genrec.data.jagged import Jagged
 from genrec.models import SequentialModel
 from genrec.models.tiger import TIGER
 from genrec.serve.ann import AnnIndex
-from genrec.serve.batching import Batcher
 
 MAX_BEAM = 256  # the most beams the generator runs for one request, however many items are excluded
 ANN_MARGIN = 100  # extra candidates the approximate index proposes beyond what the filters need
+
+
+class ScoreRequest(NamedTuple):
+    """One request's retrieval inputs: its known history (dense ids, oldest first) and their timestamps (or None),
+    how many candidates it needs (``width``: k plus the items its filters remove) and its allow list (or None)."""
+
+    known: list[int]
+    known_ts: list[int] | None
+    width: int
+    allowed: torch.Tensor | None = None
+
+
+Scored = tuple[Any, list[str]]  # (scores [n_items + 1], or a partial scorer's (ids, scores)), warnings
 
 
 def _hidden_states(model: SequentialModel, jobs: list[tuple[list[int], list[int] | None]]) -> list[torch.Tensor]:
@@ -46,7 +61,6 @@ class IdScorer:
 
     def __init__(self, model: SequentialModel, table: torch.Tensor | None = None):
         self.model = model
-        self.batcher = Batcher(lambda jobs: _hidden_states(model, jobs))
         if table is None:
             with torch.no_grad():
                 table = model.item_table().detach().float().cpu()
@@ -55,9 +69,12 @@ class IdScorer:
     def item_table(self) -> torch.Tensor:
         return self.items
 
-    def score(self, known: list[int], known_ts: list[int] | None, width: int,
-              allow: torch.Tensor | None = None) -> tuple[torch.Tensor, list[str]]:
-        return self.items @ self.batcher.submit((known, known_ts)), []
+    def hidden(self, requests: list[ScoreRequest]) -> torch.Tensor:
+        """The model's last hidden state of each request's history [B, D], in one forward pass."""
+        return torch.stack(_hidden_states(self.model, [(r.known, r.known_ts) for r in requests]))
+
+    def score_many(self, requests: list[ScoreRequest]) -> list[Scored]:
+        return [(self.items @ h, []) for h in self.hidden(requests)]  # per row: as a request alone
 
 
 class AnnScorer(IdScorer):
@@ -71,12 +88,13 @@ class AnnScorer(IdScorer):
         super().__init__(model, table)
         self.ann = ann
 
-    def score(self, known: list[int], known_ts: list[int] | None, width: int,
-              allow: torch.Tensor | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor], list[str]]:
-        h = self.batcher.submit((known, known_ts))
-        if allow is not None:
-            return (allow, self.items[allow] @ h), []
-        ids, found = self.ann.search(h.numpy()[None], min(width + ANN_MARGIN, self.model.n_items))
+    def score_many(self, requests: list[ScoreRequest]) -> list[Scored]:
+        return [self._search(r, h) for r, h in zip(requests, self.hidden(requests), strict=True)]
+
+    def _search(self, request: ScoreRequest, h: torch.Tensor) -> Scored:
+        if request.allowed is not None:
+            return (request.allowed, self.items[request.allowed] @ h), []
+        ids, found = self.ann.search(h.numpy()[None], min(request.width + ANN_MARGIN, self.model.n_items))
         keep = ids[0] > 0
         return (torch.from_numpy(ids[0][keep]), torch.from_numpy(found[0][keep])), []
 
@@ -101,10 +119,12 @@ class GeneratorScorer:
         out[0] = 0
         return out
 
-    def score(self, known: list[int], known_ts: list[int] | None, width: int,
-              allow: torch.Tensor | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor], list[str]]:
-        beam = self.beams(width)
-        history = torch.tensor([known], dtype=torch.int64, device=self.model.codes.device)
+    def score_many(self, requests: list[ScoreRequest]) -> list[Scored]:
+        return [self._search(r) for r in requests]  # a beam search per request: widths differ
+
+    def _search(self, request: ScoreRequest) -> Scored:
+        beam = self.beams(request.width)
+        history = torch.tensor([request.known], dtype=torch.int64, device=self.model.codes.device)
         items, logp = self.model.recommend(history, k=beam, beam=beam)
         items, logp = items[0].cpu(), logp[0].float().cpu()
         keep = torch.isfinite(logp) & (items > 0)

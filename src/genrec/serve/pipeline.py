@@ -1,0 +1,152 @@
+"""The model work of a batch of recommendations, run on the batch worker's thread (:mod:`genrec.serve.batching`):
+retrieval scores for every request of the batch in one forward pass, each request's filters and top candidates,
+then the ranking stage for all of them in one forward pass. Each request is answered as it would be alone."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from genrec.content.query import QueryEncoder, blend_with_query
+from genrec.serve.ranking import RankerInputs, RankingStage, RankRequest
+from genrec.serve.scorers import GeneratorScorer, IdScorer, ScoreRequest
+
+log = logging.getLogger(__name__)
+
+Answer = tuple[list[dict[str, Any]], str, list[str]]  # the items, the mode, warnings
+Pick = tuple[np.ndarray, np.ndarray, str, list[str]]  # candidates (best first), their scores, the mode, warnings
+
+
+@dataclass
+class Job:
+    """One checked request, ready for the models: its known history (dense ids) and times, query, how many
+    candidates it needs (``width``), its filters (``mask`` [n_items + 1], ``allowed`` ids or None) and ``k``, and
+    what the ranking stage reads (the raw history, its timestamps, the user and :class:`RankerInputs`)."""
+
+    known: list[int]
+    known_ts: list[int] | None
+    query: str | None
+    query_weight: float
+    width: int
+    allowed: torch.Tensor | None
+    mask: torch.Tensor
+    k: int
+    user_id: str | None
+    history: list[Any]
+    timestamps: list[int] | None
+    inputs: RankerInputs | None
+
+
+class Pipeline:
+    """Retrieval (``scorer``), the optional ``ranker`` and the query encoder over batches of :class:`Job`;
+    ``items`` renders dense ids and scores as answer rows."""
+
+    def __init__(self, scorer: IdScorer | GeneratorScorer, ranker: RankingStage | None, query: QueryEncoder | None,
+                 items: Callable[[np.ndarray, list[float] | None], list[dict[str, Any]]]):
+        self.scorer, self.ranker, self.query, self.items = scorer, ranker, query, items
+
+    def run(self, jobs: list[Job]) -> list[Answer]:
+        with torch.no_grad():
+            picks = [self._select(job, *scored) for job, scored in zip(jobs, self._retrieve(jobs), strict=True)]
+            if self.ranker is None:
+                return [(self.items(top, values.tolist()), mode, warnings) for top, values, mode, warnings in picks]
+            return self._rerank(jobs, picks)
+
+    def _retrieve(self, jobs: list[Job]) -> list[tuple[Any, str, list[str]]]:
+        """Per job: scores over the catalog [n_items + 1] or, from a partial scorer, (candidate ids, scores); the
+        mode; warnings. The ID models score every job's history in one forward pass."""
+        similarity = [self._similarity(job) for job in jobs]
+        scoring = [i for i, job in enumerate(jobs) if job.known]
+        scored = dict(zip(scoring, self.scorer.score_many([
+            ScoreRequest(jobs[i].known, jobs[i].known_ts, jobs[i].width, jobs[i].allowed) for i in scoring]),
+            strict=True)) if scoring else {}
+        out = []
+        for i, (job, (q, warnings)) in enumerate(zip(jobs, similarity, strict=True)):
+            if not job.known:
+                out.append((q, "content", warnings))
+                continue
+            scores, more = scored[i]
+            mode, warnings = self.scorer.mode, warnings + more
+            if q is None:
+                out.append((scores, mode, warnings))
+            elif isinstance(scores, tuple):  # blend over the candidates only
+                ids, values = scores
+                out.append(((ids, blend_with_query(values, q, job.query_weight, ids)), mode + "+query", warnings))
+            else:
+                out.append((blend_with_query(scores, q, job.query_weight), mode + "+query", warnings))
+        return out
+
+    def _similarity(self, job: Job) -> tuple[torch.Tensor | None, list[str]]:
+        """The query's similarity to every item (None without a query); a query that cannot be encoded is
+        ignored with a warning, unless it is all the request has."""
+        if job.query is None:
+            return None, []
+        try:
+            return self.query.similarity(job.query), []
+        except Exception as e:
+            if not job.known:
+                raise
+            log.warning("query encoding failed: %s", e)
+            return None, [f"query ignored: it could not be encoded ({type(e).__name__}: {e})"]
+
+    def _select(self, job: Job, scores: Any, mode: str, warnings: list[str]) -> Pick:
+        """The filters and top over the scores (dense, or a partial scorer's (ids, scores)): the top ``k`` or, with
+        a ranking stage, the top ``ranker.candidates`` it reorders."""
+        k, mask = job.k, job.mask
+        pool = k if self.ranker is None else max(k, self.ranker.candidates)
+        if isinstance(scores, tuple):  # a partial scorer: its candidates' ids and scores only
+            ids, values = scores
+            keep = mask[ids]
+            ids, values = ids[keep], values[keep]
+            n = len(ids)
+            if n < k and n < (n_allowed := int(mask.sum())):
+                if isinstance(self.scorer, GeneratorScorer):
+                    source = f"the generator's {self.scorer.beams(job.width)} beams"
+                else:
+                    source = "the approximate index's candidates"
+                warnings.append(f"only {n} of the {n_allowed} allowed items are among {source}; "
+                                f"returning {n} instead of {k}")
+            order = torch.topk(values, min(pool, n)).indices if n else torch.zeros(0, dtype=torch.int64)
+            top, top_scores = ids[order], values[order]
+        else:
+            scores = scores.masked_fill(~mask, -torch.inf)
+            n = int(mask.sum())
+            top = torch.topk(scores, min(pool, n)).indices if n else torch.zeros(0, dtype=torch.int64)
+            top_scores = scores[top]
+        return top.numpy(), top_scores.double().numpy(), mode, warnings
+
+    def _rerank(self, jobs: list[Job], picks: list[Pick]) -> list[Answer]:
+        """The ranking stage over every job's candidates at once (one forward pass); when it fails for the batch,
+        each job is reranked alone, and a job whose ranking fails keeps the retrieval order (with a warning)."""
+        assert self.ranker is not None
+        todo = [i for i, (top, *_) in enumerate(picks) if len(top)]  # nothing to reorder: answered as is
+        requests = [RankRequest(jobs[i].user_id, [str(h) for h in jobs[i].history], jobs[i].timestamps,
+                                jobs[i].inputs, picks[i][0], picks[i][1]) for i in todo]
+        try:
+            ranked = dict(zip(todo, self.ranker.rerank_many(requests), strict=True)) if todo else {}
+        except Exception:  # noqa: BLE001 - each alone below, so one bad request does not cost the others
+            ranked = {}
+            for i, request in zip(todo, requests, strict=True):
+                try:
+                    ranked[i] = self.ranker.rerank_many([request])[0]
+                except Exception as e:  # noqa: BLE001 - the retrieval order still answers
+                    log.exception("ranking stage failed; answering in retrieval order")
+                    picks[i][3].append(f"the ranker failed ({type(e).__name__}); answered in retrieval order")
+        out = []
+        for i, (job, (top, scores, mode, warnings)) in enumerate(zip(jobs, picks, strict=True)):
+            if i not in ranked:
+                out.append((self.items(top[:job.k], scores[:job.k].tolist()), mode, warnings))
+                continue
+            r = ranked[i]
+            pick = r.order[:job.k]
+            items = self.items(top[pick], r.final[pick].tolist())
+            for row, j in zip(items, pick.tolist(), strict=True):
+                row["retrieval_score"] = float(scores[j])
+                row["predictions"] = {t: None if np.isnan(v[j]) else float(v[j]) for t, v in r.predictions.items()}
+            out.append((items, mode + "+ranker", warnings))
+        return out
