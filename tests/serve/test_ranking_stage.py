@@ -158,6 +158,33 @@ def test_concurrent_requests_share_ranker_passes_and_answer_as_alone(bundle, mon
     rec.close()
 
 
+@pytest.mark.parametrize("name", ["dcn", "din"])
+def test_feature_rankers_serve_as_the_second_stage(runs, name):
+    """DCN and DIN read every candidate's time, visible count and context repeated per candidate; their answer
+    carries the model's own predictions."""
+    retrieval, _, root = runs
+    log = learnable_log()
+    days = np.unique(log.day)
+    RankingTrainer(config(name, epochs=1), root / name, log=log,
+                   split=temporal_split(log, valid_day=int(days[7]), test_day=int(days[8])), show_progress=False).fit()
+    rec = Recommender.load(export_bundle(retrieval, root / f"bundle-{name}", ranker=root / name,
+                                         ranker_options={"candidates": 8}))
+    history, times = ["3", "4", "5"], [1_650_000_000_000 + i * 60_000 for i in range(3)]
+    out = rec.recommend(history, k=5, timestamps=times, user_id="7")
+    assert out.mode == "model+ranker" and not out.warnings and len(out.items) == 5
+    item = {str(i): i + 1 for i in range(30)}
+    ids = [r["item_id"] for r in out.items]
+    batch = RankBatch(user=torch.tensor([8]), hist_items=torch.tensor([[item[h] for h in history]]),
+                      hist_actions=torch.from_numpy(rec.ranker.encode_actions([None] * 3)[None]),
+                      hist_time=torch.tensor([times]), hist_len=torch.tensor([3]),
+                      cand_items=torch.tensor([[item[i] for i in ids]]), cand_time=torch.full((1, 5), times[-1]),
+                      visible=torch.full((1, 5), 3))
+    with torch.no_grad():
+        direct = rec.ranker.model(batch)
+    np.testing.assert_allclose([r["predictions"]["watch_time"] for r in out.items], direct["watch_time"][0].numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_fusion_weight_extremes(runs):
     retrieval, ranker, root = runs
     plain = Recommender.load(export_bundle(retrieval, root / "plain"))

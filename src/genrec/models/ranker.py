@@ -345,6 +345,8 @@ class GenerativeRanker(nn.Module):
             stats = self._stats(cache.items, cache.signals, items, reads)
             out = self._task_outputs(x, items, times.expand_as(items), cache.user, interest, stats)
             parts.append(self.row_bias(out, ctx))
+        if len(parts) == 1:
+            return parts[0]
         return {t: torch.cat([p[t] for p in parts], dim=1) for t in self.spec.tasks}
 
     def forward(self, batch: RankBatch) -> dict[str, torch.Tensor]:

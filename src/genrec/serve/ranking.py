@@ -225,15 +225,15 @@ class RankingStage:
                           hist_actions=torch.from_numpy(actions), hist_time=torch.from_numpy(times),
                           hist_len=torch.from_numpy(hist_len), cand_items=torch.from_numpy(cand),
                           hist_context=torch.from_numpy(hist_ctx) if c else None,
-                          **{k: None if v is None else v.expand(b, m, *v.shape[2:]).contiguous()
-                             for k, v in shared.items()})
+                          **{k: None if v is None else v.expand(b, m, *v.shape[2:]) for k, v in shared.items()})
         if isinstance(self.model, GenerativeRanker):
             model = self.model
             scores = model.score_candidates(model.encode_history(batch), batch.cand_items, shared["cand_time"],
                                             shared["visible"], cand_context=shared["cand_context"])
         else:
             scores = self.model(batch)
-        out = {t: v.double().numpy() for t, v in scores.items()}
+        stacked = torch.stack([scores[t] for t in self.tasks]).double().numpy()  # one copy for every task
+        out = dict(zip(self.tasks, stacked, strict=True))
         return [{t: v[i, :n_cand[i]] for t, v in out.items()} for i in range(b)]
 
     def _predict(self, task: str, value: np.ndarray) -> np.ndarray:

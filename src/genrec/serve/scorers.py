@@ -69,8 +69,10 @@ class IdScorer:
     def item_table(self) -> torch.Tensor:
         return self.items
 
+    @torch.inference_mode()
     def hidden(self, requests: list[ScoreRequest]) -> torch.Tensor:
-        """The model's last hidden state of each request's history [B, D], in one forward pass."""
+        """The model's last hidden state of each request's history [B, D], in one forward pass (an inference
+        tensor: read it, never write it)."""
         return torch.stack(_hidden_states(self.model, [(r.known, r.known_ts) for r in requests]))
 
     def score_many(self, requests: list[ScoreRequest]) -> list[Scored]:
