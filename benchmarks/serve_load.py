@@ -14,14 +14,16 @@ history store in a temporary folder, waits for /readyz, warms up, and runs two p
    each new worker 5 s to be ready and otherwise keeps the old one: counted as a failed reload).
 
 A request fails when it raises (connection, timeout), answers non-2xx, or answers without items. Client and
-server share this machine's cores, so figures are for the pair; the load average is recorded at start and end.
-With several workers a POST /admin/reload reaches one worker only (the versions seen are listed).
+server share this machine's cores, so figures are for the pair; the load average is recorded at start and end, and
+each phase records the CPU time the server (all its processes) and the load generator spent per request, which
+other jobs on a shared machine disturb far less than requests/s and latency do. With several workers a POST
+/admin/reload reaches one worker only (the versions seen are listed).
 
-Writes benchmarks/results/serve_load.{json,md} with commit, machine, config and wall time; exits 1 when any
-request failed during reloads or a reload failed.
+Writes benchmarks/results/serve_load.{json,md} with the command line, commit, machine, config and wall time; exits 1
+when any request failed during reloads or a reload failed.
 
     python benchmarks/serve_load.py --bundle runs/quickstart/bundle [--workers 2] [--concurrency 8]
-        [--seconds 30] [--reloads 5] [--reload-bundle OTHER_BUNDLE] [--reload-via http|sighup]
+        [--seconds 30] [--reloads 5] [--reload-bundle OTHER_BUNDLE] [--reload-via http|sighup] [--no-access-log]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import datetime as dt
 import http.client
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -40,6 +43,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -242,6 +246,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its children so far (Linux /proc; 0 elsewhere)."""
+    tick, total, todo = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100, 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            todo += [int(c) for f in Path(f"/proc/{p}/task").glob("*/children") for c in f.read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def measured(phase, server_pid: int) -> tuple[list[Record], float, dict[str, float]]:
+    """``phase()`` -> (records, seconds), plus the CPU ms per request the server and this load generator spent."""
+    server, client = process_cpu(server_pid), time.process_time()
+    records, seconds = phase()
+    n = max(sum(r.endpoint != "reload" for r in records), 1)
+    return records, seconds, {"server_cpu_ms_per_request": 1000 * (process_cpu(server_pid) - server) / n,
+                              "client_cpu_ms_per_request": 1000 * (time.process_time() - client) / n}
+
+
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -276,6 +303,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=30.0, help="Client timeout per request, seconds.")
     ap.add_argument("--client", choices=("stdlib", "httpx"), default="stdlib", help="HTTP client of the load "
                     "threads: http.client keep-alive connections (light) or httpx (as in the earliest figures).")
+    ap.add_argument("--no-access-log", action="store_true", help="Start genrec serve with --no-access-log.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="Suffix of the result files.")
@@ -299,6 +327,7 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if k != "GENREC_API_KEY"}
         cmd = [sys.executable, "-m", "genrec", "serve", str(bundle), "--port", str(port), "--workers",
                str(args.workers), "--store", str(Path(tmp) / "history.sqlite"), "--deadline-ms", str(args.deadline_ms)]
+        cmd += ["--no-access-log"] if args.no_access_log else []
         with open(log, "wb") as log_file:
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         try:
@@ -310,9 +339,9 @@ def main() -> None:
             for c in levels:
                 clients = [Client(i, np.random.default_rng([args.seed, c, i])) for i in range(c)]
                 run_phase(url, clients, catalog, args.warmup, args.k, args.timeout, hlen, client_kind=args.client)
-                records, seconds = run_phase(url, clients, catalog, args.seconds, args.k, args.timeout, hlen,
-                                             client_kind=args.client)
-                steady[c] = {"seconds": seconds, **summarise(records, seconds)}
+                records, seconds, cpu = measured(partial(run_phase, url, clients, catalog, args.seconds, args.k,
+                                                         args.timeout, hlen, client_kind=args.client), proc.pid)
+                steady[c] = {"seconds": seconds, "cpu": cpu, **summarise(records, seconds)}
                 print(f"steady, concurrency {c}:", steady[c]["all"], flush=True)
             clients = [Client(i, np.random.default_rng([args.seed, 0, i])) for i in range(args.reload_concurrency)]
 
@@ -336,9 +365,10 @@ def main() -> None:
                         reload_records.append(Record("reload", time.perf_counter() - t, ok, error=err,
                                                      version=r.json().get("model_version") if ok else None))
 
-            during, during_s = run_phase(url, clients, catalog, args.seconds, args.k, args.timeout, hlen, reloader,
-                                         client_kind=args.client)
-            during_summary = summarise(during + reload_records, during_s)
+            during, during_s, during_cpu = measured(partial(run_phase, url, clients, catalog, args.seconds, args.k,
+                                                            args.timeout, hlen, reloader, client_kind=args.client),
+                                                    proc.pid)
+            during_summary = {"cpu": during_cpu, **summarise(during + reload_records, during_s)}
             print("during reloads:", during_summary["all"], flush=True)
         finally:
             proc.send_signal(signal.SIGINT)
@@ -353,7 +383,9 @@ def main() -> None:
             signal_log = {name: sum(pattern in line for line in server_log) for name, pattern in SIGNAL_LOG.items()}
 
     failures = during_summary["all"]["errors"]
-    result = {"benchmark": "serve_load", "created": dt.datetime.now(dt.UTC).isoformat(), "commit": git_commit(),
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    result = {"benchmark": "serve_load", "command": command, "created": dt.datetime.now(dt.UTC).isoformat(),
+              "commit": git_commit(),
               "machine": machine(), "bundle": str(args.bundle), "reload_bundle": str(args.reload_bundle or args.bundle),
               "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "mix": (f"recommend_history only, {hlen} items" if hlen else dict(zip(ENDPOINTS, MIX, strict=True))),
@@ -371,8 +403,9 @@ def main() -> None:
     stem = "serve_load" + (f"_{args.tag}" if args.tag else "")
     write_json(args.out / f"{stem}.json", result)
     m = result["machine"]
-    lines = [f"# genrec serve under load ({args.bundle}, {len(catalog.ids):,} items)", "",
-             f"- {args.workers} uvicorn worker(s), client threads ({args.client} HTTP client) on the same machine, "
+    lines = [f"# genrec serve under load ({args.bundle}, {len(catalog.ids):,} items)", "", f"`{command}`", "",
+             f"- {args.workers} uvicorn worker(s){', no access log' if args.no_access_log else ''}, client threads "
+             f"({args.client} HTTP client) on the same machine, "
              f"{args.seconds:g} s per "
              f"phase after {args.warmup:g} s warm-up, k {args.k}, deadline {args.deadline_ms:g} ms, fresh SQLite "
              "store; requests: " + (f"recommend by an explicit history of {hlen} items (drawn by training "
@@ -386,6 +419,8 @@ def main() -> None:
     for title, summary in phases:
         lines += [f"## {title} ({summary['all']['requests']:,} requests, {summary['all']['per_s']:.0f} req/s, "
                   f"{summary['all']['errors']} errors)", "",
+                  f"CPU per request: server {summary['cpu']['server_cpu_ms_per_request']:.2f} ms, load generator "
+                  f"{summary['cpu']['client_cpu_ms_per_request']:.2f} ms.", "",
                   "| endpoint | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | fallbacks |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for e in (*ENDPOINTS, "reload"):
