@@ -145,8 +145,11 @@ class Pipeline:
             r = ranked[i]
             pick = r.order[:job.k]
             items = self.items(top[pick], r.final[pick].tolist())
-            for row, j in zip(items, pick.tolist(), strict=True):
-                row["retrieval_score"] = float(scores[j])
-                row["predictions"] = {t: None if np.isnan(v[j]) else float(v[j]) for t, v in r.predictions.items()}
+            tasks = list(r.predictions)
+            preds = np.stack([r.predictions[t][pick] for t in tasks], axis=1) if tasks else np.zeros((len(pick), 0))
+            known = (~np.isnan(preds)).tolist()
+            for row, retrieval, values, real in zip(items, scores[pick].tolist(), preds.tolist(), known, strict=True):
+                row["retrieval_score"] = retrieval
+                row["predictions"] = {t: v if ok else None for t, v, ok in zip(tasks, values, real, strict=True)}
             out.append((items, mode + "+ranker", warnings))
         return out
