@@ -1,11 +1,12 @@
 """Prefix trie and constrained beam search: the trie holds exactly the items, decoding never leaves it, never
-repeats an item, handles beams wider than the catalog, and the KV cache changes nothing."""
+repeats an item, handles beams wider than the catalog, and equals the plain reference search."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from tests.nn.test_beam_equivalence import reference_beam_search
 
 from genrec.errors import DataError
 from genrec.models.tiger import TIGER, TigerConfig
@@ -107,12 +108,21 @@ def test_k_and_beam_limits():
 
 
 @pytest.mark.parametrize("beam", [3, 40])
-def test_cached_decoding_equals_uncached(beam):
+def test_fast_search_equals_the_plain_reference(beam):
     model = tiny_model()
     a_items, a_scores = beam_search(model, histories(30), model.trie(), beam=beam)
-    b_items, b_scores = beam_search(model, histories(30), model.trie(), beam=beam, use_cache=False)
-    assert torch.equal(a_items, b_items)
-    assert torch.allclose(a_scores, b_scores, atol=1e-5)
+    b_items, b_scores = reference_beam_search(model, histories(30), model.trie(), beam)
+    width = b_items.shape[1]
+    assert torch.equal(a_items[:, :width], b_items)
+    assert torch.allclose(a_scores[:, :width], b_scores, atol=1e-5)
+
+
+def test_leaf_counts_and_branching():
+    codes = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0], [2, 1, 2]])
+    trie = PrefixTrie(codes, SIZES)
+    assert trie.leaves[0].tolist() == [4, 0]  # the root, then the dead row
+    assert sorted(trie.leaves[1].tolist()[:-1]) == [1, 3] and sorted(trie.leaves[2].tolist()[:-1]) == [1, 1, 2]
+    assert trie.branching(1, torch.tensor([0, 1, -1])).tolist() == [True, False, False]
 
 
 def test_batched_equals_one_user_at_a_time():

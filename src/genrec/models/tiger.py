@@ -37,7 +37,7 @@ from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.models.base import ModelInputError, check_ids
-from genrec.nn.beam import ColdMixer, PrefixTrie, beam_search
+from genrec.nn.beam import ColdMixer, PrefixTrie, beam_search, slate_search
 
 PAD, BOS, N_SPECIAL = 0, 1, 2
 
@@ -54,6 +54,17 @@ class ColdMixing(BaseModel):
     prefix: int | None = Field(None, ge=1, description="Leading codes a cold item must share with a beam to "
                                "join after it; default every content level, i.e. all codes but the final "
                                "uniqueness code. Must be below the number of codes per item.")
+
+
+class Slate(BaseModel):
+    """Slate decoding (``genrec.nn.beam.slate_search``): recommendations as a set with at most one item per ID
+    prefix, so no two items are near-duplicates. Off by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefix: int | None = Field(None, ge=1, description="Leading codes two slate items may not share (1..C-1, "
+                               "C codes per item); unset decodes the plain top-K.")
+    group_beams: int = Field(2, ge=1, description="Beams each prefix keeps while its best item is decoded.")
 
 
 class TigerConfig(BaseModel):
@@ -85,6 +96,9 @@ class TigerConfig(BaseModel):
                                      "validation users instead of all of them (beam search is not free).")
     cold_mixing: ColdMixing = Field(default_factory=ColdMixing, description="Mix items never seen in training "
                                     "into the top-K by shared ID prefix (TIGER's cold start); off by default.")
+    slate: Slate = Field(default_factory=Slate, description="Decode every recommendation list as a slate of "
+                         "items with pairwise different ID prefixes (also what a served model returns); off by "
+                         "default.")
 
 
 class Attention(nn.Module):
@@ -111,6 +125,15 @@ class Attention(nn.Module):
     def merge(self, a: torch.Tensor) -> torch.Tensor:  # [B, H, N, Dh] -> [B, N, D]
         return self.out(a.transpose(1, 2).reshape(a.shape[0], a.shape[2], -1))
 
+    def qkv_weight(self) -> torch.Tensor:
+        """q and kv weights as one matrix (one matmul per decoding step instead of two), for inference only:
+        a copy kept until either weight changes in place or moves."""
+        q, kv = self.q.weight, self.kv.weight
+        key = (q.data_ptr(), q._version, kv.data_ptr(), kv._version)
+        if self.__dict__.get("_qkv_key") != key:
+            self.__dict__["_qkv"], self.__dict__["_qkv_key"] = torch.cat([q, kv]).detach(), key
+        return self.__dict__["_qkv"]
+
 
 def feed_forward(cfg: TigerConfig) -> nn.Sequential:
     act = nn.ReLU() if cfg.activation == "relu" else nn.GELU()
@@ -123,11 +146,15 @@ class EncoderBlock(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
         self.attn, self.ffn, self.drop = Attention(cfg), feed_forward(cfg), nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """x [B, S, D]; key_mask [B, 1, 1, S] (True = a real token)."""
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """x [B, S, D]; key_mask [B, 1, 1, S] (True = a real token; None = all are)."""
         h = self.norm1(x)
-        k, v = self.attn.project_kv(h)
-        a = F.scaled_dot_product_attention(self.attn.project_q(h), k, v, attn_mask=key_mask)
+        if self.training or torch.is_grad_enabled():
+            q, (k, v) = self.attn.project_q(h), self.attn.project_kv(h)
+        else:  # inference: one matmul for q, k and v
+            b, s, heads, hd = *h.shape[:2], self.attn.heads, self.attn.head_dim
+            q, k, v = F.linear(h, self.attn.qkv_weight()).view(b, s, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         x = x + self.drop(self.attn.merge(a))
         return x + self.drop(self.ffn(self.norm2(x)))
 
@@ -162,6 +189,25 @@ class DecoderBlock(nn.Module):
         x = x + self.drop(self.cross_attn.merge(a).view(b, w, t, d))
         return x + self.drop(self.ffn(self.norm3(x)))
 
+    def step(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor | None,
+             cache: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One cached decoding step without dropout (inference): x [B, W, D] -> [B, W, D]. The same function
+        as ``forward`` with T = 1, in fewer tensor ops (a beam step is small enough that op overhead counts)."""
+        b, w, d = x.shape
+        n, heads, hd = b * w, self.self_attn.heads, self.self_attn.head_dim
+        x = x.reshape(n, d)
+        q, k, v = F.linear(self.norm1(x), self.self_attn.qkv_weight()).view(n, 3, heads, 1, hd).unbind(1)
+        if "k" in cache:
+            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+        cache["k"], cache["v"] = k, v
+        x = x + self.self_attn.out(F.scaled_dot_product_attention(q, k, v).view(n, heads * hd))
+        q = self.cross_attn.q(self.norm2(x)).view(b, w, heads, hd).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, *memory_kv, attn_mask=memory_mask)
+        x = x + self.cross_attn.out(a.transpose(1, 2).reshape(n, heads * hd))
+        ffn = self.ffn
+        x = x + ffn[3](ffn[1](ffn[0](self.norm3(x))))
+        return x.view(b, w, d)
+
 
 class TIGER(nn.Module):
     """``codes`` [n_items + 1, C] (row 0 = padding) travel with the weights as a buffer, so a saved model
@@ -185,6 +231,12 @@ class TIGER(nn.Module):
                               f"prefix must be 1..{self.n_levels - 1}")
         if config.cold_mixing.epsilon > 0 and self.n_levels < 2:
             raise ConfigError("model.cold_mixing needs IDs of 2 or more codes (a shared prefix and a final code)")
+        if config.slate.prefix is not None and config.slate.prefix >= self.n_levels:
+            raise ConfigError(f"model.slate.prefix {config.slate.prefix}: an item has {self.n_levels} codes, so a "
+                              f"slate prefix must be 1..{self.n_levels - 1}")
+        if config.slate.prefix is not None and config.cold_mixing.epsilon > 0:
+            raise ConfigError("model.slate and model.cold_mixing cannot both be on (a mixed-in cold item shares "
+                              "its beam's prefix)")
         self.register_buffer("level_offsets", torch.from_numpy(offsets), persistent=False)
         self.tok_emb = nn.Embedding(N_SPECIAL + sum(self.sizes), config.dim, padding_idx=PAD)
         self.enc_level = nn.Embedding(self.n_levels, config.dim)
@@ -238,8 +290,11 @@ class TIGER(nn.Module):
         last = torch.zeros_like(mask)
         last[..., -(1 if self.config.encoder_tokens == "items" else self.n_levels):] = True
         mask = mask | (last & ~mask.any(dim=-1, keepdim=True))
+        # Inference skips an all-true mask (the attention kernel then has nothing to apply); training never
+        # waits on the device for that check.
+        attn_mask = None if not torch.is_grad_enabled() and bool(mask.all()) else mask
         for block in self.encoder:
-            x = block(x, mask)
+            x = block(x, attn_mask)
         return self.enc_norm(x), mask
 
     def memory_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -257,6 +312,11 @@ class TIGER(nn.Module):
         (one dict per block) earlier steps' keys and values are reused and T must be 1 after the first call."""
         t = tokens.shape[2]
         x = self.drop(self.tok_emb(tokens) + self.dec_step.weight[start:start + t])
+        if caches is not None and t == 1 and not (self.training or torch.is_grad_enabled()):
+            x = x[:, :, 0]
+            for block, kv, cache in zip(self.decoder, memory_kv, caches, strict=True):
+                x = block.step(x, kv, memory_mask, cache)
+            return self.dec_norm(x)[:, :, None]
         for i, block in enumerate(self.decoder):
             x = block(x, memory_kv[i], memory_mask, None if caches is None else caches[i])
         return self.dec_norm(x)
@@ -269,13 +329,12 @@ class TIGER(nn.Module):
     @staticmethod
     def reorder_caches(caches: list[dict[str, torch.Tensor]], parents: torch.Tensor) -> None:
         """Keep beam ``parents[b, j]`` of user b as its new beam j (in place); parents [B, W']."""
-        b, w_new = parents.shape
+        b = parents.shape[0]
         for cache in caches:
             for key, value in cache.items():
                 w = value.shape[0] // b
-                v = value.view(b, w, *value.shape[1:])
-                idx = parents.view(b, w_new, *([1] * (v.dim() - 2))).expand(b, w_new, *v.shape[2:])
-                cache[key] = v.gather(1, idx).reshape(b * w_new, *value.shape[1:])
+                rows = (parents + torch.arange(0, b * w, w, device=parents.device)[:, None]).view(-1)
+                cache[key] = value.index_select(0, rows)
 
     # --- training --------------------------------------------------------------------------------------
 
@@ -306,23 +365,45 @@ class TIGER(nn.Module):
     # --- inference -------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def recommend(self, history: torch.Tensor, k: int = 10, beam: int | None = None, epsilon: float | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    def recommend(self, history: torch.Tensor, k: int = 10, beam: int | None = None, epsilon: float | None = None,
+                  slate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k items [B, k] and their log-probabilities from beam search over valid IDs only (item 0 with
         score -inf where fewer than k items are reachable). ``history`` [B, L] left-padded item ids.
 
         With cold mixing on (``epsilon``, default ``config.cold_mixing.epsilon``, > 0 and some item marked
         cold), cold items sharing a beam's ID prefix are mixed in (:meth:`mix_cold`): their score is the
-        beam's log-probability, lowered just enough to rank right below the item before them."""
+        beam's log-probability, lowered just enough to rank right below the item before them. With a slate
+        prefix (``slate``, default ``config.slate.prefix``; 0 = none) the list is :meth:`recommend_slate`'s."""
         self._check_history(history)
         if k < 1:
             raise ModelInputError(f"k must be at least 1, got {k}")
-        beam = beam or max(k, self.config.beam_width)
+        prefix = self.config.slate.prefix if slate is None else (int(slate) or None)
         eps = self.config.cold_mixing.epsilon if epsilon is None else float(epsilon)
+        if prefix is not None:
+            if eps > 0 and bool(self.cold.any()):
+                raise ValueError("a slate cannot mix in cold items (they share their beam's prefix); pass epsilon=0")
+            return self.recommend_slate(history, n=k, prefix=prefix, beam=max(beam or 2 * k, k))
+        beam = beam or max(k, self.config.beam_width)
         if eps == 0 or not bool(self.cold.any()):
             return beam_search(self, history, self.trie(), beam=beam, k=k)
         items, scores = beam_search(self, history, self.trie(), beam=beam, k=beam)
         return self.mix_cold(items, scores, k, eps)
+
+    @torch.no_grad()
+    def recommend_slate(self, history: torch.Tensor, n: int = 10, prefix: int | None = None, beam: int | None = None,
+                        group_beams: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A slate of ``n`` items per user [B, n] with pairwise different first ``prefix`` codes (default
+        ``config.slate.prefix``, else every content level: all codes but the last), best first, and their
+        log-probabilities (``genrec.nn.beam.slate_search``; ``beam`` prefixes are searched, default 2 n)."""
+        self._check_history(history)
+        if n < 1:
+            raise ModelInputError(f"n must be at least 1, got {n}")
+        prefix = prefix or self.config.slate.prefix or self.n_levels - 1
+        if not 1 <= prefix < self.n_levels:
+            raise ModelInputError(f"slate prefix {prefix}: an item has {self.n_levels} codes, so a prefix must be "
+                                  f"1..{self.n_levels - 1}")
+        return slate_search(self, history, self.trie(), n=n, prefix=prefix, beam=beam,
+                            group_beams=group_beams or self.config.slate.group_beams)
 
     def mix_cold(self, items: torch.Tensor, scores: torch.Tensor, k: int, epsilon: float | None = None,
                  prefix: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

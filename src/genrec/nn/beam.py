@@ -1,10 +1,14 @@
 """Constrained beam search over semantic IDs: a prefix trie of the valid IDs as dense tensors, and a beam
 search that only ever extends a beam with a code that keeps it a prefix of some item's ID.
 
-The trie has one table per depth t: ``masks[t]`` [prefixes of length t + 1 (a dead row last), size_t] says
-which codes may follow each valid prefix, and the sorted ``keys[t] = prefix * size_t + code`` map a chosen
-code to the next prefix's row (at the last depth: to the item). Nothing is a Python dict or a per-item loop,
-so the whole batch of users and beams moves through it with a few gathers per step.
+The trie has tables per depth t, one row per prefix of length t (a dead row last): ``masks[t]`` [rows,
+size_t] says which codes may follow the prefix, ``leaves[t]`` [rows] how many items lie below it, and the
+sorted ``keys[t] = prefix * size_t + code`` map a chosen code to the next prefix's row (at the last depth:
+to the item). Nothing is a Python dict or a per-item loop, so the whole batch of users and beams moves
+through it with a few gathers per step.
+
+``beam_search`` finds the most likely items; ``slate_search`` finds a slate: the most likely items with
+pairwise different ID prefixes (no two near-duplicates), by the same search with one group of beams per prefix.
 
 The decoder is anything with the generator's interface (``encode``, ``memory_kv``, ``new_caches``,
 ``decode``, ``level_logits``, ``code_tokens``, ``reorder_caches``; see ``genrec.models.tiger``).
@@ -42,9 +46,11 @@ class PrefixTrie:
         self.masks: list[torch.Tensor] = []
         self.keys: list[torch.Tensor] = []
         self.children: list[torch.Tensor] = []
+        self.leaves: list[torch.Tensor] = []
         node = torch.zeros(self.n_items, dtype=torch.int64)  # every item starts at the root
         n_nodes = 1
         for t, size in enumerate(sizes):
+            self.leaves.append(torch.cat([torch.bincount(node, minlength=n_nodes), torch.zeros(1, dtype=torch.int64)]))
             key = node * size + codes[:, t]
             uniq, inverse = torch.unique(key, sorted=True, return_inverse=True)
             mask = torch.zeros(n_nodes + 1, size, dtype=torch.bool)  # the extra last row: dead beams (-1)
@@ -73,13 +79,18 @@ class PrefixTrie:
 
     def to(self, device: torch.device | str) -> PrefixTrie:
         """The lookup tables on ``device`` (where the beams are); ``codes`` stay on the CPU. In place."""
-        for tables in (self.masks, self.keys, self.children):
+        for tables in (self.masks, self.keys, self.children, self.leaves):
             tables[:] = [t.to(device) for t in tables]
         return self
 
     def allowed(self, t: int, nodes: torch.Tensor) -> torch.Tensor:
         """Codes that may follow each prefix: nodes [...] (rows of depth t, -1 = dead) -> [..., size_t] bool."""
         return self.masks[t][nodes]
+
+    def branching(self, t: int, nodes: torch.Tensor) -> torch.Tensor:
+        """Whether more than one item lies below each prefix of length t (-1 = dead: False): only then does
+        the next code carry any choice."""
+        return self.leaves[t][nodes] > 1
 
     def child(self, t: int, nodes: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """The prefix one code longer (at the last depth: the item id), or -1 where it is not a valid ID."""
@@ -230,54 +241,113 @@ class ColdMixer:
         return warm, cold
 
 
-@torch.no_grad()
 def beam_search(model, history: torch.Tensor, trie: PrefixTrie, beam: int = 10, k: int | None = None,
-                use_cache: bool = True, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` (default: ``beam``) most likely valid items per user and their log-probabilities.
 
     history [B, L] left-padded item ids. At every step each of the (at most) ``beam`` beams may be extended
     only by codes the trie allows, so every finished beam is a distinct item. ``renormalize`` takes the
     softmax over the allowed codes only (the probability of the next code given that the ID is valid).
-    Where fewer than ``k`` items can be reached the rest is item 0 with score -inf. ``use_cache=False``
-    re-runs the decoder over the whole prefix at every step (the plain reference for the KV cache).
+    Where fewer than ``k`` items can be reached the rest is item 0 with score -inf.
+
+    The encoder runs once per user and the decoder one step at a time on its KV cache. With ``renormalize``
+    a beam whose prefix leads to a single item is already finished (every later code is forced, with
+    log-probability 0), so the decoder runs only on the beams that still branch.
     """
     k = beam if k is None else k
     if beam < 1 or k < 1:
         raise ValueError(f"beam ({beam}) and k ({k}) must be >= 1")
     if k > beam:
         raise ValueError(f"k ({k}) cannot exceed the beam width ({beam}): beam search only finds `beam` items")
-    b = history.shape[0]
-    memory, memory_mask = model.encode(history)
-    memory_kv = model.memory_kv(memory)
-    caches = model.new_caches() if use_cache else None
-    tokens = torch.full((b, 1, 1), BOS, dtype=torch.int64, device=history.device)  # this step's input
-    prefix = tokens  # every step's input so far (uncached decoding only)
-    scores = torch.zeros(b, 1, device=history.device)
-    nodes = torch.zeros(b, 1, dtype=torch.int64, device=history.device)
-    for t in range(trie.depth):
-        if use_cache:
-            h = model.decode(tokens, t, memory_kv, memory_mask, caches)[:, :, -1]
-        else:
-            h = model.decode(prefix, 0, memory_kv, memory_mask)[:, :, -1]
-        logits = model.level_logits(h, t).float()  # [B, W, size_t]
-        allowed = trie.allowed(t, nodes)
-        logp = torch.log_softmax(logits.masked_fill(~allowed, -torch.inf) if renormalize else logits, dim=-1)
-        logp = logp.masked_fill(~allowed, -torch.inf)  # also clears the NaN rows of dead beams
-        size = logp.shape[-1]
-        candidates = (scores[:, :, None] + logp).view(b, -1)
-        scores, idx = candidates.topk(min(beam, candidates.shape[1]), dim=1)
-        parent, code = idx // size, idx % size
-        nodes = trie.child(t, nodes.gather(1, parent), code).masked_fill(torch.isinf(scores), -1)
-        if t + 1 < trie.depth:
-            tokens = model.code_tokens(code, t)[:, :, None]
-            if use_cache:
-                model.reorder_caches(caches, parent)
-            else:
-                prefix = torch.cat([prefix.gather(1, parent[:, :, None].expand(-1, -1, prefix.shape[2])), tokens], 2)
-    items = nodes.clamp(min=0)
-    scores = scores.masked_fill(items == 0, -torch.inf)
-    if items.shape[1] < k:  # fewer beams than k (a tiny catalog): pad with "nothing"
+    with torch.inference_mode():
+        items, scores, _ = _search(model, history, trie, beam, renormalize)
+    return _pad(items, scores, k)
+
+
+def slate_search(model, history: torch.Tensor, trie: PrefixTrie, n: int = 10, prefix: int = 1,
+                 beam: int | None = None, group_beams: int = 2, renormalize: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A slate of ``n`` items per user whose IDs pairwise differ in their first ``prefix`` codes, best first,
+    with their log-probabilities: items [B, n], scores [B, n] (item 0, score -inf where fewer are reachable).
+
+    The method: beam search with ``beam`` (default ``2 n``) beams over the first ``prefix`` codes finds the
+    most likely prefixes; each prefix then founds a group that keeps its own ``group_beams`` best beams to the
+    last code (a constrained beam search: one group never crowds out another), the best item of each group
+    represents it, and the ``n`` best groups form the slate. Every item is valid, and no two share a prefix.
+    """
+    beam = 2 * n if beam is None else beam
+    if n < 1 or group_beams < 1:
+        raise ValueError(f"n ({n}) and group_beams ({group_beams}) must be >= 1")
+    if n > beam:
+        raise ValueError(f"n ({n}) cannot exceed the beams over prefixes ({beam}): each slate item is one prefix")
+    if not 1 <= prefix < trie.depth:
+        raise ValueError(f"a slate prefix must be 1..{trie.depth - 1} codes (an ID has {trie.depth}), got {prefix}")
+    with torch.inference_mode():
+        items, scores, per = _search(model, history, trie, beam, renormalize, prefix, group_beams)
+        b = items.shape[0]
+        items, scores = items.view(b, -1, per)[:, :, 0], scores.view(b, -1, per)[:, :, 0]  # each group's best
+        scores, order = scores.topk(min(n, scores.shape[1]), dim=1)
+        items = items.gather(1, order)
+    return _pad(items, scores, n)
+
+
+def _pad(items: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` columns, padded with item 0 / score -inf where there are fewer (a tiny catalog)."""
+    b = items.shape[0]
+    if items.shape[1] < k:
         pad = k - items.shape[1]
         items = torch.cat([items, items.new_zeros(b, pad)], dim=1)
         scores = torch.cat([scores, scores.new_full((b, pad), -torch.inf)], dim=1)
     return items[:, :k], scores[:, :k]
+
+
+def _search(model, history: torch.Tensor, trie: PrefixTrie, beam: int, renormalize: bool,
+            group_from: int | None = None, group_beams: int = 1) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Finished beams: items, scores [B, W] and how many beams each group holds (1 without groups).
+
+    The live beams of each user (those that still branch) are packed into ``n`` decoder slots (n = the most
+    live beams of any user) and the KV cache holds slot rows. With ``group_from`` (a prefix length p) each
+    beam at step p founds a group; from then on every group keeps its ``group_beams`` best beams, stored
+    next to each other (beam g * per + j is beam j of group g), best first."""
+    b, device = history.shape[0], history.device
+    memory, memory_mask = model.encode(history)
+    memory_mask = None if bool(memory_mask.all()) else memory_mask  # no padding: nothing to mask
+    memory_kv = model.memory_kv(memory)
+    caches = model.new_caches()
+    scores = torch.zeros(b, 1, device=device)
+    nodes = torch.zeros(b, 1, dtype=torch.int64, device=device)
+    code = slot = parent = None  # the last step's codes, slot of each beam, parent of each beam
+    per = 1
+    for t in range(trie.depth):
+        live = trie.branching(t, nodes) if renormalize else nodes >= 0
+        n = int(live.sum(dim=1).max())  # the one host sync of a step: how many slots the decoder needs
+        size = trie.sizes[t]
+        if n:
+            order = torch.argsort((~live).to(torch.uint8), dim=1, stable=True)[:, :n]  # live beams first
+            if code is None:
+                tokens = torch.full((b, 1, 1), BOS, dtype=torch.int64, device=device)
+            else:
+                tokens = model.code_tokens(code.gather(1, order), t - 1)[:, :, None]
+                model.reorder_caches(caches, slot.gather(1, parent.gather(1, order)))
+            h = model.decode(tokens, t, memory_kv, memory_mask, caches)[:, :, -1]
+            slot = (live.cumsum(dim=1) - 1).clamp(min=0)  # the slot of each live beam
+            logits = model.level_logits(h, t).float().gather(1, slot[:, :, None].expand(-1, -1, size))
+        else:  # every beam is finished: only forced codes are left
+            logits = torch.zeros(*nodes.shape, size, device=device)
+        allowed = trie.allowed(t, nodes)
+        # A finished beam has one allowed code, so its log-probability is exactly 0 whatever its logits.
+        logp = torch.log_softmax(logits.masked_fill(~allowed, -torch.inf) if renormalize else logits, dim=-1)
+        logp = logp.masked_fill(~allowed, -torch.inf)  # also clears the NaN rows of dead beams
+        candidates = scores[:, :, None] + logp  # [B, W, size]
+        if group_from is None or t < group_from:
+            scores, idx = candidates.view(b, -1).topk(min(beam, candidates[0].numel()), dim=1)
+            parent, code = idx // size, idx % size
+        else:  # each group keeps its own best beams
+            groups = candidates.shape[1] // per
+            scores, idx = candidates.view(b, groups, per * size).topk(min(group_beams, per * size), dim=2)
+            first = torch.arange(0, groups * per, per, device=device)[None, :, None]  # each group's first beam
+            parent, code = (idx // size + first).view(b, -1), (idx % size).view(b, -1)
+            per, scores = idx.shape[2], scores.view(b, -1)
+        nodes = trie.child(t, nodes.gather(1, parent), code).masked_fill(torch.isinf(scores), -1)
+    items = nodes.clamp(min=0)
+    return items, scores.masked_fill(items == 0, -torch.inf), per
