@@ -64,3 +64,29 @@ def test_handler_is_not_installed_off_the_main_thread(serving):
     t.start()
     t.join()
     assert result == [False]
+
+
+def test_frozen_heap_is_released_on_reload_and_frozen_again(bundles, tmp_path, monkeypatch):
+    """With freeze_gc (genrec serve) the loaded app is frozen out of the collector's full scans; a reload unfreezes
+    it so the old model can be freed, then the heap is collected and frozen again (REFREEZE_S later)."""
+    import gc
+    import weakref
+
+    import genrec.serve.app as app_module
+
+    monkeypatch.setattr(app_module, "REFREEZE_S", 0.05)
+    try:
+        app = create_app(Settings(bundle=bundles[0], store=str(tmp_path / "h.sqlite"), freeze_gc=True))
+        assert gc.get_freeze_count() > 0
+        serving = app.state.serving
+        old = weakref.ref(serving.current())
+        serving.reload(bundles[1])
+        assert gc.get_freeze_count() == 0  # the old model is collectable again
+        for _ in range(200):
+            if gc.get_freeze_count() > 0:
+                break
+            time.sleep(0.01)
+        assert gc.get_freeze_count() > 0 and old() is None  # collected, then the heap frozen again
+        assert serving.current().recommend(["3", "4"], k=3).items
+    finally:
+        gc.unfreeze()
