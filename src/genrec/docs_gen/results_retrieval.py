@@ -166,12 +166,14 @@ def _beam_latency(res: Results) -> list[str]:
     blocks = ["## Constrained beam search latency"]
     for stem in res.stems("beam_latency"):
         data = res.load(stem)
-        rows = [[r["beam"], r["batch"], fixed(r["ms_per_user"], 2), fixed(r["ms_per_call_p50"]),
-                 fixed(r["ms_per_call_p99"]), fixed(r["users_per_s"], 0), r["invalid_ids"]] for r in data["rows"]]
+        rows = [[r.get("impl", ""), r.get("threads", data.get("threads")), r["beam"], r["batch"],
+                 fixed(r["ms_per_user"], 2), fixed(r["ms_per_call_p50"]), fixed(r["ms_per_call_p99"]),
+                 fixed(r.get("cpu_ms_per_user"), 2), fixed(r["users_per_s"], 0), r["invalid_ids"]]
+                for r in data["rows"]]
         layout = data.get("config", {}).get("encoder_tokens", "codes")
-        blocks += [f"Encoder layout `{layout}`, {count(data['n_items'])} items, {data.get('threads')} threads.",
-                   table(["beam", "users per call", "ms / user", "p50 ms / call", "p99 ms / call", "users / s",
-                          "invalid IDs"], rows), provenance(data, stem)]
+        blocks += [f"Encoder layout `{layout}`, {count(data['n_items'])} items; {data.get('model', '')}.",
+                   table(["code", "threads", "beam", "users per call", "ms / user", "p50 ms / call", "p99 ms / call",
+                          "CPU ms / user", "users / s", "invalid IDs"], rows), provenance(data, stem)]
     return blocks
 
 

@@ -18,6 +18,9 @@ absent from the training sequences, and the mark travels with the weights) whose
 beam's leading codes are mixed into the top-K, at most ``ceil(epsilon * n)`` of every top n
 (``genrec.nn.beam.ColdMixer``).
 
+Slates (``config.slate`` or :meth:`TIGER.recommend_slate`): the list is decoded as a set with at most one item
+per ID prefix of p codes, so it holds no near-duplicates (``genrec.nn.beam.slate_search``).
+
 Encoder input embedding = token + level (0..C-1) + item position counted from the most recent item (with
 ``encoder_tokens: items`` the C code embeddings of an item are summed into one token first); decoder
 input embedding = token + decoding step. Blocks are pre-norm with ``heads x head_dim`` attention that need not
@@ -393,12 +396,12 @@ class TIGER(nn.Module):
     def recommend_slate(self, history: torch.Tensor, n: int = 10, prefix: int | None = None, beam: int | None = None,
                         group_beams: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A slate of ``n`` items per user [B, n] with pairwise different first ``prefix`` codes (default
-        ``config.slate.prefix``, else every content level: all codes but the last), best first, and their
+        ``config.slate.prefix``, else 1: no two items from the same top-level cluster), best first, and their
         log-probabilities (``genrec.nn.beam.slate_search``; ``beam`` prefixes are searched, default 2 n)."""
         self._check_history(history)
         if n < 1:
             raise ModelInputError(f"n must be at least 1, got {n}")
-        prefix = prefix or self.config.slate.prefix or self.n_levels - 1
+        prefix = prefix or self.config.slate.prefix or 1
         if not 1 <= prefix < self.n_levels:
             raise ModelInputError(f"slate prefix {prefix}: an item has {self.n_levels} codes, so a prefix must be "
                                   f"1..{self.n_levels - 1}")
