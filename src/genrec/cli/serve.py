@@ -37,6 +37,9 @@ def serve_cmd(
                                                "threads per request oversubscribe the cores under load.", min=1)
                              ] = 1,
     access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn's access log).")] = True,
+    experiment: Annotated[Path | None, typer.Option(envvar="GENREC_SERVE_EXPERIMENT", help="Run this experiment "
+                                                    "file (A/B or interleaving arms; env GENREC_SERVE_EXPERIMENT); "
+                                                    "every answer is logged to the store's exposure log.")] = None,
 ) -> None:
     """Serve recommendations over HTTP: POST /v1/recommend and /v1/events, GET /v1/items/{id}/similar, /healthz,
     /readyz, /metrics, POST /admin/reload, OpenAPI docs at /docs."""
@@ -51,6 +54,13 @@ def serve_cmd(
     if store and redis_url:
         raise ConfigError("give --store or --redis-url, not both")
     load_manifest(bundle)  # fail here, with the bundle's own error, before any worker starts
+    if experiment is not None:
+        from genrec.experiment.config import load_experiment
+
+        load_experiment(experiment)  # a bad file: its error now, not one per worker
+        os.environ["GENREC_SERVE_EXPERIMENT"] = str(experiment.absolute())
+    else:
+        os.environ.pop("GENREC_SERVE_EXPERIMENT", None)
     os.environ.update({"GENREC_SERVE_BUNDLE": str(bundle.absolute()), "GENREC_SERVE_STORE": redis_url or store or "",
                        "GENREC_SERVE_MAX_BODY": str(max_body_bytes), "GENREC_SERVE_MAX_EVENTS": str(max_events),
                        "GENREC_SERVE_DEADLINE_MS": str(deadline_ms) if deadline_ms else "none",

@@ -18,6 +18,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,6 +42,7 @@ try:
 except ImportError:  # pragma: no cover - the serve extra installs it
     orjson = None
 
+from genrec.experiment.serving import ExperimentServer, answer_fields, serve_plain
 from genrec.serve.catalog import Column
 from genrec.serve.recommender import Recommender
 from genrec.serve.schemas import (
@@ -81,6 +83,7 @@ class Settings:
     deadline_ms: float | None = 200.0
     max_events: int = 200
     freeze_gc: bool = False  # genrec serve: see freeze_gc()
+    experiment: Path | None = None  # an experiment file (genrec.experiment.serving)
 
 
 REFREEZE_S = 30.0  # after a reload, the old model is collected and the heap frozen again this much later
@@ -103,6 +106,7 @@ class Serving:
         self._lock = threading.Lock()
         self._refreeze: threading.Timer | None = None
         self.recommender = Recommender.load(settings.bundle)
+        self.experiment = ExperimentServer.load(settings.experiment) if settings.experiment else None
         self.ready = False
         self.registry = CollectorRegistry()
         self.requests = Counter("genrec_requests_total", "HTTP requests", ["endpoint", "status"],
@@ -194,11 +198,12 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
     async def recommend(body: RecommendRequest, s: Serving = Depends(state)) -> Response:
         # async: the checks and the answer run on the event loop and only the model runs on a worker thread
         # (Recommender.recommend_async), which saves a thread hand-over per request under load
-        rec = s.current()
+        rec, experiment = s.current(), s.experiment
         warnings: list[str] = []
         history, timestamps, actions, contexts = body.history or [], body.timestamps, body.actions, body.history_context
         if body.user_id is not None:  # the store may wait on a write's fsync: not on the event loop
-            events = await run_in_threadpool(s.store.history, body.user_id, limit=rec.history_needed)
+            needed = experiment.history_needed(rec) if experiment else rec.history_needed
+            events = await run_in_threadpool(s.store.history, body.user_id, limit=needed)
             if not events:
                 warnings.append(f"unknown user {body.user_id!r}: cold-start answer")
             history = [e.item_id for e in events]
@@ -206,19 +211,25 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
                                                                           for e in events) else None
             actions = [e.actions for e in events]
             contexts = [e.context for e in events]
-        try:
-            result = await rec.recommend_async(
-                history, k=body.k, timestamps=timestamps, exclude_seen=body.exclude_seen, allow=body.allow,
+        def run(model: Recommender, k: int, ranker_weight: float | None) -> Any:
+            return model.recommend_async(
+                history, k=k, timestamps=timestamps, exclude_seen=body.exclude_seen, allow=body.allow,
                 deny=body.deny, query=body.query, deadline_ms=s.settings.deadline_ms, actions=actions,
                 user_id=body.user_id, strict_actions=body.user_id is None, history_context=contexts,
-                context=body.context)
+                context=body.context, ranker_weight=ranker_weight)
+
+        request_id = uuid.uuid4().hex
+        try:
+            served = await (experiment.serve(rec, run, body.k, request_id, body.user_id) if experiment
+                            else serve_plain(rec, run, body.k, request_id, body.user_id))
         except ValueError as e:  # e.g. a signal the bundle's ranker does not read
             raise HTTPException(422, str(e)) from None
+        result = served.result
         if result.fallback:
             s.fallbacks.labels(result.reason or "no usable history").inc()
-        return _json({"user_id": body.user_id, "items": result.items, "model_version": rec.version,
+        return _json({"user_id": body.user_id, "items": result.items, "model_version": served.exposure.model_version,
                       "fallback": result.fallback, "reason": result.reason, "mode": result.mode,
-                      "warnings": warnings + result.warnings})
+                      "warnings": warnings + result.warnings, **answer_fields(served)})
 
     @app.post("/v1/events", response_model=None, responses=answers(EventsResponse, *BODY_ERRORS))
     def events(body: EventsRequest, s: Serving = Depends(state)) -> dict[str, Any]:
@@ -485,6 +496,7 @@ def app_from_env() -> FastAPI:
         api_key=env.get("GENREC_API_KEY") or None,
         max_body_bytes=int(env.get("GENREC_SERVE_MAX_BODY", str(1 << 20))),
         deadline_ms=float(deadline) if deadline not in ("", "none") else None,
-        max_events=int(env.get("GENREC_SERVE_MAX_EVENTS", "200")), freeze_gc=True))
+        max_events=int(env.get("GENREC_SERVE_MAX_EVENTS", "200")), freeze_gc=True,
+        experiment=Path(env["GENREC_SERVE_EXPERIMENT"]) if env.get("GENREC_SERVE_EXPERIMENT") else None))
     install_reload_signal(app.state.serving)
     return app

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from genrec.content.query import QueryEncoder, blend_with_query
+from genrec.models.two_stage import final_order, fuse
 from genrec.serve.ranking import RankerInputs, RankingStage, RankRequest
 from genrec.serve.scorers import GeneratorScorer, IdScorer, ScoreRequest
 
@@ -40,6 +41,7 @@ class Job:
     history: list[Any]
     timestamps: list[int] | None
     inputs: RankerInputs | None
+    ranker_weight: float | None = None  # an experiment arm's weight of the ranker score (None: the bundle's)
 
 
 class Pipeline:
@@ -143,6 +145,9 @@ class Pipeline:
                 out.append((self.items(top[:job.k], scores[:job.k].tolist()), mode, warnings))
                 continue
             r = ranked[i]
+            if job.ranker_weight is not None:  # the same score rule with the arm's weight
+                final = fuse(scores[None, :len(r.final)], r.ranker_score[None], job.ranker_weight)[0]
+                r = type(r)(final_order(final), final, r.ranker_score, r.predictions)
             pick = r.order[:job.k]
             items = self.items(top[pick], r.final[pick].tolist())
             tasks = list(r.predictions)

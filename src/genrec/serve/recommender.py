@@ -193,7 +193,8 @@ class Recommender:
         ``{"tab": 1}``) and ``context`` (the request's, every candidate's) feed it. A bad action or context raises
         ValueError; with ``strict_actions=False`` (stored events, which may predate this ranker) the history's
         unknown signals and context names are ignored (the request's own ``context`` is always checked). A ranker
-        failure keeps the retrieval order (warning, no fallback).
+        failure keeps the retrieval order (warning, no fallback). ``ranker_weight`` replaces the bundle's weight of
+        the ranker score for this request (an experiment arm's setting; no ranking stage: ignored).
         """
         t0 = time.perf_counter()
         steps = self._steps(history, k, deadline_ms=deadline_ms, **options)
@@ -236,7 +237,8 @@ class Recommender:
                query: str | None = None, query_weight: float = 0.5, deadline_ms: float | None = None,
                actions: Iterable[dict[str, Any] | None] | None = None, user_id: str | None = None,
                strict_actions: bool = True, history_context: Iterable[dict[str, Any] | None] | None = None,
-               context: dict[str, Any] | None = None) -> Generator[Job, tuple, Recommendation]:
+               context: dict[str, Any] | None = None, ranker_weight: float | None = None
+               ) -> Generator[Job, tuple, Recommendation]:
         """One recommendation as a generator shared by the sync and async drivers: check the arguments (bad ones
         raise ValueError at once), then either return an answer that needs no model, or yield the model's work (a
         :class:`~genrec.serve.pipeline.Job`, run with concurrent requests' on the model thread) and receive its
@@ -289,7 +291,8 @@ class Recommender:
             warnings.append("the model reads timestamps but none were given; time gaps are ignored")
 
         allowed = mask.nonzero().squeeze(1) if allow is not None else None
-        job = Job(known, known_ts, query, float(query_weight), width, allowed, mask, k, user_id, history, ts, inputs)
+        job = Job(known, known_ts, query, float(query_weight), width, allowed, mask, k, user_id, history, ts, inputs,
+                  ranker_weight)
         status, value = yield job
         if status == "deadline":
             warnings.append(f"no answer within the {deadline_ms:g} ms deadline; answered from popularity")

@@ -150,6 +150,11 @@ class RecommendResponse(BaseModel):
     reason: str | None
     mode: str = Field(description="What ranked the items: model, model+query, generator, content, popularity, ...")
     warnings: list[str]
+    request_id: str = Field(description="This answer's id: send it with /v1/events to tie engagement to it.")
+    experiment: str | None = Field(description="The running experiment (genrec serve --experiment), else null.")
+    arm: str | None = Field(description="The experiment arm that answered; null outside an experiment and in "
+                            "interleave mode (both arms' lists merged).")
+    anonymous: bool = Field(description="No user_id: the arm was drawn for this request alone.")
 
 
 class EventsResponse(BaseModel):

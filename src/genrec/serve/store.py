@@ -6,6 +6,11 @@ Two backends behind one small protocol:
   fsynced when it returns and the HTTP layer may answer 2xx.
 - ``RedisStore`` (``--redis-url``): one list per user; durability is the server's (``appendfsync always``).
 
+Beside the capped histories, both keep two append-only logs for experiments (never capped): the **exposures**
+(what each ``/v1/recommend`` answer showed, :class:`Exposure`) and the **engagements** (every appended event with
+the ``request_id`` of the answer it engaged with, when the client sent one), written in the same transaction as
+the history append (SQLite tables; Redis streams ``{prefix}exposures`` / ``{prefix}engagements``).
+
 Every history is capped at ``max_events``: appending drops the oldest events beyond the cap. Bad input raises
 ``ValueError`` naming the field (the HTTP layer answers 422) and never writes part of a batch.
 """
@@ -17,6 +22,7 @@ import math
 import operator
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +52,44 @@ class Event:
         object.__setattr__(self, "timestamp", _as_timestamp(self.timestamp))
         object.__setattr__(self, "actions", _as_actions(self.actions))
         object.__setattr__(self, "context", _as_context(self.context))
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """What one answer showed: ``items`` in shown order (position = index), the experiment and arm (None outside
+    one), ``teams`` (interleaving: 0 or 1 per slot), ``propensities`` (exploring arms: each slot's probability),
+    the model version and ``bundle`` (a checksum of the bundle's files)."""
+
+    request_id: str
+    time: float
+    user_id: str | None
+    anonymous: bool
+    experiment: str | None
+    arm: str | None
+    items: tuple[str, ...]
+    teams: tuple[int, ...] | None = None
+    propensities: tuple[float, ...] | None = None
+    model_version: str | None = None
+    bundle: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> Exposure:
+        lists = {k: tuple(row[k]) for k in ("items", "teams", "propensities") if row.get(k) is not None}
+        return cls(**{**row, **lists})
+
+
+@dataclass(frozen=True, slots=True)
+class Engagement:
+    """One logged event: when the server stored it, the user, the answer it engaged with (or None) and the item."""
+
+    time: float
+    user_id: str
+    request_id: str | None
+    item_id: str
+    actions: dict[str, float] | None = None
 
 
 def _as_actions(value: object) -> dict[str, float] | None:
@@ -92,8 +136,9 @@ class HistoryStore(Protocol):
 
     max_events: int
 
-    def append(self, user_id: str, events: Sequence[Event]) -> int:
-        """Append ``events`` (oldest first) atomically; return the user's history length afterwards (capped)."""
+    def append(self, user_id: str, events: Sequence[Event], request_id: str | None = None) -> int:
+        """Append ``events`` (oldest first) atomically, and to the engagement log with ``request_id`` (the answer
+        they engaged with); return the user's history length afterwards (capped)."""
         ...
 
     def history(self, user_id: str, limit: int | None = None) -> list[Event]:
@@ -101,6 +146,18 @@ class HistoryStore(Protocol):
         ...
 
     def has_user(self, user_id: str) -> bool: ...
+
+    def log_exposures(self, exposures: Sequence[Exposure]) -> list[None]:
+        """Write exposures durably in one transaction (one result each: a :class:`BatchWorker` run)."""
+        ...
+
+    def exposures(self) -> list[Exposure]:
+        """Every logged exposure, oldest first."""
+        ...
+
+    def engagements(self) -> list[Engagement]:
+        """Every logged event, oldest first."""
+        ...
 
     def seed(self, histories: Mapping[str, Sequence[Event]]) -> int:
         """Replace these users' histories in one transaction (e.g. training histories at startup); return users."""
@@ -157,7 +214,14 @@ class SQLiteStore:
         "CREATE TABLE IF NOT EXISTS history ("
         " user_id TEXT NOT NULL, seq INTEGER PRIMARY KEY, item_id TEXT NOT NULL, ts INTEGER)",
         "CREATE INDEX IF NOT EXISTS history_user_seq ON history (user_id, seq)",
+        "CREATE TABLE IF NOT EXISTS exposures (request_id TEXT PRIMARY KEY, time REAL NOT NULL, user_id TEXT,"
+        " anonymous INTEGER NOT NULL, experiment TEXT, arm TEXT, items TEXT NOT NULL, teams TEXT, propensities TEXT,"
+        " model_version TEXT, bundle TEXT)",
+        "CREATE TABLE IF NOT EXISTS engagements (seq INTEGER PRIMARY KEY, time REAL NOT NULL, user_id TEXT NOT NULL,"
+        " request_id TEXT, item_id TEXT NOT NULL, actions TEXT)",
     )
+    _EXPOSURE_COLUMNS = ("request_id", "time", "user_id", "anonymous", "experiment", "arm", "items", "teams",
+                         "propensities", "model_version", "bundle")
     # JSON columns added after the first release: files from before them lack them
     _ADDED_COLUMNS = {"actions": "ALTER TABLE history ADD COLUMN actions TEXT",
                       "context": "ALTER TABLE history ADD COLUMN context TEXT"}
@@ -198,10 +262,15 @@ class SQLiteStore:
                        [(user_id, ev.item_id, ev.timestamp, _json_or_null(ev.actions), _json_or_null(ev.context))
                         for ev in events])
 
-    def append(self, user_id: str, events: Sequence[Event]) -> int:
+    def append(self, user_id: str, events: Sequence[Event], request_id: str | None = None) -> int:
         _check_user(user_id)
-        events = _check_events(events)[-self.max_events:]
+        events = _check_events(events)
+        now = time.time()
         with self._tx() as db:
+            db.executemany("INSERT INTO engagements (time, user_id, request_id, item_id, actions)"
+                           " VALUES (?, ?, ?, ?, ?)",
+                           [(now, user_id, request_id, ev.item_id, _json_or_null(ev.actions)) for ev in events])
+            events = events[-self.max_events:]
             self._insert(db, user_id, events)
             # Drop everything at or below the (cap+1)-th newest seq; NULL (short history) deletes nothing.
             db.execute("DELETE FROM history WHERE user_id = ? AND seq <= (SELECT seq FROM history WHERE user_id = ?"
@@ -222,6 +291,28 @@ class SQLiteStore:
         with self._lock:
             row = self._db.execute("SELECT 1 FROM history WHERE user_id = ? LIMIT 1", (user_id,)).fetchone()
         return row is not None
+
+    def log_exposures(self, exposures: Sequence[Exposure]) -> list[None]:
+        rows = [(e.request_id, e.time, e.user_id, int(e.anonymous), e.experiment, e.arm, json.dumps(e.items),
+                 _json_or_null(e.teams), _json_or_null(e.propensities), e.model_version, e.bundle) for e in exposures]
+        with self._tx() as db:
+            db.executemany(f"INSERT INTO exposures ({', '.join(self._EXPOSURE_COLUMNS)}) VALUES "
+                           f"({', '.join('?' * len(self._EXPOSURE_COLUMNS))})", rows)
+        return [None] * len(rows)
+
+    def exposures(self) -> list[Exposure]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(self._EXPOSURE_COLUMNS)} FROM exposures ORDER BY rowid"
+                                    ).fetchall()
+        return [Exposure.from_json({**dict(zip(self._EXPOSURE_COLUMNS, r, strict=True)), "anonymous": bool(r[3]),
+                                    **{k: None if r[j] is None else json.loads(r[j]) for j, k in
+                                       ((6, "items"), (7, "teams"), (8, "propensities"))}}) for r in rows]
+
+    def engagements(self) -> list[Engagement]:
+        with self._lock:
+            rows = self._db.execute("SELECT time, user_id, request_id, item_id, actions FROM engagements ORDER BY seq"
+                                    ).fetchall()
+        return [Engagement(*r[:4], None if r[4] is None else json.loads(r[4])) for r in rows]
 
     def seed(self, histories: Mapping[str, Sequence[Event]]) -> int:
         checked = _check_histories(histories, self.max_events)
@@ -271,14 +362,18 @@ class RedisStore:
 
         return [json.dumps(fields(ev)) for ev in events]
 
-    def append(self, user_id: str, events: Sequence[Event]) -> int:
+    def append(self, user_id: str, events: Sequence[Event], request_id: str | None = None) -> int:
         _check_user(user_id)
-        events = _check_events(events)[-self.max_events:]
+        events = _check_events(events)
         key = self._key(user_id)
         if not events:
             return self._r.llen(key)
         pipe = self._r.pipeline(transaction=True)
-        pipe.rpush(key, *self._encode(events))
+        now = time.time()
+        for ev in events:
+            pipe.xadd(f"{self.prefix}engagements", {"e": json.dumps([now, user_id, request_id, ev.item_id,
+                                                                     ev.actions])})
+        pipe.rpush(key, *self._encode(events[-self.max_events:]))
         pipe.ltrim(key, -self.max_events, -1)
         pipe.llen(key)
         return pipe.execute()[-1]
@@ -292,6 +387,22 @@ class RedisStore:
 
     def has_user(self, user_id: str) -> bool:
         return bool(self._r.exists(self._key(user_id)))
+
+    def log_exposures(self, exposures: Sequence[Exposure]) -> list[None]:
+        pipe = self._r.pipeline(transaction=True)
+        for e in exposures:
+            pipe.xadd(f"{self.prefix}exposures", {"e": json.dumps(e.to_json())})
+        pipe.execute()
+        return [None] * len(exposures)
+
+    def _stream(self, name: str) -> list[Any]:
+        return [json.loads(fields["e"]) for _, fields in self._r.xrange(f"{self.prefix}{name}")]
+
+    def exposures(self) -> list[Exposure]:
+        return [Exposure.from_json(row) for row in self._stream("exposures")]
+
+    def engagements(self) -> list[Engagement]:
+        return [Engagement(*row) for row in self._stream("engagements")]
 
     def seed(self, histories: Mapping[str, Sequence[Event]]) -> int:
         checked = _check_histories(histories, self.max_events)
@@ -307,7 +418,7 @@ class RedisStore:
         self._r.close()
 
 
-def _json_or_null(value: dict | None) -> str | None:
+def _json_or_null(value: dict | tuple | None) -> str | None:
     return None if value is None else json.dumps(value)
 
 
