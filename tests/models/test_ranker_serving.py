@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from tests.models.test_ranker import ITEM_CAT, SPEC, TIGHT, USER_AGE, make_batch, stacked, with_row_context
+from tests.models.ranker_testing import ITEM_CAT, SPEC, TIGHT, USER_AGE, make_batch, stacked, with_row_context
 
 from genrec.models.ranker import GenerativeRanker, RankerConfig
 
