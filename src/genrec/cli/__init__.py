@@ -12,11 +12,13 @@ from rich.table import Table
 from genrec.cli.app import app, data_app, err, out
 from genrec.cli.app import print_json as _print_json
 from genrec.cli.content import content_app
+from genrec.cli.experiment import experiment_app
 from genrec.cli.serve import serve_cmd
 from genrec.cli.tokenize import tokenize_cmd, tokenize_new_cmd
 from genrec.errors import ConfigError, GenrecError
 
 app.add_typer(content_app, name="content")
+app.add_typer(experiment_app, name="experiment")
 app.command("tokenize")(tokenize_cmd)
 app.command("tokenize-new")(tokenize_new_cmd)
 app.command("serve")(serve_cmd)

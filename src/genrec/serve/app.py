@@ -10,6 +10,7 @@ started with (GENREC_SERVE_BUNDLE) the same way.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import json
@@ -43,6 +44,7 @@ except ImportError:  # pragma: no cover - the serve extra installs it
     orjson = None
 
 from genrec.experiment.serving import ExperimentServer, answer_fields, serve_plain
+from genrec.serve.batching import BatchWorker
 from genrec.serve.catalog import Column
 from genrec.serve.recommender import Recommender
 from genrec.serve.schemas import (
@@ -107,6 +109,8 @@ class Serving:
         self._refreeze: threading.Timer | None = None
         self.recommender = Recommender.load(settings.bundle)
         self.experiment = ExperimentServer.load(settings.experiment) if settings.experiment else None
+        # exposures of concurrent answers share one durable commit (group commit), off the event loop
+        self.exposure_log = BatchWorker(self.store.log_exposures, 256, "genrec-exposures")
         self.ready = False
         self.registry = CollectorRegistry()
         self.requests = Counter("genrec_requests_total", "HTTP requests", ["endpoint", "status"],
@@ -224,6 +228,8 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
                             else serve_plain(rec, run, body.k, request_id, body.user_id))
         except ValueError as e:  # e.g. a signal the bundle's ranker does not read
             raise HTTPException(422, str(e)) from None
+        # durable before the 2xx: an answer the client saw is always in the log
+        await asyncio.wrap_future(s.exposure_log.submit(served.exposure))
         result = served.result
         if result.fallback:
             s.fallbacks.labels(result.reason or "no usable history").inc()
@@ -246,7 +252,8 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
                 rec.ranker.encode_context(contexts)
             except ValueError as e:
                 raise HTTPException(422, str(e)) from None
-        length = s.store.append(body.user_id, [Event(*e) for e in zip(body.items, ts, actions, contexts, strict=True)])
+        length = s.store.append(body.user_id, [Event(*e) for e in zip(body.items, ts, actions, contexts, strict=True)],
+                                request_id=body.request_id)
         return {"user_id": body.user_id, "stored": len(body.items), "known": len(known),
                 "history_length": length, "warnings": warnings}
 

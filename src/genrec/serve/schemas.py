@@ -95,6 +95,9 @@ class EventsRequest(_Body):
     timestamps: Timestamps = Field(None, description="Unix seconds, one per item.")
     actions: list[Actions | None] | None = Field(None, description=ACTIONS_DOC + " One per item.")
     context: list[Context | None] | None = Field(None, description=CONTEXT_DOC + " One per item.")
+    request_id: str | None = Field(None, min_length=1, max_length=64, description="The request_id of the "
+                                   "/v1/recommend answer these items were engaged from (the experiment log ties "
+                                   "them to what it showed).")
 
     @model_validator(mode="after")
     def _aligned(self) -> EventsRequest:
