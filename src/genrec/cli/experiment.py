@@ -3,8 +3,9 @@ evaluation of a candidate bundle from a logged exposure table)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,3 +27,93 @@ def export_exposures_cmd(
 
     rows = export_exposures(store, out_file, experiment)
     out.print(f"{rows:,} shown slots -> {out_file}", highlight=False)
+
+
+@experiment_app.command("report")
+def report_cmd(
+    experiment_file: Annotated[Path, typer.Argument(help="The experiment file the server ran.")],
+    store: StoreOpt,
+    catalog: Annotated[Path | None, typer.Option(help="Bundle folder or items Parquet file: creator health per "
+                                                 "arm when it has --creator-col.")] = None,
+    creator_col: Annotated[str, typer.Option(help="Creator column of --catalog.")] = "author_id",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Per arm: users, exposures, engagements per exposure; differences against the first arm (delta method,
+    CUPED, always-valid interval), the sample-ratio check; interleaving preference; creator and content health."""
+    from genrec.cli.app import print_json
+    from genrec.experiment.config import load_experiment
+    from genrec.experiment.exposures import open_log
+    from genrec.experiment.report import build_report, read_creators
+
+    exp = load_experiment(experiment_file)
+    log = open_log(store)
+    try:
+        report = build_report(exp, log.exposures(), log.engagements(), read_creators(catalog, creator_col))
+    finally:
+        log.close()
+    if as_json:
+        return print_json(_finite(report))
+    _print_report(report)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _ci(e: dict | None, pct: bool = False) -> str:
+    if e is None:
+        return "n/a (too few users)"
+    f = (lambda x: f"{100 * x:+.2f}%") if pct else (lambda x: f"{x:.4f}")
+    return f"{f(e['value'])} [{f(e['low'])}, {f(e['high'])}]"
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    out.print(f"[bold]{r['experiment']}[/] ({r['mode']}): {r['exposures']:,} exposures, {r['engagements']:,} "
+              f"engagements, {r['anonymous_exposures']:,} anonymous exposures (not in the statistics)")
+    srm = r.get("srm")
+    if srm is not None and srm["mismatch"]:
+        out.print(f"[bold white on red] SAMPLE RATIO MISMATCH [/] users per arm {list(srm['observed'])}, expected "
+                  f"{[round(x, 1) for x in srm['expected']]} (p = {srm['p_value']:.2g}): assignment or logging is "
+                  "broken; do not trust the numbers below.")
+    elif srm is not None:
+        out.print(f"sample ratio: ok (p = {srm['p_value']:.3f})")
+    if "arms" in r and r["mode"] == "ab":
+        table = Table(title="arms")
+        for col in ("arm", "users", "exposures", "engagements", "engagements / exposure (95% CI)"):
+            table.add_column(col)
+        for a in r["arms"]:
+            table.add_row(a["arm"], f"{a['users']:,}", f"{a['exposures']:,}", f"{a['engagements']:,}",
+                          _ci(a["engagements_per_exposure"]))
+        out.print(table)
+        table = Table(title="against the first arm")
+        for col in ("arm", "difference (95% CI)", "relative", "always-valid", "CUPED"):
+            table.add_column(col)
+        for d in r["differences"]:
+            seq = d["sequential"]
+            table.add_row(d["arm"], _ci(d["absolute"]), _ci(d["relative"], pct=True),
+                          "n/a" if seq is None else f"[{seq['low']:.4f}, {seq['high']:.4f}]",
+                          f"yes (variance -{100 * d['variance_reduction']:.0f}%)" if d["cuped"] else "no pre-period")
+        out.print(table)
+    if "interleave" in r:
+        i = r["interleave"]
+        out.print(f"interleaving {i['arms'][0]} vs {i['arms'][1]}: {i['impressions']:,} impressions; preference for "
+                  f"{i['arms'][1]}: {_ci(i.get('preference_b'))} (> 0: {i['arms'][1]} better)")
+    if r["health"]:
+        table = Table(title="content health" + (" (with creators)" if r["by_creator"] else ""))
+        fields = ("exposures", "fresh_share", "item_gini", "creator_gini", "new_items", "median_time_to_k_s")
+        table.add_column("arm")
+        for col in fields:
+            table.add_column(col)
+        for arm, h in r["health"].items():
+            table.add_row(arm, *("-" if h[f] is None else f"{h[f]:.3g}" if isinstance(h[f], float) else str(h[f])
+                                 for f in fields))
+        out.print(table)
