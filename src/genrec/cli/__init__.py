@@ -12,7 +12,7 @@ from rich.table import Table
 from genrec.cli.app import app, data_app, err, out
 from genrec.cli.app import print_json as _print_json
 from genrec.cli.content import content_app
-from genrec.cli.experiment import experiment_app
+from genrec.cli.experiment import experiment_app, ope_cmd
 from genrec.cli.serve import serve_cmd
 from genrec.cli.tokenize import tokenize_cmd, tokenize_new_cmd
 from genrec.errors import ConfigError, GenrecError
@@ -22,6 +22,7 @@ app.add_typer(experiment_app, name="experiment")
 app.command("tokenize")(tokenize_cmd)
 app.command("tokenize-new")(tokenize_new_cmd)
 app.command("serve")(serve_cmd)
+app.command("ope")(ope_cmd)
 
 
 def main() -> None:

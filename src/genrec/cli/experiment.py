@@ -117,3 +117,34 @@ def _print_report(r: dict[str, Any]) -> None:
             table.add_row(arm, *("-" if h[f] is None else f"{h[f]:.3g}" if isinstance(h[f], float) else str(h[f])
                                  for f in fields))
         out.print(table)
+
+
+def ope_cmd(
+    exposures: Annotated[Path, typer.Option(help="Exposure table (genrec experiment export-exposures).")],
+    bundle: Annotated[Path, typer.Option(help="The candidate bundle to evaluate.")],
+    events: Annotated[Path | None, typer.Option(help="Parquet of user_id, item_id, time: each user's history "
+                                                "before an exposure (default: the log's engaged slots).")] = None,
+    temperature: Annotated[float, typer.Option(help="The candidate's policy: 0 shows its best items in order; "
+                                               "> 0 samples them by Plackett-Luce at this temperature.", min=0)
+                           ] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Off-policy estimates (IPS, SNIPS, doubly robust) of a candidate bundle's engagements per slot from logged
+    answers with propensities, with 95% intervals and effective sample sizes."""
+    from rich.table import Table
+
+    from genrec.cli.app import print_json
+    from genrec.experiment.exposures import evaluate_candidate
+    from genrec.serve.recommender import Recommender
+
+    result = evaluate_candidate(exposures, Recommender.load(bundle), temperature, events)
+    if as_json:
+        return print_json(_finite(result))
+    table = Table(title=f"{bundle}: {result['slots']:,} logged slots in {result['requests']:,} requests "
+                  f"(logged value {result['logged_value']:.4f})")
+    for col in ("estimator", "value (95% CI)", "effective sample size"):
+        table.add_column(col)
+    for e in result["estimates"]:
+        table.add_row(e["estimator"], _ci(e), f"{e['ess']:,.1f}")
+    out.print(table)
+    out.print(f"DR reward model: {result['reward_model']}", highlight=False)
