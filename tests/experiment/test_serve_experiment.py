@@ -94,3 +94,19 @@ def test_a_bad_experiment_file_is_a_clear_error(bundles, tmp_path):  # noqa: F81
     result = CliRunner().invoke(app, ["serve", str(bundles[0]), "--experiment", str(bad)])
     assert result.exit_code != 0 and isinstance(result.exception, ConfigError)
     assert "arms.share" in str(result.exception)
+
+
+def test_an_arms_ranker_weight_reorders_by_the_score_rule(tmp_path_factory):
+    from tests.serve.test_ranking_stage import bundle as ranked_bundle
+    from tests.serve.test_ranking_stage import runs
+
+    from genrec.serve.recommender import Recommender
+
+    rec = Recommender.load(ranked_bundle.__wrapped__(runs.__wrapped__(tmp_path_factory)))
+    history = ["3", "4", "5"]
+    ranked = rec.recommend(history, k=6, ranker_weight=1e6)  # the ranker's z-score dominates
+    flat = rec.recommend(history, k=6, ranker_weight=0.0)  # retrieval alone
+    assert flat.mode == "model+ranker"
+    scores = [i["retrieval_score"] for i in flat.items]
+    assert scores == sorted(scores, reverse=True)
+    assert [i["item_id"] for i in ranked.items] != [i["item_id"] for i in flat.items]
