@@ -138,6 +138,8 @@ def run_worker(src: Path, threads: int, args: argparse.Namespace) -> dict:
            "--batched", str(args.batched), "--batched-users", str(args.batched_users),
            "--ids", args.ids, "--beams", *map(str, args.beams)] + (["--run", str(args.run)] if args.run else [])
     env = {**os.environ, "PYTHONPATH": str(src.resolve()), "OMP_NUM_THREADS": str(threads)}
+    if args.wait_policy:
+        env["OMP_WAIT_POLICY"] = args.wait_policy
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"worker for {src} failed:\n{out.stderr[-4000:]}")
@@ -171,7 +173,8 @@ def markdown(result: dict) -> str:
              f"{cfg['ffn_dim']}, encoder tokens: {cfg['encoder_tokens']}; histories: {result['histories']} (mean "
              f"{result['mean_history_items']:.1f} items, cap {cfg['max_len']})",
              f"- this tree: commit {result['commit']}" + (f"; before: {result['before']}" if result["before"] else ""),
-             f"- {m['cpus']} CPUs, torch {m['torch']}; {result['rounds']} interleaved rounds, one worker process "
+             f"- {m['cpus']} CPUs, torch {m['torch']}, OMP_WAIT_POLICY {result['omp_wait_policy']}; "
+             f"{result['rounds']} interleaved rounds, one worker process "
              f"per (tree, threads, round); load average (1 min) {result['load_average_start'][0]:.1f} at start, "
              f"{result['load_average_end'][0]:.1f} at end; wall {result['wall_seconds']:.0f} s",
              "- per-user latency = a call's wall time / users in the call; CPU = process time of all threads "
@@ -198,6 +201,8 @@ def main() -> None:
     ap.add_argument("--batched-users", type=int, default=256, help="Users timed in batches, per round.")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--wait-policy", choices=["ACTIVE", "PASSIVE"], help="OMP_WAIT_POLICY of the workers "
+                    "(PASSIVE: idle OpenMP threads sleep instead of spinning, which matters on a loaded machine).")
     ap.add_argument("--tag", default="", help="Suffix of the result files.")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -230,6 +235,7 @@ def main() -> None:
               "model": info["model"], "config": info["config"], "codebook_sizes": info["codebook_sizes"],
               "n_items": info["n_items"], "histories": info["histories"],
               "mean_history_items": info["mean_history_items"], "rounds": args.rounds,
+              "omp_wait_policy": args.wait_policy or os.environ.get("OMP_WAIT_POLICY") or "default",
               "load_average_start": load_start, "load_average_end": list(os.getloadavg()),
               "command": " ".join(["python", "benchmarks/beam_latency.py", *sys.argv[1:]]), "rows": rows,
               "wall_seconds": time.perf_counter() - wall}

@@ -93,8 +93,9 @@ def list_metrics(lists: np.ndarray, targets: np.ndarray, codes: np.ndarray, emb:
     vec = emb[lists]  # rows normalised; row 0 (padding) zero
     cos = np.einsum("und,umd->unm", vec, vec)
     content = pair_mean(1.0 - cos, pair_real & has_emb[lists][:, :, None] & has_emb[lists][:, None, :])
-    per_user = {"recall": (rank >= 0).astype(float), "ndcg": np.where(rank >= 0, 1 / np.log2(rank + 2), 0.0),
-                "content_distance": content, "list_length": real.sum(axis=1).astype(float)}
+    ndcg = np.where(rank >= 0, 1 / np.log2(np.maximum(rank, 0) + 2), 0.0)
+    per_user = {"recall": (rank >= 0).astype(float), "ndcg": ndcg, "content_distance": content,
+                "list_length": real.sum(axis=1).astype(float)}
     for p in prefixes:
         c = codes[lists][:, :, :p]
         differ = (c[:, :, None, :] != c[:, None, :, :]).any(axis=-1).astype(float)

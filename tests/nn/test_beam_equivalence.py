@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from genrec.models.tiger import TIGER, TigerConfig
-from genrec.nn.beam import BOS, PrefixTrie, beam_search
+from genrec.nn.beam import BOS, PrefixTrie, _search, beam_search
 
 
 @torch.no_grad()
@@ -107,3 +107,13 @@ def test_beauty_shaped_codes_match_the_reference_in_one_batch_and_one_user_at_a_
         row = hist[u:u + 1, int((hist[u] == 0).sum()):]  # unpadded: the encoder runs without a mask
         one_items, one_scores = beam_search(model, row, model.trie(), beam=10)
         assert_same_beams(one_items, one_scores, ref_items[u:u + 1], ref_scores[u:u + 1])
+
+
+def test_every_beam_decoded_as_on_a_device_gives_the_same_beams():
+    """On a device no beam is packed away (no host sync per step): the finished beams' logits change nothing."""
+    model = random_model([16, 16, 16, 3], 600, seed=5)
+    hist = random_histories(600, 6, seed=6)
+    with torch.inference_mode():
+        packed = _search(model, hist, model.trie(), 10, True, compact=True)
+        every = _search(model, hist, model.trie(), 10, True, compact=False)
+    assert_same_beams(every[0], every[1], packed[0], packed[1])

@@ -302,16 +302,21 @@ def _pad(items: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tenso
 
 
 def _search(model, history: torch.Tensor, trie: PrefixTrie, beam: int, renormalize: bool,
-            group_from: int | None = None, group_beams: int = 1) -> tuple[torch.Tensor, torch.Tensor, int]:
+            group_from: int | None = None, group_beams: int = 1, compact: bool | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Finished beams: items, scores [B, W] and how many beams each group holds (1 without groups).
 
-    The live beams of each user (those that still branch) are packed into ``n`` decoder slots (n = the most
-    live beams of any user) and the KV cache holds slot rows. With ``group_from`` (a prefix length p) each
+    On the CPU the live beams of each user (those that still branch) are packed into ``n`` decoder slots (n =
+    the most live beams of any user) and the KV cache holds slot rows; on a device every beam keeps a slot,
+    so no step waits to read a count back. With ``group_from`` (a prefix length p) each
     beam at step p founds a group; from then on every group keeps its ``group_beams`` best beams, stored
     next to each other (beam g * per + j is beam j of group g), best first."""
     b, device = history.shape[0], history.device
+    if compact is None:  # packing live beams reads a count back: worth it only without a device
+        compact = device.type == "cpu"
     memory, memory_mask = model.encode(history)
-    memory_mask = None if bool(memory_mask.all()) else memory_mask  # no padding: nothing to mask
+    if compact and bool(memory_mask.all()):
+        memory_mask = None  # no padding: nothing to mask
     memory_kv = model.memory_kv(memory)
     caches = model.new_caches()
     scores = torch.zeros(b, 1, device=device)
@@ -320,7 +325,9 @@ def _search(model, history: torch.Tensor, trie: PrefixTrie, beam: int, renormali
     per = 1
     for t in range(trie.depth):
         live = trie.branching(t, nodes) if renormalize else nodes >= 0
-        n = int(live.sum(dim=1).max())  # the one host sync of a step: how many slots the decoder needs
+        if not compact:  # every beam gets a slot (a finished one's logits change nothing): no host sync
+            live = torch.ones_like(live)
+        n = int(live.sum(dim=1).max()) if compact else live.shape[1]  # slots the decoder needs
         size = trie.sizes[t]
         if n:
             order = torch.argsort((~live).to(torch.uint8), dim=1, stable=True)[:, :n]  # live beams first
