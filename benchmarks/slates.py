@@ -16,6 +16,13 @@ share of the catalog in any list. Intervals: 95% normal intervals over users.
 Writes benchmarks/results/slates[_TAG].{json,md} with commit, machine, load averages and wall time.
 
     GENREC_DATA_DIR=../shared/data python benchmarks/slates.py --generator RUN --id-model RUN [--users 3000]
+
+The committed results use CPU runs trained under a wall-time budget (2 shared cores):
+
+    genrec train --config configs/amazon-beauty/tiger-items.yaml --out runs/slates/tiger-items \
+        --set train.max_minutes=20 --set train.threads=1
+    genrec train --config configs/amazon-beauty/sasrec.yaml --out runs/slates/sasrec \
+        --set train.max_minutes=15 --set train.schedule_by=time --set train.threads=1
 """
 
 from __future__ import annotations
