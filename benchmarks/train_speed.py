@@ -4,7 +4,8 @@ D 50 and D 256 with history 200, fast path versus the plain per-sequence referen
 Batches are the real ML-1M training windows (last 201 items of each user's training sequence), grouped by
 length as the trainer does; a step is forward + backward + AdamW. Loss: sampled softmax with 128 uniform
 negatives shared across the batch and batch 128 users (the generative-recommenders ML-1M recipe, whose
-reference timings, meta-recsys/generative-recommenders at commit db1bf8f, were taken on a 2-core machine), and full-catalog cross-entropy at batch 32 (genrec's quality recipe).
+reference timings, meta-recsys/generative-recommenders at commit db1bf8f,
+were taken on a 2-core machine), and full-catalog cross-entropy at batch 32 (genrec's quality recipe).
 The fast path of D 50 is also timed over one whole epoch; other rows extrapolate from timed steps.
 ``--trainer`` also times one epoch of ``genrec train`` itself (configs/movielens-1m/<model>.yaml with the
 sampled recipe) with the training windows in memory and streamed (``train.data``), from the run's
