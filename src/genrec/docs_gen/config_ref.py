@@ -23,10 +23,12 @@ _BOUNDS = ((Ge, "ge", ">="), (Gt, "gt", ">"), (Le, "le", "<="), (Lt, "lt", "<"),
 def _sections() -> list[tuple[str, str, type[BaseModel]]]:
     """(YAML path or use, anchor, model) in page order; nested models found by walking the fields get their own."""
     from genrec.content.encode import FusionConfig
+    from genrec.content.video import VideoConfig
     from genrec.data.expand import ExpandConfig
     from genrec.data.ooc import PrepareConfig
     from genrec.data.schema import DataSchema
     from genrec.data.synth import SynthConfig
+    from genrec.experiment.config import Experiment
     from genrec.models import DCNConfig, DINConfig, GBDTConfig, HSTUConfig, RankerConfig, SASRecConfig
     from genrec.models.content_knn import ContentKNNConfig
     from genrec.models.itemknn import ItemKNNConfig
@@ -50,6 +52,8 @@ def _sections() -> list[tuple[str, str, type[BaseModel]]]:
             ("content-kNN", "content-knn", ContentKNNConfig),
             ("semantic-ID tokenizer (`genrec tokenize`)", "tokenizer", TokenizerConfig),
             ("content fusion (`genrec content encode`)", "fusion", FusionConfig),
+            ("video frames (`genrec content encode --video-col`)", "video", VideoConfig),
+            ("experiment file (`genrec serve --experiment FILE`)", "experiment", Experiment),
             ("approximate index (`genrec export --ann`)", "ann", AnnConfig),
             ("out-of-core preparation (`genrec data prepare`)", "prepare", PrepareConfig),
             ("synthetic log (`genrec data synth`)", "synth", SynthConfig),
