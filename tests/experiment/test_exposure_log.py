@@ -97,3 +97,21 @@ def test_logged_exposures_survive_a_kill(bundles, tmp_path, monkeypatch):  # noq
             proc.wait(30)
     logged = {e.request_id: e for e in SQLiteStore(store).exposures()}
     assert set(ids) <= set(logged) and {logged[i].arm for i in ids} == {"a", "b"}
+
+
+@pytest.mark.parametrize(("exposure_log", "logged"), [(None, False), (True, True), (False, False)])
+def test_without_an_experiment_answers_are_logged_only_when_asked(bundles, tmp_path, exposure_log,  # noqa: F811
+                                                                  logged):
+    store = tmp_path / "h.sqlite"
+    c = TestClient(create_app(Settings(bundle=bundles[0], store=str(store), exposure_log=exposure_log)))
+    body = c.post("/v1/recommend", json={"history": ["3", "4"], "k": 3}).json()
+    assert body["request_id"] and body["experiment"] is None
+    assert [e.request_id for e in SQLiteStore(store).exposures()] == ([body["request_id"]] if logged else [])
+
+
+def test_an_experiment_logs_unless_turned_off(bundles, tmp_path):  # noqa: F811
+    store = tmp_path / "h.sqlite"
+    path = experiment(tmp_path, [{"name": "a"}, {"name": "b"}])
+    c = TestClient(create_app(Settings(bundle=bundles[0], store=str(store), experiment=path, exposure_log=False)))
+    assert c.post("/v1/recommend", json={"history": ["3", "4"], "k": 3}).json()["arm"] in ("a", "b")
+    assert SQLiteStore(store).exposures() == []

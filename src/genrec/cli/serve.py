@@ -40,6 +40,11 @@ def serve_cmd(
     experiment: Annotated[Path | None, typer.Option(envvar="GENREC_SERVE_EXPERIMENT", help="Run this experiment "
                                                     "file (A/B or interleaving arms; env GENREC_SERVE_EXPERIMENT); "
                                                     "every answer is logged to the store's exposure log.")] = None,
+    exposure_log: Annotated[bool | None, typer.Option("--exposure-log/--no-exposure-log", help="Log what every "
+                                                      "answer showed, durably, in the store (request id, items, "
+                                                      "arm, propensities). Default: on while --experiment runs, "
+                                                      "else off (each logged answer costs a durable write).")
+                            ] = None,
 ) -> None:
     """Serve recommendations over HTTP: POST /v1/recommend and /v1/events, GET /v1/items/{id}/similar, /healthz,
     /readyz, /metrics, POST /admin/reload, OpenAPI docs at /docs."""
@@ -64,7 +69,8 @@ def serve_cmd(
     os.environ.update({"GENREC_SERVE_BUNDLE": str(bundle.absolute()), "GENREC_SERVE_STORE": redis_url or store or "",
                        "GENREC_SERVE_MAX_BODY": str(max_body_bytes), "GENREC_SERVE_MAX_EVENTS": str(max_events),
                        "GENREC_SERVE_DEADLINE_MS": str(deadline_ms) if deadline_ms else "none",
-                       "GENREC_SERVE_TORCH_THREADS": str(torch_threads)})
+                       "GENREC_SERVE_TORCH_THREADS": str(torch_threads),
+                       "GENREC_SERVE_EXPOSURE_LOG": "" if exposure_log is None else str(int(exposure_log))})
     if api_key:
         os.environ["GENREC_API_KEY"] = api_key
     # Workers load the bundle before they answer; give them longer than uvicorn's 5 s on a busy machine.

@@ -79,6 +79,7 @@ class Settings:
     max_events: int = 200
     freeze_gc: bool = False  # genrec serve: see freeze_gc()
     experiment: Path | None = None  # an experiment file (genrec.experiment.serving)
+    exposure_log: bool | None = None  # log every answer durably; None: only while an experiment file is loaded
 
 
 REFREEZE_S = 30.0  # after a reload, the old model is collected and the heap frozen again this much later
@@ -104,6 +105,7 @@ class Serving:
         self.experiment = ExperimentServer.load(settings.experiment) if settings.experiment else None
         # exposures of concurrent answers share one durable commit (group commit), off the event loop
         self.exposure_log = BatchWorker(self.store.log_exposures, 256, "genrec-exposures")
+        self.logs_exposures = settings.exposure_log if settings.exposure_log is not None else bool(settings.experiment)
         self.ready = False
         self.registry = CollectorRegistry()
         self.requests = Counter("genrec_requests_total", "HTTP requests", ["endpoint", "status"],
@@ -221,8 +223,8 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
                             else serve_plain(rec, run, body.k, request_id, body.user_id))
         except ValueError as e:  # e.g. a signal the bundle's ranker does not read
             raise HTTPException(422, str(e)) from None
-        # durable before the 2xx: an answer the client saw is always in the log
-        await asyncio.wrap_future(s.exposure_log.submit(served.exposure))
+        if s.logs_exposures:  # durable before the 2xx: an answer the client saw is always in the log
+            await asyncio.wrap_future(s.exposure_log.submit(served.exposure))
         result = served.result
         if result.fallback:
             s.fallbacks.labels(result.reason or "no usable history").inc()
@@ -407,6 +409,7 @@ def app_from_env() -> FastAPI:
         max_body_bytes=int(env.get("GENREC_SERVE_MAX_BODY", str(1 << 20))),
         deadline_ms=float(deadline) if deadline not in ("", "none") else None,
         max_events=int(env.get("GENREC_SERVE_MAX_EVENTS", "200")), freeze_gc=True,
-        experiment=Path(env["GENREC_SERVE_EXPERIMENT"]) if env.get("GENREC_SERVE_EXPERIMENT") else None))
+        experiment=Path(env["GENREC_SERVE_EXPERIMENT"]) if env.get("GENREC_SERVE_EXPERIMENT") else None,
+        exposure_log={"1": True, "0": False}.get(env.get("GENREC_SERVE_EXPOSURE_LOG", ""))))
     install_reload_signal(app.state.serving)
     return app
