@@ -232,3 +232,11 @@ def test_attention_pooling_trains_inside_a_recommender():
     assert losses[-1] < 0.5 * losses[0]
     assert not torch.equal(pool.query.detach(), query0)  # the pooling itself learned
     assert "feature_proj.query" in model.state_dict()
+    # a saved model reloads with its learned pooling: the same weights and the same scores
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = SASRec(SASRecConfig(dim=16, blocks=1, heads=1, max_len=8, dropout=0.0), n_items)
+    fresh.attach_from_state(state)
+    fresh.load_state_dict(state)  # strict: every key of the saved state has its place
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.item_table(), model.item_table())

@@ -120,6 +120,13 @@ class SequentialModel(nn.Module):
         """Re-attach the features a saved state dict holds, so ``load_state_dict(state)`` fits."""
         if "item_features" in state:
             self.attach_item_features(state["item_features"])
+            if "feature_proj.query" in state:  # video frames pooled by a learned temporal attention
+                from genrec.content.video import TemporalAttentionPooling
+
+                hidden, frame_dim = state["feature_proj.hidden.weight"].shape
+                frames = state["item_features"].shape[1] // frame_dim
+                self.feature_proj = TemporalAttentionPooling(frame_dim, frames, self.config.dim, hidden,
+                                                             self.config.init_std)
         if "sid_codes" in state:
             sizes, j = [], 0
             while f"sid_emb.{j}.weight" in state:
