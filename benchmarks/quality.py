@@ -104,7 +104,7 @@ def summarise(dataset_dir: Path) -> dict:
 
 def keep_previous(datasets: dict, previous: Path) -> dict:
     """Rows of the existing table whose run folders are not on this machine stay as they were (each records its
-    own commits, machine-independent metrics and minutes), so a run added in one session does not drop the rows
+    own commits, machine-independent metrics and minutes), so a run added later does not drop the rows
     trained in another; rows found here replace theirs."""
     if not previous.is_file():
         return datasets
