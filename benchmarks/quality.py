@@ -104,8 +104,8 @@ def summarise(dataset_dir: Path) -> dict:
 
 def keep_previous(datasets: dict, previous: Path) -> dict:
     """Rows of the existing table whose run folders are not on this machine stay as they were (each records its
-    own commits, machine-independent metrics and minutes), so a run added later does not drop the rows
-    trained in another; rows found here replace theirs."""
+    own commits, machine-independent metrics and minutes), so a run added on one machine does not drop the
+    rows trained on another; rows found here replace theirs."""
     if not previous.is_file():
         return datasets
     merged = {ds: dict(models) for ds, models in read_json(previous).get("datasets", {}).items()}
