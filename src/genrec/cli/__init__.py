@@ -14,6 +14,7 @@ from genrec.cli.app import print_json as _print_json
 from genrec.cli.content import content_app
 from genrec.cli.experiment import experiment_app, ope_cmd
 from genrec.cli.serve import serve_cmd
+from genrec.cli.simulate import simulate_cmd
 from genrec.cli.tokenize import tokenize_cmd, tokenize_new_cmd
 from genrec.errors import ConfigError, GenrecError
 
@@ -23,6 +24,7 @@ app.command("tokenize")(tokenize_cmd)
 app.command("tokenize-new")(tokenize_new_cmd)
 app.command("serve")(serve_cmd)
 app.command("ope")(ope_cmd)
+app.command("simulate")(simulate_cmd)
 
 
 def main() -> None:
