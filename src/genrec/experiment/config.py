@@ -12,7 +12,7 @@ arms:
   - name: treatment
     bundle: runs/hstu/bundle
     share: 0.5
-    serving: {ranker_weight: 0.5, fresh_share: 0.1,
+    serving: {ranker_weight: 0.5, fresh_share: 0.1, fresh_days: 3,
               exploration: {kind: plackett_luce, temperature: 0.5}}
 ```
 
@@ -75,7 +75,22 @@ class Serving(BaseModel):
     ranker_weight: float | None = Field(None, ge=0, description="Weight of the ranker's z-scored score against the "
                                         "retrieval score (genrec.serve.ranking); left out: the bundle's weight.")
     exploration: Exploration = Field(default_factory=Exploration, description="Sampling of the shown list.")
-    fresh_share: float = Field(0.0, ge=0, lt=1, description="Share of the slots reserved for fresh items.")
+    fresh_share: float = Field(0.0, ge=0, lt=1, description="Share of the slots reserved for fresh items: "
+                               "round(fresh_share * k) of an answer's k slots show items first seen in the last "
+                               "fresh_days (genrec.experiment.fresh), spread evenly down the list.")
+    fresh_days: float = Field(7.0, gt=0, description="An item is fresh for this many days after it is first seen "
+                              "(fractions allowed).")
+    fresh_column: str | None = Field(None, min_length=1, description="Catalog column holding each item's publish "
+                                     "time (unix seconds, or an Arrow timestamp / date); null or left out: an "
+                                     "item is first seen at its first logged exposure or event, and an item the "
+                                     "model never trained on and nobody has seen yet counts as fresh.")
+
+    @model_validator(mode="after")
+    def _fresh_fields_need_a_share(self) -> Serving:
+        unused = {"fresh_days", "fresh_column"} & self.model_fields_set
+        if unused and self.fresh_share == 0:
+            raise ValueError(f"{', '.join(sorted(unused))} applies only with fresh_share > 0")
+        return self
 
 
 class Arm(BaseModel):

@@ -2,7 +2,8 @@
 
 Columns: ``request_id``, ``time`` (unix seconds), ``user_id`` (null: anonymous), ``anonymous``, ``experiment``,
 ``arm``, ``position`` (0-based), ``item_id``, ``team`` (interleaving: 0 or 1), ``propensity`` (exploring arms),
-``model_version``, ``bundle`` (checksum) and ``engaged``: how many logged events of the request's user named
+``model_version``, ``bundle`` (checksum), ``fresh`` (arms with a fresh share: a slot reserved for a fresh item)
+and ``engaged``: how many logged events of the request's user named
 this request and this item (``POST /v1/events`` with ``request_id``).
 """
 
@@ -23,7 +24,7 @@ SCHEMA = pa.schema([("request_id", pa.string()), ("time", pa.float64()), ("user_
                     ("anonymous", pa.bool_()), ("experiment", pa.string()), ("arm", pa.string()),
                     ("position", pa.int32()), ("item_id", pa.string()), ("team", pa.int8()),
                     ("propensity", pa.float64()), ("model_version", pa.string()), ("bundle", pa.string()),
-                    ("engaged", pa.int32())])
+                    ("fresh", pa.bool_()), ("engaged", pa.int32())])
 
 
 def open_log(spec: str) -> HistoryStore:
@@ -52,6 +53,7 @@ def exposure_table(exposures: list[Exposure], engagements: list[Engagement]) -> 
             cols["item_id"].append(item)
             cols["team"].append(e.teams[j] if e.teams is not None else None)
             cols["propensity"].append(e.propensities[j] if e.propensities is not None else None)
+            cols["fresh"].append(e.fresh[j] if e.fresh is not None else None)
             cols["engaged"].append(hits.get((e.request_id, item), 0))
     return pa.table(cols, schema=SCHEMA)
 

@@ -102,7 +102,8 @@ class Serving:
         self._lock = threading.Lock()
         self._refreeze: threading.Timer | None = None
         self.recommender = Recommender.load(settings.bundle)
-        self.experiment = ExperimentServer.load(settings.experiment) if settings.experiment else None
+        self.experiment = ExperimentServer.load(settings.experiment, store=self.store, default=self.recommender
+                                                ) if settings.experiment else None
         # exposures of concurrent answers share one durable commit (group commit), off the event loop
         self.exposure_log = BatchWorker(self.store.log_exposures, 256, "genrec-exposures")
         self.logs_exposures = settings.exposure_log if settings.exposure_log is not None else bool(settings.experiment)
@@ -210,16 +211,17 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
                                                                           for e in events) else None
             actions = [e.actions for e in events]
             contexts = [e.context for e in events]
-        def run(model: Recommender, k: int, ranker_weight: float | None) -> Any:
+        def run(model: Recommender, k: int, ranker_weight: float | None, only: list[str] | None = None) -> Any:
+            allow = body.allow if only is None else only if body.allow is None else list(set(only) & set(body.allow))
             return model.recommend_async(
-                history, k=k, timestamps=timestamps, exclude_seen=body.exclude_seen, allow=body.allow,
+                history, k=k, timestamps=timestamps, exclude_seen=body.exclude_seen, allow=allow,
                 deny=body.deny, query=body.query, deadline_ms=s.settings.deadline_ms, actions=actions,
                 user_id=body.user_id, strict_actions=body.user_id is None, history_context=contexts,
                 context=body.context, ranker_weight=ranker_weight)
 
         request_id = uuid.uuid4().hex
         try:
-            served = await (experiment.serve(rec, run, body.k, request_id, body.user_id) if experiment
+            served = await (experiment.serve(rec, run, body.k, request_id, body.user_id, history) if experiment
                             else serve_plain(rec, run, body.k, request_id, body.user_id))
         except ValueError as e:  # e.g. a signal the bundle's ranker does not read
             raise HTTPException(422, str(e)) from None
@@ -249,6 +251,8 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
                 raise HTTPException(422, str(e)) from None
         length = s.store.append(body.user_id, [Event(*e) for e in zip(body.items, ts, actions, contexts, strict=True)],
                                 request_id=body.request_id)
+        if s.experiment is not None:  # first sightings of items, for fresh-content arms
+            s.experiment.saw(body.items)
         return {"user_id": body.user_id, "stored": len(body.items), "known": len(known),
                 "history_length": length, "warnings": warnings}
 

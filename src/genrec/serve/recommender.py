@@ -87,6 +87,7 @@ class Recommender:
                  popular: list[str] | None = None, content: ContentTable | None = None, ann: AnnIndex | None = None,
                  ranker: RankingStage | None = None, table: torch.Tensor | None = None):
         self.model, self.manifest, self.ranker = model.eval(), manifest, ranker
+        self.path: Path | None = None  # the bundle folder, when loaded from one
         if isinstance(model, TIGER):
             self._scorer: IdScorer | GeneratorScorer = GeneratorScorer(model)
         else:
@@ -143,7 +144,9 @@ class Recommender:
         ranker = None
         if all(name in files for name in RANKER_FILES):
             ranker = RankingStage.load(bundle, list(catalog.raw_ids))
-        return cls(model, catalog, manifest, popular, content, ann, ranker, table)
+        rec = cls(model, catalog, manifest, popular, content, ann, ranker, table)
+        rec.path = bundle
+        return rec
 
     # --- small accessors (the HTTP layer uses them) ------------------------------------------------------
 

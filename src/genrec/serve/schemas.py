@@ -136,6 +136,8 @@ class Item(BaseModel):
 
 class ScoredItem(Item):
     score: float | None = Field(description="The model's score; null in a popularity fallback.")
+    fresh: bool | None = Field(None, description="True on a slot an experiment arm reserved for a fresh item "
+                               "(its fresh_share); absent otherwise.")
 
 
 class HistoryItem(Item):

@@ -58,7 +58,8 @@ class Event:
 class Exposure:
     """What one answer showed: ``items`` in shown order (position = index), the experiment and arm (None outside
     one), ``teams`` (interleaving: 0 or 1 per slot), ``propensities`` (exploring arms: each slot's probability),
-    the model version and ``bundle`` (a checksum of the bundle's files)."""
+    the model version, ``bundle`` (a checksum of the bundle's files) and ``fresh`` (arms with a fresh share: whether
+    each slot was one reserved for a fresh item)."""
 
     request_id: str
     time: float
@@ -71,13 +72,14 @@ class Exposure:
     propensities: tuple[float, ...] | None = None
     model_version: str | None = None
     bundle: str | None = None
+    fresh: tuple[bool, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> Exposure:
-        lists = {k: tuple(row[k]) for k in ("items", "teams", "propensities") if row.get(k) is not None}
+        lists = {k: tuple(row[k]) for k in ("items", "teams", "propensities", "fresh") if row.get(k) is not None}
         return cls(**{**row, **lists})
 
 
@@ -221,10 +223,11 @@ class SQLiteStore:
         " request_id TEXT, item_id TEXT NOT NULL, actions TEXT)",
     )
     _EXPOSURE_COLUMNS = ("request_id", "time", "user_id", "anonymous", "experiment", "arm", "items", "teams",
-                         "propensities", "model_version", "bundle")
+                         "propensities", "model_version", "bundle", "fresh")
     # JSON columns added after the first release: files from before them lack them
     _ADDED_COLUMNS = {"actions": "ALTER TABLE history ADD COLUMN actions TEXT",
                       "context": "ALTER TABLE history ADD COLUMN context TEXT"}
+    _ADDED_EXPOSURE_COLUMNS = {"fresh": "ALTER TABLE exposures ADD COLUMN fresh TEXT"}
 
     def __init__(self, path: str | Path, max_events: int = DEFAULT_MAX_EVENTS):
         self.max_events = _check_max_events(max_events)
@@ -241,6 +244,10 @@ class SQLiteStore:
                 db.execute(sql)
             have = {row[1] for row in db.execute("PRAGMA table_info(history)")}
             for column, sql in self._ADDED_COLUMNS.items():
+                if column not in have:
+                    db.execute(sql)
+            have = {row[1] for row in db.execute("PRAGMA table_info(exposures)")}
+            for column, sql in self._ADDED_EXPOSURE_COLUMNS.items():
                 if column not in have:
                     db.execute(sql)
 
@@ -294,7 +301,8 @@ class SQLiteStore:
 
     def log_exposures(self, exposures: Sequence[Exposure]) -> list[None]:
         rows = [(e.request_id, e.time, e.user_id, int(e.anonymous), e.experiment, e.arm, json.dumps(e.items),
-                 _json_or_null(e.teams), _json_or_null(e.propensities), e.model_version, e.bundle) for e in exposures]
+                 _json_or_null(e.teams), _json_or_null(e.propensities), e.model_version, e.bundle,
+                 _json_or_null(e.fresh)) for e in exposures]
         with self._tx() as db:
             db.executemany(f"INSERT INTO exposures ({', '.join(self._EXPOSURE_COLUMNS)}) VALUES "
                            f"({', '.join('?' * len(self._EXPOSURE_COLUMNS))})", rows)
@@ -306,7 +314,8 @@ class SQLiteStore:
                                     ).fetchall()
         return [Exposure.from_json({**dict(zip(self._EXPOSURE_COLUMNS, r, strict=True)), "anonymous": bool(r[3]),
                                     **{k: None if r[j] is None else json.loads(r[j]) for j, k in
-                                       ((6, "items"), (7, "teams"), (8, "propensities"))}}) for r in rows]
+                                       ((6, "items"), (7, "teams"), (8, "propensities"), (11, "fresh"))}})
+                for r in rows]
 
     def engagements(self) -> list[Engagement]:
         with self._lock:
