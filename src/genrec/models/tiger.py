@@ -40,6 +40,7 @@ from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.models.base import ModelInputError, check_ids
+from genrec.models.tiger_query import Conditioned, QueryConditioning, QueryToken, check_query
 from genrec.nn.beam import ColdMixer, PrefixTrie, beam_search, slate_search
 
 PAD, BOS, N_SPECIAL = 0, 1, 2
@@ -102,6 +103,9 @@ class TigerConfig(BaseModel):
     slate: Slate = Field(default_factory=Slate, description="Decode every recommendation list as a slate of "
                          "items with pairwise different ID prefixes (also what a served model returns); off by "
                          "default.")
+    query: QueryConditioning | None = Field(None, description="Prompt-conditioned generation: a text query's "
+                                            "content vector as one more encoder token (genrec.models.tiger_query); "
+                                            "unset: history only.")
 
 
 class Attention(nn.Module):
@@ -254,6 +258,10 @@ class TIGER(nn.Module):
         self.decoder = nn.ModuleList(DecoderBlock(config) for _ in range(config.decoder_layers))
         self.enc_norm, self.dec_norm = nn.LayerNorm(config.dim), nn.LayerNorm(config.dim)
         self.head = nn.Linear(config.dim, sum(self.sizes), bias=False)  # level j's logits: its slice of rows
+        q = config.query
+        if q is not None and q.dim is None:
+            raise ConfigError("model.query.dim is unset (training fills it in from the content table)")
+        self.query_token = QueryToken(q.dim, config.dim, config.init_std) if q is not None else None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Weights saved before cold items travelled with them have no ``cold``: none is cold.
@@ -274,9 +282,10 @@ class TIGER(nn.Module):
 
     # --- encoder -------------------------------------------------------------------------------------
 
-    def encode(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, history: torch.Tensor, query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """history [B, L] left-padded item ids (most recent last, L <= max_len, each row non-empty) ->
-        memory [B, S, D] and its key mask [B, 1, 1, S]: S = L*C tokens, or L with ``encoder_tokens: items``."""
+        memory [B, S, D] and its key mask [B, 1, 1, S]: S = L*C tokens, or L with ``encoder_tokens: items``.
+        ``query`` [B, query dim] (``model.query``; zero rows: none) adds one token first: S + 1."""
         b, length = history.shape
         if length > self.config.max_len:
             history, length = history[:, -self.config.max_len:], self.config.max_len
@@ -287,8 +296,11 @@ class TIGER(nn.Module):
             x, tokens = x.sum(dim=2) + self.enc_pos(pos)[None], tokens[..., 0]  # [B, L, D], [B, L]
         else:
             x = (x + self.enc_pos(pos)[None, :, None]).view(b, length * self.n_levels, -1)
-        x = self.drop(x)
         mask = (tokens != PAD).view(b, 1, 1, -1)
+        if query is not None:
+            check_query(query, b, self.query_token.query_dim if self.query_token is not None else None)
+            x, mask = self.query_token.prepend(x, mask, query)
+        x = self.drop(x)
         # An empty history reads the padding of its most recent slot (not NaN), the same at any batch width.
         last = torch.zeros_like(mask)
         last[..., -(1 if self.config.encoder_tokens == "items" else self.n_levels):] = True
@@ -341,22 +353,23 @@ class TIGER(nn.Module):
 
     # --- training --------------------------------------------------------------------------------------
 
-    def forward(self, history: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
-        """Teacher forcing: history [B, L] left-padded, target items [B] -> per level j logits [B, sizes[j]]
-        of code j given the history and the target's codes 0..j-1."""
-        memory, mask = self.encode(history)
+    def forward(self, history: torch.Tensor, targets: torch.Tensor,
+                query: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Teacher forcing: history [B, L] left-padded, target items [B] (and ``query`` vectors, optional) ->
+        per level j logits [B, sizes[j]] of code j given the history (and query) and the target's codes 0..j-1."""
+        memory, mask = self.encode(history, query)
         target_tokens = self.code_tokens(self.codes[targets])  # [B, C]
         bos = torch.full_like(target_tokens[:, :1], BOS)
         tokens = torch.cat([bos, target_tokens[:, :-1]], dim=1)[:, None]  # [B, 1, C]
         h = self.decode(tokens, 0, self.memory_kv(memory), mask)[:, 0]  # [B, C, D]
         return [self.level_logits(h[:, j], j) for j in range(self.n_levels)]
 
-    def loss(self, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, history: torch.Tensor, targets: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
         """Summed cross-entropy over the C codes of every target (divide by B*C for the mean)."""
         self._check_history(history)
         check_ids(targets, 1, self.n_items, "target item ids")
         codes = self.codes[targets]
-        logits = self.forward(history, targets)
+        logits = self.forward(history, targets, query)
         return sum(F.cross_entropy(lg, codes[:, j], reduction="sum") for j, lg in enumerate(logits))
 
     def _check_history(self, history: torch.Tensor) -> None:
@@ -369,32 +382,35 @@ class TIGER(nn.Module):
 
     @torch.no_grad()
     def recommend(self, history: torch.Tensor, k: int = 10, beam: int | None = None, epsilon: float | None = None,
-                  slate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  slate: int | None = None, query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k items [B, k] and their log-probabilities from beam search over valid IDs only (item 0 with
         score -inf where fewer than k items are reachable). ``history`` [B, L] left-padded item ids.
 
         With cold mixing on (``epsilon``, default ``config.cold_mixing.epsilon``, > 0 and some item marked
         cold), cold items sharing a beam's ID prefix are mixed in (:meth:`mix_cold`): their score is the
         beam's log-probability, lowered just enough to rank right below the item before them. With a slate
-        prefix (``slate``, default ``config.slate.prefix``; 0 = none) the list is :meth:`recommend_slate`'s."""
+        prefix (``slate``, default ``config.slate.prefix``; 0 = none) the list is :meth:`recommend_slate`'s.
+        ``query`` [B, query dim]: decode conditioned on these content vectors too (``model.query``)."""
         self._check_history(history)
         if k < 1:
             raise ModelInputError(f"k must be at least 1, got {k}")
+        model = self if query is None else self._conditioned(history, query)
         prefix = self.config.slate.prefix if slate is None else (int(slate) or None)
         eps = self.config.cold_mixing.epsilon if epsilon is None else float(epsilon)
         if prefix is not None:
             if eps > 0 and bool(self.cold.any()):
                 raise ValueError("a slate cannot mix in cold items (they share their beam's prefix); pass epsilon=0")
-            return self.recommend_slate(history, n=k, prefix=prefix, beam=max(beam or 2 * k, k))
+            return self.recommend_slate(history, n=k, prefix=prefix, beam=max(beam or 2 * k, k), query=query)
         beam = beam or max(k, self.config.beam_width)
         if eps == 0 or not bool(self.cold.any()):
-            return beam_search(self, history, self.trie(), beam=beam, k=k)
-        items, scores = beam_search(self, history, self.trie(), beam=beam, k=beam)
+            return beam_search(model, history, self.trie(), beam=beam, k=k)
+        items, scores = beam_search(model, history, self.trie(), beam=beam, k=beam)
         return self.mix_cold(items, scores, k, eps)
 
     @torch.no_grad()
     def recommend_slate(self, history: torch.Tensor, n: int = 10, prefix: int | None = None, beam: int | None = None,
-                        group_beams: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        group_beams: int | None = None, query: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """A slate of ``n`` items per user [B, n] with pairwise different first ``prefix`` codes (default
         ``config.slate.prefix``, else 1: no two items from the same top-level cluster), best first, and their
         log-probabilities (``genrec.nn.beam.slate_search``; ``beam`` prefixes are searched, default 2 n)."""
@@ -405,8 +421,14 @@ class TIGER(nn.Module):
         if not 1 <= prefix < self.n_levels:
             raise ModelInputError(f"slate prefix {prefix}: an item has {self.n_levels} codes, so a prefix must be "
                                   f"1..{self.n_levels - 1}")
-        return slate_search(self, history, self.trie(), n=n, prefix=prefix, beam=beam,
+        model = self if query is None else self._conditioned(history, query)
+        return slate_search(model, history, self.trie(), n=n, prefix=prefix, beam=beam,
                             group_beams=group_beams or self.config.slate.group_beams)
+
+    def _conditioned(self, history: torch.Tensor, query: torch.Tensor) -> Conditioned:
+        """This model as beam search sees it with a query batch (checked here, once)."""
+        check_query(query, history.shape[0], self.query_token.query_dim if self.query_token is not None else None)
+        return Conditioned(self, query.to(self.codes.device))
 
     def mix_cold(self, items: torch.Tensor, scores: torch.Tensor, k: int, epsilon: float | None = None,
                  prefix: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,6 +34,7 @@ from genrec.eval import Evaluation, bootstrap_ci, metrics_from_ranks, rank_cases
 from genrec.eval.report import subset_summary
 from genrec.io import read_json, write_json
 from genrec.models.tiger import TIGER, TigerConfig
+from genrec.models.tiger_query import item_query_table, training_queries
 from genrec.progress import progress_bar
 from genrec.semantic_ids import SemanticIds
 from genrec.train.checkpoint import load_tensors
@@ -217,6 +218,7 @@ class GeneratorTrainer(LoopTrainer):
             raise ConfigError("the generator trainer runs on one process (no torchrun yet)")
         self.config, self.run_dir = config, Path(run_dir)
         self.dataset, self.semantic_ids, self.show_progress = dataset, semantic_ids, show_progress
+        self.queries: torch.Tensor | None = None  # model.query: the items' content vectors
 
     def fit(self, resume: bool = False, on_epoch_end=None) -> TrainResult:
         cfg, tcfg, mcfg = self.config, self.config.train, self.config.model
@@ -228,6 +230,8 @@ class GeneratorTrainer(LoopTrainer):
         self._begin()
         ds = self.dataset or load_dataset(cfg.dataset)
         sids = semantic_ids_for(cfg, ds, self.semantic_ids)
+        self.queries = self._query_table(ds) if mcfg.query is not None else None
+        cfg, mcfg = self.config, self.config.model
         split = run_split(cfg, ds)
         history, targets = sliding_windows(split, mcfg.max_len, tcfg.windows)
         if len(targets) == 0:
@@ -257,19 +261,40 @@ class GeneratorTrainer(LoopTrainer):
     def _steps(self, model: TIGER, history: Jagged, targets: np.ndarray) -> Steps:
         """Teacher forcing on the (history, target) windows, batches of similar history length."""
         tcfg, device, levels = self.config.train, model.codes.device, model.n_levels
+        query_rng = torch.Generator().manual_seed(tcfg.seed)  # a resumed run draws other queries: harmless
 
         def batches(epoch: int, start: dict[str, Any] | None) -> list[np.ndarray]:
             rows = epoch_batches(history.lengths, tcfg.batch_size, np.random.default_rng([tcfg.seed, epoch]))
             return rows[int(start["step"]) if start else 0:]
 
         def step(rows: np.ndarray, opt: torch.optim.Optimizer, sched: Any) -> tuple[float, float]:
-            loss_sum = model.loss(history.take(rows).to_padded(left=True).to(device),
-                                  torch.from_numpy(targets[rows]).to(device))
+            target = torch.from_numpy(targets[rows]).to(device)
+            query = None
+            if self.queries is not None:
+                query = training_queries(self.queries, target, self.config.model.query, query_rng)
+            loss_sum = model.loss(history.take(rows).to_padded(left=True).to(device), target, query)
             optimizer_step(loss_sum / (len(rows) * levels), model, opt, sched, tcfg.clip_norm)
             return float(loss_sum.detach()), len(rows) * levels
 
         return Steps(model, math.ceil(len(targets) / tcfg.batch_size), batches, step,
                      rates=lambda tokens, seconds: {"windows_per_s": tokens / levels / seconds})
+
+    def _query_table(self, ds: SequenceDataset) -> torch.Tensor:
+        """``model.query``: the items' content vectors (L2-normalised, on the device) that training queries are
+        drawn from; fills in ``model.query.dim`` from the table."""
+        from genrec.content.store import ItemEmbeddings
+
+        q = self.config.model.query
+        folder = Path(q.content or Path("runs") / "content" / ds.name)
+        emb = ItemEmbeddings.load(folder)
+        if [str(i) for i in emb.item_ids] != [str(i) for i in ds.items.decode(np.arange(1, ds.n_items + 1))]:
+            raise DataError(f"model.query.content holds {emb.n_items:,} items that do not match dataset "
+                            f"'{ds.name}' ({ds.n_items:,} items) in dense-id order; encode this dataset", path=folder)
+        if q.dim is not None and q.dim != emb.dim:
+            raise ConfigError(f"model.query.dim {q.dim} differs from the content table's {emb.dim}")
+        query = q.model_copy(update={"dim": emb.dim, "content": str(folder)})
+        self.config = self.config.model_copy(update={"model": self.config.model.model_copy(update={"query": query})})
+        return item_query_table(emb.vectors).to(resolve_device(self.config.train.device))
 
     def _refit(self, split: Split, ds: SequenceDataset, sids: SemanticIds, device: torch.device, epochs: int,
                resume: bool) -> tuple[TIGER, Split, dict[str, Any]]:
