@@ -25,12 +25,19 @@ def tokenize_cmd(
     epochs: Annotated[int | None, typer.Option(help="RQ-VAE training epochs (default 200).", min=1)] = None,
     normalize: Annotated[bool, typer.Option("--normalize/--no-normalize",
                                             help="L2-normalise content vectors first.")] = True,
+    id_model: Annotated[Path | None, typer.Option(help="Collaborative IDs: run folder of a trained ID model "
+                                                  "(sasrec/hstu, item_repr id) whose item embeddings are fused "
+                                                  "with the content vectors; items it never trained get theirs "
+                                                  "predicted from content.")] = None,
+    id_weight: Annotated[float, typer.Option(help="With --id-model: weight of the normalised ID embedding next "
+                                             "to the normalised content vector.", min=0.0)] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Fit RQ-KMeans or RQ-VAE on item content embeddings; write unique semantic IDs, the tokenizer (encodes new
     items without retraining) and a quality report."""
     from genrec.cli import _print_json, out
+    from genrec.semantic_ids.collaborative import CollaborativeConfig
     from genrec.semantic_ids.pipeline import default_out_dir, tokenize
     from genrec.semantic_ids.report import format_report
     from genrec.semantic_ids.rqvae import RQVAEConfig
@@ -42,7 +49,11 @@ def tokenize_cmd(
     if dataset is None and embeddings is None:
         raise ConfigError("give --dataset NAME (embeddings from runs/content/NAME) or --embeddings DIR")
     tune_glibc_malloc()  # k-means and RQ-VAE steps allocate large temporaries
-    config = TokenizerConfig(normalize=normalize, rqvae=RQVAEConfig(**({"epochs": epochs} if epochs else {})))
+    if id_model is not None and id_weight <= 0:
+        raise ConfigError(f"--id-weight must be above 0, got {id_weight}")
+    collab = CollaborativeConfig(id_model=id_model, weight=id_weight) if id_model is not None else None
+    config = TokenizerConfig(normalize=normalize, rqvae=RQVAEConfig(**({"epochs": epochs} if epochs else {})),
+                             collaborative=collab)
     source = embeddings if embeddings is not None else dataset
     folder = out_dir
     if folder is None:

@@ -28,6 +28,7 @@ from genrec.errors import ConfigError, DataError
 from genrec.io import write_json, write_parquet
 from genrec.progress import progress_bar
 from genrec.semantic_ids.codes import SemanticIds
+from genrec.semantic_ids.collaborative import collaborative_vectors, read_id_model
 from genrec.semantic_ids.report import code_report, grouping_report, reconstruction_report
 from genrec.semantic_ids.rqkmeans import residual_encode
 from genrec.semantic_ids.tokenizer import FILES as TOKENIZER_FILES
@@ -93,20 +94,27 @@ def tokenize(source: str | Path | ItemEmbeddings, method: str | None = None, lev
     has = np.setdiff1d(np.arange(1, emb.n_items + 1), missing)
     if len(has) < 2:
         raise DataError(f"{emb_dir or 'embedding table'}: fewer than 2 items have content vectors")
-    t0 = time.perf_counter()
-    with progress_bar(tok.fit_steps(), f"{tok.config.method}", enabled=show_progress) as advance:
-        tok.fit(emb.vectors[has], progress=advance)
-    fit_seconds = time.perf_counter() - t0
     vectors = emb.vectors.copy()
     if len(missing):
         vectors[missing] = vectors[has].mean(0)
+    collab = None
+    if tok.config.collaborative is not None:  # fused vectors; items without content keep the mean content
+        vectors, collab = _collaborative(tok, emb, vectors, missing)
+    t0 = time.perf_counter()
+    with progress_bar(tok.fit_steps(), f"{tok.config.method}", enabled=show_progress) as advance:
+        tok.fit(vectors[has], progress=advance)
+    fit_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     meta = {"dataset": dataset, "n_items": emb.n_items, "items_sha256": items_digest(emb.item_ids),
             "embeddings": str(emb_dir) if emb_dir else None, "missing": [int(i) for i in missing],
             "encoders": {k: v for k, v in emb.meta.items() if k.endswith("model")}}
+    if collab is not None:
+        meta["collaborative"] = collab
     ids = tok.tokenize(vectors, meta=meta)
     encode_seconds = time.perf_counter() - t0
-    report = quality_report(tok, emb.vectors[has], ids.codes[has])
+    report = quality_report(tok, vectors[has], ids.codes[has])
+    if collab is not None:
+        report["collaborative"] = collab
     report.update(dataset=dataset, method=tok.config.method, levels=tok.config.levels,
                   codebook_size=tok.config.codebook_size, sizes=list(ids.sizes), unique=ids.is_unique(),
                   missing_items=len(missing), fit_seconds=fit_seconds, encode_seconds=encode_seconds,
@@ -120,6 +128,23 @@ def tokenize(source: str | Path | ItemEmbeddings, method: str | None = None, lev
         tok.save(out)
         write_json(out / "report.json", report)
     return ids, report
+
+
+def _collaborative(tok: Tokenizer, emb: ItemEmbeddings, vectors: np.ndarray, missing: np.ndarray
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Content fused with the ID model's item embeddings (see :mod:`genrec.semantic_ids.collaborative`); sets the
+    tokenizer's content map, so new items get IDs from their content later."""
+    cfg = tok.config.collaborative
+    table, counts = read_id_model(cfg.id_model)
+    if len(table) != emb.n_items + 1:
+        raise DataError(f"the ID model in {cfg.id_model} has {len(table) - 1:,} items, the embedding table "
+                        f"{emb.n_items:,}; train it on the same dataset")
+    has_content = np.ones(len(vectors), bool)
+    has_content[missing] = False
+    fused, w, summary = collaborative_vectors(vectors, table, counts, cfg, has_content)
+    tok.content_map = torch.from_numpy(w)
+    return fused, {**summary, "id_model": str(cfg.id_model), "weight": cfg.weight, "ridge": cfg.ridge,
+                   "min_count": cfg.min_count}
 
 
 @torch.no_grad()
@@ -264,9 +289,10 @@ def extend_ids(ids_dir: str | Path, embeddings: str | Path | ItemEmbeddings, out
                             "--catalog FILE')", path=new_dir)
         new = ItemEmbeddings.load(new_dir)
     where = new_dir or "new embedding table"
-    if new.dim != tok.in_dim:
+    content_dim = tok.content_map.shape[0] - 1 if tok.content_map is not None else tok.in_dim
+    if new.dim != content_dim:
         raise DataError(f"vectors have {new.dim} dimensions, but the tokenizer in {tok_dir} was fitted on "
-                        f"{tok.in_dim}; encode the new items with the catalog's encoder(s)", path=where)
+                        f"{content_dim}; encode the new items with the catalog's encoder(s)", path=where)
     old_enc = ids.meta.get("encoders") or {}
     new_enc = {k: v for k, v in new.meta.items() if k.endswith("model")}
     if old_enc and new_enc and old_enc != new_enc:
@@ -293,6 +319,7 @@ def extend_ids(ids_dir: str | Path, embeddings: str | Path | ItemEmbeddings, out
     vectors = new.vectors[rows].copy()
     if not np.isfinite(vectors).all():
         raise DataError("vectors hold NaN or infinite values", path=where)
+    vectors = np.asarray(tok.content_vectors(vectors))  # collaborative IDs: fused with the predicted ID embedding
     no_content = np.isin(rows, missing_rows(new))
     if no_content.any():
         vectors[no_content] = tok.mean.numpy()  # the catalog's mean content, as tokenize does for missing items

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from genrec.errors import ConfigError, DataError
 from genrec.io import atomic_write, read_json, write_json
 from genrec.semantic_ids.codes import SemanticIds
+from genrec.semantic_ids.collaborative import CollaborativeConfig, apply_content_map, fuse
 from genrec.semantic_ids.rqkmeans import ResidualKMeans
 from genrec.semantic_ids.rqvae import RQVAE, RQVAEConfig
 
@@ -44,6 +45,9 @@ class TokenizerConfig(BaseModel):
     kmeans_iters: int = Field(50, ge=1, description="Lloyd iterations per k-means run.")
     kmeans_init: Literal["kmeans++", "random"] = Field("kmeans++", description="k-means seeding.")
     rqvae: RQVAEConfig = Field(RQVAEConfig(), description="RQ-VAE settings (method 'rqvae' only).")
+    collaborative: CollaborativeConfig | None = Field(None, description="Collaborative IDs: quantise content vectors "
+                                                      "fused with a trained ID model's item embeddings "
+                                                      "(genrec.semantic_ids.collaborative); None = content only.")
 
 
 def _as_tensor(vectors: np.ndarray | torch.Tensor, what: str = "vectors") -> torch.Tensor:
@@ -99,6 +103,18 @@ class Tokenizer:
         self.in_dim: int | None = None
         self.mean: torch.Tensor | None = None
         self.scale: float = 1.0
+        self.content_map: torch.Tensor | None = None  # collaborative: content -> ID-embedding map [dim + 1, D]
+
+    def content_vectors(self, content: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """What :meth:`encode` takes for items known by their content alone: for collaborative IDs the content
+        fused with the ID embedding the saved map predicts from it; otherwise the content itself."""
+        if self.content_map is None or self.config.collaborative is None:
+            return content
+        x = _as_tensor(content, "content vectors").numpy()
+        if x.shape[1] != self.content_map.shape[0] - 1:
+            raise DataError(f"content vectors have {x.shape[1]} dimensions; this tokenizer's content map expects "
+                            f"{self.content_map.shape[0] - 1}")
+        return fuse(x, apply_content_map(x, self.content_map.numpy()), self.config.collaborative.weight)
 
     # --- preprocessing ------------------------------------------------------------------------------------
 
@@ -186,6 +202,8 @@ class Tokenizer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"pre.mean": self.mean, **{f"q.{k}": v for k, v in self.quantizer.tensors().items()}}
+        if self.content_map is not None:
+            tensors["collab.map"] = self.content_map
         atomic_write(folder / FILES[1], lambda tmp: save_file({k: v.detach().contiguous().cpu()
                                                                for k, v in tensors.items()}, tmp))
         write_json(folder / FILES[0], {"format": FORMAT, "format_version": FORMAT_VERSION,
@@ -212,6 +230,7 @@ class Tokenizer:
         tok = cls(config)
         tensors = load_file(folder / FILES[1])
         tok.in_dim, tok.scale, tok.mean = int(spec["in_dim"]), float(spec["scale"]), tensors["pre.mean"]
+        tok.content_map = tensors.get("collab.map")
         q = {k[2:]: v for k, v in tensors.items() if k.startswith("q.")}
         if config.method == "rqkmeans":
             tok.quantizer = ResidualKMeans(config.levels, config.codebook_size, config.kmeans_iters,
