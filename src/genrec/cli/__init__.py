@@ -357,6 +357,11 @@ def export_cmd(
                                                      "task=weight,... (default: the click / rate logit).")] = None,
     ranker_time_scale: Annotated[float, typer.Option(min=1e-9, help="Event timestamps x this = the ranker's "
                                                      "unix ms (1000 when events carry seconds).")] = 1.0,
+    generator: Annotated[Path | None, typer.Option(help="A finished semantic-ID generator run (tiger) over the same "
+                                                   "items to serve next to the ID model: requests choose it with "
+                                                   "retriever=generator (the web page has a switch); trained with "
+                                                   "model.query, it decodes conditioned on the request's query.")
+                         ] = None,
 ) -> None:
     """Write an immutable, checksummed bundle that `genrec.serve.Recommender.load` can serve."""
     from genrec.serve import export_bundle, load_manifest
@@ -367,7 +372,8 @@ def export_cmd(
                    "weight": _optional_float(ranker_weight, "--ranker-weight"),
                    "blend": _weights(ranker_blend, "--ranker-blend") if ranker_blend else None}
     path = export_bundle(run_dir, bundle, content=content, ann=ann, ann_threshold=ann_threshold,
-                         ann_recall=ann_recall, ranker=ranker, ranker_options=options, ann_memory_mb=ann_memory_mb)
+                         ann_recall=ann_recall, ranker=ranker, ranker_options=options, ann_memory_mb=ann_memory_mb,
+                         generator=generator)
     m = load_manifest(path)
     out.print(f"bundle {m['version']} ({m['model']} on {m['dataset']}) -> {path}", highlight=False)
     if m.get("ranker"):

@@ -77,12 +77,19 @@ class QueryEncoder:
 
     def similarity(self, query: str) -> torch.Tensor:
         """cosine(query, item content) [n_items + 1]."""
+        return self.similarity_to(self.vector(query))
+
+    def vector(self, query: str) -> torch.Tensor:
+        """The query in the table's content space, L2-normalised [dim] (what a prompt-conditioned generator reads)."""
         encoder, dim = self._load()
         text = np.asarray(encoder.encode([query]), dtype=np.float32).reshape(1, -1)
         if text.shape[1] != dim:
             raise GenrecError(f"the text encoder gives {text.shape[1]}-d vectors; the content table's text has {dim}")
-        x = torch.from_numpy(to_content_space(text, self.content))
-        return (self.content.vectors @ F.normalize(x, dim=1)[0]).float()
+        return F.normalize(torch.from_numpy(to_content_space(text, self.content)), dim=1)[0].float()
+
+    def similarity_to(self, vector: torch.Tensor) -> torch.Tensor:
+        """cosine(:meth:`vector`, item content) [n_items + 1]."""
+        return (self.content.vectors @ vector).float()
 
     def _load(self) -> tuple[Any, int]:
         with self._lock:

@@ -217,7 +217,7 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
                 history, k=k, timestamps=timestamps, exclude_seen=body.exclude_seen, allow=allow,
                 deny=body.deny, query=body.query, deadline_ms=s.settings.deadline_ms, actions=actions,
                 user_id=body.user_id, strict_actions=body.user_id is None, history_context=contexts,
-                context=body.context, ranker_weight=ranker_weight)
+                context=body.context, ranker_weight=ranker_weight, retriever=body.retriever)
 
         request_id = uuid.uuid4().hex
         try:
@@ -232,7 +232,7 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
             s.fallbacks.labels(result.reason or "no usable history").inc()
         return _json({"user_id": body.user_id, "items": result.items, "model_version": served.exposure.model_version,
                       "fallback": result.fallback, "reason": result.reason, "mode": result.mode,
-                      "warnings": warnings + result.warnings, **answer_fields(served)})
+                      "warnings": warnings + result.warnings, "retrievers": rec.retrievers, **answer_fields(served)})
 
     @app.post("/v1/events", response_model=None, responses=answers(EventsResponse, *BODY_ERRORS))
     def events(body: EventsRequest, s: Serving = Depends(state)) -> dict[str, Any]:

@@ -16,6 +16,9 @@
   computing a private copy;
 - ``ranker.safetensors``, ``ranker.json``, ``ranker_items.parquet``, ``ranker_users.parquet``: a multi-task ranking
   model as the second stage (``ranker=``), see :mod:`genrec.serve.ranking`;
+- ``generator.safetensors`` + ``generator.json``: a semantic-ID generator (tiger) next to an ID model
+  (``generator=``), so a request can choose either retriever (``retriever="generator"``); a generator trained with
+  ``model.query`` then decodes conditioned on the request's query;
 - ``manifest.json``: genrec version, model, dataset, test metrics, commit, and the sha256 of every file.
 
 Loading verifies every checksum before anything is read. The files after ``items.parquet`` are optional
@@ -48,11 +51,13 @@ PROJECTION_FILE = "projection.safetensors"  # only with a pca-projected content 
 ANN_FILE = "ann.faiss"  # only with an approximate index (large catalogs)
 ITEM_TABLE_FILE = "item_table.npy"  # with an index, when the model's item table is computed, not stored
 RANKER_FILES = ("ranker.safetensors", "ranker.json", "ranker_items.parquet", "ranker_users.parquet")
+GENERATOR_FILES = ("generator.safetensors", "generator.json")  # a second retriever next to an ID model
 
 
 def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | None = None, ann: Any = "auto",
                   ann_threshold: int = 100_000, ann_recall: float = 0.95, ranker: str | Path | None = None,
-                  ranker_options: dict[str, Any] | None = None, ann_memory_mb: float = 1024.0) -> Path:
+                  ranker_options: dict[str, Any] | None = None, ann_memory_mb: float = 1024.0,
+                  generator: str | Path | None = None) -> Path:
     """Copy a finished training run's servable files into ``out`` and seal them with a manifest.
 
     Also written: the popularity list, the semantic-ID table when the model has one, and, with ``content`` (an
@@ -65,6 +70,9 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
     always do; an :class:`~genrec.serve.ann.AnnConfig` (or its dict) sets every parameter. The search parameters
     are the smallest that reach ``ann_recall`` (recall@10 against exact top-10 on sample queries), reported in
     the manifest.
+
+    ``generator``: a finished generator run (tiger) over the same items, served next to the run's ID model as a
+    second retriever (``generator.*`` files; the manifest's ``generator`` entry).
 
     ``ranker``: a finished ranking run (``genrec.models.RANKING``) to add as the second stage
     (:mod:`genrec.serve.ranking`); ``ranker_options``: ``weight`` (fusion weight, default 1.0; None = the ranker
@@ -98,6 +106,10 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
         files += _write_semantic_ids(run_dir, tmp, model)
         if content is not None:
             files += _copy_content(Path(content), tmp, list(catalog.raw_ids))
+        generator_report = None
+        if generator is not None:
+            generator_report = _copy_generator(Path(generator), tmp, model, list(catalog.raw_ids))
+            files += list(GENERATOR_FILES)
         ranker_report = None
         if ranker is not None:
             ranker_report = _copy_ranker(Path(ranker), tmp, list(catalog.raw_ids), ranker_options or {})
@@ -113,6 +125,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
             "metrics": {k: v["mean"] for k, v in metrics["metrics"].items()},
             "commit": metrics.get("run", {}).get("commit"), "source_run": str(run_dir),
             "content": str(content) if content is not None else None, "ann": ann_report, "ranker": ranker_report,
+            "generator": generator_report,
             "files": {name: sha256_file(tmp / name) for name in files},
         }
         write_json(tmp / "manifest.json", manifest)
@@ -121,6 +134,28 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _copy_generator(run: Path, bundle: Path, model: dict[str, Any], raw_ids: list[str]) -> dict[str, Any]:
+    """The second retriever's files; returns the manifest's ``generator`` entry."""
+    missing = [f for f in ("model.safetensors", "model.json", "items.parquet") if not (run / f).is_file()]
+    if missing:
+        raise GenrecError(f"generator {run}: not a finished training run (missing {', '.join(missing)})")
+    spec = read_json(run / "model.json")
+    if spec.get("name") != "tiger":
+        raise GenrecError(f"generator {run}: model {spec.get('name')!r} is not the semantic-ID generator (tiger)")
+    if model["name"] == "tiger":
+        raise GenrecError("generator: the bundle's model is a generator already; a second one needs an ID model "
+                          "(sasrec, hstu) as the first")
+    items = Catalog.from_items(pq.read_table(run / "items.parquet")).raw_ids
+    if list(items) != raw_ids:
+        raise GenrecError(f"generator {run}: its {len(items):,} items are not the ID model's {len(raw_ids):,} items "
+                          "in dense-id order; train both on the same dataset")
+    shutil.copy2(run / "model.safetensors", bundle / GENERATOR_FILES[0])
+    shutil.copy2(run / "model.json", bundle / GENERATOR_FILES[1])
+    metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+    return {"model": "tiger", "source_run": str(run), "query": (spec.get("config") or {}).get("query") is not None,
+            "metrics": {k: v["mean"] for k, v in (metrics.get("metrics") or {}).items()}}
 
 
 def _copy_ranker(run: Path, bundle: Path, raw_ids: list[str], options: dict[str, Any]) -> dict[str, Any]:

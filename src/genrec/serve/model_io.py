@@ -36,16 +36,17 @@ _DTYPES = {"F64": (np.float64, torch.float64), "F32": (np.float32, torch.float32
            "BOOL": (np.bool_, torch.bool)}
 
 
-def load_model(folder: str | Path, mmap: bool = False) -> SequentialModel | TIGER:
+def load_model(folder: str | Path, mmap: bool = False, stem: str = "model") -> SequentialModel | TIGER:
     """An ID model (sasrec, hstu) or the semantic-ID generator (tiger, rebuilt like
     :func:`genrec.train.generator.load_generator`: its codes travel in the weights), in eval mode.
 
     ``mmap``: map tensors of at least MMAP_MIN_BYTES from the file instead of reading them, and assign them to
     the model without a copy; an ID model with a tensor of META_MIN_BYTES or more is built on the meta device, so
-    its random initial item table is never allocated either."""
+    its random initial item table is never allocated either. ``stem``: the files' name (``generator``: a bundle's
+    second retriever, :data:`genrec.serve.bundle.GENERATOR_FILES`)."""
     folder = Path(folder)
-    spec = read_json(folder / "model.json")
-    path = folder / "model.safetensors"
+    spec = read_json(folder / f"{stem}.json")
+    path = folder / f"{stem}.safetensors"
     model: SequentialModel | TIGER
     if spec["name"] == "tiger":
         state = load_file(path)
@@ -70,7 +71,7 @@ def load_model(folder: str | Path, mmap: bool = False) -> SequentialModel | TIGE
             model.load_state_dict(state, assign=True)  # the parameters become the mapped tensors, no copy
             left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
             if left:
-                raise GenrecError(f"{folder}: model.safetensors does not hold {', '.join(left)}")
+                raise GenrecError(f"{folder}: {stem}.safetensors does not hold {', '.join(left)}")
     else:
         raise GenrecError(f"{folder}: unknown model {spec['name']!r}")
     return model.eval()

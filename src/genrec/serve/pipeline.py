@@ -1,6 +1,11 @@
 """The model work of a batch of recommendations, run on the batch worker's thread (:mod:`genrec.serve.batching`):
 retrieval scores for every request of the batch in one forward pass, each request's filters and top candidates,
-then the ranking stage for all of them in one forward pass. Each request is answered as it would be alone."""
+then the ranking stage for all of them in one forward pass. Each request is answered as it would be alone.
+
+A bundle may hold two retrievers (an ID model and the semantic-ID generator): each job names the one it wants
+(``Job.retriever``; None: the bundle's own model). A query steers an answer in one of two ways: a generator trained
+with ``model.query`` decodes conditioned on the query's content vector (``mode`` ``generator+prompt``); any other
+retriever's scores are blended with the query's similarity to every item (``...+query``)."""
 
 from __future__ import annotations
 
@@ -42,15 +47,21 @@ class Job:
     timestamps: list[int] | None
     inputs: RankerInputs | None
     ranker_weight: float | None = None  # an experiment arm's weight of the ranker score (None: the bundle's)
+    retriever: str | None = None  # which of the bundle's retrievers answers (None: its own model)
 
 
 class Pipeline:
-    """Retrieval (``scorer``), the optional ``ranker`` and the query encoder over batches of :class:`Job`;
-    ``items`` renders dense ids and scores as answer rows."""
+    """Retrieval (``scorer``, or one of ``scorers`` by name), the optional ``ranker`` and the query encoder over
+    batches of :class:`Job`; ``items`` renders dense ids and scores as answer rows."""
 
     def __init__(self, scorer: IdScorer | GeneratorScorer, ranker: RankingStage | None, query: QueryEncoder | None,
-                 items: Callable[[np.ndarray, list[float] | None], list[dict[str, Any]]]):
+                 items: Callable[[np.ndarray, list[float] | None], list[dict[str, Any]]],
+                 scorers: dict[str, IdScorer | GeneratorScorer] | None = None):
         self.scorer, self.ranker, self.query, self.items = scorer, ranker, query, items
+        self.scorers = scorers or {}
+
+    def scorer_for(self, job: Job) -> IdScorer | GeneratorScorer:
+        return self.scorer if job.retriever is None else self.scorers[job.retriever]
 
     def run(self, jobs: list[Job]) -> list[Answer]:
         with torch.no_grad():
@@ -62,19 +73,24 @@ class Pipeline:
     def _retrieve(self, jobs: list[Job]) -> list[tuple[Any, str, list[str]]]:
         """Per job: scores over the catalog [n_items + 1] or, from a partial scorer, (candidate ids, scores); the
         mode; warnings. The ID models score every job's history in one forward pass."""
-        similarity = [self._similarity(job) for job in jobs]
-        scoring = [i for i, job in enumerate(jobs) if job.known]
-        scored = dict(zip(scoring, self.scorer.score_many([
-            ScoreRequest(jobs[i].known, jobs[i].known_ts, jobs[i].width, jobs[i].allowed) for i in scoring]),
-            strict=True)) if scoring else {}
+        queried = [self._similarity(job) for job in jobs]
+        scored: dict[int, Any] = {}
+        for scorer in {id(s): s for s in map(self.scorer_for, jobs)}.values():  # one pass per retriever
+            mine = [i for i, job in enumerate(jobs) if job.known and self.scorer_for(job) is scorer]
+            requests = [ScoreRequest(jobs[i].known, jobs[i].known_ts, jobs[i].width, jobs[i].allowed, queried[i][0])
+                        for i in mine]
+            scored.update(zip(mine, scorer.score_many(requests) if mine else [], strict=True))
         out = []
-        for i, (job, (q, warnings)) in enumerate(zip(jobs, similarity, strict=True)):
+        for i, (job, (vector, q, warnings)) in enumerate(zip(jobs, queried, strict=True)):
             if not job.known:
                 out.append((q, "content", warnings))
                 continue
             scores, more = scored[i]
-            mode, warnings = self.scorer.mode, warnings + more
-            if q is None:
+            scorer = self.scorer_for(job)
+            mode, warnings = scorer.mode, warnings + more
+            if vector is not None and getattr(scorer, "conditioned", False):  # the query shaped the decoding
+                out.append((scores, mode + "+prompt", warnings))
+            elif q is None:
                 out.append((scores, mode, warnings))
             elif isinstance(scores, tuple):  # blend over the candidates only
                 ids, values = scores
@@ -83,18 +99,19 @@ class Pipeline:
                 out.append((blend_with_query(scores, q, job.query_weight), mode + "+query", warnings))
         return out
 
-    def _similarity(self, job: Job) -> tuple[torch.Tensor | None, list[str]]:
-        """The query's similarity to every item (None without a query); a query that cannot be encoded is
-        ignored with a warning, unless it is all the request has."""
+    def _similarity(self, job: Job) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
+        """The query's content vector and its similarity to every item (None, None without a query); a query that
+        cannot be encoded is ignored with a warning, unless it is all the request has."""
         if job.query is None:
-            return None, []
+            return None, None, []
         try:
-            return self.query.similarity(job.query), []
+            vector = self.query.vector(job.query)
+            return vector, self.query.similarity_to(vector), []
         except Exception as e:
             if not job.known:
                 raise
             log.warning("query encoding failed: %s", e)
-            return None, [f"query ignored: it could not be encoded ({type(e).__name__}: {e})"]
+            return None, None, [f"query ignored: it could not be encoded ({type(e).__name__}: {e})"]
 
     def _select(self, job: Job, scores: Any, mode: str, warnings: list[str]) -> Pick:
         """The filters and top over the scores (dense, or a partial scorer's (ids, scores)): the top ``k`` or, with
@@ -107,8 +124,9 @@ class Pipeline:
             ids, values = ids[keep], values[keep]
             n = len(ids)
             if n < k and n < (n_allowed := int(mask.sum())):
-                if isinstance(self.scorer, GeneratorScorer):
-                    source = f"the generator's {self.scorer.beams(job.width)} beams"
+                scorer = self.scorer_for(job)
+                if isinstance(scorer, GeneratorScorer):
+                    source = f"the generator's {scorer.beams(job.width)} beams"
                 else:
                     source = "the approximate index's candidates"
                 warnings.append(f"only {n} of the {n_allowed} allowed items are among {source}; "

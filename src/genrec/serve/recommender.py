@@ -19,7 +19,13 @@ blending are shared); a scorer (:mod:`genrec.serve.scorers`) holds the model-spe
   every beam, each beam item scored by its sequence log-probability and every other item -inf. Only beam
   items can be returned, so with ``allow`` (or many excluded items) fewer than ``k`` items may come back; a
   warning says so, and the list is never padded with unscored items. With a ``query``, the z-scored
-  log-probabilities of the beam items are blended with the z-scored query similarity (``mode="generator+query"``).
+  log-probabilities of the beam items are blended with the z-scored query similarity (``mode="generator+query"``),
+  unless the generator was trained with ``model.query``: then the query's content vector conditions the beam search
+  itself (``mode="generator+prompt"``, :mod:`genrec.models.tiger_query`).
+
+A bundle with an ID model may carry the generator as a second retriever (``generator.*`` files, see
+:func:`genrec.serve.bundle.export_bundle`): :attr:`Recommender.retrievers` lists what a request may choose with
+``retriever=`` (``"model"``: the ID model, ``"generator"``; None: the bundle's own model).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from genrec.serve.ann import ANN_FILE, AnnIndex
 from genrec.serve.batching import BatchWorker
 from genrec.serve.bundle import (
     CONTENT_FILES,
+    GENERATOR_FILES,
     ITEM_TABLE_FILE,
     POPULARITY_FILE,
     PROJECTION_FILE,
@@ -85,13 +92,19 @@ class Recommendation:
 class Recommender:
     def __init__(self, model: SequentialModel | TIGER, catalog: Catalog, manifest: dict[str, Any],
                  popular: list[str] | None = None, content: ContentTable | None = None, ann: AnnIndex | None = None,
-                 ranker: RankingStage | None = None, table: torch.Tensor | None = None):
+                 ranker: RankingStage | None = None, table: torch.Tensor | None = None,
+                 generator: TIGER | None = None):
         self.model, self.manifest, self.ranker = model.eval(), manifest, ranker
         self.path: Path | None = None  # the bundle folder, when loaded from one
         if isinstance(model, TIGER):
             self._scorer: IdScorer | GeneratorScorer = GeneratorScorer(model)
         else:
             self._scorer = IdScorer(model, table) if ann is None else AnnScorer(model, ann, table)
+        if generator is not None and isinstance(model, TIGER):
+            raise GenrecError("a second generator needs an ID model as the bundle's model")
+        self.generator = generator.eval() if generator is not None else None
+        others = {"generator": GeneratorScorer(self.generator)} if self.generator is not None else {}
+        self.retrievers = ["generator" if isinstance(model, TIGER) else "model", *others]  # the first: the default
         self.catalog = catalog  # Arrow columns: only the rows an answer returns are decoded
         self.raw_ids = catalog.raw_ids
         self.n_items = catalog.n_items
@@ -105,7 +118,7 @@ class Recommender:
         self._query = QueryEncoder(content) if content is not None else None
         self._table_lock = threading.Lock()
         self._similarity: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._pipeline = Pipeline(self._scorer, ranker, self._query, self._items)
+        self._pipeline = Pipeline(self._scorer, ranker, self._query, self._items, others)
         self._worker = BatchWorker(self._pipeline.run, MAX_BATCH, "genrec-recommend")
 
     @classmethod
@@ -144,7 +157,10 @@ class Recommender:
         ranker = None
         if all(name in files for name in RANKER_FILES):
             ranker = RankingStage.load(bundle, list(catalog.raw_ids))
-        rec = cls(model, catalog, manifest, popular, content, ann, ranker, table)
+        generator = None
+        if all(name in files for name in GENERATOR_FILES):
+            generator = load_model(bundle, mmap=True, stem="generator")
+        rec = cls(model, catalog, manifest, popular, content, ann, ranker, table, generator)
         rec.path = bundle
         return rec
 
@@ -156,8 +172,8 @@ class Recommender:
 
     @property
     def max_history(self) -> int:
-        """How many of the most recent history items the model reads."""
-        return int(self.model.config.max_len)
+        """How many of the most recent history items the model reads (the most either retriever reads)."""
+        return max(int(m.config.max_len) for m in (self.model, self.generator) if m is not None)
 
     @property
     def history_needed(self) -> int:
@@ -186,8 +202,10 @@ class Recommender:
         these items may be returned; ``deny``: never these; ``exclude_seen``: never the history's items.
         ``query``: text that steers the ranking when the bundle has content embeddings: final score =
         ``(1 - query_weight) * z(model) + query_weight * z(cosine(query, item))``, z-scored over the catalog;
-        with no usable history the query alone ranks (``mode="content"``). No usable history and no query, a
-        model error or a missed ``deadline_ms``: the popularity list answers (``fallback=True``, ``reason``).
+        with no usable history the query alone ranks (``mode="content"``). ``retriever``: one of :attr:`retrievers`
+        (None: the bundle's own model); a query-conditioned generator decodes with the query instead of blending.
+        No usable history and no query, a model error or a missed ``deadline_ms``: the popularity list answers
+        (``fallback=True``, ``reason``).
 
         With a ranking stage in the bundle (:mod:`genrec.serve.ranking`) the filtered top ``ranker.candidates``
         are reordered by the ranker and every item carries ``retrieval_score`` and ``predictions`` (per task);
@@ -240,13 +258,16 @@ class Recommender:
                query: str | None = None, query_weight: float = 0.5, deadline_ms: float | None = None,
                actions: Iterable[dict[str, Any] | None] | None = None, user_id: str | None = None,
                strict_actions: bool = True, history_context: Iterable[dict[str, Any] | None] | None = None,
-               context: dict[str, Any] | None = None, ranker_weight: float | None = None
-               ) -> Generator[Job, tuple, Recommendation]:
+               context: dict[str, Any] | None = None, ranker_weight: float | None = None,
+               retriever: str | None = None) -> Generator[Job, tuple, Recommendation]:
         """One recommendation as a generator shared by the sync and async drivers: check the arguments (bad ones
         raise ValueError at once), then either return an answer that needs no model, or yield the model's work (a
         :class:`~genrec.serve.pipeline.Job`, run with concurrent requests' on the model thread) and receive its
         outcome (("ok", (items, mode, warnings)), ("error", exception) or DEADLINE_OUTCOME) to build the answer."""
         k = check_k(k)
+        if retriever is not None and retriever not in self.retrievers:
+            raise ValueError(f"retriever {retriever!r}: this bundle serves {' or '.join(map(repr, self.retrievers))}")
+        chosen = self.generator if retriever == "generator" and self.generator is not None else self.model
         if not 0.0 <= float(query_weight) <= 1.0:
             raise ValueError(f"query_weight must be in [0, 1], got {query_weight}")
         if deadline_ms is not None and not float(deadline_ms) > 0:
@@ -282,20 +303,21 @@ class Recommender:
         width = k + len(blocked)  # candidates the model must propose so that k survive the filters
         if exclude_seen and known:
             mask[torch.tensor(known)] = False
-        truncated = len(known) > self.max_history
+        reads = int(chosen.config.max_len)
+        truncated = len(known) > reads
         if truncated:
-            known, known_ts = known[-self.max_history:], known_ts[-self.max_history:] if known_ts else known_ts
+            known, known_ts = known[-reads:], known_ts[-reads:] if known_ts else known_ts
         if query is not None and self.content is None:
             warnings.append(NO_QUERY_CONTENT)
             query = None
         if not known and query is None:
             return self._fallback(k, mask, warnings, NO_HISTORY, truncated)
-        if known and known_ts is None and self.model.use_timestamps:
+        if known and known_ts is None and chosen.use_timestamps:
             warnings.append("the model reads timestamps but none were given; time gaps are ignored")
 
         allowed = mask.nonzero().squeeze(1) if allow is not None else None
         job = Job(known, known_ts, query, float(query_weight), width, allowed, mask, k, user_id, history, ts, inputs,
-                  ranker_weight)
+                  ranker_weight, None if chosen is self.model else "generator")
         status, value = yield job
         if status == "deadline":
             warnings.append(f"no answer within the {deadline_ms:g} ms deadline; answered from popularity")

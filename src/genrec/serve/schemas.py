@@ -6,7 +6,7 @@ Every error answer (4xx) has one shape, :class:`ErrorBody`: ``detail`` says what
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -75,6 +75,11 @@ class RecommendRequest(_Body):
     allow: list[str] | None = Field(None, max_length=100_000, description="Only these items may be returned.")
     deny: list[str] | None = Field(None, max_length=100_000, description="Never return these items.")
     query: str | None = Field(None, min_length=1, max_length=1000, description="Steer results toward this text.")
+    retriever: Literal["model", "generator"] | None = Field(
+        None, description="Which retriever answers when the bundle has both an ID model and the semantic-ID generator "
+        "(see `retrievers` in the answer); null: the bundle's own model. A generator trained with query conditioning "
+        "decodes conditioned on `query` (mode generator+prompt); otherwise a query re-weights the scores (+query). "
+        "A retriever the bundle lacks: 422.")
 
     @model_validator(mode="after")
     def _one_source(self) -> RecommendRequest:
@@ -160,6 +165,8 @@ class RecommendResponse(BaseModel):
     arm: str | None = Field(description="The experiment arm that answered; null outside an experiment and in "
                             "interleave mode (both arms' lists merged).")
     anonymous: bool = Field(description="No user_id: the arm was drawn for this request alone.")
+    retrievers: list[str] = Field(description="The retrievers this bundle offers (`retriever` of a request), its "
+                                  "own model first.")
 
 
 class EventsResponse(BaseModel):

@@ -7,7 +7,8 @@ or over its own candidates only (a tuple of their ids and scores). :meth:`score_
 - :class:`IdScorer`: an ID model (``genrec.models.SEQUENTIAL``: sasrec, hstu) scores the whole catalog;
 - :class:`AnnScorer`: an ID model over a large catalog: a FAISS index proposes the candidates;
 - :class:`GeneratorScorer`: the semantic-ID generator (``tiger``) by constrained beam search: only beam items
-  are scored (by their sequence log-probability).
+  are scored (by their sequence log-probability); a generator trained with ``model.query`` decodes conditioned on
+  the request's query vector.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ ANN_MARGIN = 100  # extra candidates the approximate index proposes beyond what 
 
 class ScoreRequest(NamedTuple):
     """One request's retrieval inputs: its known history (dense ids, oldest first) and their timestamps (or None),
-    how many candidates it needs (``width``: k plus the items its filters remove) and its allow list (or None)."""
+    how many candidates it needs (``width``: k plus the items its filters remove), its allow list (or None) and its
+    query's content vector (or None; read by a query-conditioned generator)."""
 
     known: list[int]
     known_ts: list[int] | None
     width: int
     allowed: torch.Tensor | None = None
+    query: torch.Tensor | None = None
 
 
 Scored = tuple[Any, list[str]]  # (scores [n_items + 1], or a partial scorer's (ids, scores)), warnings
@@ -102,12 +105,14 @@ class AnnScorer(IdScorer):
 
 
 class GeneratorScorer:
-    """The semantic-ID generator (tiger): beam items get their log-probability, every other item -inf."""
+    """The semantic-ID generator (tiger): beam items get their log-probability, every other item -inf. With
+    ``model.query`` (:attr:`conditioned`) a request's query vector conditions the decoding itself."""
 
     mode = "generator"
 
     def __init__(self, model: TIGER):
         self.model = model
+        self.conditioned = model.query_token is not None
         model.trie()  # built once here, not lazily by concurrent requests
 
     def beams(self, width: int) -> int:
@@ -127,7 +132,8 @@ class GeneratorScorer:
     def _search(self, request: ScoreRequest) -> Scored:
         beam = self.beams(request.width)
         history = torch.tensor([request.known], dtype=torch.int64, device=self.model.codes.device)
-        items, logp = self.model.recommend(history, k=beam, beam=beam)
+        query = request.query[None] if self.conditioned and request.query is not None else None
+        items, logp = self.model.recommend(history, k=beam, beam=beam, query=query)
         items, logp = items[0].cpu(), logp[0].float().cpu()
         keep = torch.isfinite(logp) & (items > 0)
         return (items[keep], logp[keep]), []
