@@ -13,7 +13,7 @@ from benchmarks.api_contract import KEY, contract_config, describe, run_contract
 
 from genrec.serve.app import Settings, create_app  # noqa: E402
 
-OPERATIONS = 11  # every route but FastAPI's own docs
+OPERATIONS = 12  # every route but FastAPI's own docs
 
 
 def app_for(bundle, tmp_path, **settings):

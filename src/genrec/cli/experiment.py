@@ -37,9 +37,13 @@ def report_cmd(
                                                  "arm when it has --creator-col.")] = None,
     creator_col: Annotated[str, typer.Option(help="Creator column of --catalog.")] = "author_id",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    plots: Annotated[Path | None, typer.Option(help="Folder to write SVG plots into: the metric per arm and the "
+                                               "differences over time with their always-valid bands.")] = None,
+    points: Annotated[int, typer.Option(help="Looks (evenly spaced times) the plots show.", min=2, max=1000)] = 40,
 ) -> None:
     """Per arm: users, exposures, engagements per exposure; differences against the first arm (delta method,
-    CUPED, always-valid interval), the sample-ratio check; interleaving preference; creator and content health."""
+    CUPED, always-valid interval), the sample-ratio check; interleaving preference; creator and content health.
+    With --plots, the metrics over time as SVG files (genrec.experiment.timeline)."""
     from genrec.cli.app import print_json
     from genrec.experiment.config import load_experiment
     from genrec.experiment.exposures import open_log
@@ -48,9 +52,15 @@ def report_cmd(
     exp = load_experiment(experiment_file)
     log = open_log(store)
     try:
-        report = build_report(exp, log.exposures(), log.engagements(), read_creators(catalog, creator_col))
+        exposures, engagements = log.exposures(), log.engagements()
     finally:
         log.close()
+    report = build_report(exp, exposures, engagements, read_creators(catalog, creator_col))
+    if plots is not None:
+        from genrec.experiment.plots import write_plots
+        from genrec.experiment.timeline import timeline
+
+        report["plots"] = [str(p) for p in write_plots(timeline(exp, exposures, engagements, points), plots)]
     if as_json:
         return print_json(_finite(report))
     _print_report(report)
@@ -117,6 +127,8 @@ def _print_report(r: dict[str, Any]) -> None:
             table.add_row(arm, *("-" if h[f] is None else f"{h[f]:.3g}" if isinstance(h[f], float) else str(h[f])
                                  for f in fields))
         out.print(table)
+    for path in r.get("plots", []):
+        out.print(f"plot: {path}", highlight=False)
 
 
 def ope_cmd(

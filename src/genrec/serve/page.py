@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from genrec.serve.catalog import Column
 from genrec.serve.recommender import Recommender
-from genrec.serve.schemas import SearchResponse, UserHistoryResponse, answers
+from genrec.serve.schemas import ExperimentTimeline, SearchResponse, UserHistoryResponse, answers
 
 if TYPE_CHECKING:
     from genrec.serve.app import Serving
@@ -72,6 +72,17 @@ def add_page_routes(app: FastAPI, serving: Serving) -> None:
             items.append({**row, "timestamp": e.timestamp, "actions": e.actions, "context": e.context,
                           "known": i is not None})
         return {"user_id": user_id, "items": items, "model_reads": rec.max_history, "model_version": rec.version}
+
+    @app.get("/v1/experiment/timeline", response_model=None, responses=answers(ExperimentTimeline, 401, 404, 422))
+    def experiment_timeline(points: Annotated[int, Query(ge=2, le=200)] = 40) -> dict[str, Any]:
+        """The running experiment's metric per arm over time with always-valid bands, from the exposure log and
+        the events tied to it (genrec.experiment.timeline); 404 when the server runs no experiment."""
+        from genrec.experiment.timeline import finite, timeline
+
+        if serving.experiment is None:
+            raise HTTPException(404, "this server runs no experiment (genrec serve --experiment FILE)")
+        store = serving.store
+        return finite(timeline(serving.experiment.experiment, store.exposures(), store.engagements(), points))
 
     @app.get("/v1/items/{item_id}/image", response_class=Response,
              responses=answers(None, 401, 404, 422, media={t: {"type": "string", "format": "binary"}

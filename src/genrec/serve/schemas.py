@@ -196,6 +196,42 @@ class UserHistoryResponse(BaseModel):
     model_version: str
 
 
+class Series(BaseModel):
+    """A metric at each look with its always-valid band (null: not yet estimable, or unbounded)."""
+
+    value: list[float | None]
+    low: list[float | None] = Field(description="Always-valid lower bound at each look (null: unbounded).")
+    high: list[float | None] = Field(description="Always-valid upper bound at each look (null: unbounded).")
+    tau: float | None = Field(description="The normal mixture's scale (null while no look has a standard error).")
+
+
+class ArmSeries(Series):
+    arm: str
+    users: list[int] = Field(description="Identified users with an answer logged by each look.")
+
+
+class DifferenceSeries(Series):
+    arm: str
+    control: str = Field(description="The arm it is compared with (the first arm).")
+    users: list[int] | None = Field(None, description="Interleave mode: users with an engaged answer by each look.")
+
+
+class ExperimentTimeline(BaseModel):
+    """The running experiment's metric over time (genrec.experiment.timeline): per arm and against the first arm,
+    at evenly spaced looks from the first logged answer to the latest logged answer or event."""
+
+    experiment: str
+    mode: str = Field(description="ab or interleave.")
+    metric: str | None = Field(None, description="What the series measure (absent before the first answer).")
+    alpha: float = Field(description="The bands hold at every look at once with probability >= 1 - alpha.")
+    exposures: int = Field(description="Answers logged in the experiment.")
+    engagements: int = Field(description="Logged events tied to those answers by request_id.")
+    times: list[float] = Field(description="The looks (unix seconds).")
+    arms: list[ArmSeries] = Field(description="ab mode: each arm's engagements per exposure.")
+    differences: list[DifferenceSeries] = Field(description="Each arm minus the first arm (ab), or the preference "
+                                                "for the second arm (interleave: > 0, it wins).")
+
+
 class ReloadResponse(BaseModel):
     previous_version: str
     model_version: str
