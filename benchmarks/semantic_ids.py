@@ -137,7 +137,10 @@ def render(res: dict) -> str:
              "read once; generator: history cap 20, constrained beam search, a target outside the beams is a miss",
              "- Recall@K = HR@K (one target per user); [95% bootstrap interval over users]; one seed per row",
              "- rows accumulate: a rebuild keeps the previous table's rows whose run folders are not on the machine "
-             "that rebuilt it (each row names its commit and run folder)", ""]
+             "that rebuilt it (each row names its commit and run folder)",
+             "- prompt-conditioned generation (`tiger-query`: model.query; its row here is decoded without a query) "
+             "against score blending, on queries built from the target item: "
+             "[prompt_generation.md](prompt_generation.md) (benchmarks/prompt_generation.py)", ""]
     for ds, models in res["datasets"].items():
         lines += [f"## {ds}", "", "### Standard protocol", "",
                   "| model | device | " + " | ".join(k.replace("hr", "Recall") for k in WARM)
