@@ -162,8 +162,10 @@ def _earlier_run(folder: Path, ds: SequenceDataset, params: dict, n_boot: int) -
     return metrics["metrics"] if same_data and same_run and config["part"] == "test" else None
 
 
-def evaluate_models(folder: Path, runs: Path, minutes: float, valid_users: int, n_boot: int) -> dict:
-    """Popularity and item-kNN, then SASRec for ``minutes`` (0: baselines only) on the expanded folder."""
+def evaluate_models(folder: Path, runs: Path, minutes: float, valid_users: int, n_boot: int,
+                    epochs: int = 0) -> dict:
+    """Popularity and item-kNN, then SASRec on the expanded folder: ``epochs`` epochs (its learning-rate schedule
+    spans them) when given, else as many as fit in ``minutes``; neither: baselines only."""
     from genrec.eval import compare_runs
     from genrec.train import run_baseline
     from genrec.train.config import load_config
@@ -183,14 +185,16 @@ def evaluate_models(folder: Path, runs: Path, minutes: float, valid_users: int, 
         out["models"][name] = {"params": params, "seconds": time.perf_counter() - t, "reused": run is None,
                                "metrics": {k: summary[k] for k in SHOWN}}
         print(name, {k: round(summary[k]["mean"], 4) for k in SHOWN[:2]}, flush=True)
-    if minutes <= 0:
+    if minutes <= 0 and epochs <= 0:
         return out
     config = ROOT / "configs/movielens-1m/sasrec.yaml"
-    cfg = load_config(config, {"dataset": str(folder), "train.max_minutes": minutes, "train.epochs": 1000,
-                               "eval.valid_users": valid_users, "eval.n_boot": n_boot})
+    cfg = load_config(config, {"dataset": str(folder), "train.max_minutes": minutes or None,
+                               "train.epochs": epochs or 1000, "eval.valid_users": valid_users,
+                               "eval.n_boot": n_boot})
     t = time.perf_counter()
     res = Trainer(cfg, runs / "sasrec", dataset=ds, show_progress=False).fit()
-    out["models"]["sasrec"] = {"config": str(config.relative_to(ROOT)), "max_minutes": minutes,
+    out["models"]["sasrec"] = {"config": str(config.relative_to(ROOT)), "max_minutes": minutes or None,
+                               "max_epochs": epochs or None,
                                "valid_users": valid_users, "best_epoch": res.best_epoch,
                                "epochs": len(res.history), "seconds": time.perf_counter() - t,
                                "metrics": {k: res.test.summary[k] for k in SHOWN}}
@@ -206,6 +210,12 @@ def evaluate_models(folder: Path, runs: Path, minutes: float, valid_users: int, 
 
 
 # --- report ---------------------------------------------------------------------------------------------------
+
+def _budget(sas: dict) -> str:
+    if sas.get("max_epochs"):
+        return f"{sas['max_epochs']} epochs (learning-rate schedule over them)"
+    return f"stopped after {sas['max_minutes']} min"
+
 
 def render(r: dict) -> str:
     co, m = r["checkout"], r["machine"]
@@ -244,8 +254,8 @@ def render(r: dict) -> str:
                   "`--baselines-only`)."]
     else:
         d, sas = mr["dataset"], mr["models"].get("sasrec")
-        sas_text = (f" SASRec: {sas['config']} stopped after {sas['max_minutes']} min ({sas['epochs']} epochs, "
-                    f"best {sas['best_epoch']}), validated on {sas['valid_users']} sampled users." if sas else "")
+        sas_text = (f" SASRec: {sas['config']}, {_budget(sas)}: {sas['epochs']} epochs in {sas['seconds'] / 60:.0f} "
+                    f"min, best {sas['best_epoch']}, validated on {sas['valid_users']} sampled users." if sas else "")
         lines += ["", f"## Models on {r['train_label']} ({d['users']:,} users, {d['items']:,} items, "
                   f"{d['interactions']:,} interactions)", "",
                   "Leave-one-out, full catalog, seen items excluded, test read once; means with 95% bootstrap "
@@ -278,7 +288,10 @@ def main() -> None:
     p.add_argument("--no-paper", action="store_true",
                    help="skip the reference run exactly as in the paper (mode shuffled, uniform shuffles)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-minutes", type=float, default=0.0, help="SASRec budget; 0 skips the model part")
+    p.add_argument("--train-minutes", type=float, default=0.0, help="SASRec time budget (0: none)")
+    p.add_argument("--train-epochs", type=int, default=0,
+                   help="SASRec epochs, its schedule spanning them (0: as many as --train-minutes allows); "
+                        "neither set skips the model part")
     p.add_argument("--baselines-only", action="store_true", help="model part without SASRec")
     p.add_argument("--train-factor", type=float, default=4.0)
     p.add_argument("--valid-users", type=int, default=1000)
@@ -325,14 +338,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     result["plot"] = str(args.out / "expand_quality.png")
     plot(curves, args.out / "expand_quality.png")
-    if args.train_minutes > 0 or args.baselines_only:
+    if args.train_minutes > 0 or args.train_epochs > 0 or args.baselines_only:
         folder = args.work / f"x{args.train_factor:g}"
         if not (folder / "_expand.json").is_file():
             expand(ds, expand_config(factor=args.train_factor, mode=args.mode, strata=args.strata,
                                      seed=args.seed), folder, overwrite=True, show_progress=False)
         result["train_label"] = f"{ds.name} x{args.train_factor:g}"
-        minutes = 0.0 if args.baselines_only else args.train_minutes
-        result["models"] = evaluate_models(folder, args.work / "runs", minutes, args.valid_users, args.bootstrap)
+        minutes, epochs = (0.0, 0) if args.baselines_only else (args.train_minutes, args.train_epochs)
+        result["models"] = evaluate_models(folder, args.work / "runs", minutes, args.valid_users, args.bootstrap,
+                                           epochs)
     result["wall_seconds"] = time.perf_counter() - start
     write_json(args.out / "expand_quality.json", result)
     write_text(args.out / "expand_quality.md", render(result))

@@ -55,13 +55,16 @@ class HSTUBlock(nn.Module):
         return x + self.out(self.drop(self.norm_attn(a) * u))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor | None = None,
-                reference: bool = False) -> torch.Tensor:
+                reference: bool = False, bias_index: torch.Tensor | None = None) -> torch.Tensor:
+        """``bias_index``: :meth:`RelativeBias.causal_index` of this batch, shared by the blocks (else built)."""
         u, v, q, k = self.project(x)
-        bias = self.rab(x.shape[1], timestamps)
         if reference:
+            bias = self.rab(x.shape[1], timestamps)
             a = pointwise_attention_reference(q, k, v, bias, lengths, self.max_len)
         else:
-            a = pointwise_attention(q, k, v, bias, self.max_len)
+            if bias_index is None:
+                bias_index = self.rab.causal_index(x.shape[1], timestamps)
+            a = pointwise_attention(q, k, v, self.rab.causal(bias_index, timestamps), self.max_len, masked=True)
         return self.finish(x, a, u)
 
     def forward_last(self, x: torch.Tensor, lengths: torch.Tensor,
@@ -91,13 +94,15 @@ class HSTU(SequentialModel):
 
     def encode_embeddings(self, x: torch.Tensor, lengths: torch.Tensor,
                           timestamps: torch.Tensor | None) -> torch.Tensor:
+        index = None if self.reference else self.blocks[0].rab.causal_index(x.shape[1], timestamps)
         for block in self.blocks:
-            x = block(x, lengths, timestamps, self.reference)
+            x = block(x, lengths, timestamps, self.reference, index)
         return x
 
     def encode_last(self, x: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor | None) -> torch.Tensor:
         if self.reference:
             return super().encode_last(x, lengths, timestamps)
+        index = self.blocks[0].rab.causal_index(x.shape[1], timestamps) if len(self.blocks) > 1 else None
         for block in self.blocks[:-1]:
-            x = block(x, lengths, timestamps)
+            x = block(x, lengths, timestamps, bias_index=index)
         return self.blocks[-1].forward_last(x, lengths, timestamps)

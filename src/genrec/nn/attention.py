@@ -23,17 +23,18 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout
 
 
 def pointwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                        n: int) -> torch.Tensor:
+                        n: int, *, masked: bool = False) -> torch.Tensor:
     """HSTU's attention: SiLU(Q K^T + rab) / n, causal, no softmax.
 
     ``n`` is the model's maximum length (as in the reference implementation), a constant, so a position's
     output never depends on how many items follow it. q, k: [B, H, L, Da]; v: [B, H, L, Dv];
-    bias: broadcastable to [B, H, L, L] or None. Runs :class:`PointwiseAttention` (chunked, recomputing the
-    scores in the backward pass).
+    bias: broadcastable to [B, H, L, L] or None. ``masked``: the bias already holds the causal mask (see
+    :func:`masked_bias`; :meth:`RelativeBias.causal` builds one directly), so it is used as given. Runs
+    :class:`PointwiseAttention` (chunked, recomputing the scores in the backward pass).
     """
     if bias is None:
-        bias = q.new_zeros(1, 1, 1, 1)
-    return PointwiseAttention.apply(q, k, v, bias, n)
+        bias, masked = q.new_zeros(1, 1, 1, 1), False
+    return PointwiseAttention.apply(q, k, v, bias if masked else masked_bias(bias, q.shape[-2]), n)
 
 
 QUERY_TILE = 64  # queries per tile: a tile reads keys only up to its last query (the causal triangle)
@@ -63,9 +64,8 @@ class PointwiseAttention(torch.autograd.Function):
     fused SiLU (or SiLU-backward) pass over its scores and no mask multiplications."""
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, n):
+    def forward(ctx, q, k, v, masked, n):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # else every chunk's matmul copies its slice
-        masked = _masked_bias(bias, q.shape[-2])
         out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
         step = _chunk_rows(q)
         for start in range(0, q.shape[0], step):
@@ -75,17 +75,16 @@ class PointwiseAttention(torch.autograd.Function):
                 s += _rows(masked, rows)[..., i0:i1, :i1]
                 F.silu(s, inplace=True)
                 out[rows, :, i0:i1] = s @ v[rows, :, :i1]
-        ctx.save_for_backward(q, k, v, bias)
+        ctx.save_for_backward(q, k, v, masked)
         ctx.n = n
         return out / n
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, bias = ctx.saved_tensors
-        masked = _masked_bias(bias, q.shape[-2])
+        q, k, v, masked = ctx.saved_tensors
         grad = (grad / ctx.n).contiguous()
         dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        dbias = torch.zeros_like(bias) if ctx.needs_input_grad[3] else None
+        dbias = torch.zeros_like(masked) if ctx.needs_input_grad[3] else None
         step = _chunk_rows(q)
         for start in range(0, q.shape[0], step):
             rows = slice(start, start + step)
@@ -103,9 +102,8 @@ class PointwiseAttention(torch.autograd.Function):
         return dq, dk, dv, dbias, None
 
 
-def _masked_bias(bias: torch.Tensor, length: int) -> torch.Tensor:
-    """``bias`` plus, above the diagonal, half the dtype's lowest value: SiLU there is -0 and its derivative 0
-    (sigmoid underflows to 0 while the sum stays finite, in every float type)."""
+def masked_bias(bias: torch.Tensor, length: int) -> torch.Tensor:
+    """``bias`` plus, above the diagonal, :func:`hidden_value`: SiLU there is -0 and its derivative 0."""
     hidden = ~causal_mask(length, bias.device)
     return bias + bias.new_zeros(length, length).masked_fill_(hidden, torch.finfo(bias.dtype).min / 2)
 

@@ -49,12 +49,38 @@ class RelativeBias(nn.Module):
         bucket = (torch.log1p(gap.abs().to(torch.float32)) / math.log(self.time_log_base)).floor().long()
         return idx * (n_time + 1) + bucket.clamp(0, n_time - 1)
 
+    def causal_index(self, length: int, timestamps: torch.Tensor | None = None) -> torch.Tensor:
+        """[1 or B, L, L] indices for :meth:`causal`: positions (and, with timestamps, time gaps) of 0..L-1, keys
+        after the query pointing at one extra, hidden entry. Stacked blocks built alike share them, so a batch
+        computes them once."""
+        idx = torch.arange(length, device=self.pos.device)
+        rel = idx[:, None] - idx[None, :]
+        if self._timed(timestamps):
+            index = self.index(rel.expand(len(timestamps), -1, -1), timestamps[:, :, None] - timestamps[:, None, :])
+        else:
+            index = rel.clamp(0, self.max_len - 1)[None]
+        table = self._table(self._timed(timestamps))
+        return index.masked_fill((rel < 0).expand_as(index), table.numel())
+
+    def causal(self, index: torch.Tensor, timestamps: torch.Tensor | None = None) -> torch.Tensor:
+        """[1 or B, 1, L, L] bias from :meth:`causal_index` (built with the same ``timestamps``), the causal mask
+        folded in: keys after the query get :func:`~genrec.nn.attention.hidden_value` (SiLU 0, derivative 0)."""
+        flat = self._table(self._timed(timestamps)).reshape(-1)
+        hidden = flat.new_full((1,), torch.finfo(flat.dtype).min / 2)
+        return torch.cat([flat, hidden])[index].unsqueeze(1)
+
+    def _timed(self, timestamps: torch.Tensor | None) -> bool:
+        return self.time is not None and timestamps is not None
+
+    def _table(self, timed: bool) -> torch.Tensor:
+        """Position weights, or [position, time bucket] sums whose extra last column has no time weight."""
+        if not timed:
+            return self.pos
+        return self.pos[:, None] + torch.cat([self.time, self.time.new_zeros(1)])[None, :]
+
     def lookup(self, index: torch.Tensor) -> torch.Tensor:
         """w_pos[rel] (+ w_time[bucket(|gap|)]) for indices from :meth:`index`, shaped like ``index``."""
-        if self.time is None:
-            return self.pos[index]
-        table = self.pos[:, None] + torch.cat([self.time, self.time.new_zeros(1)])[None, :]
-        return table.reshape(-1)[index]
+        return self._table(self.time is not None).reshape(-1)[index]
 
     def at(self, rel: torch.Tensor, gap: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`lookup` of :meth:`index`: the bias for explicit relative positions and time gaps."""
