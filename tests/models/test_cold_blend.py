@@ -40,27 +40,32 @@ def test_trained_items_keep_the_id_model_scores_and_cold_items_follow_the_rule()
     ref = model.score(cases.history)
     warm = np.setdiff1d(np.arange(1, N_ITEMS + 1), COLD)
     assert torch.allclose(s[:, warm], ref[:, warm], atol=1e-5)
-    _, mu, sigma, z_emb, z_cos = blend.components(cases.history)
+    _, mu, sigma, z_emb, z_all = blend.components(cases.history)
+    z_cos = z_all[:, COLD]
     c = blend.config
     expect = mu + sigma * (c.offset + c.spread * ((1 - c.embedding_share) * z_cos + c.embedding_share * z_emb)
                            + c.prior_weight * blend.prior_[None, :])
     assert torch.allclose(s[:, COLD], expect, atol=1e-5)
     assert torch.allclose(mu[:, 0], ref[:, warm].mean(1), atol=1e-4)
-    assert torch.allclose(z_cos.std(1, unbiased=False)[cases.history.lengths > 0], torch.tensor(1.0), atol=1e-4)
+    knn = blend.knn_.score(cases.history, cases.users)
+    assert torch.allclose(z_all, (knn - blend.cos_stats_[0]) / blend.cos_stats_[1], atol=1e-5)  # fixed constants
     assert abs(float(blend.prior_.mean())) < 1e-5  # standardised over the cold items
+    boosted = blend.with_config(c.model_copy(update={"warm_content": 0.5})).score(cases.history, cases.users)
+    assert torch.allclose(boosted[:, warm], ref[:, warm] + 0.5 * sigma * z_all[:, warm], atol=1e-4)
+    assert torch.allclose(boosted[:, COLD], s[:, COLD])
 
 
 @pytest.mark.parametrize("with_codes", [True, False])
 def test_grid_matches_the_evaluation_at_every_checked_point(with_codes):
     blend, _, cases = _setup(1, with_codes)
     grid = blend_grid(blend, cases, k=10, shares=(0.0, 0.7), spreads=(1.0, 2.5), priors=(0.0, 0.8),
-                      offsets=(-0.5, 1.0, 2.5))
+                      offsets=(-0.5, 1.0, 2.5), warm_content=(0.0, 0.6))
     cold_case = np.isin(cases.targets, COLD)
     assert grid.cases == {"cold": int(cold_case.sum()), "warm": int((~cold_case).sum())}
-    for g, (share, spread, prior) in enumerate(grid.points):
+    for g, (lam, share, spread, prior) in enumerate(grid.points):
         for o, offset in enumerate(grid.offsets):
             cfg = blend.config.model_copy(update={"embedding_share": share, "spread": spread, "prior_weight": prior,
-                                                  "offset": offset})
+                                                  "offset": offset, "warm_content": lam})
             r = rank_cases(blend.with_config(cfg), cases, N_ITEMS, ks=[10], show_progress=False)
             for part, mask in (("cold", cold_case), ("warm", ~cold_case)):
                 assert grid.hits[part][g, o] == pytest.approx(r.per_case["hr@10"][mask].sum())
@@ -85,6 +90,8 @@ def test_selection_keeps_the_warm_budget_on_validation():
     assert rep2["valid_cold_hr@10"] >= report["valid_cold_hr@10"]  # a looser budget never finds fewer cold hits
     _, rep3 = select_blend(blend, cases, objective="overall")
     assert rep3["valid_ndcg@10"] >= report["valid_ndcg@10"] - 1e-12
+    _, rep4 = select_blend(blend, cases, warm_sample=10)
+    assert rep4["cases"] == {"cold": int(cold_case.sum()), "warm": 10}
 
 
 def test_errors():
@@ -96,6 +103,8 @@ def test_errors():
             Jagged.from_lists([list(range(1, N_ITEMS + 1))]), N_ITEMS)
     with pytest.raises(ConfigError, match="max_warm_loss"):
         select_blend(blend, cases, max_warm_loss=1.5)
+    with pytest.raises(ConfigError, match="warm_content"):
+        blend_grid(blend, cases, warm_content=(0.5,))
     with pytest.raises(ConfigError, match="objective"):
         select_blend(blend, cases, objective="best")
     with pytest.raises(ConfigError, match="use_prior"):

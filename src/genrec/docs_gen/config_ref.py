@@ -30,6 +30,7 @@ def _sections() -> list[tuple[str, str, type[BaseModel]]]:
     from genrec.data.synth import SynthConfig
     from genrec.experiment.config import Experiment
     from genrec.models import DCNConfig, DINConfig, GBDTConfig, HSTUConfig, RankerConfig, SASRecConfig
+    from genrec.models.cold_blend import ColdBlendConfig
     from genrec.models.content_knn import ContentKNNConfig
     from genrec.models.itemknn import ItemKNNConfig
     from genrec.models.popularity import PopularityConfig
@@ -50,6 +51,8 @@ def _sections() -> list[tuple[str, str, type[BaseModel]]]:
             ("item-kNN (`genrec eval --model itemknn --param key=value`)", "itemknn", ItemKNNConfig),
             ("popularity (`genrec eval --model popularity`)", "popularity", PopularityConfig),
             ("content-kNN", "content-knn", ContentKNNConfig),
+            ("cold blend (`genrec.models.cold_blend`; chosen on validation by `benchmarks/cold_blend.py`)",
+             "cold-blend", ColdBlendConfig),
             ("semantic-ID tokenizer (`genrec tokenize`)", "tokenizer", TokenizerConfig),
             ("content fusion (`genrec content encode`)", "fusion", FusionConfig),
             ("video frames (`genrec content encode --video-col`)", "video", VideoConfig),

@@ -8,13 +8,16 @@ scores two content signals, each standardised over the cold items per user:
   a ridge map from content to the ID model's item rows, fitted on the trained items;
 - ``z_cos``: content-kNN's cosine between the item and the user's recent history;
 
+each standardised by constants measured at fit time on training histories (not per user, so a near-duplicate of a
+history item keeps its absolute advantage),
 and, optionally, ``prior``: a fresh-item prior, the mean log training count of the trained items that share the
 cold item's first ``prior_prefix`` semantic-ID codes (standardised over the cold items).
 
 A cold item's score is ``mu + sigma * (offset + spread * ((1 - w) z_cos + w z_emb) + prior_weight * prior)``, with
 ``mu`` / ``sigma`` the mean and standard deviation of the user's scores over the trained items: ``offset`` says how
-many standard deviations above a typical trained item the cold candidates sit. The four numbers are chosen on
-validation (``genrec.train.cold_blend.select_blend``); the trained items keep the ID model's scores.
+many standard deviations above a typical trained item the cold candidates sit. A trained item keeps the ID model's
+score plus ``warm_content * sigma * z_cos`` (0: the ID model's list as it is). The five numbers are chosen on
+validation (``genrec.train.cold_blend.select_blend``).
 """
 
 from __future__ import annotations
@@ -41,20 +44,21 @@ class ColdBlendConfig(BaseModel):
     embedding_share: float = Field(0.5, ge=0, le=1, description="w: share of the predicted-embedding score "
                                    "(1 - w: content cosine).")
     prior_weight: float = Field(0.0, description="Weight of the fresh-item prior (needs semantic IDs).")
+    warm_content: float = Field(0.0, ge=0, description="Content similarity added to trained items' scores, in the "
+                                "user's standard deviations per standardised cosine (0 = the ID model alone).")
     prior_prefix: int = Field(1, ge=1, description="Leading semantic-ID codes a cold item shares with the trained "
                               "items its prior averages over.")
     ridge: float = Field(1.0, ge=0, description="L2 penalty of the content -> item-embedding map.")
     content: ContentKNNConfig = Field(ContentKNNConfig(), description="The content-similarity query.")
 
 
-def _standardise(x: torch.Tensor) -> torch.Tensor:
-    """Per-row z-scores over the finite entries (a row without spread becomes 0)."""
-    finite = torch.isfinite(x)
-    n = finite.sum(1, keepdim=True).clamp(min=1)
-    mean = torch.where(finite, x, 0).sum(1, keepdim=True) / n
-    var = torch.where(finite, (x - mean) ** 2, 0).sum(1, keepdim=True) / n
-    z = (x - mean) / var.sqrt().clamp(min=1e-6)
-    return torch.where(finite, z, x)  # -inf (seen) stays -inf
+def _moments(x: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard deviation of the finite entries (1 for no spread)."""
+    v = x[torch.isfinite(x)].to(torch.float64)
+    if v.numel() == 0:
+        return 0.0, 1.0
+    sd = float(v.std(unbiased=False))
+    return float(v.mean()), sd if sd > 0 else 1.0
 
 
 class ColdBlend(Recommender):
@@ -101,6 +105,9 @@ class ColdBlend(Recommender):
         self.is_cold_[0] = True  # the padding column never counts as a trained item
         self.prior_ = torch.from_numpy(self._prior(counts, cold))
         self.n_items = n_items
+        probe = train.take(np.arange(min(len(train), 1024)))  # a fixed sample of training histories
+        self.cos_stats_ = _moments(knn.score(probe, np.zeros(len(probe), np.int64))[:, 1:])
+        self.emb_stats_ = _moments(self.id_model.last_hidden(probe).cpu().to(torch.float32) @ self.cold_emb_.T)
         return self
 
     def _prior(self, counts: np.ndarray, cold: np.ndarray) -> np.ndarray:
@@ -131,7 +138,8 @@ class ColdBlend(Recommender):
     def components(self, history: Jagged, timestamps: Jagged | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Trained-item scores [B, n_items + 1] (cold and padding columns -inf), their per-user mean and standard
-        deviation [B, 1], and the standardised cold signals z_emb, z_cos [B, n_cold]."""
+        deviation [B, 1], the standardised predicted-embedding score of the cold items z_emb [B, n_cold] and the
+        standardised content cosine of every item z_cos [B, n_items + 1]."""
         self._check_history(history)
         h = self.id_model.last_hidden(history, timestamps).cpu().to(torch.float32)
         scores = h @ self.table_.T
@@ -140,18 +148,21 @@ class ColdBlend(Recommender):
         n = finite.sum(1, keepdim=True).clamp(min=1)
         mu = torch.where(finite, scores, 0).sum(1, keepdim=True) / n
         sigma = (torch.where(finite, (scores - mu) ** 2, 0).sum(1, keepdim=True) / n).sqrt().clamp(min=1e-6)
-        z_emb = _standardise(h @ self.cold_emb_.T)
-        z_cos = _standardise(self.knn_.score(history, np.zeros(len(history), np.int64))[:, self.cold_])
+        z_emb = (h @ self.cold_emb_.T - self.emb_stats_[0]) / self.emb_stats_[1]
+        z_cos = (self.knn_.score(history, np.zeros(len(history), np.int64)) - self.cos_stats_[0]) / self.cos_stats_[1]
         return scores, mu, sigma, z_emb, z_cos
 
     def cold_signal(self, z_emb: torch.Tensor, z_cos: torch.Tensor) -> torch.Tensor:
-        """The cold items' scores in the user's standard deviations, without the offset [B, n_cold]."""
+        """The cold items' scores in the user's standard deviations, without the offset [B, n_cold] (``z_cos`` of
+        the cold items only)."""
         c = self.config
         mix = (1 - c.embedding_share) * z_cos + c.embedding_share * z_emb
         return c.spread * mix + c.prior_weight * self.prior_[None, :]
 
     def score(self, history: Jagged, users: np.ndarray, timestamps: Jagged | None = None) -> torch.Tensor:
         scores, mu, sigma, z_emb, z_cos = self.components(history, timestamps)
-        scores[:, self.cold_] = mu + sigma * (self.config.offset + self.cold_signal(z_emb, z_cos))
+        if self.config.warm_content:
+            scores = scores + self.config.warm_content * sigma * z_cos
+        scores[:, self.cold_] = mu + sigma * (self.config.offset + self.cold_signal(z_emb, z_cos[:, self.cold_]))
         scores[:, 0] = -torch.inf
         return scores
