@@ -160,7 +160,9 @@ def render(res: dict) -> str:
              "- Recall@10 = HR@10; [95% bootstrap interval over cases]; ratios are paired (same cases resampled)", ""]
     for ds, d in res["datasets"].items():
         knn = d["content_knn"]
-        lines += [f"## {ds}", "", f"- ID model: {d['id_model_run']} (alone: warm Recall@10 "
+        lines += [f"## {ds}", "", f"- commit {d.get('commit', res['commit'])}; command: "
+                  f"`{d.get('command', res['command'])}`",
+                  f"- ID model: {d['id_model_run']} (alone: warm Recall@10 "
                   f"{d['id_model_alone_warm_hr10']:.4f}, cold {d['id_model_alone_cold_hr10']:.4f}); "
                   f"{knn['cold']['cases']:,} cold and {knn['warm']['cases']:,} warm test cases; "
                   f"{d['wall_seconds'] / 60:.1f} min", "",
@@ -198,6 +200,14 @@ def main() -> None:
            "datasets": {d: dataset_rows(d, r, args.max_warm_loss, args.warm_sample or None, args.overall)
                         for d, r in zip(args.dataset, runs, strict=True)}}
     res["wall_seconds"] = time.perf_counter() - start
+    for d in res["datasets"].values():
+        d["commit"] = res["commit"]
+    previous = args.out / "cold_blend.json"
+    if previous.is_file():  # datasets not rerun keep their rows (each names its commit and command)
+        old = read_json(previous)
+        for name, d in old["datasets"].items():
+            if name not in res["datasets"]:
+                res["datasets"][name] = {"commit": old["commit"], "command": old["command"], **d}
     write_json(args.out / "cold_blend.json", res)
     write_text(args.out / "cold_blend.md", render(res))
     print(f"wrote {args.out / 'cold_blend.md'}")
