@@ -201,7 +201,20 @@ class TaskHeads(nn.Module):
                                     for t in tasks})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {t: self.heads[f"task_{t}"](x).squeeze(-1) for t in self.tasks}
+        if torch.is_grad_enabled():
+            return {t: self.heads[f"task_{t}"](x).squeeze(-1) for t in self.tasks}
+        return self._stacked(x)
+
+    def _stacked(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The same heads as one matrix product for every task's first layer and one contraction for the second:
+        scoring (serving, evaluation) calls two kernels instead of three modules per task."""
+        first = [self.heads[f"task_{t}"][0] for t in self.tasks]
+        second = [self.heads[f"task_{t}"][2] for t in self.tasks]
+        hidden = F.silu(F.linear(x, torch.cat([m.weight for m in first]), torch.cat([m.bias for m in first])))
+        hidden = hidden.unflatten(-1, (len(self.tasks), -1))  # [..., T, H]
+        w2 = torch.stack([m.weight[0] for m in second])  # [T, H]
+        out = (hidden * w2).sum(-1) + torch.cat([m.bias for m in second])
+        return dict(zip(self.tasks, out.unbind(-1), strict=True))
 
 
 class HistoryStats(nn.Module):
