@@ -29,10 +29,10 @@ from statistics import NormalDist
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
+from experiments_ope import ci, est, ope, ope_markdown, per_user_arm, sim_table
 from genrec.eval.report import git_commit, machine
 from genrec.experiment import assign_many, credit, difference, parse_experiment, preference
 from genrec.experiment.stats import mixture_halfwidth, ratio_estimate, tau_for
@@ -106,11 +106,6 @@ def run_stream(name: str, exp: Path, args, requests: int, bundle: Path | None = 
                                 response=ResponseConfig(seed=args.seed)))
     print(f"{name}: {s['answered']} answers, {s['requests_per_s']:.0f}/s", flush=True)
     return {"command": cmd, "load_before": load, "load_after": os.getloadavg(), **s}
-
-
-def sim_table(name: str, args) -> dict[str, np.ndarray]:
-    t = pq.read_table(args.work / name / "simulation.parquet").to_pydict()
-    return {k: np.asarray(v) for k, v in t.items()}
 
 
 def per_user(sim: dict[str, np.ndarray], looks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -243,70 +238,6 @@ def ab_vs_interleaving(args) -> dict:
     }
 
 
-est = lambda e: {"value": e.value, "low": e.low, "high": e.high, "se": e.se}  # noqa: E731
-
-
-def ope(args) -> dict:
-    """``genrec ope``'s estimators on the logging arm against each candidate arm's online value."""
-    from genrec.experiment.exposures import evaluate_candidate
-    from genrec.serve.recommender import Recommender
-    from genrec.serve.store import open_store
-
-    work = args.work / "ope"
-    table = pq.read_table(work / "exposures.parquet")
-    logging = table.filter(pc.equal(table.column("arm"), "logging"))
-    pq.write_table(logging, work / "logging.parquet")
-    store = open_store(str(work / "store.sqlite"), work / "store.sqlite")
-    try:  # histories: the seeded past (before the run: times 0, 1, ...) then the clicks at their server times
-        seeded = {}
-        sim = sim_table("ope", args)
-        engaged = store.engagements()
-        clicked_by = {}
-        for g in engaged:
-            clicked_by.setdefault(g.user_id, []).append(g)
-        cols = {"user_id": [], "item_id": [], "time": []}
-        for user in np.unique(sim["user_id"]).tolist():
-            hist = [e.item_id for e in store.history(user)]
-            clicks = {g.item_id for g in clicked_by.get(user, [])}
-            seeded[user] = [i for i in hist if i not in clicks]
-            cols["user_id"] += [user] * len(seeded[user])
-            cols["item_id"] += seeded[user]
-            cols["time"] += [float(j) for j in range(len(seeded[user]))]
-        for g in engaged:
-            cols["user_id"].append(g.user_id)
-            cols["item_id"].append(g.item_id)
-            cols["time"].append(g.time)
-    finally:
-        store.close()
-    pq.write_table(pa.table(cols), work / "events.parquet")
-    rec = Recommender.load(args.bundle)
-    rows = []
-    for t in args.candidates:
-        arm = f"pl-{t:g}"
-        t0 = time.perf_counter()
-        res = evaluate_candidate(work / "logging.parquet", rec, t, work / "events.parquet")
-        mask = sim["arm"] == arm
-        online = ratio_estimate(*per_user_arm(sim, mask))
-        estimates = {e["estimator"]: e for e in res["estimates"]}
-        rows.append({"candidate": arm, "temperature": t, "online": est(online),
-                     "online_expected": float(sim["p_click"][mask].mean()), "estimates": estimates,
-                     "dr_covers_online": estimates["dr"]["low"] <= online.value <= estimates["dr"]["high"],
-                     "dr_covers_expected": estimates["dr"]["low"] <= float(sim["p_click"][mask].mean())
-                     <= estimates["dr"]["high"], "seconds": time.perf_counter() - t0})
-    logged = sim["arm"] == "logging"
-    return {"logging_temperature": args.log_temperature, "logged_slots": int(logging.num_rows),
-            "logging_online": est(ratio_estimate(*per_user_arm(sim, logged))),
-            "reward_model": res["reward_model"], "candidates": rows,
-            "command": f"genrec ope --exposures {work / 'logging.parquet'} --bundle {args.bundle} --events "
-                       f"{work / 'events.parquet'} --temperature T"}
-
-
-def per_user_arm(sim: dict[str, np.ndarray], mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    users, inv = np.unique(sim["user_id"][mask], return_inverse=True)
-    return (np.bincount(inv, weights=sim["clicked"][mask].astype(float), minlength=len(users)),
-            np.bincount(inv, minlength=len(users)).astype(float))
-
-
 def fresh_supported() -> bool:
     """Whether this checkout's server acts on ``fresh_share`` (the field alone is accepted and ignored)."""
     import genrec.experiment.serving as serving
@@ -357,7 +288,6 @@ def release_times(args) -> dict[str, float]:
 
 
 pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
-ci = lambda e, f=".4f": f"{e['value']:{f}} [{e['low']:{f}}, {e['high']:{f}}]"  # noqa: E731
 
 
 def markdown(r: dict) -> str:
@@ -410,21 +340,7 @@ def markdown(r: dict) -> str:
     lines += ["", f"Users for 80% power: A/B {fmt(ab['users_for_80'])} (analytic {ab['users_for_80_analytic']:,.0f}), "
               f"interleaving {fmt(il['users_for_80'])} (analytic {il['users_for_80_analytic']:,.0f}); measured ratio "
               f"{'n/a' if ratio is None else f'{ratio:.1f}x'} (analytic {b['ratio_users_needed_analytic']:.1f}x)."]
-    o = r["ope"]
-    lines += ["", "## Off-policy evaluation against online values", "",
-              f"Logging arm: Plackett-Luce at temperature {o['logging_temperature']:g} over the top "
-              f"candidates, {o['logged_slots']:,} logged slots (its own online value {ci(o['logging_online'])}). "
-              "Candidates: Plackett-Luce at other temperatures over the same bundle, each also served online to "
-              f"its own 20% of users. Estimates per shown slot: `{o['command']}`. DR reward model: "
-              f"{o['reward_model']}.", "",
-              "| candidate | online clicks/slot [95% CI] | expected (simulator) | IPS | SNIPS | DR | "
-              "DR covers online | DR covers expected | ESS |", "|---|---|---:|---|---|---|---|---|---:|"]
-    for c in o["candidates"]:
-        e = c["estimates"]
-        lines.append(f"| {c['candidate']} | {ci(c['online'])} | {c['online_expected']:.4f} | "
-                     + " | ".join(ci(e[k]) for k in ("ips", "snips", "dr"))
-                     + f" | {'yes' if c['dr_covers_online'] else 'NO'} | {'yes' if c['dr_covers_expected'] else 'NO'}"
-                     f" | {e['dr']['ess']:,.0f} |")
+    lines += ope_markdown(r["ope"])
     lines += ["", "## Fresh-content arm", ""]
     f = r.get("fresh")
     if f is None or "pending" in f:
@@ -463,6 +379,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--log-temperature", type=float, default=0.3)
     ap.add_argument("--candidates", type=float, nargs=3, default=[0.15, 0.6, 1.2])
+    ap.add_argument("--samples", type=int, default=2000, help="OPE: Monte Carlo lists per request.")
     ap.add_argument("--fresh-share", type=float, default=0.2)
     ap.add_argument("--fresh-run", type=Path, default=Path("runs/q-sid"), help="Training run (with semantic IDs) "
                     "whose bundle serves the fresh stream, its held-back items marked as never trained on.")

@@ -134,22 +134,36 @@ def _print_report(r: dict[str, Any]) -> None:
 def ope_cmd(
     exposures: Annotated[Path, typer.Option(help="Exposure table (genrec experiment export-exposures).")],
     bundle: Annotated[Path, typer.Option(help="The candidate bundle to evaluate.")],
+    experiment: Annotated[Path, typer.Option(help="The experiment file the server ran: each exploring arm's "
+                                             "bundle and exploration (the logging policies).")],
+    logging_bundle: Annotated[Path | None, typer.Option(help="The bundle the server served by default (arms "
+                                                        "without their own bundle; default: --bundle).")] = None,
     events: Annotated[Path | None, typer.Option(help="Parquet of user_id, item_id, time: each user's history "
                                                 "before an exposure (default: the log's engaged slots).")] = None,
+    filters: Annotated[Path | None, typer.Option(help="Parquet of request_id, deny (a list of item ids): the "
+                                                 "requests' deny filters, so both policies are replayed on the "
+                                                 "same candidates.")] = None,
     temperature: Annotated[float, typer.Option(help="The candidate's policy: 0 shows its best items in order; "
                                                "> 0 samples them by Plackett-Luce at this temperature.", min=0)
                            ] = 0.0,
+    samples: Annotated[int, typer.Option(help="Monte Carlo lists per request for the position probabilities.",
+                                         min=100)] = 2000,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Off-policy estimates (IPS, SNIPS, doubly robust) of a candidate bundle's engagements per slot from logged
-    answers with propensities, with 95% intervals and effective sample sizes."""
+    """Off-policy estimates (IPS, SNIPS, doubly robust; position-based: each slot weighted by the candidate's and
+    the logging policy's probabilities of showing its item at its position) of a candidate bundle's engagements
+    per slot from logged answers with propensities, with 95% intervals and effective sample sizes. Assumes a
+    slot's engagement depends on the request, the item and the position only (no cascade)."""
     from rich.table import Table
 
     from genrec.cli.app import print_json
-    from genrec.experiment.exposures import evaluate_candidate
+    from genrec.experiment.offpolicy import evaluate_candidate, logging_policies
     from genrec.serve.recommender import Recommender
 
-    result = evaluate_candidate(exposures, Recommender.load(bundle), temperature, events)
+    rec = Recommender.load(bundle)
+    default = rec if logging_bundle is None or logging_bundle == bundle else Recommender.load(logging_bundle)
+    result = evaluate_candidate(exposures, rec, temperature, events, logging=logging_policies(experiment, default),
+                                filters=filters, samples=samples)
     if as_json:
         return print_json(_finite(result))
     table = Table(title=f"{bundle}: {result['slots']:,} logged slots in {result['requests']:,} requests "
@@ -160,3 +174,9 @@ def ope_cmd(
         table.add_row(e["estimator"], _ci(e), f"{e['ess']:,.1f}")
     out.print(table)
     out.print(f"DR reward model: {result['reward_model']}", highlight=False)
+    out.print(f"logged requests whose propensities the replayed logging policy reproduces: "
+              f"{result['reproduced']:.1%}; candidate probability on items the logging policy could not show: "
+              f"{result['candidate_mass_outside_log']:.1%}", highlight=False)
+    if result["reproduced"] < 0.95:
+        out.print("[bold]warning[/]: many logged requests are not reproduced (history or filters differ from what "
+                  "the server saw): their slots are weighted by the wrong probabilities")

@@ -14,8 +14,9 @@ probability of the whole list (its log is :attr:`Sampled.log_prob`), the weight 
 as one action; for slot 0 the conditional probability is also the marginal one. Estimators that credit items or
 slots separately (item-position or inclusion models: Li, Kim, Kveton & Muthukrishnan, 2018, "Offline evaluation of
 ranking policies with click models", KDD) need the *marginal* probability of an item at a position, or in the top
-k at all, which has no closed form for Plackett-Luce: :func:`pl_marginals` estimates it by Monte Carlo from the
-logged scores (:func:`mc_marginals` does the same for any sampler).
+k at all, which has no closed form for Plackett-Luce: :func:`position_probs` estimates it for either sampler
+(Rao-Blackwellised Monte Carlo, what :mod:`genrec.experiment.offpolicy` uses); :func:`pl_marginals` and
+:func:`mc_marginals` count sampled lists.
 """
 
 from __future__ import annotations
@@ -156,3 +157,44 @@ def mc_marginals(draw: Callable[[np.random.Generator], np.ndarray], n_items: int
     for _ in range(n_samples):
         counts[np.asarray(draw(rng))[:k], np.arange(k)] += 1.0
     return counts / n_samples
+
+
+def position_probs(scores: np.ndarray, k: int, exploration: Exploration, n_samples: int = 2000,
+                   rng: np.random.Generator | None = None) -> np.ndarray:
+    """``P(item i at position j)`` (shape (items, k)) of the list :func:`sample_list` draws, for off-policy
+    estimators that weight each slot by its marginal propensity. Rao-Blackwellised Monte Carlo: the first ``j``
+    slots are sampled and the *exact* conditional distribution of slot j given them is averaged, so every item
+    the policy can put at j gets a positive estimate (plain counting gives 0 to rare ones, an infinite weight) and
+    the error is far smaller than counting's. Slot 0 is exact. kind none: the top k by score, exactly."""
+    s = _scores(scores, k)
+    n = len(s)
+    out = np.zeros((n, k))
+    if exploration.kind == "none":
+        out[np.argsort(-s, kind="stable")[:k], np.arange(k)] = 1.0
+        return out
+    rng = rng or np.random.default_rng(0)
+    m = n_samples
+    available = np.ones((m, n), dtype=bool)
+    rows = np.arange(m)
+    if exploration.kind == "plackett_luce":
+        z = s / exploration.temperature
+    else:
+        best_order = np.argsort(-s, kind="stable")
+        rank = np.empty(n, dtype=np.int64)
+        rank[best_order] = np.arange(n)
+    for j in range(k):
+        if exploration.kind == "plackett_luce":
+            logits = np.where(available, z[None, :], -np.inf)
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+        else:
+            eps = exploration.epsilon
+            p = available * (eps / (n - j))
+            best = np.where(available, rank[None, :], n).argmin(1)  # the best-scored item not yet shown
+            p[rows, best] += 1 - eps
+        out[:, j] = p.mean(0)
+        if j + 1 < k:  # draw slot j from its conditional (Gumbel-max) and go on
+            keys = np.log(np.maximum(p, 1e-300)) + rng.gumbel(size=p.shape)
+            pick = np.where(available, keys, -np.inf).argmax(1)
+            available[rows, pick] = False
+    return out
