@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -112,3 +113,45 @@ def test_a_missing_store_or_bad_file_is_an_error(tmp_path):
     path = write_experiment(tmp_path)
     result = CliRunner().invoke(cli, ["experiment", "report", str(path), "--store", str(tmp_path / "no.sqlite")])
     assert result.exit_code != 0 and "no such SQLite file" in str(result.exception)
+
+
+def test_fresh_share_is_decided_as_serving_decides_it(tmp_path):
+    """Items shown a month before the experiment are not fresh; items the model trained on never are; a catalog
+    publish column decides when given."""
+    db = tmp_path / "h.sqlite"
+    store = SQLiteStore(db)
+    path = write_experiment(tmp_path)
+    start = load_experiment(path).start.timestamp()
+    store.log_exposures([Exposure("old", start - 30 * 86_400, "x", False, None, None, tuple(ITEMS[:10]))])
+    rng = np.random.default_rng(0)
+    shown = {"control": [], "better": []}
+    exp = load_experiment(path)
+    for n in range(60):
+        user, items = f"u{n}", tuple(rng.choice(ITEMS, 4, replace=False).tolist())
+        arm = assign(exp, user).arm
+        shown[arm] += items
+        store.log_exposures([Exposure(f"r{n}", start + 1 + n, user, False, "exp", arm, items)])
+    store.close()
+
+    def share(arm: str, fresh: set[str]) -> float:
+        return float(np.mean([i in fresh for i in shown[arm]]))
+
+    code, output = run(str(path), "--store", str(db), "--json")
+    assert code == 0, output
+    r = json.loads(output)
+    for arm in shown:  # first sightings from the whole store: items 0-9 were shown a month ago
+        assert r["health"][arm]["fresh_share"] == pytest.approx(share(arm, set(ITEMS[10:])))
+    assert r["health"]["control"]["unexposed_share"] == pytest.approx(share("control", set(ITEMS[10:])))
+    catalog = tmp_path / "items.parquet"
+    published = [start - 100 * 86_400] * 20
+    published[3] = published[12] = start  # published at the start: fresh, though item 3 was shown before
+    pq.write_table(pa.table({"raw_id": ITEMS, "train_count": [0] * 15 + [5] * 5, "published": published}), catalog)
+    r = json.loads(run(str(path), "--store", str(db), "--json", "--catalog", str(catalog))[1])
+    for arm in shown:  # items 15-19 were trained on: never fresh
+        assert r["health"][arm]["fresh_share"] == pytest.approx(share(arm, set(ITEMS[10:15])))
+    r = json.loads(run(str(path), "--store", str(db), "--json", "--catalog", str(catalog), "--fresh-column",
+                       "published")[1])
+    for arm in shown:
+        assert r["health"][arm]["fresh_share"] == pytest.approx(share(arm, {"3", "12"}))
+    code, output = run(str(path), "--store", str(db), "--fresh-column", "published")
+    assert code != 0

@@ -36,6 +36,9 @@ def report_cmd(
     catalog: Annotated[Path | None, typer.Option(help="Bundle folder or items Parquet file: creator health per "
                                                  "arm when it has --creator-col.")] = None,
     creator_col: Annotated[str, typer.Option(help="Creator column of --catalog.")] = "author_id",
+    fresh_column: Annotated[str | None, typer.Option(help="Publish-time column of --catalog that decides which "
+                                                     "items are fresh (default: the one the arms name, if any).")
+                            ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     plots: Annotated[Path | None, typer.Option(help="Folder to write SVG plots into: the metric per arm and the "
                                                "differences over time with their always-valid bands.")] = None,
@@ -43,19 +46,28 @@ def report_cmd(
 ) -> None:
     """Per arm: users, exposures, engagements per exposure; differences against the first arm (delta method,
     CUPED, always-valid interval), the sample-ratio check; interleaving preference; creator and content health.
-    With --plots, the metrics over time as SVG files (genrec.experiment.timeline)."""
+    Fresh items are decided as the server decides them: the catalog's publish column when given, else items the
+    model trained on (--catalog: a bundle) are never fresh, else an item's first logged exposure or event in the
+    store, from before the experiment too. With --plots, the metrics over time as SVG files
+    (genrec.experiment.timeline)."""
     from genrec.cli.app import print_json
+    from genrec.errors import ConfigError
     from genrec.experiment.config import load_experiment
     from genrec.experiment.exposures import open_log
-    from genrec.experiment.report import build_report, read_creators
+    from genrec.experiment.report import build_report, read_catalog, read_creators
 
     exp = load_experiment(experiment_file)
+    named = {a.serving.fresh_column for a in exp.arms if a.serving.fresh_column is not None}
+    fresh_column = fresh_column or (named.pop() if len(named) == 1 else None)
+    table = read_catalog(catalog)
+    if fresh_column is not None and table is None:
+        raise ConfigError(f"--fresh-column {fresh_column}: give the catalog that holds it (--catalog)")
     log = open_log(store)
     try:
         exposures, engagements = log.exposures(), log.engagements()
     finally:
         log.close()
-    report = build_report(exp, exposures, engagements, read_creators(catalog, creator_col))
+    report = build_report(exp, exposures, engagements, read_creators(catalog, creator_col), table, fresh_column)
     if plots is not None:
         from genrec.experiment.plots import write_plots
         from genrec.experiment.timeline import timeline

@@ -92,9 +92,14 @@ class Sightings:
     @classmethod
     def from_store(cls, store: Any) -> Sightings:
         """From a store's exposure and engagement logs (every item's earliest time in either)."""
+        return cls.from_logs(store.exposures(), store.engagements())
+
+    @classmethod
+    def from_logs(cls, exposures: Iterable[Any], engagements: Iterable[Any]) -> Sightings:
+        """From exposure and engagement records (every item's earliest time in either)."""
         out = cls()
-        rows = [(e.time, item) for e in store.exposures() for item in e.items]
-        rows += [(g.time, g.item_id) for g in store.engagements()]
+        rows = [(e.time, item) for e in exposures for item in e.items]
+        rows += [(g.time, g.item_id) for g in engagements]
         for when, item in sorted(rows):
             out.first.setdefault(item, when)
         return out
@@ -119,16 +124,41 @@ def publish_times(table: pa.Table, column: str) -> np.ndarray:
                       "timestamps or dates")
 
 
+def catalog_first_seen(train_count: np.ndarray | None, published: np.ndarray | None) -> np.ndarray:
+    """Per catalog item, what its catalog row says of its first sighting: the publish time where it has one, else
+    -inf for an item the model trained on (never fresh), else NaN (its first logged sighting decides)."""
+    n = len(train_count) if train_count is not None else len(published)
+    base = np.full(n, np.nan) if train_count is None else np.where(np.asarray(train_count) > 0, -np.inf, np.nan)
+    return base if published is None else np.where(np.isnan(published), base, published)
+
+
+def first_seen_times(sightings: Sightings, catalog: pa.Table | None = None, column: str | None = None
+                     ) -> dict[str, float]:
+    """raw item id -> first sighting as serving decides freshness (module docstring): the catalog's publish
+    ``column`` when given, else -inf for trained items (``train_count`` > 0), else the first logged exposure or
+    event (``sightings``, the whole store's, from before the experiment too)."""
+    out = dict(sightings.first)
+    if catalog is None:
+        return out
+    counts = catalog.column("train_count").to_numpy() if "train_count" in catalog.column_names else None
+    published = publish_times(catalog, column) if column is not None else None
+    if counts is None and published is None:
+        return out
+    base = catalog_first_seen(counts, published)
+    for raw, when in zip(map(str, catalog.column("raw_id").to_pylist()), base.tolist(), strict=True):
+        if not math.isnan(when):
+            out[raw] = when
+    return out
+
+
 class FreshCatalog:
     """The fresh items of one bundle's catalog (module docstring) and its semantic IDs, if any."""
 
     def __init__(self, rec: Any, column: str | None, sightings: Sightings):
         catalog = rec.catalog
         self.raw_ids, self.sightings = catalog.raw_ids, sightings
-        base = np.where(catalog.train_count > 0, -np.inf, np.nan)  # trained on: never fresh; else: sightings
-        if column is not None:
-            published = publish_times(catalog.table, column)
-            base = np.where(np.isnan(published), base, published)
+        published = publish_times(catalog.table, column) if column is not None else None
+        base = catalog_first_seen(catalog.train_count, published)
         self.base = base  # [n] by dense id - 1: a time, -inf (old) or NaN (first sighting decides)
         self.published = np.flatnonzero(np.isfinite(base))
         self.unknown = np.flatnonzero(np.isnan(base))

@@ -9,7 +9,9 @@ before the experiment's start, when there are any), the sample-ratio-mismatch ch
 tightest now and stays valid at every earlier look). Interleave mode: team-draft credit per answer and the
 preference for arm b with its interval, users as the unit. Creator and content health per arm
 (:func:`~genrec.experiment.creators.health_by_arm`) over the shown slots, by creator when the catalog has a
-creator column.
+creator column. An item is fresh as serving decides it (:mod:`genrec.experiment.fresh`): from its catalog publish
+time when a column holds one, else never if the model trained on it, else from its first logged exposure or event
+in the whole store (before the experiment too, so items shown long ago are not counted new).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genrec.errors import ConfigError
 from genrec.experiment.assign import credit, preference
 from genrec.experiment.config import Experiment
 from genrec.experiment.creators import Exposures, health_by_arm
+from genrec.experiment.fresh import Sightings, first_seen_times
 from genrec.experiment.stats import Estimate, difference, ratio_estimate, sequential_difference, srm_check, tau_for
 from genrec.serve.store import Engagement, Exposure
 
@@ -121,7 +125,23 @@ def _interleave(exp: Experiment, rows: list[Exposure], engaged: dict[str, list[s
             "losses_b": p.losses, "ties": p.ties, "no_engagement": p.none, "preference_b": _est(p.delta)}
 
 
-def _health(rows: list[Exposure], creators: dict[str, str] | None, interleave: bool) -> dict[str, Any]:
+def read_catalog(catalog: Path | None) -> pa.Table | None:
+    """The catalog's items table (a bundle folder's items.parquet, or a Parquet file) with ``raw_id``; None
+    without one."""
+    if catalog is None:
+        return None
+    path = catalog / "items.parquet" if catalog.is_dir() else catalog
+    if not path.is_file():
+        raise ConfigError(f"--catalog {catalog}: no items.parquet there")
+    t = pq.read_table(path)
+    id_col = next((c for c in ID_COLUMNS if c in t.column_names), None)
+    if id_col is None:
+        raise ConfigError(f"--catalog {path}: no item id column ({', '.join(ID_COLUMNS)}); it has {t.column_names}")
+    return t.rename_columns(["raw_id" if c == id_col else c for c in t.column_names])
+
+
+def _health(rows: list[Exposure], creators: dict[str, str] | None, interleave: bool,
+            **options: Any) -> dict[str, Any]:
     items, times, arms = [], [], []
     for e in rows:
         for j, item in enumerate(e.items):
@@ -131,13 +151,22 @@ def _health(rows: list[Exposure], creators: dict[str, str] | None, interleave: b
     if not items:
         return {}
     creator = None if creators is None else [creators.get(i, "?") for i in items]
-    by_arm = health_by_arm(Exposures.of(items, times, creator), arms)
+    by_arm = health_by_arm(Exposures.of(items, times, creator), arms, **options)
     return {arm: asdict(h) for arm, h in by_arm.items()}
 
 
+def _fresh_days(exp: Experiment) -> float:
+    """The window of freshness: the arms' ``fresh_days`` where one reserves fresh slots, else 7 days."""
+    days = {a.serving.fresh_days for a in exp.arms if a.serving.fresh_share > 0}
+    return min(days) if days else 7.0
+
+
 def build_report(exp: Experiment, exposures: list[Exposure], engagements: list[Engagement],
-                 creators: dict[str, str] | None = None) -> dict[str, Any]:
-    """The report as plain values (module docstring)."""
+                 creators: dict[str, str] | None = None, catalog: pa.Table | None = None,
+                 fresh_column: str | None = None) -> dict[str, Any]:
+    """The report as plain values (module docstring). ``exposures`` and ``engagements``: the whole store's, from
+    before the experiment too (first sightings and pre-experiment activity); ``catalog`` (items table with
+    ``raw_id``, and ``train_count`` or ``fresh_column``): freshness as serving decides it."""
     rows = [e for e in exposures if e.experiment == exp.name]
     start = exp.start.timestamp()
     hits: Counter = Counter(g.request_id for g in engagements if g.request_id is not None)
@@ -153,6 +182,14 @@ def build_report(exp: Experiment, exposures: list[Exposure], engagements: list[E
         report["interleave"] = _interleave(exp, rows, engaged)
     else:
         report.update(_ab(exp, rows, hits, pre))
-    report["health"] = _health(rows, creators, exp.mode == "interleave")
+    start_items = {i for e in exposures if e.time < start for i in e.items}
+    start_items |= {g.item_id for g in engagements if g.time < start}
+    first_seen = first_seen_times(Sightings.from_logs(exposures, engagements), catalog, fresh_column)
+    report["health"] = _health(rows, creators, exp.mode == "interleave", first_seen=first_seen,
+                               prior_items=start_items, fresh_days=_fresh_days(exp),
+                               catalog_size=None if catalog is None else catalog.num_rows)
+    report["fresh_definition"] = ("catalog column " + fresh_column if fresh_column else "") or (
+        "trained items never fresh; others from their first logged exposure or event" if catalog is not None
+        and "train_count" in catalog.column_names else "first logged exposure or event (the whole store)")
     report["by_creator"] = creators is not None
     return report
