@@ -23,6 +23,10 @@ def trainer_class(config: Any) -> type:
         from genrec.train.generator import GeneratorTrainer
 
         return GeneratorTrainer
+    if config.model.name == "hstu-gen":
+        from genrec.train.hstu_generator import HSTUGeneratorTrainer
+
+        return HSTUGeneratorTrainer
     from genrec.train.trainer import Trainer
 
     return Trainer

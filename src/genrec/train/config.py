@@ -13,6 +13,7 @@ from genrec.data.schema import format_validation_error
 from genrec.errors import ConfigError
 from genrec.io import read_yaml_mapping
 from genrec.models import RANKING, DCNConfig, DINConfig, GBDTConfig, HSTUConfig, RankerConfig, SASRecConfig
+from genrec.models.hstu_generator import HSTUGeneratorConfig
 from genrec.models.tiger import TigerConfig
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -232,7 +233,8 @@ class RunConfig(BaseModel):
                                                       "leave-one-out with held-out cold items (see cold_start).")
     cold_start: ColdStartConfig = Field(ColdStartConfig(), description="Items held out with split: cold.")
     temporal: TemporalConfig = Field(TemporalConfig(), description="Cut times of split: temporal.")
-    model: Annotated[SASRecConfig | HSTUConfig | TigerConfig | RankerConfig | DCNConfig | DINConfig | GBDTConfig,
+    model: Annotated[SASRecConfig | HSTUConfig | TigerConfig | HSTUGeneratorConfig | RankerConfig | DCNConfig
+                     | DINConfig | GBDTConfig,
                      Field(discriminator="name", description="The model: `name` picks it, the other keys are its "
                            "fields.")]
     train: OptimConfig = Field(OptimConfig(), description="Loss, optimiser, schedule, budgets and devices.")
