@@ -4,7 +4,9 @@ bundle does not load, and a bad experiment file."""
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -53,17 +55,26 @@ def test_ab_arms_are_sticky_and_anonymous_requests_flagged(bundles, tmp_path):  
     assert anon["anonymous"] is True and anon["arm"] == assign(exp, None, anon["request_id"]).arm
 
 
-def test_an_exploring_arm_samples_its_list(bundles, tmp_path):  # noqa: F811
-    path = write(tmp_path, [{"name": "greedy", "share": 0.001},
-                            {"name": "pl", "share": 0.999,
-                             "serving": {"exploration": {"kind": "plackett_luce", "temperature": 50.0}}}])
+def test_an_exploring_arm_samples_its_list(bundles, tmp_path, monkeypatch):  # noqa: F811
+    path = write(tmp_path, [{"name": "greedy"},
+                            {"name": "pl", "serving": {"exploration": {"kind": "plackett_luce", "temperature": 50.0}}}])
+    ids = iter(range(10_000))  # request ids seed the draws: numbered, so the test draws the same lists every run
+    monkeypatch.setattr(uuid, "uuid4", lambda: SimpleNamespace(hex=f"req{next(ids):05d}"))
     c = client(bundles[0], tmp_path, path)
-    plain = c.post("/v1/recommend", json={"history": ["3", "4"], "k": 4}).json()  # anonymous: almost surely pl
-    lists = {tuple(i["item_id"] for i in c.post("/v1/recommend", json={"history": ["3", "4"], "k": 4}).json()["items"])
-             for _ in range(8)}
-    assert plain["arm"] == "pl" and len(plain["items"]) == 4
+    exp = load_experiment(path)
+    users = {arm: next(f"u{i}" for i in range(1000) if assign(exp, f"u{i}").arm == arm) for arm in ("greedy", "pl")}
+
+    def shown(arm: str) -> tuple[list[str], set[tuple[str, ...]]]:
+        assert c.post("/v1/events", json={"user_id": users[arm], "items": ["3", "4"]}).status_code == 200
+        answers = [c.post("/v1/recommend", json={"user_id": users[arm], "k": 4}).json() for _ in range(8)]
+        return [a["arm"] for a in answers], {tuple(i["item_id"] for i in a["items"]) for a in answers}
+
+    arms, lists = shown("pl")
+    assert arms == ["pl"] * 8 and all(len(x) == 4 for x in lists)
     assert len(lists) > 1  # a high temperature reshuffles what is shown
     assert all(not set(x) & {"3", "4"} for x in lists)  # the filters still hold
+    arms, greedy = shown("greedy")
+    assert arms == ["greedy"] * 8 and len(greedy) == 1  # the same requests without exploration: one list
 
 
 def test_an_arm_whose_bundle_does_not_load_falls_back(bundles, tmp_path, caplog):  # noqa: F811
