@@ -90,24 +90,24 @@ def contexts_files(args, model, sim: dict[str, np.ndarray], max_events: int) -> 
     return work / "events.parquet", work / "filters.parquet"
 
 
-def exact_values(logging: Path, events: Path, filters: Path, rec, temperature: float, model, samples: int
-                 ) -> float:
-    """The candidate's expected clicks per slot on the logged requests (module docstring)."""
-    from genrec.experiment.config import Exploration
-    from genrec.experiment.offpolicy import Policy, contexts, histories, play
-    from genrec.experiment.response import examine
+class Exact:
+    """Accumulates a candidate's expected clicks per slot on the logged requests (module docstring) from the
+    policy ``genrec ope`` replays on each of them."""
 
-    table = pq.read_table(logging)
-    hist = histories(table, events)
-    policy = Policy(rec, Exploration(kind="plackett_luce", temperature=temperature))
-    clicks = slots = 0.0
-    for ctx in contexts(table, events, filters):
-        played = play(policy, [i for tm, i in hist.get(ctx.user, []) if tm < ctx.time], ctx, samples)
-        u, k = model.row[ctx.user], len(ctx.rows)
-        rel = model._scaled[model.ranks[u, [model.column[i] for i in played.items]]]
-        clicks += float((played.probs * rel[:, None] * examine(k)[None, :]).sum())
-        slots += k
-    return clicks / slots
+    def __init__(self, model):
+        from genrec.experiment.response import examine
+
+        self.model, self.examine, self.clicks, self.slots = model, examine, 0.0, 0
+
+    def __call__(self, ctx, played) -> None:
+        m, k = self.model, len(ctx.rows)
+        rel = m._scaled[m.ranks[m.row[ctx.user], [m.column[i] for i in played.items]]]
+        self.clicks += float((played.probs * rel[:, None] * self.examine(k)[None, :]).sum())
+        self.slots += k
+
+    @property
+    def value(self) -> float:
+        return self.clicks / self.slots
 
 
 def ope(args) -> dict:
@@ -127,16 +127,17 @@ def ope(args) -> dict:
                    __import__("yaml").safe_load(exp.read_text())["arms"]}
     rec = Recommender.load(args.bundle)
     logging = {"logging": logging_policies(exp, rec)["logging"]}
-    rows = []
+    rows, answers = [], {}  # one bundle: its answer on each request serves every policy
     for arm, t in temperature.items():
         if arm == "logging":
             continue
         t0 = time.perf_counter()
+        exact_on = Exact(model)
         res = evaluate_candidate(work / "logging.parquet", rec, t, events, logging=logging, filters=filters,
-                                 samples=args.samples)
+                                 samples=args.samples, answers=answers, observe=exact_on)
         mask = sim["arm"] == arm
         online = ratio_estimate(*per_user_arm(sim, mask))
-        exact = exact_values(work / "logging.parquet", events, filters, rec, t, model, args.samples)
+        exact = exact_on.value
         e = {x["estimator"]: x for x in res["estimates"]}
         rows.append({"candidate": arm, "temperature": t, "online": est(online),
                      "online_expected": float(sim["p_click"][mask].mean()), "exact_on_logged": exact,

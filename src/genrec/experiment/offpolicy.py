@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,13 +115,18 @@ def contexts(table: pa.Table, events: Path | None, filters: Path | None) -> Iter
                       [d["item_id"][j] for j in rows], deny.get(rid))
 
 
-def play(policy: Policy, past: list[str], ctx: Context, samples: int) -> Played:
-    """The policy's answer on the context, with its position probabilities for the logged list's length."""
+def play(policy: Policy, past: list[str], ctx: Context, samples: int, answers: dict | None = None) -> Played:
+    """The policy's answer on the context, with its position probabilities for the logged list's length.
+    ``answers``: a cache of the bundles' answers by (bundle, request, size), shared by policies of one bundle."""
     k = len(ctx.rows)
     explores = policy.exploration.kind != "none"
-    rec = policy.rec
-    answer = rec.recommend(past[-rec.history_needed:] if past else [], k=exploration_pool(k) if explores else k,
-                           deny=ctx.deny)
+    rec, size = policy.rec, exploration_pool(k) if explores else k
+    key = (id(rec), ctx.request_id, size)
+    answer = None if answers is None else answers.get(key)
+    if answer is None:
+        answer = rec.recommend(past[-rec.history_needed:] if past else [], k=size, deny=ctx.deny)
+        if answers is not None:
+            answers[key] = answer
     items = [i["item_id"] for i in answer.items]
     raw = [i["score"] for i in answer.items]
     scores = None if not raw or any(s is None for s in raw) else np.asarray(raw, dtype=np.float64)
@@ -189,13 +194,19 @@ def logging_policies(experiment: Path, default, loader=None) -> dict[str, Policy
 
 
 def evaluate_candidate(exposures: Path, rec, temperature: float = 0.0, events: Path | None = None, *,
-                       logging: dict[str, Policy], filters: Path | None = None, samples: int = 2000) -> dict:
+                       logging: dict[str, Policy], filters: Path | None = None, samples: int = 2000,
+                       answers: dict | None = None, observe: Callable[[Context, Played], None] | None = None
+                       ) -> dict:
     """IPS, SNIPS and doubly robust estimates of engagements per shown slot had ``rec`` (a loaded candidate
     Recommender, serving its best items in order at ``temperature`` 0, else sampling them by Plackett-Luce) chosen
     the lists of the logged requests of the arms in ``logging`` (module docstring; rows are slots, grouped by
     request). DR's reward model: the candidate ranker's first task's predictions when the bundle has a ranker,
-    else the log's mean engagement (a constant)."""
+    else the log's mean engagement (a constant). ``answers``: a cache of the bundles' answers (see :func:`play`;
+    pass one dict to evaluate several candidates of one log); ``observe(context, candidate)``: called on each
+    request with the candidate's replayed policy."""
     from genrec.experiment.ope import doubly_robust, ips, snips
+
+    answers = {} if answers is None else answers
 
     table = logged_rows(exposures, set(logging))
     d = table.to_pydict()
@@ -214,8 +225,10 @@ def evaluate_candidate(exposures: Path, rec, temperature: float = 0.0, events: P
         requests += 1
         past = [i for tm, i in hist.get(ctx.user, []) if tm < ctx.time] if ctx.user is not None else []
         policy = logging[d["arm"][ctx.rows[0]]]
-        mine = play(candidate, past, ctx, samples)
-        theirs = play(policy, past, ctx, samples)
+        mine = play(candidate, past, ctx, samples, answers)
+        theirs = play(policy, past, ctx, samples, answers)
+        if observe is not None:
+            observe(ctx, mine)
         reproduced += reproduces(theirs, policy.exploration, ctx.shown, logged[ctx.rows])
         at = {item: i for i, item in enumerate(mine.items)}
         log_at = {item: i for i, item in enumerate(theirs.items)}
