@@ -31,6 +31,10 @@ def test_config_validates_and_builds(path):
         from genrec.models.tiger import TIGER
 
         model = TIGER(cfg.model, [[-1, -1], *([i // 5, i % 5] for i in range(10))], [2, 5])
+    elif cfg.model.name == "hstu-gen":  # the decoder-only generator, built the same way
+        from genrec.models.hstu_generator import HSTUGenerator
+
+        model = HSTUGenerator(cfg.model, [[0, 0], *([i // 5, i % 5] for i in range(10))], [2, 5])
     elif cfg.model.name in RANKING:  # a ranking model is built for an impression log's spec
         cls, _ = RANKING[cfg.model.name]
         binary = tuple(dict.fromkeys(("click", "like", *cfg.model.listwise)))  # the tasks the config names
