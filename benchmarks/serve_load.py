@@ -304,6 +304,8 @@ def main() -> None:
     ap.add_argument("--client", choices=("stdlib", "httpx"), default="stdlib", help="HTTP client of the load "
                     "threads: http.client keep-alive connections (light) or httpx (as in the earliest figures).")
     ap.add_argument("--no-access-log", action="store_true", help="Start genrec serve with --no-access-log.")
+    ap.add_argument("--experiment", type=Path, help="Experiment file: genrec serve runs it (--experiment) with the "
+                    "exposure log on (--exposure-log), so the numbers include assignment and logging.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="Suffix of the result files.")
@@ -328,6 +330,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "genrec", "serve", str(bundle), "--port", str(port), "--workers",
                str(args.workers), "--store", str(Path(tmp) / "history.sqlite"), "--deadline-ms", str(args.deadline_ms)]
         cmd += ["--no-access-log"] if args.no_access_log else []
+        cmd += ["--experiment", str(args.experiment.resolve()), "--exposure-log"] if args.experiment else []
         with open(log, "wb") as log_file:
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         try:
@@ -335,6 +338,12 @@ def main() -> None:
             ready = wait_ready(url, proc, log, timeout=300)
             startup_s = time.perf_counter() - t_start
             print(f"server ready in {startup_s:.1f} s: {ready}", flush=True)
+            if args.experiment:  # the answers must come from the experiment (its window may be closed)
+                probe = httpx.post(f"{url}/v1/recommend", json={"history": catalog.sample(np.random.default_rng(0), 3),
+                                                                "k": args.k}, timeout=args.timeout).json()
+                if probe.get("experiment") is None:
+                    sys.exit(f"--experiment {args.experiment}: the server answers outside it (window not open?)")
+                print(f"experiment {probe['experiment']} answers (arm {probe['arm']})", flush=True)
             steady: dict[int, dict] = {}
             for c in levels:
                 clients = [Client(i, np.random.default_rng([args.seed, c, i])) for i in range(c)]
@@ -389,6 +398,7 @@ def main() -> None:
               "machine": machine(), "bundle": str(args.bundle), "reload_bundle": str(args.reload_bundle or args.bundle),
               "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "mix": (f"recommend_history only, {hlen} items" if hlen else dict(zip(ENDPOINTS, MIX, strict=True))),
+              "experiment": args.experiment.read_text() if args.experiment else None,
               "n_items": len(catalog.ids), "startup_seconds": startup_s, "ready": ready,
               "steady": {str(c): v for c, v in steady.items()},
               "during_reloads": {"seconds": during_s, "reloads_sent": len(reload_records),
@@ -404,7 +414,8 @@ def main() -> None:
     write_json(args.out / f"{stem}.json", result)
     m = result["machine"]
     lines = [f"# genrec serve under load ({args.bundle}, {len(catalog.ids):,} items)", "", f"`{command}`", "",
-             f"- {args.workers} uvicorn worker(s){', no access log' if args.no_access_log else ''}, client threads "
+             f"- {args.workers} uvicorn worker(s){', no access log' if args.no_access_log else ''}"
+             f"{f', experiment {args.experiment} with the exposure log' if args.experiment else ''}, client threads "
              f"({args.client} HTTP client) on the same machine, "
              f"{args.seconds:g} s per "
              f"phase after {args.warmup:g} s warm-up, k {args.k}, deadline {args.deadline_ms:g} ms, fresh SQLite "
