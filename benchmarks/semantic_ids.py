@@ -83,6 +83,9 @@ def row(folder: Path) -> dict:
            "decode_ms_per_user": info.get("decode_ms_per_user"), "cold_start": info.get("cold_start"),
            "budget_minutes": (cfg.get("train") or {}).get("max_minutes"),
            "schedule_by": (cfg.get("train") or {}).get("schedule_by"), "note": m["run"].get("note")}
+    if load := info.get("load_average"):  # a shared CPU: how busy it was around the run
+        out["note"] = "; ".join(filter(None, [out["note"], f"{info.get('threads')} torch threads, 1-min load average "
+                                              f"{load['start']:.1f} at the start, {load['end']:.1f} at the end"]))
     if refit := info.get("refit"):  # the test read the refit model: show its epochs and time
         chose = ("an earlier selection run chose (selection not repeated)" if refit.get("selection_skipped")
                  else "its selection run chose")

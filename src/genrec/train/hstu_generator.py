@@ -9,6 +9,7 @@ items are the TIGER trainer's (``genrec.train.generator``).
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ class HSTUGeneratorTrainer(GeneratorTrainer):
                               f"({mcfg.beam_width})")
         device = resolve_device(tcfg.device, tcfg.tf32)
         self._begin()
+        load_start = os.getloadavg()[0]  # the CPU is often shared: say how loaded it was
         ds = self.dataset or load_dataset(cfg.dataset)
         sids = semantic_ids_for(cfg, ds, self.semantic_ids)
         split = run_split(cfg, ds)
@@ -80,7 +82,8 @@ class HSTUGeneratorTrainer(GeneratorTrainer):
                                 exclude_seen=cfg.eval.exclude_seen, item_counts=counts, n_boot=cfg.eval.n_boot,
                                 seed=tcfg.seed, show_progress=self.show_progress)
         ev.info.update(**loop.summary(), commit_at_start=self.commit_at_start, allocator=self.allocator,
-                       device=str(device), threads=torch.get_num_threads(), **cold_start_info(split, ev, cfg),
+                       device=str(device), threads=torch.get_num_threads(),
+                       load_average={"start": load_start, "end": os.getloadavg()[0]}, **cold_start_info(split, ev, cfg),
                        semantic_ids={k: v for k, v in sids.meta.items() if isinstance(v, str | int | float)})
         write_run(self.run_dir, {"model": mcfg.name, "split": cfg.split, **cfg.model_dump(mode="json")}, ev, ds,
                   loop.state["train_seconds"])
