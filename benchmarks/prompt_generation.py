@@ -19,7 +19,7 @@ The lists compared on the same cases (each cut to 10 after removing seen items; 
 
 Queries are embedded like a served query (``genrec.content.query.to_content_space``). Intervals: 95% percentile
 bootstrap over cases; differences: paired (bootstrap interval, t-test and Wilcoxon p, ``genrec.eval.stats``).
-Writes benchmarks/results/prompt_generation.{json,md}.
+Writes benchmarks/results/prompt_generation[_TAG].{json,md}.
 
     GENREC_DATA_DIR=../shared/data python benchmarks/prompt_generation.py --threads 1 [--sample 5000]
 """
@@ -231,6 +231,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--tag", default="", help="results file suffix (prompt_generation_TAG), e.g. for another config")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="override a training config field, "
                    "e.g. train.max_minutes=1 (a smoke run; the committed results use the config as it is)")
     args = p.parse_args()
@@ -244,9 +245,10 @@ def main() -> None:
            "threads": args.threads, "load_start": load_start, "seed": args.seed, "beam": args.beam,
            "weight": args.weight, "words": args.words, "training": training_info(run, args.config), "eval": ev,
            "wall_seconds": time.perf_counter() - start}
-    write_json(args.out / "prompt_generation.json", res)
-    write_text(args.out / "prompt_generation.md", render(res))
-    print(f"wrote {args.out / 'prompt_generation.md'}")
+    stem = "prompt_generation" + (f"_{args.tag}" if args.tag else "")
+    write_json(args.out / f"{stem}.json", res)
+    write_text(args.out / f"{stem}.md", render(res))
+    print(f"wrote {args.out / stem}.md")
 
 
 if __name__ == "__main__":
