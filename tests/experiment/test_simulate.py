@@ -93,3 +93,8 @@ def test_a_short_simulation_drives_the_server_and_its_logs_agree(tmp_path):
 def test_a_simulation_must_be_bounded_and_writes_a_fresh_folder(tmp_path):
     with pytest.raises(ValueError, match="bounded"):
         SimulateConfig(bundle=tmp_path, experiment=tmp_path / "e.yaml", out=tmp_path / "o")
+    with pytest.raises(ValueError, match="workers > 1 needs server: process"):
+        SimulateConfig(bundle=tmp_path, experiment=tmp_path / "e.yaml", out=tmp_path / "o", requests=10,
+                       server="thread", workers=2)
+    cfg = SimulateConfig(bundle=tmp_path, experiment=tmp_path / "e.yaml", out=tmp_path / "o", requests=10, workers=3)
+    assert cfg.workers == 3

@@ -24,6 +24,8 @@ def simulate_cmd(
     days: Annotated[int, typer.Option(help="Simulated days the run spans; fresh items arrive over them.", min=1)
                     ] = 7,
     concurrency: Annotated[int, typer.Option(help="Concurrent simulated clients.", min=1, max=512)] = 16,
+    workers: Annotated[int, typer.Option(help="Server worker processes (genrec serve --workers): more answer "
+                                         "more requests per second where cores are free.", min=1, max=64)] = 1,
     k: Annotated[int, typer.Option("--k", help="Items per answer.", min=1, max=100)] = 10,
     pages: Annotated[float, typer.Option(help="Mean requests per visit (geometric).", min=1.0)] = 3.0,
     max_users: Annotated[int | None, typer.Option(help="Simulate a random subset of this many users.", min=2)
@@ -48,7 +50,8 @@ def simulate_cmd(
     if requests is None and minutes is None:
         raise ConfigError("give --requests or --minutes (or both): a simulation must be bounded")
     cfg = SimulateConfig(bundle=bundle, experiment=experiment, out=out_dir, data=data, requests=requests,
-                         minutes=minutes, days=days, concurrency=concurrency, k=k, pages=pages, max_users=max_users,
+                         minutes=minutes, days=days, concurrency=concurrency, workers=workers, k=k, pages=pages,
+                         max_users=max_users,
                          max_events=max_events, seed=seed,
                          response=ResponseConfig(fresh_fraction=fresh_fraction, ctr_scale=ctr_scale, seed=seed))
     s = simulate(cfg)

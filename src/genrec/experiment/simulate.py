@@ -2,7 +2,8 @@
 
 The simulator seeds a fresh store with each user's real past (:mod:`genrec.experiment.response`), starts
 ``genrec serve --experiment FILE`` on loopback (a subprocess by default, so the server has a core of its own), and
-runs ``concurrency`` clients for a bounded number of requests or minutes. Each client takes a visit: a user drawn
+runs ``concurrency`` clients for a bounded number of requests or minutes (``workers`` server processes, each
+coalescing its concurrent requests into model batches). Each client takes a visit: a user drawn
 with probability proportional to the user's real activity (heavy users return often, over several simulated days)
 who asks ``POST /v1/recommend`` for ``k`` items a geometric number of times (mean ``pages``). The response model
 draws clicks for the shown slots; the clicked items go back with ``POST /v1/events`` carrying the answer's
@@ -62,6 +63,8 @@ class SimulateConfig(BaseModel):
                             "--max-events): the history length the model reads.")
     server: Literal["process", "thread"] = Field("process", description="process: genrec serve as a subprocess "
                                                  "(its own core); thread: uvicorn in this process (tests).")
+    workers: int = Field(1, ge=1, le=64, description="Server worker processes (genrec serve --workers; each loads "
+                         "the bundle and coalesces its own concurrent requests into model batches).")
     seed: int = 0
     response: ResponseConfig = Field(default_factory=ResponseConfig)
 
@@ -69,6 +72,8 @@ class SimulateConfig(BaseModel):
     def _bounded(self) -> SimulateConfig:
         if self.requests is None and self.minutes is None:
             raise ValueError("give requests or minutes (or both): a simulation must be bounded")
+        if self.server == "thread" and self.workers > 1:
+            raise ValueError("workers > 1 needs server: process (an in-process server has one worker)")
         return self
 
 
@@ -121,7 +126,7 @@ def running_server(cfg: SimulateConfig, store: Path) -> Iterator[str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "genrec", "serve", str(cfg.bundle), "--port", str(port), "--store", str(store),
            "--experiment", str(cfg.experiment), "--exposure-log", "--no-access-log", "--max-events",
-           str(cfg.max_events), "--deadline-ms", "0"]
+           str(cfg.max_events), "--deadline-ms", "0", "--workers", str(cfg.workers)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(cfg.out / "server.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
