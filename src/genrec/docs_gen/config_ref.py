@@ -32,6 +32,7 @@ def _sections() -> list[tuple[str, str, type[BaseModel]]]:
     from genrec.models import DCNConfig, DINConfig, GBDTConfig, HSTUConfig, RankerConfig, SASRecConfig
     from genrec.models.cold_blend import ColdBlendConfig
     from genrec.models.content_knn import ContentKNNConfig
+    from genrec.models.hstu_generator import HSTUGeneratorConfig
     from genrec.models.itemknn import ItemKNNConfig
     from genrec.models.popularity import PopularityConfig
     from genrec.models.tiger import TigerConfig
@@ -43,6 +44,8 @@ def _sections() -> list[tuple[str, str, type[BaseModel]]]:
             ("`model:` name: sasrec", "model-sasrec", SASRecConfig),
             ("`model:` name: hstu", "model-hstu", HSTUConfig),
             ("`model:` name: tiger (the semantic-ID generator)", "model-tiger", TigerConfig),
+            ("`model:` name: hstu-gen (the decoder-only semantic-ID generator)", "model-hstu-gen",
+             HSTUGeneratorConfig),
             ("`model:` name: ranker (the generative ranker)", "model-ranker", RankerConfig),
             ("`model:` name: dcn", "model-dcn", DCNConfig),
             ("`model:` name: din", "model-din", DINConfig),
