@@ -79,11 +79,20 @@ def test_the_query_conditions_the_generator_and_blends_the_id_model(built, monke
     assert asked.mode == "generator+prompt" and not asked.warnings
     q = torch.nn.functional.normalize(torch.from_numpy(vectors[target]), dim=0)[None]
     dense = torch.tensor([[rec.index[h] for h in history]])
-    beams, logp = rec.generator.recommend(dense, k=20, beam=20, query=q)
-    keep = [(i, s) for i, s in zip(beams[0].tolist(), logp[0].tolist(), strict=True)
-            if i and rec.raw_ids[i - 1] not in history][:4]
-    assert [r["item_id"] for r in asked.items] == [rec.raw_ids[i - 1] for i, _ in keep]
-    assert [r["score"] for r in asked.items] == pytest.approx([s for _, s in keep], abs=1e-5)  # log-probabilities
+    beam = max(4 + len(history), rec.generator.config.beam_width)  # k + the excluded items, as served
+    beams, logp = rec.generator.recommend(dense, k=beam, beam=beam, query=q)
+    found = torch.isfinite(logp[0])
+    ids, values = beams[0][found], logp[0][found]
+    plain_beams, plain_logp = rec.generator.recommend(dense, k=beam, beam=beam)
+    assert not torch.allclose(plain_logp, logp)  # the query changed the decoding itself
+    sim = rec.content.vectors @ q[0]
+    mixed = query_module.blend_with_query(values, sim, 0.5, ids)  # then blended like any candidates
+    expected = {rec.raw_ids[i - 1]: v for i, v in zip(ids.tolist(), mixed.tolist(), strict=True)
+                if rec.raw_ids[i - 1] not in history}
+    got = {r["item_id"]: r["score"] for r in asked.items}
+    assert got == pytest.approx({i: expected[i] for i in got}, abs=1e-5)  # blended scores of decoded items
+    assert list(got.values()) == sorted(got.values(), reverse=True)
+    assert min(got.values()) >= max(v for i, v in expected.items() if i not in got) - 1e-6  # the best of them
     assert rec.recommend(history, k=4, query="anything").mode == "model+query"
 
 

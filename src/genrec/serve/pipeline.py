@@ -4,8 +4,9 @@ then the ranking stage for all of them in one forward pass. Each request is answ
 
 A bundle may hold two retrievers (an ID model and the semantic-ID generator): each job names the one it wants
 (``Job.retriever``; None: the bundle's own model). A query steers an answer in one of two ways: a generator trained
-with ``model.query`` decodes conditioned on the query's content vector (``mode`` ``generator+prompt``); any other
-retriever's scores are blended with the query's similarity to every item (``...+query``)."""
+with ``model.query`` decodes conditioned on the query's content vector, and its beams are then blended with the
+query's similarity like any candidates (``mode`` ``generator+prompt``); any other retriever's scores are only
+blended with the query's similarity to every item (``...+query``)."""
 
 from __future__ import annotations
 
@@ -88,8 +89,11 @@ class Pipeline:
             scores, more = scored[i]
             scorer = self.scorer_for(job)
             mode, warnings = scorer.mode, warnings + more
-            if vector is not None and getattr(scorer, "conditioned", False):  # the query shaped the decoding
-                out.append((scores, mode + "+prompt", warnings))
+            if vector is not None and getattr(scorer, "conditioned", False):
+                # the query shaped the decoding; blending it into the beams as well ranks its items higher still
+                # (benchmarks/results/prompt_generation.md)
+                ids, values = scores
+                out.append(((ids, blend_with_query(values, q, job.query_weight, ids)), mode + "+prompt", warnings))
             elif q is None:
                 out.append((scores, mode, warnings))
             elif isinstance(scores, tuple):  # blend over the candidates only

@@ -20,8 +20,8 @@ blending are shared); a scorer (:mod:`genrec.serve.scorers`) holds the model-spe
   items can be returned, so with ``allow`` (or many excluded items) fewer than ``k`` items may come back; a
   warning says so, and the list is never padded with unscored items. With a ``query``, the z-scored
   log-probabilities of the beam items are blended with the z-scored query similarity (``mode="generator+query"``),
-  unless the generator was trained with ``model.query``: then the query's content vector conditions the beam search
-  itself (``mode="generator+prompt"``, :mod:`genrec.models.tiger_query`).
+  and a generator trained with ``model.query`` first decodes conditioned on the query's content vector
+  (``mode="generator+prompt"``, :mod:`genrec.models.tiger_query`): the query shapes the beams, then re-ranks them.
 
 A bundle with an ID model may carry the generator as a second retriever (``generator.*`` files, see
 :func:`genrec.serve.bundle.export_bundle`): :attr:`Recommender.retrievers` lists what a request may choose with
@@ -203,7 +203,7 @@ class Recommender:
         ``query``: text that steers the ranking when the bundle has content embeddings: final score =
         ``(1 - query_weight) * z(model) + query_weight * z(cosine(query, item))``, z-scored over the catalog;
         with no usable history the query alone ranks (``mode="content"``). ``retriever``: one of :attr:`retrievers`
-        (None: the bundle's own model); a query-conditioned generator decodes with the query instead of blending.
+        (None: the bundle's own model); a query-conditioned generator decodes with the query, then blends it.
         No usable history and no query, a model error or a missed ``deadline_ms``: the popularity list answers
         (``fallback=True``, ``reason``).
 
