@@ -96,7 +96,7 @@ def id_model_alone(model, sp, ds, counts: np.ndarray) -> np.ndarray:
 
 
 def dataset_rows(dataset: str, id_run: Path, max_warm_loss: float, warm_sample: int | None,
-                 overall: bool) -> dict:
+                 overall: bool, variants: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     ds = load_dataset(dataset)
     sp = make_split(ds, "cold", fraction=COLD_FRACTION, seed=COLD_SEED)
@@ -108,14 +108,18 @@ def dataset_rows(dataset: str, id_run: Path, max_warm_loss: float, warm_sample: 
     knn_dir = content_knn(RUNS, dataset, "cold")
     knn_hr = pq.read_table(knn_dir / "per_user.parquet", columns=["hr@10"]).column("hr@10").to_numpy()
     alone = id_model_alone(model, sp, ds, counts)
-    codes = {"none": None, "content": semantic_ids(dataset, emb_dir, None).codes,
-             "collab": semantic_ids(dataset, emb_dir, id_run).codes}
     plans = [("cold-blend", "none", "cold_recall"), ("cold-blend-prior", "content", "cold_recall"),
              ("cold-blend-prior-collab", "collab", "cold_recall")] + (
                  [("cold-blend-overall", "content", "overall")] if overall else [])
+    plans = [p for p in plans if not variants or p[0] in variants]
     out = {"id_model_run": str(id_run), "id_model_metrics": read_json(id_run / "metrics.json")["info"].get(
         "cold_start"), "content_knn_run": str(knn_dir), "variants": {}}
     cold, warm = sp.test_cold, ~sp.test_cold
+    codes = {"none": None}
+    if any(p[1] == "content" for p in plans):
+        codes["content"] = semantic_ids(dataset, emb_dir, None).codes
+    if any(p[1] == "collab" for p in plans):
+        codes["collab"] = semantic_ids(dataset, emb_dir, id_run).codes
     for name, prior, objective in plans:
         start = time.perf_counter()
         blend = ColdBlend(id_model=model, embeddings=emb, codes=codes[prior]).fit(sp.train, ds.n_items)
@@ -188,6 +192,7 @@ def main() -> None:
     p.add_argument("--max-warm-loss", type=float, default=0.04, help="validation warm HR@10 loss allowed")
     p.add_argument("--warm-sample", type=int, default=6000, help="warm validation cases the search reads (0: all)")
     p.add_argument("--overall", action="store_true", help="also the variant chosen for overall validation NDCG@10")
+    p.add_argument("--variant", action="append", default=[], help="only these variants (repeatable; default all)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
@@ -197,7 +202,7 @@ def main() -> None:
     res = {"commit": git_commit(), "created": dt.datetime.now(dt.UTC).isoformat(), "machine": machine(),
            "command": "python " + shlex.join(["benchmarks/cold_blend.py", *sys.argv[1:]]),
            "max_warm_loss": args.max_warm_loss, "warm_sample": args.warm_sample or None,
-           "datasets": {d: dataset_rows(d, r, args.max_warm_loss, args.warm_sample or None, args.overall)
+           "datasets": {d: dataset_rows(d, r, args.max_warm_loss, args.warm_sample or None, args.overall, args.variant)
                         for d, r in zip(args.dataset, runs, strict=True)}}
     res["wall_seconds"] = time.perf_counter() - start
     for d in res["datasets"].values():
