@@ -67,6 +67,10 @@ def test_a_request_chooses_its_retriever(built):
     assert [r["item_id"] for r in gen.items] == expected
     with pytest.raises(ValueError, match="retriever 'ranker'"):
         rec.recommend(history, retriever="ranker")
+    alone = Recommender.load(export_bundle(built[0] / "gen", built[0] / "only-gen"))
+    answer = alone.recommend(history, k=4, retriever="model")
+    assert answer.mode == "generator" and answer.warnings == ["retriever 'model' ignored: this bundle serves "
+                                                              "'generator' only"]
 
 
 def test_the_query_conditions_the_generator_and_blends_the_id_model(built, monkeypatch):
@@ -111,7 +115,7 @@ def test_http_retriever_field(built, tmp_path):
     plain = export_bundle(root / "gen", tmp_path / "only-generator")
     c2 = TestClient(create_app(Settings(bundle=plain, store=str(tmp_path / "h2.sqlite"))))
     r2 = c2.post("/v1/recommend", json={"history": ["3"], "retriever": "model"})
-    assert r2.status_code == 422 and "retriever 'model'" in r2.json()["detail"]
+    assert r2.status_code == 200 and r2.json()["mode"] == "generator" and "retriever 'model' ignored" in str(r2.json())
     assert c2.post("/v1/recommend", json={"history": ["3"]}).json()["retrievers"] == ["generator"]
 
 

@@ -74,6 +74,7 @@ NO_HISTORY = "no usable history"
 MODEL_ERROR = "model error"
 DEADLINE = "deadline exceeded"
 NO_QUERY_CONTENT = "query ignored: bundle has no content embeddings"
+RETRIEVERS = ("model", "generator")  # what a request may name (Recommender.retrievers: what a bundle has)
 MAX_BATCH = 32  # the most queued requests that share one pass through the models
 
 
@@ -203,7 +204,8 @@ class Recommender:
         ``query``: text that steers the ranking when the bundle has content embeddings: final score =
         ``(1 - query_weight) * z(model) + query_weight * z(cosine(query, item))``, z-scored over the catalog;
         with no usable history the query alone ranks (``mode="content"``). ``retriever``: one of :attr:`retrievers`
-        (None: the bundle's own model); a query-conditioned generator decodes with the query, then blends it.
+        (None: the bundle's own model; one the bundle lacks is ignored with a warning); a query-conditioned generator
+        decodes with the query, then blends it.
         No usable history and no query, a model error or a missed ``deadline_ms``: the popularity list answers
         (``fallback=True``, ``reason``).
 
@@ -265,8 +267,8 @@ class Recommender:
         :class:`~genrec.serve.pipeline.Job`, run with concurrent requests' on the model thread) and receive its
         outcome (("ok", (items, mode, warnings)), ("error", exception) or DEADLINE_OUTCOME) to build the answer."""
         k = check_k(k)
-        if retriever is not None and retriever not in self.retrievers:
-            raise ValueError(f"retriever {retriever!r}: this bundle serves {' or '.join(map(repr, self.retrievers))}")
+        if retriever is not None and retriever not in RETRIEVERS:
+            raise ValueError(f"retriever {retriever!r}: must be one of {', '.join(map(repr, RETRIEVERS))}")
         chosen = self.generator if retriever == "generator" and self.generator is not None else self.model
         if not 0.0 <= float(query_weight) <= 1.0:
             raise ValueError(f"query_weight must be in [0, 1], got {query_weight}")
@@ -289,6 +291,8 @@ class Recommender:
             query = query.strip() or None
 
         warnings: list[str] = []
+        if retriever is not None and retriever not in self.retrievers:  # a bundle without it: its own model answers
+            warnings.append(f"retriever {retriever!r} ignored: this bundle serves {self.retrievers[0]!r} only")
         dense = [int(i) or None for i in self.catalog.lookup(history)]
         positions = [j for j, i in enumerate(dense) if i is not None]
         note_unknown(warnings, [h for h, i in zip(history, dense, strict=True) if i is None], "")

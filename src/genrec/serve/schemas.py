@@ -79,7 +79,7 @@ class RecommendRequest(_Body):
         None, description="Which retriever answers when the bundle has both an ID model and the semantic-ID generator "
         "(see `retrievers` in the answer); null: the bundle's own model. A generator trained with query conditioning "
         "decodes conditioned on `query` (mode generator+prompt); otherwise a query re-weights the scores (+query). "
-        "A retriever the bundle lacks: 422.")
+        "A retriever the bundle lacks: its own model answers, with a warning.")
 
     @model_validator(mode="after")
     def _one_source(self) -> RecommendRequest:
