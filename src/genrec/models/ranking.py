@@ -208,8 +208,8 @@ class TaskHeads(nn.Module):
     def _stacked(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The same heads as one matrix product for every task's first layer and one contraction for the second:
         scoring (serving, evaluation) calls two kernels instead of three modules per task."""
-        first = [self.heads[f"task_{t}"][0] for t in self.tasks]
-        second = [self.heads[f"task_{t}"][2] for t in self.tasks]
+        first, second = zip(*((self.heads[f"task_{t}"][0], self.heads[f"task_{t}"][2]) for t in self.tasks),
+                            strict=True)
         hidden = F.silu(F.linear(x, torch.cat([m.weight for m in first]), torch.cat([m.bias for m in first])))
         hidden = hidden.unflatten(-1, (len(self.tasks), -1))  # [..., T, H]
         w2 = torch.stack([m.weight[0] for m in second])  # [T, H]
