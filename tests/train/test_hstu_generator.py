@@ -9,7 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+import yaml
+from typer.testing import CliRunner
 
+from genrec.cli import app
 from genrec.data import prepare
 from genrec.errors import ConfigError, GenrecError
 from genrec.semantic_ids import SemanticIds
@@ -81,3 +84,17 @@ def test_config_errors_name_the_field(tmp_path):
     (tmp_path / "tiger" / "model.json").write_text(json.dumps({"name": "tiger"}))
     with pytest.raises(GenrecError, match="not an hstu-gen"):
         load_hstu_generator(tmp_path / "tiger")
+
+
+def test_cli_train_dispatches_to_hstu_gen(tmp_path):
+    ds = follow_dataset(40)
+    ds.save(tmp_path / "data")
+    raw = config(epochs=1).model_dump(mode="json")
+    raw["dataset"] = str(tmp_path / "data")
+    raw["model"]["semantic_ids"] = str(semantic_ids(ds.n_items).save(tmp_path / "sids"))
+    (tmp_path / "gen.yaml").write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "gen.yaml"), "--out", str(tmp_path / "run"),
+                                   "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "hstu-gen" in res.output and "hr@10" in res.output
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["name"] == "hstu-gen"
