@@ -143,7 +143,8 @@ def render(res: dict) -> str:
              "that rebuilt it (each row names its commit and run folder)",
              "- prompt-conditioned generation (`tiger-query`: model.query; its row here is decoded without a query) "
              "against score blending, on queries built from the target item: "
-             "[prompt_generation.md](prompt_generation.md) (benchmarks/prompt_generation.py)", ""]
+             "[prompt_generation.md](prompt_generation.md) (benchmarks/prompt_generation.py); with training queries "
+             "noised twice as far (`tiger-query-noisy`): [prompt_generation_noisy.md](prompt_generation_noisy.md)", ""]
     for ds, models in res["datasets"].items():
         lines += [f"## {ds}", "", "### Standard protocol", "",
                   "| model | device | " + " | ".join(k.replace("hr", "Recall") for k in WARM)
