@@ -211,9 +211,8 @@ class TaskHeads(nn.Module):
         first, second = zip(*((self.heads[f"task_{t}"][0], self.heads[f"task_{t}"][2]) for t in self.tasks),
                             strict=True)
         hidden = F.silu(F.linear(x, torch.cat([m.weight for m in first]), torch.cat([m.bias for m in first])))
-        hidden = hidden.unflatten(-1, (len(self.tasks), -1))  # [..., T, H]
         w2 = torch.stack([m.weight[0] for m in second])  # [T, H]
-        out = (hidden * w2).sum(-1) + torch.cat([m.bias for m in second])
+        out = (hidden.unflatten(-1, (len(self.tasks), -1)) * w2).sum(-1) + torch.cat([m.bias for m in second])
         return dict(zip(self.tasks, out.unbind(-1), strict=True))
 
 
