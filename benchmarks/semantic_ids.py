@@ -180,6 +180,8 @@ def render(res: dict) -> str:
                 if r["stopped"]:
                     lines.append(f"- {name}: stopped by {r['stopped']}, {r['epochs_run']} epochs, commit {r['commit']}"
                                  f", {r['run']}" + (f"; {r['note']}" if r["note"] else ""))
+                elif r["note"]:  # nothing trained here (e.g. a cold blend over a trained ID model)
+                    lines.append(f"- {name}: commit {r['commit']}, {r['run']}; {r['note']}")
         lines.append("")
     return "\n".join(lines) + "\n"
 
