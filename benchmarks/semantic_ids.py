@@ -144,7 +144,10 @@ def render(res: dict) -> str:
              "- prompt-conditioned generation (`tiger-query`: model.query; its row here is decoded without a query) "
              "against score blending, on queries built from the target item: "
              "[prompt_generation.md](prompt_generation.md) (benchmarks/prompt_generation.py); with training queries "
-             "noised twice as far (`tiger-query-noisy`): [prompt_generation_noisy.md](prompt_generation_noisy.md)", ""]
+             "noised twice as far (`tiger-query-noisy`): [prompt_generation_noisy.md](prompt_generation_noisy.md)",
+             "- cold-blend rows: a trained ID model for the items it knows plus content scores of the held-out items, "
+             "weights chosen on validation; paired ratios against content-kNN and the ID model: "
+             "[cold_blend.md](cold_blend.md) (benchmarks/cold_blend.py)", ""]
     for ds, models in res["datasets"].items():
         lines += [f"## {ds}", "", "### Standard protocol", "",
                   "| model | device | " + " | ".join(k.replace("hr", "Recall") for k in WARM)
