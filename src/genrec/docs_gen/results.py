@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from genrec.docs_gen import results_ranking, results_retrieval, results_systems
+from genrec.docs_gen import results_experiments, results_ranking, results_retrieval, results_systems
 from genrec.docs_gen.md import num, page, table, with_ci
 from genrec.docs_gen.results_common import Results, mean
 from genrec.docs_gen.results_retrieval import DATASETS, quality_value
@@ -38,6 +38,7 @@ PAGES: dict[str, tuple[str, Callable[[Results], str]]] = {
     "serving.md": ("Serving", results_systems.serving_page),
     "speed.md": ("Training and evaluation speed", results_systems.speed_page),
     "scale.md": ("Scale", results_systems.scale_page),
+    "experiments.md": ("Online experiments", results_experiments.experiments_page),
 }
 
 
@@ -94,13 +95,15 @@ def index_page(res: Results) -> str:
         "configuration) and a Markdown report beside it. Measured on CPUs unless a row says otherwise. Variants "
         "that were measured and not adopted are in the [results log](../results-log.md).",
         "## Headline", headline(res, lambda stem: f"{_page_of(stem)}"),
+        *results_experiments.reproduction_block(res),
         "## Pages", table(["page"], pages), "## Result files", table(["file", "date", "commit"], files))
 
 
 def _page_of(stem: str) -> str:
     if stem.startswith(("ranking", "item_prior", "kuairand_tab")):
         return "ranking.md"
-    return {"quality": "retrieval.md", "semantic_ids": "semantic-ids.md"}.get(stem, "index.md")
+    return {"quality": "retrieval.md", "semantic_ids": "semantic-ids.md", "experiments": "experiments.md"}.get(
+        stem, "index.md")
 
 
 def readme_block(res: Results) -> str:
