@@ -84,8 +84,9 @@ def row(folder: Path) -> dict:
            "budget_minutes": (cfg.get("train") or {}).get("max_minutes"),
            "schedule_by": (cfg.get("train") or {}).get("schedule_by"), "note": m["run"].get("note")}
     if load := info.get("load_average"):  # a shared CPU: how busy it was around the run
-        out["note"] = "; ".join(filter(None, [out["note"], f"{info.get('threads')} torch threads, 1-min load average "
-                                              f"{load['start']:.1f} at the start, {load['end']:.1f} at the end"]))
+        shared = (f"history cap {cfg['model']['max_len']}, {info.get('threads')} torch threads, 1-min load average "
+                  f"{load['start']:.1f} at the start, {load['end']:.1f} at the end")
+        out["note"] = "; ".join(filter(None, [out["note"], shared]))
     if refit := info.get("refit"):  # the test read the refit model: show its epochs and time
         chose = ("an earlier selection run chose (selection not repeated)" if refit.get("selection_skipped")
                  else "its selection run chose")
