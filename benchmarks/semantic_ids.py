@@ -87,8 +87,9 @@ def row(folder: Path) -> dict:
         shared = (f"history cap {cfg['model']['max_len']}, {info.get('threads')} torch threads, 1-min load average "
                   f"{load['start']:.1f} at the start, {load['end']:.1f} at the end")
         tiger = PUBLISHED.get(cfg.get("dataset"), {}).get("TIGER (published)", {})
-        margin = ", ".join(f"{k.replace('hr', 'Recall')} {out['metrics'][k]['mean'] - tiger[k]:+.4f}"
-                           for k in ("hr@10", "ndcg@10") if k in tiger and k in out["metrics"])
+        margin = ", ".join(f"{name} {out['metrics'][k]['mean'] - tiger[k]:+.4f}"
+                           for k, name in (("hr@10", "Recall@10"), ("ndcg@10", "NDCG@10"))
+                           if k in tiger and k in out["metrics"])
         out["note"] = "; ".join(filter(None, [out["note"], shared, margin and f"against TIGER (published): {margin}"]))
     if refit := info.get("refit"):  # the test read the refit model: show its epochs and time
         chose = ("an earlier selection run chose (selection not repeated)" if refit.get("selection_skipped")
