@@ -82,7 +82,7 @@ def test_config_errors_name_the_field(tmp_path):
                              semantic_ids=semantic_ids(N_ITEMS), show_progress=False).fit()
     (tmp_path / "tiger").mkdir()
     (tmp_path / "tiger" / "model.json").write_text(json.dumps({"name": "tiger"}))
-    with pytest.raises(GenrecError, match="not an hstu-gen"):
+    with pytest.raises(GenrecError, match="not hstu-gen"):
         load_hstu_generator(tmp_path / "tiger")
 
 

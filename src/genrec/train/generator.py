@@ -343,21 +343,33 @@ class GeneratorTrainer(LoopTrainer):
 def save_generator(folder: Path, model: TIGER, ds: SequenceDataset, counts: np.ndarray) -> None:
     """What a bundle needs of a generator: an ID model's files (:func:`save_model_files`), with a model.json
     naming tiger and its codebook sizes (the codes travel in the weights); :func:`load_generator` reads them."""
+    write_generator(folder, model, ds, counts, "tiger")
+
+
+def write_generator(folder: Path, model: torch.nn.Module, ds: SequenceDataset, counts: np.ndarray,
+                    name: str) -> None:
+    """A semantic-ID generator's files: an ID model's, with a model.json naming the model and its codebook sizes."""
     save_model_files(folder, model, ds, counts)
-    write_json(folder / "model.json", {"name": "tiger", "config": model.config.model_dump(mode="json"),
+    write_json(folder / "model.json", {"name": name, "config": model.config.model_dump(mode="json"),
                                        "n_items": model.n_items, "sizes": model.sizes, "use_timestamps": False})
 
 
 def load_generator(run_dir: str | Path) -> TIGER:
     """The trained generator of a run folder (model.json + model.safetensors; the codes travel in the weights),
     in float32 whatever precision the weights were saved in."""
+    return read_generator(run_dir, "tiger", TIGER, TigerConfig)
+
+
+def read_generator(run_dir: str | Path, name: str, cls: type, config_cls: type) -> Any:
+    """The ``name`` generator of a run folder, built as ``cls(config_cls(...), codes placeholder, sizes)``, the
+    weights loaded in float32, in eval mode."""
     run_dir = Path(run_dir)
     spec = read_json(run_dir / "model.json")
-    if spec.get("name") != "tiger":
-        raise GenrecError(f"{run_dir / 'model.json'}: not a tiger model (name {spec.get('name')!r})")
+    if spec.get("name") != name:
+        raise GenrecError(f"{run_dir / 'model.json'}: holds a {spec.get('name')!r} model, not {name}")
     sizes = [int(s) for s in spec["sizes"]]
     placeholder = np.zeros((int(spec["n_items"]) + 1, len(sizes)), dtype=np.int64)
-    model = TIGER(TigerConfig.model_validate(spec["config"]), placeholder, sizes)
+    model = cls(config_cls.model_validate(spec["config"]), placeholder, sizes)
     state = load_tensors(run_dir / "model.safetensors")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.eval()

@@ -18,16 +18,21 @@ import torch
 
 from genrec.data import Jagged, SequenceDataset, load_dataset
 from genrec.data.stream import epoch_batches, training_windows
-from genrec.errors import ConfigError, DataError, GenrecError
+from genrec.errors import ConfigError, DataError
 from genrec.eval import write_run
-from genrec.io import read_json, write_json
 from genrec.models.hstu_generator import HSTUGenerator, HSTUGeneratorConfig
 from genrec.semantic_ids import SemanticIds
-from genrec.train.checkpoint import load_tensors
 from genrec.train.config import RunConfig
-from genrec.train.generator import GeneratorTrainer, evaluate_generator, semantic_ids_for, unseen_items
+from genrec.train.generator import (
+    GeneratorTrainer,
+    evaluate_generator,
+    read_generator,
+    semantic_ids_for,
+    unseen_items,
+    write_generator,
+)
 from genrec.train.loop import Loop, Steps, TrainResult, optimizer_step, resolve_device, run_split
-from genrec.train.trainer import _select_k, cold_start_info, save_model_files
+from genrec.train.trainer import _select_k, cold_start_info
 
 
 class HSTUGeneratorTrainer(GeneratorTrainer):
@@ -115,23 +120,12 @@ class HSTUGeneratorTrainer(GeneratorTrainer):
 def save_hstu_generator(folder: Path, model: HSTUGenerator, ds: SequenceDataset, counts: np.ndarray) -> None:
     """Weights, item table and a model.json naming hstu-gen with its codebook sizes (codes travel in the weights)."""
     model.use_timestamps = False
-    save_model_files(folder, model, ds, counts)
-    write_json(folder / "model.json", {"name": "hstu-gen", "config": model.config.model_dump(mode="json"),
-                                       "n_items": model.n_items, "sizes": model.sizes, "use_timestamps": False})
+    write_generator(folder, model, ds, counts, "hstu-gen")
 
 
 def load_hstu_generator(run_dir: str | Path) -> HSTUGenerator:
     """The trained generator of a run folder (model.json + model.safetensors), in float32, eval mode."""
-    run_dir = Path(run_dir)
-    spec = read_json(run_dir / "model.json")
-    if spec.get("name") != "hstu-gen":
-        raise GenrecError(f"{run_dir / 'model.json'}: not an hstu-gen model (name {spec.get('name')!r})")
-    sizes = [int(s) for s in spec["sizes"]]
-    placeholder = np.zeros((int(spec["n_items"]) + 1, len(sizes)), dtype=np.int64)
-    model = HSTUGenerator(HSTUGeneratorConfig.model_validate(spec["config"]), placeholder, sizes)
-    state = load_tensors(run_dir / "model.safetensors")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    return model.eval()
+    return read_generator(run_dir, "hstu-gen", HSTUGenerator, HSTUGeneratorConfig)
 
 
 __all__ = ["HSTUGeneratorTrainer", "load_hstu_generator", "save_hstu_generator"]
