@@ -3,7 +3,8 @@
 Two backends behind one small protocol:
 
 - ``SQLiteStore`` (default): one WAL-mode file next to the bundle, ``synchronous=FULL``, so an append has been
-  fsynced when it returns and the HTTP layer may answer 2xx.
+  fsynced when it returns and the HTTP layer may answer 2xx. Exposures commit without their own fsync: written
+  to the WAL before the answer leaves (a killed server loses none), fsynced with the next append or checkpoint.
 - ``RedisStore`` (``--redis-url``): one list per user; durability is the server's (``appendfsync always``).
 
 Beside the capped histories, both keep two append-only logs for experiments (never capped): the **exposures**
@@ -252,9 +253,12 @@ class SQLiteStore:
                     db.execute(sql)
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: all of it commits or none of it does."""
+    def _tx(self, fsync: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it commits or none of it does. ``fsync=False``: the commit is written to
+        the WAL (it survives a killed process) without waiting for the disk, which the next fsynced commit covers."""
         with self._lock:
+            if not fsync:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")  # take the write lock now, not on the first write
             try:
                 yield self._db
@@ -263,6 +267,9 @@ class SQLiteStore:
                 if self._db.in_transaction:  # also when COMMIT itself failed (e.g. disk full)
                     self._db.execute("ROLLBACK")
                 raise
+            finally:
+                if not fsync:
+                    self._db.execute("PRAGMA synchronous=FULL")
 
     def _insert(self, db: sqlite3.Connection, user_id: str, events: list[Event]) -> None:
         db.executemany("INSERT INTO history (user_id, item_id, ts, actions, context) VALUES (?, ?, ?, ?, ?)",
@@ -303,7 +310,7 @@ class SQLiteStore:
         rows = [(e.request_id, e.time, e.user_id, int(e.anonymous), e.experiment, e.arm, json.dumps(e.items),
                  _json_or_null(e.teams), _json_or_null(e.propensities), e.model_version, e.bundle,
                  _json_or_null(e.fresh)) for e in exposures]
-        with self._tx() as db:
+        with self._tx(fsync=False) as db:  # an exposure must survive a killed server, not a power cut
             db.executemany(f"INSERT INTO exposures ({', '.join(self._EXPOSURE_COLUMNS)}) VALUES "
                            f"({', '.join('?' * len(self._EXPOSURE_COLUMNS))})", rows)
         return [None] * len(rows)
