@@ -158,7 +158,7 @@ def main() -> None:
     stem += ("" if len(seeds) == 1 else f"-seeds{len(seeds)}") + ("-ensemble" if args.ensemble else "")
     stem += f"-{args.tag}" if args.tag else ""
     text = markdown(result, names, tasks) if len(folds) == 1 else folds_markdown(result, names, tasks)
-    write_json(args.out / f"{stem}.json", result)
+    write_json(args.out / f"{stem}.json", result, compact=True)  # per-user arrays of every fold
     write_text(args.out / f"{stem}.md", text)
     print(text)
 

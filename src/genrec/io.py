@@ -39,8 +39,11 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, _write)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, compact: bool = False) -> Path:
+    """``obj`` as indented JSON, or on one line without spaces when ``compact`` (large per-user result arrays)."""
+    text = json.dumps(obj, separators=(",", ":"), default=_json_default) if compact else \
+        json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
+    return write_text(path, text + "\n")
 
 
 def write_parquet(path: str | os.PathLike, table: pa.Table) -> Path:
