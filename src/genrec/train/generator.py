@@ -236,10 +236,7 @@ class GeneratorTrainer(LoopTrainer):
         history, targets = sliding_windows(split, mcfg.max_len, tcfg.windows)
         if len(targets) == 0:
             raise DataError(f"dataset '{ds.name}' has no training sequence of 2 or more items")
-        valid = split.valid
-        if mcfg.valid_sample and mcfg.valid_sample < len(valid):
-            rows = np.sort(np.random.default_rng([tcfg.seed, 1]).choice(len(valid), mcfg.valid_sample, replace=False))
-            valid = valid.take(rows)
+        valid = sample_valid(split.valid, mcfg.valid_sample, tcfg.seed)
         model = TIGER(mcfg, sids.codes, sids.sizes).to(device)
         steps = self._steps(model, history, targets)
         skip_selection = tcfg.refit_epochs is not None  # then only the refit has a checkpoint to resume from
@@ -338,6 +335,13 @@ class GeneratorTrainer(LoopTrainer):
         write_run(self.run_dir, run_config, ev, ds, loop.state["train_seconds"])
         save_generator(self.run_dir, model, ds, counts)
         return ev
+
+
+def sample_valid(valid: EvalCases, size: int | None, seed: int) -> EvalCases:
+    """A fixed, seeded sample of ``size`` validation cases (all of them when ``size`` is unset or not smaller)."""
+    if not size or size >= len(valid):
+        return valid
+    return valid.take(np.sort(np.random.default_rng([seed, 1]).choice(len(valid), size, replace=False)))
 
 
 def save_generator(folder: Path, model: TIGER, ds: SequenceDataset, counts: np.ndarray) -> None:

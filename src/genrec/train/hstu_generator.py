@@ -27,6 +27,7 @@ from genrec.train.generator import (
     GeneratorTrainer,
     evaluate_generator,
     read_generator,
+    sample_valid,
     semantic_ids_for,
     unseen_items,
     write_generator,
@@ -69,10 +70,7 @@ class HSTUGeneratorTrainer(GeneratorTrainer):
         windows, _ = training_windows(split, mcfg.max_len, tcfg.windows)
         if len(windows) == 0:
             raise DataError(f"dataset '{ds.name}' has no training sequence of 2 or more items")
-        valid = split.valid
-        if mcfg.valid_sample and mcfg.valid_sample < len(valid):
-            rows = np.sort(np.random.default_rng([tcfg.seed, 1]).choice(len(valid), mcfg.valid_sample, replace=False))
-            valid = valid.take(rows)
+        valid = sample_valid(split.valid, mcfg.valid_sample, tcfg.seed)
         model = HSTUGenerator(mcfg, sids.codes, sids.sizes).to(device)
         steps = self._window_steps(model, windows)
         loop = Loop(cfg, model, steps.steps, self.run_dir, resume, show_progress=self.show_progress)
