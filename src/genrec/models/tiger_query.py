@@ -91,7 +91,8 @@ def item_query_table(vectors: np.ndarray) -> torch.Tensor:
 def training_queries(table: torch.Tensor, targets: torch.Tensor, config: QueryConditioning,
                      generator: torch.Generator) -> torch.Tensor:
     """Each window's training query [B, dim]: with probability ``config.prob`` its target's content vector plus
-    noise (norm uniform in [0, ``config.noise``]), renormalised; else zero (no query). ``table`` from :func:`item_query_table`, on the targets' device."""
+    noise (norm uniform in [0, ``config.noise``]), renormalised; else zero (no query). ``table`` from
+    :func:`item_query_table`, on the targets' device."""
     q = table[targets]
     b, d = q.shape
     keep = torch.rand(b, generator=generator) < config.prob
