@@ -357,10 +357,11 @@ def export_cmd(
                                                      "task=weight,... (default: the click / rate logit).")] = None,
     ranker_time_scale: Annotated[float, typer.Option(min=1e-9, help="Event timestamps x this = the ranker's "
                                                      "unix ms (1000 when events carry seconds).")] = 1.0,
-    generator: Annotated[Path | None, typer.Option(help="A finished semantic-ID generator run (tiger) over the same "
-                                                   "items to serve next to the ID model: requests choose it with "
-                                                   "retriever=generator (the web page has a switch); trained with "
-                                                   "model.query, it decodes conditioned on the request's query.")
+    generator: Annotated[Path | None, typer.Option(help="A finished semantic-ID generator run (tiger, hstu-gen) over "
+                                                   "the same items to serve next to the ID model: requests choose it "
+                                                   "with retriever=generator (the web page has a switch); a tiger "
+                                                   "trained with model.query decodes conditioned on the request's "
+                                                   "query.")
                          ] = None,
 ) -> None:
     """Write an immutable, checksummed bundle that `genrec.serve.Recommender.load` can serve."""

@@ -73,6 +73,8 @@ class HSTUGenerator(nn.Module):
     """``codes`` [n_items + 1, C] (row 0 = padding) and ``cold`` [n_items + 1] travel with the weights as
     buffers; ``sizes`` are the codebook sizes of the C columns."""
 
+    use_timestamps = False  # reads item order only (what serving and the saved model.json check)
+
     def __init__(self, config: HSTUGeneratorConfig, codes: np.ndarray | torch.Tensor, sizes: list[int]):
         super().__init__()
         codes = torch.as_tensor(np.asarray(codes), dtype=torch.int64)
@@ -121,6 +123,11 @@ class HSTUGenerator(nn.Module):
         tokens = self.code_tokens(self.codes[items]).masked_fill((items == 0)[..., None], 0)
         x = self.in_codes(tokens).sum(dim=-2)
         return x + self.item_emb(items) if self.item_emb is not None else x
+
+    def item_table(self) -> torch.Tensor:
+        """Each item's representation for similar-item lookups: its input vector (codes + id row) [n_items + 1, D],
+        row 0 (the padding) zero."""
+        return self.item_vectors().detach().float().cpu()
 
     def hidden(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """items [B, L] right-padded ids, lengths [B] -> hidden states [B, L, D] (padded rows are garbage)."""

@@ -275,6 +275,13 @@ class TIGER(nn.Module):
         offsets = self.level_offsets if level is None else self.level_offsets[level]
         return codes + offsets + N_SPECIAL
 
+    def item_table(self) -> torch.Tensor:
+        """Each item's representation for similar-item lookups: the mean of its code tokens' embeddings
+        [n_items + 1, D], row 0 (the padding) zero."""
+        out = self.tok_emb(self.code_tokens(self.codes.clamp(min=0))).mean(dim=1).detach().float().cpu()
+        out[0] = 0
+        return out
+
     def item_tokens(self, items: torch.Tensor) -> torch.Tensor:
         """[B, L] dense item ids (0 = padding) -> [B, L, C] tokens (padding items -> PAD)."""
         tokens = self.code_tokens(self.codes[items])

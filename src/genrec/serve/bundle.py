@@ -16,7 +16,7 @@
   computing a private copy;
 - ``ranker.safetensors``, ``ranker.json``, ``ranker_items.parquet``, ``ranker_users.parquet``: a multi-task ranking
   model as the second stage (``ranker=``), see :mod:`genrec.serve.ranking`;
-- ``generator.safetensors`` + ``generator.json``: a semantic-ID generator (tiger) next to an ID model
+- ``generator.safetensors`` + ``generator.json``: a semantic-ID generator (tiger, hstu-gen) next to an ID model
   (``generator=``), so a request can choose either retriever (``retriever="generator"``); a generator trained with
   ``model.query`` then decodes conditioned on the request's query;
 - ``manifest.json``: genrec version, model, dataset, test metrics, commit, and the sha256 of every file.
@@ -71,8 +71,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
     are the smallest that reach ``ann_recall`` (recall@10 against exact top-10 on sample queries), reported in
     the manifest.
 
-    ``generator``: a finished generator run (tiger) over the same items, served next to the run's ID model as a
-    second retriever (``generator.*`` files; the manifest's ``generator`` entry).
+    ``generator``: a finished semantic-ID generator run (tiger, hstu-gen) over the same items, served next to the
+    run's ID model as a second retriever (``generator.*`` files; the manifest's ``generator`` entry).
 
     ``ranker``: a finished ranking run (``genrec.models.RANKING``) to add as the second stage
     (:mod:`genrec.serve.ranking`); ``ranker_options``: ``weight`` (fusion weight, default 1.0; None = the ranker
@@ -82,6 +82,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
     ``out`` must not exist yet (bundles are immutable); the bundle is assembled in a temporary folder and
     renamed into place, so a failure never leaves half a bundle.
     """
+    from genrec.models.generators import GENERATORS
     from genrec.serve.ann import AnnConfig
 
     run_dir, out = Path(run_dir), Path(out)
@@ -115,7 +116,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
             ranker_report = _copy_ranker(Path(ranker), tmp, list(catalog.raw_ids), ranker_options or {})
             files += list(RANKER_FILES)
         ann_report = None
-        if model["name"] != "tiger" or ann_config.kind not in ("auto", "flat"):
+        if model["name"] not in GENERATORS or ann_config.kind not in ("auto", "flat"):
             ann_report, ann_files = _write_ann(tmp, catalog, ann_config)
             files += ann_files
         manifest = {
@@ -138,13 +139,16 @@ def export_bundle(run_dir: str | Path, out: str | Path, content: str | Path | No
 
 def _copy_generator(run: Path, bundle: Path, model: dict[str, Any], raw_ids: list[str]) -> dict[str, Any]:
     """The second retriever's files; returns the manifest's ``generator`` entry."""
+    from genrec.models.generators import GENERATORS
+
     missing = [f for f in ("model.safetensors", "model.json", "items.parquet") if not (run / f).is_file()]
     if missing:
         raise GenrecError(f"generator {run}: not a finished training run (missing {', '.join(missing)})")
     spec = read_json(run / "model.json")
-    if spec.get("name") != "tiger":
-        raise GenrecError(f"generator {run}: model {spec.get('name')!r} is not the semantic-ID generator (tiger)")
-    if model["name"] == "tiger":
+    if spec.get("name") not in GENERATORS:
+        raise GenrecError(f"generator {run}: model {spec.get('name')!r} is not the semantic-ID generator "
+                          f"({' or '.join(GENERATORS)})")
+    if model["name"] in GENERATORS:
         raise GenrecError("generator: the bundle's model is a generator already; a second one needs an ID model "
                           "(sasrec, hstu) as the first")
     items = Catalog.from_items(pq.read_table(run / "items.parquet")).raw_ids
@@ -154,7 +158,7 @@ def _copy_generator(run: Path, bundle: Path, model: dict[str, Any], raw_ids: lis
     shutil.copy2(run / "model.safetensors", bundle / GENERATOR_FILES[0])
     shutil.copy2(run / "model.json", bundle / GENERATOR_FILES[1])
     metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
-    return {"model": "tiger", "source_run": str(run), "query": (spec.get("config") or {}).get("query") is not None,
+    return {"model": spec["name"], "source_run": str(run), "query": (spec.get("config") or {}).get("query") is not None,
             "metrics": {k: v["mean"] for k, v in (metrics.get("metrics") or {}).items()}}
 
 
@@ -236,11 +240,12 @@ def _write_ann(bundle: Path, catalog: Catalog, config: Any) -> tuple[dict[str, A
 
     from genrec.data.jagged import Jagged
     from genrec.models import SequentialModel
+    from genrec.models.generators import GENERATORS
     from genrec.serve.ann import build_tuned, choose
     from genrec.serve.model_io import load_model
 
     spec = read_json(bundle / "model.json")
-    if spec["name"] != "tiger" and choose(config, catalog.n_items, int(spec["config"]["dim"]))[0] == "flat":
+    if spec["name"] not in GENERATORS and choose(config, catalog.n_items, int(spec["config"]["dim"]))[0] == "flat":
         return None, []
     model = load_model(bundle, mmap=True)  # the item table stays in the page cache, not in private memory
     if not isinstance(model, SequentialModel):

@@ -24,8 +24,8 @@ from safetensors.torch import load_file
 from genrec.errors import GenrecError
 from genrec.io import read_json
 from genrec.models import RANKING, SEQUENTIAL, SequentialModel
+from genrec.models.generators import GENERATORS, SemanticIdGenerator, build_generator
 from genrec.models.ranking import FeatureEmbedding, RankSpec
-from genrec.models.tiger import TIGER, TigerConfig
 
 MMAP_MIN_BYTES = 1 << 20  # smaller tensors are read normally: a mapping per tiny tensor gains nothing
 META_MIN_BYTES = 1 << 26  # a model with a tensor this large is built without initialising it (on the meta device)
@@ -36,9 +36,9 @@ _DTYPES = {"F64": (np.float64, torch.float64), "F32": (np.float32, torch.float32
            "BOOL": (np.bool_, torch.bool)}
 
 
-def load_model(folder: str | Path, mmap: bool = False, stem: str = "model") -> SequentialModel | TIGER:
-    """An ID model (sasrec, hstu) or the semantic-ID generator (tiger, rebuilt like
-    :func:`genrec.train.generator.load_generator`: its codes travel in the weights), in eval mode.
+def load_model(folder: str | Path, mmap: bool = False, stem: str = "model") -> SequentialModel | SemanticIdGenerator:
+    """An ID model (sasrec, hstu) or a semantic-ID generator (``genrec.models.generators.GENERATORS``: tiger,
+    hstu-gen; rebuilt from its spec, its codes travel in the weights), in eval mode.
 
     ``mmap``: map tensors of at least MMAP_MIN_BYTES from the file instead of reading them, and assign them to
     the model without a copy; an ID model with a tensor of META_MIN_BYTES or more is built on the meta device, so
@@ -47,13 +47,9 @@ def load_model(folder: str | Path, mmap: bool = False, stem: str = "model") -> S
     folder = Path(folder)
     spec = read_json(folder / f"{stem}.json")
     path = folder / f"{stem}.safetensors"
-    model: SequentialModel | TIGER
-    if spec["name"] == "tiger":
-        state = load_file(path)
-        sizes = [int(s) for s in spec["sizes"]]
-        placeholder = np.zeros((int(spec["n_items"]) + 1, len(sizes)), dtype=np.int64)
-        model = TIGER(TigerConfig.model_validate(spec["config"]), placeholder, sizes)
-        model.load_state_dict(state)
+    model: SequentialModel | SemanticIdGenerator
+    if spec["name"] in GENERATORS:
+        model = build_generator(spec, load_file(path))
     elif spec["name"] in SEQUENTIAL:
         model_cls, config_cls = SEQUENTIAL[spec["name"]]
         config = config_cls.model_validate(spec["config"])

@@ -14,14 +14,15 @@ Two kinds of model serve through the same :class:`Recommender` (filters, warning
 blending are shared); a scorer (:mod:`genrec.serve.scorers`) holds the model-specific part:
 
 - ID models (``genrec.models.SEQUENTIAL``: sasrec, hstu) score the whole catalog (``mode="model"``);
-- the semantic-ID generator (``tiger``) answers by constrained beam search (``mode="generator"``): it runs with
-  ``beam = max(min(k + |deny ∪ excluded seen items|, MAX_BEAM, n_items), config.beam_width)`` beams and keeps
-  every beam, each beam item scored by its sequence log-probability and every other item -inf. Only beam
-  items can be returned, so with ``allow`` (or many excluded items) fewer than ``k`` items may come back; a
-  warning says so, and the list is never padded with unscored items. With a ``query``, the z-scored
-  log-probabilities of the beam items are blended with the z-scored query similarity (``mode="generator+query"``),
-  and a generator trained with ``model.query`` first decodes conditioned on the query's content vector
-  (``mode="generator+prompt"``, :mod:`genrec.models.tiger_query`): the query shapes the beams, then re-ranks them.
+- a semantic-ID generator (``genrec.models.generators``: tiger, hstu-gen) answers by constrained beam search
+  (``mode="generator"``): it runs with ``beam = max(min(k + |deny ∪ excluded seen items|, MAX_BEAM, n_items),
+  config.beam_width)`` beams and keeps every beam, each beam item scored by its sequence log-probability and every
+  other item -inf. Only beam items can be returned, so with ``allow`` (or many excluded items) fewer than ``k``
+  items may come back; a warning says so, and the list is never padded with unscored items. With a ``query``, the
+  z-scored log-probabilities of the beam items are blended with the z-scored query similarity
+  (``mode="generator+query"``: the query re-weights the beams, it did not shape them), and a generator trained with
+  ``model.query`` (TIGER only) first decodes conditioned on the query's content vector (``mode="generator+prompt"``,
+  :mod:`genrec.models.tiger_query`): the query shapes the beams, then re-ranks them.
 
 A bundle with an ID model may carry the generator as a second retriever (``generator.*`` files, see
 :func:`genrec.serve.bundle.export_bundle`): :attr:`Recommender.retrievers` lists what a request may choose with
@@ -48,7 +49,7 @@ from genrec.content.query import ContentTable, QueryEncoder
 from genrec.errors import GenrecError
 from genrec.io import read_json
 from genrec.models import SequentialModel
-from genrec.models.tiger import TIGER
+from genrec.models.generators import SemanticIdGenerator, is_generator
 from genrec.serve.ann import ANN_FILE, AnnIndex
 from genrec.serve.batching import BatchWorker
 from genrec.serve.bundle import (
@@ -91,21 +92,21 @@ class Recommendation:
 
 
 class Recommender:
-    def __init__(self, model: SequentialModel | TIGER, catalog: Catalog, manifest: dict[str, Any],
+    def __init__(self, model: SequentialModel | SemanticIdGenerator, catalog: Catalog, manifest: dict[str, Any],
                  popular: list[str] | None = None, content: ContentTable | None = None, ann: AnnIndex | None = None,
                  ranker: RankingStage | None = None, table: torch.Tensor | None = None,
-                 generator: TIGER | None = None):
+                 generator: SemanticIdGenerator | None = None):
         self.model, self.manifest, self.ranker = model.eval(), manifest, ranker
         self.path: Path | None = None  # the bundle folder, when loaded from one
-        if isinstance(model, TIGER):
+        if is_generator(model):
             self._scorer: IdScorer | GeneratorScorer = GeneratorScorer(model)
         else:
             self._scorer = IdScorer(model, table) if ann is None else AnnScorer(model, ann, table)
-        if generator is not None and isinstance(model, TIGER):
-            raise GenrecError("a second generator needs an ID model as the bundle's model")
+        if generator is not None and (is_generator(model) or not is_generator(generator)):
+            raise GenrecError("a second retriever must be a semantic-ID generator next to an ID model")
         self.generator = generator.eval() if generator is not None else None
         others = {"generator": GeneratorScorer(self.generator)} if self.generator is not None else {}
-        self.retrievers = ["generator" if isinstance(model, TIGER) else "model", *others]  # the first: the default
+        self.retrievers = ["generator" if is_generator(model) else "model", *others]  # the first: the default
         self.catalog = catalog  # Arrow columns: only the rows an answer returns are decoded
         self.raw_ids = catalog.raw_ids
         self.n_items = catalog.n_items
@@ -127,8 +128,8 @@ class Recommender:
         """Load a bundle; every checksum is verified first, and only safetensors / JSON / Arrow / Parquet / npy
         (and a FAISS index) are read.
 
-        An ID model (sasrec, hstu) or the semantic-ID generator (tiger, rebuilt like
-        :func:`genrec.train.generator.load_generator`: its codes travel in the weights). The large parts (the
+        An ID model (sasrec, hstu) or a semantic-ID generator (tiger, hstu-gen: rebuilt by
+        :func:`genrec.serve.model_io.load_model`, its codes travel in the weights). The large parts (the
         item table, the index's lists, the catalog) are memory-mapped: processes serving the same bundle share
         them through the page cache."""
         bundle = Path(bundle)
@@ -340,8 +341,8 @@ class Recommender:
         """The ``k`` items closest to ``item_id`` (itself excluded), each a dict like :attr:`Recommendation.items`
         with ``score`` the cosine: over the content embeddings when the bundle has them (and the item has
         content), else over the model's item representation: an ID model's output item embeddings, or for the
-        generator (tiger) the mean of the embeddings of the item's code tokens (``tok_emb`` of
-        ``code_tokens(codes[item])``). Unknown id: KeyError."""
+        generator its ``item_table`` (tiger: the mean of the embeddings of the item's code tokens; hstu-gen: the
+        item's input vector, its codes' embeddings summed plus its id row). Unknown id: KeyError."""
         k = check_k(k)
         i = int(self.catalog.lookup([item_id])[0])
         if not i:

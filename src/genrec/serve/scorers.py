@@ -6,9 +6,9 @@ or over its own candidates only (a tuple of their ids and scores). :meth:`score_
 
 - :class:`IdScorer`: an ID model (``genrec.models.SEQUENTIAL``: sasrec, hstu) scores the whole catalog;
 - :class:`AnnScorer`: an ID model over a large catalog: a FAISS index proposes the candidates;
-- :class:`GeneratorScorer`: the semantic-ID generator (``tiger``) by constrained beam search: only beam items
-  are scored (by their sequence log-probability); a generator trained with ``model.query`` decodes conditioned on
-  the request's query vector.
+- :class:`GeneratorScorer`: a semantic-ID generator (``genrec.models.generators``: tiger, hstu-gen) by constrained
+  beam search: only beam items are scored (by their sequence log-probability); a generator trained with
+  ``model.query`` decodes conditioned on the request's query vector.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from genrec.data.jagged import Jagged
 from genrec.models import SequentialModel
-from genrec.models.tiger import TIGER
+from genrec.models.generators import SemanticIdGenerator, conditioned
 from genrec.serve.ann import AnnIndex
 
 MAX_BEAM = 256  # the most beams the generator runs for one request, however many items are excluded
@@ -105,14 +105,14 @@ class AnnScorer(IdScorer):
 
 
 class GeneratorScorer:
-    """The semantic-ID generator (tiger): beam items get their log-probability, every other item -inf. With
-    ``model.query`` (:attr:`conditioned`) a request's query vector conditions the decoding itself."""
+    """A semantic-ID generator (tiger, hstu-gen): beam items get their log-probability, every other item -inf.
+    With ``model.query`` (:attr:`conditioned`) a request's query vector conditions the decoding itself."""
 
     mode = "generator"
 
-    def __init__(self, model: TIGER):
+    def __init__(self, model: SemanticIdGenerator):
         self.model = model
-        self.conditioned = model.query_token is not None
+        self.conditioned = conditioned(model)
         model.trie()  # built once here, not lazily by concurrent requests
 
     def beams(self, width: int) -> int:
@@ -120,11 +120,9 @@ class GeneratorScorer:
         return max(min(int(width), MAX_BEAM, self.model.n_items), int(self.model.config.beam_width))
 
     def item_table(self) -> torch.Tensor:
-        """Each item's representation: the mean of its code tokens' embeddings (row 0, the padding, zero)."""
-        m = self.model
-        out = m.tok_emb(m.code_tokens(m.codes.clamp(min=0))).mean(dim=1).detach().float().cpu()
-        out[0] = 0
-        return out
+        """Each item's representation (the generator's ``item_table``; row 0, the padding, zero)."""
+        with torch.no_grad():
+            return self.model.item_table()
 
     def score_many(self, requests: list[ScoreRequest]) -> list[Scored]:
         return [self._search(r) for r in requests]  # a beam search per request: widths differ
@@ -132,8 +130,10 @@ class GeneratorScorer:
     def _search(self, request: ScoreRequest) -> Scored:
         beam = self.beams(request.width)
         history = torch.tensor([request.known], dtype=torch.int64, device=self.model.codes.device)
-        query = request.query[None] if self.conditioned and request.query is not None else None
-        items, logp = self.model.recommend(history, k=beam, beam=beam, query=query)
+        if self.conditioned and request.query is not None:
+            items, logp = self.model.recommend(history, k=beam, beam=beam, query=request.query[None])
+        else:  # a generator without model.query takes no query (the pipeline blends one into its beams instead)
+            items, logp = self.model.recommend(history, k=beam, beam=beam)
         items, logp = items[0].cpu(), logp[0].float().cpu()
         keep = torch.isfinite(logp) & (items > 0)
         return (items[keep], logp[keep]), []

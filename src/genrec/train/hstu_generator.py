@@ -117,7 +117,6 @@ class HSTUGeneratorTrainer(GeneratorTrainer):
 
 def save_hstu_generator(folder: Path, model: HSTUGenerator, ds: SequenceDataset, counts: np.ndarray) -> None:
     """Weights, item table and a model.json naming hstu-gen with its codebook sizes (codes travel in the weights)."""
-    model.use_timestamps = False
     write_generator(folder, model, ds, counts, "hstu-gen")
 
 
