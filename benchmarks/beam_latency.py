@@ -7,7 +7,8 @@ that tree's ``src``. Per call the worker records wall and CPU time (all threads 
 that every returned item is a real item whose ID the trie maps back to it. By default the model is randomly
 initialised with TIGER's shape (4+4 layers, d 128, 6 heads x 64, MLP 1024) over Amazon Beauty's RQ-KMeans
 semantic IDs when they are on this machine (else random IDs of the same shape: 12,101 items, 3 x 256 codes
-plus a uniqueness code); ``--run`` times a trained run instead (its codes and weights). Histories are Amazon
+plus a uniqueness code); ``--run`` times a trained run or a bundle instead (its codes and weights; tiger or
+hstu-gen, the decoder-only generator, whichever its model.json names). Histories are Amazon
 Beauty's validation histories (capped at the model's max_len) when the dataset is here, else random.
 
 Writes benchmarks/results/beam_latency[_TAG].{json,md} with commit, machine, load averages and wall time.
@@ -54,6 +55,10 @@ def build_model(run: str | None, ids: str):
     from genrec.models.tiger import TIGER, TigerConfig
 
     if run:
+        if json.loads((Path(run) / "model.json").read_text())["name"] == "hstu-gen":
+            from genrec.train.hstu_generator import load_hstu_generator
+
+            return load_hstu_generator(run), f"trained hstu-gen {run}"
         from genrec.train.generator import load_generator
 
         return load_generator(run), f"trained run {run}"
@@ -167,11 +172,15 @@ def summarise(impl: str, threads: int, cells: list[dict]) -> dict:
 
 def markdown(result: dict) -> str:
     m, cfg = result["machine"], result["config"]
+    if cfg.get("name") == "hstu-gen":
+        shape = (f"hstu-gen: {cfg['blocks']} HSTU blocks, d {cfg['dim']}, {cfg['heads']} heads, head MLP "
+                 f"{cfg['head_hidden']}, item id rows: {cfg['item_id']}")
+    else:
+        shape = (f"enc {cfg['encoder_layers']} + dec {cfg['decoder_layers']} layers, d {cfg['dim']}, {cfg['heads']} "
+                 f"heads x {cfg['head_dim']}, MLP {cfg['ffn_dim']}, encoder tokens: {cfg['encoder_tokens']}")
     lines = [f"# Constrained beam-search latency ({result['model']})", "",
-             f"- {result['n_items']:,} items, codebooks {result['codebook_sizes']}; enc {cfg['encoder_layers']} + dec "
-             f"{cfg['decoder_layers']} layers, d {cfg['dim']}, {cfg['heads']} heads x {cfg['head_dim']}, MLP "
-             f"{cfg['ffn_dim']}, encoder tokens: {cfg['encoder_tokens']}; histories: {result['histories']} (mean "
-             f"{result['mean_history_items']:.1f} items, cap {cfg['max_len']})",
+             f"- {result['n_items']:,} items, codebooks {result['codebook_sizes']}; {shape}; histories: "
+             f"{result['histories']} (mean {result['mean_history_items']:.1f} items, cap {cfg['max_len']})",
              f"- this tree: commit {result['commit']}" + (f"; before: {result['before']}" if result["before"] else ""),
              f"- {m['cpus']} CPUs, torch {m['torch']}, OMP_WAIT_POLICY {result['omp_wait_policy']}; "
              f"{result['rounds']} interleaved rounds, one worker process "
@@ -191,7 +200,8 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, help="Trained generator run folder (default: random weights).")
+    ap.add_argument("--run", type=Path, help="Trained generator run folder or bundle, tiger or hstu-gen (default: "
+                    "random TIGER weights).")
     ap.add_argument("--ids", default=BEAUTY_IDS, help="Semantic IDs for the random-weight model (default: "
                     "Beauty's RQ-KMeans IDs; random IDs where the file is missing).")
     ap.add_argument("--before-src", type=Path, help="src folder of the tree to compare with (e.g. a worktree).")
