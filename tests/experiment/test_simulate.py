@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 from tests.serve.test_bundle import tiny  # noqa: E402
 

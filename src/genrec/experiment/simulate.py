@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genrec.errors import ConfigError, GenrecError
+from genrec.experiment.loopback import Connection, event_loop
 from genrec.experiment.response import ResponseConfig, ResponseModel
 
 DAY = 86_400.0
@@ -102,16 +104,19 @@ def _free_port() -> int:
 
 
 def _wait_ready(url: str, alive, timeout: float = READY_TIMEOUT_S) -> None:
-    import httpx
+    import urllib.error
+    import urllib.request
 
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive():
             raise GenrecError("the server exited before it was ready (see server.log in the output folder)")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2.0, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
+            with opener.open(f"{url}/readyz", timeout=2.0) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):  # not listening yet, or 503 while warming up
             pass
         time.sleep(0.2)
     raise GenrecError(f"the server at {url} was not ready after {timeout:.0f} s")
@@ -236,28 +241,29 @@ class _Driver:
         return -1
 
     async def run(self) -> None:
-        import httpx
+        await asyncio.gather(*(self._client() for _ in range(self.cfg.concurrency)))
 
-        limits = httpx.Limits(max_connections=self.cfg.concurrency, max_keepalive_connections=self.cfg.concurrency)
-        async with httpx.AsyncClient(base_url=self.url, timeout=60.0, limits=limits, trust_env=False) as client:
-            await asyncio.gather(*(self._client(client) for _ in range(self.cfg.concurrency)))
+    async def _client(self) -> None:
+        host, port = urllib.parse.urlsplit(self.url).hostname, urllib.parse.urlsplit(self.url).port
+        client = Connection(host, port)  # one keep-alive connection per simulated client
+        try:
+            while self.progress() < 1.0:
+                u = self._visitor()
+                if u < 0:
+                    await asyncio.sleep(0.001)
+                    continue
+                self.active.add(u)
+                try:
+                    for _ in range(int(self.rng.geometric(1 / self.cfg.pages))):
+                        if self.progress() >= 1.0:
+                            break
+                        await self._page(client, u)
+                finally:
+                    self.active.discard(u)
+        finally:
+            await client.close()
 
-    async def _client(self, client) -> None:
-        while self.progress() < 1.0:
-            u = self._visitor()
-            if u < 0:
-                await asyncio.sleep(0.001)
-                continue
-            self.active.add(u)
-            try:
-                for _ in range(int(self.rng.geometric(1 / self.cfg.pages))):
-                    if self.progress() >= 1.0:
-                        break
-                    await self._page(client, u)
-            finally:
-                self.active.discard(u)
-
-    async def _page(self, client, u: int) -> None:
+    async def _page(self, client: Connection, u: int) -> None:
         progress = self.progress()
         user = self.model.users[u]
         body: dict[str, Any] = {"user_id": user, "k": self.cfg.k}
@@ -266,7 +272,7 @@ class _Driver:
             body["deny"] = self.fresh_ids[released:]
         self.issued += 1
         t0 = time.perf_counter()
-        r = await client.post("/v1/recommend", json=body)
+        r = await client.post("/v1/recommend", body)
         latency = 1000 * (time.perf_counter() - t0)
         if r.status_code != 200:
             self.errors += 1
@@ -278,7 +284,7 @@ class _Driver:
         sim = progress * self.cfg.days * DAY
         self.log.add(answer, user, time.time(), sim, int(sim // DAY), probs, clicks, self.fresh_set, latency)
         if clicks.any():
-            e = await client.post("/v1/events", json={"user_id": user, "request_id": answer["request_id"],
+            e = await client.post("/v1/events", {"user_id": user, "request_id": answer["request_id"],
                                                       "items": [i for i, c in zip(shown, clicks, strict=True) if c]})
             if e.status_code != 200:
                 self.errors += 1
@@ -308,7 +314,8 @@ def simulate(cfg: SimulateConfig, sequences: dict[str, list[str]] | None = None)
     with running_server(cfg, store) as url:
         driver = _Driver(cfg, model, users, url)
         t1 = time.perf_counter()
-        asyncio.run(driver.run())
+        with asyncio.Runner(loop_factory=event_loop()) as runner:
+            runner.run(driver.run())
         run_s = time.perf_counter() - t1
     table = driver.log.table()
     pq.write_table(table, cfg.out / "simulation.parquet")
