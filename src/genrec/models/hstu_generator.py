@@ -24,44 +24,32 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.models.base import ModelInputError, check_ids
+from genrec.models.generator_config import GeneratorConfig
 from genrec.models.hstu import HSTUBlock, HSTUConfig
-from genrec.models.tiger import ColdMixing
 from genrec.nn.beam import BOS, ColdMixer, PrefixTrie, beam_search
 
 N_SPECIAL = 2  # token 0: padding, 1: start of the codes (BOS)
 
 
-class HSTUGeneratorConfig(BaseModel):
+class HSTUGeneratorConfig(GeneratorConfig):
     """The decoder-only generator: HSTU blocks over item tokens, codes written level by level."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     name: Literal["hstu-gen"] = "hstu-gen"
-    semantic_ids: str | None = Field(None, description="Folder holding the items' SemanticIds (default "
-                                     "runs/semantic_ids/<dataset>/rqkmeans).")
-    dim: int = Field(128, ge=1, description="Model width d.")
     blocks: int = Field(2, ge=1, description="HSTU blocks.")
     heads: int = Field(2, ge=1, description="Attention heads.")
     max_len: int = Field(50, ge=1, description="History cap in items (training windows hold max_len + 1).")
     dropout: float = Field(0.3, ge=0, lt=1, description="Dropout on embeddings and block outputs.")
-    init_std: float = Field(0.02, gt=0, description="Std of the embedding init.")
     item_id: bool = Field(True, description="Add a learned row per item to its input token (the sum of its code "
                           "embeddings); false: codes only (no parameters grow with the catalog).")
     head_hidden: int = Field(256, ge=1, description="Hidden width of the residual MLP that turns a hidden state "
                              "plus the written codes into a level's logits.")
     item_loss: float = Field(0.0, ge=0, description="Weight of an auxiliary softmax over the whole catalog at "
                              "every position (items scored by their input representation); 0: codes only.")
-    beam_width: int = Field(20, ge=1, description="Beams kept when decoding for validation and test; metrics "
-                            "are reported only at K <= beam_width.")
-    valid_sample: int | None = Field(None, ge=1, description="Validate on this many randomly chosen (fixed) "
-                                     "validation users instead of all of them.")
-    cold_mixing: ColdMixing = Field(default_factory=ColdMixing, description="Mix items never seen in training "
-                                    "into the top-K by shared ID prefix (TIGER's cold start); off by default.")
 
     def hstu(self) -> HSTUConfig:
         """The HSTU block settings."""

@@ -40,24 +40,11 @@ from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.models.base import ModelInputError, check_ids
+from genrec.models.generator_config import GeneratorConfig
 from genrec.models.tiger_query import Conditioned, QueryConditioning, QueryToken, check_query
 from genrec.nn.beam import ColdMixer, PrefixTrie, beam_search, slate_search
 
 PAD, BOS, N_SPECIAL = 0, 1, 2
-
-
-class ColdMixing(BaseModel):
-    """TIGER's cold-start mixing: items never seen in training whose semantic ID shares a generated beam's
-    first ``prefix`` codes join the top-K, scored just below that beam, at most ``ceil(epsilon * n)`` of every
-    top n. Off by default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epsilon: float = Field(0.0, ge=0, le=1, description="Largest share of cold items in any top n (TIGER's "
-                           "epsilon); 0 turns the mixing off.")
-    prefix: int | None = Field(None, ge=1, description="Leading codes a cold item must share with a beam to "
-                               "join after it; default every content level, i.e. all codes but the final "
-                               "uniqueness code. Must be below the number of codes per item.")
 
 
 class Slate(BaseModel):
@@ -71,15 +58,10 @@ class Slate(BaseModel):
     group_beams: int = Field(2, ge=1, description="Beams each prefix keeps while its best item is decoded.")
 
 
-class TigerConfig(BaseModel):
+class TigerConfig(GeneratorConfig):
     """The encoder-decoder generator over semantic IDs (defaults: TIGER's)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     name: Literal["tiger"] = "tiger"
-    semantic_ids: str | None = Field(None, description="Folder holding the items' SemanticIds (default "
-                                     "runs/semantic_ids/<dataset>/rqkmeans).")
-    dim: int = Field(128, ge=1, description="Model width d.")
     encoder_layers: int = Field(4, ge=1, description="Encoder blocks.")
     decoder_layers: int = Field(4, ge=1, description="Decoder blocks.")
     heads: int = Field(6, ge=1, description="Attention heads.")
@@ -93,13 +75,6 @@ class TigerConfig(BaseModel):
         "codes", description="codes: one encoder token per code (TIGER); items: one token per history item, the "
         "sum of its C code embeddings (as the SID-augmented ID models embed items), C times fewer encoder "
         "tokens, so about 3x cheaper training on CPU.")
-    init_std: float = Field(0.02, gt=0, description="Std of the embedding init.")
-    beam_width: int = Field(20, ge=1, description="Beams kept when decoding for validation and test; metrics "
-                            "are reported only at K <= beam_width.")
-    valid_sample: int | None = Field(None, ge=1, description="Validate on this many randomly chosen (fixed) "
-                                     "validation users instead of all of them (beam search is not free).")
-    cold_mixing: ColdMixing = Field(default_factory=ColdMixing, description="Mix items never seen in training "
-                                    "into the top-K by shared ID prefix (TIGER's cold start); off by default.")
     slate: Slate = Field(default_factory=Slate, description="Decode every recommendation list as a slate of "
                          "items with pairwise different ID prefixes (also what a served model returns); off by "
                          "default.")
