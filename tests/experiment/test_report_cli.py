@@ -81,6 +81,11 @@ def test_ab_report(tmp_path):
     assert d["sequential"]["high"] - d["sequential"]["low"] > d["absolute"]["high"] - d["absolute"]["low"]
     assert not r["srm"]["mismatch"] and r["by_creator"]
     assert r["health"]["better"]["creator_gini"] is not None
+    top = r["creators"]["better"]["top"]  # per creator, most exposed first, shares of the arm's exposures
+    assert [t["exposures"] for t in top] == sorted((t["exposures"] for t in top), reverse=True)
+    assert sum(t["exposures"] for t in top) == r["health"]["better"]["exposures"]
+    code, text = run(str(path), "--store", str(db), "--catalog", str(catalog))
+    assert code == 0 and "creators shown, the most exposed" in text
     code, text = run(str(path), "--store", str(db))
     assert code == 0 and "engagements / exposure" in text and "MISMATCH" not in text
 

@@ -3,7 +3,10 @@ this process) whose logs agree with each other, with the assignment and with the
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -12,7 +15,8 @@ pytest.importorskip("uvicorn")
 from tests.serve.test_bundle import tiny  # noqa: E402
 
 from genrec.experiment import assign, load_experiment  # noqa: E402
-from genrec.experiment.report import build_report  # noqa: E402
+from genrec.experiment.creators import gini  # noqa: E402
+from genrec.experiment.report import build_report, read_catalog, read_creators  # noqa: E402
 from genrec.experiment.response import ResponseConfig, ResponseModel, examine  # noqa: E402
 from genrec.experiment.simulate import DAY, SimulateConfig, simulate  # noqa: E402
 from genrec.serve import export_bundle  # noqa: E402
@@ -87,6 +91,44 @@ def test_a_short_simulation_drives_the_server_and_its_logs_agree(tmp_path):
         store.close()
     assert report["exposures"] == 80 and report["engagements"] == summary["clicks"]
     assert sum(a["users"] for a in report["arms"]) == len(set(sim["user_id"]))
+    assert set(sim["creator"]) == {None} and summary["creators"] is None and report["creators"] is None
+
+
+def test_creators_of_the_catalog_reach_the_simulation_log_and_the_report(tmp_path):
+    ds, run = tiny(tmp_path)
+    items = pq.read_table(run / "items.parquet")
+    raw = [str(x) for x in items.column("raw_id").to_pylist()]
+    creator = {i: f"c{j % 4}" if j < len(raw) // 2 else "c-big" for j, i in enumerate(raw)}  # one with half
+    pq.write_table(items.append_column("author_id", pa.array([creator[i] for i in raw])), run / "items.parquet")
+    bundle = export_bundle(run, tmp_path / "bundle")
+    exp_file = tmp_path / "exp.yaml"
+    exp_file.write_text(yaml.safe_dump({"name": "c", "salt": "s", "start": "2000-01-01T00:00:00Z",
+                                        "end": "2100-01-01T00:00:00Z", "arms": [{"name": "a"}, {"name": "b"}]}))
+    s = ds.sequences
+    seqs = {f"user{u}": [raw[i - 1] for i in s.values[s.offsets[u]:s.offsets[u + 1]]] for u in range(ds.n_users)}
+    cfg = SimulateConfig(bundle=bundle, experiment=exp_file, out=tmp_path / "sim", requests=40, concurrency=4, k=3,
+                         server="thread", response=ResponseConfig(rank=2, ctr_scale=20.0))
+    summary = simulate(cfg, seqs)
+    assert summary["creators"] == 5 and len(raw) >= 8
+    sim = pq.read_table(tmp_path / "sim" / "simulation.parquet").to_pydict()
+    assert sim["creator"] == [creator[i] for i in sim["item_id"]]
+    store = open_store(str(tmp_path / "sim" / "store.sqlite"), tmp_path / "sim" / "store.sqlite")
+    try:
+        report = build_report(load_experiment(exp_file), store.exposures(), store.engagements(),
+                              read_creators(bundle, "author_id"), read_catalog(bundle))
+    finally:
+        store.close()
+    assert report["by_creator"]
+    for arm in ("a", "b"):
+        shown = Counter(c for c, a in zip(sim["creator"], sim["arm"], strict=True) if a == arm)
+        rows = report["creators"][arm]["top"]
+        assert report["creators"][arm]["creators"] == len(shown)
+        assert {r["creator"]: r["exposures"] for r in rows} == dict(shown)  # 5 creators: all in the top 10
+        assert [r["exposures"] for r in rows] == sorted(shown.values(), reverse=True)
+        assert np.isclose(sum(r["share"] for r in rows), 1.0)
+        # the Gini counts the catalog's 5 creators, shown or not
+        counts = list(shown.values()) + [0] * (5 - len(shown))
+        assert np.isclose(report["health"][arm]["creator_gini"], gini(counts))
 
 
 def test_a_simulation_must_be_bounded_and_writes_a_fresh_folder(tmp_path):

@@ -139,6 +139,14 @@ def _print_report(r: dict[str, Any]) -> None:
             table.add_row(arm, *("-" if h[f] is None else f"{h[f]:.3g}" if isinstance(h[f], float) else str(h[f])
                                  for f in fields))
         out.print(table)
+    for arm, c in (r.get("creators") or {}).items():
+        table = Table(title=f"arm {arm}: {c['creators']:,} creators shown, the most exposed")
+        for col in ("creator", "exposures", "items", "fresh_exposures", "share"):
+            table.add_column(col)
+        for row in c["top"][:5]:
+            table.add_row(str(row["creator"]), f"{row['exposures']:,}", str(row["items"]), str(row["fresh_exposures"]),
+                          f"{row['share']:.3f}")
+        out.print(table)
     for path in r.get("plots", []):
         out.print(f"plot: {path}", highlight=False)
 

@@ -36,6 +36,9 @@ def simulate_cmd(
                                                   "run.", min=0.0, max=0.99)] = 0.05,
     ctr_scale: Annotated[float, typer.Option(help="Multiplies the fitted click probabilities (1: as fitted).",
                                              min=1e-6)] = 1.0,
+    creator_col: Annotated[str, typer.Option(help="Creator column of the bundle's items.parquet (e.g. KuaiRand's "
+                                             "author_id): each shown item's creator goes into simulation.parquet "
+                                             "when the column is there.")] = "author_id",
     seed: Annotated[int, typer.Option(help="Random seed (users, clicks, fresh items).")] = 0,
 ) -> None:
     """Simulated users drive `genrec serve --experiment` on loopback: visits by returning users over simulated
@@ -52,7 +55,7 @@ def simulate_cmd(
     cfg = SimulateConfig(bundle=bundle, experiment=experiment, out=out_dir, data=data, requests=requests,
                          minutes=minutes, days=days, concurrency=concurrency, workers=workers, k=k, pages=pages,
                          max_users=max_users,
-                         max_events=max_events, seed=seed,
+                         max_events=max_events, creator_col=creator_col, seed=seed,
                          response=ResponseConfig(fresh_fraction=fresh_fraction, ctr_scale=ctr_scale, seed=seed))
     s = simulate(cfg)
     out.print(f"{s['experiment']}: {s['answered']:,} answers ({s['errors']} errors) to {s['users_seen']:,} users in "

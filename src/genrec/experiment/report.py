@@ -8,10 +8,12 @@ before the experiment's start, when there are any), the sample-ratio-mismatch ch
 (users in order of their first exposure; the mixture's tau set for the current sample size, so the interval is
 tightest now and stays valid at every earlier look). Interleave mode: team-draft credit per answer and the
 preference for arm b with its interval, users as the unit. Creator and content health per arm
-(:func:`~genrec.experiment.creators.health_by_arm`) over the shown slots, by creator when the catalog has a
-creator column. An item is fresh as serving decides it (:mod:`genrec.experiment.fresh`): from its catalog publish
-time when a column holds one, else never if the model trained on it, else from its first logged exposure or event
-in the whole store (before the experiment too, so items shown long ago are not counted new).
+(:func:`~genrec.experiment.creators.health_by_arm`) over the shown slots, by creator when the catalog has a creator
+column (the creator Gini then counts the catalog's never-shown creators as zeros, and each arm's most exposed
+creators are listed: :func:`~genrec.experiment.creators.per_creator`). An item is fresh as serving decides it
+(:mod:`genrec.experiment.fresh`): from its catalog publish time when a column holds one, else never if the model
+trained on it, else from its first logged exposure or event in the whole store (before the experiment too, so items
+shown long ago are not counted new).
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ import pyarrow.parquet as pq
 from genrec.errors import ConfigError
 from genrec.experiment.assign import credit, preference
 from genrec.experiment.config import Experiment
-from genrec.experiment.creators import Exposures, health_by_arm
+from genrec.experiment.creators import Exposures, health_by_arm, per_creator
 from genrec.experiment.fresh import Sightings, first_seen_times
 from genrec.experiment.stats import Estimate, difference, ratio_estimate, sequential_difference, srm_check, tau_for
 from genrec.serve.store import Engagement, Exposure
 
 ID_COLUMNS = ("raw_id", "item_id", "item")
+TOP_CREATORS = 10  # per-creator rows kept per arm in the report (the most exposed)
 
 
 def _est(e: Estimate | None) -> dict[str, float] | None:
@@ -140,8 +143,10 @@ def read_catalog(catalog: Path | None) -> pa.Table | None:
     return t.rename_columns(["raw_id" if c == id_col else c for c in t.column_names])
 
 
-def _health(rows: list[Exposure], creators: dict[str, str] | None, interleave: bool,
-            **options: Any) -> dict[str, Any]:
+def _shown(rows: list[Exposure], creators: dict[str, str] | None, interleave: bool
+           ) -> tuple[Exposures, list[str]] | None:
+    """One row per shown slot of ``rows`` (creator "?" for an item the catalog lacks) and each slot's arm (the
+    slot's team in interleave mode); None when nothing was shown."""
     items, times, arms = [], [], []
     for e in rows:
         for j, item in enumerate(e.items):
@@ -149,10 +154,36 @@ def _health(rows: list[Exposure], creators: dict[str, str] | None, interleave: b
             times.append(e.time)
             arms.append(e.arm if not interleave else ("ab"[e.teams[j]] if e.teams else "?"))
     if not items:
-        return {}
+        return None
     creator = None if creators is None else [creators.get(i, "?") for i in items]
-    by_arm = health_by_arm(Exposures.of(items, times, creator), arms, **options)
-    return {arm: asdict(h) for arm, h in by_arm.items()}
+    return Exposures.of(items, times, creator), arms
+
+
+def _health(shown: tuple[Exposures, list[str]] | None, **options: Any) -> dict[str, Any]:
+    if shown is None:
+        return {}
+    return {arm: asdict(h) for arm, h in health_by_arm(*shown, **options).items()}
+
+
+def _creator_count(shown: tuple[Exposures, list[str]] | None, creators: dict[str, str] | None) -> int | None:
+    """The creators of the catalog and of the shown slots (``?``: an item the catalog lacks): the population of
+    the creator Gini, so creators never shown count as zeros as never-shown items do in the item Gini."""
+    if creators is None or shown is None:
+        return None
+    return len(set(creators.values()) | set(shown[0].creator.tolist()))
+
+
+def _by_creator(shown: tuple[Exposures, list[str]] | None, top: int, **options: Any) -> dict[str, Any] | None:
+    """Per arm: how many creators it showed and its ``top`` most exposed ones (exposures, distinct items, fresh
+    exposures, share of the arm's exposures); None without creators."""
+    if shown is None or shown[0].creator is None:
+        return None
+    ex, arms = shown[0], np.asarray(shown[1])
+    out = {}
+    for arm in np.unique(arms):
+        table = per_creator(ex.subset(arms == arm), **options)
+        out[str(arm)] = {"creators": len(table.creator), "top": table.rows()[:top]}
+    return out
 
 
 def _fresh_days(exp: Experiment) -> float:
@@ -185,9 +216,11 @@ def build_report(exp: Experiment, exposures: list[Exposure], engagements: list[E
     start_items = {i for e in exposures if e.time < start for i in e.items}
     start_items |= {g.item_id for g in engagements if g.time < start}
     first_seen = first_seen_times(Sightings.from_logs(exposures, engagements), catalog, fresh_column)
-    report["health"] = _health(rows, creators, exp.mode == "interleave", first_seen=first_seen,
-                               prior_items=start_items, fresh_days=_fresh_days(exp),
-                               catalog_size=None if catalog is None else catalog.num_rows)
+    shown = _shown(rows, creators, exp.mode == "interleave")
+    report["health"] = _health(shown, first_seen=first_seen, prior_items=start_items, fresh_days=_fresh_days(exp),
+                               catalog_size=None if catalog is None else catalog.num_rows,
+                               creator_count=_creator_count(shown, creators))
+    report["creators"] = _by_creator(shown, TOP_CREATORS, first_seen=first_seen, fresh_days=_fresh_days(exp))
     report["fresh_definition"] = ("catalog column " + fresh_column if fresh_column else "") or (
         "trained items never fresh; others from their first logged exposure or event" if catalog is not None
         and "train_count" in catalog.column_names else "first logged exposure or event (the whole store)")

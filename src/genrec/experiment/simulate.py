@@ -13,7 +13,8 @@ exposure that caused them. Fresh items are kept out (``deny``) until their relea
 Written to ``out``: ``store.sqlite`` (the server's store: histories, exposure log, engagements; ``genrec experiment
 report EXPERIMENT --store out/store.sqlite`` reads it), ``exposures.parquet`` (its export, one row per shown slot),
 ``simulation.parquet`` (one row per shown slot with the simulator's side: click probability, click, simulated day,
-whether the item is fresh, request latency) and ``summary.json``.
+whether the item is fresh, request latency, and the item's creator where the bundle's items.parquet has a
+``creator_col`` column, e.g. KuaiRand's ``author_id``) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class SimulateConfig(BaseModel):
                                                  "(its own core); thread: uvicorn in this process (tests).")
     workers: int = Field(1, ge=1, le=64, description="Server worker processes (genrec serve --workers; each loads "
                          "the bundle and coalesces its own concurrent requests into model batches).")
+    creator_col: str = Field("author_id", description="Column of the bundle's items.parquet naming each item's "
+                             "creator: simulation.parquet then carries each shown item's creator (none: no column).")
     seed: int = 0
     response: ResponseConfig = Field(default_factory=ResponseConfig)
 
@@ -186,30 +189,32 @@ class _Log:
     """Columns of simulation.parquet, one row per shown slot."""
 
     FIELDS = ("request_id", "user_id", "wall_time", "sim_time", "day", "experiment", "arm", "position", "item_id",
-              "p_click", "clicked", "fresh", "fallback", "latency_ms")
+              "creator", "p_click", "clicked", "fresh", "fallback", "latency_ms")
 
-    def __init__(self) -> None:
+    def __init__(self, creators: dict[str, str] | None = None) -> None:
         self.cols: dict[str, list] = {f: [] for f in self.FIELDS}
         self.latencies: list[float] = []
+        self.creators = creators or {}
 
     def add(self, answer: dict, user: str, wall: float, sim: float, day: int, probs: np.ndarray, clicks: np.ndarray,
             fresh: set[str], latency_ms: float) -> None:
         self.latencies.append(latency_ms)
         for j, item in enumerate(answer["items"]):
-            row = (answer["request_id"], user, wall, sim, day, answer["experiment"], answer["arm"], j,
-                   item["item_id"], float(probs[j]), bool(clicks[j]), item["item_id"] in fresh, answer["fallback"],
-                   latency_ms)
+            i = item["item_id"]
+            row = (answer["request_id"], user, wall, sim, day, answer["experiment"], answer["arm"], j, i,
+                   self.creators.get(i), float(probs[j]), bool(clicks[j]), i in fresh, answer["fallback"], latency_ms)
             for f, v in zip(self.FIELDS, row, strict=True):
                 self.cols[f].append(v)
 
     def table(self) -> pa.Table:
-        return pa.table(self.cols)
+        return pa.table({**self.cols, "creator": pa.array(self.cols["creator"], pa.string())})
 
 
 class _Driver:
     """The simulated clients (module docstring)."""
 
-    def __init__(self, cfg: SimulateConfig, model: ResponseModel, users: np.ndarray, url: str):
+    def __init__(self, cfg: SimulateConfig, model: ResponseModel, users: np.ndarray, url: str,
+                 creators: dict[str, str] | None = None):
         self.cfg, self.model, self.url = cfg, model, url
         self.rng = np.random.default_rng(cfg.seed)
         self.users = users
@@ -221,7 +226,7 @@ class _Driver:
         self.fresh_release = np.sort(model.release[model.release > 0])
         self.active: set[int] = set()
         self.issued = self.errors = 0
-        self.log = _Log()
+        self.log = _Log(creators)
         self.start = time.monotonic()
 
     def progress(self) -> float:
@@ -295,6 +300,7 @@ def simulate(cfg: SimulateConfig, sequences: dict[str, list[str]] | None = None)
     ``sequences`` (user -> raw item ids) replaces ``cfg.data`` when given."""
     from genrec.experiment.config import load_experiment
     from genrec.experiment.exposures import export_exposures
+    from genrec.experiment.report import read_creators
     from genrec.io import write_json
 
     experiment = load_experiment(cfg.experiment)
@@ -304,6 +310,7 @@ def simulate(cfg: SimulateConfig, sequences: dict[str, list[str]] | None = None)
     t0 = time.perf_counter()
     model = ResponseModel.fit(sequences if sequences is not None else load_sequences(cfg.data),
                               catalog_ids(cfg.bundle), cfg.response)
+    creators = read_creators(cfg.bundle, cfg.creator_col)
     rng = np.random.default_rng(cfg.seed)
     users = np.arange(len(model.users))
     if cfg.max_users is not None and cfg.max_users < len(users):
@@ -312,7 +319,7 @@ def simulate(cfg: SimulateConfig, sequences: dict[str, list[str]] | None = None)
     seed_store(store, model, users.tolist(), cfg.max_events)
     fit_s = time.perf_counter() - t0
     with running_server(cfg, store) as url:
-        driver = _Driver(cfg, model, users, url)
+        driver = _Driver(cfg, model, users, url, creators)
         t1 = time.perf_counter()
         with asyncio.Runner(loop_factory=event_loop()) as runner:
             runner.run(driver.run())
@@ -328,6 +335,7 @@ def simulate(cfg: SimulateConfig, sequences: dict[str, list[str]] | None = None)
         "fit_s": fit_s, "users": int(len(users)), "users_seen": len(set(table.column("user_id").to_pylist())),
         "clicks": int(np.sum(table.column("clicked").to_numpy(zero_copy_only=False))),
         "shown_slots": table.num_rows, "exposure_log_slots": slots,
+        "creators": None if creators is None else len(set(creators.values())),
         "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
         "config": cfg.model_dump(mode="json"), "response": model.summary(),
     }
