@@ -47,7 +47,7 @@ def test_site_has_every_generated_page(site):
     cli = _page(site, "reference/cli")
     assert "genrec data prepare" in cli and "--memory-limit" in cli and "--ranker-weight" in cli
     config = _page(site, "reference/configuration")
-    assert "schedule_by" in config and "refit_epochs" in config and "lane_passes" in config
+    assert "schedule_by" in config and "refit_epochs" in config and "combine" in config
     api = _page(site, "reference/http-api")
     assert "/v1/recommend" in api and "/admin/reload" in api and "RecommendRequest" in api
     retrieval = _page(site, "results/retrieval")

@@ -317,21 +317,23 @@ def test_validation_sample_is_stated_in_every_output(tmp_path, capsys):
     assert len(sample) == 12 and ndcg == pytest.approx(res.best_valid, abs=1e-12)
 
 
-def test_a_pass_per_lane_makes_the_update_of_one_pass_over_the_step(tmp_path):
-    """Summing the lanes' gradients before the step is the gradient of the step's whole batch: the two ways
-    agree up to float rounding (no dropout, so the passes draw no random numbers)."""
+def test_passes_by_length_or_by_lane_make_the_update_of_one_pass_over_the_step(tmp_path):
+    """Cutting the step's windows into passes by length, or a pass per lane, with the gradients summed before the
+    step, gives the gradient of the step's whole batch: the three ways agree up to float rounding (no dropout, so
+    the passes draw no random numbers)."""
     ds = timed_dataset()
     runs = {}
-    for lane_passes in (True, False):
-        cfg = config(data="stream", epochs=2, stream={"lanes": 4, "shards": 6, "lane_passes": lane_passes})
+    for combine in ("sorted", "passes", "pad"):
+        cfg = config(data="stream", epochs=2, stream={"lanes": 4, "shards": 6, "combine": combine})
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dropout": 0.0})})
-        runs[lane_passes] = Trainer(cfg, tmp_path / str(lane_passes), dataset=ds, show_progress=False).fit()
-    assert [r["loss"] for r in runs[True].history] == pytest.approx([r["loss"] for r in runs[False].history],
-                                                                    rel=1e-6)
-    a, b = weights(tmp_path / "True"), weights(tmp_path / "False")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    assert not same_weights(tmp_path / "True", tmp_path / "False")  # really two different computations
+        runs[combine] = Trainer(cfg, tmp_path / combine, dataset=ds, show_progress=False).fit()
+    for other in ("passes", "pad"):
+        assert [r["loss"] for r in runs["sorted"].history] == pytest.approx(
+            [r["loss"] for r in runs[other].history], rel=1e-6)
+        a, b = weights(tmp_path / "sorted"), weights(tmp_path / other)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+        assert not same_weights(tmp_path / "sorted", tmp_path / other)  # really different computations
 
 
 def test_each_process_resumes_its_own_generator_state(tmp_path):

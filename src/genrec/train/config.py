@@ -30,9 +30,13 @@ class StreamConfig(BaseModel):
     shards: int = Field(8, ge=1, description="Shards of a dataset that is not a prepared folder (an in-memory one "
                         "streamed through the prepared layout's user hash); a prepared folder has its own.")
     prefetch: bool = Field(True, description="Read each lane's next shard in a background thread.")
-    lane_passes: bool = Field(True, description="One forward and backward pass per lane's batch, gradients summed "
-                              "before the step, so each pass pads only its lane's similar-length windows; false: "
-                              "one pass over the step's windows together (padded to the longest of all lanes).")
+    combine: Literal["sorted", "passes", "pad"] = Field(
+        "sorted", description="How a step joins its lanes' batches. sorted: the step's windows from every lane, "
+        "sorted by length and cut into passes where a new pass saves more padding than pass_tokens (a dynamic "
+        "program); passes: one pass per lane's batch; pad: one pass over all windows padded to the longest. "
+        "Gradients of a step's passes are summed before the update, so the three differ only in float rounding.")
+    pass_tokens: int = Field(1024, ge=0, description="combine: sorted: the fixed cost of one more forward and "
+                             "backward pass, in padded tokens.")
     auto_events: int = Field(20_000_000, ge=1, description="train.data: auto streams a prepared folder (format 2) "
                              "with more interactions than this; smaller datasets train in memory.")
 

@@ -58,12 +58,13 @@ class MemoryWindows:
 
 
 class StreamedWindows:
-    """Training windows streamed shard by shard (genrec.data.stream); ``counts``: every shard's windows. With
-    ``lane_passes`` each lane's batch is its own part of a step, else the lanes' batches are one part."""
+    """Training windows streamed shard by shard (genrec.data.stream); ``counts``: every shard's windows.
+    ``combine`` (train.stream.combine) says how a step's lane batches become its parts (one pass each)."""
 
-    def __init__(self, stream: WindowStream, counts: np.ndarray, timestamps: bool, lane_passes: bool = True):
+    def __init__(self, stream: WindowStream, counts: np.ndarray, timestamps: bool, combine: str = "sorted",
+                 pass_tokens: int = 1024):
         self.stream, self.counts, self.has_timestamps = stream, counts, timestamps
-        self.lane_passes = lane_passes
+        self.combine, self.pass_tokens = combine, pass_tokens
         self.steps = stream.steps_per_epoch(counts)
 
     def position(self, epoch: int, step: int) -> dict[str, Any]:
@@ -75,11 +76,32 @@ class StreamedWindows:
                 two = np.array([2], dtype=np.int64)
                 yield [(Jagged.from_lengths(np.ones(2, dtype=np.int64), two),
                         Jagged.from_lengths(np.zeros(2, dtype=np.int64), two) if self.has_timestamps else None)], 0.0
-            elif self.lane_passes or len(parts) == 1:
+            elif self.combine == "passes" or len(parts) == 1:
                 yield parts, 1.0
             else:
-                ts = [t for _, t in parts]
-                yield [(concat_jagged([w for w, _ in parts]), concat_jagged(ts) if ts[0] is not None else None)], 1.0
+                windows = concat_jagged([w for w, _ in parts])
+                ts = concat_jagged([t for _, t in parts]) if parts[0][1] is not None else None
+                groups = ([np.arange(len(windows))] if self.combine == "pad"
+                          else length_groups(windows.lengths, self.pass_tokens))
+                yield [(windows.take(g), ts.take(g) if ts is not None else None) for g in groups], 1.0
+
+
+def length_groups(lengths: np.ndarray, pass_tokens: int) -> list[np.ndarray]:
+    """Rows cut into passes, longest first: the cut of the length-sorted rows that minimises the padded tokens
+    (each pass pads to its longest row) plus ``pass_tokens`` per pass (a dynamic program over the cut points)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    top = np.asarray(lengths, dtype=np.float64)[order]  # top[j]: the longest row of a pass that starts at j
+    n = len(order)
+    best, cut = np.zeros(n + 1), np.zeros(n + 1, dtype=np.int64)
+    for i in range(1, n + 1):
+        cost = best[:i] + (i - np.arange(i)) * top[:i] + pass_tokens
+        cut[i] = int(np.argmin(cost))
+        best[i] = cost[cut[i]]
+    groups, i = [], n
+    while i > 0:
+        groups.append(order[cut[i]:i])
+        i = cut[i]
+    return groups[::-1]
 
 
 @dataclass
@@ -148,7 +170,7 @@ def _streamed(config: RunConfig, dataset: SequenceDataset | None, procs: Process
     info = {"mode": "stream", "shards": stream.n_shards, "lanes": stream.lanes,
             "windows_per_lane_batch": stream.lane_batch, "history_cap": cfg.model.max_len,
             **({"temporal_cuts": cuts} if cuts else {})}
-    train = StreamedWindows(stream, windows, use_ts, tcfg.stream.lane_passes)
+    train = StreamedWindows(stream, windows, use_ts, tcfg.stream.combine, tcfg.stream.pass_tokens)
     return RunData(header, train, valid.cases() if procs.rank == 0 else None, counts, use_ts, test=test_cases,
                     info=info)
 
