@@ -32,7 +32,9 @@ import argparse
 import datetime as dt
 import http.client
 import json
+import multiprocessing
 import os
+import resource
 import shlex
 import signal
 import socket
@@ -190,9 +192,13 @@ def one_request(http: httpx.Client | StdlibClient, client: Client, catalog: Cata
 
 
 def run_phase(url: str, clients: list[Client], catalog: Catalog, seconds: float, k: int,
-              timeout: float, history_len: int | None, during=None,
-              client_kind: str = "stdlib") -> tuple[list[Record], float]:
-    """Every client sends requests back to back for ``seconds``; ``during`` runs alongside (the reloads)."""
+              timeout: float, history_len: int | None, during=None, client_kind: str = "stdlib",
+              processes: int = 1) -> tuple[list[Record], float]:
+    """Every client sends requests back to back for ``seconds``; ``during`` runs alongside (the reloads).
+    ``processes`` > 1: the clients are spread over that many forked processes, so that a reply is timed as it
+    arrives, not when its thread next gets this interpreter's lock from the other client threads."""
+    if processes > 1:
+        return _forked_phase(url, clients, catalog, seconds, k, timeout, history_len, during, client_kind, processes)
     stop = threading.Event()
     start = [len(c.records) for c in clients]
 
@@ -215,6 +221,30 @@ def run_phase(url: str, clients: list[Client], catalog: Catalog, seconds: float,
         t.join()
     if side:
         side.join()
+    return [r for c, s in zip(clients, start, strict=True) for r in c.records[s:]], time.perf_counter() - t0
+
+
+def _forked_phase(url, clients, catalog, seconds, k, timeout, history_len, during, client_kind, processes):
+    """:func:`run_phase` over ``processes`` forked children, each timing its share of the clients with threads;
+    the clients' state comes back to this process (records, active users, random generators)."""
+    ctx = multiprocessing.get_context("fork")
+    groups = [clients[i::processes] for i in range(processes)]
+    pipes = [ctx.Pipe(duplex=False) for _ in groups]
+
+    def child(group: list[Client], conn) -> None:
+        run_phase(url, group, catalog, seconds, k, timeout, history_len, client_kind=client_kind)
+        conn.send(group)
+
+    side = [threading.Thread(target=during, args=(seconds,), daemon=True)] if during else []
+    procs = [ctx.Process(target=child, args=(g, w), daemon=True) for g, (_, w) in zip(groups, pipes, strict=True)]
+    start, t0 = [len(c.records) for c in clients], time.perf_counter()
+    for p in (*procs, *side):
+        p.start()
+    for g, (r, _) in zip(groups, pipes, strict=True):
+        for mine, theirs in zip(g, r.recv(), strict=True):
+            mine.rng, mine.active, mine.records = theirs.rng, theirs.active, theirs.records
+    for p in (*procs, *side):
+        p.join()
     return [r for c, s in zip(clients, start, strict=True) for r in c.records[s:]], time.perf_counter() - t0
 
 
@@ -262,11 +292,17 @@ def process_cpu(pid: int) -> float:
 
 def measured(phase, server_pid: int) -> tuple[list[Record], float, dict[str, float]]:
     """``phase()`` -> (records, seconds), plus the CPU ms per request the server and this load generator spent."""
-    server, client = process_cpu(server_pid), time.process_time()
+    server, client = process_cpu(server_pid), _own_cpu()
     records, seconds = phase()
     n = max(sum(r.endpoint != "reload" for r in records), 1)
     return records, seconds, {"server_cpu_ms_per_request": 1000 * (process_cpu(server_pid) - server) / n,
-                              "client_cpu_ms_per_request": 1000 * (time.process_time() - client) / n}
+                              "client_cpu_ms_per_request": 1000 * (_own_cpu() - client) / n}
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and its finished children (the forked clients of --client-processes)."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> dict:
@@ -306,6 +342,8 @@ def main() -> None:
     ap.add_argument("--no-access-log", action="store_true", help="Start genrec serve with --no-access-log.")
     ap.add_argument("--experiment", type=Path, help="Experiment file: genrec serve runs it (--experiment) with the "
                     "exposure log on (--exposure-log), so the numbers include assignment and logging.")
+    ap.add_argument("--client-processes", type=int, default=1, help="Spread the client threads over this many "
+                    "processes, so replies are not timed late by the client threads' shared interpreter lock.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--tag", default="", help="Suffix of the result files.")
@@ -347,9 +385,11 @@ def main() -> None:
             steady: dict[int, dict] = {}
             for c in levels:
                 clients = [Client(i, np.random.default_rng([args.seed, c, i])) for i in range(c)]
-                run_phase(url, clients, catalog, args.warmup, args.k, args.timeout, hlen, client_kind=args.client)
+                run_phase(url, clients, catalog, args.warmup, args.k, args.timeout, hlen, client_kind=args.client,
+                          processes=args.client_processes)
                 records, seconds, cpu = measured(partial(run_phase, url, clients, catalog, args.seconds, args.k,
-                                                         args.timeout, hlen, client_kind=args.client), proc.pid)
+                                                         args.timeout, hlen, client_kind=args.client,
+                                                         processes=args.client_processes), proc.pid)
                 steady[c] = {"seconds": seconds, "cpu": cpu, **summarise(records, seconds)}
                 print(f"steady, concurrency {c}:", steady[c]["all"], flush=True)
             clients = [Client(i, np.random.default_rng([args.seed, 0, i])) for i in range(args.reload_concurrency)]
@@ -375,7 +415,8 @@ def main() -> None:
                                                      version=r.json().get("model_version") if ok else None))
 
             during, during_s, during_cpu = measured(partial(run_phase, url, clients, catalog, args.seconds, args.k,
-                                                            args.timeout, hlen, reloader, client_kind=args.client),
+                                                            args.timeout, hlen, reloader, client_kind=args.client,
+                                                            processes=args.client_processes),
                                                     proc.pid)
             during_summary = {"cpu": during_cpu, **summarise(during + reload_records, during_s)}
             print("during reloads:", during_summary["all"], flush=True)
@@ -416,8 +457,8 @@ def main() -> None:
     lines = [f"# genrec serve under load ({args.bundle}, {len(catalog.ids):,} items)", "", f"`{command}`", "",
              f"- {args.workers} uvicorn worker(s){', no access log' if args.no_access_log else ''}"
              f"{f', experiment {args.experiment} with the exposure log' if args.experiment else ''}, client threads "
-             f"({args.client} HTTP client) on the same machine, "
-             f"{args.seconds:g} s per "
+             f"({args.client} HTTP client{f', {args.client_processes} processes' * (args.client_processes > 1)}) "
+             f"on the same machine, {args.seconds:g} s per "
              f"phase after {args.warmup:g} s warm-up, k {args.k}, deadline {args.deadline_ms:g} ms, fresh SQLite "
              "store; requests: " + (f"recommend by an explicit history of {hlen} items (drawn by training "
                                     "popularity)" if hlen else ", ".join(
