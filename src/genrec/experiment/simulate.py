@@ -43,6 +43,7 @@ from genrec.experiment.response import ResponseConfig, ResponseModel
 
 DAY = 86_400.0
 READY_TIMEOUT_S = 180.0
+CLIENT_TIMEOUT_S = 900.0  # a request that long unanswered: the server is stuck
 
 
 class SimulateConfig(BaseModel):
@@ -250,7 +251,9 @@ class _Driver:
 
     async def _client(self) -> None:
         host, port = urllib.parse.urlsplit(self.url).hostname, urllib.parse.urlsplit(self.url).port
-        client = Connection(host, port)  # one keep-alive connection per simulated client
+        # one keep-alive connection per simulated client; the generous timeout outlasts a pause of both processes
+        # (SIGSTOP), after which the monotonic clock has jumped
+        client = Connection(host, port, timeout=CLIENT_TIMEOUT_S)
         try:
             while self.progress() < 1.0:
                 u = self._visitor()
