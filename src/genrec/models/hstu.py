@@ -16,6 +16,7 @@ from torch import nn
 
 from genrec.models.sequential import SequentialConfig, SequentialModel
 from genrec.nn.attention import pointwise_attention, pointwise_attention_reference
+from genrec.nn.dropout import Dropout
 from genrec.nn.relative_bias import RelativeBias
 
 
@@ -38,7 +39,7 @@ class HSTUBlock(nn.Module):
         self.uvqk = nn.Linear(cfg.dim, self.h * (2 * self.dv + 2 * self.da))
         self.norm_attn = nn.LayerNorm(self.h * self.dv)
         self.out = nn.Linear(self.h * self.dv, cfg.dim)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.rab = RelativeBias(cfg.max_len, cfg.time_buckets if use_timestamps else 0)
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -11,6 +11,7 @@ from torch import nn
 
 from genrec.models.sequential import SequentialConfig, SequentialModel
 from genrec.nn.attention import softmax_attention, softmax_attention_reference
+from genrec.nn.dropout import Dropout
 
 
 class SASRecConfig(SequentialConfig):
@@ -25,9 +26,9 @@ class SASRecBlock(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.out = nn.Linear(cfg.dim, cfg.dim)
-        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_mult * cfg.dim), nn.GELU(), nn.Dropout(cfg.dropout),
+        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_mult * cfg.dim), nn.GELU(), Dropout(cfg.dropout),
                                  nn.Linear(cfg.ffn_mult * cfg.dim, cfg.dim))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, reference: bool = False) -> torch.Tensor:
         b, n, d = x.shape

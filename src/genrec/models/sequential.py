@@ -20,6 +20,7 @@ from torch import nn
 
 from genrec.data.jagged import Jagged
 from genrec.models.base import ModelInputError, check_ids
+from genrec.nn.dropout import Dropout
 
 # Universal hashing ((a * id + b) mod P) mod buckets with P = 2^31 - 1; fixed constants, so the hashed rows
 # travel with the weights and need no state of their own.
@@ -67,7 +68,7 @@ class SequentialModel(nn.Module):
         self.config, self.n_items, self.use_timestamps = config, n_items, use_timestamps
         self.item_emb = nn.Embedding(n_items + 1, config.dim, padding_idx=0) if config.item_repr == "id" else None
         self.pos_emb = nn.Embedding(config.max_len, config.dim)
-        self.emb_dropout = nn.Dropout(config.dropout)
+        self.emb_dropout = Dropout(config.dropout)
         self.final_norm = nn.LayerNorm(config.dim)
         self.register_buffer("item_features", None)  # content features, see attach_item_features
         self.register_buffer("sid_codes", None)  # semantic IDs, see attach_semantic_ids
