@@ -105,6 +105,8 @@ def render(res: dict) -> str:
                          f"{n['value']:.4f} [{n['ci_low']:.4f}, {n['ci_high']:.4f}] | {r['difference']:+.4f} | "
                          f"{'yes' if r['reproduces'] else 'no'} |")
         lines.append("")
+    if res.get("notes"):
+        lines += ["## Notes", "", *(f"- {n}" for n in res["notes"]), ""]
     return "\n".join(lines)
 
 
@@ -114,7 +116,11 @@ def main() -> None:
     ap.add_argument("--ranking", type=Path, default=Path("configs/kuairand/ranker.yaml"))
     ap.add_argument("--work", type=Path, default=Path("runs/reproduce"), help="fresh run folders")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--render", action="store_true", help="only rewrite reproduce.md from --out's reproduce.json")
     args = ap.parse_args()
+    if args.render:
+        write_text(args.out / "reproduce.md", render(read_json(args.out / "reproduce.json")))
+        return
     start = time.perf_counter()
     parts = [ranking(args.ranking, args.work), retrieval(args.retrieval, args.work)]
     res = {"command": "python " + " ".join(sys.argv), "commit": git_commit(), "machine": machine(),
