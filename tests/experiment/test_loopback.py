@@ -1,102 +1,134 @@
-"""The simulator's HTTP client: bodies sent and read back (length-delimited and chunked), a connection the server
-closed between requests reopened, a server that is not HTTP refused."""
+"""The simulator's HTTP client against a small aiohttp server: JSON posted and read back over kept-alive
+connections, any status returned to the caller, and a server that is stuck or gone named in the error."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import pytest
 
-from genrec.experiment.loopback import Connection, ProtocolError
+pytest.importorskip("aiohttp")
+from aiohttp import web  # noqa: E402
+
+from genrec.errors import GenrecError  # noqa: E402
+from genrec.experiment.loopback import Client, event_loop  # noqa: E402
 
 
-async def _server(handler) -> tuple[asyncio.AbstractServer, int]:
-    srv = await asyncio.start_server(handler, "127.0.0.1", 0)
-    return srv, srv.sockets[0].getsockname()[1]
+async def _serve(routes: web.RouteTableDef) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
 
 
-async def _read_request(reader: asyncio.StreamReader) -> dict:
-    length = 0
-    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    return json.loads(await reader.readexactly(length))
+def _run(coro):
+    with asyncio.Runner(loop_factory=event_loop()) as r:
+        return r.run(coro)
 
 
-def test_posts_json_and_reads_length_and_chunked_answers_on_one_connection():
-    opened = []
+def test_posts_json_and_reads_answers_of_any_status_on_kept_alive_connections():
+    routes, peers = web.RouteTableDef(), set()
 
-    async def handler(reader, writer):
-        opened.append(1)
-        n = 0
-        while True:
-            try:
-                body = await _read_request(reader)
-            except asyncio.IncompleteReadError:
-                break
-            out = json.dumps({"echo": body, "n": n}).encode()
-            if n % 2 == 0:
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(out), out))
-            else:  # the same answer in two chunks, with a 4xx status
-                half = len(out) // 2
-                writer.write(b"HTTP/1.1 422 Unprocessable\r\nTransfer-Encoding: chunked\r\n\r\n"
-                             b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (half, out[:half], len(out) - half, out[half:]))
-            await writer.drain()
-            n += 1
-        writer.close()
+    @routes.post("/echo")
+    async def echo(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername"))
+        body = await request.json()
+        assert request.content_type == "application/json"
+        return web.json_response({"echo": body}, status=200 if body["i"] % 2 == 0 else 422)
 
     async def main():
-        srv, port = await _server(handler)
-        c = Connection("127.0.0.1", port)
-        answers = [await c.post("/x", {"i": i, "ids": ["a", "b"]}) for i in range(4)]
-        await c.close()
-        srv.close()
-        return answers
-
-    answers = asyncio.run(main())
-    assert [a.status_code for a in answers] == [200, 422, 200, 422]
-    assert [a.json() for a in answers] == [{"echo": {"i": i, "ids": ["a", "b"]}, "n": i} for i in range(4)]
-    assert len(opened) == 1  # kept alive
-
-
-def test_a_connection_closed_by_the_server_is_reopened():
-    async def handler(reader, writer):  # answers one request, then closes (as an idle timeout would)
-        body = await _read_request(reader)
-        out = json.dumps(body).encode()
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(out), out))
-        await writer.drain()
-        writer.close()
-
-    async def main():
-        srv, port = await _server(handler)
-        c = Connection("127.0.0.1", port)
-        first = await c.post("/x", {"a": 1})
-        await asyncio.sleep(0.05)
-        second = await c.post("/x", {"a": 2})
-        await c.close()
-        srv.close()
-        return first, second
-
-    first, second = asyncio.run(main())
-    assert first.json() == {"a": 1} and second.json() == {"a": 2}
-
-
-def test_an_answer_that_is_not_http_is_an_error():
-    async def handler(reader, writer):
-        await _read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    async def main():
-        srv, port = await _server(handler)
-        c = Connection("127.0.0.1", port)
+        runner, url = await _serve(routes)
         try:
-            await c.post("/x", {})
+            async with Client(url, connections=2, timeout=10) as c:
+                return [await c.post("/echo", {"i": i, "ids": ["a", "é"]}) for i in range(6)]
         finally:
-            await c.close()
-            srv.close()
+            await runner.cleanup()
 
-    with pytest.raises(ProtocolError, match="not an HTTP"):
-        asyncio.run(main())
+    answers = _run(main())
+    assert [a.status_code for a in answers] == [200, 422] * 3
+    assert [a.json() for a in answers] == [{"echo": {"i": i, "ids": ["a", "é"]}} for i in range(6)]
+    assert json.loads(answers[0].content) == answers[0].json()
+    assert len(peers) == 1  # one request at a time: the same connection throughout
+
+
+def test_concurrent_clients_share_the_pool_up_to_its_size():
+    routes, peers, inflight, peak = web.RouteTableDef(), set(), [0], [0]
+
+    @routes.post("/slow")
+    async def slow(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername"))
+        inflight[0] += 1
+        peak[0] = max(peak[0], inflight[0])
+        await asyncio.sleep(0.02)
+        inflight[0] -= 1
+        return web.json_response(await request.json())
+
+    async def main():
+        runner, url = await _serve(routes)
+        try:
+            async with Client(url, connections=3, timeout=10) as c:
+                return await asyncio.gather(*(c.post("/slow", {"n": n}) for n in range(12)))
+        finally:
+            await runner.cleanup()
+
+    answers = _run(main())
+    assert sorted(a.json()["n"] for a in answers) == list(range(12))
+    assert peak[0] == 3 and len(peers) == 3  # never more connections than the pool holds, and they are reused
+
+
+def test_a_stuck_server_times_out_with_the_url_in_the_error():
+    routes = web.RouteTableDef()
+    release = asyncio.Event()
+
+    @routes.post("/stuck")
+    async def stuck(request: web.Request) -> web.Response:
+        await release.wait()  # set only after the client gave up
+        return web.json_response({})
+
+    async def main():
+        runner, url = await _serve(routes)
+        try:
+            async with Client(url, connections=1, timeout=0.2) as c:
+                await c.post("/stuck", {})
+        finally:
+            release.set()
+            await runner.cleanup()
+
+    with pytest.raises(GenrecError, match=r"POST http://127\.0\.0\.1:\d+/stuck: no answer within 0\.2 s"):
+        _run(main())
+
+
+def test_a_server_that_is_gone_or_drops_the_connection_is_a_clear_error():
+    routes = web.RouteTableDef()
+
+    @routes.post("/drop")
+    async def drop(request: web.Request) -> web.Response:
+        request.transport.close()  # the server process died mid-request
+        return web.json_response({})
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens here once the socket is closed
+
+    async def refused():
+        async with Client(f"http://127.0.0.1:{closed}", connections=1, timeout=5) as c:
+            await c.post("/v1/recommend", {})
+
+    async def dropped():
+        runner, url = await _serve(routes)
+        try:
+            async with Client(url, connections=1, timeout=5) as c:
+                await c.post("/drop", {})
+        finally:
+            await runner.cleanup()
+
+    with pytest.raises(GenrecError, match=rf"POST http://127\.0\.0\.1:{closed}/v1/recommend: ClientConnectorError"):
+        _run(refused())
+    with pytest.raises(GenrecError, match=r"/drop: ServerDisconnectedError"):
+        _run(dropped())

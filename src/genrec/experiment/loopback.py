@@ -1,47 +1,34 @@
-"""A small keep-alive HTTP/1.1 JSON client on asyncio streams, for the simulator's clients on loopback.
+"""The simulator's HTTP client: one aiohttp session whose keep-alive pool holds a connection per simulated client.
 
-httpx spends several times the CPU of the request itself per call (connection-pool bookkeeping, and a failed
-``import sniffio`` per call where sniffio is absent); the simulated clients share the machine's cores with the
-server they measure, so each client here holds one connection of its own and speaks just enough HTTP/1.1 to post
-JSON and read the answer (``Content-Length`` or chunked bodies). A dropped connection is reopened once per request.
+aiohttp parses HTTP in C and keeps its connection pool cheap, so the simulated clients take little of the cores they
+share with the server they measure; bodies go through orjson, and the loop is uvloop's where installed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import socket
 from collections.abc import Callable
 from typing import Any
 
-try:  # the serve extra: several times faster than the json module
+from genrec.errors import GenrecError
+
+try:  # the serve extra
+    import aiohttp
     import orjson
-except ImportError:  # pragma: no cover - orjson is a serve dependency
-    orjson = None
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise GenrecError(f"genrec simulate needs the serve extra (pip install 'genrec[serve]'): {e}") from e
+
+# aiohttp drops a connection idle this long, before uvicorn's 5 s keep-alive timeout closes it under a request
+IDLE_S = 4.0
 
 
 def event_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (the serve extra; less CPU per request), else asyncio's."""
+    """uvloop's event loop where it is installed (the serve extra on POSIX; less CPU per request), else asyncio's."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a serve dependency on POSIX
         return None
     return uvloop.new_event_loop
-
-
-def dumps(obj: Any) -> bytes:
-    if orjson is not None:
-        return orjson.dumps(obj)
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def loads(body: bytes) -> Any:
-    return orjson.loads(body) if orjson is not None else json.loads(body)
-
-
-class ProtocolError(ValueError):
-    """The peer's answer is not HTTP/1.1."""
 
 
 class Answer:
@@ -53,82 +40,34 @@ class Answer:
         self.status_code, self.content = status_code, content
 
     def json(self) -> Any:
-        return loads(self.content)
+        return orjson.loads(self.content)
 
 
-class Connection:
-    """One keep-alive connection to ``host:port`` (opened on first use)."""
+class Client:
+    """JSON POSTs to ``base_url`` over up to ``connections`` keep-alive connections; use as ``async with``.
 
-    def __init__(self, host: str, port: int, timeout: float = 60.0):
-        self.host, self.port, self.timeout = host, port, timeout
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+    A request unanswered after ``timeout`` seconds, or a connection the server refuses or drops, raises a
+    GenrecError naming the URL; an answer with any status is returned (the caller counts the non-2xx ones)."""
 
-    async def _open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        sock = self.writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, base_url: str, connections: int, timeout: float = 60.0):
+        self.base_url, self.connections, self.timeout = base_url.rstrip("/"), connections, timeout
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Client:
+        connector = aiohttp.TCPConnector(limit=self.connections, force_close=False, keepalive_timeout=IDLE_S)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                                             headers={"Content-Type": "application/json"})
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
 
     async def post(self, path: str, body: Any) -> Answer:
-        """POST ``body`` as JSON; a connection the server closed while idle is reopened and the request sent again
-        (nothing was read from it, so the server never saw that request)."""
-        payload = dumps(body)
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\n\r\n").encode()
-        for attempt in (0, 1):
-            fresh = self.writer is None
-            if fresh:
-                await self._open()
-            try:
-                self.writer.write(head + payload)
-                return await asyncio.wait_for(self._answer(), self.timeout)
-            except (ConnectionError, asyncio.IncompleteReadError) as e:
-                await self.close()
-                if fresh or attempt == 1 or (isinstance(e, asyncio.IncompleteReadError) and e.partial):
-                    raise
-        raise AssertionError("unreachable")
-
-    async def _answer(self) -> Answer:
-        status_line = await self.reader.readuntil(b"\r\n")
-        parts = status_line.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-            raise ProtocolError(f"not an HTTP/1.1 answer: {status_line[:80]!r}")
-        status = int(parts[1])
-        length, chunked, close = None, False, False
-        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
-            name, _, value = line.partition(b":")
-            name, value = name.strip().lower(), value.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value
-            elif name == b"connection":
-                close = value == b"close"
-        if chunked:
-            body = await self._chunks()
-        elif length is not None:
-            body = await self.reader.readexactly(length)
-        else:  # no length: the body runs to the end of the connection
-            body, close = await self.reader.read(), True
-        if close:
-            await self.close()
-        return Answer(status, body)
-
-    async def _chunks(self) -> bytes:
-        out = bytearray()
-        while True:
-            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                while await self.reader.readuntil(b"\r\n") != b"\r\n":  # trailers
-                    pass
-                return bytes(out)
-            out += await self.reader.readexactly(size)
-            await self.reader.readexactly(2)
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await self.writer.wait_closed()
-        self.reader = self.writer = None
+        url = self.base_url + path
+        try:
+            async with self.session.post(url, data=orjson.dumps(body)) as r:
+                return Answer(r.status, await r.read())
+        except TimeoutError as e:
+            raise GenrecError(f"POST {url}: no answer within {self.timeout:g} s (is the server stuck?)") from e
+        except aiohttp.ClientError as e:
+            raise GenrecError(f"POST {url}: {type(e).__name__}: {e}") from e

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +37,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from genrec.errors import ConfigError, GenrecError
-from genrec.experiment.loopback import Connection, event_loop
+from genrec.experiment.loopback import Client, event_loop
 from genrec.experiment.response import ResponseConfig, ResponseModel
 
 DAY = 86_400.0
@@ -247,31 +246,27 @@ class _Driver:
         return -1
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._client() for _ in range(self.cfg.concurrency)))
-
-    async def _client(self) -> None:
-        host, port = urllib.parse.urlsplit(self.url).hostname, urllib.parse.urlsplit(self.url).port
-        # one keep-alive connection per simulated client; the generous timeout outlasts a pause of both processes
+        # a keep-alive connection per simulated client; the generous timeout outlasts a pause of both processes
         # (SIGSTOP), after which the monotonic clock has jumped
-        client = Connection(host, port, timeout=CLIENT_TIMEOUT_S)
-        try:
-            while self.progress() < 1.0:
-                u = self._visitor()
-                if u < 0:
-                    await asyncio.sleep(0.001)
-                    continue
-                self.active.add(u)
-                try:
-                    for _ in range(int(self.rng.geometric(1 / self.cfg.pages))):
-                        if self.progress() >= 1.0:
-                            break
-                        await self._page(client, u)
-                finally:
-                    self.active.discard(u)
-        finally:
-            await client.close()
+        async with Client(self.url, self.cfg.concurrency, timeout=CLIENT_TIMEOUT_S) as client:
+            await asyncio.gather(*(self._client(client) for _ in range(self.cfg.concurrency)))
 
-    async def _page(self, client: Connection, u: int) -> None:
+    async def _client(self, client: Client) -> None:
+        while self.progress() < 1.0:
+            u = self._visitor()
+            if u < 0:
+                await asyncio.sleep(0.001)
+                continue
+            self.active.add(u)
+            try:
+                for _ in range(int(self.rng.geometric(1 / self.cfg.pages))):
+                    if self.progress() >= 1.0:
+                        break
+                    await self._page(client, u)
+            finally:
+                self.active.discard(u)
+
+    async def _page(self, client: Client, u: int) -> None:
         progress = self.progress()
         user = self.model.users[u]
         body: dict[str, Any] = {"user_id": user, "k": self.cfg.k}
