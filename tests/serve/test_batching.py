@@ -103,3 +103,23 @@ def test_the_owner_of_a_bound_run_is_not_kept_alive():
     assert ref() is None  # the worker's thread holds the worker, not the model
     with pytest.raises(RuntimeError, match="owner"):
         worker.submit(2).result(timeout=10)
+
+
+def test_run_if_idle_runs_in_the_caller_only_when_nothing_is_queued_or_running():
+    seen, gate = [], threading.Event()
+
+    def run(batch):
+        if "slow" in batch:
+            gate.wait(5)
+        seen.append((threading.current_thread().name, list(batch)))
+        return [None] * len(batch)
+
+    worker = BatchWorker(run, name="genrec-test")
+    assert worker.run_if_idle("a") and seen[-1] == (threading.current_thread().name, ["a"])
+    slow = worker.submit("slow")
+    while not worker._busy:  # the thread has taken it
+        pass
+    assert not worker.run_if_idle("b")  # busy: the caller must submit instead
+    gate.set()
+    slow.result(5)
+    assert worker.run_if_idle("c") and seen[-1][1] == ["c"]

@@ -230,7 +230,9 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
                             else serve_plain(rec, run, body.k, request_id, body.user_id))
         except ValueError as e:  # e.g. a signal the bundle's ranker does not read
             raise HTTPException(422, str(e)) from None
-        if s.logs_exposures:  # durable before the 2xx: an answer the client saw is always in the log
+        # Durable before the 2xx: an answer the client saw is always in the log. A lone exposure commits here (no
+        # hop to the log's thread and back); concurrent ones share one commit on that thread.
+        if s.logs_exposures and not s.exposure_log.run_if_idle(served.exposure):
             await asyncio.wrap_future(s.exposure_log.submit(served.exposure))
         result = served.result
         if result.fallback:

@@ -34,6 +34,7 @@ class BatchWorker:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._busy = False  # a batch is running
 
     def submit(self, payload: Any) -> Future:
         """A Future of ``run``'s result for ``payload``, computed in a batch with whatever else is queued."""
@@ -44,6 +45,16 @@ class BatchWorker:
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
                 self._thread.start()
         return done
+
+    def run_if_idle(self, payload: Any) -> bool:
+        """Run ``payload`` alone in the caller's thread when nothing is queued or running (True), else nothing
+        (False: the caller submits it). For work so short that handing it to the thread and back costs more than
+        doing it, such as a lone exposure's commit; ``run``'s error reaches the caller."""
+        run = self._run()
+        if run is None or self._busy or not self._queue.empty():
+            return False
+        run([payload])
+        return True
 
     def close(self) -> None:
         """Let the thread exit once what is queued now is answered (a later submit starts another)."""
@@ -69,7 +80,11 @@ class BatchWorker:
                     break
                 if job is not _STOP:
                     jobs.append(job)
-            self._run_batch([(p, done) for p, done in jobs if done.set_running_or_notify_cancel()])
+            self._busy = True
+            try:
+                self._run_batch([(p, done) for p, done in jobs if done.set_running_or_notify_cancel()])
+            finally:
+                self._busy = False
 
     def _run_batch(self, jobs: list[tuple[Any, Future]]) -> None:
         run = self._run()
