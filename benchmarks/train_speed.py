@@ -86,6 +86,14 @@ def trainer_epoch(name: str, data: str, out: Path) -> dict:
             "s_per_epoch_measured": record["epoch_seconds"], "overrides": sets}
 
 
+def trainer_rows(name: str, data: str, out: Path, repeats: int) -> dict:
+    """:func:`trainer_epoch` ``repeats`` times, alternating with nothing else: the median epoch, and every run's."""
+    runs = [trainer_epoch(name, data, out) for _ in range(repeats)]
+    seconds = [r["s_per_epoch_measured"] for r in runs]
+    mid = runs[int(np.argsort(seconds)[len(seconds) // 2])]
+    return {**mid, "epoch_seconds_runs": seconds} if repeats > 1 else mid
+
+
 def time_steps(step, batches, windows, n_steps: int, warmup: int = 2) -> tuple[float, int]:
     tokens, start = 0, None
     for i, rows in enumerate(batches[: n_steps + warmup]):
@@ -106,6 +114,8 @@ def main() -> None:
     p.add_argument("--no-reference", action="store_true", help="time only the fast path")
     p.add_argument("--trainer", action="store_true", help="also time one epoch of the trainer, in memory and "
                    "streamed (sampled recipe)")
+    p.add_argument("--trainer-repeats", type=int, default=1, help="trainer epochs per row (the row shows the "
+                   "median and lists every run), since single epochs vary by several percent on a shared CPU")
     p.add_argument("--work", type=Path, default=Path("runs/train_speed"), help="run folders of --trainer")
     p.add_argument("--tag", default="", help="suffix of the output files (e.g. the allocator)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -140,7 +150,7 @@ def main() -> None:
             print(row, flush=True)
     for name in args.models if args.trainer else []:
         for data in ("memory", "stream"):
-            rows.append(trainer_epoch(name, data, args.work))
+            rows.append(trainer_rows(name, data, args.work, args.trainer_repeats))
             rows[-1]["s_per_epoch_extrapolated"] = epoch_tokens / rows[-1]["tokens_per_s"]
             print(rows[-1], flush=True)
     for r in rows:
@@ -173,6 +183,8 @@ def render(res: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         measured = f"{r['s_per_epoch_measured']:.1f}" if "s_per_epoch_measured" in r else ""
+        if "epoch_seconds_runs" in r:
+            measured += " (median of " + ", ".join(f"{x:.1f}" for x in r["epoch_seconds_runs"]) + ")"
         ratio = f"{r['speedup_vs_reference_path']:.1f}x" if "speedup_vs_reference_path" in r else ""
         lines.append(f"| {r['recipe']} | {r['model']} | {r['dim']} | {r['path']} | {r['tokens_per_s']:,.0f} | "
                      f"{r['s_per_epoch_extrapolated']:.1f} | {measured} | {ratio} |")
