@@ -88,7 +88,7 @@ def trainer_epoch(name: str, data: str, out: Path) -> dict:
 
 def trainer_rows(name: str, data: str, out: Path, repeats: int) -> dict:
     """:func:`trainer_epoch` ``repeats`` times, alternating with nothing else: the median epoch, and every run's."""
-    runs = [trainer_epoch(name, data, out) for _ in range(repeats)]
+    runs = [trainer_epoch(name, data, out / f"repeat-{i}" if repeats > 1 else out) for i in range(repeats)]
     seconds = [r["s_per_epoch_measured"] for r in runs]
     mid = runs[int(np.argsort(seconds)[len(seconds) // 2])]
     return {**mid, "epoch_seconds_runs": seconds} if repeats > 1 else mid
