@@ -91,7 +91,30 @@ def experiments_page(res: Results) -> str:
                 "the [experiments tutorial](../experiments.md).",
                 provenance(data, "experiments") + f" Command: `{data['command']}`",
                 table(["stream", "answers", "users", "clicks", "requests/s", "p50 / p99 ms"], streams),
-                *_aa(data), *_ab(data), *_ope(data), *_fresh(data))
+                *_aa(data), *_ab(data), *_ope(data), *_fresh(data), *_speed(res))
+
+
+def _speed(res: Results) -> list[str]:
+    """How fast the simulator drives a server, and what serving an experiment adds to a request."""
+    out = []
+    if res.has("simulate_speed"):
+        data = res.load("simulate_speed")
+        rows = [[str(r["workers"]), count(r["requests"]), fixed(r["requests_per_s"], 0),
+                 f"{fixed(r['p50_ms'], 0)} / {fixed(r['p99_ms'], 0)}"] for r in data["runs"]]
+        out += ["## Simulator speed", f"`python benchmarks/simulate_speed.py`, {data['concurrency']} simulated "
+                "clients and the server on the same cores.", provenance(data, "simulate_speed"),
+                table(["server workers", "requests", "requests/s", "p50 / p99 ms"], rows)]
+    if res.has("experiment_overhead"):
+        data = res.load("experiment_overhead")
+        rows = [[c, stat, fixed(v["plain"], 1), fixed(v["experiment"], 1), f"{v['difference']:+.2f}",
+                 f"{v['min']:+.2f} to {v['max']:+.2f}"]
+                for c, stats in data["summary"].items() for stat, v in stats.items() if stat != "per_s"]
+        out += ["## Cost of an experiment per request",
+                f"`python benchmarks/experiment_overhead.py`: {len(data['runs'])} rounds of `serve_load.py` "
+                "without, then with an A/A experiment and its durable exposure log.",
+                provenance(data, "experiment_overhead"),
+                table(["clients", "statistic (ms)", "plain", "experiment", "difference", "range over rounds"], rows)]
+    return out
 
 
 def reproduction_block(res: Results) -> list[str]:
