@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -86,9 +87,17 @@ def trainer_epoch(name: str, data: str, out: Path) -> dict:
             "s_per_epoch_measured": record["epoch_seconds"], "overrides": sets}
 
 
+def trainer_epoch_fresh(name: str, data: str, out: Path) -> dict:
+    """:func:`trainer_epoch` in a new process, as ``genrec train`` runs: no allocator or thread-pool state left by
+    the rows timed before it."""
+    done = subprocess.run([sys.executable, __file__, "--trainer-epoch", name, data, str(out)], check=True,
+                          capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def trainer_rows(name: str, data: str, out: Path, repeats: int) -> dict:
-    """:func:`trainer_epoch` ``repeats`` times, alternating with nothing else: the median epoch, and every run's."""
-    runs = [trainer_epoch(name, data, out / f"repeat-{i}" if repeats > 1 else out) for i in range(repeats)]
+    """:func:`trainer_epoch_fresh` ``repeats`` times: the median epoch, and every run's."""
+    runs = [trainer_epoch_fresh(name, data, out / f"repeat-{i}" if repeats > 1 else out) for i in range(repeats)]
     seconds = [r["s_per_epoch_measured"] for r in runs]
     mid = runs[int(np.argsort(seconds)[len(seconds) // 2])]
     return {**mid, "epoch_seconds_runs": seconds} if repeats > 1 else mid
@@ -119,8 +128,13 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("runs/train_speed"), help="run folders of --trainer")
     p.add_argument("--tag", default="", help="suffix of the output files (e.g. the allocator)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--trainer-epoch", nargs=3, metavar=("MODEL", "DATA", "WORK"), help=argparse.SUPPRESS)
     args = p.parse_args()
     allocator = tune_glibc_malloc()
+    if args.trainer_epoch:  # one trainer row, in a process of its own (trainer_epoch_fresh)
+        name, data, work = args.trainer_epoch
+        print(json.dumps(trainer_epoch(name, data, Path(work))))
+        return
     torch.manual_seed(0)
     ds = load_dataset("movielens-1m")
     windows, _ = training_windows(leave_one_out(ds), 200)
