@@ -152,7 +152,12 @@ def render(res: dict) -> str:
              "noised twice as far (`tiger-query-noisy`): [prompt_generation_noisy.md](prompt_generation_noisy.md)",
              "- cold-blend rows: a trained ID model for the items it knows plus content scores of the held-out items, "
              "weights chosen on validation; paired ratios against content-kNN and the ID model: "
-             "[cold_blend.md](cold_blend.md) (benchmarks/cold_blend.py)", ""]
+             "[cold_blend.md](cold_blend.md) (benchmarks/cold_blend.py)",
+             "- beam-search latency (beam 10, one user per call and batched, invalid IDs counted): hstu-gen "
+             "[beam_latency_hstu_gen.md](beam_latency_hstu_gen.md), tiger [beam_latency.md](beam_latency.md) "
+             "(benchmarks/beam_latency.py); slates against the ID model's top-N: [slates.md](slates.md) "
+             "(benchmarks/slates.py); text, cover and video-frame content ablations: "
+             "[content_modalities.md](content_modalities.md) (benchmarks/content_modalities.py)", ""]
     for ds, models in res["datasets"].items():
         lines += [f"## {ds}", "", "### Standard protocol", "",
                   "| model | device | " + " | ".join(k.replace("hr", "Recall") for k in WARM)
