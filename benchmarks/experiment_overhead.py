@@ -43,13 +43,15 @@ def serve_load(args: argparse.Namespace, experiment: bool, out: Path) -> dict:
 
 
 def summary(runs: list[dict], levels: list[str]) -> dict:
-    """Per concurrency: each arm's mean of every statistic, and the mean and range of the per-round differences."""
+    """Per concurrency: each arm's mean of every statistic, and the mean, median and range of the per-round
+    differences."""
     out = {}
     for c in levels:
         plain = {s: np.array([r["plain"][c][s] for r in runs]) for s in STATS}
         exp = {s: np.array([r["experiment"][c][s] for r in runs]) for s in STATS}
         out[c] = {s: {"plain": float(plain[s].mean()), "experiment": float(exp[s].mean()),
                       "difference": float((exp[s] - plain[s]).mean()),
+                      "median": float(np.median(exp[s] - plain[s])),
                       "min": float((exp[s] - plain[s]).min()), "max": float((exp[s] - plain[s]).max())}
                   for s in STATS}
     return out
@@ -62,12 +64,12 @@ def render(res: dict) -> str:
              "serve_load without, then with the experiment (assignment, answer fields, durable exposure log)",
              f"- bundle `{res['bundle']}`, experiment `{res['experiment']}`, recommend by a history of "
              f"{res['history_len']} items, {res['seconds']:g} s per phase", "",
-             "| clients | statistic | plain (mean) | experiment (mean) | difference (mean) | difference (range) |",
-             "|---|---|---|---|---|---|"]
+             "| clients | statistic | plain (mean) | experiment (mean) | difference (mean) | difference (median) "
+             "| difference (range) |", "|---|---|---|---|---|---|---|"]
     for c, stats in res["summary"].items():
         for s, v in stats.items():
             lines.append(f"| {c} | {s} | {v['plain']:.1f} | {v['experiment']:.1f} | {v['difference']:+.2f} | "
-                         f"{v['min']:+.2f} to {v['max']:+.2f} |")
+                         f"{v['median']:+.2f} | {v['min']:+.2f} to {v['max']:+.2f} |")
     lines += ["", "| round | arm | load average | " + " | ".join(f"{s} ({c})" for c in res["summary"] for s in STATS)
               + " |", "|---|---|---|" + "---|" * (len(STATS) * len(res["summary"]))]
     for i, r in enumerate(res["runs"], 1):

@@ -107,13 +107,14 @@ def _speed(res: Results) -> list[str]:
     if res.has("experiment_overhead"):
         data = res.load("experiment_overhead")
         rows = [[c, stat, fixed(v["plain"], 1), fixed(v["experiment"], 1), f"{v['difference']:+.2f}",
-                 f"{v['min']:+.2f} to {v['max']:+.2f}"]
+                 f"{v['median']:+.2f}" if "median" in v else "", f"{v['min']:+.2f} to {v['max']:+.2f}"]
                 for c, stats in data["summary"].items() for stat, v in stats.items() if stat != "per_s"]
         out += ["## Cost of an experiment per request",
                 f"`python benchmarks/experiment_overhead.py`: {len(data['runs'])} rounds of `serve_load.py` "
                 "without, then with an A/A experiment and its durable exposure log.",
                 provenance(data, "experiment_overhead"),
-                table(["clients", "statistic (ms)", "plain", "experiment", "difference", "range over rounds"], rows)]
+                table(["clients", "statistic (ms)", "plain", "experiment", "difference (mean)", "(median)",
+                       "range over rounds"], rows)]
     return out
 
 
