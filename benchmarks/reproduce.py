@@ -116,18 +116,23 @@ def main() -> None:
     ap.add_argument("--ranking", type=Path, default=Path("configs/kuairand/ranker.yaml"))
     ap.add_argument("--work", type=Path, default=Path("runs/reproduce"), help="fresh run folders")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--only", choices=("ranking", "retrieval"), help="retrain only this part")
+    ap.add_argument("--tag", default="", help="suffix of the result files (reproduce_TAG.json)")
     ap.add_argument("--render", action="store_true", help="only rewrite reproduce.md from --out's reproduce.json")
     args = ap.parse_args()
     if args.render:
-        write_text(args.out / "reproduce.md", render(read_json(args.out / "reproduce.json")))
+        stem = "reproduce" + (f"_{args.tag}" if args.tag else "")
+        write_text(args.out / f"{stem}.md", render(read_json(args.out / f"{stem}.json")))
         return
     start = time.perf_counter()
-    parts = [ranking(args.ranking, args.work), retrieval(args.retrieval, args.work)]
+    parts = ([ranking(args.ranking, args.work)] if args.only != "retrieval" else []) + \
+        ([retrieval(args.retrieval, args.work)] if args.only != "ranking" else [])
     res = {"command": "python " + " ".join(sys.argv), "commit": git_commit(), "machine": machine(),
            "created": dt.datetime.now(dt.UTC).isoformat(), "wall_seconds": time.perf_counter() - start,
            "parts": parts}
-    write_json(args.out / "reproduce.json", res)
-    write_text(args.out / "reproduce.md", render(res))
+    stem = "reproduce" + (f"_{args.tag}" if args.tag else "")
+    write_json(args.out / f"{stem}.json", res)
+    write_text(args.out / f"{stem}.md", render(res))
     print(render(res))
 
 
