@@ -1,4 +1,4 @@
-"""The simulator's HTTP client: one aiohttp session whose keep-alive pool holds a connection per simulated client.
+"""The simulator's HTTP client: one aiohttp client whose keep-alive pool holds a connection per simulated client.
 
 aiohttp parses HTTP in C and keeps its connection pool cheap, so the simulated clients take little of the cores they
 share with the server they measure; bodies go through orjson, and the loop is uvloop's where installed.
@@ -51,21 +51,21 @@ class Client:
 
     def __init__(self, base_url: str, connections: int, timeout: float = 60.0):
         self.base_url, self.connections, self.timeout = base_url.rstrip("/"), connections, timeout
-        self.session: aiohttp.ClientSession | None = None
+        self.http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
         connector = aiohttp.TCPConnector(limit=self.connections, force_close=False, keepalive_timeout=IDLE_S)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout),
+        self.http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout),
                                              headers={"Content-Type": "application/json"})
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.session.close()
+        await self.http.close()
 
     async def post(self, path: str, body: Any) -> Answer:
         url = self.base_url + path
         try:
-            async with self.session.post(url, data=orjson.dumps(body)) as r:
+            async with self.http.post(url, data=orjson.dumps(body)) as r:
                 return Answer(r.status, await r.read())
         except TimeoutError as e:
             raise GenrecError(f"POST {url}: no answer within {self.timeout:g} s (is the server stuck?)") from e

@@ -239,7 +239,7 @@ class _Driver:
         return min(p, 1.0)
 
     def _visitor(self) -> int:
-        for _ in range(20):  # a user already in a session is skipped (one session per user at a time)
+        for _ in range(20):  # a user already being served is skipped (one visit per user at a time)
             u = int(self.users[min(np.searchsorted(self.cum, self.rng.random()), len(self.users) - 1)])
             if u not in self.active:
                 return u
