@@ -33,6 +33,7 @@ from genrec.errors import ConfigError, DataError, GenrecError
 from genrec.eval import Evaluation, bootstrap_ci, metrics_from_ranks, rank_cases, write_run
 from genrec.eval.report import subset_summary
 from genrec.io import read_json, write_json
+from genrec.models.generators import build_generator
 from genrec.models.tiger import TIGER, TigerConfig
 from genrec.models.tiger_query import item_query_table, training_queries
 from genrec.progress import progress_bar
@@ -361,22 +362,16 @@ def write_generator(folder: Path, model: torch.nn.Module, ds: SequenceDataset, c
 def load_generator(run_dir: str | Path) -> TIGER:
     """The trained generator of a run folder (model.json + model.safetensors; the codes travel in the weights),
     in float32 whatever precision the weights were saved in."""
-    return read_generator(run_dir, "tiger", TIGER, TigerConfig)
+    return read_generator(run_dir, "tiger")
 
 
-def read_generator(run_dir: str | Path, name: str, cls: type, config_cls: type) -> Any:
-    """The ``name`` generator of a run folder, built as ``cls(config_cls(...), codes placeholder, sizes)``, the
-    weights loaded in float32, in eval mode."""
+def read_generator(run_dir: str | Path, name: str) -> Any:
+    """The ``name`` generator of a run folder (genrec.models.generators.build_generator: float32, eval mode)."""
     run_dir = Path(run_dir)
     spec = read_json(run_dir / "model.json")
     if spec.get("name") != name:
         raise GenrecError(f"{run_dir / 'model.json'}: holds a {spec.get('name')!r} model, not {name}")
-    sizes = [int(s) for s in spec["sizes"]]
-    placeholder = np.zeros((int(spec["n_items"]) + 1, len(sizes)), dtype=np.int64)
-    model = cls(config_cls.model_validate(spec["config"]), placeholder, sizes)
-    state = load_tensors(run_dir / "model.safetensors")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    return model.eval()
+    return build_generator(spec, load_tensors(run_dir / "model.safetensors"))
 
 
 def reevaluate_cold_mixing(run_dir: str | Path, epsilons: Sequence[float], *,

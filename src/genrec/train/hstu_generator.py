@@ -122,7 +122,7 @@ def save_hstu_generator(folder: Path, model: HSTUGenerator, ds: SequenceDataset,
 
 def load_hstu_generator(run_dir: str | Path) -> HSTUGenerator:
     """The trained generator of a run folder (model.json + model.safetensors), in float32, eval mode."""
-    return read_generator(run_dir, "hstu-gen", HSTUGenerator, HSTUGeneratorConfig)
+    return read_generator(run_dir, "hstu-gen")
 
 
 __all__ = ["HSTUGeneratorTrainer", "load_hstu_generator", "save_hstu_generator"]
