@@ -247,24 +247,32 @@ def fresh_supported() -> bool:
 
 def fresh(args) -> dict:
     """The fresh-content arm against control: engagement, the share of slots on new items, health per arm."""
-    from genrec.experiment.creators import Exposures, health_by_arm
+    from genrec.experiment.creators import Exposures
     from genrec.experiment.simulate import DAY
 
     sim = sim_table("fresh", args)
-    arms = ("control", "fresh")
-    out = {}
-    parts = {a: per_user_arm(sim, sim["arm"] == a) for a in arms}
-    d = difference(parts["control"][0], parts["fresh"][0], den_a=parts["control"][1], den_b=parts["fresh"][1])
-    out["ctr"] = {"control": d.control.value, "fresh": d.treatment.value, "difference": est(d.absolute),
-                  "relative": est(d.relative)}
-    fresh_slots = {a: per_user_fresh(sim, sim["arm"] == a) for a in arms}
-    f = difference(fresh_slots["control"][0], fresh_slots["fresh"][0], den_a=fresh_slots["control"][1],
-                   den_b=fresh_slots["fresh"][1])
-    out["new_item_share"] = {"control": f.control.value, "fresh": f.treatment.value, "difference": est(f.absolute)}
     release = release_times(args)  # items there from the start were first seen long before the run
     first_seen = {i: release[i] * args.days * DAY if i in release else -365 * DAY for i in args.catalog}
-    h = health_by_arm(Exposures.of(sim["item_id"], sim["sim_time"], None), sim["arm"], first_seen=first_seen,
-                      fresh_days=1.0, k=args.fresh_k, catalog_size=int(args.catalog_size))
+    return fresh_effect(sim, Exposures.of(sim["item_id"], sim["sim_time"], None), first_seen, args.fresh_k,
+                        int(args.catalog_size))
+
+
+def fresh_effect(sim: dict[str, np.ndarray], ex, first_seen: dict, fresh_k: int, catalog_size: int,
+                 creator_count: int | None = None) -> dict:
+    """Control against the fresh arm of one simulated stream: clicks per slot and the share of slots on new items
+    (users as the unit), and content and creator health per arm (``ex``: the stream's exposures)."""
+    from genrec.experiment.creators import health_by_arm
+
+    arms = ("control", "fresh")
+    parts = {a: per_user_arm(sim, sim["arm"] == a) for a in arms}
+    d = difference(parts["control"][0], parts["fresh"][0], den_a=parts["control"][1], den_b=parts["fresh"][1])
+    out = {"ctr": {"control": d.control.value, "fresh": d.treatment.value, "difference": est(d.absolute),
+                   "relative": est(d.relative)}}
+    slots = {a: per_user_fresh(sim, sim["arm"] == a) for a in arms}
+    f = difference(slots["control"][0], slots["fresh"][0], den_a=slots["control"][1], den_b=slots["fresh"][1])
+    out["new_item_share"] = {"control": f.control.value, "fresh": f.treatment.value, "difference": est(f.absolute)}
+    h = health_by_arm(ex, sim["arm"], first_seen=first_seen, fresh_days=1.0, k=fresh_k, catalog_size=catalog_size,
+                      creator_count=creator_count)
     out["health"] = {a: vars(v) for a, v in h.items()}
     return out
 

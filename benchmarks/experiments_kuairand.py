@@ -33,7 +33,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
 
-from experiments_ope import ci, est, per_user_arm
+from experiments import fresh_effect
+from experiments_ope import ci
 from genrec.eval.report import git_commit, machine
 from genrec.io import read_json, write_json, write_text
 
@@ -101,32 +102,18 @@ def run_stream(args, bundle: Path) -> dict:
 
 
 def analyse(args, bundle: Path, release: dict[str, float]) -> dict:
-    from genrec.experiment.creators import Exposures, health_by_arm, per_creator
+    from genrec.experiment.creators import Exposures, per_creator
     from genrec.experiment.simulate import DAY
-    from genrec.experiment.stats import difference
 
     t = pq.read_table(args.work / "stream" / "simulation.parquet").to_pydict()
     sim = {k: np.asarray(v) for k, v in t.items()}
     arms = ("control", "fresh")
-    parts = {a: per_user_arm(sim, sim["arm"] == a) for a in arms}
-    d = difference(parts["control"][0], parts["fresh"][0], den_a=parts["control"][1], den_b=parts["fresh"][1])
-    out = {"ctr": {"control": d.control.value, "fresh": d.treatment.value, "difference": est(d.absolute),
-                   "relative": est(d.relative)}}
-    new = {}
-    for a in arms:
-        users, inv = np.unique(sim["user_id"][sim["arm"] == a], return_inverse=True)
-        new[a] = (np.bincount(inv, weights=sim["fresh"][sim["arm"] == a].astype(float), minlength=len(users)),
-                  np.bincount(inv, minlength=len(users)).astype(float))
-    f = difference(new["control"][0], new["fresh"][0], den_a=new["control"][1], den_b=new["fresh"][1])
-    out["new_item_share"] = {"control": f.control.value, "fresh": f.treatment.value, "difference": est(f.absolute)}
     items = pq.read_table(bundle / "items.parquet", columns=["raw_id", "author_id"]).to_pydict()
     n_creators = len(set(items["author_id"]))
     # items there from the start were first seen long before the run; fresh ones at their release
     first_seen = {i: release[i] * args.days * DAY if i in release else -365 * DAY for i in items["raw_id"]}
     ex = Exposures.of(sim["item_id"], sim["sim_time"], sim["creator"])
-    h = health_by_arm(ex, sim["arm"], first_seen=first_seen, fresh_days=1.0, k=args.fresh_k,
-                      catalog_size=len(items["raw_id"]), creator_count=n_creators)
-    out["health"] = {a: vars(v) for a, v in h.items()}
+    out = fresh_effect(sim, ex, first_seen, args.fresh_k, len(items["raw_id"]), n_creators)
     out["creators"] = {}
     for a in arms:
         table = per_creator(ex.subset(sim["arm"] == a), fresh_days=1.0, first_seen=first_seen)
