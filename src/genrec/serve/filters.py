@@ -16,8 +16,9 @@ FALLBACK_BLOCK = 4096  # popularity-ordered items checked against the filters pe
 
 
 def allowed_mask(catalog: Catalog, allow: list[Any] | None, deny: list[Any] | None,
-                 warnings: list[str]) -> torch.Tensor:
-    """[n_items + 1] bool: the items that may be returned (padding never); unknown ids are warned about."""
+                 warnings: list[str], deny_dense: np.ndarray | None = None) -> torch.Tensor:
+    """[n_items + 1] bool: the items that may be returned (padding never); unknown ids are warned about.
+    ``deny_dense``: ``catalog.lookup(deny)`` when the caller already has it."""
     if allow is None:
         mask = torch.ones(catalog.n_items + 1, dtype=torch.bool)
     else:
@@ -26,7 +27,7 @@ def allowed_mask(catalog: Catalog, allow: list[Any] | None, deny: list[Any] | No
         mask[torch.from_numpy(dense[dense > 0])] = True
         note_unknown(warnings, [a for a, i in zip(allow, dense.tolist(), strict=True) if not i], " in allow")
     if deny is not None:
-        dense = catalog.lookup(deny)
+        dense = catalog.lookup(deny) if deny_dense is None else deny_dense
         mask[torch.from_numpy(dense[dense > 0])] = False
         note_unknown(warnings, [d for d, i in zip(deny, dense.tolist(), strict=True) if not i], " in deny")
     mask[0] = False

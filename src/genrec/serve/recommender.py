@@ -301,10 +301,11 @@ class Recommender:
         known_ts = [ts[j] for j in positions] if ts is not None else None
         allow = None if allow is None else id_list(allow, "allow")
         deny = None if deny is None else id_list(deny, "deny")
-        mask = allowed_mask(self.catalog, allow, deny, warnings)
+        deny_dense = self.catalog.lookup(deny) if deny is not None else None
+        mask = allowed_mask(self.catalog, allow, deny, warnings, deny_dense)
         blocked = set(known) if exclude_seen else set()
-        if deny is not None:
-            blocked |= {int(i) for i in self.catalog.lookup(deny) if i}
+        if deny_dense is not None:
+            blocked |= {int(i) for i in deny_dense if i}
         width = k + len(blocked)  # candidates the model must propose so that k survive the filters
         if exclude_seen and known:
             mask[torch.tensor(known)] = False
