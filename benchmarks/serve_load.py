@@ -305,6 +305,31 @@ def _own_cpu() -> float:
     return time.process_time() + kids.ru_utime + kids.ru_stime
 
 
+def start_server(bundle: Path, folder: Path, workers: int = 1, deadline_ms: float = 200.0, access_log: bool = True,
+                 experiment: Path | None = None) -> tuple[str, subprocess.Popen, Path]:
+    """`genrec serve BUNDLE` on a free localhost port with a fresh SQLite store and its log in ``folder``
+    (``experiment``: served with the exposure log on); returns its URL, process and log file."""
+    port = free_port()
+    log = folder / "server.log"
+    env = {k: v for k, v in os.environ.items() if k != "GENREC_API_KEY"}
+    cmd = [sys.executable, "-m", "genrec", "serve", str(bundle), "--port", str(port), "--workers", str(workers),
+           "--store", str(folder / "history.sqlite"), "--deadline-ms", str(deadline_ms)]
+    cmd += [] if access_log else ["--no-access-log"]
+    cmd += ["--experiment", str(experiment.resolve()), "--exposure-log"] if experiment else []
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    return f"http://127.0.0.1:{port}", proc, log
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -360,17 +385,9 @@ def main() -> None:
     catalog = Catalog(bundle)
     wall = time.perf_counter()
     load_start = list(os.getloadavg())
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="genrec-serve-load-") as tmp:
-        log = Path(tmp) / "server.log"
-        env = {k: v for k, v in os.environ.items() if k != "GENREC_API_KEY"}
-        cmd = [sys.executable, "-m", "genrec", "serve", str(bundle), "--port", str(port), "--workers",
-               str(args.workers), "--store", str(Path(tmp) / "history.sqlite"), "--deadline-ms", str(args.deadline_ms)]
-        cmd += ["--no-access-log"] if args.no_access_log else []
-        cmd += ["--experiment", str(args.experiment.resolve()), "--exposure-log"] if args.experiment else []
-        with open(log, "wb") as log_file:
-            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        url, proc, log = start_server(bundle, Path(tmp), args.workers, args.deadline_ms, not args.no_access_log,
+                                      args.experiment)
         try:
             t_start = time.perf_counter()
             ready = wait_ready(url, proc, log, timeout=300)
@@ -421,12 +438,7 @@ def main() -> None:
             during_summary = {"cpu": during_cpu, **summarise(during + reload_records, during_s)}
             print("during reloads:", during_summary["all"], flush=True)
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_server(proc)
             server_log = [line for line in log.read_text(errors="replace").splitlines()
                           if ' HTTP/1.1" ' not in line]  # all but the access log
             server_log_tail = "\n".join(server_log[-40:])
