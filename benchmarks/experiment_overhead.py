@@ -136,6 +136,7 @@ def main() -> None:
     for path in (args.bundle, args.experiment):
         if not path.exists():
             ap.error(f"{path}: no such file or folder")
+    given = {"bundle": str(args.bundle), "experiment": str(args.experiment)}  # as the command line names them
     args.bundle, args.experiment = args.bundle.resolve(), args.experiment.resolve()
     catalog, rng, start, rounds = Catalog(args.bundle), np.random.default_rng(args.seed), time.perf_counter(), []
     for i in range(args.rounds):
@@ -147,8 +148,8 @@ def main() -> None:
         print(f"round {i + 1}: {per_round(rounds[-1:])[0]}", flush=True)
     res = {"benchmark": "experiment_overhead", "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
            "commit": git_commit(), "machine": machine(), "created": dt.datetime.now(dt.UTC).isoformat(),
-           "wall_seconds": time.perf_counter() - start, "bundle": str(args.bundle), "experiment": str(args.experiment),
-           "history_len": args.history_len, "k": args.k, "seconds": args.seconds, "bootstrap": args.bootstrap,
+           "wall_seconds": time.perf_counter() - start, **given, "history_len": args.history_len, "k": args.k,
+           "seconds": args.seconds, "bootstrap": args.bootstrap,
            "requests": sum(len(r["plain"]) for r in rounds), "rounds": per_round(rounds),
            "summary": summary(rounds, args.bootstrap, args.seed)}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -106,15 +106,14 @@ def _speed(res: Results) -> list[str]:
                 table(["server workers", "requests", "requests/s", "p50 / p99 ms"], rows)]
     if res.has("experiment_overhead"):
         data = res.load("experiment_overhead")
-        rows = [[c, stat, fixed(v["plain"], 1), fixed(v["experiment"], 1), f"{v['difference']:+.2f}",
-                 f"{v['median']:+.2f}" if "median" in v else "", f"{v['min']:+.2f} to {v['max']:+.2f}"]
-                for c, stats in data["summary"].items() for stat, v in stats.items() if stat != "per_s"]
+        rows = [[stat.removesuffix("_ms"), fixed(v["plain"], 2), fixed(v["experiment"], 2), f"{v['difference']:+.2f}",
+                 f"[{v['low']:+.2f}, {v['high']:+.2f}]"] for stat, v in data["summary"].items()]
         out += ["## Cost of an experiment per request",
-                f"`python benchmarks/experiment_overhead.py`: {len(data['runs'])} rounds of `serve_load.py` "
-                "without, then with an A/A experiment and its durable exposure log.",
+                f"`python benchmarks/experiment_overhead.py`: {len(data['rounds'])} rounds, each a plain server and "
+                "one serving an A/A experiment with its durable exposure log, side by side; one client sends every "
+                f"history to both in random order ({count(data['requests'])} requests per server).",
                 provenance(data, "experiment_overhead"),
-                table(["clients", "statistic (ms)", "plain", "experiment", "difference (mean)", "(median)",
-                       "range over rounds"], rows)]
+                table(["latency (ms)", "plain", "experiment", "difference", "95% interval"], rows)]
     return out
 
 
