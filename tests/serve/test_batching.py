@@ -1,9 +1,10 @@
 """BatchWorker: queued payloads run together on the worker's thread, each caller gets its own result; a bad payload
 fails only itself; a cancelled one never runs; close() and an idle worker let the thread go; the owner of a bound
-``run`` is not kept alive."""
+``run`` is not kept alive. LoopBatcher: the same on the event loop's thread, for the payloads of one turn."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 import time
@@ -13,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import genrec.serve.batching as batching
-from genrec.serve.batching import BatchWorker
+from genrec.serve.batching import BatchWorker, LoopBatcher
+from genrec.serve.recommender import Recommender
 
 
 class Model:
@@ -123,3 +125,50 @@ def test_run_if_idle_runs_in_the_caller_only_when_nothing_is_queued_or_running()
     gate.set()
     slow.result(5)
     assert worker.run_if_idle("c") and seen[-1][1] == ["c"]
+
+
+# --- LoopBatcher: batches on the event loop's own thread ------------------------------------------------------
+
+
+def test_loop_batcher_runs_one_turns_submissions_together_on_the_loops_thread():
+    model, threads = Model(), []
+    batcher = LoopBatcher(lambda batch: threads.append(threading.current_thread()) or model.run(batch), max_batch=4)
+
+    async def main() -> list:
+        return await asyncio.gather(*(batcher.submit(p) for p in range(1, 11)))
+
+    assert asyncio.run(main()) == [2 * p for p in range(1, 11)]
+    assert model.batches == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]  # max_batch caps each batch
+    assert threads == [threading.main_thread()] * 3
+
+
+def test_loop_batcher_skips_a_cancelled_payload_and_a_bad_one_fails_only_itself():
+    model = Model()
+    batcher = LoopBatcher(model.run)
+
+    async def main() -> tuple:
+        futures = [batcher.submit(p) for p in (2, "gone", "bad", 3)]
+        futures[1].cancel()  # its caller's deadline passed before the batch ran
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    two, gone, bad, three = asyncio.run(main())
+    assert (two, three) == (4, 6) and isinstance(gone, asyncio.CancelledError)
+    assert isinstance(bad, ValueError) and "bad payload" in str(bad)
+    assert model.batches == [[2, "bad", 3], [2], ["bad"], [3]]  # the batch, then each alone
+
+
+def test_a_recommender_batches_concurrent_async_requests(bundles):
+    rec = Recommender.load(bundles[0])
+    histories = [rec.popular_ids(3)[i:] for i in range(3)]
+    calls = []
+    run = rec._pipeline.run
+    rec._pipeline.run = lambda jobs: calls.append(len(jobs)) or run(jobs)
+    rec._batchers.clear()  # the batcher holds the pipeline's run from construction
+
+    async def main() -> list:
+        return await asyncio.gather(*(rec.recommend_async(h, k=2) for h in histories))
+
+    answers = asyncio.run(main())
+    alone = [rec.recommend(h, k=2) for h in histories]
+    assert calls == [3]
+    assert [[i["item_id"] for i in a.items] for a in answers] == [[i["item_id"] for i in a.items] for a in alone]

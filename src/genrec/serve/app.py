@@ -59,8 +59,8 @@ from genrec.serve.schemas import (
 from genrec.serve.store import Event, HistoryStore, open_store
 
 log = logging.getLogger(__name__)
-# The event loop and the batch worker thread share the interpreter lock: a short switch interval hands it to the
-# loop soon after an answer is ready, instead of after the default interval (5 ms) of the other thread's Python.
+# The event loop shares the interpreter lock with the threads of sync endpoints and of the exposure log: a short
+# switch interval hands it back to the loop soon, instead of after the default interval (5 ms) of their Python.
 SWITCH_INTERVAL_S = 0.0005
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/docs", "/openapi.json", "/redoc")
 BODY_ERRORS = (400, 401, 413, 422)  # what an operation with a JSON body can answer besides its own errors
@@ -201,8 +201,8 @@ def create_app(settings: Settings, warm_up: bool = True) -> FastAPI:
 
     @app.post("/v1/recommend", response_model=None, responses=answers(RecommendResponse, *BODY_ERRORS))
     async def recommend(body: RecommendRequest, s: Serving = Depends(state)) -> Response:
-        # async: the checks and the answer run on the event loop and only the model runs on a worker thread
-        # (Recommender.recommend_async), which saves a thread hand-over per request under load
+        # async: the checks, the model (batched with the loop's concurrent requests: Recommender.recommend_async)
+        # and the answer all run on the event loop's thread, with no thread hand-over per request
         rec, experiment = s.current(), s.experiment
         warnings: list[str] = []
         history, timestamps, actions, contexts = body.history or [], body.timestamps, body.actions, body.history_context

@@ -1,14 +1,20 @@
 """Request coalescing: concurrent recommendations share one pass through the models (micro-batching).
 
-A :class:`BatchWorker` owns one thread that takes whatever requests have queued (up to ``max_batch``) and runs
-them through ``run`` together: one retrieval forward pass and one ranker forward pass for the batch instead of one
-each per request. On a CPU the per-call overhead of small models dominates, so a batch of B costs far less than B
-passes, and one thread in the models keeps request threads from contending for the interpreter. A lone request
-runs at once (no waiting for company); under load the batch is whatever arrived while the last one ran.
+On a CPU the per-call overhead of small models dominates, so a batch of B costs far less than B passes. Two
+batchers hand each caller its own result:
+
+- :class:`LoopBatcher` (the HTTP server): on the event loop's own thread. A request queues its payload and awaits;
+  the batch runs once the loop has taken in what arrived meanwhile, so every request parsed in the same turn of the
+  loop joins it. No thread hand-over and no contention for the interpreter lock between a model thread and the
+  loop: while a batch runs the loop is busy anyway, and new requests wait in the sockets for the next batch.
+- :class:`BatchWorker` (synchronous callers, the exposure log): one thread takes whatever requests have queued (up
+  to ``max_batch``) and runs them together. A lone request runs at once (no waiting for company); under load the
+  batch is whatever arrived while the last one ran.
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import weakref
@@ -82,26 +88,63 @@ class BatchWorker:
                     jobs.append(job)
             self._busy = True
             try:
-                self._run_batch([(p, done) for p, done in jobs if done.set_running_or_notify_cancel()])
+                run_batch(self._run(), [(p, done) for p, done in jobs if done.set_running_or_notify_cancel()])
             finally:
                 self._busy = False
 
-    def _run_batch(self, jobs: list[tuple[Any, Future]]) -> None:
-        run = self._run()
-        if not jobs:
+
+
+class LoopBatcher:
+    """Runs ``run`` over batches of payloads submitted from coroutines of one event loop, on that loop's thread.
+
+    The first payload of a batch schedules the run two turns of the loop later: the turn that parses the requests
+    whose bytes arrived together starts their handlers, and the next one lets each reach its submit. Futures
+    cancelled before their batch runs (a caller's deadline) are skipped; when ``run`` raises for a batch of several,
+    each payload is run alone. ``run`` is held weakly when it is a bound method, as :class:`BatchWorker` holds it."""
+
+    def __init__(self, run: Callable[[list[Any]], list[Any]], max_batch: int = 32):
+        self._run = weakref.WeakMethod(run) if hasattr(run, "__self__") else (lambda: run)
+        self.max_batch = max_batch
+        self._pending: list[tuple[Any, asyncio.Future]] = []
+        self._scheduled = False
+
+    def submit(self, payload: Any) -> asyncio.Future:
+        """An asyncio Future (of the running loop) of ``run``'s result for ``payload``."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._pending.append((payload, done))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(loop.call_soon, self._run_pending)
+        return done
+
+    def _run_pending(self) -> None:
+        jobs, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+        if self._pending:  # more than one batch queued: the rest runs on a later turn, after pending I/O
+            asyncio.get_running_loop().call_soon(self._run_pending)
+        else:
+            self._scheduled = False
+        run_batch(self._run(), [(p, done) for p, done in jobs if not done.done()])
+
+
+def run_batch(run: Callable[[list[Any]], list[Any]] | None, jobs: list[tuple[Any, Any]]) -> None:
+    """``run`` over the payloads of ``jobs`` ((payload, future) pairs: concurrent or asyncio futures), each result
+    or error set on its future; when a batch of several fails, each payload runs alone, so one bad request fails
+    only itself. ``run`` None: its owner is gone."""
+    if not jobs:
+        return
+    if run is None:
+        for _, done in jobs:
+            done.set_exception(RuntimeError("the batch worker's owner was closed"))
+        return
+    try:
+        results = run([payload for payload, _ in jobs])
+    except Exception as e:  # noqa: BLE001 - retried one by one below, or the request's own error
+        if len(jobs) == 1:
+            jobs[0][1].set_exception(e)
             return
-        if run is None:  # the owner is gone
-            for _, done in jobs:
-                done.set_exception(RuntimeError("the batch worker's owner was closed"))
-            return
-        try:
-            results = run([payload for payload, _ in jobs])
-        except Exception as e:  # noqa: BLE001 - retried one by one below, or the request's own error
-            if len(jobs) == 1:
-                jobs[0][1].set_exception(e)
-                return
-            for job in jobs:
-                self._run_batch([job])
-            return
-        for (_, done), result in zip(jobs, results, strict=True):
-            done.set_result(result)
+        for job in jobs:
+            run_batch(run, [job])
+        return
+    for (_, done), result in zip(jobs, results, strict=True):
+        done.set_result(result)

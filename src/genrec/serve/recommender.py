@@ -6,9 +6,10 @@ set of strings, fit for a metric label); details go to ``warnings`` and the log.
 ``query_weight`` outside [0, 1], timestamps that do not line up with the history) raise ``ValueError``.
 
 A recommender is safe to share between threads: everything read while answering is built at load time and never
-mutated; the lazily created parts (the query text encoder, the model thread) are created under a lock. The models
-run on one thread per recommender, which answers concurrent requests together (:mod:`genrec.serve.batching`):
-one retrieval and one ranker forward pass for everything queued, each request scored as it would be alone.
+mutated; the lazily created parts (the query text encoder, the model thread, a loop's batcher) are created under a
+lock. Concurrent requests are answered together (:mod:`genrec.serve.batching`): one retrieval and one ranker
+forward pass for everything queued, each request scored as it would be alone; :meth:`recommend` batches on one
+model thread per recommender, :meth:`recommend_async` on the event loop's own thread.
 
 Two kinds of model serve through the same :class:`Recommender` (filters, warnings, fallbacks, deadline and query
 blending are shared); a scorer (:mod:`genrec.serve.scorers`) holds the model-specific part:
@@ -35,6 +36,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Generator, Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -51,7 +53,7 @@ from genrec.io import read_json
 from genrec.models import SequentialModel
 from genrec.models.generators import SemanticIdGenerator, is_generator
 from genrec.serve.ann import ANN_FILE, AnnIndex
-from genrec.serve.batching import BatchWorker
+from genrec.serve.batching import BatchWorker, LoopBatcher
 from genrec.serve.bundle import (
     CONTENT_FILES,
     GENERATOR_FILES,
@@ -122,6 +124,8 @@ class Recommender:
         self._similarity: tuple[torch.Tensor, torch.Tensor] | None = None
         self._pipeline = Pipeline(self._scorer, ranker, self._query, self._items, others)
         self._worker = BatchWorker(self._pipeline.run, MAX_BATCH, "genrec-recommend")
+        self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBatcher] = \
+            weakref.WeakKeyDictionary()
 
     @classmethod
     def load(cls, bundle: str | Path) -> Recommender:
@@ -238,23 +242,30 @@ class Recommender:
 
     async def recommend_async(self, history: Iterable[Any], k: int = 10, *, deadline_ms: float | None = None,
                               **options: Any) -> Recommendation:
-        """:meth:`recommend` for an event loop: the checks and the answer run on the loop, the model on the model
-        thread (shared with concurrent requests), awaited with the deadline (no thread is held while it waits)."""
+        """:meth:`recommend` for an event loop: everything runs on the loop's thread, the model in a batch with the
+        loop's concurrent requests (:class:`~genrec.serve.batching.LoopBatcher`), awaited with the deadline."""
         t0 = time.perf_counter()
         steps = self._steps(history, k, deadline_ms=deadline_ms, **options)
         try:
             job = next(steps)
         except StopIteration as done:
             return done.value
-        future = self._worker.submit(job)
-        try:
-            outcome = ("ok", await asyncio.wait_for(asyncio.wrap_future(future), _left(deadline_ms, t0)))
+        try:  # on the deadline wait_for cancels the future: a batch that has not started skips it
+            outcome = ("ok", await asyncio.wait_for(self._batcher().submit(job), _left(deadline_ms, t0)))
         except TimeoutError:
-            future.cancel()
             outcome = DEADLINE_OUTCOME
         except Exception as e:  # noqa: BLE001 - a model failure is answered from the fallback
             outcome = ("error", e)
         return _finish(steps, outcome)
+
+    def _batcher(self) -> LoopBatcher:
+        """The running loop's batcher (one per loop: a batch's futures belong to one loop)."""
+        loop = asyncio.get_running_loop()
+        with self._table_lock:
+            batcher = self._batchers.get(loop)
+            if batcher is None:
+                batcher = self._batchers[loop] = LoopBatcher(self._pipeline.run, MAX_BATCH)
+            return batcher
 
     def _steps(self, history: Iterable[Any], k: int = 10, *, timestamps: Iterable[Any] | None = None,
                exclude_seen: bool = True, allow: Iterable[Any] | None = None, deny: Iterable[Any] | None = None,
@@ -265,7 +276,7 @@ class Recommender:
                retriever: str | None = None) -> Generator[Job, tuple, Recommendation]:
         """One recommendation as a generator shared by the sync and async drivers: check the arguments (bad ones
         raise ValueError at once), then either return an answer that needs no model, or yield the model's work (a
-        :class:`~genrec.serve.pipeline.Job`, run with concurrent requests' on the model thread) and receive its
+        :class:`~genrec.serve.pipeline.Job`, run in a batch with concurrent requests') and receive its
         outcome (("ok", (items, mode, warnings)), ("error", exception) or DEADLINE_OUTCOME) to build the answer."""
         k = check_k(k)
         if retriever is not None and retriever not in RETRIEVERS:
