@@ -28,7 +28,7 @@ import numpy as np
 
 from genrec.eval.report import git_commit, machine
 from genrec.io import write_json, write_text
-from serve_load import Catalog, StdlibClient, start_server, stop_server, wait_ready
+from loadgen import Catalog, StdlibClient, start_server, stop_server, wait_ready
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = ("plain", "experiment")

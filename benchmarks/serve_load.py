@@ -30,222 +30,42 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.client
-import json
-import multiprocessing
 import os
-import resource
 import shlex
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.parse
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pyarrow.parquet as pq
 
 from genrec.eval.report import git_commit, machine
 from genrec.io import write_json, write_text
+from loadgen import (
+    ENDPOINTS,
+    MIX,
+    Catalog,
+    Client,
+    Record,
+    measured,
+    run_phase,
+    start_server,
+    stop_server,
+    wait_ready,
+)
 
 RESULTS = Path(__file__).parent / "results"
-ENDPOINTS = ("recommend_history", "recommend_user", "events", "similar")
-MIX = (0.4, 0.2, 0.25, 0.15)  # share of each endpoint above
-USERS_PER_CLIENT = 50
 SIGNAL_LOG = {"reloaded_in_place": "SIGHUP: reloaded", "reload_failed": "SIGHUP: bundle",  # one worker
               "workers_restarted": "Received SIGHUP, restarting", "restart_aborted": "was not ready in time"}
 
 
-@dataclass
-class Record:
-    endpoint: str
-    seconds: float
-    ok: bool
-    fallback: str | None = None  # the fallback reason of a recommend answer
-    version: str | None = None
-    error: str | None = None
 
-
-@dataclass
-class Client:
-    """One client thread's state, kept across phases: its users and those that have posted events."""
-
-    cid: int
-    rng: np.random.Generator
-    active: list[str] = field(default_factory=list)
-    records: list[Record] = field(default_factory=list)
-
-
-class Catalog:
-    def __init__(self, bundle: Path):
-        table = pq.read_table(bundle / "items.parquet", columns=["raw_id", "train_count"])
-        self.ids = np.asarray([str(x) for x in table.column("raw_id").to_pylist()])
-        counts = np.asarray(table.column("train_count").to_pylist(), dtype=np.float64) + 1.0
-        self.cdf = np.cumsum(counts / counts.sum())  # once: rng.choice(p=...) rebuilds it on every call
-
-    def sample(self, rng: np.random.Generator, n: int) -> list[str]:
-        idx = np.minimum(np.searchsorted(self.cdf, rng.random(n), side="right"), len(self.ids) - 1)
-        return self.ids[idx].tolist()
-
-
-class Answer:
-    """The part of an HTTP answer the load loop reads."""
-
-    def __init__(self, status_code: int, body: bytes):
-        self.status_code, self.content = status_code, body
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-    def json(self) -> dict:
-        return json.loads(self.content)
-
-
-class StdlibClient:
-    """A keep-alive HTTP/1.1 client on the standard library's http.client: a few times less CPU per request
-    than httpx, so on a machine shared with the server the load generator takes less of the cores it measures
-    (the default; ``--client httpx`` for the earlier figures)."""
-
-    def __init__(self, base_url: str, timeout: float):
-        parts = urllib.parse.urlsplit(base_url)
-        self.host, self.port, self.timeout = parts.hostname, parts.port, timeout
-        self.conn: http.client.HTTPConnection | None = None
-
-    def _request(self, method: str, path: str, body: bytes | None = None) -> Answer:
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            self.conn.connect()
-            self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        headers = {"content-type": "application/json"} if body is not None else {}
-        try:
-            self.conn.request(method, path, body=body, headers=headers)
-            r = self.conn.getresponse()
-            return Answer(r.status, r.read())
-        except (OSError, http.client.HTTPException):
-            self.close()  # a broken connection is not reused
-            raise
-
-    def post(self, path: str, json: dict) -> Answer:  # noqa: A002 - httpx's keyword
-        return self._request("POST", path, _dumps(json))
-
-    def get(self, path: str, params: dict | None = None) -> Answer:
-        return self._request("GET", path + ("?" + urllib.parse.urlencode(params) if params else ""))
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-    def __enter__(self) -> StdlibClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _dumps(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def one_request(http: httpx.Client | StdlibClient, client: Client, catalog: Catalog, k: int,
-                history_len: int | None) -> Record:
-    """``history_len``: only recommend-by-history requests with histories of exactly this length; None: the mix."""
-    rng = client.rng
-    endpoint = "recommend_history" if history_len else ENDPOINTS[int(rng.choice(len(ENDPOINTS), p=MIX))]
-    if endpoint == "recommend_user" and not client.active:
-        endpoint = "events"
-    t = time.perf_counter()
-    try:
-        if endpoint == "recommend_history":
-            n = history_len or int(rng.integers(1, 21))
-            r = http.post("/v1/recommend", json={"history": catalog.sample(rng, n), "k": k})
-        elif endpoint == "recommend_user":
-            r = http.post("/v1/recommend", json={"user_id": client.active[int(rng.integers(len(client.active)))],
-                                                 "k": k})
-        elif endpoint == "events":
-            user = f"load-{client.cid}-{int(rng.integers(USERS_PER_CLIENT))}"
-            items = catalog.sample(rng, int(rng.integers(1, 4)))
-            r = http.post("/v1/events", json={"user_id": user, "items": items})
-        else:
-            r = http.get(f"/v1/items/{catalog.sample(rng, 1)[0]}/similar", params={"k": k})
-        seconds = time.perf_counter() - t
-    except (httpx.HTTPError, OSError, http.client.HTTPException) as e:
-        return Record(endpoint, time.perf_counter() - t, False, error=f"{type(e).__name__}: {e}"[:200])
-    if r.status_code != 200:
-        return Record(endpoint, seconds, False, error=f"HTTP {r.status_code}: {r.text[:200]}")
-    body = r.json()
-    if endpoint == "events":
-        if user not in client.active:
-            client.active.append(user)
-        return Record(endpoint, seconds, body.get("stored") == len(items))
-    ok = bool(body.get("items"))
-    return Record(endpoint, seconds, ok, fallback=body.get("reason") if body.get("fallback") else None,
-                  version=body.get("model_version"), error=None if ok else f"no items: {r.text[:200]}")
-
-
-def run_phase(url: str, clients: list[Client], catalog: Catalog, seconds: float, k: int,
-              timeout: float, history_len: int | None, during=None, client_kind: str = "stdlib",
-              processes: int = 1) -> tuple[list[Record], float]:
-    """Every client sends requests back to back for ``seconds``; ``during`` runs alongside (the reloads).
-    ``processes`` > 1: the clients are spread over that many forked processes, so that a reply is timed as it
-    arrives, not when its thread next gets this interpreter's lock from the other client threads."""
-    if processes > 1:
-        return _forked_phase(url, clients, catalog, seconds, k, timeout, history_len, during, client_kind, processes)
-    stop = threading.Event()
-    start = [len(c.records) for c in clients]
-
-    def loop(client: Client) -> None:
-        make = StdlibClient if client_kind == "stdlib" else httpx.Client
-        with make(base_url=url, timeout=timeout) as http:
-            while not stop.is_set():
-                client.records.append(one_request(http, client, catalog, k, history_len))
-
-    threads = [threading.Thread(target=loop, args=(c,), daemon=True) for c in clients]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    side = threading.Thread(target=during, args=(seconds,), daemon=True) if during else None
-    if side:
-        side.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    if side:
-        side.join()
-    return [r for c, s in zip(clients, start, strict=True) for r in c.records[s:]], time.perf_counter() - t0
-
-
-def _forked_phase(url, clients, catalog, seconds, k, timeout, history_len, during, client_kind, processes):
-    """:func:`run_phase` over ``processes`` forked children, each timing its share of the clients with threads;
-    the clients' state comes back to this process (records, active users, random generators)."""
-    ctx = multiprocessing.get_context("fork")
-    groups = [clients[i::processes] for i in range(processes)]
-    pipes = [ctx.Pipe(duplex=False) for _ in groups]
-
-    def child(group: list[Client], conn) -> None:
-        run_phase(url, group, catalog, seconds, k, timeout, history_len, client_kind=client_kind)
-        conn.send(group)
-
-    side = [threading.Thread(target=during, args=(seconds,), daemon=True)] if during else []
-    procs = [ctx.Process(target=child, args=(g, w), daemon=True) for g, (_, w) in zip(groups, pipes, strict=True)]
-    start, t0 = [len(c.records) for c in clients], time.perf_counter()
-    for p in (*procs, *side):
-        p.start()
-    for g, (r, _) in zip(groups, pipes, strict=True):
-        for mine, theirs in zip(g, r.recv(), strict=True):
-            mine.rng, mine.active, mine.records = theirs.rng, theirs.active, theirs.records
-    for p in (*procs, *side):
-        p.join()
-    return [r for c, s in zip(clients, start, strict=True) for r in c.records[s:]], time.perf_counter() - t0
+def _brief(summary: dict) -> dict:
+    """req/s, p50 and p99 of each endpoint of a phase (one repeat of a steady phase)."""
+    return {e: {k: v[k] for k in ("per_s", "p50_ms", "p99_ms")} for e, v in summary.items() if "p99_ms" in v}
 
 
 def summarise(records: list[Record], seconds: float) -> dict:
@@ -270,79 +90,6 @@ def summarise(records: list[Record], seconds: float) -> dict:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` and its children so far (Linux /proc; 0 elsewhere)."""
-    tick, total, todo = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100, 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            todo += [int(c) for f in Path(f"/proc/{p}/task").glob("*/children") for c in f.read_text().split()]
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
-
-
-def measured(phase, server_pid: int) -> tuple[list[Record], float, dict[str, float]]:
-    """``phase()`` -> (records, seconds), plus the CPU ms per request the server and this load generator spent."""
-    server, client = process_cpu(server_pid), _own_cpu()
-    records, seconds = phase()
-    n = max(sum(r.endpoint != "reload" for r in records), 1)
-    return records, seconds, {"server_cpu_ms_per_request": 1000 * (process_cpu(server_pid) - server) / n,
-                              "client_cpu_ms_per_request": 1000 * (_own_cpu() - client) / n}
-
-
-def _own_cpu() -> float:
-    """CPU seconds of this process and its finished children (the forked clients of --client-processes)."""
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + kids.ru_utime + kids.ru_stime
-
-
-def start_server(bundle: Path, folder: Path, workers: int = 1, deadline_ms: float = 200.0, access_log: bool = True,
-                 experiment: Path | None = None) -> tuple[str, subprocess.Popen, Path]:
-    """`genrec serve BUNDLE` on a free localhost port with a fresh SQLite store and its log in ``folder``
-    (``experiment``: served with the exposure log on); returns its URL, process and log file."""
-    port = free_port()
-    log = folder / "server.log"
-    env = {k: v for k, v in os.environ.items() if k != "GENREC_API_KEY"}
-    cmd = [sys.executable, "-m", "genrec", "serve", str(bundle), "--port", str(port), "--workers", str(workers),
-           "--store", str(folder / "history.sqlite"), "--deadline-ms", str(deadline_ms)]
-    cmd += [] if access_log else ["--no-access-log"]
-    cmd += ["--experiment", str(experiment.resolve()), "--exposure-log"] if experiment else []
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    return f"http://127.0.0.1:{port}", proc, log
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"genrec serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            r = httpx.get(f"{url}/readyz", timeout=2)
-            if r.status_code == 200:
-                return r.json()
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    sys.exit(f"genrec serve not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 def main() -> None:
@@ -357,6 +104,8 @@ def main() -> None:
     ap.add_argument("--history-len", type=int, default=0, help="Send only recommend-by-history requests with "
                     "histories of exactly this many items (0: the endpoint mix).")
     ap.add_argument("--seconds", type=float, default=30.0, help="Length of each phase.")
+    ap.add_argument("--repeats", type=int, default=1, help="Steady phases per concurrency, back to back on the same "
+                    "server: the tables pool them, each repeat's p50 / p99 is listed below them.")
     ap.add_argument("--warmup", type=float, default=3.0, help="Seconds of load before measuring (not recorded).")
     ap.add_argument("--reloads", type=int, default=5)
     ap.add_argument("--k", type=int, default=10)
@@ -377,8 +126,8 @@ def main() -> None:
         levels = [int(c) for c in str(args.concurrency).split(",")]
     except ValueError:
         ap.error(f"--concurrency must be integers separated by commas, got {args.concurrency!r}")
-    if min(levels) < 1 or args.reload_concurrency < 1:
-        ap.error("concurrency must be >= 1")
+    if min(levels) < 1 or args.reload_concurrency < 1 or args.repeats < 1:
+        ap.error("concurrency and --repeats must be >= 1")
     hlen = args.history_len or None
     bundle = args.bundle.resolve()
     other = (args.reload_bundle or args.bundle).resolve()
@@ -404,10 +153,14 @@ def main() -> None:
                 clients = [Client(i, np.random.default_rng([args.seed, c, i])) for i in range(c)]
                 run_phase(url, clients, catalog, args.warmup, args.k, args.timeout, hlen, client_kind=args.client,
                           processes=args.client_processes)
-                records, seconds, cpu = measured(partial(run_phase, url, clients, catalog, args.seconds, args.k,
-                                                         args.timeout, hlen, client_kind=args.client,
-                                                         processes=args.client_processes), proc.pid)
-                steady[c] = {"seconds": seconds, "cpu": cpu, **summarise(records, seconds)}
+                parts = [measured(partial(run_phase, url, clients, catalog, args.seconds, args.k, args.timeout, hlen,
+                                          client_kind=args.client, processes=args.client_processes), proc.pid)
+                         for _ in range(args.repeats)]
+                records, seconds = [r for p in parts for r in p[0]], sum(p[1] for p in parts)
+                cpu = {key: float(np.average([p[2][key] for p in parts], weights=[len(p[0]) for p in parts]))
+                       for key in parts[0][2]}
+                steady[c] = {"seconds": seconds, "cpu": cpu, **summarise(records, seconds),
+                             "repeats": [_brief(summarise(p[0], p[1])) for p in parts]}
                 print(f"steady, concurrency {c}:", steady[c]["all"], flush=True)
             clients = [Client(i, np.random.default_rng([args.seed, 0, i])) for i in range(args.reload_concurrency)]
 
@@ -493,6 +246,10 @@ def main() -> None:
                 fb = ", ".join(f"{k}: {v}" for k, v in s["fallbacks"].items()) or "0"
                 lines.append(f"| {e} | {s['requests']:,} | {s['per_s']:.1f} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} "
                              f"| {s['p99_ms']:.1f} | {s['max_ms']:.1f} | {s['errors']} | {fb} |")
+        if len(summary.get("repeats", [])) > 1:
+            each = "; ".join(f"{e} {r[e]['per_s']:.0f}, {r[e]['p50_ms']:.1f} / {r[e]['p99_ms']:.1f}"
+                             for r in summary["repeats"] for e in r)
+            lines += ["", f"Each of {len(summary['repeats'])} repeats ({args.seconds:g} s), req/s, p50 / p99: {each}."]
         lines.append("")
     d = result["during_reloads"]
     lines.append(f"Reloads ({args.reload_via}): {d['reloads_sent']} sent, {d['reloads_failed']} failed; "
