@@ -69,3 +69,30 @@ def test_gradients_reach_time_weights_only_with_timestamps() -> None:
     assert rb.time.grad is None and rb.pos.grad is not None
     rb(4, torch.tensor([[0, 1, 3, 9]])).sum().backward()
     assert rb.time.grad is not None and rb.time.grad.abs().sum() > 0
+
+
+def test_precomputed_tables_serve_eval_lookups_and_are_dropped_by_training() -> None:
+    rab = RelativeBias(max_len=6, time_buckets=4)
+    with torch.no_grad():
+        rab.pos.copy_(torch.arange(6.0))
+        rab.time.copy_(torch.arange(5.0) * 10)
+    rel = torch.tensor([[0, 1, 5], [2, 3, 4]])
+    gap = torch.tensor([[0, 3, 100], [1, 7, 40]])
+    idx = rab.index(rel, gap)
+    expected = rab.lookup(idx)
+    ts = torch.tensor([[0, 5, 9]])
+    with torch.no_grad():
+        expected_causal = rab.causal(rab.causal_index(3, ts), ts)
+    rab.eval()
+    rab.precompute()
+    with torch.no_grad():
+        assert torch.equal(rab.lookup(idx), expected)
+        assert torch.equal(rab.causal(rab.causal_index(3, ts), ts), expected_causal)
+        rab.pos.add_(1.0)  # changed weights: a stale table would still answer the old values
+    rab.train()
+    assert rab._tables is None
+    assert torch.equal(rab.lookup(idx), expected + 1)
+    rab.eval()
+    with torch.enable_grad():  # gradients flow through the live table, never the precomputed one
+        rab.lookup(idx).sum().backward()
+    assert rab.pos.grad is not None

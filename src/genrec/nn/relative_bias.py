@@ -20,6 +20,19 @@ class RelativeBias(nn.Module):
         self.pos = nn.Parameter(torch.zeros(max_len))
         self.time_log_base = time_log_base
         self.time = nn.Parameter(torch.zeros(time_buckets + 1)) if time_buckets > 0 else None
+        self._tables: dict[bool, torch.Tensor] | None = None  # see precompute (not saved with the weights)
+
+    def precompute(self) -> None:
+        """Serving: build both forms of the weight table once (call it after the weights are loaded), so that an
+        eval-mode lookup under no_grad is one gather instead of rebuilding the table per block and batch."""
+        self._tables = None
+        with torch.no_grad():
+            self._tables = {timed: self._table(timed) for timed in (False, self.time is not None)}
+
+    def train(self, mode: bool = True) -> RelativeBias:
+        if mode:  # training changes the weights: the precomputed tables would go stale
+            self._tables = None
+        return super().train(mode)
 
     def forward(self, length: int, timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """[1 or B, 1, L, L] bias (broadcast over heads)."""
@@ -74,6 +87,8 @@ class RelativeBias(nn.Module):
 
     def _table(self, timed: bool) -> torch.Tensor:
         """Position weights, or [position, time bucket] sums whose extra last column has no time weight."""
+        if self._tables is not None and not self.training and not torch.is_grad_enabled():
+            return self._tables[timed]
         if not timed:
             return self.pos
         return self.pos[:, None] + torch.cat([self.time, self.time.new_zeros(1)])[None, :]

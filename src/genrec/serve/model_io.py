@@ -26,6 +26,7 @@ from genrec.io import read_json
 from genrec.models import RANKING, SEQUENTIAL, SequentialModel
 from genrec.models.generators import GENERATORS, SemanticIdGenerator, build_generator
 from genrec.models.ranking import FeatureEmbedding, RankSpec
+from genrec.nn.relative_bias import RelativeBias
 
 MMAP_MIN_BYTES = 1 << 20  # smaller tensors are read normally: a mapping per tiny tensor gains nothing
 META_MIN_BYTES = 1 << 26  # a model with a tensor this large is built without initialising it (on the meta device)
@@ -76,7 +77,7 @@ def load_model(folder: str | Path, mmap: bool = False, stem: str = "model") -> S
 def load_ranking_model(run_or_bundle: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
     """A ranking model (``genrec.models.RANKING``: ranker, dcn, din) in eval mode on ``device``, from a ranking run
     folder or a bundle with a ranking stage (its ``ranker.*`` files are read, not the retrieval model's). Each
-    feature embedding's lookup table is precomputed, so an eval-mode lookup is one gather."""
+    feature embedding's and relative bias's lookup table is precomputed (:func:`precompute`)."""
     folder = Path(run_or_bundle)
     stem = "ranker" if (folder / "ranker.json").is_file() else "model"
     missing = [f"{stem}.{ext}" for ext in ("json", "safetensors") if not (folder / f"{stem}.{ext}").is_file()]
@@ -93,10 +94,16 @@ def load_ranking_model(run_or_bundle: str | Path, device: torch.device | str = "
     model = model_cls(config_cls.model_validate(info["config"]), spec, items, users)
     model.load_state_dict(load_file(folder / f"{stem}.safetensors"))
     model = model.to(device).eval()
-    for module in model.modules():
-        if isinstance(module, FeatureEmbedding):
-            module.precompute()
+    precompute(model)
     return model
+
+
+def precompute(model: torch.nn.Module) -> None:
+    """Serving: the lookup tables of a loaded model's feature embeddings and relative attention biases, built once
+    from its weights (eval-mode lookups then gather from them)."""
+    for module in model.modules():
+        if isinstance(module, FeatureEmbedding | RelativeBias):
+            module.precompute()
 
 
 def mapped_state(path: str | Path, min_bytes: int = MMAP_MIN_BYTES) -> dict[str, torch.Tensor]:

@@ -65,7 +65,7 @@ from genrec.serve.bundle import (
 )
 from genrec.serve.catalog import CATALOG_FILES, Catalog
 from genrec.serve.filters import allowed_mask, check_k, id_list, note_unknown, popular_top, popularity_order
-from genrec.serve.model_io import load_model
+from genrec.serve.model_io import load_model, precompute
 from genrec.serve.pipeline import Job, Pipeline
 from genrec.serve.ranking import RankingStage, ranker_inputs
 from genrec.serve.scorers import AnnScorer, GeneratorScorer, IdScorer
@@ -140,6 +140,7 @@ class Recommender:
         manifest = load_manifest(bundle)
         files = manifest["files"]
         model = load_model(bundle, mmap=True)
+        precompute(model)
         table = None
         if ITEM_TABLE_FILE in files:
             table = torch.from_numpy(np.load(bundle / ITEM_TABLE_FILE, mmap_mode="c"))
@@ -166,6 +167,7 @@ class Recommender:
         generator = None
         if all(name in files for name in GENERATOR_FILES):
             generator = load_model(bundle, mmap=True, stem="generator")
+            precompute(generator)
         rec = cls(model, catalog, manifest, popular, content, ann, ranker, table, generator)
         rec.path = bundle
         return rec
