@@ -264,10 +264,11 @@ def start_server(bundle: Path, folder: Path, workers: int = 1, deadline_ms: floa
     return f"http://127.0.0.1:{port}", proc, log
 
 
-def stop_server(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGINT (uvicorn's graceful stop), then SIGKILL if it has not exited within ``timeout`` seconds."""
     proc.send_signal(signal.SIGINT)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

@@ -40,7 +40,6 @@ import os
 import resource
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import stop_server, wait_ready  # noqa: E402
 from serve_scale_report import render, row  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -261,7 +261,7 @@ def http_runs(folder: Path, workers: int, concurrency: list[int], seconds: float
         with open(log, "wb") as f:
             proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env())
         try:
-            ready = wait_ready(port, proc, log, timeout=900)
+            ready = wait_ready(f"http://127.0.0.1:{port}", proc, log, timeout=900)
             out: dict[str, Any] = {"workers": workers, "ready_seconds": time.perf_counter() - t0, "ready": ready}
             post(port, bodies[:50])  # warm-up
             for c in concurrency:
@@ -278,12 +278,7 @@ def http_runs(folder: Path, workers: int, concurrency: list[int], seconds: float
             out["worker_memory"] = [smaps(p) for p in pids]
             out["fallbacks"] = post(port, bodies[:200])
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_server(proc, timeout=60)
     return out
 
 
@@ -305,24 +300,6 @@ def post(port: int, bodies: list[bytes]) -> int:
     if bad:
         raise RuntimeError(f"{len(bad)} answers without 10 items")
     return sum(bool(a.get("fallback")) for a in answers)
-
-
-def wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float) -> dict:
-    end = time.perf_counter() + timeout
-    while time.perf_counter() < end:
-        if proc.poll() is not None:
-            sys.exit(f"genrec serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/readyz")
-            r = conn.getresponse()
-            body = r.read()
-            if r.status == 200:
-                return json.loads(body)
-        except OSError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"genrec serve not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 # --- driver -------------------------------------------------------------------------------------------------
