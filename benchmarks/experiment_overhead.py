@@ -1,5 +1,5 @@
-"""What an experiment adds to a request: two `genrec serve` processes side by side on the same bundle (started by
-`benchmarks/serve_load.py`'s helpers), one plain and one serving an A/A experiment with its durable exposure log,
+"""What an experiment adds to a request: two `genrec serve` processes side by side on the same bundle (started as
+`benchmarks/serve_load.py` starts one), one plain and one serving an A/A experiment with its durable exposure log,
 and one client that sends each history to both, in random order, one request at a time.
 
 Pairing request by request spreads whatever drifts on a shared machine (other jobs, the CPU's clock, the page
