@@ -15,7 +15,7 @@ import pytest
 
 import genrec.serve.batching as batching
 from genrec.serve.batching import BatchWorker, LoopBatcher
-from genrec.serve.recommender import Recommender
+from genrec.serve.recommender import DEADLINE, Recommender
 
 
 class Model:
@@ -172,3 +172,21 @@ def test_a_recommender_batches_concurrent_async_requests(bundles):
     alone = [rec.recommend(h, k=2) for h in histories]
     assert calls == [3]
     assert [[i["item_id"] for i in a.items] for a in answers] == [[i["item_id"] for i in a.items] for a in alone]
+
+
+def test_an_async_request_whose_deadline_passes_before_its_batch_falls_back_and_is_never_run(bundles):
+    rec = Recommender.load(bundles[0])
+    history = rec.popular_ids(3)
+    calls = []
+    run = rec._pipeline.run
+    rec._pipeline.run = lambda jobs: calls.append(len(jobs)) or run(jobs)
+    rec._batchers.clear()
+
+    async def main() -> tuple:
+        late = rec.recommend_async(history, k=2, deadline_ms=1e-6)  # past before the loop can run any batch
+        on_time = rec.recommend_async(history, k=2, deadline_ms=10_000)
+        return await asyncio.gather(late, on_time)
+
+    late, on_time = asyncio.run(main())
+    assert late.fallback and late.reason == DEADLINE and late.mode == "popularity"
+    assert not on_time.fallback and calls == [1]  # the batch ran the request still waiting, alone

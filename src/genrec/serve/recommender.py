@@ -245,7 +245,9 @@ class Recommender:
     async def recommend_async(self, history: Iterable[Any], k: int = 10, *, deadline_ms: float | None = None,
                               **options: Any) -> Recommendation:
         """:meth:`recommend` for an event loop: everything runs on the loop's thread, the model in a batch with the
-        loop's concurrent requests (:class:`~genrec.serve.batching.LoopBatcher`), awaited with the deadline."""
+        loop's concurrent requests (:class:`~genrec.serve.batching.LoopBatcher`). A request whose batch has not
+        started when ``deadline_ms`` passes is answered from popularity; a started batch runs to its end (it holds
+        the loop, so nothing could answer sooner)."""
         t0 = time.perf_counter()
         steps = self._steps(history, k, deadline_ms=deadline_ms, **options)
         try:
