@@ -377,6 +377,14 @@ def markdown(r: dict, kuairand: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stream_args(ap: argparse.ArgumentParser) -> None:
+    """The options the experiment benchmarks share: the fresh arm's share and neighbours, the seed, the output."""
+    ap.add_argument("--fresh-share", type=float, default=0.2)
+    ap.add_argument("--fresh-k", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, required=True, help="The stronger bundle (served by default).")
@@ -394,12 +402,9 @@ def main() -> None:
     ap.add_argument("--log-temperature", type=float, default=0.3)
     ap.add_argument("--candidates", type=float, nargs=3, default=[0.15, 0.6, 1.2])
     ap.add_argument("--samples", type=int, default=2000, help="OPE: Monte Carlo lists per request.")
-    ap.add_argument("--fresh-share", type=float, default=0.2)
     ap.add_argument("--fresh-run", type=Path, default=Path("runs/q-sid"), help="Training run (with semantic IDs) "
                     "whose bundle serves the fresh stream, its held-back items marked as never trained on.")
-    ap.add_argument("--fresh-k", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    stream_args(ap)
     args = ap.parse_args()
     wall = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)

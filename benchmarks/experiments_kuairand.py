@@ -33,12 +33,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
 
-from experiments import fresh_effect
+from experiments import fresh_effect, stream_args
 from experiments_ope import ci
 from genrec.eval.report import git_commit, machine
 from genrec.io import read_json, write_json, write_text
 
-RESULTS = Path(__file__).parent / "results"
 DATA = "kuairand-pure-clicks"
 WINDOW = {"start": "2000-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"}
 TOP = 10
@@ -168,10 +167,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=12000)
     ap.add_argument("--days", type=int, default=7)
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--fresh-share", type=float, default=0.2)
-    ap.add_argument("--fresh-k", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    stream_args(ap)
     args = ap.parse_args()
     wall = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)

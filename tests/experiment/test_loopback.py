@@ -27,6 +27,19 @@ async def _serve(routes: web.RouteTableDef) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
+async def _post_once(routes: web.RouteTableDef, path: str, timeout: float, before_cleanup=None) -> None:
+    """Serve ``routes``, POST {} to ``path`` once on a one-connection Client, then stop the server (after
+    ``before_cleanup``, e.g. releasing a handler that is still waiting)."""
+    runner, url = await _serve(routes)
+    try:
+        async with Client(url, connections=1, timeout=timeout) as c:
+            await c.post(path, {})
+    finally:
+        if before_cleanup is not None:
+            before_cleanup()
+        await runner.cleanup()
+
+
 def _run(coro):
     with asyncio.Runner(loop_factory=event_loop()) as r:
         return r.run(coro)
@@ -91,17 +104,8 @@ def test_a_stuck_server_times_out_with_the_url_in_the_error():
         await release.wait()  # set only after the client gave up
         return web.json_response({})
 
-    async def main():
-        runner, url = await _serve(routes)
-        try:
-            async with Client(url, connections=1, timeout=0.2) as c:
-                await c.post("/stuck", {})
-        finally:
-            release.set()
-            await runner.cleanup()
-
     with pytest.raises(GenrecError, match=r"POST http://127\.0\.0\.1:\d+/stuck: no answer within 0\.2 s"):
-        _run(main())
+        _run(_post_once(routes, "/stuck", timeout=0.2, before_cleanup=release.set))
 
 
 def test_a_server_that_is_gone_or_drops_the_connection_is_a_clear_error():
@@ -120,15 +124,8 @@ def test_a_server_that_is_gone_or_drops_the_connection_is_a_clear_error():
         async with Client(f"http://127.0.0.1:{closed}", connections=1, timeout=5) as c:
             await c.post("/v1/recommend", {})
 
-    async def dropped():
-        runner, url = await _serve(routes)
-        try:
-            async with Client(url, connections=1, timeout=5) as c:
-                await c.post("/drop", {})
-        finally:
-            await runner.cleanup()
 
     with pytest.raises(GenrecError, match=rf"POST http://127\.0\.0\.1:{closed}/v1/recommend: ClientConnectorError"):
         _run(refused())
     with pytest.raises(GenrecError, match=r"/drop: ServerDisconnectedError"):
-        _run(dropped())
+        _run(_post_once(routes, "/drop", timeout=5))
