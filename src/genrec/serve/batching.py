@@ -35,7 +35,7 @@ class BatchWorker:
     ``run`` is held weakly when it is a bound method: an idle worker keeps no model alive (a reloaded one can go)."""
 
     def __init__(self, run: Callable[[list[Any]], list[Any]], max_batch: int = 32, name: str = "genrec-batch"):
-        self._run = weakref.WeakMethod(run) if hasattr(run, "__self__") else (lambda: run)
+        self._run = _held(run)
         self.max_batch, self.name = max_batch, name
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -103,7 +103,7 @@ class LoopBatcher:
     each payload is run alone. ``run`` is held weakly when it is a bound method, as :class:`BatchWorker` holds it."""
 
     def __init__(self, run: Callable[[list[Any]], list[Any]], max_batch: int = 32):
-        self._run = weakref.WeakMethod(run) if hasattr(run, "__self__") else (lambda: run)
+        self._run = _held(run)
         self.max_batch = max_batch
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._scheduled = False
@@ -125,6 +125,12 @@ class LoopBatcher:
         else:
             self._scheduled = False
         run_batch(self._run(), [(p, done) for p, done in jobs if not done.done()])
+
+
+def _held(run: Callable[[list[Any]], list[Any]]) -> Callable[[], Callable[[list[Any]], list[Any]] | None]:
+    """``run`` behind a call that returns it: weakly held when it is a bound method, so that an idle batcher keeps
+    no model alive (None once its owner is gone)."""
+    return weakref.WeakMethod(run) if hasattr(run, "__self__") else (lambda: run)
 
 
 def run_batch(run: Callable[[list[Any]], list[Any]] | None, jobs: list[tuple[Any, Any]]) -> None:
